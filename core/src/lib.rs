@@ -1,0 +1,2 @@
+//! studio-core: the sans-IO heart of studio-worker.
+pub mod wire;
