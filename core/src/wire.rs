@@ -801,6 +801,18 @@ pub enum RegisterStatus {
     },
 }
 
+/// Lower-case hex SHA-256 of `data`: the registration secret hash and the studio's stored
+/// token hash.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
 /// The HTTP route prefix every studio route sits under.
 pub const API_PREFIX: &str = "/graphics/api";
 
@@ -865,6 +877,14 @@ pub fn ws_url(api_base_url: &str, worker_id: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_hex_known_answer() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn close_codes_match_the_studio_mapping() {
