@@ -748,6 +748,11 @@ pub fn decode_studio_frame(text: &str) -> Result<StudioFrame, DecodeError> {
     decode(text, MAX_FRAME_BYTES)
 }
 
+/// Decodes a studio -> worker text frame with the given size limit.
+pub fn decode_studio_frame_limited(text: &str, limit: usize) -> Result<StudioFrame, DecodeError> {
+    decode(text, limit)
+}
+
 /// Decodes a worker -> studio text frame with the given size limit.
 pub fn decode_worker_frame(text: &str, limit: usize) -> Result<WorkerFrame, DecodeError> {
     decode(text, limit)

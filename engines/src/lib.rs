@@ -1,1 +1,45 @@
-//! Engines.
+//! studio-engines: the inference engines of studio-worker (PROTOCOL.md §9).
+//!
+//! # The engine contract
+//!
+//! An [`Engine`] is a blocking, thread-safe (`Send + Sync`), object-safe backend:
+//!
+//! * [`Engine::name`] is its static routing id (`synthetic`, `multi`, ...);
+//! * [`Engine::serves`] lists the `modelSource.engine` values ([`ModelEngine`]) it runs;
+//! * [`Engine::capabilities`] maps each [`TaskKind`] it serves to the model ids it
+//!   advertises (the worker's `supportedModelsPerKind`); the wildcard `"*"` is never
+//!   advertised;
+//! * [`Engine::dispatch`] runs one [`JobRequest`] and returns an [`EngineOutput`]: JSON for
+//!   `llm` and `audio_stt` (sent as `completeJson`), bytes plus an extension for `image`,
+//!   `audio_tts` and `video` (uploaded by multipart), or a typed [`EngineError`] whose
+//!   [`EngineError::retryable`] becomes the `fail` frame's `retryable`.
+//!
+//! # The routing rule
+//!
+//! The worker holds one [`Router`] (routing id `multi`) wrapping every compiled-in engine,
+//! real ones first and the [`SyntheticEngine`] last. A job is routed **only** by its
+//! `modelSource.engine`: it goes to the first engine whose [`Engine::serves`] lists that
+//! value. If none does (the engine is not compiled into this build, or the value is unknown
+//! to this version) the job fails with [`EngineErrorKind::EngineNotAvailable`], not
+//! retryable, with a message naming the engine and the fix. There is no fallback, least of
+//! all to the synthetic engine: it would "complete" real jobs with placeholder bytes.
+//!
+//! # The synthetic engine
+//!
+//! [`SyntheticEngine`] produces deterministic outputs keyed by SHA-256 of the prompt
+//! (PROTOCOL.md §9.3): a 512×512 ring pattern (WebP or PNG), a fixed-shape chat completion,
+//! a fixed-shape transcript, a one-second sine WAV and a single-frame WebP "video". It is
+//! pure (no I/O) and takes milliseconds.
+//!
+//! [`ModelEngine`]: studio_core::wire::ModelEngine
+//! [`TaskKind`]: studio_core::wire::TaskKind
+
+mod engine;
+mod error;
+mod router;
+pub mod synthetic;
+
+pub use engine::{Engine, EngineOutput, JobRequest};
+pub use error::{EngineError, EngineErrorKind};
+pub use router::Router;
+pub use synthetic::SyntheticEngine;

@@ -1,0 +1,1 @@
+//! The reference studio machine (sans-IO). Being written.

@@ -1,0 +1,518 @@
+//! The vocabulary of the worker machine: configuration, inputs, commands, snapshots.
+//! Every type is serde-serialisable so a session can be recorded and replayed exactly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::time::{Mono, WallMs};
+use crate::wire::{AutoRegisterRequest, JobOfferClaim, LogEntry, TaskKind, UserPresence};
+
+/// The time of an input: monotonic for every decision, wall clock for log timestamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Now {
+    pub mono: Mono,
+    pub wall: WallMs,
+}
+
+impl Now {
+    /// A `Now` from both clocks.
+    pub fn new(mono: Mono, wall: WallMs) -> Now {
+        Now { mono, wall }
+    }
+}
+
+/// Identifies one WebSocket connection attempt. Inputs naming an older connection are
+/// ignored, so a late event from a dead socket can never disturb the current session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Identifies one HTTP request; its response comes back as [`Input::Http`] with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HttpId(pub u64);
+
+/// Credentials the studio issued on approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub worker_id: String,
+    pub auth_token: String,
+}
+
+/// Registration state carried over from the config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationState {
+    pub install_id: Option<String>,
+    pub request_id: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// Facts about the host and the engine roster, probed once by the shell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub machine_name: String,
+    pub username: String,
+    pub agent_version: String,
+    /// `multi` in production (the router).
+    pub engine: String,
+    pub vram_total_gb: f32,
+    pub auto_start: bool,
+}
+
+/// Timings (PROTOCOL.md §6). Each has a name, a default and a test.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Heartbeat interval; the first heartbeat goes right after `welcome`. Default 5 s.
+    pub heartbeat: Duration,
+    /// Log flush interval. Default 1 s.
+    pub log_flush: Duration,
+    /// No frame for this long -> the connection is dead. Default 20 s.
+    pub read_idle: Duration,
+    /// TCP + TLS + upgrade must finish within this. Default 15 s.
+    pub connect_timeout: Duration,
+    /// Registration request / poll interval. Default 30 s.
+    pub registration_poll: Duration,
+    /// Reconnect backoff base (first delay). Default 1 s.
+    pub backoff_base: Duration,
+    /// Reconnect backoff cap. Default 30 s.
+    pub backoff_cap: Duration,
+    /// Pauses before each upload retry (5xx/transport only). Default [1 s, 2 s].
+    pub upload_retries: Vec<Duration>,
+    /// How long a graceful shutdown waits for the in-flight job. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Auto-update check interval. Default 1800 s.
+    pub update_interval: Duration,
+}
+
+/// The shortest timer interval the machine accepts; shorter (or zero) intervals are raised
+/// to it so no timer can re-arm at the instant it fired (no timer storms).
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
+impl Timings {
+    /// Raises every interval to at least [`MIN_INTERVAL`].
+    pub fn sanitize(&mut self) {
+        for d in [
+            &mut self.heartbeat,
+            &mut self.log_flush,
+            &mut self.read_idle,
+            &mut self.connect_timeout,
+            &mut self.registration_poll,
+            &mut self.backoff_base,
+            &mut self.backoff_cap,
+            &mut self.shutdown_grace,
+            &mut self.update_interval,
+        ] {
+            *d = (*d).max(MIN_INTERVAL);
+        }
+        for d in &mut self.upload_retries {
+            *d = (*d).max(MIN_INTERVAL);
+        }
+    }
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            heartbeat: Duration::from_secs(5),
+            log_flush: Duration::from_secs(1),
+            read_idle: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(15),
+            registration_poll: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(30),
+            upload_retries: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            shutdown_grace: Duration::from_secs(30),
+            update_interval: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Size limits. Each has a name, a default and a test.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Log ship queue capacity; oldest entries are dropped past it with a marker. 5000.
+    pub log_queue_cap: usize,
+    /// Recent-jobs ring for status/UI. 50.
+    pub recent_jobs: usize,
+    /// Recent-logs ring for status/UI. 1000.
+    pub recent_logs: usize,
+    /// Largest accepted studio frame. [`crate::wire::MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            log_queue_cap: 5000,
+            recent_jobs: 50,
+            recent_logs: 1000,
+            max_frame_bytes: crate::wire::MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// Everything the machine needs to know, from the config file and the host probe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    pub api_base_url: String,
+    pub credentials: Option<Credentials>,
+    pub registration: RegistrationState,
+    pub vram_threshold_gb: f32,
+    pub auto_update_enabled: bool,
+    pub start_minimised: bool,
+    pub only_when_idle: bool,
+    /// Reconnect attempts before giving up; 0 = unlimited (the default).
+    pub reconnect_attempts: u32,
+    /// Seed of the reconnect jitter. The shell draws it from the OS RNG at start (and
+    /// records it); tests and the simulation fix it.
+    pub seed: u64,
+    pub host: HostFacts,
+    /// Advertised models per task kind (the engine roster).
+    pub models: BTreeMap<TaskKind, Vec<String>>,
+    pub timings: Timings,
+    pub limits: Limits,
+}
+
+impl WorkerConfig {
+    /// A config with defaults, the synthetic roster and no credentials, for tests and docs.
+    pub fn for_tests(api_base_url: &str) -> WorkerConfig {
+        let models = TaskKind::ALL
+            .into_iter()
+            .map(|k| {
+                let suffix = match k {
+                    TaskKind::Image => "image",
+                    TaskKind::Llm => "llm",
+                    TaskKind::AudioStt => "stt",
+                    TaskKind::AudioTts => "tts",
+                    TaskKind::Video => "video",
+                };
+                (k, vec!["synthetic".to_string(), format!("synthetic-{suffix}")])
+            })
+            .collect();
+        WorkerConfig {
+            api_base_url: api_base_url.to_string(),
+            credentials: None,
+            registration: RegistrationState::default(),
+            vram_threshold_gb: 12.0,
+            auto_update_enabled: false,
+            start_minimised: true,
+            only_when_idle: false,
+            reconnect_attempts: 0,
+            seed: 1,
+            host: HostFacts {
+                machine_name: "test-host".into(),
+                username: "tester".into(),
+                agent_version: "0.1.0".into(),
+                engine: "multi".into(),
+                vram_total_gb: 24.0,
+                auto_start: false,
+            },
+            models,
+            timings: Timings::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnectError {
+    /// HTTP 401 on the upgrade: terminal (auth failure).
+    Unauthorized { body: String },
+    /// Another non-101 status on the upgrade: reconnect with backoff.
+    Status { status: u16, body: String },
+    /// DNS, TCP, TLS or handshake error: reconnect with backoff.
+    Transport(String),
+}
+
+/// The outcome of an HTTP request the machine asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpResult {
+    /// The server answered (any status).
+    Response { status: u16, body: String },
+    /// No answer: DNS, connect, TLS, timeout, reset.
+    Transport(String),
+}
+
+/// How a dispatched job ended, as the engine thread reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    /// A JSON result (llm, audio_stt): sent as `completeJson`.
+    Json { result: Value },
+    /// A binary result (image, audio_tts, video) the shell keeps until the machine asks
+    /// it to upload or discard it.
+    Binary { ext: String, bytes_len: u64 },
+    /// The engine failed; `retryable` comes from its typed error.
+    Failed { error: String, retryable: bool },
+}
+
+/// Everything that can happen to the machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Input {
+    /// Begin: register or connect.
+    Start,
+    /// A timer may have expired (harmless when none did).
+    Tick,
+    /// The WebSocket upgrade of `conn` succeeded.
+    Connected { conn: ConnId },
+    /// The connection attempt `conn` failed.
+    ConnectFailed { conn: ConnId, error: ConnectError },
+    /// A text frame arrived on `conn` (raw, decoded inside the core).
+    Frame { conn: ConnId, text: String },
+    /// A binary frame arrived on `conn` (a protocol error).
+    BinaryFrame { conn: ConnId, len: usize },
+    /// `conn` ended: the peer's close code when it sent a close frame, otherwise `None`
+    /// (EOF, reset, write error).
+    Disconnected {
+        conn: ConnId,
+        code: Option<u16>,
+        reason: String,
+    },
+    /// The response to HTTP request `id`.
+    Http { id: HttpId, result: HttpResult },
+    /// Fresh CSPRNG values asked for by [`Command::MintSecret`].
+    Minted {
+        install_id: Option<String>,
+        secret: String,
+    },
+    /// The engine finished the dispatched job.
+    JobFinished { job_id: String, outcome: JobOutcome },
+    /// A log line from the shell or an engine, to ship.
+    Log(LogEntry),
+    /// Operator: stop accepting offers (runtime only).
+    Pause,
+    /// Operator: accept offers again.
+    Resume,
+    /// Operator: change the advertised VRAM threshold (advertised by the next heartbeat).
+    SetThreshold { gb: f32 },
+    /// The OS presence probe changed (`None` = unknown).
+    SetPresence(Option<UserPresence>),
+    /// SIGINT / SIGTERM / quit: finish gracefully.
+    Shutdown,
+    /// Answer to [`Command::CheckUpdate`]: `Ok(Some(version))` when newer exists.
+    UpdateChecked { result: Result<Option<String>, String> },
+    /// Answer to [`Command::ApplyUpdate`].
+    UpdateApplied { result: Result<(), String> },
+}
+
+/// An HTTP request for the shell to make.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HttpRequest {
+    /// `POST` JSON `body` to `url` (no auth).
+    RegisterRequest { url: String, body: AutoRegisterRequest },
+    /// `GET url` with `Authorization: Bearer <bearer>` (the raw registration secret).
+    PollRegistration { url: String, bearer: String },
+    /// `POST url` multipart (`prompt`, `ext`, `image` = the job's bytes as
+    /// `<job_id>.<ext>`) with `Authorization: Bearer <auth_token>`.
+    Upload {
+        url: String,
+        auth_token: String,
+        job_id: String,
+        prompt: String,
+        ext: String,
+    },
+}
+
+/// Process exit codes (documented in the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitCode {
+    /// Stopped on request.
+    Clean,
+    /// The studio refused the credentials: re-register.
+    AuthFailed,
+    /// A fatal studio error, a bad config, or the reconnect cap was reached.
+    Fatal,
+    /// The operator rejected the registration request.
+    Rejected,
+    /// An update was installed: the shell re-executes the new binary.
+    Restart,
+}
+
+impl ExitCode {
+    /// The numeric process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitCode::Clean => 0,
+            ExitCode::AuthFailed => 2,
+            ExitCode::Fatal => 3,
+            ExitCode::Rejected => 4,
+            ExitCode::Restart => 0,
+        }
+    }
+
+    /// Whether this exit reports a failure.
+    pub fn is_error(self) -> bool {
+        matches!(self, ExitCode::AuthFailed | ExitCode::Fatal | ExitCode::Rejected)
+    }
+}
+
+/// A structured notice for the shell's log, metrics and UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub level: String,
+    pub category: String,
+    pub message: String,
+    pub job_id: Option<String>,
+}
+
+/// What the shell must write to the config file (all registration fields, absent = clear).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub install_id: Option<String>,
+    pub registration_request_id: Option<String>,
+    pub registration_secret: Option<String>,
+    pub worker_id: Option<String>,
+    pub auth_token: Option<String>,
+}
+
+/// Everything the machine asks of its shell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Open a WebSocket to `url` with `Authorization: Bearer <auth_token>` and the
+    /// `studio-worker-v1` subprotocol; answer with `Connected` / `ConnectFailed`.
+    Connect {
+        conn: ConnId,
+        url: String,
+        auth_token: String,
+    },
+    /// Send a text frame on `conn` (drop it silently if `conn` is gone).
+    Send { conn: ConnId, text: String },
+    /// Close `conn` with a close frame (bounded by the close timeout), then forget it.
+    /// No `Disconnected` is expected afterwards.
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
+    /// Make an HTTP request; answer with [`Input::Http`].
+    Http { id: HttpId, request: HttpRequest },
+    /// Draw a fresh registration secret (and install id when asked) from the OS CSPRNG;
+    /// answer with [`Input::Minted`].
+    MintSecret { need_install_id: bool },
+    /// Write the registration fields to the config file (atomically, 0600).
+    Persist(PersistedState),
+    /// Run the job on an engine thread; answer with [`Input::JobFinished`].
+    Dispatch { claim: Box<JobOfferClaim> },
+    /// Stop working on a job if possible (shutdown grace expired, or the process exits).
+    /// The machine has already reported the job; the shell drops any later result of it
+    /// instead of feeding `JobFinished` (which would be a [`UsageError::UnknownJob`]).
+    CancelJob { job_id: String },
+    /// The binary result of `job_id` is no longer needed (uploaded, or given up).
+    DiscardResult { job_id: String },
+    /// Query the update feed; answer with [`Input::UpdateChecked`].
+    CheckUpdate,
+    /// Download and install `version`; answer with [`Input::UpdateApplied`].
+    ApplyUpdate { version: String },
+    /// A notice for logs / metrics / UI.
+    Report(Notice),
+    /// Terminate the process with this code after the commands before it are done.
+    Exit { code: ExitCode, reason: String },
+    /// The last command of every drain: sleep until `until` (or IO). `None`: no timer.
+    Wait { until: Option<Mono> },
+}
+
+/// The UI-visible session state (PROTOCOL.md §5.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SessionState {
+    WaitingForApproval,
+    Connecting,
+    Connected,
+    Reconnecting { attempt: u32 },
+    AuthFailed { reason: String },
+    Fatal { reason: String },
+    Stopped,
+}
+
+/// Where a recent job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Running,
+    Completed,
+    Failed,
+}
+
+/// One entry of the recent-jobs ring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub job_id: String,
+    pub kind: TaskKind,
+    pub model: String,
+    /// Display only: never sent to the studio.
+    pub prompt_preview: String,
+    pub status: JobStatus,
+    pub started: Mono,
+    pub finished: Option<Mono>,
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub inputs: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub sessions: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// A read-only view of the machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub session: SessionState,
+    pub paused: bool,
+    pub vram_threshold_gb: f32,
+    pub current_job_id: Option<String>,
+    pub updating: Option<String>,
+    pub log_queue_len: usize,
+    pub log_dropped_total: u64,
+    pub recent_jobs: Vec<JobSummary>,
+    pub recent_logs: Vec<LogEntry>,
+    pub last_heartbeat_ack: Option<Mono>,
+    pub reconnect_attempt: u32,
+    pub stats: Stats,
+    pub exited: bool,
+}
+
+/// The driver called the machine wrongly. Nothing changed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UsageError {
+    /// `now` is earlier than the previous call's.
+    TimeWentBackwards { last: Mono, now: Mono },
+    /// A job result for a job that is not running.
+    UnknownJob(String),
+    /// A negative or non-finite threshold.
+    InvalidThreshold(f32),
+    /// `Minted` with an empty secret.
+    EmptySecret,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsageError::TimeWentBackwards { last, now } => {
+                write!(f, "time went backwards: {now} < {last}")
+            }
+            UsageError::UnknownJob(id) => write!(f, "job {id} is not running"),
+            UsageError::InvalidThreshold(gb) => {
+                write!(f, "vram threshold must be a number >= 0, got {gb}")
+            }
+            UsageError::EmptySecret => write!(f, "minted secret is empty"),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}

@@ -1,0 +1,124 @@
+//! The `multi` engine: routes each job strictly by its `modelSource.engine`.
+
+use std::collections::BTreeMap;
+
+use studio_core::wire::{ModelEngine, TaskKind};
+
+use crate::engine::{Engine, EngineOutput, JobRequest};
+use crate::error::EngineError;
+use crate::synthetic::SyntheticEngine;
+
+/// Every compiled-in engine behind one [`Engine`] (routing id `multi`).
+///
+/// Routing (PROTOCOL.md §3.6, §9.1) is by `job.source.engine` only: the job goes to the
+/// first engine whose [`Engine::serves`] lists that value. When none does the job fails with
+/// [`EngineNotAvailable`](crate::EngineErrorKind::EngineNotAvailable) (not retryable). There
+/// is no fallback to another engine, in particular never to the synthetic one: a synthetic
+/// worker once "completed" real jobs with placeholder bytes.
+pub struct Router {
+    engines: Vec<Box<dyn Engine>>,
+}
+
+impl Router {
+    /// A router over `engines`, in priority order (real engines first, synthetic last).
+    pub fn new(engines: Vec<Box<dyn Engine>>) -> Router {
+        Router { engines }
+    }
+
+    /// Every engine compiled into this build. Real engines are registered here behind their
+    /// cargo features, before the synthetic engine, which is always present and last.
+    pub fn new_default() -> Router {
+        #[allow(unused_mut)]
+        let mut engines: Vec<Box<dyn Engine>> = Vec::new();
+        // Real engines go here, e.g.:
+        // #[cfg(feature = "llama")]
+        // engines.push(Box::new(crate::llama::LlamaEngine::new(..)));
+        engines.push(Box::new(SyntheticEngine::new()));
+        Router::new(engines)
+    }
+
+    /// Appends an engine (lowest priority so far).
+    pub fn with_engine(mut self, engine: Box<dyn Engine>) -> Router {
+        self.engines.push(engine);
+        self
+    }
+
+    /// The engines, in routing order.
+    pub fn engines(&self) -> &[Box<dyn Engine>] {
+        &self.engines
+    }
+
+    /// The routing ids of the engines, in routing order.
+    pub fn engine_names(&self) -> Vec<&'static str> {
+        self.engines.iter().map(|e| e.name()).collect()
+    }
+
+    /// The engine that serves `source_engine`, or the `EngineNotAvailable` error.
+    pub fn route(&self, source_engine: &ModelEngine) -> Result<&dyn Engine, EngineError> {
+        self.engines
+            .iter()
+            .find(|e| e.serves().contains(source_engine))
+            .map(|e| e.as_ref())
+            .ok_or_else(|| EngineError::engine_not_available(source_engine))
+    }
+
+    /// For callers without a model source (local API): the first engine advertising exactly
+    /// `(kind, model)`. No kind-only or wildcard match.
+    pub fn find_by_model(&self, kind: TaskKind, model: &str) -> Option<&dyn Engine> {
+        self.engines
+            .iter()
+            .find(|e| e.supports(kind, model))
+            .map(|e| e.as_ref())
+    }
+}
+
+impl Default for Router {
+    fn default() -> Router {
+        Router::new_default()
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("engines", &self.engine_names())
+            .finish()
+    }
+}
+
+impl Engine for Router {
+    fn name(&self) -> &'static str {
+        "multi"
+    }
+
+    fn serves(&self) -> Vec<ModelEngine> {
+        let mut all: Vec<ModelEngine> = Vec::new();
+        for engine in &self.engines {
+            for served in engine.serves() {
+                if !all.contains(&served) {
+                    all.push(served);
+                }
+            }
+        }
+        all
+    }
+
+    fn capabilities(&self) -> BTreeMap<TaskKind, Vec<String>> {
+        let mut union: BTreeMap<TaskKind, Vec<String>> = BTreeMap::new();
+        for engine in &self.engines {
+            for (kind, models) in engine.capabilities() {
+                union.entry(kind).or_default().extend(models);
+            }
+        }
+        union.retain(|_, models| {
+            models.sort();
+            models.dedup();
+            !models.is_empty()
+        });
+        union
+    }
+
+    fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
+        self.route(&job.source.engine)?.dispatch(job)
+    }
+}

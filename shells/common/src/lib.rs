@@ -1,0 +1,1 @@
+//! Shared shell code. Being written.
