@@ -76,7 +76,7 @@ impl EngineError {
         )
     }
 
-    /// `"<engine> engine does not serve model `<model>` for <kind> tasks"`.
+    /// ``"<engine> engine does not serve model `<model>` for <kind> tasks"``.
     pub fn unsupported_model(engine: &str, kind: TaskKind, model: &str) -> EngineError {
         EngineError::new(
             EngineErrorKind::UnsupportedModel,

@@ -297,7 +297,7 @@ fn stt_result(t: &AudioSttTask) -> Value {
 // Text-to-speech
 // ------------------------------------------------------------------------------------------
 
-/// The tone frequency for `text`: 220 + digest[0]·660/255 Hz (220..=880 Hz).
+/// The tone frequency for `text`: `220 + digest[0] * 660 / 255` Hz (220..=880 Hz).
 pub fn tts_frequency(text: &str) -> f64 {
     220.0 + f64::from(digest(text)[0]) * 660.0 / 255.0
 }

@@ -90,7 +90,11 @@ mod tests {
         assert_eq!(a, c);
         // 100 workers reconnecting after the same outage spread over the window.
         let firsts: std::collections::BTreeSet<_> = (0..100).map(|s| b(s).delay(6)).collect();
-        assert!(firsts.len() > 90, "jitter does not spread: {}", firsts.len());
+        assert!(
+            firsts.len() > 90,
+            "jitter does not spread: {}",
+            firsts.len()
+        );
         let min = firsts.iter().next().unwrap();
         let max = firsts.iter().next_back().unwrap();
         assert!(*max - *min > Duration::from_secs(10));

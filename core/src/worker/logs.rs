@@ -104,7 +104,12 @@ impl LogQueue {
 }
 
 fn parse_marker_count(msg: &str) -> Option<u64> {
-    msg.split("dropped ").nth(1)?.split(' ').next()?.parse().ok()
+    msg.split("dropped ")
+        .nth(1)?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -130,7 +135,10 @@ mod tests {
         assert_eq!(q.len(), 5000);
         let batch = q.drain_batch(WallMs(0));
         assert_eq!(batch.len(), 5001);
-        assert_eq!(batch[0].message, "ship queue full (5000 entries); dropped 2 oldest");
+        assert_eq!(
+            batch[0].message,
+            "ship queue full (5000 entries); dropped 2 oldest"
+        );
         assert_eq!(batch[0].level, "warn");
         assert_eq!(batch[0].category, "logs");
         assert_eq!(batch[1].message, "m2");
@@ -146,7 +154,11 @@ mod tests {
         let batch = q.drain_batch(WallMs(0));
         q.push(e(2));
         q.restore_front(batch);
-        let got: Vec<_> = q.drain_batch(WallMs(0)).into_iter().map(|x| x.message).collect();
+        let got: Vec<_> = q
+            .drain_batch(WallMs(0))
+            .into_iter()
+            .map(|x| x.message)
+            .collect();
         assert_eq!(got, vec!["m0", "m1", "m2"]);
 
         let mut q = LogQueue::new(3);
@@ -157,7 +169,11 @@ mod tests {
         q.push(e(3));
         q.restore_front(batch);
         assert_eq!(q.len(), 3);
-        let got: Vec<_> = q.drain_batch(WallMs(0)).into_iter().map(|x| x.message).collect();
+        let got: Vec<_> = q
+            .drain_batch(WallMs(0))
+            .into_iter()
+            .map(|x| x.message)
+            .collect();
         assert_eq!(got[0], "ship queue full (3 entries); dropped 1 oldest");
         assert_eq!(&got[1..], ["m1", "m2", "m3"]);
     }
@@ -171,7 +187,10 @@ mod tests {
         assert_eq!(batch.len(), 2);
         q.restore_front(batch);
         let again = q.drain_batch(WallMs(0));
-        assert_eq!(again[0].message, "ship queue full (1 entries); dropped 1 oldest");
+        assert_eq!(
+            again[0].message,
+            "ship queue full (1 entries); dropped 1 oldest"
+        );
         assert_eq!(again.len(), 2);
     }
 }

@@ -80,7 +80,9 @@ enum Slot {
     /// A studio job: accepted, dispatched, maybe finished and awaiting delivery.
     Job(Box<ActiveJob>),
     /// The updater is installing a new version.
-    Updating { version: String },
+    Updating {
+        version: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -95,7 +97,11 @@ enum JobStage {
     /// The engine is working on it.
     Running,
     /// Binary result: upload `attempt` (0-based) is in flight as HTTP request `req`.
-    Uploading { ext: String, attempt: u32, req: HttpId },
+    Uploading {
+        ext: String,
+        attempt: u32,
+        req: HttpId,
+    },
     /// Binary result: waiting for the retry timer before upload `attempt`.
     UploadBackoff { ext: String, attempt: u32 },
 }
@@ -258,11 +264,7 @@ impl Worker {
     /// A new machine. Nothing happens until `handle(now, Input::Start)`.
     pub fn new(mut cfg: WorkerConfig) -> Worker {
         cfg.timings.sanitize();
-        let backoff = Backoff::new(
-            cfg.timings.backoff_base,
-            cfg.timings.backoff_cap,
-            cfg.seed,
-        );
+        let backoff = Backoff::new(cfg.timings.backoff_base, cfg.timings.backoff_cap, cfg.seed);
         let logs = LogQueue::new(cfg.limits.log_queue_cap);
         Worker {
             cfg,
@@ -409,17 +411,13 @@ impl Worker {
     fn validate(&self, input: &Input) -> Result<(), UsageError> {
         match input {
             Input::JobFinished { job_id, .. } => match &self.slot {
-                Slot::Job(j) if &j.claim.job_id == job_id && j.stage == JobStage::Running => {
-                    Ok(())
-                }
+                Slot::Job(j) if &j.claim.job_id == job_id && j.stage == JobStage::Running => Ok(()),
                 _ => Err(UsageError::UnknownJob(job_id.clone())),
             },
             Input::SetThreshold { gb } if !(gb.is_finite() && *gb >= 0.0) => {
                 Err(UsageError::InvalidThreshold(*gb))
             }
-            Input::Minted { secret, .. } if secret.is_empty() => {
-                Err(UsageError::EmptySecret)
-            }
+            Input::Minted { secret, .. } if secret.is_empty() => Err(UsageError::EmptySecret),
             _ => Ok(()),
         }
     }
@@ -432,7 +430,7 @@ impl Worker {
             Input::ConnectFailed { conn, error } => self.on_connect_failed(conn, error),
             Input::Frame { conn, text } => self.on_frame(conn, &text),
             Input::BinaryFrame { conn, len } => {
-                if self.link.conn() == Some(conn) {
+                if self.link.conn() == Some(conn) && !matches!(self.link, Link::Connecting { .. }) {
                     self.drop_session(
                         "protocol violation",
                         &format!("protocol error: binary frame of {len} bytes from the studio"),
@@ -529,8 +527,7 @@ impl Worker {
         ) else {
             return;
         };
-        let Some(url) = wire::http_url(&self.cfg.api_base_url, "/workers/register-request")
-        else {
+        let Some(url) = wire::http_url(&self.cfg.api_base_url, "/workers/register-request") else {
             self.exit(
                 ExitCode::Fatal,
                 format!(
@@ -615,7 +612,9 @@ impl Worker {
                         self.log(
                             "warn",
                             "ws",
-                            format!("register-request answered with an unreadable body ({e}); retrying"),
+                            format!(
+                                "register-request answered with an unreadable body ({e}); retrying"
+                            ),
                             None,
                         );
                         self.schedule_registration_retry();
@@ -660,7 +659,12 @@ impl Worker {
                         worker_id,
                         auth_token,
                     }) => {
-                        self.log("info", "ws", format!("registration approved as {worker_id}"), None);
+                        self.log(
+                            "info",
+                            "ws",
+                            format!("registration approved as {worker_id}"),
+                            None,
+                        );
                         self.cfg.credentials = Some(Credentials {
                             worker_id,
                             auth_token,
@@ -707,7 +711,10 @@ impl Worker {
                 self.log(
                     "warn",
                     "ws",
-                    format!("registration poll failed: {}; still waiting", other.describe()),
+                    format!(
+                        "registration poll failed: {}; still waiting",
+                        other.describe()
+                    ),
                     None,
                 );
                 self.schedule_registration_retry();
@@ -726,7 +733,10 @@ impl Worker {
         let url = match wire::ws_url(&self.cfg.api_base_url, &creds.worker_id) {
             Ok(u) => u,
             Err(e) => {
-                self.exit(ExitCode::Fatal, format!("{e}; fix api_base_url in the config file"));
+                self.exit(
+                    ExitCode::Fatal,
+                    format!("{e}; fix api_base_url in the config file"),
+                );
                 return;
             }
         };
@@ -744,13 +754,19 @@ impl Worker {
     }
 
     fn on_connected(&mut self, conn: ConnId) {
+        if self.link.conn() == Some(conn) && !matches!(self.link, Link::Connecting { .. }) {
+            // A repeated `Connected` for the current connection: nothing new.
+            return;
+        }
         if self.link != (Link::Connecting { conn }) {
-            // A stale connection finished late: close it.
-            self.emit(Command::Close {
-                conn,
-                code: close_code::NORMAL,
-                reason: "session ended".into(),
-            });
+            // A connection we no longer want finished late: close it.
+            if conn.0 < self.next_conn {
+                self.emit(Command::Close {
+                    conn,
+                    code: close_code::NORMAL,
+                    reason: "session ended".into(),
+                });
+            }
             return;
         }
         self.timers.clear(Timer::ConnectTimeout);
@@ -759,7 +775,8 @@ impl Worker {
         };
         self.link = Link::AwaitWelcome { conn };
         let caps = self.capabilities();
-        if self.cfg.host.vram_total_gb > 0.0 && self.cfg.vram_threshold_gb > self.cfg.host.vram_total_gb
+        if self.cfg.host.vram_total_gb > 0.0
+            && self.cfg.vram_threshold_gb > self.cfg.host.vram_total_gb
         {
             self.log(
                 "warn",
@@ -777,7 +794,11 @@ impl Worker {
             format!(
                 "capabilities: engine={} kinds=[{}] models={} vram={}GB threshold={}GB",
                 caps.engine,
-                caps.task_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+                caps.task_kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 caps.supported_models.len(),
                 caps.vram_total_gb,
                 caps.vram_threshold_gb
@@ -936,12 +957,17 @@ impl Worker {
             return;
         }
         if matches!(self.link, Link::Connecting { .. }) {
-            // A frame before `Connected` is a driver ordering slip; treat as connected.
-            self.on_connected(conn);
+            // A frame before `Connected` is a driver ordering slip: dropped.
+            self.emit(Command::Report(Notice {
+                level: "warn".into(),
+                category: "ws".into(),
+                message: format!("frame on {conn} before it was connected; dropped"),
+                job_id: None,
+            }));
+            return;
         }
         self.stats.frames_in += 1;
-        let frame = match wire::decode_studio_frame_limited(text, self.cfg.limits.max_frame_bytes)
-        {
+        let frame = match wire::decode_studio_frame_limited(text, self.cfg.limits.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
                 self.drop_session("protocol violation", &format!("protocol error: {e}"));
@@ -1003,7 +1029,12 @@ impl Worker {
     fn on_frame_live(&mut self, frame: StudioFrame) {
         match frame {
             StudioFrame::Welcome { server_time, .. } => {
-                self.log("info", "ws", format!("second welcome ignored server_time={server_time}"), None);
+                self.log(
+                    "info",
+                    "ws",
+                    format!("second welcome ignored server_time={server_time}"),
+                    None,
+                );
             }
             StudioFrame::HeartbeatAck => {
                 self.last_heartbeat_ack = Some(self.now.mono);
@@ -1065,7 +1096,10 @@ impl Worker {
                 "the studio deleted this worker (worker_deleted: {message}); \
                  re-register with `studio-worker register --reset`"
             ),
-            other => format!("studio ended the session with {}: {message}", other.as_str()),
+            other => format!(
+                "studio ended the session with {}: {message}",
+                other.as_str()
+            ),
         };
         self.exit(exit, text);
     }
@@ -1139,7 +1173,10 @@ impl Worker {
                 self.log(
                     "info",
                     "engine",
-                    format!("job {job_id} finished in {}ms; json result sent", elapsed.as_millis()),
+                    format!(
+                        "job {job_id} finished in {}ms; json result sent",
+                        elapsed.as_millis()
+                    ),
                     Some(job_id.clone()),
                 );
                 let frame = WorkerFrame::CompleteJson {
@@ -1482,7 +1519,9 @@ impl Worker {
     fn on_update_timer(&mut self) {
         let at = self.now.mono + self.cfg.timings.update_interval;
         self.timers.set(Timer::UpdateCheck, at);
-        if self.update_check_in_flight || self.pending_update.is_some() || self.stop != Stop::Running
+        if self.update_check_in_flight
+            || self.pending_update.is_some()
+            || self.stop != Stop::Running
         {
             return;
         }
@@ -1516,7 +1555,12 @@ impl Worker {
                 self.pending_update = Some(v);
                 self.maybe_apply_update();
             }
-            Err(e) => self.log("warn", "auto-update", format!("update check failed: {e}"), None),
+            Err(e) => self.log(
+                "warn",
+                "auto-update",
+                format!("update check failed: {e}"),
+                None,
+            ),
         }
     }
 
@@ -1563,7 +1607,10 @@ impl Worker {
                 self.log(
                     "error",
                     "auto-update",
-                    format!("installing {version} failed: {e}; staying on {}", self.cfg.host.agent_version),
+                    format!(
+                        "installing {version} failed: {e}; staying on {}",
+                        self.cfg.host.agent_version
+                    ),
                     None,
                 );
             }

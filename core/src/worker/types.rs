@@ -196,7 +196,10 @@ impl WorkerConfig {
                     TaskKind::AudioTts => "tts",
                     TaskKind::Video => "video",
                 };
-                (k, vec!["synthetic".to_string(), format!("synthetic-{suffix}")])
+                (
+                    k,
+                    vec!["synthetic".to_string(), format!("synthetic-{suffix}")],
+                )
             })
             .collect();
         WorkerConfig {
@@ -300,7 +303,9 @@ pub enum Input {
     /// SIGINT / SIGTERM / quit: finish gracefully.
     Shutdown,
     /// Answer to [`Command::CheckUpdate`]: `Ok(Some(version))` when newer exists.
-    UpdateChecked { result: Result<Option<String>, String> },
+    UpdateChecked {
+        result: Result<Option<String>, String>,
+    },
     /// Answer to [`Command::ApplyUpdate`].
     UpdateApplied { result: Result<(), String> },
 }
@@ -309,7 +314,10 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HttpRequest {
     /// `POST` JSON `body` to `url` (no auth).
-    RegisterRequest { url: String, body: AutoRegisterRequest },
+    RegisterRequest {
+        url: String,
+        body: AutoRegisterRequest,
+    },
     /// `GET url` with `Authorization: Bearer <bearer>` (the raw registration secret).
     PollRegistration { url: String, bearer: String },
     /// `POST url` multipart (`prompt`, `ext`, `image` = the job's bytes as
@@ -352,7 +360,10 @@ impl ExitCode {
 
     /// Whether this exit reports a failure.
     pub fn is_error(self) -> bool {
-        matches!(self, ExitCode::AuthFailed | ExitCode::Fatal | ExitCode::Rejected)
+        matches!(
+            self,
+            ExitCode::AuthFailed | ExitCode::Fatal | ExitCode::Rejected
+        )
     }
 }
 
