@@ -1,0 +1,1034 @@
+//! Scenario tests of the worker machine alone: time is passed in, nothing sleeps.
+
+use std::time::Duration;
+
+use rstest::rstest;
+use serde_json::json;
+use studio_core::wire::{self, StudioFrame, WorkerFrame};
+use studio_core::worker::*;
+use studio_core::{Mono, WallMs};
+
+struct H {
+    w: Worker,
+    t: u64,
+    conn: Option<ConnId>,
+    http: Option<(HttpId, HttpRequest)>,
+}
+
+impl H {
+    fn new(cfg: WorkerConfig) -> H {
+        H {
+            w: Worker::new(cfg),
+            t: 0,
+            conn: None,
+            http: None,
+        }
+    }
+    fn now(&self) -> Now {
+        Now::new(Mono(self.t), WallMs(1_779_710_400_000 + self.t / 1000))
+    }
+    fn step(&mut self, input: Input) -> Vec<Command> {
+        self.w.handle(self.now(), input).expect("valid input");
+        let mut out = Vec::new();
+        loop {
+            let c = self.w.poll();
+            match &c {
+                Command::Wait { .. } => break,
+                Command::Connect { conn, .. } => self.conn = Some(*conn),
+                Command::Http { id, request } => self.http = Some((*id, request.clone())),
+                _ => {}
+            }
+            out.push(c);
+        }
+        out
+    }
+    fn at(&mut self, secs: f64) -> Vec<Command> {
+        let target = (secs * 1e6) as u64;
+        assert!(target >= self.t);
+        self.t = target;
+        self.step(Input::Tick)
+    }
+    fn frame(&mut self, f: &StudioFrame) -> Vec<Command> {
+        let conn = self.conn.unwrap();
+        self.step(Input::Frame {
+            conn,
+            text: wire::encode(f),
+        })
+    }
+    fn http_reply(&mut self, status: u16, body: &str) -> Vec<Command> {
+        let (id, _) = self.http.clone().unwrap();
+        self.step(Input::Http {
+            id,
+            result: HttpResult::Response {
+                status,
+                body: body.into(),
+            },
+        })
+    }
+    fn deadline(&self) -> Option<f64> {
+        self.w.deadline().map(|m| m.0 as f64 / 1e6)
+    }
+    fn live(cfg: WorkerConfig) -> H {
+        let mut h = H::new(cfg);
+        h.step(Input::Start);
+        let conn = h.conn.unwrap();
+        h.step(Input::Connected { conn });
+        h.frame(&welcome());
+        h
+    }
+}
+
+fn frames(cmds: &[Command]) -> Vec<WorkerFrame> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Send { text, .. } => {
+                Some(wire::decode_worker_frame(text, usize::MAX).unwrap())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn types(cmds: &[Command]) -> Vec<&'static str> {
+    frames(cmds).iter().map(|f| f.type_name()).collect()
+}
+
+fn welcome() -> StudioFrame {
+    StudioFrame::Welcome {
+        worker_id: "w-1".into(),
+        server_time: "2026-05-25T12:00:00Z".into(),
+    }
+}
+
+fn registered() -> WorkerConfig {
+    let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9");
+    cfg.credentials = Some(Credentials {
+        worker_id: "w-1".into(),
+        auth_token: "tok-1".into(),
+    });
+    cfg
+}
+
+fn offer(job: &str, task: serde_json::Value) -> StudioFrame {
+    let text = json!({"type":"offer","claim":{"jobId":job,"gameId":"g","assetName":"g/a","model":"synthetic",
+        "vramGbEstimate":1.0,"task":task,"modelSource":{"engine":"synthetic","files":[],
+        "cliDefaults":{"cfgScale":1.0,"steps":8,"width":1024,"height":1024}}}})
+    .to_string();
+    wire::decode_studio_frame(&text).unwrap()
+}
+
+fn exit_of(cmds: &[Command]) -> Option<(ExitCode, String)> {
+    cmds.iter().find_map(|c| match c {
+        Command::Exit { code, reason } => Some((*code, reason.clone())),
+        _ => None,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Registration
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn registration_request_poll_approve_persist_connect() {
+    let mut h = H::new(WorkerConfig::for_tests("https://studio.example/"));
+    let c = h.step(Input::Start);
+    assert!(c.contains(&Command::MintSecret {
+        need_install_id: true
+    }));
+    let secret = "5e".repeat(32);
+    let c = h.step(Input::Minted {
+        install_id: Some("11111111-2222-4333-8444-555555555555".into()),
+        secret: secret.clone(),
+    });
+    // install id + secret persisted before the request goes out
+    let persist = c.iter().find_map(|c| match c {
+        Command::Persist(p) => Some(p.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        persist.unwrap().registration_secret.as_deref(),
+        Some(secret.as_str())
+    );
+    let Some((_, HttpRequest::RegisterRequest { url, body })) = h.http.clone() else {
+        panic!("no register request: {c:?}")
+    };
+    assert_eq!(
+        url,
+        "https://studio.example/graphics/api/workers/register-request"
+    );
+    assert_eq!(
+        body.registration_secret_hash,
+        wire::sha256_hex(secret.as_bytes())
+    );
+    assert_ne!(
+        body.registration_secret_hash, secret,
+        "the raw secret never leaves"
+    );
+    assert!(body.user_agent.starts_with("studio-worker/"));
+
+    let c = h.http_reply(200, r#"{"requestId":"rr-7","status":"pending"}"#);
+    assert!(c.iter().any(
+        |c| matches!(c, Command::Persist(p) if p.registration_request_id.as_deref() == Some("rr-7"))
+    ));
+    assert_eq!(h.deadline(), Some(30.0), "first poll 30 s later");
+    let c = h.at(30.0);
+    let Some((_, HttpRequest::PollRegistration { url, bearer })) = h.http.clone() else {
+        panic!("{c:?}")
+    };
+    assert_eq!(
+        url,
+        "https://studio.example/graphics/api/workers/register-requests/rr-7"
+    );
+    assert_eq!(bearer, secret, "the raw secret is the poll bearer");
+    h.http_reply(200, r#"{"status":"pending"}"#);
+    assert_eq!(h.deadline(), Some(60.0));
+    h.at(60.0);
+    let c = h.http_reply(
+        200,
+        r#"{"status":"approved","workerId":"w-42","authToken":"tok-42"}"#,
+    );
+    let p = c
+        .iter()
+        .find_map(|c| match c {
+            Command::Persist(p) => Some(p.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(p.worker_id.as_deref(), Some("w-42"));
+    assert_eq!(p.auth_token.as_deref(), Some("tok-42"));
+    assert_eq!(p.registration_secret, None, "secret cleared on approval");
+    assert_eq!(p.registration_request_id, None);
+    assert_eq!(
+        p.install_id.as_deref(),
+        Some("11111111-2222-4333-8444-555555555555")
+    );
+    let connect = c.iter().find_map(|c| match c {
+        Command::Connect {
+            url, auth_token, ..
+        } => Some((url.clone(), auth_token.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        connect,
+        Some((
+            "wss://studio.example/graphics/api/workers/w-42/connect".into(),
+            "tok-42".into()
+        ))
+    );
+}
+
+#[test]
+fn registration_404_starts_over_with_a_fresh_secret_others_keep_waiting() {
+    let mut cfg = WorkerConfig::for_tests("http://s");
+    cfg.registration = RegistrationState {
+        install_id: Some("i-1".into()),
+        request_id: Some("rr-1".into()),
+        secret: Some("old".into()),
+    };
+    let mut h = H::new(cfg);
+    h.step(Input::Start);
+    assert!(
+        matches!(h.http, Some((_, HttpRequest::PollRegistration { .. }))),
+        "polls at once"
+    );
+    for status in [401, 500, 429] {
+        let c = h.http_reply(status, "nope");
+        assert!(!c
+            .iter()
+            .any(|c| matches!(c, Command::MintSecret { .. } | Command::Persist(_))));
+        let next = h.deadline().unwrap();
+        h.at(next);
+    }
+    let c = h.http_reply(404, "unknown request");
+    assert!(c.contains(&Command::MintSecret {
+        need_install_id: false
+    }));
+    assert!(c.iter().any(|c| matches!(c, Command::Persist(p) if p.registration_secret.is_none() && p.registration_request_id.is_none() && p.install_id.as_deref() == Some("i-1"))));
+    h.step(Input::Minted {
+        install_id: None,
+        secret: "new".into(),
+    });
+    let Some((_, HttpRequest::RegisterRequest { body, .. })) = h.http.clone() else {
+        panic!()
+    };
+    assert_eq!(body.install_id, "i-1", "install id is stable");
+    assert_eq!(body.registration_secret_hash, wire::sha256_hex(b"new"));
+}
+
+#[test]
+fn registration_rejected_exits_with_guidance_and_clears_the_request() {
+    let mut cfg = WorkerConfig::for_tests("http://s");
+    cfg.registration = RegistrationState {
+        install_id: Some("i".into()),
+        request_id: Some("rr".into()),
+        secret: Some("s".into()),
+    };
+    let mut h = H::new(cfg);
+    h.step(Input::Start);
+    let c = h.http_reply(
+        200,
+        r#"{"status":"rejected","reason":"unknown contributor"}"#,
+    );
+    let (code, reason) = exit_of(&c).unwrap();
+    assert_eq!(code, ExitCode::Rejected);
+    assert_ne!(code.code(), 0);
+    assert!(reason.contains("unknown contributor") && reason.contains("register --reset"));
+    assert!(c
+        .iter()
+        .any(|c| matches!(c, Command::Persist(p) if p.registration_secret.is_none())));
+}
+
+#[test]
+fn register_request_failure_retries_after_the_poll_interval() {
+    let mut h = H::new(WorkerConfig::for_tests("http://s"));
+    h.step(Input::Start);
+    h.step(Input::Minted {
+        install_id: Some("i".into()),
+        secret: "s".into(),
+    });
+    let (first, _) = h.http.clone().unwrap();
+    h.step(Input::Http {
+        id: first,
+        result: HttpResult::Transport("dns".into()),
+    });
+    assert_eq!(h.deadline(), Some(30.0));
+    h.at(30.0);
+    let (second, req) = h.http.clone().unwrap();
+    assert_ne!(first, second);
+    assert!(matches!(req, HttpRequest::RegisterRequest { .. }));
+}
+
+#[test]
+fn shutdown_before_approval_exits_clean() {
+    let mut h = H::new(WorkerConfig::for_tests("http://s"));
+    h.step(Input::Start);
+    let c = h.step(Input::Shutdown);
+    assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);
+    assert_eq!(ExitCode::Clean.code(), 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// Session
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn hello_first_then_heartbeat_every_5s_after_welcome_with_live_capabilities() {
+    let mut h = H::new(registered());
+    let c = h.step(Input::Start);
+    let Some(Command::Connect {
+        url, auth_token, ..
+    }) = c.first()
+    else {
+        panic!()
+    };
+    assert_eq!(url, "ws://127.0.0.1:9/graphics/api/workers/w-1/connect");
+    assert_eq!(auth_token, "tok-1");
+    assert_eq!(h.deadline(), Some(15.0), "connect timeout");
+    let conn = h.conn.unwrap();
+    let c = h.step(Input::Connected { conn });
+    assert_eq!(types(&c), vec!["hello"]);
+    let WorkerFrame::Hello {
+        auth_token,
+        capabilities,
+    } = &frames(&c)[0]
+    else {
+        panic!()
+    };
+    assert_eq!(auth_token, "tok-1");
+    assert_eq!(
+        capabilities.supported_models.len(),
+        6,
+        "flat, sorted, de-duplicated"
+    );
+    assert_eq!(capabilities.task_kinds.len(), 5);
+    // Nothing before welcome, even when timers would be due.
+    assert!(types(&h.at(4.0)).is_empty());
+    let c = h.frame(&welcome());
+    assert_eq!(
+        types(&c),
+        vec!["heartbeat"],
+        "first heartbeat immediately after welcome"
+    );
+    h.frame(&StudioFrame::HeartbeatAck);
+    h.step(Input::SetThreshold { gb: 7.5 });
+    let c = h.at(9.0);
+    let hb: Vec<WorkerFrame> = frames(&c)
+        .into_iter()
+        .filter(|f| f.type_name() == "heartbeat")
+        .collect();
+    assert_eq!(
+        hb.len(),
+        1,
+        "one heartbeat at t=5 s (the t=10 s one is not due)"
+    );
+    let WorkerFrame::Heartbeat {
+        capabilities,
+        current_job_id,
+    } = &hb[0]
+    else {
+        panic!()
+    };
+    assert_eq!(capabilities.vram_threshold_gb, 7.5, "live threshold");
+    assert_eq!(*current_job_id, None);
+}
+
+#[test]
+fn frames_before_welcome_are_dropped_not_answered() {
+    let mut h = H::new(registered());
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    let c = h.frame(&offer("j", json!({"kind":"image","prompt":"x"})));
+    assert!(types(&c).is_empty());
+    assert!(!c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
+    assert!(c
+        .iter()
+        .any(|c| matches!(c, Command::Report(n) if n.message.contains("before welcome"))));
+}
+
+#[test]
+fn half_open_read_idle_20s_reconnects() {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    // Heartbeats keep going out but nothing comes back.
+    for s in [5.0, 10.0, 15.0] {
+        assert!(types(&h.at(s)).contains(&"heartbeat"));
+    }
+    let c = h.at(20.0);
+    assert!(c
+        .iter()
+        .any(|c| matches!(c, Command::Close { conn: cc, code: 1000, .. } if *cc == conn)));
+    assert!(matches!(
+        h.w.status().session,
+        SessionState::Reconnecting { attempt: 1 }
+    ));
+    let d = h.deadline().unwrap();
+    assert!(
+        (20.5..=21.0).contains(&d),
+        "first reconnect in [0.5, 1] s: {d}"
+    );
+    let c = h.at(d);
+    assert!(c
+        .iter()
+        .any(|c| matches!(c, Command::Connect { conn: n, .. } if *n != conn)));
+}
+
+#[test]
+fn connect_timeout_15s_then_backoff() {
+    let mut h = H::new(registered());
+    h.step(Input::Start);
+    let c = h.at(15.0);
+    assert!(c.iter().any(|c| matches!(c, Command::Close { .. })));
+    assert!(matches!(
+        h.w.status().session,
+        SessionState::Reconnecting { attempt: 1 }
+    ));
+}
+
+#[test]
+fn backoff_doubles_to_30s_with_jitter_and_resets_after_a_welcomed_session() {
+    let mut h = H::new(registered());
+    h.step(Input::Start);
+    let mut delays = Vec::new();
+    for _ in 0..8 {
+        let conn = h.conn.unwrap();
+        let before = h.t as f64 / 1e6;
+        h.step(Input::ConnectFailed {
+            conn,
+            error: ConnectError::Transport("refused".into()),
+        });
+        let d = h.deadline().unwrap();
+        delays.push(d - before);
+        h.at(d);
+    }
+    let nominal = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0];
+    for (d, n) in delays.iter().zip(nominal) {
+        assert!(*d >= n / 2.0 - 1e-6 && *d <= n + 1e-6, "{delays:?}");
+    }
+    assert_eq!(h.w.status().reconnect_attempt, 8);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    h.frame(&welcome());
+    assert_eq!(h.w.status().reconnect_attempt, 0);
+    h.step(Input::Disconnected {
+        conn,
+        code: Some(1006),
+        reason: "abnormal".into(),
+    });
+    assert!(matches!(
+        h.w.status().session,
+        SessionState::Reconnecting { attempt: 1 }
+    ));
+}
+
+#[test]
+fn reconnect_cap_ends_in_fatal_exit() {
+    let mut cfg = registered();
+    cfg.reconnect_attempts = 3;
+    let mut h = H::new(cfg);
+    h.step(Input::Start);
+    let mut last = vec![];
+    for _ in 0..4 {
+        let conn = h.conn.unwrap();
+        last = h.step(Input::ConnectFailed {
+            conn,
+            error: ConnectError::Status {
+                status: 503,
+                body: "down".into(),
+            },
+        });
+        if let Some(d) = h.deadline() {
+            h.at(d);
+        }
+    }
+    let (code, reason) = exit_of(&last).unwrap();
+    assert_eq!(code, ExitCode::Fatal);
+    assert!(
+        reason.contains("gave up after 3 reconnect attempts"),
+        "{reason}"
+    );
+}
+
+#[rstest]
+#[case::upgrade_401(None, Some(ConnectError::Unauthorized { body: "bad token".into() }))]
+#[case::close_4001(Some(4001), None)]
+fn auth_failures_exit_without_reconnect(
+    #[case] close: Option<u16>,
+    #[case] err: Option<ConnectError>,
+) {
+    let mut h = H::new(registered());
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    let c = if let Some(error) = err {
+        h.step(Input::ConnectFailed { conn, error })
+    } else {
+        h.step(Input::Connected { conn });
+        h.step(Input::Disconnected {
+            conn,
+            code: close,
+            reason: "invalid token".into(),
+        })
+    };
+    let (code, reason) = exit_of(&c).unwrap();
+    assert_eq!(code, ExitCode::AuthFailed);
+    assert_eq!(code.code(), 2);
+    assert!(reason.contains("register --reset"), "{reason}");
+    assert_eq!(h.deadline(), None, "no reconnect");
+}
+
+#[rstest]
+#[case(wire::WorkerErrorCode::AuthFailed, ExitCode::AuthFailed, "auth failed")]
+#[case(
+    wire::WorkerErrorCode::ProtocolViolation,
+    ExitCode::Fatal,
+    "protocol violation"
+)]
+#[case(
+    wire::WorkerErrorCode::DuplicateWorker,
+    ExitCode::Fatal,
+    "protocol violation"
+)]
+#[case(
+    wire::WorkerErrorCode::WorkerDeleted,
+    ExitCode::Fatal,
+    "protocol violation"
+)]
+#[case(
+    wire::WorkerErrorCode::InternalError,
+    ExitCode::Fatal,
+    "protocol violation"
+)]
+fn error_frames_are_terminal(
+    #[case] code: wire::WorkerErrorCode,
+    #[case] exit: ExitCode,
+    #[case] close_reason: &str,
+) {
+    let mut h = H::live(registered());
+    let c = h.frame(&StudioFrame::Error {
+        code,
+        message: "m".into(),
+    });
+    assert!(c
+        .iter()
+        .any(|c| matches!(c, Command::Close { code: 1000, reason, .. } if reason == close_reason)));
+    assert_eq!(exit_of(&c).unwrap().0, exit);
+}
+
+#[rstest]
+#[case(1000)]
+#[case(4002)]
+#[case(4003)]
+#[case(4004)]
+fn other_close_codes_reconnect(#[case] code: u16) {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    let c = h.step(Input::Disconnected {
+        conn,
+        code: Some(code),
+        reason: "x".into(),
+    });
+    assert!(exit_of(&c).is_none());
+    assert!(matches!(
+        h.w.status().session,
+        SessionState::Reconnecting { .. }
+    ));
+}
+
+// ------------------------------------------------------------------------------------------
+// Jobs
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn json_job_sends_the_full_prompt_and_heartbeat_carries_the_job() {
+    let mut h = H::live(registered());
+    let long = "word ".repeat(100);
+    let c = h.frame(&offer(
+        "j-1",
+        json!({"kind":"llm","messages":[{"role":"user","content": long}]}),
+    ));
+    assert_eq!(types(&c), vec!["accept"]);
+    let c = h.at(5.0);
+    let hb = frames(&c)
+        .into_iter()
+        .find_map(|f| match f {
+            WorkerFrame::Heartbeat { current_job_id, .. } => Some(current_job_id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(hb.as_deref(), Some("j-1"));
+    let c = h.step(Input::JobFinished {
+        job_id: "j-1".into(),
+        outcome: JobOutcome::Json {
+            result: json!({"object":"chat.completion"}),
+        },
+    });
+    let WorkerFrame::CompleteJson { prompt, .. } = &frames(&c)[0] else {
+        panic!()
+    };
+    assert_eq!(
+        prompt.as_deref(),
+        Some(long.as_str()),
+        "full prompt, never the preview"
+    );
+    assert_eq!(
+        h.w.status().recent_jobs[0].prompt_preview.chars().count(),
+        201
+    );
+    assert_eq!(h.w.status().current_job_id, None);
+}
+
+#[test]
+fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-2", json!({"kind":"image","prompt":"p"})));
+    h.step(Input::JobFinished {
+        job_id: "j-2".into(),
+        outcome: JobOutcome::Binary {
+            ext: "webp".into(),
+            bytes_len: 100,
+        },
+    });
+    let Some((
+        _,
+        HttpRequest::Upload {
+            url,
+            prompt,
+            ext,
+            job_id,
+            auth_token,
+        },
+    )) = h.http.clone()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        url,
+        "http://127.0.0.1:9/graphics/api/workers/w-1/jobs/j-2/complete"
+    );
+    assert_eq!(
+        (
+            prompt.as_str(),
+            ext.as_str(),
+            job_id.as_str(),
+            auth_token.as_str()
+        ),
+        ("p", "webp", "j-2", "tok-1")
+    );
+    let (first, _) = h.http.clone().unwrap();
+    h.http_reply(500, "oops");
+    // Keep the session alive while waiting.
+    h.frame(&StudioFrame::HeartbeatAck);
+    let c = h.at(1.0);
+    let (second, _) = h.http.clone().unwrap();
+    assert_ne!(first, second, "retry after 1 s: {c:?}");
+    h.http_reply(502, "");
+    let c = h.at(2.0);
+    assert!(
+        !c.iter().any(|c| matches!(c, Command::Http { .. })),
+        "second retry waits 2 s"
+    );
+    let c = h.at(3.0);
+    assert!(c.iter().any(|c| matches!(c, Command::Http { .. })));
+    let c = h.http_reply(503, "still");
+    let f = frames(&c);
+    assert!(
+        matches!(&f[0], WorkerFrame::Fail { retryable: true, error, .. } if error.contains("503"))
+    );
+    assert!(c.contains(&Command::DiscardResult {
+        job_id: "j-2".into()
+    }));
+}
+
+#[test]
+fn upload_4xx_is_not_retried() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-3", json!({"kind":"image","prompt":"p"})));
+    h.step(Input::JobFinished {
+        job_id: "j-3".into(),
+        outcome: JobOutcome::Binary {
+            ext: "png".into(),
+            bytes_len: 1,
+        },
+    });
+    let c = h.http_reply(409, "job not claimed by this worker");
+    assert!(
+        matches!(&frames(&c)[0], WorkerFrame::Fail { retryable: true, error, .. } if error == "complete failed: 409 — job not claimed by this worker")
+    );
+}
+
+#[rstest]
+#[case::paused(true, false, None, "paused")]
+#[case::only_when_idle_unknown(false, true, None, "paused")]
+#[case::only_when_idle_active(false, true, Some(wire::UserPresence::Active), "paused")]
+fn offers_rejected_by_policy(
+    #[case] paused: bool,
+    #[case] only_when_idle: bool,
+    #[case] presence: Option<wire::UserPresence>,
+    #[case] code: &str,
+) {
+    let mut cfg = registered();
+    cfg.only_when_idle = only_when_idle;
+    let mut h = H::live(cfg);
+    if paused {
+        h.step(Input::Pause);
+    }
+    h.step(Input::SetPresence(presence));
+    let c = h.frame(&offer("j", json!({"kind":"image","prompt":"p"})));
+    let f = frames(&c);
+    let WorkerFrame::Reject {
+        code: Some(got),
+        reason,
+        ..
+    } = &f[0]
+    else {
+        panic!("{f:?}")
+    };
+    assert_eq!(wire::encode(got).trim_matches('"'), code);
+    let want = if paused {
+        REASON_PAUSED
+    } else {
+        REASON_NOT_IDLE
+    };
+    assert_eq!(reason, want);
+}
+
+#[test]
+fn only_when_idle_accepts_once_idle() {
+    let mut cfg = registered();
+    cfg.only_when_idle = true;
+    let mut h = H::live(cfg);
+    h.step(Input::SetPresence(Some(wire::UserPresence::Idle)));
+    let c = h.frame(&offer("j", json!({"kind":"image","prompt":"p"})));
+    assert_eq!(types(&c), vec!["accept"]);
+}
+
+#[test]
+fn a_result_lost_with_the_session_is_redelivered_before_the_first_heartbeat() {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    h.frame(&offer("j-5", json!({"kind":"llm","messages":[]})));
+    h.step(Input::JobFinished {
+        job_id: "j-5".into(),
+        outcome: JobOutcome::Json { result: json!(1) },
+    });
+    // No completeAck: the socket dies.
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let d = h.deadline().unwrap();
+    h.at(d);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    let c = h.frame(&welcome());
+    assert_eq!(types(&c), vec!["completeJson", "heartbeat"]);
+    h.frame(&StudioFrame::CompleteAck {
+        job_id: "j-5".into(),
+    });
+    // Acked: not sent again on the next session.
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let d = h.deadline().unwrap();
+    h.at(d);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    assert_eq!(types(&h.frame(&welcome())), vec!["heartbeat"]);
+}
+
+#[test]
+fn a_job_finished_while_disconnected_is_delivered_on_the_next_session() {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    h.frame(&offer("j-6", json!({"kind":"llm","messages":[]})));
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let c = h.step(Input::JobFinished {
+        job_id: "j-6".into(),
+        outcome: JobOutcome::Failed {
+            error: "oom".into(),
+            retryable: true,
+        },
+    });
+    assert!(types(&c).is_empty());
+    let d = h.deadline().unwrap();
+    h.at(d);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    assert_eq!(types(&h.frame(&welcome())), vec!["fail", "heartbeat"]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Logs
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn logs_flush_every_second_only_when_non_empty() {
+    let mut h = H::live(registered());
+    h.frame(&StudioFrame::HeartbeatAck);
+    let c = h.at(1.0);
+    assert_eq!(types(&c), vec!["logBatch"], "welcome notices ship");
+    let c = h.at(2.0);
+    assert!(types(&c).is_empty(), "an empty queue sends nothing");
+}
+
+#[test]
+fn unconfirmed_log_batches_are_restored_on_disconnect() {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    let c = h.at(1.0);
+    let WorkerFrame::LogBatch { entries } = &frames(&c)[0] else {
+        panic!()
+    };
+    let first = entries.clone();
+    // No heartbeatAck after the batch: the session dies (half-open).
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let d = h.deadline().unwrap();
+    h.at(d);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    h.frame(&welcome());
+    let t = h.t as f64 / 1e6;
+    let c = h.at(t + 1.0);
+    let WorkerFrame::LogBatch { entries } = &frames(&c)[0] else {
+        panic!("{c:?}")
+    };
+    assert_eq!(
+        &entries[..first.len()],
+        &first[..],
+        "restored batch first, in order"
+    );
+}
+
+#[test]
+fn confirmed_log_batches_are_not_resent() {
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    h.frame(&StudioFrame::HeartbeatAck); // acks the welcome heartbeat (no batch before it)
+    h.at(1.0); // batch
+    h.at(5.0); // heartbeat after the batch
+    h.frame(&StudioFrame::HeartbeatAck); // confirms the batch
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    assert_eq!(
+        h.w.status().log_queue_len,
+        1,
+        "only the disconnect notice waits; the confirmed batch is gone"
+    );
+}
+
+#[test]
+fn log_queue_is_capped_with_a_drop_marker() {
+    let mut cfg = registered();
+    cfg.limits.log_queue_cap = 5000;
+    let mut h = H::new(cfg);
+    h.step(Input::Start); // not connected: logs pile up
+    for i in 0..6000 {
+        h.step(Input::Log(wire::LogEntry {
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            level: "info".into(),
+            category: "engine".into(),
+            message: format!("l{i}"),
+            job_id: None,
+        }));
+    }
+    let st = h.w.status();
+    assert_eq!(st.log_queue_len, 5000);
+    assert!(st.log_dropped_total >= 1000);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    h.frame(&welcome());
+    let c = h.at(1.0);
+    let WorkerFrame::LogBatch { entries } = &frames(&c)[0] else {
+        panic!()
+    };
+    assert!(entries[0]
+        .message
+        .starts_with("ship queue full (5000 entries); dropped "));
+    assert_eq!(entries.len(), 5001);
+}
+
+// ------------------------------------------------------------------------------------------
+// Shutdown, pause, update
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn shutdown_waits_for_the_job_then_closes_1000() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
+    let c = h.step(Input::Shutdown);
+    assert!(exit_of(&c).is_none());
+    let c = h.frame(&offer("j-8", json!({"kind":"llm","messages":[]})));
+    assert!(matches!(
+        &frames(&c)[0],
+        WorkerFrame::Reject {
+            code: Some(wire::RejectCode::Busy),
+            ..
+        }
+    ));
+    let c = h.step(Input::JobFinished {
+        job_id: "j-7".into(),
+        outcome: JobOutcome::Json { result: json!({}) },
+    });
+    let t = types(&c);
+    assert_eq!(t.first(), Some(&"completeJson"));
+    let close = c.iter().position(
+        |c| matches!(c, Command::Close { code: 1000, reason, .. } if reason == "session ended"),
+    );
+    let exit = c.iter().position(|c| {
+        matches!(
+            c,
+            Command::Exit {
+                code: ExitCode::Clean,
+                ..
+            }
+        )
+    });
+    assert!(close.is_some() && close < exit, "{c:?}");
+}
+
+#[test]
+fn shutdown_grace_bounds_a_hung_job() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-9", json!({"kind":"llm","messages":[]})));
+    h.step(Input::Shutdown);
+    for t in [4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0] {
+        h.at(t);
+        h.frame(&StudioFrame::HeartbeatAck);
+    }
+    let c = h.at(30.0);
+    assert!(c.contains(&Command::CancelJob {
+        job_id: "j-9".into()
+    }));
+    assert!(
+        frames(&c).iter().any(
+            |f| matches!(f, WorkerFrame::Fail { retryable: true, job_id, .. } if job_id == "j-9")
+        ),
+        "{c:?}"
+    );
+    assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);
+}
+
+#[test]
+fn pause_and_resume_are_advertised_at_once_and_logged() {
+    let mut h = H::live(registered());
+    let c = h.step(Input::Pause);
+    let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
+        panic!()
+    };
+    assert!(!capabilities.auto_enabled);
+    let c = h.step(Input::Resume);
+    let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
+        panic!()
+    };
+    assert!(capabilities.auto_enabled);
+    let logs = h.w.status().recent_logs;
+    assert!(logs
+        .iter()
+        .any(|l| l.message.contains("paused by operator")));
+    assert!(logs
+        .iter()
+        .any(|l| l.message.contains("resumed by operator")));
+}
+
+#[test]
+fn update_is_checked_when_due_and_applied_only_when_idle_holding_the_slot() {
+    let mut cfg = registered();
+    cfg.auto_update_enabled = true;
+    cfg.timings.update_interval = Duration::from_secs(10);
+    cfg.timings.read_idle = Duration::from_secs(3600);
+    let mut h = H::live(cfg);
+    h.frame(&offer("j", json!({"kind":"llm","messages":[]})));
+    let c = h.at(10.0);
+    assert!(
+        !c.contains(&Command::CheckUpdate),
+        "never checks during a job"
+    );
+    h.step(Input::JobFinished {
+        job_id: "j".into(),
+        outcome: JobOutcome::Json { result: json!({}) },
+    });
+    let c = h.at(20.0);
+    assert!(c.contains(&Command::CheckUpdate));
+    let c = h.step(Input::UpdateChecked {
+        result: Ok(Some("1.2.3".into())),
+    });
+    assert!(c.contains(&Command::ApplyUpdate {
+        version: "1.2.3".into()
+    }));
+    let c = h.frame(&offer("k", json!({"kind":"llm","messages":[]})));
+    assert!(matches!(
+        &frames(&c)[0],
+        WorkerFrame::Reject {
+            code: Some(wire::RejectCode::Busy),
+            ..
+        }
+    ));
+    let c = h.step(Input::UpdateApplied { result: Ok(()) });
+    assert_eq!(exit_of(&c).unwrap().0, ExitCode::Restart);
+}
+
+#[test]
+fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
+    let mut h = H::live(registered());
+    h.at(3.0);
+    let before = h.w.status();
+    let err =
+        h.w.handle(Now::new(Mono(1), WallMs(0)), Input::Tick)
+            .unwrap_err();
+    assert!(matches!(err, UsageError::TimeWentBackwards { .. }));
+    assert_eq!(h.w.status(), before);
+}
