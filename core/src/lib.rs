@@ -1,7 +1,23 @@
 //! studio-core: the sans-IO heart of studio-worker.
+//!
+//! A pure, deterministic crate: inputs in, commands out, time passed in. It reads no
+//! clock, socket, file, environment or random source and spawns no thread (enforced by
+//! `core/clippy.toml` and `scripts/check-core-purity.sh`).
+//!
+//! * [`wire`]: every frame, nested type and HTTP body of the protocol, as serde types.
+//! * [`worker`]: the worker session machine ([`worker::Worker`]); its module docs hold the
+//!   driving contract.
+//! * [`studio`]: the reference studio machine, the peer of the loopback studio, the pair
+//!   tests and the fleet simulation.
+//! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
 pub mod studio;
 pub mod time;
 pub mod wire;
 pub mod worker;
 
 pub use time::{Mono, WallMs};
+
+/// The README's driving-contract example runs as a doctest of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
