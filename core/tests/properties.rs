@@ -246,7 +246,7 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
             result: HttpResult::Response {
                 status: *status,
                 body: match status {
-                    200 if ctx.jobs_seen % 2 == 0 => {
+                    200 if ctx.jobs_seen.is_multiple_of(2) => {
                         r#"{"requestId":"rr-1","status":"pending"}"#.into()
                     }
                     200 => r#"{"status":"approved","workerId":"w-2","authToken":"t2"}"#.into(),
@@ -276,7 +276,7 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
                     },
                     _ => JobOutcome::Failed {
                         error: "e".into(),
-                        retryable: k % 2 == 0,
+                        retryable: k.is_multiple_of(2),
                     },
                 },
             }
@@ -388,7 +388,7 @@ fn arbitrary_sequences_keep_every_invariant() {
     }
     QuickCheck::new()
         .tests(2000)
-        .gen(Gen::new(120))
+        .rng(Gen::new(120))
         .quickcheck(prop as fn(Scenario) -> TestResult);
 }
 
@@ -399,7 +399,7 @@ fn same_inputs_give_the_same_outputs() {
     }
     QuickCheck::new()
         .tests(300)
-        .gen(Gen::new(120))
+        .rng(Gen::new(120))
         .quickcheck(prop as fn(Scenario) -> bool);
 }
 

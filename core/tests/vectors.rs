@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 use studio_core::wire::{self, StudioFrame, WorkerFrame};
 
+#[allow(clippy::disallowed_methods)] // tests may read the environment
 fn vectors_path() -> PathBuf {
     if let Ok(p) = std::env::var("STUDIO_VECTORS") {
         return PathBuf::from(p);
