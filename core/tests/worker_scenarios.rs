@@ -511,7 +511,7 @@ fn auth_failures_exit_without_reconnect(
     };
     let (code, reason) = exit_of(&c).unwrap();
     assert_eq!(code, ExitCode::AuthFailed);
-    assert_eq!(code.code(), 2);
+    assert_eq!(code.code(), 4);
     assert!(reason.contains("register --reset"), "{reason}");
     assert_eq!(h.deadline(), None, "no reconnect");
 }

@@ -331,7 +331,8 @@ pub enum HttpRequest {
     },
 }
 
-/// Process exit codes (documented in the README).
+/// Process exit codes (documented in the README). 1 is left to generic errors and 2 to
+/// command-line usage errors (clap's convention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitCode {
     /// Stopped on request.
@@ -351,9 +352,9 @@ impl ExitCode {
     pub fn code(self) -> i32 {
         match self {
             ExitCode::Clean => 0,
-            ExitCode::AuthFailed => 2,
             ExitCode::Fatal => 3,
-            ExitCode::Rejected => 4,
+            ExitCode::AuthFailed => 4,
+            ExitCode::Rejected => 5,
             ExitCode::Restart => 0,
         }
     }

@@ -1,0 +1,584 @@
+//! The `studio-worker` command line (PROTOCOL.md §7.3) and the admin subcommands both
+//! binaries share.
+//!
+//! [`Cli`] is parsed with clap. `run` (the daemon) and `demo` are carried out by the
+//! binary; `register`, `status`, `set-threshold` and `config` only touch the config file
+//! and are implemented here ([`run_admin_command`]), so both binaries behave identically.
+//! None of them uses the network.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{
+    default_config_path, validate_api_base_url, validate_threshold, Config, RegistrationView,
+};
+use crate::error::ShellError;
+
+const ABOUT: &str = "A studio worker: takes generation jobs from a minis.gg studio and runs \
+                     them on this machine";
+
+const LONG_ABOUT: &str = "\
+A studio worker: takes generation jobs (image, LLM chat, speech-to-text, text-to-speech, \
+video) from a minis.gg studio and runs them on this machine's engines.
+
+On first `run` the worker asks the studio to register it and waits until an operator \
+approves it in the studio dashboard; after that it holds one WebSocket session, accepts \
+offers, and returns results. Settings and the registration live in config.toml (see \
+`studio-worker status` for its path). Set RUST_LOG (e.g. `RUST_LOG=debug`) for more log \
+output on stderr.";
+
+/// The `studio-worker` command line.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "studio-worker",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Use this config file instead of the default one in the OS config directory.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help = "Use this config file instead of the default \
+                (<OS config dir>/minis-studio-worker/config.toml); created with defaults \
+                when missing"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Record the session (every input to the worker core, with timestamps) to this
+    /// JSON-lines file, for exact replay.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// The subcommands.
+#[derive(Clone, Debug, PartialEq, Subcommand)]
+pub enum CliCommand {
+    /// Run the worker daemon: register if needed, connect to the studio, take jobs
+    #[command(long_about = "\
+Run the worker daemon until stopped (Ctrl-C / SIGTERM).
+
+Without credentials it first requests registration and polls until an operator approves \
+it in the studio dashboard. Then it connects to the studio, advertises this machine's \
+engines, accepts job offers and returns the results, reconnecting with backoff when the \
+connection drops.
+
+Exit codes: 0 stopped on request, 2 the studio refused the credentials (run \
+`studio-worker register --reset`), 3 fatal error or bad config, 4 registration rejected.")]
+    Run,
+
+    /// Set the studio URL and/or forget the registration (no network)
+    #[command(long_about = "\
+Set the studio URL and/or forget this worker's registration. Nothing is sent to the \
+studio: the daemon requests approval the next time it runs.
+
+--reset clears worker_id, auth_token, registration_request_id, registration_secret and \
+install_id, so the next `run` asks for approval as a new worker. Stop the daemon before \
+resetting: a running daemon keeps its credentials in memory.")]
+    Register {
+        /// The studio's base URL (saved as `api_base_url`).
+        #[arg(
+            long,
+            value_name = "URL",
+            value_parser = parse_api_base_url,
+            help = "The studio's base URL, e.g. https://studio.minis.gg/ (saved as api_base_url)"
+        )]
+        api_base_url: Option<String>,
+        /// Forget the worker id, auth token, pending request, secret and install id.
+        #[arg(long)]
+        reset: bool,
+    },
+
+    /// Show the config path, registration state, VRAM threshold and models directory
+    #[command(long_about = "\
+Show the config file path, the studio URL, the registration state (approved, pending \
+operator approval, or not registered), the VRAM threshold, the models directory and the \
+auto-update setting. Secrets are never shown.")]
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Set the VRAM threshold in GB advertised to the studio
+    #[command(long_about = "\
+Set vram_threshold_gb: the studio only offers jobs whose VRAM estimate is at most this \
+many GB. Must be a number >= 0. A running daemon picks the new value up when it restarts.")]
+    SetThreshold {
+        /// Gigabytes, a number >= 0 (e.g. 8 or 10.5).
+        #[arg(
+            value_name = "GB",
+            value_parser = parse_threshold,
+            allow_negative_numbers = true
+        )]
+        gb: f32,
+    },
+
+    /// Print the resolved configuration as TOML (secrets redacted)
+    #[command(long_about = "\
+Print the resolved configuration (defaults filled in, `~` expanded) as TOML. The auth \
+token, the registration secret and other secret-looking values are shown as <redacted>.")]
+    Config,
+
+    /// Run a self-contained demo: a local studio, this worker and a few jobs
+    #[command(long_about = "\
+Run a self-contained demo: start a local loopback studio, connect this worker to it, \
+submit a few jobs to the synthetic engine and write the results to a directory. Needs no \
+network and no registration.")]
+    Demo {
+        /// Where to write the results (default: a new temporary directory).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Keep the worker and the local studio running after the demo jobs finish.
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+impl Cli {
+    /// The config file: `--config PATH` or the OS default.
+    pub fn config_path(&self) -> Result<PathBuf, ShellError> {
+        match &self.config {
+            Some(p) => Ok(p.clone()),
+            None => default_config_path(),
+        }
+    }
+}
+
+fn parse_threshold(s: &str) -> Result<f32, String> {
+    let gb: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of GB"))?;
+    validate_threshold(gb)?;
+    Ok(gb)
+}
+
+fn parse_api_base_url(s: &str) -> Result<String, String> {
+    validate_api_base_url(s)?;
+    Ok(s.trim().to_string())
+}
+
+/// Carries out an admin subcommand (`register`, `status`, `set-threshold`, `config`),
+/// writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
+/// here, `Ok(None)` for `run` and `demo`, which the binary carries out itself.
+pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, ShellError> {
+    let text = match &cli.command {
+        CliCommand::Run | CliCommand::Demo { .. } => return Ok(None),
+        CliCommand::Register {
+            api_base_url,
+            reset,
+        } => register(&cli.config_path()?, api_base_url.as_deref(), *reset)?,
+        CliCommand::Status { json } => status(&cli.config_path()?, *json)?,
+        CliCommand::SetThreshold { gb } => set_threshold(&cli.config_path()?, *gb)?,
+        CliCommand::Config => show_config(&cli.config_path()?)?,
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(ShellError::Output)?;
+    Ok(Some(0))
+}
+
+/// `register [--api-base-url URL] [--reset]`: persists the URL and/or clears the
+/// registration. Returns the report.
+pub fn register(
+    path: &Path,
+    api_base_url: Option<&str>,
+    reset: bool,
+) -> Result<String, ShellError> {
+    let mut config = Config::load(path)?;
+    let mut report = String::new();
+    if reset {
+        config.clear_registration();
+        report.push_str(
+            "registration reset: worker_id, auth_token, registration_request_id, \
+             registration_secret and install_id cleared\n",
+        );
+    }
+    if let Some(url) = api_base_url {
+        validate_api_base_url(url)
+            .map_err(|e| ShellError::InvalidArgument(format!("--api-base-url: {e}")))?;
+        config.api_base_url = url.trim().to_string();
+        report.push_str(&format!("api_base_url set to {}\n", config.api_base_url));
+    }
+    if reset || api_base_url.is_some() {
+        config.save(path)?;
+        report.push_str(&format!("saved {}\n", path.display()));
+    } else {
+        report.push_str("nothing changed (use --api-base-url URL and/or --reset)\n");
+    }
+    report.push_str(&format!(
+        "registration: {}\n",
+        registration_line(&config.registration())
+    ));
+    if !matches!(config.registration(), RegistrationView::Approved { .. }) {
+        report.push_str(
+            "next: run `studio-worker run`; it requests registration and waits until an \
+             operator approves it in the studio dashboard\n",
+        );
+    }
+    Ok(report)
+}
+
+/// The one-line registration summary of `status`.
+pub fn registration_line(view: &RegistrationView<'_>) -> String {
+    match view {
+        RegistrationView::Approved { worker_id } => format!("approved as {worker_id}"),
+        RegistrationView::Pending { request_id } => {
+            format!("pending operator approval (request {request_id})")
+        }
+        RegistrationView::NotRegistered => {
+            "not registered (`studio-worker run` requests approval from the studio)".to_string()
+        }
+    }
+}
+
+/// `status [--json]`. Returns the report.
+pub fn status(path: &Path, json: bool) -> Result<String, ShellError> {
+    let config = Config::load(path)?;
+    let view = config.registration();
+    if json {
+        let registration = match view {
+            RegistrationView::Approved { worker_id } => {
+                serde_json::json!({"state": "approved", "worker_id": worker_id})
+            }
+            RegistrationView::Pending { request_id } => {
+                serde_json::json!({"state": "pending", "request_id": request_id})
+            }
+            RegistrationView::NotRegistered => serde_json::json!({"state": "not_registered"}),
+        };
+        let value = serde_json::json!({
+            "config_path": path.display().to_string(),
+            "api_base_url": config.api_base_url,
+            "registration": registration,
+            "vram_threshold_gb": config.vram_threshold_gb,
+            "models_root": config.models_root.display().to_string(),
+            "auto_update": {
+                "enabled": config.auto_update_enabled,
+                "interval_secs": config.auto_update_interval_secs,
+            },
+            "only_when_idle": config.only_when_idle,
+        });
+        return Ok(format!("{value}\n"));
+    }
+    let auto_update = if config.auto_update_enabled {
+        format!("enabled (every {} s)", config.auto_update_interval_secs)
+    } else {
+        "disabled".to_string()
+    };
+    Ok(format!(
+        "config:          {}\n\
+         studio:          {}\n\
+         registration:    {}\n\
+         vram threshold:  {} GB\n\
+         models root:     {}\n\
+         auto-update:     {}\n",
+        path.display(),
+        config.api_base_url,
+        registration_line(&view),
+        config.vram_threshold_gb,
+        config.models_root.display(),
+        auto_update,
+    ))
+}
+
+/// `set-threshold <gb>`: validates and persists `vram_threshold_gb`. Returns the report.
+pub fn set_threshold(path: &Path, gb: f32) -> Result<String, ShellError> {
+    validate_threshold(gb)
+        .map_err(|e| ShellError::InvalidArgument(format!("vram threshold {e}")))?;
+    let mut config = Config::load(path)?;
+    config.vram_threshold_gb = gb;
+    config.save(path)?;
+    Ok(format!(
+        "vram threshold set to {gb} GB in {} (a running worker picks it up when it restarts)\n",
+        path.display()
+    ))
+}
+
+/// `config`: the resolved configuration as redacted TOML, headed by its path as a comment.
+pub fn show_config(path: &Path) -> Result<String, ShellError> {
+    let config = Config::load(path)?;
+    Ok(format!("# {}\n{config}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("studio-worker").chain(args.iter().copied()))
+    }
+
+    fn run(args: &[&str]) -> Result<(Option<i32>, String), ShellError> {
+        let cli = parse(args).unwrap();
+        let mut out = Vec::new();
+        let code = run_admin_command(&cli, &mut out)?;
+        Ok((code, String::from_utf8(out).unwrap()))
+    }
+
+    fn cfg_arg(dir: &tempfile::TempDir) -> (PathBuf, String) {
+        let p = dir.path().join("config.toml");
+        let s = p.to_str().unwrap().to_string();
+        (p, s)
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_every_subcommand_and_global_flags() {
+        let cli = parse(&["run", "--config", "/tmp/c.toml", "--record", "/tmp/r.jsonl"]).unwrap();
+        assert_eq!(cli.command, CliCommand::Run);
+        assert_eq!(cli.config, Some(PathBuf::from("/tmp/c.toml")));
+        assert_eq!(cli.record, Some(PathBuf::from("/tmp/r.jsonl")));
+        let cli = parse(&["--config", "c.toml", "status", "--json"]).unwrap();
+        assert_eq!(cli.command, CliCommand::Status { json: true });
+        assert_eq!(
+            parse(&[
+                "register",
+                "--api-base-url",
+                "http://localhost:9790",
+                "--reset"
+            ])
+            .unwrap()
+            .command,
+            CliCommand::Register {
+                api_base_url: Some("http://localhost:9790".into()),
+                reset: true
+            }
+        );
+        assert_eq!(
+            parse(&["set-threshold", "10.5"]).unwrap().command,
+            CliCommand::SetThreshold { gb: 10.5 }
+        );
+        assert_eq!(parse(&["config"]).unwrap().command, CliCommand::Config);
+        assert_eq!(
+            parse(&["demo", "--out", "/tmp/d", "--keep-running"])
+                .unwrap()
+                .command,
+            CliCommand::Demo {
+                out: Some(PathBuf::from("/tmp/d")),
+                keep_running: true
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_by_the_parser() {
+        for args in [
+            &["set-threshold", "-1"][..],
+            &["set-threshold", "NaN"],
+            &["set-threshold", "inf"],
+            &["set-threshold", "lots"],
+            &["register", "--api-base-url", "studio.minis.gg"],
+            &["register", "--api-base-url", "ftp://x"],
+            // Removed reference flags must not parse.
+            &["run", "--wait-for-lock"],
+            &["register", "--bootstrap-token", "x"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.use_stderr(), "{args:?} should be an error");
+        }
+        let msg = parse(&["set-threshold", "-1"]).unwrap_err().to_string();
+        assert!(msg.contains(">= 0"), "{msg}");
+    }
+
+    #[test]
+    fn help_texts_exist() {
+        let mut cmd = Cli::command();
+        let long = cmd.render_long_help().to_string();
+        assert!(long.contains("--config"), "{long}");
+        assert!(long.contains("--record"), "{long}");
+        for sub in [
+            "run",
+            "register",
+            "status",
+            "set-threshold",
+            "config",
+            "demo",
+        ] {
+            assert!(long.contains(sub), "{sub} missing in {long}");
+            let sc = cmd.find_subcommand_mut(sub).unwrap();
+            assert!(sc.get_about().is_some(), "{sub} has no about");
+            assert!(sc.get_long_about().is_some(), "{sub} has no long_about");
+        }
+        let help = parse(&["register", "--help"]).unwrap_err().to_string();
+        assert!(
+            help.contains("--api-base-url") && help.contains("--reset"),
+            "{help}"
+        );
+        assert!(parse(&["--version"])
+            .unwrap_err()
+            .to_string()
+            .contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn run_and_demo_are_left_to_the_binary() {
+        assert_eq!(run(&["run"]).unwrap().0, None);
+        assert_eq!(run(&["demo"]).unwrap().0, None);
+    }
+
+    #[test]
+    fn status_reports_each_registration_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        let (code, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert_eq!(code, Some(0));
+        assert!(path.exists(), "status creates the default config");
+        assert!(text.contains(&arg), "{text}");
+        assert!(text.contains("not registered"), "{text}");
+        assert!(text.contains("12 GB"), "{text}");
+        assert!(text.contains("models root:"), "{text}");
+        assert!(text.contains("auto-update:     disabled"), "{text}");
+
+        let mut c = Config::load(&path).unwrap();
+        c.registration_request_id = Some("rr-7".into());
+        c.registration_secret = Some("s".repeat(64));
+        c.save(&path).unwrap();
+        let (_, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert!(
+            text.contains("pending operator approval (request rr-7)"),
+            "{text}"
+        );
+
+        c.worker_id = Some("w-42".into());
+        c.auth_token = Some("tok-secret".into());
+        c.save(&path).unwrap();
+        let (_, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert!(text.contains("approved as w-42"), "{text}");
+        assert!(!text.contains("tok-secret"));
+
+        let (_, json) = run(&["--config", &arg, "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["registration"]["state"], "approved");
+        assert_eq!(v["registration"]["worker_id"], "w-42");
+        assert_eq!(v["vram_threshold_gb"], 12.0);
+        assert_eq!(v["config_path"], arg.as_str());
+        assert!(!json.contains("tok-secret"));
+    }
+
+    #[test]
+    fn register_reset_clears_everything_and_url_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        let mut c = Config::load(&path).unwrap();
+        c.worker_id = Some("w-1".into());
+        c.auth_token = Some("tok".into());
+        c.install_id = Some("iid".into());
+        c.registration_request_id = Some("rr".into());
+        c.registration_secret = Some("sec".into());
+        c.vram_threshold_gb = 3.0;
+        c.save(&path).unwrap();
+
+        // Bare register: no change.
+        let (_, text) = run(&["--config", &arg, "register"]).unwrap();
+        assert!(text.contains("nothing changed"), "{text}");
+        assert_eq!(Config::load(&path).unwrap(), c);
+
+        let (code, text) = run(&[
+            "--config",
+            &arg,
+            "register",
+            "--reset",
+            "--api-base-url",
+            "http://127.0.0.1:9790",
+        ])
+        .unwrap();
+        assert_eq!(code, Some(0));
+        assert!(text.contains("registration reset"), "{text}");
+        assert!(text.contains("not registered"), "{text}");
+        let after = Config::load(&path).unwrap();
+        assert_eq!(after.api_base_url, "http://127.0.0.1:9790");
+        assert_eq!(after.worker_id, None);
+        assert_eq!(after.auth_token, None);
+        assert_eq!(after.install_id, None);
+        assert_eq!(after.registration_request_id, None);
+        assert_eq!(after.registration_secret, None);
+        assert_eq!(after.vram_threshold_gb, 3.0, "other settings untouched");
+
+        // URL only: the registration stays.
+        let mut c = after;
+        c.worker_id = Some("w-2".into());
+        c.auth_token = Some("t".into());
+        c.save(&path).unwrap();
+        run(&[
+            "--config",
+            &arg,
+            "register",
+            "--api-base-url",
+            "https://x.example/",
+        ])
+        .unwrap();
+        let after = Config::load(&path).unwrap();
+        assert_eq!(after.api_base_url, "https://x.example/");
+        assert_eq!(after.worker_id.as_deref(), Some("w-2"));
+    }
+
+    #[test]
+    fn set_threshold_persists_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        let (code, text) = run(&["--config", &arg, "set-threshold", "7.5"]).unwrap();
+        assert_eq!(code, Some(0));
+        assert!(text.contains("7.5 GB"), "{text}");
+        assert_eq!(Config::load(&path).unwrap().vram_threshold_gb, 7.5);
+        run(&["--config", &arg, "set-threshold", "0"]).unwrap();
+        assert_eq!(Config::load(&path).unwrap().vram_threshold_gb, 0.0);
+        // Programmatic misuse is caught too.
+        for bad in [-0.5, f32::NAN, f32::INFINITY] {
+            let err = set_threshold(&path, bad).unwrap_err();
+            assert!(matches!(err, ShellError::InvalidArgument(_)), "{err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+        assert_eq!(Config::load(&path).unwrap().vram_threshold_gb, 0.0);
+    }
+
+    #[test]
+    fn config_prints_redacted_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        let mut c = Config::load(&path).unwrap();
+        c.worker_id = Some("w-5".into());
+        c.auth_token = Some("tok-very-secret".into());
+        c.registration_secret = Some("a".repeat(64));
+        c.save(&path).unwrap();
+        let (_, text) = run(&["--config", &arg, "config"]).unwrap();
+        assert!(text.starts_with(&format!("# {arg}\n")), "{text}");
+        assert!(text.contains("worker_id = \"w-5\""), "{text}");
+        assert!(text.contains("auth_token = \"<redacted>\""), "{text}");
+        assert!(!text.contains("tok-very-secret"));
+        assert!(!text.contains(&"a".repeat(64)));
+        // The printed TOML parses back (comment and all).
+        let _: toml::Table = toml::from_str(&text).unwrap();
+    }
+
+    #[test]
+    fn a_broken_config_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        std::fs::write(
+            &path,
+            "api_base_url = \"https://s/\"\nauth_token = oops-secret\n",
+        )
+        .unwrap();
+        let err = run(&["--config", &arg, "status"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&arg) && msg.contains("line 2"), "{msg}");
+        assert!(!msg.contains("oops-secret"), "{msg}");
+        assert_eq!(err.exit_code(), 3);
+    }
+}

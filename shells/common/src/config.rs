@@ -1,0 +1,982 @@
+//! `config.toml`: the worker's settings and registration state (PROTOCOL.md §7).
+//!
+//! * **Location**: `directories::ProjectDirs::from("gg", "minis", "minis-studio-worker")`
+//!   config dir + `config.toml` ([`default_config_path`]); `--config PATH` overrides it.
+//! * **Load** ([`Config::load`]): a missing file is created with defaults (atomically);
+//!   `models_root` starting with `~` is expanded; values are validated. Keys this build
+//!   does not know are ignored without a warning and kept: they are written back on save,
+//!   so a file shared with another build loses nothing.
+//! * **Parse errors** name the file, line and column and the parser's message with every
+//!   quoted fragment of the file removed: a TOML error excerpt could otherwise echo a
+//!   secret from the neighbouring text.
+//! * **Save** ([`Config::save`]): atomic (temp file in the same directory, write, fsync,
+//!   rename, fsync the directory) and owner-only (`0600`) on Unix. A truncated write used to
+//!   wipe the registration, and `0644` leaked secrets (PROTOCOL.md §8).
+//! * **Secrets** (`auth_token`, `registration_secret`, and unknown keys whose names look
+//!   secret) are masked by [`Config::redacted`], by `Display` and by `Debug`; only the
+//!   file itself holds them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use studio_core::wire::TaskKind;
+use studio_core::worker::{
+    Credentials, HostFacts, Limits, PersistedState, RegistrationState, Timings, WorkerConfig,
+};
+
+use crate::error::ShellError;
+
+/// The studio the worker talks to unless configured otherwise.
+pub const DEFAULT_API_BASE_URL: &str = "https://studio.minis.gg/";
+/// Default advertised VRAM threshold in GB.
+pub const DEFAULT_VRAM_THRESHOLD_GB: f32 = 12.0;
+/// Default auto-update check interval in seconds.
+pub const DEFAULT_AUTO_UPDATE_INTERVAL_SECS: u64 = 1800;
+/// Default models directory, before `~` expansion.
+pub const DEFAULT_MODELS_ROOT: &str = "~/models";
+/// The config file's name inside the config directory.
+pub const CONFIG_FILE_NAME: &str = "config.toml";
+/// What [`Config::redacted`] writes in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether this build can replace itself with a newer release. While it cannot, the
+/// first-run config written by [`Config::default`] has `auto_update_enabled = false` so the
+/// worker does not advertise `autoUpdate: true` to the studio; a file without the key still
+/// gets the protocol's default (`true`), which is harmless (every check answers "up to
+/// date").
+pub const SELF_UPDATE_AVAILABLE: bool = false;
+
+/// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
+pub const KNOWN_KEYS: [&str; 15] = [
+    "api_base_url",
+    "worker_id",
+    "auth_token",
+    "vram_threshold_gb",
+    "auto_start",
+    "start_minimised",
+    "auto_update_enabled",
+    "auto_update_interval_secs",
+    "auto_update_feed",
+    "models_root",
+    "ws_reconnect_attempts",
+    "only_when_idle",
+    "install_id",
+    "registration_request_id",
+    "registration_secret",
+];
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_interval() -> u64 {
+    DEFAULT_AUTO_UPDATE_INTERVAL_SECS
+}
+
+fn default_models_root() -> PathBuf {
+    PathBuf::from(DEFAULT_MODELS_ROOT)
+}
+
+/// The contents of `config.toml` (snake_case keys, PROTOCOL.md §7.2).
+///
+/// `api_base_url` and `vram_threshold_gb` are required keys; every other key is optional
+/// and takes the documented default.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The studio origin (`https://studio.minis.gg/`); `/graphics/api` is appended.
+    pub api_base_url: String,
+    /// Set on approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// Set on approval. Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Jobs whose VRAM estimate exceeds this are not offered (studio-side admission). >= 0.
+    pub vram_threshold_gb: f32,
+    /// Start the worker at login (not implemented by this build; advertised as `false`).
+    #[serde(default)]
+    pub auto_start: bool,
+    /// Start the tray UI minimised.
+    #[serde(default = "default_true")]
+    pub start_minimised: bool,
+    /// Check for (and install) updates while idle.
+    #[serde(default = "default_true")]
+    pub auto_update_enabled: bool,
+    /// Seconds between update checks.
+    #[serde(default = "default_interval")]
+    pub auto_update_interval_secs: u64,
+    /// The release feed; unset = this project's own feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_update_feed: Option<String>,
+    /// Where models are stored (`~` expanded on load).
+    #[serde(default = "default_models_root", serialize_with = "path_lossy")]
+    pub models_root: PathBuf,
+    /// Reconnect attempts before giving up; unset or 0 = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws_reconnect_attempts: Option<u32>,
+    /// Reject offers (code `paused`) while the person uses the computer.
+    #[serde(default)]
+    pub only_when_idle: bool,
+    /// Minted on first registration; stable across re-requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_id: Option<String>,
+    /// The pending registration request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_request_id: Option<String>,
+    /// The raw registration secret (the poll bearer). Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_secret: Option<String>,
+    /// Keys this build does not know, kept so a save writes them back unchanged.
+    #[serde(skip)]
+    pub extra: BTreeMap<String, toml::Value>,
+}
+
+impl Default for Config {
+    /// The first-run config: every documented default, no registration, `models_root`
+    /// expanded.
+    fn default() -> Config {
+        Config {
+            api_base_url: DEFAULT_API_BASE_URL.to_string(),
+            worker_id: None,
+            auth_token: None,
+            vram_threshold_gb: DEFAULT_VRAM_THRESHOLD_GB,
+            auto_start: false,
+            start_minimised: true,
+            auto_update_enabled: SELF_UPDATE_AVAILABLE,
+            auto_update_interval_secs: DEFAULT_AUTO_UPDATE_INTERVAL_SECS,
+            auto_update_feed: None,
+            models_root: expand_home(Path::new(DEFAULT_MODELS_ROOT)),
+            ws_reconnect_attempts: None,
+            only_when_idle: false,
+            install_id: None,
+            registration_request_id: None,
+            registration_secret: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Writes a path as a string (a non-UTF-8 path is written lossily rather than failing the
+/// whole save).
+fn path_lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// The default config file: `<OS config dir>/minis-studio-worker/config.toml` (Linux
+/// `~/.config/minis-studio-worker/config.toml`).
+pub fn default_config_path() -> Result<PathBuf, ShellError> {
+    directories::ProjectDirs::from("gg", "minis", "minis-studio-worker")
+        .map(|dirs| dirs.config_dir().join(CONFIG_FILE_NAME))
+        .ok_or(ShellError::NoConfigDir)
+}
+
+/// The user's home directory, if known.
+pub fn home_dir() -> Option<PathBuf> {
+    directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf())
+}
+
+/// Expands a leading `~` (alone, or followed by a path separator) to the home directory.
+/// Without a home directory `~/models` becomes `$TMPDIR/studio-worker-models` and any other
+/// `~` path is returned unchanged.
+pub fn expand_home(path: &Path) -> PathBuf {
+    expand_home_with(path, home_dir().as_deref())
+}
+
+fn expand_home_with(path: &Path, home: Option<&Path>) -> PathBuf {
+    let Some(s) = path.to_str() else {
+        return path.to_path_buf();
+    };
+    let rest = if s == "~" {
+        ""
+    } else if let Some(rest) = s.strip_prefix("~/").or_else(|| s.strip_prefix("~\\")) {
+        rest
+    } else {
+        return path.to_path_buf();
+    };
+    match home {
+        Some(home) if rest.is_empty() => home.to_path_buf(),
+        Some(home) => home.join(rest),
+        None if s == DEFAULT_MODELS_ROOT => std::env::temp_dir().join("studio-worker-models"),
+        None => path.to_path_buf(),
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Registration progress as recorded in the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationView<'a> {
+    /// `worker_id` and `auth_token` are both set.
+    Approved { worker_id: &'a str },
+    /// A request is waiting for the operator.
+    Pending { request_id: &'a str },
+    /// Neither: the daemon requests approval when it runs.
+    NotRegistered,
+}
+
+impl Config {
+    /// Loads `path`, creating it with [`Config::default`] when it does not exist.
+    pub fn load(path: &Path) -> Result<Config, ShellError> {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                let config = Config::parse(path, &text)?;
+                tracing::debug!(path = %path.display(), "config loaded");
+                Ok(config)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let config = Config::default();
+                config.save(path)?;
+                tracing::info!(path = %path.display(), "config file created with defaults");
+                Ok(config)
+            }
+            Err(source) => Err(ShellError::ConfigIo {
+                path: path.to_path_buf(),
+                action: "read",
+                source,
+            }),
+        }
+    }
+
+    /// Parses config text (`path` only names the file in errors): unknown keys are kept in
+    /// [`Config::extra`], empty id/secret strings count as unset, `~` is expanded, and the
+    /// values are validated.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ShellError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| parse_error(path, text, &e))?;
+        config.extra = table
+            .into_iter()
+            .filter(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+            .collect();
+        for field in [
+            &mut config.worker_id,
+            &mut config.auth_token,
+            &mut config.auto_update_feed,
+            &mut config.install_id,
+            &mut config.registration_request_id,
+            &mut config.registration_secret,
+        ] {
+            if field.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                *field = None;
+            }
+        }
+        config.models_root = expand_home(&config.models_root);
+        config
+            .validate()
+            .map_err(|message| ShellError::ConfigInvalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks the values a file can get wrong; the message says how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_threshold(self.vram_threshold_gb)
+            .map_err(|e| format!("vram_threshold_gb: {e}"))?;
+        validate_api_base_url(&self.api_base_url).map_err(|e| format!("api_base_url: {e}"))?;
+        Ok(())
+    }
+
+    /// Writes the config to `path` atomically with owner-only permissions, creating the
+    /// directory if needed.
+    pub fn save(&self, path: &Path) -> Result<(), ShellError> {
+        atomic_write(path, self.to_toml().as_bytes())?;
+        tracing::debug!(path = %path.display(), "config saved");
+        Ok(())
+    }
+
+    /// The TOML text of this config, secrets included (what [`Config::save`] writes).
+    pub fn to_toml(&self) -> String {
+        // Known keys first, in declaration order (no tables among them), then the unknown
+        // keys (plain values before tables, as TOML requires).
+        let mut text = toml::to_string(self).expect("config values always serialise");
+        if !self.extra.is_empty() {
+            let extra: toml::Table = self.extra.clone().into_iter().collect();
+            match toml::to_string(&extra) {
+                Ok(more) => {
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(&more);
+                }
+                Err(e) => tracing::warn!("unknown config keys could not be written back: {e}"),
+            }
+        }
+        text
+    }
+
+    /// A copy with every secret replaced by [`REDACTED`]: `auth_token`,
+    /// `registration_secret`, and unknown keys whose names contain `token`, `secret`,
+    /// `password`, `dsn` or `key` (at any depth).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for field in [&mut c.auth_token, &mut c.registration_secret] {
+            if field.is_some() {
+                *field = Some(REDACTED.to_string());
+            }
+        }
+        for (k, v) in c.extra.iter_mut() {
+            redact_value(k, v);
+        }
+        c
+    }
+
+    /// The registration state recorded in the file.
+    pub fn registration(&self) -> RegistrationView<'_> {
+        match (
+            non_empty(&self.worker_id),
+            non_empty(&self.auth_token),
+            non_empty(&self.registration_request_id),
+        ) {
+            (Some(worker_id), Some(_), _) => RegistrationView::Approved { worker_id },
+            (_, _, Some(request_id)) => RegistrationView::Pending { request_id },
+            _ => RegistrationView::NotRegistered,
+        }
+    }
+
+    /// The core's config: settings and registration from this file, `host` from the probe,
+    /// `models` from the engine roster, `seed` from the OS RNG. Timings and limits are the
+    /// protocol's defaults, except the update interval (`auto_update_interval_secs`).
+    pub fn to_worker_config(
+        &self,
+        host: HostFacts,
+        models: BTreeMap<TaskKind, Vec<String>>,
+        seed: u64,
+    ) -> WorkerConfig {
+        let credentials = match (non_empty(&self.worker_id), non_empty(&self.auth_token)) {
+            (Some(worker_id), Some(auth_token)) => Some(Credentials {
+                worker_id: worker_id.to_string(),
+                auth_token: auth_token.to_string(),
+            }),
+            _ => None,
+        };
+        let timings = Timings {
+            update_interval: std::time::Duration::from_secs(self.auto_update_interval_secs),
+            ..Timings::default()
+        };
+        WorkerConfig {
+            api_base_url: self.api_base_url.clone(),
+            credentials,
+            registration: RegistrationState {
+                install_id: non_empty(&self.install_id).map(str::to_string),
+                request_id: non_empty(&self.registration_request_id).map(str::to_string),
+                secret: non_empty(&self.registration_secret).map(str::to_string),
+            },
+            vram_threshold_gb: self.vram_threshold_gb,
+            auto_update_enabled: self.auto_update_enabled,
+            start_minimised: self.start_minimised,
+            only_when_idle: self.only_when_idle,
+            reconnect_attempts: self.ws_reconnect_attempts.unwrap_or(0),
+            seed,
+            host,
+            models,
+            timings,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Applies a `Command::Persist` from the core: every registration field takes the
+    /// persisted value (absent = cleared).
+    pub fn apply_persist(&mut self, state: &PersistedState) {
+        self.install_id = state.install_id.clone();
+        self.registration_request_id = state.registration_request_id.clone();
+        self.registration_secret = state.registration_secret.clone();
+        self.worker_id = state.worker_id.clone();
+        self.auth_token = state.auth_token.clone();
+    }
+
+    /// Forgets the registration (`register --reset`): worker id, auth token, request id,
+    /// secret and install id.
+    pub fn clear_registration(&mut self) {
+        self.apply_persist(&PersistedState {
+            install_id: None,
+            registration_request_id: None,
+            registration_secret: None,
+            worker_id: None,
+            auth_token: None,
+        });
+    }
+}
+
+impl fmt::Display for Config {
+    /// The redacted TOML text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted().to_toml())
+    }
+}
+
+impl fmt::Debug for Config {
+    /// Redacted, like `Display`: a config in a log line never leaks a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.redacted();
+        f.debug_struct("Config")
+            .field("api_base_url", &r.api_base_url)
+            .field("worker_id", &r.worker_id)
+            .field("auth_token", &r.auth_token)
+            .field("vram_threshold_gb", &r.vram_threshold_gb)
+            .field("auto_start", &r.auto_start)
+            .field("start_minimised", &r.start_minimised)
+            .field("auto_update_enabled", &r.auto_update_enabled)
+            .field("auto_update_interval_secs", &r.auto_update_interval_secs)
+            .field("auto_update_feed", &r.auto_update_feed)
+            .field("models_root", &r.models_root)
+            .field("ws_reconnect_attempts", &r.ws_reconnect_attempts)
+            .field("only_when_idle", &r.only_when_idle)
+            .field("install_id", &r.install_id)
+            .field("registration_request_id", &r.registration_request_id)
+            .field("registration_secret", &r.registration_secret)
+            .field("extra", &r.extra)
+            .finish()
+    }
+}
+
+fn looks_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["token", "secret", "password", "dsn", "key"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+fn redact_value(key: &str, value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                redact_value(k, v);
+            }
+        }
+        toml::Value::Array(items) if !looks_secret(key) => {
+            for v in items.iter_mut() {
+                redact_value(key, v);
+            }
+        }
+        _ if looks_secret(key) => *value = toml::Value::String(REDACTED.to_string()),
+        _ => {}
+    }
+}
+
+/// `Ok` for a finite threshold >= 0.
+pub fn validate_threshold(gb: f32) -> Result<(), String> {
+    if gb.is_finite() && gb >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be a number of GB >= 0, got {gb}"))
+    }
+}
+
+/// `Ok` for `scheme://host...` with scheme http, https, ws or wss.
+pub fn validate_api_base_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "`{url}` is not a URL with a scheme (expected e.g. {DEFAULT_API_BASE_URL})"
+        ));
+    };
+    if !matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "http" | "https" | "ws" | "wss"
+    ) {
+        return Err(format!(
+            "scheme `{scheme}` is not supported (use https://, or http:// for a local studio)"
+        ));
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
+        return Err(format!("`{url}` has no valid host"));
+    }
+    Ok(())
+}
+
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ShellError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let (l, c) = line_column(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    ShellError::ConfigParse {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: sanitize_message(e.message()),
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Removes every quoted fragment (`"…"`, `'…'` or `` `…` ``) from a parser message unless it
+/// is a known config key or short punctuation (a grammar token such as `` `=` ``): serde
+/// messages quote the offending value (`invalid type: string "…", expected f32`), which
+/// could be a secret.
+fn sanitize_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = find_opening_quote(rest) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find(quote) {
+            Some(end) => {
+                let inner = &after[..end];
+                let keep = KNOWN_KEYS.contains(&inner)
+                    || matches!(inner, "true" | "false" | "inf" | "nan")
+                    || (inner.chars().count() <= 2 && !inner.chars().any(char::is_alphanumeric));
+                out.push(quote);
+                out.push_str(if keep { inner } else { "…" });
+                out.push(quote);
+                rest = &after[end + 1..];
+            }
+            None => {
+                // An unbalanced quote: drop everything after it.
+                out.push(quote);
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out.trim_end().to_string()
+}
+
+/// The next `"` or `` ` ``, or a `'` that opens a quote (not an apostrophe as in "can't").
+fn find_opening_quote(s: &str) -> Option<usize> {
+    let mut prev: Option<char> = None;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' | '`' => return Some(i),
+            '\'' if !prev.is_some_and(char::is_alphanumeric) => return Some(i),
+            _ => {}
+        }
+        prev = Some(c);
+    }
+    None
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory (owner-only on
+/// Unix), write, fsync, rename over `path`, fsync the directory. On failure the temp file
+/// is removed and `path` is untouched.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ShellError> {
+    let io_err = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| ShellError::ConfigIo {
+            path: p,
+            action,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(io_err("create the directory of", path))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| CONFIG_FILE_NAME.to_string());
+    let (tmp, mut file) = create_temp(&dir, &name).map_err(io_err("write", path))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&tmp, path)
+        });
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(ShellError::ConfigIo {
+            path: path.to_path_buf(),
+            action: "write",
+            source,
+        });
+    }
+    sync_dir(&dir);
+    Ok(())
+}
+
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..16 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temp file name")))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) {
+    // Makes the rename durable. Best effort: the data itself is already synced.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn missing_file_is_created_with_defaults() {
+        let dir = tmp();
+        let path = dir.path().join("sub").join("config.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(path.exists());
+        assert_eq!(c.api_base_url, DEFAULT_API_BASE_URL);
+        assert_eq!(c.vram_threshold_gb, 12.0);
+        assert_eq!(c.auto_update_interval_secs, 1800);
+        assert!(!c.models_root.starts_with("~"));
+        assert_eq!(c.registration(), RegistrationView::NotRegistered);
+        // And it loads back identically.
+        assert_eq!(Config::load(&path).unwrap(), c);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn saved_file_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        let path = dir.path().join("config.toml");
+        fs::write(&path, "x").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Config::default().save(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn minimal_file_loads() {
+        let text = "api_base_url = \"http://127.0.0.1:9790\"\nworker_id = \"w-1\"\n\
+                    auth_token = \"tok\"\nvram_threshold_gb = 8.5\nauto_update_enabled = false\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.worker_id.as_deref(), Some("w-1"));
+        assert_eq!(c.vram_threshold_gb, 8.5);
+        assert!(!c.auto_update_enabled);
+        assert!(c.start_minimised);
+        assert!(!c.only_when_idle);
+        assert_eq!(c.ws_reconnect_attempts, None);
+        assert!(c.extra.is_empty());
+        assert_eq!(
+            c.registration(),
+            RegistrationView::Approved { worker_id: "w-1" }
+        );
+    }
+
+    #[test]
+    fn serde_defaults_follow_the_protocol() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 12\n",
+        )
+        .unwrap();
+        assert!(c.auto_update_enabled, "protocol default for a missing key");
+        assert!(c.start_minimised);
+        assert!(!c.auto_start);
+        assert_eq!(c.auto_update_interval_secs, 1800);
+        assert_eq!(c.models_root, expand_home(Path::new("~/models")));
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_kept() {
+        let dir = tmp();
+        let path = dir.path().join("config.toml");
+        let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 4.0\n\
+                    local_api_port = 4787\nlocal_api_token = \"lat-secret\"\nengine = \"gradio\"\n\
+                    auto_update_prerelease = true\n\
+                    [sentry]\ndsn = \"https://k@sentry/1\"\nenv = \"prod\"\n";
+        fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.extra.len(), 5);
+        c.save(&path).unwrap();
+        let back = Config::load(&path).unwrap();
+        assert_eq!(back, c);
+        let saved = fs::read_to_string(&path).unwrap();
+        assert!(saved.contains("local_api_port = 4787"));
+        assert!(saved.contains("auto_update_prerelease = true"));
+        // Redaction reaches unknown secret-looking keys, nested too.
+        let shown = c.to_string();
+        assert!(!shown.contains("lat-secret"));
+        assert!(!shown.contains("sentry/1"));
+        assert!(shown.contains("env = \"prod\""));
+        assert!(shown.contains("local_api_port = 4787"));
+    }
+
+    #[test]
+    fn required_keys_are_required() {
+        let err = Config::parse(Path::new("/x/c.toml"), "vram_threshold_gb = 1\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/x/c.toml"), "{msg}");
+        assert!(msg.contains("api_base_url"), "{msg}");
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_column_but_never_the_text() {
+        let secret = "s3cr3t-abcdef0123456789";
+        let cases = [
+            // Syntax error on the line of a secret.
+            format!("api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nauth_token = {secret}\n"),
+            // Unterminated string holding a secret.
+            format!("api_base_url = \"https://s/\"\nauth_token = \"{secret}\nvram_threshold_gb = 1\n"),
+            // Type error whose serde message quotes the value.
+            format!("api_base_url = \"https://s/\"\nvram_threshold_gb = \"{secret}\"\n"),
+            format!("api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nworker_id = 5\nauth_token = \"{secret}\"\n"),
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let err = Config::parse(Path::new("/etc/w/config.toml"), text).unwrap_err();
+            let msg = err.to_string();
+            assert!(!msg.contains("s3cr3t"), "case {i} leaked: {msg}");
+            assert!(!msg.contains("abcdef"), "case {i} leaked: {msg}");
+            assert!(msg.contains("/etc/w/config.toml"), "case {i}: {msg}");
+            match err {
+                ShellError::ConfigParse { line, column, .. } => {
+                    assert!(line.is_some() && column.is_some(), "case {i}: {msg}");
+                }
+                other => panic!("case {i}: {other}"),
+            }
+        }
+        let err = Config::parse(Path::new("c.toml"), &cases[2]).unwrap_err();
+        match err {
+            ShellError::ConfigParse { line, .. } => assert_eq!(line, Some(2)),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn values_are_validated() {
+        for (text, needle) in [
+            (
+                "api_base_url = \"https://s/\"\nvram_threshold_gb = -1\n",
+                "vram_threshold_gb",
+            ),
+            (
+                "api_base_url = \"https://s/\"\nvram_threshold_gb = nan\n",
+                "vram_threshold_gb",
+            ),
+            (
+                "api_base_url = \"https://s/\"\nvram_threshold_gb = inf\n",
+                "vram_threshold_gb",
+            ),
+            (
+                "api_base_url = \"studio.minis.gg\"\nvram_threshold_gb = 1\n",
+                "scheme",
+            ),
+            (
+                "api_base_url = \"ftp://s/\"\nvram_threshold_gb = 1\n",
+                "ftp",
+            ),
+            (
+                "api_base_url = \"https:///x\"\nvram_threshold_gb = 1\n",
+                "host",
+            ),
+        ] {
+            let err = Config::parse(Path::new("c.toml"), text).unwrap_err();
+            assert!(matches!(err, ShellError::ConfigInvalid { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn tilde_expansion() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            expand_home_with(Path::new("~/models"), Some(home)),
+            PathBuf::from("/home/u/models")
+        );
+        assert_eq!(expand_home_with(Path::new("~"), Some(home)), home);
+        assert_eq!(
+            expand_home_with(Path::new("/abs/~/x"), Some(home)),
+            PathBuf::from("/abs/~/x")
+        );
+        assert_eq!(
+            expand_home_with(Path::new("~other/x"), Some(home)),
+            PathBuf::from("~other/x")
+        );
+        assert_eq!(
+            expand_home_with(Path::new("~/models"), None),
+            std::env::temp_dir().join("studio-worker-models")
+        );
+    }
+
+    #[test]
+    fn empty_ids_count_as_unset() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nworker_id = \"\"\nauth_token = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.worker_id, None);
+        assert_eq!(c.registration(), RegistrationView::NotRegistered);
+    }
+
+    #[test]
+    fn redaction_masks_secrets_everywhere() {
+        let c = Config {
+            auth_token: Some("tok-abc".into()),
+            registration_secret: Some("f".repeat(64)),
+            worker_id: Some("w-9".into()),
+            ..Config::default()
+        };
+        for shown in [c.to_string(), format!("{c:?}"), c.redacted().to_toml()] {
+            assert!(!shown.contains("tok-abc"), "{shown}");
+            assert!(!shown.contains(&"f".repeat(64)), "{shown}");
+            assert!(shown.contains("w-9"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
+        // The real text keeps them.
+        assert!(c.to_toml().contains("tok-abc"));
+    }
+
+    #[test]
+    fn worker_config_mapping() {
+        let c = Config {
+            worker_id: Some("w-1".into()),
+            auth_token: Some("tok".into()),
+            install_id: Some("iid".into()),
+            vram_threshold_gb: 6.0,
+            ws_reconnect_attempts: Some(5),
+            only_when_idle: true,
+            auto_update_interval_secs: 120,
+            ..Config::default()
+        };
+        let host = crate::host::probe();
+        let mut models = BTreeMap::new();
+        models.insert(TaskKind::Image, vec!["synthetic".to_string()]);
+        let w = c.to_worker_config(host.clone(), models.clone(), 42);
+        assert_eq!(
+            w.credentials,
+            Some(Credentials {
+                worker_id: "w-1".into(),
+                auth_token: "tok".into()
+            })
+        );
+        assert_eq!(w.registration.install_id.as_deref(), Some("iid"));
+        assert_eq!(w.vram_threshold_gb, 6.0);
+        assert_eq!(w.reconnect_attempts, 5);
+        assert!(w.only_when_idle);
+        assert_eq!(w.seed, 42);
+        assert_eq!(w.host, host);
+        assert_eq!(w.models, models);
+        assert_eq!(
+            w.timings.update_interval,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(w.timings.heartbeat, Timings::default().heartbeat);
+
+        // A token without a worker id is not a credential.
+        let half = Config {
+            auth_token: Some("tok".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            half.to_worker_config(crate::host::probe(), BTreeMap::new(), 1)
+                .credentials,
+            None
+        );
+    }
+
+    #[test]
+    fn apply_persist_sets_and_clears_every_field() {
+        let mut c = Config {
+            worker_id: Some("old".into()),
+            auth_token: Some("old".into()),
+            ..Config::default()
+        };
+        c.apply_persist(&PersistedState {
+            install_id: Some("i".into()),
+            registration_request_id: Some("rr-1".into()),
+            registration_secret: Some("s".into()),
+            worker_id: None,
+            auth_token: None,
+        });
+        assert_eq!(c.install_id.as_deref(), Some("i"));
+        assert_eq!(c.registration_request_id.as_deref(), Some("rr-1"));
+        assert_eq!(c.registration_secret.as_deref(), Some("s"));
+        assert_eq!(c.worker_id, None);
+        assert_eq!(
+            c.registration(),
+            RegistrationView::Pending { request_id: "rr-1" }
+        );
+    }
+
+    #[test]
+    fn sanitizer_keeps_grammar_and_key_names() {
+        assert_eq!(
+            sanitize_message("missing field `api_base_url`"),
+            "missing field `api_base_url`"
+        );
+        assert_eq!(
+            sanitize_message("invalid type: string \"hunter2\", expected f32"),
+            "invalid type: string \"…\", expected f32"
+        );
+        assert_eq!(sanitize_message("expected `=`, `]`"), "expected `=`, `]`");
+        assert_eq!(
+            sanitize_message("invalid boolean, expected `true`, `false`"),
+            "invalid boolean, expected `true`, `false`"
+        );
+        assert_eq!(sanitize_message("bad `abc"), "bad `…");
+        assert_eq!(sanitize_message("can't read 'x1'"), "can't read '…'");
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncdé f", 7), (2, 4));
+        assert_eq!(line_column("x", 99), (1, 2));
+    }
+
+    #[test]
+    fn save_into_a_missing_directory_and_a_bad_one() {
+        let dir = tmp();
+        let nested = dir.path().join("a/b/config.toml");
+        Config::default().save(&nested).unwrap();
+        assert!(nested.exists());
+        // A directory where the file should be: the write fails cleanly.
+        let blocked = dir.path().join("blocked");
+        fs::create_dir(&blocked).unwrap();
+        let err = Config::default().save(&blocked).unwrap_err();
+        assert!(matches!(err, ShellError::ConfigIo { .. }), "{err}");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "temp file left"
+        );
+    }
+}

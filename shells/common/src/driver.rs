@@ -1,0 +1,787 @@
+//! The runtime-agnostic half of a shell: everything the core asks for except the socket.
+//!
+//! Both shells drive the core the same way; only the WebSocket IO and the way they sleep
+//! differ. So everything else lives here, written once:
+//!
+//! * [`CommandRouter::perform`] carries out one `Command`:
+//!   * `Http` -> a background thread ([`HttpRunner`]); the answer arrives via the sink;
+//!   * `Dispatch` / `CancelJob` / `DiscardResult` -> the [`EnginePool`];
+//!   * `MintSecret` -> the OS CSPRNG, answered at once with `Input::Minted`;
+//!   * `Persist` -> applied to the [`Config`] and saved atomically; a failed save is logged
+//!     and answered with an error `Input::Log` (shipped to the studio), the worker keeps
+//!     running;
+//!   * `Report` -> a `tracing` event (target `studio_core`) at the notice's level with
+//!     `category` and `job_id` fields;
+//!   * `CheckUpdate` / `ApplyUpdate` -> answered at once: this build cannot replace itself,
+//!     so a check finds nothing and an apply fails with a clear message;
+//!   * `Connect` / `Send` / `Close` -> returned as [`Effect::Socket`] for the shell;
+//!   * `Exit` and `Wait` -> returned as [`Effect::Exit`] / [`Effect::Wait`].
+//! * [`CommandRouter::feed`] is the whole driving contract of the core in one call: hand
+//!   it an input, it calls `Worker::handle`, drains `Worker::poll` to the final `Wait`,
+//!   performs every command, feeds immediate answers back (and drains again), passes
+//!   socket commands to the shell's callback and returns the deadline to sleep until.
+//! * [`CommandRouter::admit`] turns a sink event into an input (dropping results of
+//!   cancelled jobs).
+//! * [`Clock`] is the only place the shells read clocks; [`wait_duration`] turns the
+//!   core's deadline into a sleep, rounded **up** to whole milliseconds so a non-zero wait
+//!   never becomes a zero-timeout busy loop.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use studio_core::wire::LogEntry;
+use studio_core::worker::{
+    Command, ExitCode, HttpRequest, HttpResult, Input, Notice, Now, UsageError, Worker,
+};
+use studio_core::{Mono, WallMs};
+use studio_engines::Engine;
+
+use crate::config::Config;
+use crate::pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
+
+/// The message `ApplyUpdate` is answered with.
+pub const SELF_UPDATE_UNAVAILABLE: &str = "self-update is not available in this build";
+
+/// The process clocks, as the core's time values: [`Mono`] = microseconds since the clock
+/// was created (create one at process start), [`WallMs`] = milliseconds since the Unix
+/// epoch. The shells read time only through this type.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::new()
+    }
+}
+
+impl Clock {
+    /// A clock whose `Mono` origin is now.
+    pub fn new() -> Clock {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    /// The monotonic time now.
+    pub fn mono(&self) -> Mono {
+        self.mono_at(Instant::now())
+    }
+
+    /// `at` as a `Mono` (instants before the origin map to the origin).
+    pub fn mono_at(&self, at: Instant) -> Mono {
+        let micros = at.saturating_duration_since(self.origin).as_micros();
+        Mono(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// The `Instant` of a `Mono` (for runtimes that sleep until an instant).
+    pub fn instant_at(&self, mono: Mono) -> Instant {
+        let offset = Duration::from_micros(mono.0);
+        self.origin
+            .checked_add(offset)
+            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365 * 100))
+    }
+
+    /// The wall clock now (0 if the system clock is before 1970).
+    pub fn wall(&self) -> WallMs {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        WallMs(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// Both clocks now.
+    pub fn now(&self) -> Now {
+        Now::new(self.mono(), self.wall())
+    }
+}
+
+/// How long to sleep until `until`, seen at `now`: `None` when there is no deadline
+/// (sleep until IO), zero when it has passed, otherwise the remaining time rounded **up**
+/// to whole milliseconds (1 µs left -> 1 ms), so a pending deadline never turns into a
+/// zero-timeout poll.
+///
+/// ```
+/// use std::time::Duration;
+/// use studio_core::Mono;
+/// use studio_shell::wait_duration;
+///
+/// assert_eq!(wait_duration(None, Mono(0)), None);
+/// assert_eq!(wait_duration(Some(Mono(1)), Mono(0)), Some(Duration::from_millis(1)));
+/// assert_eq!(wait_duration(Some(Mono(2_500)), Mono(0)), Some(Duration::from_millis(3)));
+/// assert_eq!(wait_duration(Some(Mono(5)), Mono(9)), Some(Duration::ZERO));
+/// ```
+pub fn wait_duration(until: Option<Mono>, now: Mono) -> Option<Duration> {
+    let until = until?;
+    let micros = until.0.saturating_sub(now.0);
+    Some(Duration::from_millis(micros.div_ceil(1000)))
+}
+
+/// What the shell must do after [`CommandRouter::perform`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// A socket command (`Connect`, `Send`, `Close`): the shell's own IO.
+    Socket(Command),
+    /// An immediate answer to feed back to the core (after the current drain).
+    Input(Input),
+    /// Terminate the process with this code once the drain is done.
+    Exit { code: ExitCode, reason: String },
+    /// The drain's final command: sleep until this deadline (`None`: until IO).
+    Wait(Option<Mono>),
+    /// Done; nothing for the shell to do.
+    None,
+}
+
+/// The result of [`CommandRouter::feed`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drained {
+    /// The deadline of the final `Wait`: sleep until then (or IO / a sink event), then feed
+    /// `Input::Tick`.
+    pub until: Option<Mono>,
+    /// Set when the core asked to exit: finish the socket commands, then exit with it.
+    pub exit: Option<(ExitCode, String)>,
+}
+
+/// Performs the core's non-socket commands (see the module docs).
+pub struct CommandRouter {
+    config: Config,
+    config_path: PathBuf,
+    pool: EnginePool,
+    http: HttpRunner,
+    clock: Clock,
+}
+
+impl CommandRouter {
+    /// A router saving `config` to `config_path` on `Persist`, running jobs on `engine`
+    /// and HTTP on `agent`, delivering background completions to `sink`.
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        engine: Arc<dyn Engine>,
+        agent: ureq::Agent,
+        sink: EventSink,
+        clock: Clock,
+    ) -> CommandRouter {
+        CommandRouter {
+            config,
+            config_path,
+            pool: EnginePool::new(engine, Arc::clone(&sink)),
+            http: HttpRunner::new(agent, sink),
+            clock,
+        }
+    }
+
+    /// The config as last persisted.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Where `Persist` saves the config.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The engine pool.
+    pub fn pool(&self) -> &EnginePool {
+        &self.pool
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Turns a sink event into the core input, or `None` for a result of a job cancelled
+    /// since (see [`EnginePool::admit`]).
+    pub fn admit(&self, event: PoolEvent) -> Option<Input> {
+        self.pool.admit(event)
+    }
+
+    /// Carries out one command.
+    pub fn perform(&mut self, cmd: Command) -> Effect {
+        match cmd {
+            Command::Connect { .. } | Command::Send { .. } | Command::Close { .. } => {
+                Effect::Socket(cmd)
+            }
+            Command::Wait { until } => Effect::Wait(until),
+            Command::Http { id, request } => {
+                let body = match &request {
+                    HttpRequest::Upload { job_id, .. } => match self.pool.result_bytes(job_id) {
+                        Some(bytes) => Some(bytes),
+                        None => {
+                            tracing::warn!(%job_id, "upload requested but no result is held");
+                            return Effect::Input(Input::Http {
+                                id,
+                                result: HttpResult::Transport(format!(
+                                    "the result of job {job_id} is no longer held; \
+                                     nothing was uploaded"
+                                )),
+                            });
+                        }
+                    },
+                    _ => None,
+                };
+                self.http.spawn(id, request, body);
+                Effect::None
+            }
+            Command::MintSecret { need_install_id } => self.mint(need_install_id),
+            Command::Persist(state) => {
+                self.config.apply_persist(&state);
+                match self.config.save(&self.config_path) {
+                    Ok(()) => Effect::None,
+                    Err(e) => {
+                        let message = format!("could not save the registration: {e}");
+                        tracing::error!(category = "config", "{message}");
+                        Effect::Input(Input::Log(LogEntry {
+                            ts: self.clock.wall().to_rfc3339(),
+                            level: "error".into(),
+                            category: "config".into(),
+                            message,
+                            job_id: None,
+                        }))
+                    }
+                }
+            }
+            Command::Dispatch { claim } => {
+                self.pool.dispatch(&claim);
+                Effect::None
+            }
+            Command::CancelJob { job_id } => {
+                self.pool.cancel(&job_id);
+                Effect::None
+            }
+            Command::DiscardResult { job_id } => {
+                self.pool.discard(&job_id);
+                Effect::None
+            }
+            Command::CheckUpdate => Effect::Input(Input::UpdateChecked { result: Ok(None) }),
+            Command::ApplyUpdate { version } => {
+                tracing::warn!(%version, "{SELF_UPDATE_UNAVAILABLE}");
+                Effect::Input(Input::UpdateApplied {
+                    result: Err(SELF_UPDATE_UNAVAILABLE.to_string()),
+                })
+            }
+            Command::Report(notice) => {
+                report(&notice);
+                Effect::None
+            }
+            Command::Exit { code, reason } => {
+                if code.is_error() {
+                    tracing::error!(code = code.code(), "exiting: {reason}");
+                } else {
+                    tracing::info!(code = code.code(), "exiting: {reason}");
+                }
+                Effect::Exit { code, reason }
+            }
+        }
+    }
+
+    fn mint(&self, need_install_id: bool) -> Effect {
+        let install_id = if need_install_id {
+            match crate::entropy::install_id() {
+                Ok(id) => Some(id),
+                Err(e) => return entropy_failure(e),
+            }
+        } else {
+            None
+        };
+        match crate::entropy::registration_secret() {
+            Ok(secret) => Effect::Input(Input::Minted { install_id, secret }),
+            Err(e) => entropy_failure(e),
+        }
+    }
+
+    /// Feeds `input` to `worker` and drives it to rest: handle, drain to `Wait`, perform
+    /// every command (socket commands go to `socket`, in order), feed immediate answers back
+    /// and drain again. Returns the final deadline and any exit request.
+    ///
+    /// A `UsageError` (e.g. a job result racing a cancellation) leaves the core unchanged;
+    /// it is logged and the drain goes on.
+    pub fn feed(
+        &mut self,
+        worker: &mut Worker,
+        input: Input,
+        socket: &mut dyn FnMut(Command),
+    ) -> Drained {
+        let mut pending = VecDeque::from([input]);
+        let mut drained = Drained {
+            until: None,
+            exit: None,
+        };
+        while let Some(input) = pending.pop_front() {
+            if let Err(e) = worker.handle(self.clock.now(), input) {
+                match e {
+                    UsageError::UnknownJob(_) => tracing::debug!("input ignored by the core: {e}"),
+                    _ => tracing::warn!("input refused by the core: {e}"),
+                }
+            }
+            loop {
+                match self.perform(worker.poll()) {
+                    Effect::Socket(cmd) => socket(cmd),
+                    Effect::Input(answer) => pending.push_back(answer),
+                    Effect::Exit { code, reason } => {
+                        drained.exit.get_or_insert((code, reason));
+                    }
+                    Effect::Wait(until) => {
+                        drained.until = until;
+                        break;
+                    }
+                    Effect::None => {}
+                }
+            }
+        }
+        drained
+    }
+}
+
+impl std::fmt::Debug for CommandRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandRouter")
+            .field("config_path", &self.config_path)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+fn entropy_failure(e: crate::error::ShellError) -> Effect {
+    let reason = format!("cannot register: {e}");
+    tracing::error!("{reason}");
+    Effect::Exit {
+        code: ExitCode::Fatal,
+        reason,
+    }
+}
+
+/// Logs a core notice as a `tracing` event at its level (unknown levels as info).
+pub fn report(n: &Notice) {
+    use tracing::Level;
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                target: "studio_core",
+                $level,
+                category = %n.category,
+                job_id = n.job_id.as_deref(),
+                "{}",
+                n.message
+            )
+        };
+    }
+    match n.level.to_ascii_lowercase().as_str() {
+        "error" => emit!(Level::ERROR),
+        "warn" | "warning" => emit!(Level::WARN),
+        "debug" => emit!(Level::DEBUG),
+        "trace" => emit!(Level::TRACE),
+        _ => emit!(Level::INFO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
+
+    use serde_json::json;
+    use studio_core::worker::{
+        ConnId, Credentials, HttpId, JobOutcome, PersistedState, WorkerConfig,
+    };
+    use studio_engines::Router;
+
+    use crate::pool::tests::{channel_sink, claim};
+
+    fn router(dir: &tempfile::TempDir) -> (CommandRouter, mpsc::Receiver<PoolEvent>) {
+        let (sink, rx) = channel_sink();
+        let r = CommandRouter::new(
+            Config::default(),
+            dir.path().join("config.toml"),
+            Arc::new(Router::new_default()),
+            crate::http::agent(),
+            sink,
+            Clock::new(),
+        );
+        (r, rx)
+    }
+
+    fn recv(rx: &mpsc::Receiver<PoolEvent>) -> PoolEvent {
+        rx.recv_timeout(Duration::from_secs(20)).expect("no event")
+    }
+
+    #[test]
+    fn router_and_pool_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<CommandRouter>();
+        send_sync::<EnginePool>();
+        send_sync::<HttpRunner>();
+        send_sync::<Clock>();
+    }
+
+    #[test]
+    fn wait_duration_rounds_up_to_whole_milliseconds() {
+        let now = Mono(1_000_000);
+        assert_eq!(wait_duration(None, now), None);
+        assert_eq!(
+            wait_duration(Some(Mono(999_000)), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(wait_duration(Some(now), now), Some(Duration::ZERO));
+        assert_eq!(
+            wait_duration(Some(Mono(1_000_001)), now),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            wait_duration(Some(Mono(1_000_999)), now),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            wait_duration(Some(Mono(1_001_000)), now),
+            Some(Duration::from_millis(1))
+        );
+        assert_eq!(
+            wait_duration(Some(Mono(1_001_001)), now),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            wait_duration(Some(Mono(u64::MAX)), Mono(0)),
+            Some(Duration::from_millis(u64::MAX.div_ceil(1000)))
+        );
+    }
+
+    #[test]
+    fn clock_maps_instants_and_moves_forward() {
+        let clock = Clock::new();
+        let a = clock.mono();
+        let b = clock.mono();
+        assert!(b >= a);
+        let at = Instant::now() + Duration::from_millis(1500);
+        let m = clock.mono_at(at);
+        let back = clock.instant_at(m);
+        let diff = if back > at { back - at } else { at - back };
+        assert!(diff < Duration::from_micros(2), "{diff:?}");
+        assert_eq!(clock.mono_at(clock.origin - Duration::from_millis(1)).0, 0);
+        // 2020-01-01 < wall < 2200-01-01
+        let w = clock.wall().0;
+        assert!(w > 1_577_836_800_000 && w < 7_258_118_400_000, "{w}");
+        let now = clock.now();
+        assert!(now.mono >= b);
+    }
+
+    #[test]
+    fn socket_wait_and_exit_pass_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _rx) = router(&dir);
+        for cmd in [
+            Command::Connect {
+                conn: ConnId(1),
+                url: "ws://x".into(),
+                auth_token: "t".into(),
+            },
+            Command::Send {
+                conn: ConnId(1),
+                text: "{}".into(),
+            },
+            Command::Close {
+                conn: ConnId(1),
+                code: 1000,
+                reason: "bye".into(),
+            },
+        ] {
+            assert_eq!(r.perform(cmd.clone()), Effect::Socket(cmd));
+        }
+        assert_eq!(
+            r.perform(Command::Wait {
+                until: Some(Mono(5))
+            }),
+            Effect::Wait(Some(Mono(5)))
+        );
+        assert_eq!(
+            r.perform(Command::Exit {
+                code: ExitCode::AuthFailed,
+                reason: "re-register".into()
+            }),
+            Effect::Exit {
+                code: ExitCode::AuthFailed,
+                reason: "re-register".into()
+            }
+        );
+        for level in ["error", "warn", "info", "debug", "trace", "odd"] {
+            let notice = Notice {
+                level: level.into(),
+                category: "ws".into(),
+                message: "m".into(),
+                job_id: Some("j".into()),
+            };
+            assert_eq!(r.perform(Command::Report(notice)), Effect::None);
+        }
+    }
+
+    #[test]
+    fn mint_answers_with_fresh_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _rx) = router(&dir);
+        match r.perform(Command::MintSecret {
+            need_install_id: true,
+        }) {
+            Effect::Input(Input::Minted {
+                install_id: Some(id),
+                secret,
+            }) => {
+                assert_eq!(id.len(), 36);
+                assert_eq!(secret.len(), 64);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.perform(Command::MintSecret {
+                need_install_id: false
+            }),
+            Effect::Input(Input::Minted {
+                install_id: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn updates_are_answered_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _rx) = router(&dir);
+        assert_eq!(
+            r.perform(Command::CheckUpdate),
+            Effect::Input(Input::UpdateChecked { result: Ok(None) })
+        );
+        assert_eq!(
+            r.perform(Command::ApplyUpdate {
+                version: "9.9.9".into()
+            }),
+            Effect::Input(Input::UpdateApplied {
+                result: Err(SELF_UPDATE_UNAVAILABLE.into())
+            })
+        );
+    }
+
+    #[test]
+    fn persist_saves_and_a_failed_save_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _rx) = router(&dir);
+        let state = PersistedState {
+            install_id: Some("iid".into()),
+            registration_request_id: Some("rr-1".into()),
+            registration_secret: Some("s".repeat(64)),
+            worker_id: None,
+            auth_token: None,
+        };
+        assert_eq!(r.perform(Command::Persist(state.clone())), Effect::None);
+        let saved = Config::load(r.config_path()).unwrap();
+        assert_eq!(saved.registration_request_id.as_deref(), Some("rr-1"));
+        assert_eq!(saved.install_id.as_deref(), Some("iid"));
+        assert_eq!(r.config().registration_request_id.as_deref(), Some("rr-1"));
+
+        // Make the path unwritable: a directory where the file should be.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        r.config_path = blocked;
+        match r.perform(Command::Persist(state)) {
+            Effect::Input(Input::Log(entry)) => {
+                assert_eq!(entry.level, "error");
+                assert_eq!(entry.category, "config");
+                assert!(
+                    entry.message.contains("could not save"),
+                    "{}",
+                    entry.message
+                );
+                assert!(!entry.message.contains(&"s".repeat(64)));
+                assert!(entry.ts.ends_with('Z'));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jobs_run_in_the_pool_and_uploads_need_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, rx) = router(&dir);
+        let mut c = claim("j-1", json!({"kind": "audio_tts", "text": "hello"}));
+        c.model = "synthetic-tts".into();
+        assert_eq!(
+            r.perform(Command::Dispatch { claim: Box::new(c) }),
+            Effect::None
+        );
+        match r.admit(recv(&rx)).unwrap() {
+            Input::JobFinished {
+                job_id,
+                outcome: JobOutcome::Binary { ext, .. },
+            } => {
+                assert_eq!(job_id, "j-1");
+                assert_eq!(ext, "wav");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.pool().result_bytes("j-1").is_some());
+        assert_eq!(
+            r.perform(Command::DiscardResult {
+                job_id: "j-1".into()
+            }),
+            Effect::None
+        );
+        // Upload of a result that is gone: answered at once, nothing sent.
+        let upload = Command::Http {
+            id: HttpId(3),
+            request: HttpRequest::Upload {
+                url: "http://127.0.0.1:9/x".into(),
+                auth_token: "t".into(),
+                job_id: "j-1".into(),
+                prompt: "hello".into(),
+                ext: "wav".into(),
+            },
+        };
+        assert!(matches!(
+            r.perform(upload),
+            Effect::Input(Input::Http {
+                id: HttpId(3),
+                result: HttpResult::Transport(_)
+            })
+        ));
+        // Cancel before the result: never admitted.
+        let mut c = claim("j-2", json!({"kind": "image", "prompt": "p"}));
+        c.model = "synthetic-image".into();
+        r.perform(Command::Dispatch { claim: Box::new(c) });
+        r.perform(Command::CancelJob {
+            job_id: "j-2".into(),
+        });
+        if let Ok(ev) = rx.recv_timeout(Duration::from_millis(300)) {
+            assert_eq!(r.admit(ev), None);
+        }
+        assert_eq!(r.pool().held_results(), 0);
+    }
+
+    /// A studio stand-in that answers `count` HTTP requests with `200 body`.
+    fn studio(count: usize, body: &'static str) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for _ in 0..count {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut b = vec![0; len];
+                reader.read_exact(&mut b).unwrap();
+                let mut stream = stream;
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                tx.send(line.trim_end().to_string()).unwrap();
+            }
+        });
+        (base, rx)
+    }
+
+    #[test]
+    fn feed_drives_registration_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, seen) = studio(1, r#"{"requestId":"rr-42","status":"pending"}"#);
+        let (sink, rx) = channel_sink();
+        let config = Config {
+            api_base_url: base.clone(),
+            ..Config::default()
+        };
+        config.save(&dir.path().join("config.toml")).unwrap();
+        let mut r = CommandRouter::new(
+            config.clone(),
+            dir.path().join("config.toml"),
+            Arc::new(Router::new_default()),
+            crate::http::agent(),
+            sink,
+            Clock::new(),
+        );
+        let host = crate::host::probe();
+        let models = Router::new_default().capabilities();
+        let mut worker = Worker::new(config.to_worker_config(host, models, 7));
+        let mut socket_cmds = Vec::new();
+        let drained = r.feed(&mut worker, Input::Start, &mut |c| socket_cmds.push(c));
+        assert!(socket_cmds.is_empty(), "{socket_cmds:?}");
+        assert_eq!(drained.exit, None);
+        // The minted secret and install id were persisted before the request left.
+        let saved = Config::load(r.config_path()).unwrap();
+        assert_eq!(saved.install_id.as_ref().map(String::len), Some(36));
+        assert_eq!(
+            saved.registration_secret.as_ref().map(String::len),
+            Some(64)
+        );
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(20)).unwrap(),
+            "POST /graphics/api/workers/register-request HTTP/1.1"
+        );
+        // The response comes back through the sink and is fed in.
+        let input = r.admit(recv(&rx)).unwrap();
+        assert!(matches!(
+            &input,
+            Input::Http {
+                result: HttpResult::Response { status: 200, .. },
+                ..
+            }
+        ));
+        let drained = r.feed(&mut worker, input, &mut |c| socket_cmds.push(c));
+        assert!(drained.until.is_some(), "the poll timer is armed");
+        let saved = Config::load(r.config_path()).unwrap();
+        assert_eq!(saved.registration_request_id.as_deref(), Some("rr-42"));
+        assert!(!format!("{saved}").contains(saved.registration_secret.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn feed_passes_socket_commands_to_the_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, _rx) = router(&dir);
+        let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9790");
+        cfg.credentials = Some(Credentials {
+            worker_id: "w-1".into(),
+            auth_token: "tok".into(),
+        });
+        let mut worker = Worker::new(cfg);
+        let mut socket_cmds = Vec::new();
+        let drained = r.feed(&mut worker, Input::Start, &mut |c| socket_cmds.push(c));
+        assert!(
+            matches!(socket_cmds.as_slice(), [Command::Connect { .. }]),
+            "{socket_cmds:?}"
+        );
+        assert!(drained.until.is_some(), "connect timeout armed");
+        let wait = wait_duration(drained.until, r.clock().mono()).unwrap();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(15));
+        // Shutdown before the connection is up: the core exits cleanly.
+        socket_cmds.clear();
+        let drained = r.feed(&mut worker, Input::Shutdown, &mut |c| socket_cmds.push(c));
+        assert_eq!(drained.exit.map(|(code, _)| code), Some(ExitCode::Clean));
+        assert!(
+            socket_cmds
+                .iter()
+                .all(|c| matches!(c, Command::Close { .. })),
+            "{socket_cmds:?}"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The shell's error type.
+//!
+//! Every message is written for the operator and never carries a secret: config parse
+//! errors name the file, line and column but not the offending text, and no error embeds a
+//! token or registration secret.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// An error of the shared shell code (config, CLI, entropy).
+#[derive(Debug)]
+pub enum ShellError {
+    /// No config directory could be determined (no home directory): pass `--config PATH`.
+    NoConfigDir,
+    /// Reading, writing or creating the config file failed.
+    ConfigIo {
+        /// The file (or directory) involved.
+        path: PathBuf,
+        /// What was being done (`read`, `write`, `create directory for`, ...).
+        action: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The config file is not valid TOML or does not match the schema. The message is the
+    /// parser's, with every quoted fragment of the file removed.
+    ConfigParse {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the error, when the parser located it.
+        line: Option<usize>,
+        /// 1-based column (in characters) of the error, when located.
+        column: Option<usize>,
+        /// The sanitised parser message.
+        message: String,
+    },
+    /// The config parsed but a value is out of range.
+    ConfigInvalid {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A command-line value was rejected.
+    InvalidArgument(String),
+    /// The OS random source failed.
+    Entropy(String),
+    /// Writing a command's output (stdout) failed.
+    Output(io::Error),
+}
+
+impl ShellError {
+    /// The process exit code for this error: `2` for a rejected argument (the usual
+    /// command-line convention), `3` (the worker's "fatal / bad config" code) otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ShellError::InvalidArgument(_) => 2,
+            _ => studio_core::worker::ExitCode::Fatal.code(),
+        }
+    }
+}
+
+impl fmt::Display for ShellError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShellError::NoConfigDir => write!(
+                f,
+                "cannot find the configuration directory (no home directory?); \
+                 pass --config PATH"
+            ),
+            ShellError::ConfigIo {
+                path,
+                action,
+                source,
+            } => write!(
+                f,
+                "cannot {action} config file {}: {source}",
+                path.display()
+            ),
+            ShellError::ConfigParse {
+                path,
+                line,
+                column,
+                message,
+            } => {
+                write!(f, "config file {}", path.display())?;
+                match (line, column) {
+                    (Some(l), Some(c)) => write!(f, " line {l} column {c}")?,
+                    (Some(l), None) => write!(f, " line {l}")?,
+                    _ => {}
+                }
+                write!(f, ": {message}")
+            }
+            ShellError::ConfigInvalid { path, message } => {
+                write!(f, "config file {}: {message}", path.display())
+            }
+            ShellError::InvalidArgument(message) => f.write_str(message),
+            ShellError::Entropy(message) => write!(f, "the OS random source failed: {message}"),
+            ShellError::Output(e) => write!(f, "cannot write output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShellError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ShellError::ConfigIo { source, .. } | ShellError::Output(source) => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! Background work: engine jobs and studio HTTP requests on their own threads, their
+//! completions delivered through a caller-supplied callback ([`EventSink`]).
+//!
+//! Neither shell may block its event loop on an engine or on HTTP. The sync shell's sink
+//! pushes into a channel and wakes mio (`Waker`); the async shell's sink sends on a smol
+//! channel. Either way the loop turns each [`PoolEvent`] back into a core `Input` with
+//! [`EnginePool::admit`], which drops results of jobs cancelled in the meantime.
+//!
+//! # Jobs
+//!
+//! [`EnginePool::dispatch`] runs one `Command::Dispatch` on a dedicated thread (the
+//! protocol has one job in flight, but nothing here assumes it). The outcome becomes a
+//! `JobOutcome`:
+//!
+//! * `EngineOutput::Json(v)` -> `JobOutcome::Json { result: v }`;
+//! * `EngineOutput::Binary { bytes, ext }` -> the bytes are kept in the pool under the job
+//!   id ([`EnginePool::result_bytes`], for the upload) and the core gets
+//!   `JobOutcome::Binary { ext, bytes_len }`; `Command::DiscardResult` drops them
+//!   ([`EnginePool::discard`]);
+//! * `Err(e)` -> `JobOutcome::Failed { error: e.message, retryable: e.retryable() }`;
+//! * a panicking engine -> `JobOutcome::Failed { error: "task <job> panicked",
+//!   retryable: true }` (the panic is caught; the worker keeps running).
+//!
+//! [`EnginePool::cancel`] (`Command::CancelJob`) forgets the job: a result it produces
+//! later is dropped, never delivered, and a result already delivered to the sink but not
+//! yet admitted is refused by [`EnginePool::admit`]. (A Rust thread cannot be killed; the
+//! engine finishes in the background and its output is thrown away.)
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+
+use studio_core::wire::JobOfferClaim;
+use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome};
+use studio_engines::{Engine, EngineOutput, JobRequest};
+
+/// Identifies one dispatch of a job, so a result of an earlier (cancelled) dispatch of the
+/// same job id can never be taken for the current one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(pub u64);
+
+/// A completion from a background thread.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolEvent {
+    /// An engine job ended.
+    Job {
+        job_id: String,
+        outcome: JobOutcome,
+        ticket: Ticket,
+    },
+    /// An HTTP request ended.
+    Http { id: HttpId, result: HttpResult },
+}
+
+impl PoolEvent {
+    /// The core input this event carries, without the cancellation check of
+    /// [`EnginePool::admit`].
+    pub fn into_input(self) -> Input {
+        match self {
+            PoolEvent::Job {
+                job_id, outcome, ..
+            } => Input::JobFinished { job_id, outcome },
+            PoolEvent::Http { id, result } => Input::Http { id, result },
+        }
+    }
+}
+
+/// Where background threads deliver their completions. Called on the worker threads: it
+/// must be quick and must not call back into the pool's blocking paths (a channel send plus
+/// a wake-up is the intended body).
+pub type EventSink = Arc<dyn Fn(PoolEvent) + Send + Sync>;
+
+/// Wraps a closure as an [`EventSink`].
+pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
+    Arc::new(f)
+}
+
+#[derive(Default)]
+struct State {
+    next_ticket: u64,
+    /// Jobs dispatched and neither admitted nor cancelled, with their current ticket.
+    running: BTreeMap<String, Ticket>,
+    /// Binary results awaiting upload.
+    results: BTreeMap<String, Arc<Vec<u8>>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The lock is never held across user code, so poisoning cannot leave the maps
+    // half-updated; recover rather than cascade a panic.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs engine jobs on dedicated threads and keeps their binary results until uploaded.
+pub struct EnginePool {
+    engine: Arc<dyn Engine>,
+    sink: EventSink,
+    state: Arc<Mutex<State>>,
+}
+
+impl EnginePool {
+    /// A pool running jobs on `engine` (in production the `studio_engines::Router`) and
+    /// delivering completions to `sink`.
+    pub fn new(engine: Arc<dyn Engine>, sink: EventSink) -> EnginePool {
+        EnginePool {
+            engine,
+            sink,
+            state: Arc::default(),
+        }
+    }
+
+    /// The engine jobs run on (for the capability roster).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Starts `claim` on a new thread; its [`PoolEvent::Job`] arrives through the sink.
+    /// Re-dispatching a job id supersedes the earlier dispatch (its result is dropped).
+    pub fn dispatch(&self, claim: &JobOfferClaim) -> Ticket {
+        let request = JobRequest::new(
+            claim.job_id.clone(),
+            claim.model.clone(),
+            claim.task.clone(),
+            claim.model_source.clone(),
+        );
+        let job_id = claim.job_id.clone();
+        let ticket = {
+            let mut st = lock(&self.state);
+            st.next_ticket += 1;
+            let ticket = Ticket(st.next_ticket);
+            st.running.insert(job_id.clone(), ticket);
+            st.results.remove(&job_id);
+            ticket
+        };
+        tracing::debug!(%job_id, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
+        let engine = Arc::clone(&self.engine);
+        let state = Arc::clone(&self.state);
+        let sink = Arc::clone(&self.sink);
+        let spawned = thread::Builder::new()
+            .name(format!("engine-job-{}", ticket.0))
+            .spawn(move || {
+                let outcome = run_engine(engine.as_ref(), &request);
+                finish(&state, &sink, request.job_id, ticket, outcome);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(%job_id, "cannot start an engine thread: {e}");
+            let outcome = Err(Failure {
+                error: format!("cannot start an engine thread: {e}"),
+                retryable: true,
+            });
+            finish(&self.state, &self.sink, job_id, ticket, outcome);
+        }
+        ticket
+    }
+
+    /// Forgets `job_id` (`Command::CancelJob`): its result, now or later, is never
+    /// delivered, and any held bytes are dropped.
+    pub fn cancel(&self, job_id: &str) {
+        let mut st = lock(&self.state);
+        st.running.remove(job_id);
+        st.results.remove(job_id);
+    }
+
+    /// Drops the held binary result of `job_id` (`Command::DiscardResult`).
+    pub fn discard(&self, job_id: &str) {
+        lock(&self.state).results.remove(job_id);
+    }
+
+    /// The held binary result of `job_id`, for the upload.
+    pub fn result_bytes(&self, job_id: &str) -> Option<Arc<Vec<u8>>> {
+        lock(&self.state).results.get(job_id).cloned()
+    }
+
+    /// Whether `job_id` is dispatched and not yet admitted or cancelled.
+    pub fn is_running(&self, job_id: &str) -> bool {
+        lock(&self.state).running.contains_key(job_id)
+    }
+
+    /// How many binary results are held.
+    pub fn held_results(&self) -> usize {
+        lock(&self.state).results.len()
+    }
+
+    /// Turns a sink event into the core input, or `None` when it must not reach the core: a
+    /// job result whose job was cancelled or re-dispatched after the event was sent. Call it
+    /// on the loop thread, for every event, right before `Worker::handle`.
+    pub fn admit(&self, event: PoolEvent) -> Option<Input> {
+        if let PoolEvent::Job { job_id, ticket, .. } = &event {
+            let mut st = lock(&self.state);
+            if st.running.get(job_id) != Some(ticket) {
+                tracing::debug!(%job_id, "dropping the result of a cancelled job");
+                return None;
+            }
+            st.running.remove(job_id);
+        }
+        Some(event.into_input())
+    }
+}
+
+impl std::fmt::Debug for EnginePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = lock(&self.state);
+        f.debug_struct("EnginePool")
+            .field("engine", &self.engine.name())
+            .field("running", &st.running.keys().collect::<Vec<_>>())
+            .field("held_results", &st.results.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+struct Failure {
+    error: String,
+    retryable: bool,
+}
+
+fn run_engine(engine: &dyn Engine, request: &JobRequest) -> Result<EngineOutput, Failure> {
+    match catch_unwind(AssertUnwindSafe(|| engine.dispatch(request))) {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(e)) => Err(Failure {
+            retryable: e.retryable(),
+            error: e.message,
+        }),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            tracing::error!(job_id = %request.job_id, "engine panicked: {what}");
+            Err(Failure {
+                error: format!("task {} panicked", request.job_id),
+                retryable: true,
+            })
+        }
+    }
+}
+
+/// Records the outcome and delivers it, unless the job was cancelled or superseded.
+fn finish(
+    state: &Mutex<State>,
+    sink: &EventSink,
+    job_id: String,
+    ticket: Ticket,
+    result: Result<EngineOutput, Failure>,
+) {
+    let outcome = {
+        let mut st = lock(state);
+        if st.running.get(&job_id) != Some(&ticket) {
+            tracing::debug!(%job_id, "job finished after it was cancelled; result dropped");
+            return;
+        }
+        match result {
+            Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
+            Ok(EngineOutput::Binary { bytes, ext }) => {
+                let bytes_len = bytes.len() as u64;
+                st.results.insert(job_id.clone(), Arc::new(bytes));
+                JobOutcome::Binary { ext, bytes_len }
+            }
+            Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
+        }
+    };
+    sink(PoolEvent::Job {
+        job_id,
+        outcome,
+        ticket,
+    });
+}
+
+/// Runs studio HTTP requests ([`crate::http::execute`]) on background threads and delivers
+/// `PoolEvent::Http` through the sink.
+#[derive(Clone)]
+pub struct HttpRunner {
+    agent: ureq::Agent,
+    sink: EventSink,
+}
+
+impl HttpRunner {
+    /// A runner using `agent` (see [`crate::http::agent`]).
+    pub fn new(agent: ureq::Agent, sink: EventSink) -> HttpRunner {
+        HttpRunner { agent, sink }
+    }
+
+    /// Starts `request` (`id` from the core's `Command::Http`); `body` is the job's result
+    /// for an upload.
+    pub fn spawn(&self, id: HttpId, request: HttpRequest, body: Option<Arc<Vec<u8>>>) {
+        let agent = self.agent.clone();
+        let sink = Arc::clone(&self.sink);
+        let spawned = thread::Builder::new()
+            .name(format!("http-{}", id.0))
+            .spawn(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    crate::http::execute(&agent, &request, body.as_deref().map(|b| &b[..]))
+                }))
+                .unwrap_or_else(|_| HttpResult::Transport("the HTTP client panicked".into()));
+                sink(PoolEvent::Http { id, result });
+            });
+        if let Err(e) = spawned {
+            (self.sink)(PoolEvent::Http {
+                id,
+                result: HttpResult::Transport(format!("cannot start an HTTP thread: {e}")),
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpRunner").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use studio_core::wire::{ModelEngine, ModelSource, Task, TaskKind};
+    use studio_engines::{EngineError, EngineErrorKind, Router, SyntheticEngine};
+
+    pub(crate) fn channel_sink() -> (EventSink, mpsc::Receiver<PoolEvent>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        (
+            sink(move |ev| {
+                let _ = tx.lock().unwrap().send(ev);
+            }),
+            rx,
+        )
+    }
+
+    pub(crate) fn claim(job_id: &str, task: serde_json::Value) -> JobOfferClaim {
+        claim_with_engine(job_id, task, "synthetic")
+    }
+
+    fn claim_with_engine(job_id: &str, task: serde_json::Value, engine: &str) -> JobOfferClaim {
+        serde_json::from_value(json!({
+            "jobId": job_id,
+            "gameId": "g",
+            "assetName": "a",
+            "model": "synthetic",
+            "vramGbEstimate": 1.0,
+            "task": task,
+            "modelSource": {
+                "engine": engine,
+                "files": [],
+                "cliDefaults": {"cfgScale": 1.0, "steps": 8, "width": 1024, "height": 1024}
+            },
+        }))
+        .unwrap()
+    }
+
+    fn recv(rx: &mpsc::Receiver<PoolEvent>) -> PoolEvent {
+        rx.recv_timeout(Duration::from_secs(20)).expect("no event")
+    }
+
+    /// An engine whose behaviour the test picks by prompt, and which can be held until
+    /// released.
+    struct TestEngine {
+        gate: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl Engine for TestEngine {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn serves(&self) -> Vec<ModelEngine> {
+            vec![ModelEngine::Synthetic]
+        }
+        fn capabilities(&self) -> BTreeMap<TaskKind, Vec<String>> {
+            BTreeMap::new()
+        }
+        fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
+            let mut prompt = job.task.prompt();
+            if let Some(rest) = prompt.strip_prefix("hold-") {
+                let gate = self.gate.lock().unwrap().take();
+                if let Some(gate) = gate {
+                    let _ = gate.recv();
+                }
+                prompt = rest;
+            }
+            match prompt {
+                "panic" => panic!("boom"),
+                "fail" => Err(EngineError::new(EngineErrorKind::Io, "disk full")),
+                "fatal" => Err(EngineError::new(EngineErrorKind::InvalidInput, "bad size")),
+                "bin" => Ok(EngineOutput::Binary {
+                    bytes: vec![1, 2, 3],
+                    ext: "png".into(),
+                }),
+                _ => Ok(EngineOutput::Json(json!({"ok": true}))),
+            }
+        }
+    }
+
+    fn test_pool(gate: Option<mpsc::Receiver<()>>) -> (EnginePool, mpsc::Receiver<PoolEvent>) {
+        let (sink, rx) = channel_sink();
+        let engine = TestEngine {
+            gate: Mutex::new(gate),
+        };
+        (EnginePool::new(Arc::new(engine), sink), rx)
+    }
+
+    fn image(prompt: &str) -> serde_json::Value {
+        json!({"kind": "image", "prompt": prompt})
+    }
+
+    #[test]
+    fn json_results_are_delivered_and_admitted_once() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("j1", image("hello")));
+        let ev = recv(&rx);
+        assert!(pool.is_running("j1"));
+        let input = pool.admit(ev.clone()).unwrap();
+        assert_eq!(
+            input,
+            Input::JobFinished {
+                job_id: "j1".into(),
+                outcome: JobOutcome::Json {
+                    result: json!({"ok": true})
+                }
+            }
+        );
+        assert!(!pool.is_running("j1"));
+        // A duplicate of the same event is refused.
+        assert_eq!(pool.admit(ev), None);
+    }
+
+    #[test]
+    fn binary_results_are_held_until_discarded() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("j2", image("bin")));
+        let input = pool.admit(recv(&rx)).unwrap();
+        assert_eq!(
+            input,
+            Input::JobFinished {
+                job_id: "j2".into(),
+                outcome: JobOutcome::Binary {
+                    ext: "png".into(),
+                    bytes_len: 3
+                }
+            }
+        );
+        assert_eq!(pool.result_bytes("j2").as_deref(), Some(&vec![1, 2, 3]));
+        assert_eq!(pool.held_results(), 1);
+        pool.discard("j2");
+        assert_eq!(pool.result_bytes("j2"), None);
+        assert_eq!(pool.held_results(), 0);
+    }
+
+    #[test]
+    fn engine_errors_keep_their_retryability() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("a", image("fail")));
+        let a = pool.admit(recv(&rx)).unwrap();
+        pool.dispatch(&claim("b", image("fatal")));
+        let b = pool.admit(recv(&rx)).unwrap();
+        assert_eq!(
+            a,
+            Input::JobFinished {
+                job_id: "a".into(),
+                outcome: JobOutcome::Failed {
+                    error: "disk full".into(),
+                    retryable: true
+                }
+            }
+        );
+        assert_eq!(
+            b,
+            Input::JobFinished {
+                job_id: "b".into(),
+                outcome: JobOutcome::Failed {
+                    error: "bad size".into(),
+                    retryable: false
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_panicking_engine_fails_the_job_retryably() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("p1", image("panic")));
+        assert_eq!(
+            pool.admit(recv(&rx)).unwrap(),
+            Input::JobFinished {
+                job_id: "p1".into(),
+                outcome: JobOutcome::Failed {
+                    error: "task p1 panicked".into(),
+                    retryable: true
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn a_cancelled_job_never_delivers() {
+        let (tx, gate) = mpsc::channel();
+        let (pool, rx) = test_pool(Some(gate));
+        pool.dispatch(&claim("c1", image("hold-bin")));
+        pool.cancel("c1");
+        tx.send(()).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        assert_eq!(pool.held_results(), 0);
+    }
+
+    #[test]
+    fn a_result_cancelled_after_delivery_is_not_admitted() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("c2", image("bin")));
+        let ev = recv(&rx);
+        pool.cancel("c2");
+        assert_eq!(pool.admit(ev), None);
+        assert_eq!(pool.result_bytes("c2"), None);
+    }
+
+    #[test]
+    fn a_redispatch_supersedes_the_earlier_one() {
+        let (tx, gate) = mpsc::channel();
+        let (pool, rx) = test_pool(Some(gate));
+        let first = pool.dispatch(&claim("r", image("hold-first")));
+        let second = pool.dispatch(&claim("r", image("second")));
+        assert_ne!(first, second);
+        // The second (ungated) run finishes first and is the one admitted.
+        let ev = recv(&rx);
+        assert!(matches!(ev, PoolEvent::Job { ticket, .. } if ticket == second));
+        tx.send(()).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        assert!(pool.admit(ev).is_some());
+    }
+
+    #[test]
+    fn the_router_runs_synthetic_jobs_and_refuses_unknown_engines() {
+        let (sink, rx) = channel_sink();
+        let pool = EnginePool::new(Arc::new(Router::new_default()), sink);
+        assert_eq!(pool.engine().name(), "multi");
+        let mut c = claim(
+            "s1",
+            json!({"kind": "llm", "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        c.model = "synthetic-llm".into();
+        pool.dispatch(&c);
+        match pool.admit(recv(&rx)).unwrap() {
+            Input::JobFinished {
+                outcome: JobOutcome::Json { result },
+                ..
+            } => assert_eq!(result["object"], "chat.completion"),
+            other => panic!("{other:?}"),
+        }
+        let c = claim_with_engine("s2", image("x"), "sd-cpp");
+        pool.dispatch(&c);
+        match pool.admit(recv(&rx)).unwrap() {
+            Input::JobFinished {
+                outcome: JobOutcome::Failed { retryable, .. },
+                ..
+            } => assert!(!retryable),
+            other => panic!("{other:?}"),
+        }
+        // Synthetic images are binary and held for the upload.
+        let mut c = claim(
+            "s3",
+            json!({"kind": "image", "prompt": "fox", "ext": "webp"}),
+        );
+        c.model = "synthetic-image".into();
+        pool.dispatch(&c);
+        match pool.admit(recv(&rx)).unwrap() {
+            Input::JobFinished {
+                outcome: JobOutcome::Binary { ext, bytes_len },
+                ..
+            } => {
+                assert_eq!(ext, "webp");
+                assert_eq!(pool.result_bytes("s3").unwrap().len() as u64, bytes_len);
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = SyntheticEngine::new();
+        let _ = ModelSource::synthetic();
+        let _: Option<Task> = None;
+    }
+
+    #[test]
+    fn http_runner_delivers_transport_errors() {
+        let (sink, rx) = channel_sink();
+        let runner = HttpRunner::new(crate::http::agent(), sink);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        runner.spawn(
+            HttpId(7),
+            HttpRequest::PollRegistration {
+                url: format!("http://127.0.0.1:{port}/x"),
+                bearer: "b".into(),
+            },
+            None,
+        );
+        match recv(&rx) {
+            PoolEvent::Http {
+                id,
+                result: HttpResult::Transport(_),
+            } => assert_eq!(id, HttpId(7)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
