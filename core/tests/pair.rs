@@ -527,7 +527,7 @@ fn registration_with_operator_approval_then_a_job() {
     assert!(creds.worker_id.is_some() && creds.auth_token.is_some());
     assert!(creds.registration_secret.is_none());
     let job = p.submit(task(TaskKind::Llm, "hi"));
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     let _ = &p.tokens;
 }
 
@@ -559,7 +559,7 @@ fn busy_rejects_requeue_without_spending_an_attempt() {
         result: Err("disk full".into()),
     });
     p.settle();
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     assert_eq!(p.studio.job(&job).unwrap().attempts, 1);
 }
 
@@ -579,7 +579,7 @@ fn paused_workers_get_no_offers_until_resumed() {
     );
     p.to_worker.push_back(Input::Resume);
     p.settle();
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
 }
 
 #[test]
@@ -605,7 +605,7 @@ fn a_racing_offer_to_a_paused_worker_is_rejected_paused_and_requeued() {
     assert_eq!(p.studio.job(&job).unwrap().attempts, 0);
     p.to_worker.push_back(Input::Resume);
     p.settle();
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
 }
 
 #[test]
@@ -628,7 +628,7 @@ fn reconnect_with_backoff_after_a_drop_keeps_the_running_job() {
         gap >= Duration::from_millis(500) && gap <= Duration::from_secs(1),
         "{gap:?}"
     );
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     let rec = p.studio.job(&job).unwrap();
     assert_eq!((rec.completions, rec.attempts), (1, 1));
 }
@@ -653,7 +653,7 @@ fn half_open_link_is_detected_and_the_result_still_lands_once() {
     p.link = None;
     p.half_open = false;
     assert!(
-        p.run_until(MIN, |p| p.all_done(&[job.clone()])),
+        p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))),
         "{:?}",
         p.state(&job)
     );
@@ -704,7 +704,7 @@ fn studio_restart_the_fleet_reconnects_and_jobs_continue() {
     p.start();
     assert!(p.run_until(MIN, Pair::connected));
     let before = p.submit(task(TaskKind::Image, "before"));
-    assert!(p.run_until(MIN, |p| p.all_done(&[before.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&before))));
     // The studio goes away for 20 s.
     p.studio_up = false;
     p.drop_link();
@@ -714,7 +714,7 @@ fn studio_restart_the_fleet_reconnects_and_jobs_continue() {
     assert!(attempts >= 3, "kept retrying with backoff: {attempts}");
     p.studio_up = true;
     let after = p.submit(task(TaskKind::AudioTts, "after"));
-    assert!(p.run_until(MIN, |p| p.all_done(&[after.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&after))));
     assert_eq!(
         p.worker.status().reconnect_attempt,
         0,
@@ -729,7 +729,7 @@ fn upload_retry_after_a_500_completes_once() {
     assert!(p.run_until(MIN, Pair::connected));
     p.fail_uploads = 2;
     let job = p.submit(task(TaskKind::Image, "x"));
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     assert_eq!(p.fail_uploads, 0);
     assert_eq!(p.studio.job(&job).unwrap().completions, 1);
     assert!(!p.sent_types().iter().any(|t| t == "fail"));
@@ -742,7 +742,7 @@ fn upload_giving_up_fails_retryable_and_the_studio_requeues() {
     assert!(p.run_until(MIN, Pair::connected));
     p.fail_uploads = 3;
     let job = p.submit(task(TaskKind::Image, "x"));
-    assert!(p.run_until(MIN, |p| p.all_done(&[job.clone()])));
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     let rec = p.studio.job(&job).unwrap();
     assert_eq!(rec.completions, 1);
     assert_eq!(rec.attempts, 2, "the failed upload spent one attempt");
