@@ -1,0 +1,280 @@
+//! Every named limit of the worker machine: its default and its effect.
+
+use std::time::Duration;
+
+use serde_json::json;
+use studio_core::wire::{self, StudioFrame, MAX_FRAME_BYTES, PROMPT_PREVIEW_CHARS};
+use studio_core::worker::*;
+use studio_core::{Mono, WallMs};
+
+struct H {
+    w: Worker,
+    t: u64,
+    conn: Option<ConnId>,
+}
+
+impl H {
+    fn live(cfg: WorkerConfig) -> H {
+        let mut h = H {
+            w: Worker::new(cfg),
+            t: 0,
+            conn: None,
+        };
+        h.step(Input::Start);
+        let conn = h.conn.unwrap();
+        h.step(Input::Connected { conn });
+        h.frame(r#"{"type":"welcome","workerId":"w-1","serverTime":"now"}"#);
+        h
+    }
+    fn step(&mut self, input: Input) -> Vec<Command> {
+        let now = Now::new(Mono(self.t), WallMs(1_779_710_400_000 + self.t / 1000));
+        self.w.handle(now, input).unwrap();
+        let mut out = Vec::new();
+        loop {
+            match self.w.poll() {
+                Command::Wait { .. } => break,
+                c => {
+                    if let Command::Connect { conn, .. } = &c {
+                        self.conn = Some(*conn);
+                    }
+                    out.push(c)
+                }
+            }
+        }
+        out
+    }
+    fn frame(&mut self, text: &str) -> Vec<Command> {
+        let conn = self.conn.unwrap();
+        self.step(Input::Frame {
+            conn,
+            text: text.into(),
+        })
+    }
+    fn advance(&mut self, secs: u64) -> Vec<Command> {
+        self.t += secs * 1_000_000;
+        self.step(Input::Tick)
+    }
+    fn reconnect(&mut self) -> Vec<Command> {
+        let conn = self.conn.unwrap();
+        self.step(Input::Disconnected {
+            conn,
+            code: None,
+            reason: "reset".into(),
+        });
+        let d = self.w.deadline().unwrap();
+        self.t = d.0;
+        self.step(Input::Tick);
+        let conn = self.conn.unwrap();
+        self.step(Input::Connected { conn });
+        self.frame(r#"{"type":"welcome","workerId":"w-1","serverTime":"now"}"#)
+    }
+}
+
+fn cfg() -> WorkerConfig {
+    let mut cfg = WorkerConfig::for_tests("http://s");
+    cfg.credentials = Some(Credentials {
+        worker_id: "w-1".into(),
+        auth_token: "t".into(),
+    });
+    cfg
+}
+
+fn offer(job: &str) -> String {
+    json!({"type":"offer","claim":{"jobId":job,"gameId":"g","assetName":"g/a","model":"synthetic",
+        "vramGbEstimate":1.0,"task":{"kind":"llm","messages":[{"role":"user","content":"x"}]},
+        "modelSource":{"engine":"synthetic","files":[],"cliDefaults":{"cfgScale":1.0,"steps":8,"width":1024,"height":1024}}}})
+    .to_string()
+}
+
+#[test]
+fn defaults_are_the_documented_values() {
+    let l = Limits::default();
+    assert_eq!(l.log_queue_cap, 5000);
+    assert_eq!(l.recent_jobs, 50);
+    assert_eq!(l.recent_logs, 1000);
+    assert_eq!(l.max_frame_bytes, MAX_FRAME_BYTES);
+    assert_eq!(MAX_FRAME_BYTES, 4 * 1024 * 1024);
+    let t = Timings::default();
+    assert_eq!(t.heartbeat, Duration::from_secs(5));
+    assert_eq!(t.log_flush, Duration::from_secs(1));
+    assert_eq!(t.read_idle, Duration::from_secs(20));
+    assert_eq!(t.connect_timeout, Duration::from_secs(15));
+    assert_eq!(t.registration_poll, Duration::from_secs(30));
+    assert_eq!(
+        (t.backoff_base, t.backoff_cap),
+        (Duration::from_secs(1), Duration::from_secs(30))
+    );
+    assert_eq!(
+        t.upload_retries,
+        vec![Duration::from_secs(1), Duration::from_secs(2)]
+    );
+    assert_eq!(t.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(t.update_interval, Duration::from_secs(1800));
+    assert_eq!(PROMPT_PREVIEW_CHARS, 200);
+    assert_eq!(MAX_RESULT_RESENDS, 3);
+    assert_eq!(UPGRADE_BODY_CLIP, 300);
+    assert_eq!(MAX_OUTSTANDING_HEARTBEATS, 16);
+    assert_eq!(MAX_UNCONFIRMED_LOG_BATCHES, 64);
+    assert_eq!(MIN_INTERVAL, Duration::from_millis(1));
+}
+
+#[test]
+fn recent_jobs_ring_keeps_the_newest_50() {
+    let mut h = H::live(cfg());
+    for i in 0..60 {
+        let job = format!("j-{i}");
+        h.frame(&offer(&job));
+        h.step(Input::JobFinished {
+            job_id: job,
+            outcome: JobOutcome::Json { result: json!({}) },
+        });
+    }
+    let ring = h.w.status().recent_jobs;
+    assert_eq!(ring.len(), 50);
+    assert_eq!(ring[0].job_id, "j-59", "newest first");
+    assert_eq!(ring[49].job_id, "j-10");
+    assert!(ring.iter().all(|j| j.status == JobStatus::Completed));
+}
+
+#[test]
+fn recent_logs_ring_is_bounded() {
+    let mut c = cfg();
+    c.limits.recent_logs = 10;
+    let mut h = H::live(c);
+    for i in 0..30 {
+        h.step(Input::Log(wire::LogEntry {
+            ts: "t".into(),
+            level: "info".into(),
+            category: "engine".into(),
+            message: format!("m{i}"),
+            job_id: None,
+        }));
+    }
+    let logs = h.w.status().recent_logs;
+    assert_eq!(logs.len(), 10);
+    assert_eq!(logs.last().unwrap().message, "m29");
+}
+
+#[test]
+fn a_frame_over_the_size_limit_drops_the_session() {
+    let mut c = cfg();
+    c.limits.max_frame_bytes = 1024;
+    let mut h = H::live(c);
+    let big = format!(r#"{{"type":"heartbeatAck","pad":"{}"}}"#, "x".repeat(2000));
+    let cmds = h.frame(&big);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Close { reason, .. } if reason == "protocol violation")));
+    assert!(matches!(
+        h.w.status().session,
+        SessionState::Reconnecting { .. }
+    ));
+    let notes: Vec<_> =
+        h.w.status()
+            .recent_logs
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|m| m.contains("exceeds the 1024-byte limit")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
+    let mut h = H::live(cfg());
+    h.frame(&offer("j-1"));
+    h.step(Input::JobFinished {
+        job_id: "j-1".into(),
+        outcome: JobOutcome::Json { result: json!({}) },
+    });
+    let mut sends = 1;
+    for _ in 0..5 {
+        let cmds = h.reconnect();
+        sends += cmds
+            .iter()
+            .filter(|c| matches!(c, Command::Send { text, .. } if text.contains("completeJson")))
+            .count();
+    }
+    assert_eq!(sends as u32, MAX_RESULT_RESENDS);
+}
+
+#[test]
+fn the_upgrade_failure_body_is_clipped_to_300_chars() {
+    let mut h = H {
+        w: Worker::new(cfg()),
+        t: 0,
+        conn: None,
+    };
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    h.step(Input::ConnectFailed {
+        conn,
+        error: ConnectError::Status {
+            status: 503,
+            body: "b".repeat(1000),
+        },
+    });
+    let log = h.w.status().recent_logs.pop().unwrap().message;
+    assert!(log.contains(&format!("{}…", "b".repeat(300))), "{log}");
+    assert!(!log.contains(&"b".repeat(301)));
+}
+
+#[test]
+fn unconfirmed_log_batches_and_outstanding_heartbeats_stay_bounded() {
+    let mut c = cfg();
+    c.timings.read_idle = Duration::from_secs(100_000);
+    let mut h = H::live(c);
+    // A studio that never acks: bookkeeping must not grow without bound.
+    for i in 0..500 {
+        h.step(Input::Log(wire::LogEntry {
+            ts: "t".into(),
+            level: "info".into(),
+            category: "engine".into(),
+            message: format!("m{i}"),
+            job_id: None,
+        }));
+        h.advance(1);
+    }
+    // Disconnect: at most MAX_UNCONFIRMED_LOG_BATCHES batches come back.
+    let conn = h.conn.unwrap();
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let queued = h.w.status().log_queue_len;
+    assert!(queued <= MAX_UNCONFIRMED_LOG_BATCHES * 2 + 2, "{queued}");
+    assert!(queued >= MAX_UNCONFIRMED_LOG_BATCHES / 2, "{queued}");
+}
+
+#[test]
+fn zero_intervals_are_raised_so_no_timer_storms() {
+    let mut c = cfg();
+    c.timings.heartbeat = Duration::ZERO;
+    c.timings.log_flush = Duration::ZERO;
+    let mut h = H::live(c);
+    let cmds = h.advance(1);
+    let heartbeats = cmds
+        .iter()
+        .filter(|c| matches!(c, Command::Send { text, .. } if text.contains("heartbeat")))
+        .count();
+    assert!(
+        heartbeats <= 2,
+        "one per expired deadline per input, not a storm: {heartbeats}"
+    );
+    assert!(h.w.deadline().unwrap() > Mono(h.t));
+}
+
+#[test]
+fn the_welcome_heartbeat_bookkeeping_survives_a_studio_that_acks_everything() {
+    let mut h = H::live(cfg());
+    for _ in 0..100 {
+        h.frame(&wire::encode(&StudioFrame::HeartbeatAck));
+    }
+    h.advance(5);
+    assert_eq!(h.w.status().session, SessionState::Connected);
+}
