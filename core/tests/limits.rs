@@ -3,88 +3,12 @@
 use std::time::Duration;
 
 use serde_json::json;
-use studio_core::wire::{self, StudioFrame, MAX_FRAME_BYTES, PROMPT_PREVIEW_CHARS};
+use studio_core::wire::{StudioFrame, MAX_FRAME_BYTES, PROMPT_PREVIEW_CHARS};
 use studio_core::worker::*;
-use studio_core::{Mono, WallMs};
+use studio_core::Mono;
 
-struct H {
-    w: Worker,
-    t: u64,
-    conn: Option<ConnId>,
-}
-
-impl H {
-    fn live(cfg: WorkerConfig) -> H {
-        let mut h = H {
-            w: Worker::new(cfg),
-            t: 0,
-            conn: None,
-        };
-        h.step(Input::Start);
-        let conn = h.conn.unwrap();
-        h.step(Input::Connected { conn });
-        h.frame(r#"{"type":"welcome","workerId":"w-1","serverTime":"now"}"#);
-        h
-    }
-    fn step(&mut self, input: Input) -> Vec<Command> {
-        let now = Now::new(Mono(self.t), WallMs(1_779_710_400_000 + self.t / 1000));
-        self.w.handle(now, input).unwrap();
-        let mut out = Vec::new();
-        loop {
-            match self.w.poll() {
-                Command::Wait { .. } => break,
-                c => {
-                    if let Command::Connect { conn, .. } = &c {
-                        self.conn = Some(*conn);
-                    }
-                    out.push(c)
-                }
-            }
-        }
-        out
-    }
-    fn frame(&mut self, text: &str) -> Vec<Command> {
-        let conn = self.conn.unwrap();
-        self.step(Input::Frame {
-            conn,
-            text: text.into(),
-        })
-    }
-    fn advance(&mut self, secs: u64) -> Vec<Command> {
-        self.t += secs * 1_000_000;
-        self.step(Input::Tick)
-    }
-    fn reconnect(&mut self) -> Vec<Command> {
-        let conn = self.conn.unwrap();
-        self.step(Input::Disconnected {
-            conn,
-            code: None,
-            reason: "reset".into(),
-        });
-        let d = self.w.deadline().unwrap();
-        self.t = d.0;
-        self.step(Input::Tick);
-        let conn = self.conn.unwrap();
-        self.step(Input::Connected { conn });
-        self.frame(r#"{"type":"welcome","workerId":"w-1","serverTime":"now"}"#)
-    }
-}
-
-fn cfg() -> WorkerConfig {
-    let mut cfg = WorkerConfig::for_tests("http://s");
-    cfg.credentials = Some(Credentials {
-        worker_id: "w-1".into(),
-        auth_token: "t".into(),
-    });
-    cfg
-}
-
-fn offer(job: &str) -> String {
-    json!({"type":"offer","claim":{"jobId":job,"gameId":"g","assetName":"g/a","model":"synthetic",
-        "vramGbEstimate":1.0,"task":{"kind":"llm","messages":[{"role":"user","content":"x"}]},
-        "modelSource":{"engine":"synthetic","files":[],"cliDefaults":{"cfgScale":1.0,"steps":8,"width":1024,"height":1024}}}})
-    .to_string()
-}
+mod support;
+use support::{llm_task, log_entry, offer, registered as cfg, H};
 
 #[test]
 fn defaults_are_the_documented_values() {
@@ -123,7 +47,7 @@ fn recent_jobs_ring_keeps_the_newest_50() {
     let mut h = H::live(cfg());
     for i in 0..60 {
         let job = format!("j-{i}");
-        h.frame(&offer(&job));
+        h.frame(&offer(&job, llm_task()));
         h.step(Input::JobFinished {
             job_id: job,
             outcome: JobOutcome::Json { result: json!({}) },
@@ -142,13 +66,7 @@ fn recent_logs_ring_is_bounded() {
     c.limits.recent_logs = 10;
     let mut h = H::live(c);
     for i in 0..30 {
-        h.step(Input::Log(wire::LogEntry {
-            ts: "t".into(),
-            level: "info".into(),
-            category: "engine".into(),
-            message: format!("m{i}"),
-            job_id: None,
-        }));
+        h.step(Input::Log(log_entry(&format!("m{i}"))));
     }
     let logs = h.w.status().recent_logs;
     assert_eq!(logs.len(), 10);
@@ -161,7 +79,7 @@ fn a_frame_over_the_size_limit_drops_the_session() {
     c.limits.max_frame_bytes = 1024;
     let mut h = H::live(c);
     let big = format!(r#"{{"type":"heartbeatAck","pad":"{}"}}"#, "x".repeat(2000));
-    let cmds = h.frame(&big);
+    let cmds = h.frame_text(&big);
     assert!(cmds
         .iter()
         .any(|c| matches!(c, Command::Close { reason, .. } if reason == "protocol violation")));
@@ -186,13 +104,14 @@ fn a_frame_over_the_size_limit_drops_the_session() {
 #[test]
 fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
     let mut h = H::live(cfg());
-    h.frame(&offer("j-1"));
+    h.frame(&offer("j-1", llm_task()));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
         outcome: JobOutcome::Json { result: json!({}) },
     });
     let mut sends = 1;
     for _ in 0..5 {
+        h.disconnect();
         let cmds = h.reconnect();
         sends += cmds
             .iter()
@@ -204,11 +123,7 @@ fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
 
 #[test]
 fn the_upgrade_failure_body_is_clipped_to_300_chars() {
-    let mut h = H {
-        w: Worker::new(cfg()),
-        t: 0,
-        conn: None,
-    };
+    let mut h = H::new(cfg());
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::ConnectFailed {
@@ -230,22 +145,11 @@ fn unconfirmed_log_batches_and_outstanding_heartbeats_stay_bounded() {
     let mut h = H::live(c);
     // A studio that never acks: bookkeeping must not grow without bound.
     for i in 0..500 {
-        h.step(Input::Log(wire::LogEntry {
-            ts: "t".into(),
-            level: "info".into(),
-            category: "engine".into(),
-            message: format!("m{i}"),
-            job_id: None,
-        }));
-        h.advance(1);
+        h.step(Input::Log(log_entry(&format!("m{i}"))));
+        h.advance(1.0);
     }
     // Disconnect: at most MAX_UNCONFIRMED_LOG_BATCHES batches come back.
-    let conn = h.conn.unwrap();
-    h.step(Input::Disconnected {
-        conn,
-        code: None,
-        reason: "reset".into(),
-    });
+    h.disconnect();
     let queued = h.w.status().log_queue_len;
     assert!(queued <= MAX_UNCONFIRMED_LOG_BATCHES * 2 + 2, "{queued}");
     assert!(queued >= MAX_UNCONFIRMED_LOG_BATCHES / 2, "{queued}");
@@ -257,7 +161,7 @@ fn zero_intervals_are_raised_so_no_timer_storms() {
     c.timings.heartbeat = Duration::ZERO;
     c.timings.log_flush = Duration::ZERO;
     let mut h = H::live(c);
-    let cmds = h.advance(1);
+    let cmds = h.advance(1.0);
     let heartbeats = cmds
         .iter()
         .filter(|c| matches!(c, Command::Send { text, .. } if text.contains("heartbeat")))
@@ -273,8 +177,8 @@ fn zero_intervals_are_raised_so_no_timer_storms() {
 fn the_welcome_heartbeat_bookkeeping_survives_a_studio_that_acks_everything() {
     let mut h = H::live(cfg());
     for _ in 0..100 {
-        h.frame(&wire::encode(&StudioFrame::HeartbeatAck));
+        h.frame(&StudioFrame::HeartbeatAck);
     }
-    h.advance(5);
+    h.advance(5.0);
     assert_eq!(h.w.status().session, SessionState::Connected);
 }

@@ -12,7 +12,6 @@ use rstest::rstest;
 use serde_json::json;
 use studio_core::wire::{self, RejectCode, StudioFrame, WorkerFrame};
 use studio_core::worker::*;
-use studio_core::{Mono, WallMs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum St {
@@ -314,82 +313,14 @@ const TABLE: &[(St, In, Ex)] = rows! {
 // Harness
 // ------------------------------------------------------------------------------------------
 
-struct H {
-    w: Worker,
-    t: u64,
-    conn: Option<ConnId>,
-    http: Option<HttpId>,
-    job: Option<String>,
+mod support;
+use support::{registered as creds_cfg, welcome, H};
+
+fn conn_or_stale(h: &H) -> ConnId {
+    h.conn.unwrap_or(ConnId(999))
 }
 
-impl H {
-    fn new(cfg: WorkerConfig) -> H {
-        H {
-            w: Worker::new(cfg),
-            t: 1_000_000,
-            conn: None,
-            http: None,
-            job: None,
-        }
-    }
-
-    fn now(&self) -> Now {
-        Now::new(Mono(self.t), WallMs(1_700_000_000_000 + self.t / 1000))
-    }
-
-    fn step(&mut self, input: Input) -> Result<Vec<Command>, UsageError> {
-        self.w.handle(self.now(), input)?;
-        Ok(self.drain())
-    }
-
-    fn drain(&mut self) -> Vec<Command> {
-        let mut out = Vec::new();
-        loop {
-            let c = self.w.poll();
-            match &c {
-                Command::Wait { .. } => break,
-                Command::Connect { conn, .. } => self.conn = Some(*conn),
-                Command::Http { id, .. } => self.http = Some(*id),
-                Command::Dispatch { claim } => self.job = Some(claim.job_id.clone()),
-                _ => {}
-            }
-            out.push(c);
-        }
-        out
-    }
-
-    fn must(&mut self, input: Input) -> Vec<Command> {
-        self.step(input).expect("valid input")
-    }
-
-    fn advance(&mut self, secs: f64) -> Vec<Command> {
-        self.t += (secs * 1e6) as u64;
-        self.must(Input::Tick)
-    }
-
-    fn conn_or_stale(&self) -> ConnId {
-        self.conn.unwrap_or(ConnId(999))
-    }
-
-    fn frame(&mut self, f: &StudioFrame) -> Vec<Command> {
-        let conn = self.conn_or_stale();
-        self.must(Input::Frame {
-            conn,
-            text: wire::encode(f),
-        })
-    }
-}
-
-fn creds_cfg() -> WorkerConfig {
-    let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9");
-    cfg.credentials = Some(Credentials {
-        worker_id: "w-1".into(),
-        auth_token: "tok-1".into(),
-    });
-    cfg
-}
-
-fn offer(job: &str, kind: &str) -> StudioFrame {
+fn offer_kind(job: &str, kind: &str) -> StudioFrame {
     let task = match kind {
         "llm" => json!({"kind":"llm","messages":[{"role":"user","content":"hi there"}]}),
         "image" => json!({"kind":"image","prompt":"a fox"}),
@@ -402,18 +333,11 @@ fn offer(job: &str, kind: &str) -> StudioFrame {
     wire::decode_studio_frame(&text).unwrap()
 }
 
-fn welcome() -> StudioFrame {
-    StudioFrame::Welcome {
-        worker_id: "w-1".into(),
-        server_time: "now".into(),
-    }
-}
-
 fn reach(st: St) -> H {
     match st {
         Minting => {
             let mut h = H::new(WorkerConfig::for_tests("http://127.0.0.1:9"));
-            let c = h.must(Input::Start);
+            let c = h.step(Input::Start);
             assert!(c.iter().any(|c| matches!(
                 c,
                 Command::MintSecret {
@@ -424,7 +348,7 @@ fn reach(st: St) -> H {
         }
         Requesting => {
             let mut h = reach(Minting);
-            h.must(Input::Minted {
+            h.step(Input::Minted {
                 install_id: Some("11111111-2222-4333-8444-555555555555".into()),
                 secret: "ab".repeat(32),
             });
@@ -432,8 +356,8 @@ fn reach(st: St) -> H {
         }
         Polling => {
             let mut h = reach(Requesting);
-            let id = h.http.unwrap();
-            h.must(Input::Http {
+            let id = h.http.clone().unwrap().0;
+            h.step(Input::Http {
                 id,
                 result: HttpResult::Response {
                     status: 200,
@@ -452,14 +376,14 @@ fn reach(st: St) -> H {
         }
         Connecting => {
             let mut h = H::new(creds_cfg());
-            h.must(Input::Start);
+            h.step(Input::Start);
             assert!(h.conn.is_some());
             h
         }
         AwaitWelcome => {
             let mut h = reach(Connecting);
             let conn = h.conn.unwrap();
-            h.must(Input::Connected { conn });
+            h.step(Input::Connected { conn });
             h
         }
         LiveIdle => {
@@ -469,13 +393,13 @@ fn reach(st: St) -> H {
         }
         LiveBusy => {
             let mut h = reach(LiveIdle);
-            h.frame(&offer("job-1", "image"));
+            h.frame(&offer_kind("job-1", "image"));
             assert_eq!(h.job.as_deref(), Some("job-1"));
             h
         }
         Uploading => {
             let mut h = reach(LiveBusy);
-            h.must(Input::JobFinished {
+            h.step(Input::JobFinished {
                 job_id: "job-1".into(),
                 outcome: JobOutcome::Binary {
                     ext: "webp".into(),
@@ -486,13 +410,13 @@ fn reach(st: St) -> H {
         }
         Paused => {
             let mut h = reach(LiveIdle);
-            h.must(Input::Pause);
+            h.step(Input::Pause);
             h
         }
         Backoff => {
             let mut h = reach(LiveIdle);
             let conn = h.conn.unwrap();
-            h.must(Input::Disconnected {
+            h.step(Input::Disconnected {
                 conn,
                 code: None,
                 reason: "eof".into(),
@@ -501,12 +425,12 @@ fn reach(st: St) -> H {
         }
         Draining => {
             let mut h = reach(LiveBusy);
-            h.must(Input::Shutdown);
+            h.step(Input::Shutdown);
             h
         }
         Exited => {
             let mut h = reach(LiveIdle);
-            h.must(Input::Shutdown);
+            h.step(Input::Shutdown);
             assert!(h.w.status().exited);
             h
         }
@@ -514,8 +438,8 @@ fn reach(st: St) -> H {
 }
 
 fn input_for(h: &H, i: In) -> Input {
-    let conn = h.conn_or_stale();
-    let http = h.http.unwrap_or(HttpId(999));
+    let conn = conn_or_stale(h);
+    let http = h.http.as_ref().map_or(HttpId(999), |(id, _)| *id);
     let job = h.job.clone().unwrap_or_else(|| "job-x".into());
     let frame = |f: StudioFrame| Input::Frame {
         conn,
@@ -534,7 +458,7 @@ fn input_for(h: &H, i: In) -> Input {
             error: ConnectError::Transport("refused".into()),
         },
         Welcome => frame(welcome()),
-        Offer => frame(offer("job-2", "llm")),
+        Offer => frame(offer_kind("job-2", "llm")),
         HbAck => frame(StudioFrame::HeartbeatAck),
         CompleteAck => frame(StudioFrame::CompleteAck { job_id: job }),
         ErrAuth => frame(StudioFrame::Error {
@@ -645,7 +569,7 @@ fn check(st: St, i: In, ex: Ex) {
     let mut h = reach(st);
     let before = h.w.status();
     let input = input_for(&h, i);
-    let res = h.step(input);
+    let res = h.try_step(input);
     let ctx = format!("state {st:?} input {i:?} expect {ex:?}");
     if ex == Usage {
         assert!(res.is_err(), "{ctx}: expected a UsageError");
@@ -812,7 +736,7 @@ fn update_rows(#[values(5usize, 6, 8, 9)] st_idx: usize) {
         .2;
     let mut h = reach_with_update(st);
     let input = input_for(&h, UpdateAvailable);
-    let cmds = h.must(input);
+    let cmds = h.step(input);
     match ex {
         ApplyUpdate => assert!(
             cmds.iter()
@@ -830,17 +754,17 @@ fn reach_with_update(st: St) -> H {
     cfg.auto_update_enabled = true;
     cfg.timings.update_interval = std::time::Duration::from_secs(3600);
     let mut h = H::new(cfg);
-    h.must(Input::Start);
+    h.step(Input::Start);
     let conn = h.conn.unwrap();
-    h.must(Input::Connected { conn });
+    h.step(Input::Connected { conn });
     h.frame(&welcome());
     match st {
         LiveIdle => {}
         Paused => {
-            h.must(Input::Pause);
+            h.step(Input::Pause);
         }
         Backoff => {
-            h.must(Input::Disconnected {
+            h.step(Input::Disconnected {
                 conn,
                 code: None,
                 reason: "eof".into(),
@@ -864,7 +788,7 @@ fn reach_with_update(st: St) -> H {
                 cmds.iter().find(|c| matches!(c, Command::Connect { .. }))
             {
                 let conn = h.conn.unwrap();
-                h.must(Input::ConnectFailed {
+                h.step(Input::ConnectFailed {
                     conn,
                     error: ConnectError::Transport("down".into()),
                 });
@@ -876,7 +800,7 @@ fn reach_with_update(st: St) -> H {
     }
     assert!(check_seen, "{st:?}: no CheckUpdate within the interval");
     if st == LiveBusy {
-        h.frame(&offer("job-1", "image"));
+        h.frame(&offer_kind("job-1", "image"));
         assert!(h.job.is_some());
     }
     h

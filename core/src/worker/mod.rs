@@ -864,14 +864,7 @@ impl Worker {
     /// Tears the session down on our side (peer misbehaved or a timer fired) and
     /// schedules a reconnect.
     fn drop_session(&mut self, close_reason: &str, why: &str) {
-        if let Some(conn) = self.link.conn() {
-            self.emit(Command::Close {
-                conn,
-                code: close_code::NORMAL,
-                reason: close_reason.into(),
-            });
-        }
-        self.teardown();
+        self.close_current(close_reason);
         self.after_session_end(why);
     }
 
@@ -1075,14 +1068,7 @@ impl Worker {
             WorkerErrorCode::AuthFailed => (ExitCode::AuthFailed, "auth failed"),
             _ => (ExitCode::Fatal, "protocol violation"),
         };
-        if let Some(conn) = self.link.conn() {
-            self.emit(Command::Close {
-                conn,
-                code: close_code::NORMAL,
-                reason: reason.into(),
-            });
-        }
-        self.teardown();
+        self.close_current(reason);
         let text = match code {
             WorkerErrorCode::AuthFailed => format!(
                 "the studio rejected this worker's credentials (auth_failed: {message}); \
