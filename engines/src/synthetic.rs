@@ -47,6 +47,9 @@ pub fn advertised_models(kind: TaskKind) -> [&'static str; 2] {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyntheticEngine {
     kinds: Vec<TaskKind>,
+    /// Extra time each job takes (default none). A test and demo aid: it makes a job stay
+    /// "in flight" long enough to observe busy rejects, shutdown grace and reconnects.
+    delay: std::time::Duration,
 }
 
 impl SyntheticEngine {
@@ -54,7 +57,14 @@ impl SyntheticEngine {
     pub fn new() -> SyntheticEngine {
         SyntheticEngine {
             kinds: TaskKind::ALL.to_vec(),
+            delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same engine, taking `delay` longer per job (outputs unchanged).
+    pub fn with_delay(mut self, delay: std::time::Duration) -> SyntheticEngine {
+        self.delay = delay;
+        self
     }
 
     /// A synthetic engine serving only `kinds` (e.g. an image-only test worker).
@@ -64,6 +74,7 @@ impl SyntheticEngine {
                 .into_iter()
                 .filter(|k| kinds.contains(k))
                 .collect(),
+            delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -101,6 +112,9 @@ impl Engine for SyntheticEngine {
             ));
         }
         self.ensure_supports(job.kind(), &job.model)?;
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         Ok(render(&job.task))
     }
 }

@@ -474,3 +474,24 @@ fn synthetic_outputs_are_fast() {
         "{per_round:?}"
     );
 }
+
+#[test]
+fn with_delay_takes_at_least_the_delay_and_keeps_outputs() {
+    use studio_engines::{Engine, JobRequest, SyntheticEngine};
+    let task: studio_core::wire::Task =
+        serde_json::from_str(r#"{"kind":"audio_tts","text":"slow"}"#).unwrap();
+    let job = JobRequest::new(
+        "j",
+        "synthetic",
+        task,
+        studio_core::wire::ModelSource::synthetic(),
+    );
+    let fast = SyntheticEngine::new().dispatch(&job).unwrap();
+    let t = std::time::Instant::now();
+    let slow = SyntheticEngine::new()
+        .with_delay(std::time::Duration::from_millis(50))
+        .dispatch(&job)
+        .unwrap();
+    assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+    assert_eq!(fast, slow);
+}
