@@ -259,7 +259,7 @@ const TABLE: &[(St, In, Ex)] = rows! {
     }
     Uploading: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
-        ConnectFailNet => Ignored, Welcome => Quiet, Offer => Reject(RejectCode::Busy), HbAck => Quiet,
+        ConnectFailNet => Ignored, Welcome => Quiet, Offer => Quiet, HbAck => Quiet,
         CompleteAck => Quiet, ErrAuth => Exit(ExitCode::AuthFailed), ErrDuplicate => Exit(ExitCode::Fatal),
         Garbage => Reconnect, Binary => Reconnect, Close4001 => Exit(ExitCode::AuthFailed),
         Close1000 => Reconnect, HttpOk => Uploaded, Http404 => Sends("fail"), Http500 => Quiet,
@@ -836,7 +836,8 @@ fn render_table() -> String {
          Legend: `Ignored` = no IO and no state change; `Quiet` = no IO, internal state may\n\
          change; `Usage` = `handle` returns `UsageError` and nothing changes; `Reconnect` =\n\
          session torn down (Close if open) and a jittered reconnect scheduled;\n\
-         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`.\n\n",
+         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`. An offer during an upload is\n\
+         parked (`Quiet`) and decided when the upload finishes.\n\n",
     );
     out.push_str("## States\n\n| state | meaning |\n|---|---|\n");
     for s in St::ALL {

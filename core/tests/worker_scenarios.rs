@@ -919,3 +919,51 @@ fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
     assert!(matches!(err, UsageError::TimeWentBackwards { .. }));
     assert_eq!(h.w.status(), before);
 }
+
+#[rstest]
+#[case::upload_ok(200, "accept")]
+#[case::upload_retry(500, "reject")]
+#[case::upload_refused(409, "accept")]
+fn an_offer_overtaking_our_upload_is_decided_when_the_upload_finishes(
+    #[case] status: u16,
+    #[case] decision: &str,
+) {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
+    h.step(Input::JobFinished {
+        job_id: "j-1".into(),
+        outcome: JobOutcome::Binary {
+            ext: "webp".into(),
+            bytes_len: 3,
+        },
+    });
+    // The studio's next offer arrives before our upload's response.
+    let c = h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    assert!(types(&c).is_empty(), "parked, not rejected: {c:?}");
+    let c = h.http_reply(status, "");
+    let t = types(&c);
+    assert!(t.contains(&decision), "{status}: {t:?}");
+    if decision == "accept" {
+        assert!(c
+            .iter()
+            .any(|c| matches!(c, Command::Dispatch { claim } if claim.job_id == "j-2")));
+    }
+}
+
+#[test]
+fn a_parked_offer_dies_with_its_session() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
+    h.step(Input::JobFinished {
+        job_id: "j-1".into(),
+        outcome: JobOutcome::Binary {
+            ext: "webp".into(),
+            bytes_len: 3,
+        },
+    });
+    h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    h.disconnect();
+    let c = h.http_reply(200, "");
+    assert!(types(&c).is_empty());
+    assert!(!c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
+}

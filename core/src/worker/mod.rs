@@ -251,6 +251,8 @@ pub struct Worker {
     unacked: Vec<Unacked>,
     /// Result frames waiting for a live session (finished while disconnected).
     undelivered: VecDeque<Unacked>,
+    /// An offer that arrived while our upload was in flight (at most one).
+    parked_offer: Option<JobOfferClaim>,
     pending_update: Option<String>,
     update_check_in_flight: bool,
     last_heartbeat_ack: Option<Mono>,
@@ -287,6 +289,7 @@ impl Worker {
             logs_unconfirmed: VecDeque::new(),
             unacked: Vec::new(),
             undelivered: VecDeque::new(),
+            parked_offer: None,
             pending_update: None,
             update_check_in_flight: false,
             last_heartbeat_ack: None,
@@ -894,6 +897,8 @@ impl Worker {
             self.timers.clear(t);
         }
         self.hb_outstanding.clear();
+        // A parked offer dies with its session; the studio requeues it on disconnect.
+        self.parked_offer = None;
         let batches: Vec<Vec<LogEntry>> = self.logs_unconfirmed.drain(..).collect();
         for batch in batches.into_iter().rev() {
             self.logs.restore_front(batch);
@@ -1106,6 +1111,34 @@ impl Worker {
             ),
             Some(job_id.clone()),
         );
+        let uploading =
+            matches!(&self.slot, Slot::Job(j) if matches!(j.stage, JobStage::Uploading { .. }));
+        if uploading && self.parked_offer.is_none() && !self.has_job_with_id(&job_id) {
+            // The studio answers our upload's HTTP 200 by offering the next job over the
+            // socket, and that offer can overtake the 200. Decide it the moment the upload
+            // finishes instead of rejecting it `busy` (which would idle us until the next
+            // heartbeat).
+            self.log(
+                "info",
+                "ws",
+                format!("offer {job_id} arrived while an upload is in flight; deciding when it finishes"),
+                Some(job_id),
+            );
+            self.parked_offer = Some(claim);
+            return;
+        }
+        self.decide_offer(claim);
+    }
+
+    /// Decides a parked offer, if any: accepted when the slot is free, else rejected.
+    fn decide_parked(&mut self) {
+        if let Some(claim) = self.parked_offer.take() {
+            self.decide_offer(claim);
+        }
+    }
+
+    fn decide_offer(&mut self, claim: JobOfferClaim) {
+        let job_id = claim.job_id.clone();
         let reject = if self.stop != Stop::Running {
             Some((REASON_SHUTTING_DOWN, RejectCode::Busy))
         } else if self.paused {
@@ -1230,6 +1263,12 @@ impl Worker {
     }
 
     fn on_upload_response(&mut self, result: HttpResult) {
+        self.handle_upload_response(result);
+        // The upload left the in-flight stage: an offer that waited for it is decided now.
+        self.decide_parked();
+    }
+
+    fn handle_upload_response(&mut self, result: HttpResult) {
         let Slot::Job(job) = &self.slot else { return };
         let JobStage::Uploading { ext, attempt, .. } = job.stage.clone() else {
             return;
@@ -1444,6 +1483,7 @@ impl Worker {
         }
         self.stop = Stop::Draining;
         self.log("info", "ws", "shutdown requested".into(), None);
+        self.decide_parked();
         if matches!(self.slot, Slot::Job(_)) {
             let at = self.now.mono + self.cfg.timings.shutdown_grace;
             self.timers.set(Timer::ShutdownGrace, at);
