@@ -73,8 +73,8 @@ it in the studio dashboard. Then it connects to the studio, advertises this mach
 engines, accepts job offers and returns the results, reconnecting with backoff when the \
 connection drops.
 
-Exit codes: 0 stopped on request, 2 the studio refused the credentials (run \
-`studio-worker register --reset`), 3 fatal error or bad config, 4 registration rejected.")]
+Exit codes: 0 stopped on request, 3 fatal error or bad config, 4 the studio refused the \
+credentials (run `studio-worker register --reset`), 5 registration rejected.")]
     Run,
 
     /// Set the studio URL and/or forget the registration (no network)
@@ -136,7 +136,7 @@ Run a self-contained demo: start a local loopback studio, connect this worker to
 submit a few jobs to the synthetic engine and write the results to a directory. Needs no \
 network and no registration.")]
     Demo {
-        /// Where to write the results (default: a new temporary directory).
+        /// Where to write the results (default: ./demo-out).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Keep the worker and the local studio running after the demo jobs finish.

@@ -15,6 +15,8 @@
 //! | [`pool`] | engine jobs and HTTP requests on background threads, completions through a callback |
 //! | [`driver`] | performs every non-socket `Command` of the core; the clock |
 //! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
+//! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
+//! | [`ws`] | the WebSocket upgrade as a sans-IO exchange, received messages / errors as core inputs, close frames, limits |
 //!
 //! # How a shell uses it
 //!
@@ -45,6 +47,8 @@ pub mod host;
 pub mod http;
 pub mod logging;
 pub mod pool;
+pub mod tls;
+pub mod ws;
 
 pub use cli::{run_admin_command, Cli, CliCommand};
 pub use config::{default_config_path, Config};
