@@ -1,0 +1,97 @@
+//! `studio-worker`, the sync shell: the worker core driven by one mio event loop, with
+//! tungstenite for the WebSocket. The minimal-dependency binary for small boxes.
+//!
+//! The core (`studio_core::worker::Worker`) makes every decision; this crate only moves
+//! bytes. Everything that is not specific to mio lives in `studio_shell` (CLI, config,
+//! HTTP, the engine pool, the command router, the WebSocket upgrade and message mapping,
+//! TLS), so the async shell behaves identically.
+//!
+//! # The loop ([`Daemon::run`])
+//!
+//! ```text
+//!             ┌──────────── mio::Poll ────────────┐
+//!  sockets ──►│ READABLE: read every message until │──► Input::Frame / BinaryFrame /
+//!             │ WouldBlock, feed each before the   │    Disconnected{code}
+//!             │ next; WRITABLE: flush              │
+//!  Waker   ──►│ channel: PoolEvent (job, HTTP)     │──► router.admit -> Input
+//!             │          connect-thread result     │──► Input::Connected / ConnectFailed
+//!             │          SIGINT / SIGTERM          │──► Input::Shutdown
+//!  timeout ──►│ the core's deadline passed         │──► Input::Tick
+//!             └────────────────────────────────────┘
+//! ```
+//!
+//! 1. `Input::Start` is fed; then, forever: sleep in `Poll::poll` for
+//!    [`poll_timeout`] (the core's deadline or the earliest close timeout, rounded **up**
+//!    to whole milliseconds by `studio_shell::wait_duration`, so a non-zero wait is never
+//!    a zero-timeout spin; no deadline = block until IO).
+//! 2. Every input goes through `studio_shell::CommandRouter::feed`, which calls
+//!    `Worker::handle`, drains `Worker::poll` to the final `Wait`, performs every
+//!    non-socket command (HTTP and engine jobs on background threads, persist, mint, ...)
+//!    and hands the socket commands back; the loop carries those out and re-reads the
+//!    deadline from that same drain. A timer is therefore re-armed after every input.
+//! 3. Background threads (engine jobs, HTTP, connect attempts, the signal thread) never
+//!    touch the core: they push a message into a channel and wake the loop through a
+//!    `mio::Waker`. Idle costs nothing: between heartbeats the process sleeps in the
+//!    kernel until the core's next deadline.
+//!
+//! # Sockets
+//!
+//! * **`Connect`** runs on a short-lived helper thread ([`connect`]): DNS, TCP, TLS
+//!   (rustls, ring, webpki roots) and the HTTP upgrade (`Authorization: Bearer`,
+//!   `Sec-WebSocket-Protocol: studio-worker-v1`) over a blocking `std` socket, each step
+//!   bounded by 15 s. A refused upgrade's body is read to its end: `401` ->
+//!   `ConnectError::Unauthorized { body }`, another status -> `Status`, anything else ->
+//!   `Transport`. On success the socket is made non-blocking and handed back; the loop
+//!   registers it and feeds `Connected`. A result for a connection the core closed while
+//!   it was being made is closed (1000) and dropped, never fed.
+//! * **Readiness registration**: the socket tungstenite reads and writes *is* the
+//!   `mio::net::TcpStream` the loop registers ([`transport::Transport`] swaps the
+//!   blocking std stream of the handshake for a mio stream around the same socket, TLS
+//!   state kept). So every `WouldBlock` is seen by mio itself, which is what its Windows
+//!   backend needs, and no duplicated descriptor or `SourceFd` is involved. Interest is
+//!   `READABLE`, plus `WRITABLE` only while tungstenite holds output the socket would not
+//!   take (the rustls mio example's pattern). Reads are edge-triggered: every readable
+//!   event reads until `WouldBlock`, then flushes, so the pongs tungstenite queues for
+//!   pings actually leave.
+//! * **`Send`** writes and flushes; a `WouldBlock` keeps the frame in tungstenite and
+//!   raises `WRITABLE` interest. A frame for a connection that is gone is dropped.
+//! * **`Close`** queues the close frame and moves the socket to the *closing* list: the
+//!   loop keeps flushing it and discarding what arrives until the studio hangs up, or
+//!   for at most 5 s, then drops it. The loop never blocks on it, and nothing a closing
+//!   socket receives is fed to the core. When the studio closes first, its close code
+//!   goes to the core as `Disconnected { code }` and the socket finishes the close
+//!   handshake the same way.
+//! * A read error (EOF, reset) is `Disconnected { code: None }`; an oversized or malformed
+//!   frame is the same, after a 1000 "protocol violation" close.
+//!
+//! # Exit
+//!
+//! When the core emits `Exit`, the loop stops feeding it, lets the closing sockets finish
+//! (at most 5 s) and returns the core's [`Exit`]; the process exits with
+//! `ExitCode::code()` (0 clean, 3 fatal, 4 auth failed, 5 rejected).
+
+pub mod connect;
+pub mod daemon;
+pub mod demo;
+pub mod signals;
+pub mod transport;
+
+pub use daemon::{poll_timeout, Control, Daemon, Exit, RunError};
+
+use std::path::Path;
+
+use studio_shell::Config;
+
+/// `studio-worker run`: loads (or creates) the config, installs the signal handler and
+/// runs the daemon until the core exits. Returns the core's exit.
+pub fn run(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
+    let config = Config::load(config_path)?;
+    tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
+    let mut daemon = Daemon::from_config(config, config_path.to_path_buf())?;
+    daemon.set_record(record.map(Path::to_path_buf));
+    signals::forward_to(daemon.control()).map_err(|source| RunError::Io {
+        what: "install the SIGINT/SIGTERM handler",
+        source,
+    })?;
+    Ok(daemon.run())
+}
