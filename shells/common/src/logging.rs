@@ -8,16 +8,27 @@ use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
 /// The `RUST_LOG` filter, defaulting to `info`.
 pub fn env_filter() -> EnvFilter {
+    env_filter_with_default(LevelFilter::INFO)
+}
+
+/// `RUST_LOG`, or `default` when it is unset.
+pub fn env_filter_with_default(default: LevelFilter) -> EnvFilter {
     EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
+        .with_default_directive(default.into())
         .from_env_lossy()
 }
 
 /// Installs the global subscriber (stderr, `RUST_LOG`). Returns `false` when one was
 /// already installed (then nothing changes), so calling it twice is harmless.
 pub fn init() -> bool {
+    init_with_default(LevelFilter::INFO)
+}
+
+/// [`init`] with another level for when `RUST_LOG` is unset (the demo uses `warn` so its
+/// table is not buried in session logs).
+pub fn init_with_default(default: LevelFilter) -> bool {
     tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
+        .with_env_filter(env_filter_with_default(default))
         .with_writer(std::io::stderr)
         .with_target(true)
         .try_init()

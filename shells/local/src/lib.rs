@@ -66,9 +66,9 @@
 //! * An upload is written to a temporary file first and moved to `<jobId>.<ext>` only when
 //!   the machine accepted it, so a refused upload leaves nothing behind. The machine's
 //!   reaction (usually the next offer) is sent after the `200`, and frames to that worker
-//!   are held for [`LocalConfig::upload_nudge_delay`] (as the reference studio's
-//!   asynchronous nudge): an offer that overtakes the worker's own processing of its `200`
-//!   is rejected `busy`, and the machine then waits for the next heartbeat (5 s).
+//!   can be held for [`LocalConfig::upload_nudge_delay`] (default none; it emulates the
+//!   reference studio's asynchronous nudge for workers that reject an offer overtaking
+//!   their own processing of the `200` as `busy`).
 //! * When [`StudioConfig::token_seed`] is 0 it is replaced by a random seed (std's
 //!   per-process random hasher keys mixed with the time and pid); `wall_origin` 0 becomes
 //!   the current wall-clock time.
@@ -144,8 +144,11 @@ pub struct LocalConfig {
     pub upload_nudge_delay: Duration,
 }
 
-/// The default [`LocalConfig::upload_nudge_delay`].
-pub const DEFAULT_UPLOAD_NUDGE_DELAY: Duration = Duration::from_millis(100);
+/// The default [`LocalConfig::upload_nudge_delay`]: none. Our worker parks an offer that
+/// overtakes its own upload's `200` and decides it when the upload finishes, so no hold is
+/// needed; set a delay to emulate the reference studio's asynchronous nudge when testing a
+/// worker that rejects such offers `busy`.
+pub const DEFAULT_UPLOAD_NUDGE_DELAY: Duration = Duration::ZERO;
 
 impl Default for LocalConfig {
     fn default() -> Self {

@@ -7,7 +7,12 @@ use studio_shell::cli::{run_admin_command, Cli, CliCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    studio_shell::logging::init();
+    let quiet = matches!(cli.command, CliCommand::Demo { .. });
+    studio_shell::logging::init_with_default(if quiet {
+        tracing::level_filters::LevelFilter::WARN
+    } else {
+        tracing::level_filters::LevelFilter::INFO
+    });
     // Before any TLS use (see studio_shell::tls).
     studio_shell::tls::install_crypto_provider();
     ExitCode::from(u8::try_from(run(&cli)).unwrap_or(1))
