@@ -2,7 +2,7 @@
 //!
 //! A pure, deterministic crate: inputs in, commands out, time passed in. It reads no
 //! clock, socket, file, environment or random source and spawns no thread (enforced by
-//! `core/clippy.toml` and `scripts/check-core-purity.sh`).
+//! `core/clippy.toml` and `.ci/check-core-purity`).
 //!
 //! * [`wire`]: every frame, nested type and HTTP body of the protocol, as serde types.
 //! * [`worker`]: the worker session machine ([`worker::Worker`]); its module docs hold the

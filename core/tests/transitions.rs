@@ -2,7 +2,7 @@
 //!
 //! `TABLE` lists what every (state x input) pair must do. `every_pair_has_a_row` fails when
 //! a state or input is added without rows for it, and `docs_table_is_current` fails when
-//! `docs/TRANSITIONS.md` no longer matches the table (regenerate it with
+//! `core/TRANSITIONS.md` no longer matches the table (regenerate it with
 //! `UPDATE_TRANSITIONS=1 cargo test -p studio-core --test transitions`).
 
 use std::collections::BTreeSet;
@@ -875,7 +875,7 @@ fn render_table() -> String {
 
 #[test]
 fn docs_table_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TRANSITIONS.md");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("TRANSITIONS.md");
     let want = render_table();
     if std::env::var_os("UPDATE_TRANSITIONS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -884,6 +884,6 @@ fn docs_table_is_current() {
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         have == want,
-        "docs/TRANSITIONS.md is out of date; run UPDATE_TRANSITIONS=1 cargo test -p studio-core --test transitions"
+        "core/TRANSITIONS.md is out of date; run UPDATE_TRANSITIONS=1 cargo test -p studio-core --test transitions"
     );
 }
