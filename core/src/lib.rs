@@ -10,11 +10,13 @@
 //! * [`studio`]: the reference studio machine, the peer of the loopback studio, the pair
 //!   tests and the fleet simulation.
 //! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
+pub mod secret;
 pub mod studio;
 pub mod time;
 pub mod wire;
 pub mod worker;
 
+pub use secret::Secret;
 pub use time::{Mono, WallMs};
 
 /// The README's driving-contract example runs as a doctest of this crate.

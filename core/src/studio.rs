@@ -100,6 +100,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::secret::Secret;
 use crate::time::{Mono, WallMs};
 use crate::wire::{
     self, sha256_hex, AutoRegisterRequest, JobOfferClaim, LogEntry, ModelSource,
@@ -1122,7 +1123,7 @@ impl Studio {
                 });
                 Ok(RegisterStatus::Approved {
                     worker_id,
-                    auth_token: token,
+                    auth_token: Secret::new(token),
                 })
             }
         }
@@ -1629,7 +1630,7 @@ impl Studio {
                 WorkerFrame::Hello {
                     auth_token,
                     capabilities,
-                } => self.on_hello(conn, &worker_id, &auth_token, capabilities),
+                } => self.on_hello(conn, &worker_id, auth_token.expose(), capabilities),
                 _ => self.violation(conn, &worker_id, "session not authenticated"),
             }
             return;

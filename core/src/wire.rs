@@ -16,6 +16,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+pub use crate::secret::Secret;
+
 /// Largest text frame the core accepts from a peer, in bytes. Larger frames are a protocol
 /// error (the session is dropped and re-established), never a panic or an unbounded buffer.
 /// Shells pass the same number to their WebSocket library as its message size limit.
@@ -614,7 +616,7 @@ pub struct LogEntry {
 )]
 pub enum WorkerFrame {
     Hello {
-        auth_token: String,
+        auth_token: Secret,
         capabilities: WorkerCapabilities,
     },
     Heartbeat {
@@ -798,7 +800,7 @@ pub enum RegisterStatus {
     Pending,
     Approved {
         worker_id: String,
-        auth_token: String,
+        auth_token: Secret,
     },
     Rejected {
         #[serde(default)]

@@ -182,3 +182,29 @@ fn the_welcome_heartbeat_bookkeeping_survives_a_studio_that_acks_everything() {
     h.advance(5.0);
     assert_eq!(h.w.status().session, SessionState::Connected);
 }
+
+#[test]
+fn debug_output_never_shows_a_token_or_secret() {
+    let mut h = H::new(cfg());
+    let mut seen = String::new();
+    for c in h.step(Input::Start) {
+        seen.push_str(&format!("{c:?}"));
+    }
+    let conn = h.conn.unwrap();
+    for c in h.step(Input::Connected { conn }) {
+        seen.push_str(&format!("{c:?}"));
+    }
+    assert!(seen.contains("hello"), "{seen}");
+    assert!(!seen.contains("tok-1"), "{seen}");
+    let minted = Input::Minted {
+        install_id: None,
+        secret: "raw-secret".into(),
+    };
+    assert!(!format!("{minted:?}").contains("raw-secret"));
+    let approved = HttpResult::Response {
+        status: 200,
+        body: r#"{"status":"approved","workerId":"w","authToken":"tok-9"}"#.into(),
+    };
+    assert!(!format!("{approved:?}").contains("tok-9"));
+    assert!(!format!("{:?}", h.w.config()).contains("tok-1"));
+}

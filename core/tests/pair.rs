@@ -62,8 +62,8 @@ impl Pair {
             // registration flow: nothing provisioned
         } else {
             let c = cfg.credentials.clone().unwrap();
-            studio.add_worker(&c.worker_id, &c.auth_token);
-            tokens.insert(c.worker_id, c.auth_token);
+            studio.add_worker(&c.worker_id, c.auth_token.expose());
+            tokens.insert(c.worker_id, c.auth_token.expose().to_string());
         }
         cfg.api_base_url = "http://studio.test".into();
         Pair {
@@ -168,7 +168,10 @@ impl Pair {
                         .and_then(|s| s.split('/').next())
                         .unwrap()
                         .to_string();
-                    match self.studio.authorize_upgrade(&worker_id, &auth_token) {
+                    match self
+                        .studio
+                        .authorize_upgrade(&worker_id, auth_token.expose())
+                    {
                         Ok(()) => {
                             let sconn = self.next_studio_conn;
                             self.next_studio_conn += 1;
@@ -222,7 +225,7 @@ impl Pair {
                     self.to_worker.push_back(Input::Minted {
                         install_id: need_install_id
                             .then(|| "11111111-2222-4333-8444-555555555555".into()),
-                        secret: "5e".repeat(32),
+                        secret: "5e".repeat(32).into(),
                     })
                 }
                 Command::Persist(p) => self.persisted = Some(p),
@@ -279,7 +282,7 @@ impl Pair {
             }
             HttpRequest::PollRegistration { url, bearer } => {
                 let rr = url.rsplit('/').next().unwrap().to_string();
-                match self.studio.register_status(self.now, &rr, &bearer) {
+                match self.studio.register_status(self.now, &rr, bearer.expose()) {
                     Ok(s) => (200, wire::encode(&s)),
                     Err(e) => (e.status, e.message),
                 }
@@ -306,7 +309,7 @@ impl Pair {
                     match self.studio.complete_upload(
                         self.now,
                         &worker_id,
-                        &auth_token,
+                        auth_token.expose(),
                         &job_id,
                         &prompt,
                         &ext,

@@ -260,7 +260,7 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
         },
         Op::Minted(with_id) => Input::Minted {
             install_id: with_id.then(|| "install-1".into()),
-            secret: "ab".repeat(32),
+            secret: "ab".repeat(32).into(),
         },
         Op::Finish(k) => {
             let job = ctx.running.first()?.clone();

@@ -109,7 +109,7 @@ impl H {
         self.frame(
             conn,
             &WorkerFrame::Hello {
-                auth_token: token(worker),
+                auth_token: token(worker).into(),
                 capabilities: caps,
             },
         )
@@ -449,7 +449,7 @@ fn a_second_hello_is_a_protocol_violation() {
     let out = h.frame(
         1,
         &WorkerFrame::Hello {
-            auth_token: token("w-1"),
+            auth_token: token("w-1").into(),
             capabilities: caps(),
         },
     );
@@ -1352,8 +1352,8 @@ fn registration_pending_approve_and_rekey_on_every_poll() {
     else {
         panic!("approved expected")
     };
-    assert_eq!(tok1.len(), 64);
-    assert!(h.s.authorize_upgrade(&worker_id, &tok1).is_ok());
+    assert_eq!(tok1.expose().len(), 64);
+    assert!(h.s.authorize_upgrade(&worker_id, tok1.expose()).is_ok());
     let RegisterStatus::Approved {
         worker_id: w2,
         auth_token: tok2,
@@ -1363,8 +1363,8 @@ fn registration_pending_approve_and_rekey_on_every_poll() {
     };
     assert_eq!(w2, worker_id);
     assert_ne!(tok1, tok2, "each approved poll mints a fresh token");
-    assert!(h.s.authorize_upgrade(&worker_id, &tok1).is_err());
-    assert!(h.s.authorize_upgrade(&worker_id, &tok2).is_ok());
+    assert!(h.s.authorize_upgrade(&worker_id, tok1.expose()).is_err());
+    assert!(h.s.authorize_upgrade(&worker_id, tok2.expose()).is_ok());
     // The token works for hello as well.
     h.drain();
     h.connect(1, &worker_id);
@@ -1653,7 +1653,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
                 auth_token: if b % 11 == 0 {
                     "bad".into()
                 } else {
-                    token(worker)
+                    token(worker).into()
                 },
                 capabilities: c,
             })),
@@ -1697,7 +1697,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
             }
             11 => {
                 let bearer = if a % 4 == 0 {
-                    "bad".into()
+                    "bad".to_string()
                 } else {
                     token(worker)
                 };

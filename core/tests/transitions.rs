@@ -350,7 +350,7 @@ fn reach(st: St) -> H {
             let mut h = reach(Minting);
             h.step(Input::Minted {
                 install_id: Some("11111111-2222-4333-8444-555555555555".into()),
-                secret: "ab".repeat(32),
+                secret: "ab".repeat(32).into(),
             });
             h
         }
@@ -507,7 +507,7 @@ fn input_for(h: &H, i: In) -> Input {
         },
         Minted => Input::Minted {
             install_id: Some("i".into()),
-            secret: "cd".repeat(32),
+            secret: "cd".repeat(32).into(),
         },
         DoneJson => Input::JobFinished {
             job_id: job,

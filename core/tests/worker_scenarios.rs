@@ -25,7 +25,7 @@ fn registration_request_poll_approve_persist_connect() {
     let secret = "5e".repeat(32);
     let c = h.step(Input::Minted {
         install_id: Some("11111111-2222-4333-8444-555555555555".into()),
-        secret: secret.clone(),
+        secret: secret.clone().into(),
     });
     // install id + secret persisted before the request goes out
     let persist = c.iter().find_map(|c| match c {
@@ -33,7 +33,11 @@ fn registration_request_poll_approve_persist_connect() {
         _ => None,
     });
     assert_eq!(
-        persist.unwrap().registration_secret.as_deref(),
+        persist
+            .unwrap()
+            .registration_secret
+            .as_ref()
+            .map(|s| s.expose()),
         Some(secret.as_str())
     );
     let Some((_, HttpRequest::RegisterRequest { url, body })) = h.http.clone() else {
@@ -66,7 +70,7 @@ fn registration_request_poll_approve_persist_connect() {
         url,
         "https://studio.example/graphics/api/workers/register-requests/rr-7"
     );
-    assert_eq!(bearer, secret, "the raw secret is the poll bearer");
+    assert_eq!(bearer, secret.as_str(), "the raw secret is the poll bearer");
     h.http_reply(200, r#"{"status":"pending"}"#);
     assert_eq!(h.deadline(), Some(60.0));
     h.at(60.0);
@@ -82,7 +86,7 @@ fn registration_request_poll_approve_persist_connect() {
         })
         .unwrap();
     assert_eq!(p.worker_id.as_deref(), Some("w-42"));
-    assert_eq!(p.auth_token.as_deref(), Some("tok-42"));
+    assert_eq!(p.auth_token.as_ref().map(|t| t.expose()), Some("tok-42"));
     assert_eq!(p.registration_secret, None, "secret cleared on approval");
     assert_eq!(p.registration_request_id, None);
     assert_eq!(
@@ -537,7 +541,7 @@ fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
             prompt.as_str(),
             ext.as_str(),
             job_id.as_str(),
-            auth_token.as_str()
+            auth_token.expose()
         ),
         ("p", "webp", "j-2", "tok-1")
     );

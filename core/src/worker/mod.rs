@@ -56,6 +56,7 @@ pub use backoff::Backoff;
 pub use logs::LogQueue;
 pub use types::*;
 
+use crate::secret::Secret;
 use crate::time::{Mono, WallMs};
 use crate::wire::{
     self, close_code, AutoRegisterRequest, JobOfferClaim, LogEntry, RegisterRequestResponse,
@@ -502,7 +503,7 @@ impl Worker {
         }
     }
 
-    fn on_minted(&mut self, install_id: Option<String>, secret: String) {
+    fn on_minted(&mut self, install_id: Option<String>, secret: Secret) {
         if self.registration != Registration::Minting {
             return;
         }
@@ -542,7 +543,7 @@ impl Worker {
         };
         let body = AutoRegisterRequest {
             install_id,
-            registration_secret_hash: wire::sha256_hex(secret.as_bytes()),
+            registration_secret_hash: wire::sha256_hex(secret.expose().as_bytes()),
             capabilities: self.capabilities(),
             user_agent: format!("studio-worker/{}", self.cfg.host.agent_version),
         };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::secret::{redact_json, Secret};
 use crate::time::{Mono, WallMs};
 use crate::wire::{AutoRegisterRequest, JobOfferClaim, LogEntry, TaskKind, UserPresence};
 
@@ -46,7 +47,7 @@ pub struct HttpId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credentials {
     pub worker_id: String,
-    pub auth_token: String,
+    pub auth_token: Secret,
 }
 
 /// Registration state carried over from the config file.
@@ -54,7 +55,7 @@ pub struct Credentials {
 pub struct RegistrationState {
     pub install_id: Option<String>,
     pub request_id: Option<String>,
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
 
 /// Facts about the host and the engine roster, probed once by the shell.
@@ -238,8 +239,9 @@ pub enum ConnectError {
     Transport(String),
 }
 
-/// The outcome of an HTTP request the machine asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The outcome of an HTTP request the machine asked for. `Debug` masks tokens in the body
+/// (an approved registration status carries one).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HttpResult {
     /// The server answered (any status).
     Response { status: u16, body: String },
@@ -286,7 +288,7 @@ pub enum Input {
     /// Fresh CSPRNG values asked for by [`Command::MintSecret`].
     Minted {
         install_id: Option<String>,
-        secret: String,
+        secret: Secret,
     },
     /// The engine finished the dispatched job.
     JobFinished { job_id: String, outcome: JobOutcome },
@@ -319,12 +321,12 @@ pub enum HttpRequest {
         body: AutoRegisterRequest,
     },
     /// `GET url` with `Authorization: Bearer <bearer>` (the raw registration secret).
-    PollRegistration { url: String, bearer: String },
+    PollRegistration { url: String, bearer: Secret },
     /// `POST url` multipart (`prompt`, `ext`, `image` = the job's bytes as
     /// `<job_id>.<ext>`) with `Authorization: Bearer <auth_token>`.
     Upload {
         url: String,
-        auth_token: String,
+        auth_token: Secret,
         job_id: String,
         prompt: String,
         ext: String,
@@ -382,20 +384,21 @@ pub struct Notice {
 pub struct PersistedState {
     pub install_id: Option<String>,
     pub registration_request_id: Option<String>,
-    pub registration_secret: Option<String>,
+    pub registration_secret: Option<Secret>,
     pub worker_id: Option<String>,
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
 }
 
-/// Everything the machine asks of its shell.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Everything the machine asks of its shell. `Debug` never shows a secret: token fields
+/// are [`Secret`]s and frame text is passed through [`redact_json`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Open a WebSocket to `url` with `Authorization: Bearer <auth_token>` and the
     /// `studio-worker-v1` subprotocol; answer with `Connected` / `ConnectFailed`.
     Connect {
         conn: ConnId,
         url: String,
-        auth_token: String,
+        auth_token: Secret,
     },
     /// Send a text frame on `conn` (drop it silently if `conn` is gone).
     Send { conn: ConnId, text: String },
@@ -528,3 +531,76 @@ impl fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+impl fmt::Debug for HttpResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpResult::Response { status, body } => f
+                .debug_struct("Response")
+                .field("status", status)
+                .field("body", &redact_json(body))
+                .finish(),
+            HttpResult::Transport(e) => f.debug_tuple("Transport").field(e).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Connect {
+                conn,
+                url,
+                auth_token,
+            } => f
+                .debug_struct("Connect")
+                .field("conn", conn)
+                .field("url", url)
+                .field("auth_token", auth_token)
+                .finish(),
+            Command::Send { conn, text } => f
+                .debug_struct("Send")
+                .field("conn", conn)
+                .field("text", &redact_json(text))
+                .finish(),
+            Command::Close { conn, code, reason } => f
+                .debug_struct("Close")
+                .field("conn", conn)
+                .field("code", code)
+                .field("reason", reason)
+                .finish(),
+            Command::Http { id, request } => f
+                .debug_struct("Http")
+                .field("id", id)
+                .field("request", request)
+                .finish(),
+            Command::MintSecret { need_install_id } => f
+                .debug_struct("MintSecret")
+                .field("need_install_id", need_install_id)
+                .finish(),
+            Command::Persist(p) => f.debug_tuple("Persist").field(p).finish(),
+            Command::Dispatch { claim } => {
+                f.debug_struct("Dispatch").field("claim", claim).finish()
+            }
+            Command::CancelJob { job_id } => {
+                f.debug_struct("CancelJob").field("job_id", job_id).finish()
+            }
+            Command::DiscardResult { job_id } => f
+                .debug_struct("DiscardResult")
+                .field("job_id", job_id)
+                .finish(),
+            Command::CheckUpdate => f.write_str("CheckUpdate"),
+            Command::ApplyUpdate { version } => f
+                .debug_struct("ApplyUpdate")
+                .field("version", version)
+                .finish(),
+            Command::Report(n) => f.debug_tuple("Report").field(n).finish(),
+            Command::Exit { code, reason } => f
+                .debug_struct("Exit")
+                .field("code", code)
+                .field("reason", reason)
+                .finish(),
+            Command::Wait { until } => f.debug_struct("Wait").field("until", until).finish(),
+        }
+    }
+}

@@ -27,6 +27,7 @@ use studio_core::wire::TaskKind;
 use studio_core::worker::{
     Credentials, HostFacts, Limits, PersistedState, RegistrationState, Timings, WorkerConfig,
 };
+use studio_core::Secret;
 
 use crate::error::ShellError;
 
@@ -352,7 +353,7 @@ impl Config {
         let credentials = match (non_empty(&self.worker_id), non_empty(&self.auth_token)) {
             (Some(worker_id), Some(auth_token)) => Some(Credentials {
                 worker_id: worker_id.to_string(),
-                auth_token: auth_token.to_string(),
+                auth_token: auth_token.into(),
             }),
             _ => None,
         };
@@ -366,7 +367,7 @@ impl Config {
             registration: RegistrationState {
                 install_id: non_empty(&self.install_id).map(str::to_string),
                 request_id: non_empty(&self.registration_request_id).map(str::to_string),
-                secret: non_empty(&self.registration_secret).map(str::to_string),
+                secret: non_empty(&self.registration_secret).map(Secret::from),
             },
             vram_threshold_gb: self.vram_threshold_gb,
             auto_update_enabled: self.auto_update_enabled,
@@ -386,9 +387,12 @@ impl Config {
     pub fn apply_persist(&mut self, state: &PersistedState) {
         self.install_id = state.install_id.clone();
         self.registration_request_id = state.registration_request_id.clone();
-        self.registration_secret = state.registration_secret.clone();
+        self.registration_secret = state
+            .registration_secret
+            .as_ref()
+            .map(|s| s.expose().to_string());
         self.worker_id = state.worker_id.clone();
-        self.auth_token = state.auth_token.clone();
+        self.auth_token = state.auth_token.as_ref().map(|s| s.expose().to_string());
     }
 
     /// Forgets the registration (`register --reset`): worker id, auth token, request id,

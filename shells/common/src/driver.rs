@@ -290,7 +290,10 @@ impl CommandRouter {
             None
         };
         match crate::entropy::registration_secret() {
-            Ok(secret) => Effect::Input(Input::Minted { install_id, secret }),
+            Ok(secret) => Effect::Input(Input::Minted {
+                install_id,
+                secret: secret.into(),
+            }),
             Err(e) => entropy_failure(e),
         }
     }
@@ -533,7 +536,7 @@ mod tests {
                 secret,
             }) => {
                 assert_eq!(id.len(), 36);
-                assert_eq!(secret.len(), 64);
+                assert_eq!(secret.expose().len(), 64);
             }
             other => panic!("{other:?}"),
         }
@@ -573,7 +576,7 @@ mod tests {
         let state = PersistedState {
             install_id: Some("iid".into()),
             registration_request_id: Some("rr-1".into()),
-            registration_secret: Some("s".repeat(64)),
+            registration_secret: Some("s".repeat(64).into()),
             worker_id: None,
             auth_token: None,
         };

@@ -167,7 +167,7 @@ pub fn execute(
         } => {
             let outcome = agent
                 .get(url)
-                .header("Authorization", &bearer(secret))
+                .header("Authorization", &bearer(secret.expose()))
                 .call();
             ("registration poll", url, outcome)
         }
@@ -188,7 +188,7 @@ pub fn execute(
             tracing::debug!(%job_id, %url, bytes = bytes.len(), %ext, "uploading result");
             let outcome = agent
                 .post(url)
-                .header("Authorization", &bearer(auth_token))
+                .header("Authorization", &bearer(auth_token.expose()))
                 .header("Content-Type", &form.content_type())
                 .send(&form.body[..]);
             ("upload", url, outcome)

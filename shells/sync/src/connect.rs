@@ -40,7 +40,7 @@ pub type Ws = WebSocket<Transport<mio::net::TcpStream>>;
 pub fn spawn(
     conn: ConnId,
     url: String,
-    auth_token: String,
+    auth_token: studio_core::Secret,
     tls: Arc<ClientConfig>,
     deliver: impl FnOnce(ConnId, Result<Ws, ConnectError>) + Send + 'static,
 ) {
@@ -49,7 +49,7 @@ pub fn spawn(
     let spawned = thread::Builder::new()
         .name(format!("ws-connect-{}", conn.0))
         .spawn(move || {
-            let result = connect(&url, &auth_token, &tls);
+            let result = connect(&url, auth_token.expose(), &tls);
             if let Some(deliver) = take(&in_thread) {
                 deliver(conn, result);
             }
