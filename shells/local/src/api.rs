@@ -11,6 +11,9 @@ use studio_core::wire::{
     TaskKind, VideoTask, WorkerCapabilities, WorkerErrorCode,
 };
 
+/// The prompt of a probe offer sent without a task.
+pub const DEFAULT_PROBE_PROMPT: &str = "a studio-local probe offer";
+
 /// The prompt of a job submitted without one.
 pub const DEFAULT_PROMPT: &str = "a studio-local test job";
 
@@ -223,6 +226,31 @@ pub struct WorkerInfo {
     pub idle: bool,
     /// Entries in its log ring.
     pub logs: usize,
+    /// What this server saw of its connection attempts (see [`ConnectionStats`]).
+    #[serde(default)]
+    pub connection_stats: ConnectionStats,
+}
+
+/// Per worker id (as named in the upgrade path): what this server saw of its WebSocket
+/// connections (`GET /local/workers/:id/connections`, also part of [`WorkerInfo`]). Kept
+/// for ids the studio does not know too, so a worker with a wrong id or token can be
+/// observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStats {
+    /// Requests on `GET /graphics/api/workers/:id/connect`, answered or refused.
+    pub upgrade_attempts: u64,
+    /// Those answered with anything but `101` (401 bad token, injected failures, ...).
+    pub upgrades_refused: u64,
+    /// Upgrades that became WebSocket connections (`101` written).
+    pub connections: u64,
+    /// The code of the last close frame the worker started (a close it sent first, not
+    /// its reply to a close of the studio); 1005 for a close frame without a code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_close_code: Option<u16>,
+    /// That close frame's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_close_reason: Option<String>,
 }
 
 /// One row of `GET /local/requests`.
@@ -249,6 +277,10 @@ pub struct Stats {
     pub websockets: usize,
     pub http_connections: usize,
     pub uptime_ms: u64,
+    /// Every request on the WebSocket upgrade route since the server started (per worker:
+    /// [`ConnectionStats`]).
+    #[serde(default)]
+    pub upgrade_attempts: u64,
 }
 
 /// The armed counting faults (`GET /local/faults`).
@@ -264,7 +296,7 @@ pub struct FaultState {
 }
 
 /// A test hook. Every variant is also reachable over HTTP (see the crate docs).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
     /// The next `count` result uploads answer `status` without reaching the studio machine.
     FailUploads { count: u32, status: u16 },
@@ -287,6 +319,28 @@ pub enum Fault {
         code: WorkerErrorCode,
         message: String,
     },
+    /// Send a raw `offer` for `job_id`, a job the studio machine does not know, to the
+    /// worker's open sockets, bypassing the machine (which never offers to a worker it
+    /// knows is busy). The worker's answers naming `job_id` (`accept`, `reject`,
+    /// `completeJson`, `fail`, and a result upload for it) are intercepted: recorded as
+    /// text in [`Handle::probe_replies`](crate::Handle::probe_replies), never fed to the
+    /// machine (which would call them protocol violations). `completeJson` / `fail` get a
+    /// `completeAck` / `failAck` and an upload a `200`, as a studio would answer.
+    ProbeOffer {
+        worker_id: String,
+        job_id: String,
+        task: Box<Task>,
+    },
+}
+
+/// The body of `POST /local/workers/:id/probe-offer`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct ProbeOfferBody {
+    pub job_id: String,
+    /// Default: an image task with [`DEFAULT_PROBE_PROMPT`].
+    #[serde(default)]
+    pub task: Option<Task>,
 }
 
 /// The body of `POST /local/faults`: every field optional; absent ones keep their value.

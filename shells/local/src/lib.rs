@@ -34,6 +34,7 @@
 //! | `POST /local/workers` | `{"workerId","authToken"}`: pre-provision (or re-key) a worker |
 //! | `DELETE /local/workers/:id` | delete a worker (`error worker_deleted` + close 4004) |
 //! | `GET /local/workers/:id/logs` | the worker's shipped log ring |
+//! | `GET /local/workers/:id/connections` | [`ConnectionStats`]: upgrade attempts (refused ones too), connections, the last close code the worker sent (also in [`WorkerInfo`]; kept for unknown ids too) |
 //! | `GET /local/requests` | `[`[`PendingInfo`]`]`: registration requests awaiting approval |
 //! | `POST /local/requests/:id/approve` | approve |
 //! | `POST /local/requests/:id/reject` | `{"reason"?}`: reject |
@@ -50,6 +51,8 @@
 //! | `POST /local/workers/:id/stall` | keep the socket(s) open but stop reading and writing (a half-open peer); the studio machine's sweep closes the session after its session timeout |
 //! | `POST /local/workers/:id/close` | `{"code":4001,"reason":"..."}`: send that close frame |
 //! | `POST /local/workers/:id/error` | `{"code":"auth_failed","message":"..."}`: send an `error` frame, then close with the paired code |
+//! | `POST /local/workers/:id/probe-offer` | `{"jobId":"probe-1","task":{..}?}` (default an image task): send a raw `offer` for a job id the studio machine does not know, bypassing it (it never offers to a worker it knows is busy). The worker's `accept` / `reject` / `completeJson` / `fail` naming that job, and its result upload, are intercepted and recorded, never fed to the machine; `completeJson` / `fail` get their ack, the upload a `200` |
+//! | `GET /local/workers/:id/probe-replies` | the intercepted replies, oldest first, as the frame texts (an upload as `{"type":"upload","jobId","ext","bytes","prompt"}`) |
 //!
 //! The same operations are methods of [`Handle`] ([`Handle::inject`] with a [`Fault`]).
 //!
@@ -109,8 +112,8 @@ use studio_core::wire::LogEntry;
 use studio_core::WallMs;
 
 pub use api::{
-    Fault, FaultState, FaultsBody, JobDetail, JobSubmission, JobSummary, PendingInfo, ResultView,
-    Stats, WorkerInfo,
+    ConnectionStats, Fault, FaultState, FaultsBody, JobDetail, JobSubmission, JobSummary,
+    PendingInfo, ResultView, Stats, WorkerInfo,
 };
 pub use server::{DEFAULT_MAX_BODY_BYTES, MAX_HEAD_BYTES};
 
@@ -456,6 +459,24 @@ impl Handle {
     pub fn inject(&self, fault: Fault) -> Result<usize, HttpError> {
         self.call(move |s| s.inject(fault))
             .unwrap_or_else(|| Err(stopped()))
+    }
+
+    /// The replies of `worker_id` to [`Fault::ProbeOffer`] offers, intercepted before the
+    /// studio machine, oldest first: each the frame's text (`accept`, `reject`,
+    /// `completeJson`, `fail`), or `{"type":"upload","jobId","ext","bytes","prompt"}` for a
+    /// result upload. Empty when the server stopped.
+    pub fn probe_replies(&self, worker_id: &str) -> Vec<String> {
+        let id = worker_id.to_string();
+        self.call(move |s| s.probe_replies(&id)).unwrap_or_default()
+    }
+
+    /// What the server saw of `worker_id`'s WebSocket connections: upgrade attempts,
+    /// connections, the last close the worker started (zeros for an id never seen, or
+    /// when the server stopped).
+    pub fn connection_stats(&self, worker_id: &str) -> ConnectionStats {
+        let id = worker_id.to_string();
+        self.call(move |s| s.connection_stats(&id))
+            .unwrap_or_default()
     }
 
     /// Whether the server thread is still running.

@@ -48,6 +48,11 @@ Test hooks (fault injection):
   POST   /local/workers/:id/close         {\"code\":4001,\"reason\":\"...\"}: send a close frame
   POST   /local/workers/:id/error         {\"code\":\"auth_failed\",\"message\":\"...\"}: error
                                            frame, then close with the paired code
+  POST   /local/workers/:id/probe-offer   {\"jobId\":\"probe-1\",\"task\"?}: a raw offer for a job
+                                           the studio does not know; the worker's
+                                           replies to it are intercepted, not fed
+  GET    /local/workers/:id/probe-replies those replies, oldest first
+  GET    /local/workers/:id/connections   upgrade attempts, connections, last close code
 
 Example:
   curl -s -XPOST localhost:9790/local/jobs -d '{\"kind\":\"llm\",\"prompt\":\"hi\"}'";

@@ -28,7 +28,9 @@ use studio_core::studio::{
     ConnId, HttpError, JobRecord, JobResult, JobState, Studio, StudioCommand, StudioEvent,
     StudioInput,
 };
-use studio_core::wire::{self, AutoRegisterRequest, LogEntry, StudioFrame};
+use studio_core::wire::{
+    self, AutoRegisterRequest, ImageTask, JobOfferClaim, LogEntry, ModelSource, StudioFrame, Task,
+};
 use studio_core::Mono;
 use tracing::{debug, error, info, trace, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -36,8 +38,9 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 use crate::api::{
-    AddWorkerBody, CloseBody, ErrorBody, Fault, FaultState, FaultsBody, JobDetail, JobSubmission,
-    JobSummary, PendingInfo, RejectBody, ResultView, Stats, WorkerInfo,
+    AddWorkerBody, CloseBody, ConnectionStats, ErrorBody, Fault, FaultState, FaultsBody, JobDetail,
+    JobSubmission, JobSummary, PendingInfo, ProbeOfferBody, RejectBody, ResultView, Stats,
+    WorkerInfo, DEFAULT_PROBE_PROMPT,
 };
 use crate::http::{self, HeadParse, RequestHead, Response};
 
@@ -71,6 +74,13 @@ const READ_CHUNK: usize = 64 * 1024;
 const BINARY_FRAME_TEXT: &str = "<binary frame: only text frames are part of the contract>";
 /// What a frame over the size limit is fed as (tungstenite refused to buffer it).
 const OVERSIZE_FRAME_TEXT: &str = "<frame over the size limit>";
+/// Most worker ids whose [`ConnectionStats`] are kept (ids come from request paths; past
+/// this, only the server-wide counter grows).
+const MAX_TALLIES: usize = 4096;
+/// Most intercepted replies kept per worker (oldest dropped first).
+const MAX_PROBE_REPLIES: usize = 1024;
+/// The worker frame types a probe offer intercepts when they name a probe job.
+const PROBE_REPLY_TYPES: [&str; 4] = ["accept", "reject", "completeJson", "fail"];
 
 /// An in-process call, run on the server thread.
 pub(crate) type Call = Box<dyn FnOnce(&mut Server) + Send>;
@@ -189,6 +199,14 @@ pub(crate) struct Server {
     stopping: Option<Stopping>,
     next_reference: u64,
     ws_config: WebSocketConfig,
+    /// Per worker id: upgrade attempts, connections, the last close it started.
+    tallies: BTreeMap<String, ConnectionStats>,
+    /// Every request on the upgrade route.
+    upgrade_attempts: u64,
+    /// Probe offers: job id -> the worker it was sent to (see [`Fault::ProbeOffer`]).
+    probes: BTreeMap<String, String>,
+    /// Per worker: the intercepted replies to probe offers, in arrival order.
+    probe_replies: BTreeMap<String, Vec<String>>,
 }
 
 fn is_would_block(e: &io::Error) -> bool {
@@ -282,6 +300,10 @@ impl Server {
             stopping: None,
             next_reference: 0,
             ws_config,
+            tallies: BTreeMap::new(),
+            upgrade_attempts: 0,
+            probes: BTreeMap::new(),
+            probe_replies: BTreeMap::new(),
         };
         server.drain();
         server
@@ -907,6 +929,9 @@ impl Server {
                 }),
             },
         );
+        if let Some(t) = self.tally(&worker_id) {
+            t.connections += 1;
+        }
         self.studio_input(StudioInput::Connected {
             conn: id,
             worker_id,
@@ -925,7 +950,9 @@ impl Server {
             let mut peer_closed = false;
             let mut gone = false;
             let mut blocked = false;
+            let mut worker_close: Option<(u16, String)> = None;
             let known;
+            let worker_id;
             {
                 let Some(Conn {
                     kind: Kind::Ws(w), ..
@@ -944,6 +971,11 @@ impl Server {
                             debug!(target: "studio_local::ws", conn = id, "peer closed: {frame:?}");
                             peer_closed = true;
                             if !matches!(w.state, WsState::Closing { .. }) {
+                                // The worker started this close (not a reply to ours).
+                                worker_close = Some(match &frame {
+                                    Some(f) => (u16::from(f.code), f.reason.as_str().to_string()),
+                                    None => (1005, String::new()),
+                                });
                                 w.state = WsState::Closing {
                                     deadline: Instant::now() + LINGER,
                                 };
@@ -977,10 +1009,20 @@ impl Server {
                     }
                 }
                 known = w.known && (w.state == WsState::Open || peer_closed);
+                worker_id = w.worker_id.clone();
+            }
+            if let Some((code, reason)) = worker_close {
+                if let Some(t) = self.tally(&worker_id) {
+                    t.last_close_code = Some(code);
+                    t.last_close_reason = Some(reason);
+                }
             }
             if known {
                 for text in frames {
                     trace!(target: "studio_local::ws", conn = id, bytes = text.len(), "frame");
+                    if self.intercept_probe_reply(id, &worker_id, &text) {
+                        continue;
+                    }
                     self.studio_input(StudioInput::Frame { conn: id, text });
                     if !self.conn_known(id) {
                         break;
@@ -1250,7 +1292,33 @@ impl Server {
         }
     }
 
+    /// The upgrade route, counted per worker id ([`ConnectionStats`]).
     fn route_upgrade(&mut self, head: &RequestHead, worker_id: &str) -> Outcome {
+        self.upgrade_attempts += 1;
+        let outcome = self.answer_upgrade(head, worker_id);
+        if let Some(t) = self.tally(worker_id) {
+            t.upgrade_attempts += 1;
+            if matches!(outcome, Outcome::Respond(_)) {
+                t.upgrades_refused += 1;
+            }
+        }
+        outcome
+    }
+
+    /// The [`ConnectionStats`] of `worker_id`, created while fewer than [`MAX_TALLIES`]
+    /// ids are kept.
+    fn tally(&mut self, worker_id: &str) -> Option<&mut ConnectionStats> {
+        if !self.tallies.contains_key(worker_id) {
+            if self.tallies.len() >= MAX_TALLIES {
+                return None;
+            }
+            self.tallies
+                .insert(worker_id.to_string(), ConnectionStats::default());
+        }
+        self.tallies.get_mut(worker_id)
+    }
+
+    fn answer_upgrade(&mut self, head: &RequestHead, worker_id: &str) -> Outcome {
         if !head.header_has_token("upgrade", "websocket") {
             return Outcome::Respond(
                 Response::error(
@@ -1394,6 +1462,18 @@ impl Server {
         if image.filename.is_none() {
             debug!(target: "studio_local::http", job_id, "image part without a filename");
         }
+        if self.probes.get(job_id).map(String::as_str) == Some(worker_id) {
+            let record = json!({
+                "type": "upload",
+                "jobId": job_id,
+                "ext": ext,
+                "bytes": image.data.len(),
+                "prompt": prompt,
+            });
+            info!(target: "studio_local::faults", worker_id, job_id, "probe upload intercepted");
+            self.record_probe_reply(worker_id, record.to_string());
+            return Response::json(200, &json!({"ok": true}));
+        }
         if !safe_name(job_id) {
             return Response::error(409, "unknown job");
         }
@@ -1469,6 +1549,12 @@ impl Server {
             ("GET", ["workers", wid, "logs"]) => self
                 .worker_logs(wid)
                 .map(|logs| Response::json(200, &to_json(&logs))),
+            ("GET", ["workers", wid, "connections"]) => {
+                Ok(Response::json(200, &to_json(&self.connection_stats(wid))))
+            }
+            ("GET", ["workers", wid, "probe-replies"]) => {
+                Ok(Response::json(200, &to_json(&self.probe_replies(wid))))
+            }
             ("POST", ["workers", wid, action]) => self
                 .worker_fault(wid, action, body)
                 .map(|n| Response::json(200, &json!({"ok": true, "connections": n}))),
@@ -1494,7 +1580,9 @@ impl Server {
                 Ok(Response::json(200, &json!({"ok": true})))
             }
             (_, [] | ["stats"] | ["jobs", _] | ["jobs", _, "result"] | ["requests"])
-            | (_, ["workers", _, "logs"]) => Ok(method_not_allowed("GET")),
+            | (_, ["workers", _, "logs" | "connections" | "probe-replies"]) => {
+                Ok(method_not_allowed("GET"))
+            }
             (_, ["jobs"] | ["workers"] | ["faults"]) => Ok(method_not_allowed("GET, POST")),
             (_, ["requests", _, "approve" | "reject"] | ["shutdown"]) => {
                 Ok(method_not_allowed("POST"))
@@ -1536,10 +1624,25 @@ impl Server {
                         .unwrap_or_else(|| "injected by studio-local".into()),
                 }
             }
+            "probe-offer" => {
+                let b: ProbeOfferBody = parse_json_body(body)?;
+                Fault::ProbeOffer {
+                    worker_id: worker_id.into(),
+                    job_id: b.job_id,
+                    task: Box::new(b.task.unwrap_or_else(|| {
+                        Task::Image(ImageTask {
+                            prompt: DEFAULT_PROBE_PROMPT.into(),
+                            ..ImageTask::default()
+                        })
+                    })),
+                }
+            }
             other => {
                 return Err(HttpError::new(
                     404,
-                    format!("unknown worker action `{other}` (drop, stall, close, error)"),
+                    format!(
+                        "unknown worker action `{other}` (drop, stall, close, error, probe-offer)"
+                    ),
                 ))
             }
         };
@@ -1702,6 +1805,7 @@ impl Server {
                         .map(|t| now.saturating_since(t).as_millis() as u64),
                     has_token: w.has_token,
                     idle: w.idle,
+                    connection_stats: self.tallies.get(&w.id).cloned().unwrap_or_default(),
                     id: w.id,
                 }
             })
@@ -1769,6 +1873,7 @@ impl Server {
             failed: s.failed,
             connected_workers: s.connected_workers,
             uptime_ms: self.origin.elapsed().as_millis() as u64,
+            upgrade_attempts: self.upgrade_attempts,
             ..Stats::default()
         };
         for c in self.conns.values() {
@@ -1900,7 +2005,111 @@ impl Server {
                 }
                 Ok(conns.len())
             }
+            Fault::ProbeOffer {
+                worker_id,
+                job_id,
+                task,
+            } => {
+                if !safe_name(&job_id) {
+                    return Err(HttpError::new(
+                        400,
+                        "jobId must be 1-128 ASCII letters, digits, `-`, `_` or `.`",
+                    ));
+                }
+                if self.studio.job(&job_id).is_some() {
+                    return Err(HttpError::new(
+                        409,
+                        format!("job {job_id} is a real job; a probe needs an id the studio does not know"),
+                    ));
+                }
+                if let Some(other) = self.probes.get(&job_id) {
+                    if *other != worker_id {
+                        return Err(HttpError::new(
+                            409,
+                            format!("job {job_id} was already probed on worker {other}"),
+                        ));
+                    }
+                }
+                let conns = self.worker_conns(&worker_id, false);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                let kind = task.kind();
+                let claim = JobOfferClaim {
+                    job_id: job_id.clone(),
+                    game_id: "probe".into(),
+                    asset_name: format!("probe/{kind}"),
+                    model: "synthetic".into(),
+                    vram_gb_estimate: 0.0,
+                    task: *task,
+                    model_source: ModelSource::synthetic(),
+                };
+                warn!(target: "studio_local::faults", worker_id, job_id, "sending a probe offer");
+                self.probes.insert(job_id, worker_id);
+                let text = wire::encode(&StudioFrame::Offer {
+                    claim: Box::new(claim),
+                });
+                for id in &conns {
+                    self.ws_send(*id, text.clone());
+                }
+                Ok(conns.len())
+            }
         }
+    }
+
+    /// A frame of a probe job ([`Fault::ProbeOffer`]) from its worker: recorded (and
+    /// acknowledged like a studio would), never fed to the machine. `true` when taken.
+    fn intercept_probe_reply(&mut self, conn: ConnId, worker_id: &str, text: &str) -> bool {
+        if self.probes.is_empty() {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        let (Some(ty), Some(job_id)) = (v["type"].as_str(), v["jobId"].as_str()) else {
+            return false;
+        };
+        if !PROBE_REPLY_TYPES.contains(&ty)
+            || self.probes.get(job_id).map(String::as_str) != Some(worker_id)
+        {
+            return false;
+        }
+        info!(target: "studio_local::faults", worker_id, job_id, ty, "probe reply intercepted");
+        let ack = match ty {
+            "completeJson" => Some(StudioFrame::CompleteAck {
+                job_id: job_id.to_string(),
+            }),
+            "fail" => Some(StudioFrame::FailAck {
+                job_id: job_id.to_string(),
+            }),
+            _ => None,
+        };
+        self.record_probe_reply(worker_id, text.to_string());
+        if let Some(ack) = ack {
+            self.ws_send(conn, wire::encode(&ack));
+        }
+        true
+    }
+
+    fn record_probe_reply(&mut self, worker_id: &str, text: String) {
+        let replies = self.probe_replies.entry(worker_id.to_string()).or_default();
+        if replies.len() >= MAX_PROBE_REPLIES {
+            replies.remove(0);
+        }
+        replies.push(text);
+    }
+
+    /// The intercepted replies to probe offers sent to `worker_id`, oldest first.
+    pub(crate) fn probe_replies(&self, worker_id: &str) -> Vec<String> {
+        self.probe_replies
+            .get(worker_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What this server saw of `worker_id`'s connections (zeros for an id never seen).
+    pub(crate) fn connection_stats(&self, worker_id: &str) -> ConnectionStats {
+        self.tallies.get(worker_id).cloned().unwrap_or_default()
     }
 }
 
@@ -1953,7 +2162,10 @@ fn index() -> Value {
             "POST /local/workers/:id/drop",
             "POST /local/workers/:id/stall",
             "POST /local/workers/:id/close          {code?, reason?}",
-            "POST /local/workers/:id/error          {code, message?}"
+            "POST /local/workers/:id/error          {code, message?}",
+            "POST /local/workers/:id/probe-offer    {jobId, task?}",
+            "GET  /local/workers/:id/probe-replies",
+            "GET  /local/workers/:id/connections"
         ]
     })
 }

@@ -1231,3 +1231,156 @@ fn frames_just_before_a_close_are_delivered() {
     });
     assert_eq!(env.studio.worker_logs("w-1").unwrap().len(), 3);
 }
+
+#[test]
+fn probe_offer_replies_are_intercepted_not_fed_to_the_machine() {
+    let env = start();
+    let mut ws = session(env.addr(), "w-1", "tok-1");
+    // Over HTTP, an image probe by default.
+    let r = post_json(
+        env.addr(),
+        "/local/workers/w-1/probe-offer",
+        json!({"jobId": "probe-1"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["connections"], 1);
+    let claim = match recv(&mut ws) {
+        StudioFrame::Offer { claim } => claim,
+        other => panic!("expected the probe offer, got {other:?}"),
+    };
+    assert_eq!(claim.job_id, "probe-1");
+    assert_eq!(claim.task.kind(), TaskKind::Image);
+    assert_eq!(claim.model_source, wire::ModelSource::synthetic());
+
+    // accept and a result upload: recorded, the upload answered 200.
+    send(&mut ws, json!({"type": "accept", "jobId": "probe-1"}));
+    wait_until("the accept to be recorded", || {
+        env.studio.probe_replies("w-1").len() == 1
+    });
+    let up = upload(env.addr(), "w-1", "tok-1", "probe-1", b"\x89PNG fake");
+    assert_eq!(up.status, 200, "{}", String::from_utf8_lossy(&up.body));
+    // In process: an llm probe answered with completeJson, which gets its ack.
+    env.studio
+        .inject(Fault::ProbeOffer {
+            worker_id: "w-1".into(),
+            job_id: "probe-2".into(),
+            task: Box::new(studio_local::api::task_for(TaskKind::Llm, "hi".into())),
+        })
+        .unwrap();
+    assert!(matches!(recv(&mut ws), StudioFrame::Offer { claim } if claim.job_id == "probe-2"));
+    send(
+        &mut ws,
+        json!({"type": "completeJson", "jobId": "probe-2", "result": {"ok": 1}, "prompt": "hi"}),
+    );
+    assert_eq!(
+        recv(&mut ws),
+        StudioFrame::CompleteAck {
+            job_id: "probe-2".into()
+        }
+    );
+    // A reject of a third probe.
+    env.studio
+        .inject(Fault::ProbeOffer {
+            worker_id: "w-1".into(),
+            job_id: "probe-3".into(),
+            task: Box::new(studio_local::api::task_for(TaskKind::Video, "v".into())),
+        })
+        .unwrap();
+    assert!(matches!(recv(&mut ws), StudioFrame::Offer { .. }));
+    send(
+        &mut ws,
+        json!({"type": "reject", "jobId": "probe-3", "reason": "worker already has an in-flight job", "code": "busy"}),
+    );
+
+    wait_until("three replies and an upload", || {
+        env.studio.probe_replies("w-1").len() == 4
+    });
+    let replies: Vec<Value> = env
+        .studio
+        .probe_replies("w-1")
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(replies[0], json!({"type": "accept", "jobId": "probe-1"}));
+    assert_eq!(replies[1]["type"], "upload");
+    assert_eq!(replies[1]["jobId"], "probe-1");
+    assert_eq!(replies[1]["ext"], "png");
+    assert_eq!(replies[1]["bytes"], 9);
+    assert_eq!(replies[2]["type"], "completeJson");
+    assert_eq!(replies[3]["code"], "busy");
+    let over_http = get(env.addr(), "/local/workers/w-1/probe-replies");
+    assert_eq!(over_http.json().as_array().map(Vec::len), Some(4));
+
+    // The machine never saw any of it: the session is alive, no job exists, nothing stored.
+    assert!(env.studio.jobs().is_empty());
+    assert!(!env.out().join("probe-1.png").exists());
+    let w = &env.studio.workers()[0];
+    assert!(w.connected, "{w:?}");
+    assert_eq!(w.connection_stats.connections, 1);
+
+    // Refusals: a real job id, a worker without a socket, a bad id.
+    let real = submit(env.addr(), json!({"kind": "llm", "prompt": "real"}));
+    let r = post_json(
+        env.addr(),
+        "/local/workers/w-1/probe-offer",
+        json!({"jobId": real}),
+    );
+    assert_eq!(r.status, 409);
+    let r = post_json(
+        env.addr(),
+        "/local/workers/w-9/probe-offer",
+        json!({"jobId": "probe-9"}),
+    );
+    assert_eq!(r.status, 404);
+    let r = post_json(
+        env.addr(),
+        "/local/workers/w-1/probe-offer",
+        json!({"jobId": "../etc"}),
+    );
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn connection_stats_count_upgrades_and_the_workers_own_close() {
+    let env = start();
+    // A refused upgrade (wrong token) and an id the studio does not know.
+    assert!(ws_connect(env.addr(), "w-1", "wrong").is_err());
+    assert!(ws_connect(env.addr(), "nobody", "x").is_err());
+    let mut ws = session(env.addr(), "w-1", "tok-1");
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "session ended".into(),
+    }))
+    .unwrap();
+    let _ = read_until_end(&mut ws);
+    wait_until("the close to be recorded", || {
+        env.studio.connection_stats("w-1").last_close_code == Some(1000)
+    });
+    let seen = env.studio.connection_stats("w-1");
+    assert_eq!(seen.upgrade_attempts, 2, "{seen:?}");
+    assert_eq!(seen.upgrades_refused, 1, "{seen:?}");
+    assert_eq!(seen.connections, 1, "{seen:?}");
+    assert_eq!(seen.last_close_reason.as_deref(), Some("session ended"));
+    assert_eq!(env.studio.connection_stats("nobody").upgrade_attempts, 1);
+    assert_eq!(env.studio.stats().unwrap().upgrade_attempts, 3);
+    let over_http = get(env.addr(), "/local/workers/w-1/connections").json();
+    assert_eq!(over_http["upgradeAttempts"], 2);
+    assert_eq!(over_http["lastCloseCode"], 1000);
+
+    // A close the studio starts is not the worker's: the reply is not recorded.
+    let mut ws = session(env.addr(), "w-1", "tok-1");
+    env.studio
+        .inject(Fault::Close {
+            worker_id: "w-1".into(),
+            code: 4001,
+            reason: "revoked".into(),
+        })
+        .unwrap();
+    let _ = read_until_end(&mut ws);
+    wait_until("the studio to see the disconnect", || {
+        env.studio.workers().iter().all(|w| !w.connected)
+    });
+    let seen = env.studio.connection_stats("w-1");
+    assert_eq!(seen.connections, 2);
+    assert_eq!(seen.last_close_code, Some(1000), "{seen:?}");
+}

@@ -1,0 +1,554 @@
+//! End-to-end scenarios: the real worker binary (a subprocess, `run` with a minimal
+//! config.toml) against the real loopback studio (`studio-local`, in-process).
+//!
+//! Each scenario is a `fn(&Bin)` told as a story; [`for_each_shell!`] turns each into one
+//! test per worker binary (`sync_shell::<name>`, `async_shell::<name>`; the async shell is
+//! skipped with a note until its binary exists). Every test has its own studio (an
+//! ephemeral port) and its own temp dirs, so they run in parallel. Waits are bounded by
+//! generous timeouts and nothing asserts speed.
+//!
+//! Build the worker first when running this package alone:
+//! `cargo build -p studio-worker && cargo test -p studio-e2e` (`cargo test --workspace`
+//! builds it anyway).
+
+#![cfg(unix)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::Value;
+use studio_core::wire::{ImageTask, LogEntry, Task, TaskKind, WorkerErrorCode};
+use studio_e2e::{
+    for_each_shell, is_png, is_rfc3339_utc_millis, is_wav, is_webp, wait_for, Bin, Setup, Studio,
+    Worker, WAIT,
+};
+use studio_local::{Fault, JobSubmission, ResultView};
+
+for_each_shell!(
+    registration_with_operator_approval,
+    every_kind_completes_with_real_output,
+    busy_worker_rejects_an_offer_and_idle_worker_accepts,
+    upload_is_retried_after_a_500,
+    unauthorized_upgrade_exits_4_without_retrying,
+    close_4001_exits_4_without_reconnecting,
+    error_auth_failed_exits_4_without_reconnecting,
+    error_duplicate_worker_exits_3,
+    reconnects_after_the_studio_drops_the_connection,
+    half_open_connection_is_detected_and_replaced,
+    sigterm_when_idle_exits_0_with_close_1000,
+    sigterm_mid_job_finishes_the_job_first,
+    log_batches_are_shipped,
+);
+
+const WORKER_ID: &str = "w-e2e";
+/// Distinctive, so a leak into the worker's output is easy to spot.
+const TOKEN: &str = "e2e-token-7f3a9c1d5b";
+/// How long each synthetic job takes where a scenario needs one in flight.
+const SLOW_JOB: Duration = Duration::from_millis(3000);
+
+/// A studio that knows [`WORKER_ID`], and that worker running and connected.
+fn connected_worker(bin: &Bin, setup: Setup) -> (Studio, Worker) {
+    let studio = Studio::with_worker(WORKER_ID, TOKEN);
+    let worker = Worker::start(bin, &studio, &setup);
+    studio.wait_connected(WORKER_ID);
+    (studio, worker)
+}
+
+fn provisioned() -> Setup {
+    Setup::provisioned(WORKER_ID, TOKEN)
+}
+
+/// A prompt of exactly `len` characters (longer than the 200-character UI preview).
+fn long_prompt(len: usize) -> String {
+    let words = "an aurora fox crossing a frozen lake at dusk, ";
+    words.chars().cycle().take(len).collect()
+}
+
+fn assert_no_secret(worker: &Worker, secret: &str) {
+    assert!(
+        !worker.stderr().contains(secret),
+        "the auth token appears on stderr"
+    );
+    assert!(
+        !worker.stdout().contains(secret),
+        "the auth token appears on stdout"
+    );
+}
+
+/// The operator's last line: one `studio-worker: ...` line saying to re-register.
+fn assert_last_words_say_re_register(worker: &Worker) {
+    let last = worker.last_stderr_line();
+    assert!(last.starts_with("studio-worker: "), "last line: {last}");
+    assert!(last.contains("re-register"), "last line: {last}");
+}
+
+fn logs_of(studio: &Studio, worker_id: &str) -> Vec<LogEntry> {
+    studio.worker_logs(worker_id).unwrap_or_default()
+}
+
+fn probe_replies_json(studio: &Studio, worker_id: &str) -> Vec<Value> {
+    studio
+        .probe_replies(worker_id)
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("a probe reply is JSON"))
+        .collect()
+}
+
+fn probe_task(prompt: &str) -> Box<Task> {
+    Box::new(studio_local::api::task_for(
+        TaskKind::Llm,
+        prompt.to_string(),
+    ))
+}
+
+// ------------------------------------------------------------------------------------------
+// a. Registration
+// ------------------------------------------------------------------------------------------
+
+/// A first run without credentials: the request waits for the operator, who approves it;
+/// the worker then connects, serves a job and keeps its credentials (and only those) in an
+/// owner-only config file.
+fn registration_with_operator_approval(bin: &Bin) {
+    let studio = Studio::start();
+    let worker = Worker::start(bin, &studio, &Setup::unregistered());
+
+    let request = wait_for("a pending registration request", WAIT, || {
+        studio.pending().into_iter().next()
+    });
+    assert!(
+        request.user_agent.starts_with("studio-worker/"),
+        "{request:?}"
+    );
+    assert_eq!(request.capabilities.task_kinds.len(), TaskKind::ALL.len());
+    // While pending, the worker keeps the secret of its request and has no credentials.
+    let pending_config = worker.config_table();
+    assert!(pending_config.contains_key("registration_secret"));
+    assert!(!pending_config.contains_key("auth_token"));
+
+    studio.approve(&request.request_id).expect("approve");
+    // The worker learns of the approval at its next poll (the protocol polls every 30 s).
+    let worker_id = wait_for(
+        "the approved worker to connect",
+        Duration::from_secs(75),
+        || {
+            studio
+                .workers()
+                .into_iter()
+                .find(|w| w.connected)
+                .map(|w| w.id)
+        },
+    );
+
+    let job = studio.submit_kind(TaskKind::Image, "a registered fox");
+    let done = studio.expect_done(&job);
+    assert_eq!(done.summary.worker.as_deref(), Some(worker_id.as_str()));
+
+    let config = worker.config_table();
+    assert_eq!(
+        config.get("worker_id").and_then(|v| v.as_str()),
+        Some(worker_id.as_str())
+    );
+    let token = config
+        .get("auth_token")
+        .and_then(|v| v.as_str())
+        .expect("auth_token saved")
+        .to_string();
+    assert!(!token.is_empty());
+    assert!(
+        !config.contains_key("registration_secret"),
+        "the registration secret outlived the approval"
+    );
+    assert!(!config.contains_key("registration_request_id"));
+    let mode = std::fs::metadata(worker.config_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "config.toml mode {:o}", mode & 0o777);
+    assert_no_secret(&worker, &token);
+}
+
+// ------------------------------------------------------------------------------------------
+// b. Every kind
+// ------------------------------------------------------------------------------------------
+
+fn stored_file(studio: &Studio, job_id: &str) -> (String, Vec<u8>, String) {
+    let detail = studio.expect_done(job_id);
+    let Some(ResultView::File {
+        ext,
+        bytes,
+        prompt,
+        path,
+        ..
+    }) = detail.result
+    else {
+        panic!("job {job_id} has no stored file: {detail:#?}");
+    };
+    let path = path.expect("the upload was stored");
+    assert_eq!(path.parent(), Some(studio.out_dir()));
+    assert_eq!(
+        path.file_name().unwrap().to_string_lossy(),
+        format!("{job_id}.{ext}")
+    );
+    let data = std::fs::read(&path).expect("read the stored result");
+    assert_eq!(data.len() as u64, bytes);
+    (ext, data, prompt)
+}
+
+fn json_result(studio: &Studio, job_id: &str) -> (Value, Option<String>) {
+    let detail = studio.expect_done(job_id);
+    match detail.result {
+        Some(ResultView::Json { value, prompt }) => (value, prompt),
+        other => panic!("job {job_id} has no JSON result: {other:#?}"),
+    }
+}
+
+/// Image (WebP and PNG), LLM, speech-to-text, text-to-speech and video jobs all complete:
+/// binary results are stored with their extension and real content, JSON results have the
+/// protocol's shapes, and the reported prompt is the full prompt, not a preview.
+fn every_kind_completes_with_real_output(bin: &Bin) {
+    let (studio, _worker) = connected_worker(bin, provisioned());
+    let prompt = long_prompt(500);
+
+    let webp = studio.submit_kind(TaskKind::Image, &prompt);
+    let png = studio.submit_job(JobSubmission::from_task(Task::Image(ImageTask {
+        prompt: "a fox in PNG".into(),
+        ext: Some("png".into()),
+        ..ImageTask::default()
+    })));
+    let llm = studio.submit_kind(TaskKind::Llm, &prompt);
+    let stt = studio.submit_kind(TaskKind::AudioStt, "https://example.invalid/clip.wav");
+    let tts = studio.submit_kind(TaskKind::AudioTts, "hello from the worker");
+    let video = studio.submit_kind(TaskKind::Video, "a fox running");
+
+    let (ext, data, reported) = stored_file(&studio, &webp);
+    assert_eq!(ext, "webp");
+    assert!(
+        is_webp(&data),
+        "not WebP: {:?}",
+        &data[..16.min(data.len())]
+    );
+    assert_eq!(
+        reported, prompt,
+        "the upload's prompt is not the full prompt"
+    );
+
+    let (ext, data, _) = stored_file(&studio, &png);
+    assert_eq!(ext, "png");
+    assert!(is_png(&data), "not PNG: {:?}", &data[..16.min(data.len())]);
+    // The IHDR chunk: a 512x512 picture.
+    assert_eq!(&data[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(data[16..20].try_into().unwrap()), 512);
+    assert_eq!(u32::from_be_bytes(data[20..24].try_into().unwrap()), 512);
+
+    let (ext, data, reported) = stored_file(&studio, &tts);
+    assert_eq!(ext, "wav");
+    assert!(is_wav(&data), "not WAV: {:?}", &data[..16.min(data.len())]);
+    // PCM, with sound in it.
+    assert_eq!(u16::from_le_bytes([data[20], data[21]]), 1, "PCM format");
+    assert!(data[44..].iter().any(|&b| b != 0), "silent audio");
+    assert_eq!(reported, "hello from the worker");
+
+    let (ext, data, _) = stored_file(&studio, &video);
+    assert_eq!(ext, "webp");
+    assert!(is_webp(&data));
+
+    let (chat, reported) = json_result(&studio, &llm);
+    assert_eq!(
+        reported.as_deref(),
+        Some(prompt.as_str()),
+        "completeJson prompt"
+    );
+    assert_eq!(chat["object"], "chat.completion", "{chat}");
+    assert_eq!(chat["choices"][0]["message"]["role"], "assistant", "{chat}");
+    assert!(
+        chat["choices"][0]["message"]["content"].is_string(),
+        "{chat}"
+    );
+    let usage = &chat["usage"];
+    let (p, c, t) = (
+        usage["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        usage["completion_tokens"]
+            .as_u64()
+            .expect("completion_tokens"),
+        usage["total_tokens"].as_u64().expect("total_tokens"),
+    );
+    assert!(p > 0 && c > 0 && t == p + c, "{usage}");
+
+    let (transcript, reported) = json_result(&studio, &stt);
+    assert_eq!(
+        reported.as_deref(),
+        Some("https://example.invalid/clip.wav")
+    );
+    assert!(transcript["text"].is_string(), "{transcript}");
+    assert_eq!(transcript["language"], "en", "{transcript}");
+    assert!(transcript["duration"].is_number(), "{transcript}");
+
+    // Every job ran once, on this worker.
+    for job in [&webp, &png, &llm, &stt, &tts, &video] {
+        let d = studio.job(job).unwrap();
+        assert_eq!(d.completions, 1, "{d:#?}");
+        assert_eq!(d.summary.worker.as_deref(), Some(WORKER_ID));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// c. Busy reject
+// ------------------------------------------------------------------------------------------
+
+/// An offer that reaches a worker already running a job is rejected `busy` (the studio
+/// never offers to a worker it knows is busy, so the probe bypasses it); the real job still
+/// completes. Once idle, the same kind of offer is accepted and delivered.
+fn busy_worker_rejects_an_offer_and_idle_worker_accepts(bin: &Bin) {
+    let (studio, _worker) = connected_worker(bin, provisioned().with_synthetic_delay(SLOW_JOB));
+
+    let job = studio.submit_kind(TaskKind::Llm, "the real job");
+    studio.wait_job_state(&job, "running");
+    studio.inject_fault(Fault::ProbeOffer {
+        worker_id: WORKER_ID.into(),
+        job_id: "probe-busy".into(),
+        task: probe_task("offered while busy"),
+    });
+    let reply = wait_for("the worker's answer to the busy probe", WAIT, || {
+        probe_replies_json(&studio, WORKER_ID).into_iter().next()
+    });
+    assert_eq!(reply["type"], "reject", "{reply}");
+    assert_eq!(reply["jobId"], "probe-busy", "{reply}");
+    assert_eq!(reply["code"], "busy", "{reply}");
+    assert_eq!(
+        reply["reason"], "worker already has an in-flight job",
+        "{reply}"
+    );
+
+    let done = studio.expect_done(&job);
+    assert_eq!(done.completions, 1);
+
+    studio.wait_idle(WORKER_ID);
+    studio.inject_fault(Fault::ProbeOffer {
+        worker_id: WORKER_ID.into(),
+        job_id: "probe-idle".into(),
+        task: probe_task("offered while idle"),
+    });
+    let replies = wait_for("the idle probe to be accepted and delivered", WAIT, || {
+        let r = probe_replies_json(&studio, WORKER_ID);
+        r.iter()
+            .any(|v| v["type"] == "completeJson" && v["jobId"] == "probe-idle")
+            .then_some(r)
+    });
+    let idle: Vec<&Value> = replies
+        .iter()
+        .filter(|v| v["jobId"] == "probe-idle")
+        .collect();
+    assert_eq!(idle[0]["type"], "accept", "{replies:?}");
+    assert_eq!(idle[1]["type"], "completeJson", "{replies:?}");
+    assert_eq!(idle[1]["prompt"], "offered while idle", "{replies:?}");
+
+    // The probes never reached the studio machine: no violation, one session throughout.
+    assert!(studio.job("probe-busy").is_none() && studio.job("probe-idle").is_none());
+    assert_eq!(studio.connection_stats(WORKER_ID).connections, 1);
+    studio.wait_connected(WORKER_ID);
+}
+
+// ------------------------------------------------------------------------------------------
+// d. Upload retry
+// ------------------------------------------------------------------------------------------
+
+/// The first result upload answers 500: the worker retries it and the job completes once.
+fn upload_is_retried_after_a_500(bin: &Bin) {
+    let (studio, worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::FailUploads {
+        count: 1,
+        status: 500,
+    });
+
+    let job = studio.submit_kind(TaskKind::Image, "a fox worth retrying");
+    let done = studio.expect_done(&job);
+    assert_eq!(done.completions, 1);
+    assert_eq!(
+        studio.faults().unwrap().fail_uploads,
+        0,
+        "the 500 was served"
+    );
+    let (_, data, _) = stored_file(&studio, &job);
+    assert!(is_webp(&data));
+
+    // The retry is in the shipped logs and on stderr, each time on one line (the studio's
+    // error body ends with a newline).
+    let retry = wait_for("the retry to be shipped", WAIT, || {
+        logs_of(&studio, WORKER_ID)
+            .into_iter()
+            .find(|e| e.job_id.as_deref() == Some(&*job) && e.message.contains("retry"))
+    });
+    assert_eq!(retry.level, "warn", "{retry:?}");
+    assert!(!retry.message.contains('\n'), "{:?}", retry.message);
+    let stderr = worker.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("retry 1"))
+        .expect("the retry on stderr");
+    assert!(line.contains(&*job), "{line}");
+}
+
+// ------------------------------------------------------------------------------------------
+// e.-g. Auth failures and fatal errors
+// ------------------------------------------------------------------------------------------
+
+/// A wrong token: the upgrade answers 401, the worker exits 4 at once, tells the operator
+/// to re-register as its last words, never prints the token, and does not retry.
+fn unauthorized_upgrade_exits_4_without_retrying(bin: &Bin) {
+    let studio = Studio::with_worker(WORKER_ID, TOKEN);
+    let wrong = "e2e-wrong-token-0b8e2d44";
+    let mut worker = Worker::start(bin, &studio, &Setup::provisioned(WORKER_ID, wrong));
+
+    assert_eq!(worker.expect_exit_code(), 4);
+    assert_last_words_say_re_register(&worker);
+    assert_no_secret(&worker, wrong);
+    let seen = studio.connection_stats(WORKER_ID);
+    assert_eq!(seen.upgrade_attempts, 1, "{seen:?}");
+    assert_eq!(seen.upgrades_refused, 1, "{seen:?}");
+    assert_eq!(seen.connections, 0, "{seen:?}");
+}
+
+/// The studio closes a live session with 4001: exit 4, no reconnect.
+fn close_4001_exits_4_without_reconnecting(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::Close {
+        worker_id: WORKER_ID.into(),
+        code: 4001,
+        reason: "token revoked".into(),
+    });
+
+    assert_eq!(worker.expect_exit_code(), 4);
+    assert_last_words_say_re_register(&worker);
+    assert_no_secret(&worker, TOKEN);
+    assert_eq!(studio.connection_stats(WORKER_ID).upgrade_attempts, 1);
+}
+
+/// An `error auth_failed` frame: exit 4, no reconnect.
+fn error_auth_failed_exits_4_without_reconnecting(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    studio.send_error(WORKER_ID, WorkerErrorCode::AuthFailed, "token revoked");
+
+    assert_eq!(worker.expect_exit_code(), 4);
+    assert_last_words_say_re_register(&worker);
+    assert_no_secret(&worker, TOKEN);
+    assert_eq!(studio.connection_stats(WORKER_ID).upgrade_attempts, 1);
+}
+
+/// An `error duplicate_worker` frame: fatal, exit 3, no reconnect.
+fn error_duplicate_worker_exits_3(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    studio.send_error(
+        WORKER_ID,
+        WorkerErrorCode::DuplicateWorker,
+        "another session connected for this worker",
+    );
+
+    assert_eq!(worker.expect_exit_code(), 3);
+    assert!(worker.last_stderr_line().starts_with("studio-worker: "));
+    assert_eq!(studio.connection_stats(WORKER_ID).upgrade_attempts, 1);
+}
+
+// ------------------------------------------------------------------------------------------
+// h.-i. Reconnects
+// ------------------------------------------------------------------------------------------
+
+/// The studio drops the TCP connection without a close frame: the worker reconnects on a
+/// new connection and serves the next job.
+fn reconnects_after_the_studio_drops_the_connection(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    assert_eq!(studio.connection_stats(WORKER_ID).connections, 1);
+
+    studio.inject_fault(Fault::Drop {
+        worker_id: WORKER_ID.into(),
+    });
+    studio.wait_connections(WORKER_ID, 2);
+
+    let job = studio.submit_kind(TaskKind::Image, "after the reconnect");
+    studio.expect_done(&job);
+    assert!(worker.is_running());
+}
+
+/// The studio goes silent but keeps the socket open (half-open): the worker's read-idle
+/// timeout (20 s) notices, it reconnects and serves the next job. The one slow scenario.
+fn half_open_connection_is_detected_and_replaced(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+
+    studio.inject_fault(Fault::Stall {
+        worker_id: WORKER_ID.into(),
+    });
+    studio.wait_connections(WORKER_ID, 2);
+    assert!(
+        worker.stderr().contains("no frames from server"),
+        "the read-idle timeout is not what ended the session"
+    );
+
+    let job = studio.submit_kind(TaskKind::Llm, "after the half-open socket");
+    studio.expect_done(&job);
+    assert!(worker.is_running());
+}
+
+// ------------------------------------------------------------------------------------------
+// j. SIGTERM
+// ------------------------------------------------------------------------------------------
+
+/// SIGTERM to an idle worker: it closes the session with 1000 and exits 0.
+fn sigterm_when_idle_exits_0_with_close_1000(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+
+    worker.sigterm();
+    assert_eq!(worker.expect_exit_code(), 0);
+    let seen = studio.connection_stats(WORKER_ID);
+    assert_eq!(seen.last_close_code, Some(1000), "{seen:?}");
+    assert_eq!(seen.upgrade_attempts, 1, "{seen:?}");
+}
+
+/// SIGTERM while a job runs: the worker finishes and delivers it, then exits 0.
+fn sigterm_mid_job_finishes_the_job_first(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned().with_synthetic_delay(SLOW_JOB));
+    let job = studio.submit_kind(TaskKind::Image, "finish me before you go");
+    studio.wait_job_state(&job, "running");
+
+    worker.sigterm();
+    assert_eq!(worker.expect_exit_code(), 0);
+    let done = studio.job(&job).expect("the job");
+    assert_eq!(
+        done.summary.state, "done",
+        "delivered before the exit: {done:#?}"
+    );
+    assert_eq!(done.completions, 1);
+    assert_eq!(
+        studio.connection_stats(WORKER_ID).last_close_code,
+        Some(1000)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// k. Shipped logs
+// ------------------------------------------------------------------------------------------
+
+/// The worker ships its own log lines to the studio in `logBatch` frames, stamped RFC 3339.
+fn log_batches_are_shipped(bin: &Bin) {
+    let (studio, _worker) = connected_worker(bin, provisioned());
+    let job = studio.submit_kind(TaskKind::Llm, "log this");
+    studio.expect_done(&job);
+
+    let logs = wait_for("the job's log lines to be shipped", WAIT, || {
+        let logs = logs_of(&studio, WORKER_ID);
+        logs.iter()
+            .any(|e| e.job_id.as_deref() == Some(&*job) && e.message.contains("json result sent"))
+            .then_some(logs)
+    });
+    assert!(
+        logs.iter().any(|e| e.message.contains("welcomed")),
+        "no welcome line in {logs:#?}"
+    );
+    for e in &logs {
+        assert!(is_rfc3339_utc_millis(&e.ts), "ts {:?} in {e:?}", e.ts);
+        assert!(
+            ["info", "warn", "error"].contains(&e.level.as_str()),
+            "{e:?}"
+        );
+        assert!(!e.category.is_empty() && !e.message.is_empty(), "{e:?}");
+        assert!(!e.message.contains(TOKEN), "a shipped line holds the token");
+    }
+}
