@@ -402,7 +402,10 @@ mod tests {
         let mut cmd = Cli::command();
         let long = cmd.render_long_help().to_string();
         assert!(long.contains("--config"), "{long}");
-        assert!(!long.contains("--record"), "not advertised until it works: {long}");
+        assert!(
+            !long.contains("--record"),
+            "not advertised until it works: {long}"
+        );
         for sub in [
             "run",
             "register",

@@ -197,10 +197,12 @@ pub fn execute(
     match outcome {
         Ok(mut response) => {
             let status = response.status().as_u16();
-            let body = read_clipped(response.body_mut().as_reader());
+            let mut body = read_clipped(response.body_mut().as_reader());
             if (200..300).contains(&status) {
                 tracing::debug!(%url, status, "{op} answered");
             } else {
+                // Only quoted in messages: one line (a trailing newline used to split them).
+                body = single_line(&body);
                 tracing::warn!(%url, status, body = %clip_chars(&body, 300), "{op} failed");
             }
             HttpResult::Response { status, body }
@@ -219,6 +221,16 @@ fn read_clipped(reader: impl Read) -> String {
     let mut buf = Vec::new();
     let _ = reader.take(MAX_BODY_BYTES as u64).read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// An error body as it is quoted in log lines and the operator's last message: trimmed,
+/// every control character (newlines, tabs, escapes) replaced by a space, so a body ending
+/// in `\n` (or one crafted to forge log lines) cannot split a message.
+pub fn single_line(s: &str) -> String {
+    s.trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 fn clip_chars(s: &str, max: usize) -> &str {
@@ -508,6 +520,27 @@ Content-Type: image/png\r\n\r\n\
             HttpResult::Transport(m) => assert!(!m.contains("secret-never-in-errors"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn error_bodies_come_back_on_one_line() {
+        let (base, _rx) = serve_once(500, "{\"error\":\"oops\"}\r\nforged line\n");
+        let result = execute(
+            &agent(),
+            &HttpRequest::PollRegistration {
+                url: format!("{base}/x"),
+                bearer: "b".into(),
+            },
+            None,
+        );
+        assert_eq!(
+            result,
+            HttpResult::Response {
+                status: 500,
+                body: "{\"error\":\"oops\"}  forged line".into()
+            }
+        );
+        assert_eq!(single_line(" a\tb\u{1b}[2Kc \n"), "a b [2Kc");
     }
 
     #[test]

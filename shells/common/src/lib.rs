@@ -14,44 +14,63 @@
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | engine jobs and HTTP requests on background threads, completions through a callback |
 //! | [`driver`] | performs every non-socket `Command` of the core; the clock |
+//! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
 //! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
 //! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
 //! | [`ws`] | the WebSocket upgrade as a sans-IO exchange, received messages / errors as core inputs, close frames, limits |
+//! | [`connect`] | the runtime-agnostic steps of `Command::Connect`: the upgrade read loop as a state machine ([`connect::Exchange`]), the failure messages |
+//! | [`session`] | the runtime-agnostic half of the loop: the core, its router, the connection bookkeeping (connecting / open / closing, the 5 s close linger), driven through a shell's [`SocketIo`] |
+//! | [`daemon`] | [`WorkerDaemon`] (what a shell provides), [`Exit`], [`RunError`], [`Control`], and the shared `main` / `run` of both binaries |
+//! | [`demo`] | `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
+//! | [`signals`] | SIGINT / SIGTERM -> [`Control::shutdown`] on a signal-hook thread |
+//! | `test_support` | (feature `test-support`) the scenarios every shell's tests instantiate: daemon loop, connect, CLI, demo |
 //!
 //! # How a shell uses it
 //!
+//! A shell is one type implementing [`WorkerDaemon`]; its `main` is
+//! `studio_shell::daemon::main::<Daemon>()` (CLI, logging, admin subcommands, `run`,
+//! `demo`, exit codes). The daemon owns a [`Session`] and the sockets, and runs:
+//!
 //! ```text
-//! let cli = Cli::parse();
-//! if let Some(code) = run_admin_command(&cli, &mut stdout)? { exit(code) }   // admin subcommands
-//! logging::init();
-//! let path = cli.config_path()?;  let config = Config::load(&path)?;
-//! let engine: Arc<dyn Engine> = Arc::new(Router::new_default());
-//! let mut worker = Worker::new(config.to_worker_config(host::probe(), engine.capabilities(), entropy::seed()?));
-//! let sink = /* channel send + wake the loop (mio Waker / smol channel) */;
-//! let mut router = CommandRouter::new(config, path, engine, http::agent(), sink, Clock::new());
-//! let mut next = router.feed(&mut worker, Input::Start, &mut |cmd| /* Connect / Send / Close */);
-//! loop {
-//!     // sleep for wait_duration(next.until, router.clock().mono()), or until socket IO or a
-//!     // sink event; exit once next.exit is set and the socket commands are flushed
-//!     let input = /* a socket event, router.admit(sink_event), or Input::Tick */;
-//!     next = router.feed(&mut worker, input, &mut |cmd| ...);
+//! let (sink, control) = session::mailbox(/* post: channel send + wake the loop */);
+//! let mut session = Session::new(config, path, worker_config, engine, sink);
+//! session.start(&mut sockets);                      // sockets: the shell's SocketIo
+//! while !session.finished(&mut sockets) {
+//!     // sleep until socket IO, a sink event, a shutdown request or session.poll_timeout()
+//!     session.on_message / on_error / on_loop_msg(.., &mut sockets);
+//!     session.after_wake(&mut sockets);             // close timeouts, Input::Tick
 //! }
+//! session.into_exit()
 //! ```
+//!
+//! Under the [`Session`], [`CommandRouter::feed`] is the core's whole driving contract in
+//! one call (handle, drain to `Wait`, perform every non-socket command).
 
 pub mod cli;
 pub mod config;
+pub mod connect;
+pub mod daemon;
+pub mod demo;
 pub mod driver;
+pub mod engine;
 pub mod entropy;
 pub mod error;
 pub mod host;
 pub mod http;
 pub mod logging;
 pub mod pool;
+pub mod session;
+pub mod signals;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod tls;
 pub mod ws;
 
 pub use cli::{run_admin_command, Cli, CliCommand};
 pub use config::{default_config_path, Config};
+pub use daemon::{Control, Exit, RunError, WorkerDaemon};
 pub use driver::{wait_duration, Clock, CommandRouter, Drained, Effect};
+pub use engine::engine_router;
 pub use error::ShellError;
 pub use pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
+pub use session::{Session, SocketIo};

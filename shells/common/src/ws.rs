@@ -291,8 +291,10 @@ impl Refusal {
 }
 
 /// A refused upgrade as the core's error: `401` -> `Unauthorized { body }` (terminal),
-/// any other status -> `Status { status, body }` (retried with backoff).
+/// any other status -> `Status { status, body }` (retried with backoff). The body is only
+/// quoted in messages, so it is made one line ([`crate::http::single_line`]).
 pub fn refusal_error(status: u16, body: String) -> ConnectError {
+    let body = crate::http::single_line(&body);
     if status == 401 {
         ConnectError::Unauthorized { body }
     } else {
@@ -603,6 +605,23 @@ mod tests {
             ConnectError::Status {
                 status: 403,
                 body: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn refusal_bodies_are_quoted_on_one_line() {
+        let body = "{\"error\":\"invalid worker credentials\"}\n";
+        let mut r = refusal(&format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n",
+            body.len() + 14
+        ));
+        assert!(!r.push(body.as_bytes()));
+        assert!(r.push(b"line\r\nforged\t\n"));
+        assert_eq!(
+            r.into_error(),
+            ConnectError::Unauthorized {
+                body: "{\"error\":\"invalid worker credentials\"} line  forged".into()
             }
         );
     }

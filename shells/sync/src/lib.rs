@@ -2,9 +2,12 @@
 //! tungstenite for the WebSocket. The minimal-dependency binary for small boxes.
 //!
 //! The core (`studio_core::worker::Worker`) makes every decision; this crate only moves
-//! bytes. Everything that is not specific to mio lives in `studio_shell` (CLI, config,
-//! HTTP, the engine pool, the command router, the WebSocket upgrade and message mapping,
-//! TLS), so the async shell behaves identically.
+//! bytes. Everything that is not specific to mio lives in `studio_shell` and is shared with
+//! the async shell, so both behave identically: CLI, config, HTTP, the engine pool, the
+//! command router, the session bookkeeping (`studio_shell::Session`: feeding, connection
+//! states, close timeouts, exit), the WebSocket upgrade exchange and message mapping, TLS,
+//! signals, `main` and the demo. What is here: the mio loop ([`daemon`]), the blocking
+//! connect thread ([`connect`]) and the socket under tungstenite ([`transport`]).
 //!
 //! # The loop ([`Daemon::run`])
 //!
@@ -21,7 +24,7 @@
 //! ```
 //!
 //! 1. `Input::Start` is fed; then, forever: sleep in `Poll::poll` for
-//!    [`poll_timeout`] (the core's deadline or the earliest close timeout, rounded **up**
+//!    `Session::poll_timeout` (the core's deadline or the earliest close timeout, rounded **up**
 //!    to whole milliseconds by `studio_shell::wait_duration`, so a non-zero wait is never
 //!    a zero-timeout spin; no deadline = block until IO).
 //! 2. Every input goes through `studio_shell::CommandRouter::feed`, which calls
@@ -64,6 +67,14 @@
 //! * A read error (EOF, reset) is `Disconnected { code: None }`; an oversized or malformed
 //!   frame is the same, after a 1000 "protocol violation" close.
 //!
+//! # Test / demo hook
+//!
+//! `STUDIO_WORKER_SYNTHETIC_DELAY_MS=<ms>` in the environment of `studio-worker run` makes
+//! every synthetic job take that many milliseconds longer (the roster is then the delayed
+//! synthetic engine alone; see `studio_shell::engine`). It exists so the end-to-end tests
+//! and demos can hold a job in flight (busy rejects, shutdown grace, reconnects mid-job);
+//! never set it on a production worker.
+//!
 //! # Exit
 //!
 //! When the core emits `Exit`, the loop stops feeding it, lets the closing sockets finish
@@ -72,26 +83,15 @@
 
 pub mod connect;
 pub mod daemon;
-pub mod demo;
-pub mod signals;
 pub mod transport;
 
-pub use daemon::{poll_timeout, Control, Daemon, Exit, RunError};
+pub use daemon::Daemon;
+pub use studio_shell::{Control, Exit, RunError, WorkerDaemon};
 
 use std::path::Path;
-
-use studio_shell::Config;
 
 /// `studio-worker run`: loads (or creates) the config, installs the signal handler and
 /// runs the daemon until the core exits. Returns the core's exit.
 pub fn run(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
-    let config = Config::load(config_path)?;
-    tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
-    let mut daemon = Daemon::from_config(config, config_path.to_path_buf())?;
-    daemon.set_record(record.map(Path::to_path_buf));
-    signals::forward_to(daemon.control()).map_err(|source| RunError::Io {
-        what: "install the SIGINT/SIGTERM handler",
-        source,
-    })?;
-    Ok(daemon.run())
+    studio_shell::daemon::run::<Daemon>(config_path, record)
 }

@@ -1,4 +1,4 @@
-//! SIGINT / SIGTERM -> a graceful shutdown.
+//! SIGINT / SIGTERM -> a graceful shutdown, for either shell.
 //!
 //! A dedicated thread waits for the signals (signal-hook's iterator: the handler itself
 //! only writes to a self-pipe) and forwards each as [`Control::shutdown`], which the loop

@@ -4,8 +4,8 @@
 //!    pre-provisioned worker (a random token), storing uploads in `DIR` (default
 //!    `./demo-out`).
 //! 2. Write a throw-away config pointing at it (in the OS temp dir; the operator's own
-//!    config is never touched) and run the same [`Daemon`] as `studio-worker run`, on a
-//!    thread of this process.
+//!    config is never touched) and run the same daemon as `studio-worker run` (any
+//!    [`WorkerDaemon`]: the binary's own shell), on a thread of this process.
 //! 3. Submit one job of each kind (image, llm, audio_stt, audio_tts, video) to the
 //!    synthetic engine and wait until all are finished (at most [`JOB_TIMEOUT`]).
 //! 4. Print `job | kind | status | ms | output` (ms from submit to done as the studio saw
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use studio_core::wire::TaskKind;
 use studio_local::{JobSubmission, JobSummary, LocalConfig, LocalStudio, ResultView};
-use studio_shell::{entropy, Config};
 
-use crate::daemon::{Daemon, Exit, RunError};
+use crate::daemon::{Exit, RunError, WorkerDaemon, PROGRAM};
+use crate::{entropy, Config};
 
 /// Where results go without `--out`.
 pub const DEFAULT_OUT_DIR: &str = "demo-out";
@@ -55,8 +55,8 @@ pub fn demo_jobs() -> Vec<(TaskKind, &'static str)> {
 
 /// Runs the demo (`studio-worker demo`): results in `out` (default [`DEFAULT_OUT_DIR`]),
 /// SIGINT/SIGTERM handled. Returns the process exit code.
-pub fn run(out: Option<&Path>, keep_running: bool) -> Result<i32, RunError> {
-    run_with(&DemoOptions {
+pub fn run<D: WorkerDaemon>(out: Option<&Path>, keep_running: bool) -> Result<i32, RunError> {
+    run_with::<D>(&DemoOptions {
         out_dir: out.map_or_else(|| PathBuf::from(DEFAULT_OUT_DIR), Path::to_path_buf),
         keep_running,
         handle_signals: true,
@@ -75,12 +75,11 @@ pub struct DemoOptions {
     pub handle_signals: bool,
 }
 
-/// Runs the demo with `options`; returns the process exit code.
-pub fn run_with(options: &DemoOptions) -> Result<i32, RunError> {
+/// Runs the demo with `options` on the daemon `D`; returns the process exit code.
+pub fn run_with<D: WorkerDaemon>(options: &DemoOptions) -> Result<i32, RunError> {
     let out_dir = options.out_dir.clone();
     let keep_running = options.keep_running;
     let token = entropy::random_hex(32)?;
-    let io = |what: &'static str| move |source| RunError::Io { what, source };
 
     let studio = LocalStudio::bind(LocalConfig {
         out_dir: out_dir.clone(),
@@ -88,9 +87,9 @@ pub fn run_with(options: &DemoOptions) -> Result<i32, RunError> {
         workers: vec![(WORKER_ID.to_string(), token.clone())],
         ..LocalConfig::default()
     })
-    .map_err(io("start the local studio"))?
+    .map_err(RunError::io("start the local studio"))?
     .spawn()
-    .map_err(io("start the local studio"))?;
+    .map_err(RunError::io("start the local studio"))?;
     println!("local studio:  {}", studio.base_url());
 
     let config_dir =
@@ -104,26 +103,29 @@ pub fn run_with(options: &DemoOptions) -> Result<i32, RunError> {
         ..Config::default()
     };
     config.save(&config_path)?;
-    let daemon = Daemon::from_config(config, config_path).inspect_err(|_| {
+    let daemon = D::from_config(config, config_path).inspect_err(|_| {
         let _ = fs::remove_dir_all(&config_dir);
     })?;
     let control = daemon.control();
     if options.handle_signals {
         crate::signals::forward_to(control.clone())
-            .map_err(io("install the SIGINT/SIGTERM handler"))?;
+            .map_err(RunError::io("install the SIGINT/SIGTERM handler"))?;
     }
     let worker = thread::Builder::new()
         .name("worker".into())
         .spawn(move || daemon.run())
-        .map_err(io("start the worker thread"))?;
+        .map_err(RunError::io("start the worker thread"))?;
 
-    println!("worker:        {WORKER_ID} (sync shell, synthetic engines)");
+    println!(
+        "worker:        {WORKER_ID} ({}, synthetic engines)",
+        D::SHELL
+    );
     println!("results:       {}", out_dir.display());
     if !wait_until(CONNECT_TIMEOUT, || {
         worker.is_finished() || studio.wait_for_worker(WORKER_ID, Duration::from_millis(200))
     }) || worker.is_finished()
     {
-        eprintln!("studio-worker: the demo worker did not connect to the local studio");
+        eprintln!("{PROGRAM}: the demo worker did not connect to the local studio");
         control.shutdown();
         let exit = join(worker);
         studio.shutdown();
@@ -139,7 +141,7 @@ pub fn run_with(options: &DemoOptions) -> Result<i32, RunError> {
     for (kind, prompt) in demo_jobs() {
         match studio.submit(JobSubmission::new(kind, prompt)) {
             Ok(id) => ids.push(id),
-            Err(e) => eprintln!("studio-worker: cannot submit the {kind:?} job: {e:?}"),
+            Err(e) => eprintln!("{PROGRAM}: cannot submit the {kind:?} job: {e:?}"),
         }
     }
     let finished = |jobs: &[JobSummary]| {

@@ -1,0 +1,80 @@
+//! The engine roster both binaries run: [`engine_router`].
+//!
+//! # Test / demo hook: `STUDIO_WORKER_SYNTHETIC_DELAY_MS`
+//!
+//! When the environment variable [`SYNTHETIC_DELAY_ENV`] holds a whole number of
+//! milliseconds greater than zero, every synthetic job takes that much longer (outputs
+//! unchanged), so a job stays in flight long enough to observe busy rejects, a graceful
+//! shutdown waiting for it, or a reconnect during it. It is meant for the end-to-end tests
+//! and demos only: with it set, the roster is the delayed synthetic engine alone. Unset,
+//! empty or `0`: the normal roster (`studio_engines::Router::new_default`). Anything else is
+//! ignored with a warning.
+
+use std::time::Duration;
+
+use studio_engines::{Router, SyntheticEngine};
+
+/// The test/demo hook: extra milliseconds per synthetic job (see the module docs).
+pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
+
+/// The engines of `studio-worker run`: every compiled-in engine, or the delayed synthetic
+/// engine when [`SYNTHETIC_DELAY_ENV`] asks for one.
+pub fn engine_router() -> Router {
+    let value = std::env::var(SYNTHETIC_DELAY_ENV).ok();
+    match synthetic_delay(value.as_deref()) {
+        Ok(None) => Router::new_default(),
+        Ok(Some(delay)) => {
+            tracing::warn!(
+                "{SYNTHETIC_DELAY_ENV}={}: test hook, every synthetic job takes that much \
+                 longer and only the synthetic engine is available",
+                delay.as_millis()
+            );
+            Router::new(vec![Box::new(SyntheticEngine::new().with_delay(delay))])
+        }
+        Err(e) => {
+            tracing::warn!("{SYNTHETIC_DELAY_ENV} ignored: {e}");
+            Router::new_default()
+        }
+    }
+}
+
+/// Parses the hook's value: `None` / empty / `0` -> no delay.
+pub fn synthetic_delay(value: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let ms: u64 = v
+        .parse()
+        .map_err(|_| format!("`{v}` is not a whole number of milliseconds"))?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use studio_engines::Engine;
+
+    #[test]
+    fn the_delay_value_parses() {
+        assert_eq!(synthetic_delay(None), Ok(None));
+        assert_eq!(synthetic_delay(Some("")), Ok(None));
+        assert_eq!(synthetic_delay(Some("0")), Ok(None));
+        assert_eq!(
+            synthetic_delay(Some(" 250 ")),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert!(synthetic_delay(Some("1.5")).is_err());
+        assert!(synthetic_delay(Some("-3")).is_err());
+    }
+
+    #[test]
+    fn the_default_roster_is_the_default_router() {
+        // The variable is normally unset in test runs; only compare when it is.
+        if std::env::var_os(SYNTHETIC_DELAY_ENV).is_none() {
+            assert_eq!(
+                engine_router().capabilities(),
+                Router::new_default().capabilities()
+            );
+        }
+    }
+}
