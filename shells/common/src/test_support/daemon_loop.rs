@@ -126,6 +126,18 @@ fn accept(listener: &TcpListener, seen: &Arc<Mutex<SeenRequest>>) -> WebSocket<T
     .unwrap()
 }
 
+/// Accepts one connection and runs it to the worker's first heartbeat (hello, welcome).
+fn welcomed_session(
+    listener: &TcpListener,
+    seen: &Arc<Mutex<SeenRequest>>,
+) -> WebSocket<TcpStream> {
+    let mut ws = accept(listener, seen);
+    until_type(&mut ws, "hello");
+    ws.send(welcome()).unwrap();
+    until_type(&mut ws, "heartbeat");
+    ws
+}
+
 /// The next text frame as JSON (pings and pongs skipped).
 fn next_json(ws: &mut WebSocket<TcpStream>) -> Value {
     loop {
@@ -236,10 +248,7 @@ pub fn close_4001_exits_with_auth_failed_and_never_reconnects<D: WorkerDaemon>()
     let (listener, base) = listen();
     let seen = Arc::new(Mutex::new(SeenRequest::default()));
     let server = serve(listener, move |listener| {
-        let mut ws = accept(&listener, &seen);
-        until_type(&mut ws, "hello");
-        ws.send(welcome()).unwrap();
-        until_type(&mut ws, "heartbeat");
+        let mut ws = welcomed_session(&listener, &seen);
         ws.close(Some(tungstenite::protocol::CloseFrame {
             code: CloseCode::from(4001),
             reason: "token revoked".into(),
@@ -313,10 +322,7 @@ pub fn shutdown_closes_with_1000_and_exits_cleanly<D: WorkerDaemon>() {
     let seen = Arc::new(Mutex::new(SeenRequest::default()));
     let (welcomed_tx, welcomed) = mpsc::channel();
     let server = serve(listener, move |listener| {
-        let mut ws = accept(&listener, &seen);
-        until_type(&mut ws, "hello");
-        ws.send(welcome()).unwrap();
-        until_type(&mut ws, "heartbeat");
+        let mut ws = welcomed_session(&listener, &seen);
         welcomed_tx.send(()).unwrap();
         let close = close_of(&mut ws);
         // The worker waits for us to hang up (or its close timeout).
@@ -544,10 +550,7 @@ pub fn an_oversized_frame_closes_with_protocol_violation_and_reconnects<D: Worke
     let seen = Arc::new(Mutex::new(SeenRequest::default()));
     let (reconnected_tx, reconnected) = mpsc::channel();
     let server = serve(listener, move |listener| {
-        let mut ws = accept(&listener, &seen);
-        until_type(&mut ws, "hello");
-        ws.send(welcome()).unwrap();
-        until_type(&mut ws, "heartbeat");
+        let mut ws = welcomed_session(&listener, &seen);
         // The head of a text frame of 5 MiB (over MAX_FRAME_BYTES): the worker refuses it
         // from the header alone.
         let len: u64 = 5 * 1024 * 1024;
