@@ -10,9 +10,12 @@
 //! * [`studio`]: the reference studio machine, the peer of the loopback studio, the pair
 //!   tests and the fleet simulation.
 //! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
+//! * [`trace`]: the record-and-replay trace format (JSON lines): write, parse, replay,
+//!   explain, bless.
 pub mod secret;
 pub mod studio;
 pub mod time;
+pub mod trace;
 pub mod wire;
 pub mod worker;
 

@@ -60,7 +60,14 @@ impl From<&str> for Secret {
 }
 
 /// JSON keys whose string values are secrets wherever they appear in frame or body text.
-pub const SECRET_JSON_KEYS: [&str; 3] = ["authToken", "registrationSecret", "auth_token"];
+/// `registrationSecretHash` is not a secret itself, but it is derived from one (so a
+/// redacted recording could not reproduce it) and it identifies the install.
+pub const SECRET_JSON_KEYS: [&str; 4] = [
+    "authToken",
+    "registrationSecret",
+    "auth_token",
+    "registrationSecretHash",
+];
 
 /// `text` with the string value of every [`SECRET_JSON_KEYS`] key replaced by `***`: for
 /// logging or recording frame and body text that may carry a token (a `hello`, an

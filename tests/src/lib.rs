@@ -335,6 +335,45 @@ pub struct Setup {
     pub synthetic_delay: Option<Duration>,
     /// More environment variables.
     pub env: Vec<(String, String)>,
+    /// `--record PATH`: record the session there (see also [`RECORD_DIR_ENV`]).
+    pub record: Option<PathBuf>,
+}
+
+/// When set, every worker a scenario starts without [`Setup::recording`] records its
+/// session into `$STUDIO_E2E_RECORD_DIR/<shell>/<scenario>.jsonl` (the second worker of a
+/// scenario into `<scenario>-2.jsonl`, ...): how the trace corpus under `tests/traces` is
+/// made (`STUDIO_E2E_RECORD_DIR=$PWD/tests/traces cargo test -p studio-e2e --test e2e`).
+pub const RECORD_DIR_ENV: &str = "STUDIO_E2E_RECORD_DIR";
+
+/// Where a worker of the running scenario records under `$STUDIO_E2E_RECORD_DIR`, if set.
+/// The scenario is the name of the test thread (`sync_shell::<scenario>`).
+fn corpus_path(shell: &str) -> Option<PathBuf> {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static TAKEN: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let dir = std::env::var_os(RECORD_DIR_ENV).filter(|d| !d.is_empty())?;
+    let thread = std::thread::current();
+    let scenario = thread
+        .name()
+        .and_then(|n| n.rsplit("::").next())
+        .unwrap_or("unnamed")
+        .to_string();
+    let dir = PathBuf::from(dir).join(shell);
+    fs::create_dir_all(&dir).expect("create the trace corpus dir");
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut n = 1;
+    loop {
+        let name = if n == 1 {
+            format!("{scenario}.jsonl")
+        } else {
+            format!("{scenario}-{n}.jsonl")
+        };
+        let path = dir.join(name);
+        if taken.insert(path.clone()) {
+            return Some(path);
+        }
+        n += 1;
+    }
 }
 
 impl Setup {
@@ -354,6 +393,12 @@ impl Setup {
     /// Each synthetic job takes `delay` longer (holds a job in flight).
     pub fn with_synthetic_delay(mut self, delay: Duration) -> Setup {
         self.synthetic_delay = Some(delay);
+        self
+    }
+
+    /// Run with `--record path`.
+    pub fn recording(mut self, path: impl Into<PathBuf>) -> Setup {
+        self.record = Some(path.into());
         self
     }
 
@@ -430,9 +475,11 @@ impl Worker {
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(&bin.path);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("run")
+        cmd.arg("--config").arg(&config_path);
+        if let Some(record) = setup.record.clone().or_else(|| corpus_path(bin.shell.name)) {
+            cmd.arg("--record").arg(record);
+        }
+        cmd.arg("run")
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .env_remove(studio_shell_delay_env())

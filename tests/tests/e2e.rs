@@ -38,6 +38,7 @@ for_each_shell!(
     sigterm_when_idle_exits_0_with_close_1000,
     sigterm_mid_job_finishes_the_job_first,
     log_batches_are_shipped,
+    a_recorded_session_replays_exactly,
 );
 
 const WORKER_ID: &str = "w-e2e";
@@ -551,4 +552,65 @@ fn log_batches_are_shipped(bin: &Bin) {
         assert!(!e.category.is_empty() && !e.message.is_empty(), "{e:?}");
         assert!(!e.message.contains(TOKEN), "a shipped line holds the token");
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// l. Record and replay
+// ------------------------------------------------------------------------------------------
+
+/// `--record PATH`: a session with a job, recorded by the real binary, replays exactly with
+/// `studio-worker replay` (the shell fed the core nothing the recording missed); the trace
+/// is owner-only and holds no token.
+fn a_recorded_session_replays_exactly(bin: &Bin) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let trace = dir.path().join("session.jsonl");
+    let (studio, mut worker) = connected_worker(bin, provisioned().recording(&trace));
+    let job = studio.submit_kind(TaskKind::Llm, "record me");
+    studio.expect_done(&job);
+    worker.sigterm();
+    assert_eq!(worker.expect_exit_code(), 0);
+
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    assert!(!text.contains(TOKEN), "the token appears in the trace");
+    let mode = std::fs::metadata(&trace).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "trace mode {:o}", mode & 0o777);
+    let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(header["shell"], bin.shell.name);
+
+    let out = std::process::Command::new(&bin.path)
+        .arg("replay")
+        .arg(&trace)
+        .output()
+        .expect("run replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "replay failed: {stdout}");
+    let steps = text.lines().count() - 1;
+    assert_eq!(stdout.trim(), format!("replayed {steps} steps: OK"));
+
+    let out = std::process::Command::new(&bin.path)
+        .args(["replay", "--explain"])
+        .arg(&trace)
+        .output()
+        .expect("run replay --explain");
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{transcript}");
+    for want in [
+        "Send conn#1 hello",
+        "Frame conn#1 offer",
+        "Send conn#1 completeJson",
+        "Shutdown",
+    ] {
+        assert!(transcript.contains(want), "{want} missing:\n{transcript}");
+    }
+
+    // Tampering is a divergence, reported with the step; --bless accepts it.
+    std::fs::write(&trace, text.replacen("\"Start\"", "\"Pause\"", 1)).unwrap();
+    let out = std::process::Command::new(&bin.path)
+        .arg("replay")
+        .arg(&trace)
+        .output()
+        .expect("run replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("diverged at step 1"), "{stdout}");
 }

@@ -2,9 +2,10 @@
 //! binaries share.
 //!
 //! [`Cli`] is parsed with clap. `run` (the daemon) and `demo` are carried out by the
-//! binary; `register`, `status`, `set-threshold` and `config` only touch the config file
-//! and are implemented here ([`run_admin_command`]), so both binaries behave identically.
-//! None of them uses the network.
+//! binary; `register`, `status`, `set-threshold` and `config` only touch the config file,
+//! `replay` only reads (and with `--bless` rewrites) a trace; they are implemented here
+//! ([`run_admin_command`]), so both binaries behave identically. None of them uses the
+//! network.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,10 +52,15 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
-    /// Reserved for session recording (every input to the worker core, with timestamps, as
-    /// JSON lines for exact replay). Not available in this build: accepted, warned about,
-    /// ignored; hidden from `--help` until the recorder lands.
-    #[arg(long, global = true, value_name = "PATH", hide = true)]
+    /// Record the session: every input the worker core gets, with its time, and a hash of
+    /// the core's answer, as JSON lines (tokens and secrets masked), for `replay`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help = "Record the session into PATH (JSON lines, created 0600; tokens and secrets \
+                masked) for `studio-worker replay`"
+    )]
     pub record: Option<PathBuf>,
 
     /// What to do.
@@ -131,6 +137,27 @@ Print the resolved configuration (defaults filled in, `~` expanded) as TOML. The
 token, the registration secret and other secret-looking values are shown as <redacted>.")]
     Config,
 
+    /// Replay a session recorded with --record and check the core still answers the same
+    #[command(long_about = "\
+Replay a session recorded with `--record PATH`: feed every recorded input, at its recorded \
+time, to a fresh worker core built from the recorded configuration, and compare the hash of \
+the core's commands at every step with the recording. Prints `replayed N steps: OK`, or the \
+first divergence (the step, its input, both hashes and the commands the replay produced).
+
+Exit codes: 0 every step reproduced (or --bless rewrote the file), 1 the core diverged, 2 \
+the trace is unreadable or malformed.")]
+    Replay {
+        /// The trace file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Print a readable transcript: time, input and commands of every step.
+        #[arg(long)]
+        explain: bool,
+        /// Rewrite the recorded hashes with the replay's (after an intended change).
+        #[arg(long)]
+        bless: bool,
+    },
+
     /// Run a self-contained demo: a local studio, this worker and a few jobs
     #[command(long_about = "\
 Run a self-contained demo: start a local loopback studio, connect this worker to it, \
@@ -170,8 +197,8 @@ fn parse_api_base_url(s: &str) -> Result<String, String> {
     Ok(s.trim().to_string())
 }
 
-/// Carries out an admin subcommand (`register`, `status`, `set-threshold`, `config`),
-/// writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
+/// Carries out an admin subcommand (`register`, `status`, `set-threshold`, `config`,
+/// `replay`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
 /// here, `Ok(None)` for `run` and `demo`, which the binary carries out itself.
 pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, ShellError> {
     let text = match &cli.command {
@@ -183,6 +210,15 @@ pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, 
         CliCommand::Status { json } => status(&cli.config_path()?, *json)?,
         CliCommand::SetThreshold { gb } => set_threshold(&cli.config_path()?, *gb)?,
         CliCommand::Config => show_config(&cli.config_path()?)?,
+        CliCommand::Replay {
+            path,
+            explain,
+            bless,
+        } => {
+            let code = crate::record::replay_command(path, *explain, *bless, out);
+            out.flush().map_err(ShellError::Output)?;
+            return Ok(Some(code));
+        }
     };
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -402,10 +438,15 @@ mod tests {
         let mut cmd = Cli::command();
         let long = cmd.render_long_help().to_string();
         assert!(long.contains("--config"), "{long}");
-        assert!(
-            !long.contains("--record"),
-            "not advertised until it works: {long}"
-        );
+        assert!(long.contains("--record"), "{long}");
+        let replay = cmd
+            .find_subcommand_mut("replay")
+            .expect("replay")
+            .render_long_help()
+            .to_string();
+        for want in ["--explain", "--bless", "diverge"] {
+            assert!(replay.contains(want), "{want}: {replay}");
+        }
         for sub in [
             "run",
             "register",

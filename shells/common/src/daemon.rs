@@ -128,7 +128,7 @@ pub trait WorkerDaemon: Sized + Send + 'static {
     /// A handle that can ask this daemon to shut down from another thread.
     fn control(&self) -> Control;
 
-    /// `--record PATH`: where the session recording would go (see
+    /// `--record PATH`: record the session there (see
     /// [`crate::session::Session::set_record`]).
     fn set_record(&mut self, path: Option<PathBuf>);
 

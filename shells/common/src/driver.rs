@@ -20,6 +20,8 @@
 //!   it an input, it calls `Worker::handle`, drains `Worker::poll` to the final `Wait`,
 //!   performs every command, feeds immediate answers back (and drains again), passes
 //!   socket commands to the shell's callback and returns the deadline to sleep until.
+//!   With a [`Recorder`] set (`--record`), each input it hands the core, at the exact
+//!   `Now` it used, and the commands of that input's drain become one trace step.
 //! * [`CommandRouter::admit`] turns a sink event into an input (dropping results of
 //!   cancelled jobs).
 //! * [`Clock`] is the only place the shells read clocks; [`wait_duration`] turns the
@@ -40,6 +42,7 @@ use studio_engines::Engine;
 
 use crate::config::Config;
 use crate::pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
+use crate::record::Recorder;
 
 /// The message `ApplyUpdate` is answered with.
 pub const SELF_UPDATE_UNAVAILABLE: &str = "self-update is not available in this build";
@@ -153,6 +156,7 @@ pub struct CommandRouter {
     pool: EnginePool,
     http: HttpRunner,
     clock: Clock,
+    recorder: Option<Recorder>,
 }
 
 impl CommandRouter {
@@ -172,7 +176,19 @@ impl CommandRouter {
             pool: EnginePool::new(engine, Arc::clone(&sink)),
             http: HttpRunner::new(agent, sink),
             clock,
+            recorder: None,
         }
+    }
+
+    /// Records every input [`CommandRouter::feed`] hands the core from now on (`None`:
+    /// stop; the previous recorder is flushed and closed).
+    pub fn set_recorder(&mut self, recorder: Option<Recorder>) {
+        self.recorder = recorder;
+    }
+
+    /// The recorder, if recording.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.as_ref()
     }
 
     /// The config as last persisted.
@@ -316,14 +332,25 @@ impl CommandRouter {
             exit: None,
         };
         while let Some(input) = pending.pop_front() {
-            if let Err(e) = worker.handle(self.clock.now(), input) {
+            let now = self.clock.now();
+            // Recording: this input and every command of its drain (one trace step).
+            let mut record = self
+                .recorder
+                .as_ref()
+                .filter(|r| r.is_active())
+                .map(|_| (input.clone(), Vec::new()));
+            if let Err(e) = worker.handle(now, input) {
                 match e {
                     UsageError::UnknownJob(_) => tracing::debug!("input ignored by the core: {e}"),
                     _ => tracing::warn!("input refused by the core: {e}"),
                 }
             }
             loop {
-                match self.perform(worker.poll()) {
+                let cmd = worker.poll();
+                if let Some((_, cmds)) = &mut record {
+                    cmds.push(cmd.clone());
+                }
+                match self.perform(cmd) {
                     Effect::Socket(cmd) => socket(cmd),
                     Effect::Input(answer) => pending.push_back(answer),
                     Effect::Exit { code, reason } => {
@@ -336,6 +363,13 @@ impl CommandRouter {
                     Effect::None => {}
                 }
             }
+            if let (Some((input, cmds)), Some(recorder)) = (record, &mut self.recorder) {
+                recorder.step(now, &input, &cmds);
+            }
+        }
+        // One write per wake-up at most: a worker killed without warning leaves whole lines.
+        if let Some(recorder) = &mut self.recorder {
+            recorder.flush();
         }
         drained
     }

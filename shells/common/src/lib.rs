@@ -14,6 +14,7 @@
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | engine jobs and HTTP requests on background threads, completions through a callback |
 //! | [`driver`] | performs every non-socket `Command` of the core; the clock |
+//! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
 //! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
 //! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
 //! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
@@ -59,6 +60,7 @@ pub mod host;
 pub mod http;
 pub mod logging;
 pub mod pool;
+pub mod record;
 pub mod session;
 pub mod signals;
 #[cfg(feature = "test-support")]
@@ -73,4 +75,5 @@ pub use driver::{wait_duration, Clock, CommandRouter, Drained, Effect};
 pub use engine::engine_router;
 pub use error::ShellError;
 pub use pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
+pub use record::Recorder;
 pub use session::{Session, SocketIo};

@@ -177,7 +177,8 @@ pub struct Session {
     /// The core's deadline after the last drain.
     until: Option<Mono>,
     exit: Option<Exit>,
-    record: Option<PathBuf>,
+    /// `--record`: the path and the shell's name, until `start` opens the recorder.
+    record: Option<(PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -214,15 +215,17 @@ impl Session {
         }
     }
 
-    /// `--record PATH`: where the session recording would go.
-    ///
-    /// **Recording hook.** The recorder is not part of this build. It belongs in
-    /// [`CommandRouter::feed`], the only place that calls `Worker::handle` (it knows the
-    /// exact `Now` of every input, immediate answers included), so both shells record
-    /// identically; this setter and the warning in [`Session::start`] are where a shell
-    /// hands the path over.
-    pub fn set_record(&mut self, path: Option<PathBuf>) {
-        self.record = path;
+    /// `--record PATH`: record the session into `path` from [`Session::start`] on, as the
+    /// shell named `shell` (`sync`, `async`). The recorder sits in
+    /// [`CommandRouter::feed`], the only place that calls `Worker::handle`, so it sees
+    /// every input (immediate answers included) at the exact `Now` the core got.
+    pub fn set_record(&mut self, path: Option<PathBuf>, shell: &str) {
+        self.record = path.map(|p| (p, shell.to_string()));
+    }
+
+    /// The recorder, once [`Session::start`] opened it.
+    pub fn recorder(&self) -> Option<&crate::record::Recorder> {
+        self.router.recorder()
     }
 
     /// The core's status snapshot (tests, the demo).
@@ -237,11 +240,18 @@ impl Session {
 
     /// Feeds `Input::Start`.
     pub fn start(&mut self, io: &mut impl SocketIo) {
-        if let Some(path) = &self.record {
-            tracing::warn!(
-                path = %path.display(),
-                "session recording (--record) is not available in this build yet; running without it"
-            );
+        if let Some((path, shell)) = self.record.take() {
+            let start = self.router.clock().now();
+            match crate::record::Recorder::create(&path, &shell, self.worker.config(), start) {
+                Ok(recorder) => {
+                    tracing::info!(path = %path.display(), "recording the session");
+                    self.router.set_recorder(Some(recorder));
+                }
+                Err(e) => tracing::error!(
+                    path = %path.display(),
+                    "cannot record the session ({e}); running without recording"
+                ),
+            }
         }
         self.feed(Input::Start, io);
     }

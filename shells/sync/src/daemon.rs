@@ -122,7 +122,7 @@ impl WorkerDaemon for Daemon {
     }
 
     fn set_record(&mut self, path: Option<PathBuf>) {
-        self.session.set_record(path);
+        self.session.set_record(path, "sync");
     }
 
     fn set_tls_config(&mut self, config: Arc<ClientConfig>) {
