@@ -560,7 +560,9 @@ fn busy_rejects_requeue_without_spending_an_attempt() {
     assert!(rejects <= 4, "no re-offer spin: {rejects} rejects in 12 s");
     let rec = p.studio.job(&job).unwrap();
     assert_eq!(rec.attempts, 0, "busy rejects spend no attempt");
-    // The install fails; the slot frees and the job runs.
+    // The install fails (and the feed stops offering that version, so the next check does
+    // not take the slot again); the slot frees and the job runs.
+    p.update_available = None;
     p.to_worker.push_back(Input::UpdateApplied {
         result: Err("disk full".into()),
     });

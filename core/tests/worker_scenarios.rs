@@ -971,3 +971,20 @@ fn a_parked_offer_dies_with_its_session() {
     assert!(types(&c).is_empty());
     assert!(!c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
 }
+
+#[test]
+fn an_idle_session_wakes_for_its_heartbeat_only() {
+    let mut h = H::live(registered());
+    h.frame(&StudioFrame::HeartbeatAck);
+    // The welcome notices ship one flush interval later...
+    assert_eq!(h.deadline(), Some(1.0));
+    assert_eq!(types(&h.at(1.0)), vec!["logBatch"]);
+    // ...and with nothing queued the next deadline is the heartbeat, not another flush.
+    assert_eq!(h.deadline(), Some(5.0));
+    h.at(5.0);
+    h.frame(&StudioFrame::HeartbeatAck);
+    assert_eq!(h.deadline(), Some(10.0));
+    // A new log line arms the flush again, one interval out.
+    h.step(Input::Log(log_entry("engine warmed up")));
+    assert_eq!(h.deadline(), Some(6.0));
+}

@@ -1001,11 +1001,12 @@ impl Worker {
                 );
                 // Results the last session may have lost go first, so the studio never sees
                 // an idle heartbeat while it still waits for one of our results. Then the
-                // heartbeat right away, then every interval; logs every flush interval.
+                // heartbeat right away, then every interval; queued logs one flush interval
+                // later (the flush timer runs only while entries wait: an idle worker wakes
+                // for its heartbeat alone).
                 self.redeliver();
                 self.send_heartbeat();
-                let at = self.now.mono + self.cfg.timings.log_flush;
-                self.timers.set(Timer::LogFlush, at);
+                self.arm_log_flush();
                 if self.stop == Stop::Draining {
                     self.maybe_finish_shutdown();
                 }
@@ -1671,9 +1672,8 @@ impl Worker {
             }
             Timer::LogFlush => {
                 if matches!(self.link, Link::Live { .. }) {
+                    // Entries logged from here on re-arm the timer (`arm_log_flush`).
                     self.flush_logs();
-                    let at = self.now.mono + self.cfg.timings.log_flush;
-                    self.timers.set(Timer::LogFlush, at);
                 }
             }
             Timer::ReadIdle => {
@@ -1790,6 +1790,19 @@ impl Worker {
             self.recent_logs.push_back(entry.clone());
         }
         self.logs.push(entry);
+        self.arm_log_flush();
+    }
+
+    /// Schedules the next log flush one interval from now, if entries wait, the session is
+    /// live and no flush is scheduled yet. Batches still go out at most once per interval.
+    fn arm_log_flush(&mut self) {
+        if matches!(self.link, Link::Live { .. })
+            && !self.logs.is_empty()
+            && self.timers.get(Timer::LogFlush).is_none()
+        {
+            let at = self.now.mono + self.cfg.timings.log_flush;
+            self.timers.set(Timer::LogFlush, at);
+        }
     }
 
     fn persist(&mut self) {
