@@ -177,7 +177,8 @@ pub fn bench_binary(
             .as_ref()
             .map(|t| t.frames())
             .unwrap_or_default();
-        let series = measure::run_jobs(&tapped_rig.studio, kind, &opts.jobs, None)?;
+        let series =
+            measure::run_jobs(&tapped_rig.studio, kind, &opts.jobs, Some(tapped_rig.pid()))?;
         // The tap parses a copy after forwarding it, so its record of the last job can
         // trail the studio's by a moment.
         let t0 = std::time::Instant::now();

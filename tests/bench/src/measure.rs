@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use studio_core::wire::TaskKind;
 use studio_local::{Handle, JobSubmission, ResultView};
 
-use crate::procfs::{self, MachineCpu, Memory, ProcessStat, ThreadCounters, ThreadDelta};
+use crate::procfs::{
+    self, LoadSample, LoadShare, Memory, ProcessStat, ThreadCounters, ThreadDelta,
+};
 use crate::rig::Rig;
 use crate::stats::Summary;
 use crate::tap::{self, FrameStat, TapLog};
@@ -96,8 +98,8 @@ pub struct IdleReport {
     pub frames: BTreeMap<String, FrameStat>,
     /// Lines the worker logged in the window.
     pub log_lines: usize,
-    /// The busy share of the machine's CPUs in the window.
-    pub machine_busy: Option<f64>,
+    /// CPU use of the machine in the window (and how much of it was other processes).
+    pub load: Option<LoadShare>,
 }
 
 impl IdleReport {
@@ -168,7 +170,7 @@ impl IdleReport {
             })).collect::<Vec<_>>(),
             "frames_in_window": frames_json(&self.frames),
             "log_lines_in_window": self.log_lines,
-            "machine_cpu_busy_share": self.machine_busy.map(|b| (b * 1000.0).round() / 1000.0),
+            "cpu_load": self.load.as_ref().map(LoadShare::to_json),
         })
     }
 }
@@ -185,14 +187,14 @@ pub fn measure_idle(
     std::thread::sleep(settle);
     let frames0 = rig.tap.as_ref().map(|t| t.frames()).unwrap_or_default();
     let lines0 = rig.log_lines();
-    let machine0 = MachineCpu::read().ok();
+    let load0 = LoadSample::read(pid).ok();
     let before = procfs::threads(pid)?;
     let t0 = Instant::now();
     std::thread::sleep(window);
     let after = procfs::threads(pid)?;
-    let machine_busy = machine0
-        .zip(MachineCpu::read().ok())
-        .and_then(|(a, b)| b.busy_since(&a));
+    let load = load0
+        .zip(LoadSample::read(pid).ok())
+        .and_then(|(a, b)| b.share_since(&a));
     let measured = t0.elapsed();
     let memory = Memory::read(pid)?;
     let frames1 = rig.tap.as_ref().map(|t| t.frames()).unwrap_or_default();
@@ -206,7 +208,7 @@ pub fn measure_idle(
         exited,
         frames,
         log_lines: rig.log_lines().saturating_sub(lines0),
-        machine_busy,
+        load,
     })
 }
 
@@ -261,9 +263,9 @@ pub struct JobSeries {
     pub result_bytes: u64,
     /// What the timed jobs cost the worker process (when its pid was given).
     pub cost: Option<WorkerCost>,
-    /// The busy share of the machine's CPUs during the timed jobs (bench, studio and
-    /// worker included): far above their own needs means other work competed.
-    pub machine_busy: Option<f64>,
+    /// CPU use of the machine during the timed jobs, and how much of it was other
+    /// processes (when the worker's pid was given).
+    pub load: Option<LoadShare>,
 }
 
 /// What a job series cost the worker process, from /proc before and after.
@@ -364,16 +366,16 @@ pub fn run_jobs(
         poll_period: Duration::ZERO,
         result_bytes: 0,
         cost: None,
-        machine_busy: None,
+        load: None,
     };
     let mut before = None;
-    let mut machine0 = None;
+    let mut load0 = None;
     let mut polls_total = 0u64;
     let mut periods = Vec::new();
     for i in 0..opts.warmup + opts.n.max(1) {
         if i == opts.warmup {
-            machine0 = MachineCpu::read().ok();
             if let Some(pid) = pid {
+                load0 = LoadSample::read(pid).ok();
                 before = Some(WorkerCost::sample(pid)?);
             }
         }
@@ -431,8 +433,10 @@ pub fn run_jobs(
             polls_total += polls;
         }
     }
-    if let (Some(m0), Ok(m1)) = (machine0, MachineCpu::read()) {
-        series.machine_busy = m1.busy_since(&m0);
+    if let (Some(pid), Some(l0)) = (pid, load0) {
+        series.load = LoadSample::read(pid)
+            .ok()
+            .and_then(|l1| l1.share_since(&l0));
     }
     if let (Some(pid), Some(before)) = (pid, before) {
         let after = WorkerCost::sample(pid)?;
@@ -572,7 +576,7 @@ impl JobSeries {
             "poll_period_us": crate::stats::round1(self.poll_period.as_secs_f64() * 1e6),
             "result_bytes": self.result_bytes,
             "worker_cost": self.cost.as_ref().map(WorkerCost::to_json),
-            "machine_cpu_busy_share": self.machine_busy.map(|b| (b * 1000.0).round() / 1000.0),
+            "cpu_load": self.load.as_ref().map(LoadShare::to_json),
         })
     }
 }

@@ -235,6 +235,57 @@ impl MachineCpu {
     }
 }
 
+/// Machine-wide CPU use with this process's and the worker's own share, to tell what
+/// other processes took (they skew every latency on a small machine).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadSample {
+    machine: MachineCpu,
+    /// utime + stime of this process (the bench, its studio-local thread, the tap).
+    own_ticks: u64,
+    /// utime + stime of the worker.
+    worker_ticks: u64,
+}
+
+/// Shares of all CPUs' time between two [`LoadSample`]s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadShare {
+    /// Busy, whoever it was.
+    pub machine: f64,
+    /// Busy, neither this process nor the worker.
+    pub others: f64,
+}
+
+impl LoadSample {
+    pub fn read(worker: u32) -> io::Result<LoadSample> {
+        Ok(LoadSample {
+            machine: MachineCpu::read()?,
+            own_ticks: ProcessStat::read(std::process::id())?.cpu_ticks,
+            worker_ticks: ProcessStat::read(worker)?.cpu_ticks,
+        })
+    }
+
+    pub fn share_since(&self, earlier: &LoadSample) -> Option<LoadShare> {
+        let total = self.machine.total.checked_sub(earlier.machine.total)?;
+        if total == 0 {
+            return None;
+        }
+        let busy = self.machine.busy.saturating_sub(earlier.machine.busy);
+        let ours = self.own_ticks.saturating_sub(earlier.own_ticks)
+            + self.worker_ticks.saturating_sub(earlier.worker_ticks);
+        Some(LoadShare {
+            machine: busy as f64 / total as f64,
+            others: busy.saturating_sub(ours) as f64 / total as f64,
+        })
+    }
+}
+
+impl LoadShare {
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        json!({"machine_busy_share": r(self.machine), "other_processes_share": r(self.others)})
+    }
+}
+
 /// `sysconf(_SC_CLK_TCK)` (100 almost everywhere).
 pub fn clock_ticks_per_sec() -> u64 {
     #[cfg(unix)]
@@ -265,6 +316,16 @@ mod tests {
         ProcessStat::read(pid).unwrap();
         let a = MachineCpu::read().unwrap();
         assert!(a.total >= a.busy && a.total > 0);
+        let l0 = LoadSample::read(pid).unwrap();
+        let mut x = 0u64;
+        for i in 0..3_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        if let Some(s) = LoadSample::read(pid).unwrap().share_since(&l0) {
+            assert!((0.0..=1.0).contains(&s.machine) && (0.0..=s.machine).contains(&s.others));
+        }
         assert!(clock_ticks_per_sec() > 0);
     }
 

@@ -11,6 +11,9 @@ use crate::measure::{median_bytes, MIB};
 use crate::stats::{fmt_us, group, round1, Summary};
 use crate::{BinReport, Options};
 
+/// Other processes' share of all CPUs above which the table carries a note.
+pub const OTHERS_WARN: f64 = 0.10;
+
 /// A whole run.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -40,8 +43,18 @@ fn kib(k: u64) -> String {
     format!("{} KiB ({:.1} MiB)", group(k), k as f64 / 1024.0)
 }
 
-fn pct(share: Option<f64>) -> String {
-    share.map_or_else(|| "?".into(), |s| format!("{:.1} % of all CPUs", s * 100.0))
+/// Machine-wide CPU use and the part of it other processes took, in % of all CPUs.
+fn pct(load: Option<crate::procfs::LoadShare>) -> String {
+    load.map_or_else(
+        || "?".into(),
+        |l| {
+            format!(
+                "{:.1} % / {:.1} % of all CPUs",
+                l.machine * 100.0,
+                l.others * 100.0
+            )
+        },
+    )
 }
 
 fn opt_cell(s: Option<Summary>) -> String {
@@ -199,7 +212,7 @@ impl Report {
                 .map_or_else(|| "n/a".into(), |us| format!("{} us/min", fmt_us(us)))
         });
         row("log lines in window", &|b| b.idle.log_lines.to_string());
-        row("machine CPU busy in window", &|b| pct(b.idle.machine_busy));
+        row("CPU busy in window: all / others", &|b| pct(b.idle.load));
         for (i, kind) in crate::KINDS.iter().enumerate() {
             let title = format!(
                 "-- {kind} jobs, {} sequential (us: min / med / p95 / max) --",
@@ -281,8 +294,8 @@ impl Report {
                     fmt_us(d.poll_period.as_secs_f64() * 1e6)
                 )
             });
-            row("machine CPU busy (direct series)", &|b| {
-                pct(b.kinds[i].direct.machine_busy)
+            row("CPU busy, direct series: all / others", &|b| {
+                pct(b.kinds[i].direct.load)
             });
             row("worker CPU per job: process", &|b| {
                 b.kinds[i].direct.cost.as_ref().map_or_else(
@@ -373,6 +386,22 @@ impl Report {
         }
 
         for b in &self.bins {
+            let others = std::iter::once(b.idle.load)
+                .chain(b.kinds.iter().map(|k| k.direct.load))
+                .flatten()
+                .map(|l| l.others)
+                .fold(0.0f64, f64::max);
+            if others > OTHERS_WARN {
+                let _ = writeln!(out);
+                let _ = writeln!(
+                    out,
+                    "NOTE {}: other processes used up to {:.0} % of all CPUs during the \
+                     measurements: wakeup latency, and every job figure with it, is skewed. \
+                     Rerun on a quiet machine for figures to keep.",
+                    b.label,
+                    others * 100.0
+                );
+            }
             let _ = writeln!(out);
             let _ = writeln!(out, "{}: idle wakeups by thread (per minute)", b.label);
             for t in &b.idle.threads {
