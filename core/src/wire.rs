@@ -808,6 +808,22 @@ pub enum RegisterStatus {
     },
 }
 
+/// The Content-Type of a result file by extension (case-insensitive), as the multipart
+/// upload labels it (PROTOCOL.md §4.1): png, webp, gif, jpg/jpeg, wav, mp3, mp4; anything
+/// else is `application/octet-stream`.
+pub fn content_type_for_ext(ext: &str) -> &'static str {
+    match ext.to_ascii_lowercase().as_str() {
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "jpg" | "jpeg" => "image/jpeg",
+        "wav" => "audio/wav",
+        "mp3" => "audio/mpeg",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
 /// Lower-case hex SHA-256 of `data`: the registration secret hash and the studio's stored
 /// token hash.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -35,20 +35,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-/// The Content-Type of a result file by extension (case-insensitive): png, webp, gif,
-/// jpg/jpeg, wav, mp3, mp4; anything else is `application/octet-stream`.
-pub fn content_type_for_ext(ext: &str) -> &'static str {
-    match ext.to_ascii_lowercase().as_str() {
-        "png" => "image/png",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "jpg" | "jpeg" => "image/jpeg",
-        "wav" => "audio/wav",
-        "mp3" => "audio/mpeg",
-        "mp4" => "video/mp4",
-        _ => "application/octet-stream",
-    }
-}
+pub use studio_core::wire::content_type_for_ext;
 
 /// A multipart/form-data body for the `/complete` upload.
 #[derive(Clone, Debug, PartialEq, Eq)]

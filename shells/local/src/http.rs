@@ -377,21 +377,16 @@ impl Response {
     }
 }
 
-/// The Content-Type to serve a stored result with, by extension.
+/// The Content-Type to serve a stored result with, by extension: the protocol's upload
+/// table ([`studio_core::wire::content_type_for_ext`]) plus the few extra types a local
+/// result store serves (ogg, webm, JSON results, text).
 pub fn content_type_for_ext(ext: &str) -> &'static str {
     match ext.to_ascii_lowercase().as_str() {
-        "png" => "image/png",
-        "webp" => "image/webp",
-        "gif" => "image/gif",
-        "jpg" | "jpeg" => "image/jpeg",
-        "wav" => "audio/wav",
-        "mp3" => "audio/mpeg",
         "ogg" => "audio/ogg",
-        "mp4" => "video/mp4",
         "webm" => "video/webm",
         "json" => "application/json",
         "txt" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
+        _ => studio_core::wire::content_type_for_ext(ext),
     }
 }
 
