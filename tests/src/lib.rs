@@ -24,7 +24,7 @@
 //! one.
 //!
 //! A missing binary of a [`Shell::required`] shell is a failure; a missing optional one
-//! (the async shell, until it is marked required) skips the scenario with a printed note.
+//! (none today: both shells are required) skips the scenario with a printed note.
 //!
 //! Nothing here asserts speed: every wait is bounded by a generous timeout ([`WAIT`]) and
 //! only exists so a broken worker fails instead of hanging.
@@ -71,14 +71,13 @@ pub const SYNC: Shell = Shell {
     required: true,
 };
 
-/// The async shell (same CLI), package `studio-worker-async` in `shells/async`: skipped
-/// with a note while its binary is not built. Once it is a settled part of the workspace,
-/// set `required: true` here (the one-line change) so a missing binary fails instead.
+/// The async shell (same CLI), package `studio-worker-async` in `shells/async`: required,
+/// like the sync one (a missing binary fails the suite).
 pub const ASYNC: Shell = Shell {
     name: "async",
     binary: "studio-worker-async",
     env_override: "STUDIO_WORKER_ASYNC_BIN",
-    required: false,
+    required: true,
 };
 
 /// Every shell, in the order [`for_each_shell!`] generates tests for.
