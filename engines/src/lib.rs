@@ -36,10 +36,12 @@
 
 mod engine;
 mod error;
+pub mod models;
 mod router;
 pub mod synthetic;
 
 pub use engine::{Engine, EngineOutput, JobRequest};
 pub use error::{EngineError, EngineErrorKind};
+pub use models::ModelStore;
 pub use router::Router;
 pub use synthetic::SyntheticEngine;
