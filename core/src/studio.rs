@@ -328,7 +328,8 @@ pub enum StudioEvent {
         worker_id: String,
         message: String,
     },
-    /// A newer session replaced `old_conn`, which was closed 4003.
+    /// Two connections of one worker: `old_conn` (opened first) was closed 4003 and
+    /// `new_conn` (opened later) keeps the session, whichever hello arrived last.
     DuplicateSession {
         worker_id: String,
         old_conn: ConnId,
@@ -592,6 +593,9 @@ struct ConnRec {
     worker_id: String,
     phase: Phase,
     last_frame: Mono,
+    /// Connect order (the studio's own counter): of two connections of one worker, the one
+    /// opened later wins, whichever hello arrives last.
+    opened: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -748,8 +752,11 @@ impl IdlePool {
 
 /// How a completion-like message relates to the sender.
 enum Claim {
-    /// Offered to or running on the sender.
+    /// Accepted by (running on) the sender.
     Held,
+    /// Offered to the sender, no accept seen yet. A result frame for it is a re-sent result
+    /// of an earlier attempt (the worker accepts before it runs), not this offer's outcome.
+    Offered,
     /// Queued again and the sender was the last holder.
     Late,
     /// The sender held it once; not any more.
@@ -787,6 +794,7 @@ pub struct Studio {
     orphans: BTreeSet<(Mono, String)>,
     idle: IdlePool,
     next_connect_seq: u64,
+    next_conn_seq: u64,
 
     // jobs
     jobs: BTreeMap<u64, JobRecord>,
@@ -873,6 +881,7 @@ impl Studio {
             orphans: BTreeSet::new(),
             idle: IdlePool::default(),
             next_connect_seq: 0,
+            next_conn_seq: 0,
             jobs: BTreeMap::new(),
             job_index: BTreeMap::new(),
             queue: JobQueue::default(),
@@ -1488,7 +1497,9 @@ impl Studio {
             bytes_len,
         };
         match self.classify(seq, worker_id) {
-            Claim::Held => {
+            // An upload carries the finished bytes: taken even if the job was re-offered to
+            // the same worker meanwhile.
+            Claim::Held | Claim::Offered => {
                 self.complete(seq, worker_id, result, false);
                 Ok(())
             }
@@ -1517,12 +1528,14 @@ impl Studio {
             return;
         }
         let now = self.now;
+        self.next_conn_seq += 1;
         self.conns.insert(
             conn,
             ConnRec {
                 worker_id: worker_id.clone(),
                 phase: Phase::AwaitingHello,
                 last_frame: now,
+                opened: self.next_conn_seq,
             },
         );
         self.session_index.insert((now, conn));
@@ -1690,6 +1703,23 @@ impl Studio {
             return;
         }
         if let Some(old) = self.workers.get(worker_id).and_then(|w| w.session) {
+            let opened = |c: ConnId| self.conns.get(&c).map_or(0, |r| r.opened);
+            if old != conn && opened(old) > opened(conn) {
+                // A late hello on a connection opened before the live session (a stalled
+                // link delivering it only now): the newer connection wins, the stale one is
+                // closed and the live session is left alone.
+                self.event(StudioEvent::DuplicateSession {
+                    worker_id: worker_id.to_string(),
+                    old_conn: conn,
+                    new_conn: old,
+                });
+                self.close_with_error(
+                    conn,
+                    WorkerErrorCode::DuplicateWorker,
+                    "a newer session is connected for this worker",
+                );
+                return;
+            }
             if old != conn {
                 self.event(StudioEvent::DuplicateSession {
                     worker_id: worker_id.to_string(),
@@ -1831,11 +1861,8 @@ impl Studio {
             return Claim::Foreign;
         };
         match &job.state {
-            JobState::Offered { worker_id: w } | JobState::Running { worker_id: w }
-                if w == worker_id =>
-            {
-                Claim::Held
-            }
+            JobState::Running { worker_id: w } if w == worker_id => Claim::Held,
+            JobState::Offered { worker_id: w } if w == worker_id => Claim::Offered,
             JobState::Queued if job.last_worker.as_deref() == Some(worker_id) => Claim::Late,
             _ if job.offered_to.contains(worker_id) => Claim::Stale,
             _ => Claim::Foreign,
@@ -2010,7 +2037,17 @@ impl Studio {
                     },
                 );
             }
-            Claim::Stale => self.stale(worker_id, seq, "completeJson"),
+            Claim::Offered | Claim::Stale => {
+                // Already settled (or re-offered): acknowledged so the worker stops
+                // re-sending it; the job's state is not touched.
+                self.stale(worker_id, seq, "completeJson");
+                self.send(
+                    conn,
+                    &StudioFrame::CompleteAck {
+                        job_id: job_id.to_string(),
+                    },
+                );
+            }
             Claim::Foreign => self.violation(
                 conn,
                 worker_id,
@@ -2041,11 +2078,6 @@ impl Studio {
                 );
                 let now = self.now;
                 if let Some(job) = self.jobs.get_mut(&seq) {
-                    if let Some(d) = job.offer_deadline.take() {
-                        self.offer_deadlines.remove(&(d, seq));
-                        // Failed before we saw an accept: it was still a run.
-                        job.attempts = job.attempts.saturating_add(1);
-                    }
                     job.last_error = Some(error.clone());
                     job.updated_at = now;
                 }
@@ -2056,7 +2088,17 @@ impl Studio {
                     self.fail_job(seq, error);
                 }
             }
-            Claim::Late | Claim::Stale => self.stale(worker_id, seq, "fail"),
+            Claim::Offered | Claim::Late | Claim::Stale => {
+                // A re-sent failure of an earlier attempt: acknowledged so the worker stops
+                // re-sending it; the job's state is not touched.
+                self.stale(worker_id, seq, "fail");
+                self.send(
+                    conn,
+                    &StudioFrame::FailAck {
+                        job_id: job_id.to_string(),
+                    },
+                );
+            }
             Claim::Foreign => {
                 self.violation(conn, worker_id, "fail for a job not offered to this worker")
             }

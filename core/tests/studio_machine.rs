@@ -481,6 +481,76 @@ fn duplicate_worker_replaces_the_old_session() {
 }
 
 #[test]
+fn a_late_hello_on_an_older_connection_does_not_displace_the_live_session() {
+    // Connection 1 opens first and stalls; the worker gives up on it, opens 2 and is
+    // welcomed there. Then 1's hello finally arrives: the newer connection keeps the
+    // session and the stale one is closed.
+    let mut h = H::new();
+    h.s.add_worker("w-1", &token("w-1"));
+    h.drain();
+    h.connect(1, "w-1");
+    let out = h.hello(2, "w-1", caps());
+    assert!(matches!(sent(&out, 2)[0], StudioFrame::Welcome { .. }));
+    let out = h.frame(
+        1,
+        &WorkerFrame::Hello {
+            auth_token: token("w-1").into(),
+            capabilities: caps(),
+        },
+    );
+    assert_eq!(
+        error_frame(&out, 1).unwrap().0,
+        WorkerErrorCode::DuplicateWorker
+    );
+    assert_eq!(closes(&out), vec![(1, close_code::DUPLICATE_WORKER)]);
+    assert!(sent(&out, 2).is_empty(), "the live session is left alone");
+    assert_eq!(h.s.worker("w-1").unwrap().conn, Some(2));
+    assert!(events(&out).contains(&StudioEvent::DuplicateSession {
+        worker_id: "w-1".into(),
+        old_conn: 1,
+        new_conn: 2
+    }));
+    // The live session still works.
+    let (job, out) = h.submit(llm_job());
+    assert_eq!(offers(&out, 2), vec![job]);
+}
+
+#[test]
+fn a_resent_result_for_a_job_reoffered_to_the_same_worker_is_acked_not_taken() {
+    // The worker failed the job (retryable); the studio requeued it and offers it to the
+    // same worker again. The worker's re-sent copy of the old failure arrives before its
+    // answer to the new offer: it must not count as this offer's outcome.
+    let mut h = H::new();
+    h.online(1, "w", caps());
+    let (j, _) = h.submit(llm_job());
+    h.accept(1, &j);
+    let out = h.fail(1, &j, true);
+    assert_eq!(
+        sent(&out, 1)[0],
+        StudioFrame::FailAck { job_id: j.clone() }
+    );
+    assert_eq!(offers(&out, 1), vec![j.clone()], "requeued and re-offered");
+    assert_eq!(h.attempts(&j), 1);
+    let out = h.fail(1, &j, true);
+    assert_eq!(sent(&out, 1), vec![StudioFrame::FailAck { job_id: j.clone() }]);
+    assert!(closes(&out).is_empty());
+    assert_eq!(h.attempts(&j), 1, "no attempt spent on a stale copy");
+    assert!(matches!(h.state(&j), JobState::Offered { .. }));
+    // Same for a stale completeJson: acked, the offer stands.
+    let out = h.complete_json(1, &j);
+    assert_eq!(
+        sent(&out, 1),
+        vec![StudioFrame::CompleteAck { job_id: j.clone() }]
+    );
+    assert!(matches!(h.state(&j), JobState::Offered { .. }));
+    // The worker accepts the new offer and completes it: done once.
+    h.accept(1, &j);
+    h.complete_json(1, &j);
+    assert_eq!(h.s.job(&j).unwrap().completions, 1);
+    assert!(matches!(h.state(&j), JobState::Done { .. }));
+}
+
+#[test]
 fn frames_for_unknown_connections_are_ignored() {
     let mut h = H::new();
     let out = h.heartbeat(99, caps(), None);
@@ -616,9 +686,13 @@ fn accept_then_complete_json_is_done_once_and_acked() {
         }
     );
     assert_eq!(h.s.worker("w").unwrap().current_job, None);
-    // A second completion is stale: ignored, no ack, session kept.
+    // A second completion is stale: acked (so the worker stops re-sending it), state
+    // untouched, session kept.
     let out = h.complete_json(1, &j);
-    assert!(sent(&out, 1).is_empty());
+    assert_eq!(
+        sent(&out, 1),
+        vec![StudioFrame::CompleteAck { job_id: j.clone() }]
+    );
     assert!(closes(&out).is_empty());
     assert_eq!(h.s.job(&j).unwrap().completions, 1);
     assert!(matches!(events(&out)[..], [StudioEvent::StaleFrame { .. }]));
@@ -1073,7 +1147,10 @@ fn a_late_completion_of_a_still_queued_job_is_accepted_once() {
         late: true
     }));
     let out = h.complete_json(2, &j);
-    assert!(sent(&out, 2).is_empty());
+    assert_eq!(
+        sent(&out, 2),
+        vec![StudioFrame::CompleteAck { job_id: j.clone() }]
+    );
     assert_eq!(h.s.job(&j).unwrap().completions, 1);
 }
 
@@ -1098,7 +1175,10 @@ fn a_stale_completion_never_completes_a_reassigned_job() {
     h.hello(3, "a", caps_disabled());
     let out = h.complete_json(3, &j);
     assert!(closes(&out).is_empty());
-    assert!(sent(&out, 3).is_empty());
+    assert_eq!(
+        sent(&out, 3),
+        vec![StudioFrame::CompleteAck { job_id: j.clone() }]
+    );
     assert!(matches!(
         &events(&out)[..],
         [StudioEvent::StaleFrame {

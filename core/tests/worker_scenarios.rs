@@ -670,6 +670,67 @@ fn a_result_lost_with_the_session_is_redelivered_before_the_first_heartbeat() {
     assert_eq!(types(&h.frame(&welcome())), vec!["heartbeat"]);
 }
 
+fn dispatches(cmds: &[Command]) -> usize {
+    cmds.iter()
+        .filter(|c| matches!(c, Command::Dispatch { .. }))
+        .count()
+}
+
+#[test]
+fn a_reoffer_of_a_job_with_an_unacked_result_drops_the_stale_result_and_runs_it() {
+    // The studio settled our failure, requeued the job and offers it to us again before
+    // its failAck reached us: the held copy is stale and must never be re-sent as the
+    // outcome of the new offer.
+    let mut h = H::live(registered());
+    let conn = h.conn.unwrap();
+    h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
+    h.step(Input::JobFinished {
+        job_id: "j-7".into(),
+        outcome: JobOutcome::Failed {
+            error: "oom".into(),
+            retryable: true,
+        },
+    });
+    let c = h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
+    assert_eq!(types(&c), vec!["accept"]);
+    assert_eq!(dispatches(&c), 1);
+    // The session drops before any ack: nothing is pending for j-7 (the new run is still
+    // going), so the next welcome re-sends no stale failure.
+    h.step(Input::Disconnected {
+        conn,
+        code: None,
+        reason: "reset".into(),
+    });
+    let d = h.deadline().unwrap();
+    h.at(d);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    assert_eq!(types(&h.frame(&welcome())), vec!["heartbeat"]);
+    // The new run's result is what goes out.
+    let c = h.step(Input::JobFinished {
+        job_id: "j-7".into(),
+        outcome: JobOutcome::Json { result: json!(2) },
+    });
+    assert_eq!(types(&c), vec!["completeJson"]);
+}
+
+#[test]
+fn a_reoffer_of_the_job_already_running_is_accepted_without_a_second_run() {
+    let mut h = H::live(registered());
+    h.frame(&offer("j-8", json!({"kind":"llm","messages":[]})));
+    let c = h.frame(&offer("j-8", json!({"kind":"llm","messages":[]})));
+    assert_eq!(types(&c), vec!["accept"], "no busy reject");
+    assert_eq!(dispatches(&c), 0, "no second run");
+    // A different job is still rejected busy.
+    let c = h.frame(&offer("j-9", json!({"kind":"llm","messages":[]})));
+    assert_eq!(types(&c), vec!["reject"]);
+    let c = h.step(Input::JobFinished {
+        job_id: "j-8".into(),
+        outcome: JobOutcome::Json { result: json!(1) },
+    });
+    assert_eq!(types(&c), vec!["completeJson"]);
+}
+
 #[test]
 fn a_job_finished_while_disconnected_is_delivered_on_the_next_session() {
     let mut h = H::live(registered());

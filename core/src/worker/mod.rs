@@ -362,6 +362,12 @@ impl Worker {
         }
     }
 
+    /// `status().log_queue_len` without building the snapshot (the simulation checks it
+    /// after every step).
+    pub fn log_queue_len(&self) -> usize {
+        self.logs.len()
+    }
+
     /// A read-only snapshot for `status`, the UI and tests.
     pub fn status(&self) -> StatusSnapshot {
         StatusSnapshot {
@@ -1113,9 +1119,36 @@ impl Worker {
             ),
             Some(job_id.clone()),
         );
+        if matches!(&self.slot, Slot::Job(j) if j.claim.job_id == job_id) {
+            // The studio lost track of the job we are running (it requeued it after a
+            // disconnect) and offers it to us again: we hold it, so we take it back instead
+            // of rejecting it busy and running it twice. Our result settles it.
+            self.log(
+                "info",
+                "ws",
+                format!("offer {job_id} is the job already running here; accepted, not re-run"),
+                Some(job_id.clone()),
+            );
+            self.stats.accepted += 1;
+            self.send_frame(&WorkerFrame::Accept { job_id });
+            return;
+        }
+        if self.has_job_with_id(&job_id) {
+            // A re-offer means the studio settled our earlier result for this job (it
+            // requeued it): the held copy is stale. Sending it again would read as the
+            // outcome of this new offer, so it is dropped and the offer decided afresh.
+            self.unacked.retain(|u| u.job_id != job_id);
+            self.undelivered.retain(|u| u.job_id != job_id);
+            self.log(
+                "info",
+                "ws",
+                format!("offer {job_id} supersedes our unacknowledged result for it; result dropped"),
+                Some(job_id.clone()),
+            );
+        }
         let uploading =
             matches!(&self.slot, Slot::Job(j) if matches!(j.stage, JobStage::Uploading { .. }));
-        if uploading && self.parked_offer.is_none() && !self.has_job_with_id(&job_id) {
+        if uploading && self.parked_offer.is_none() {
             // The studio answers our upload's HTTP 200 by offering the next job over the
             // socket, and that offer can overtake the 200. Decide it the moment the upload
             // finishes instead of rejecting it `busy` (which would idle us until the next
@@ -1147,7 +1180,7 @@ impl Worker {
             Some((REASON_PAUSED, RejectCode::Paused))
         } else if self.cfg.only_when_idle && self.presence != Some(UserPresence::Idle) {
             Some((REASON_NOT_IDLE, RejectCode::Paused))
-        } else if self.slot != Slot::Free || self.has_job_with_id(&job_id) {
+        } else if self.slot != Slot::Free {
             Some((REASON_BUSY, RejectCode::Busy))
         } else {
             None
