@@ -34,14 +34,29 @@
 //! [`ModelEngine`]: studio_core::wire::ModelEngine
 //! [`TaskKind`]: studio_core::wire::TaskKind
 
+#[cfg(feature = "image-candle")]
+pub mod diffusion;
 mod engine;
 mod error;
+#[cfg(feature = "llm")]
+pub mod llm;
 pub mod models;
+pub mod notice;
 mod router;
+mod settings;
 pub mod synthetic;
+#[cfg(feature = "whisper")]
+pub mod whisper;
 
+#[cfg(feature = "image-candle")]
+pub use diffusion::CandleImageEngine;
 pub use engine::{Engine, EngineOutput, JobRequest};
 pub use error::{EngineError, EngineErrorKind};
+#[cfg(feature = "llm")]
+pub use llm::LlmEngine;
 pub use models::ModelStore;
 pub use router::Router;
+pub use settings::{EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES};
 pub use synthetic::SyntheticEngine;
+#[cfg(feature = "whisper")]
+pub use whisper::WhisperEngine;

@@ -6,6 +6,8 @@ use studio_core::wire::{ModelEngine, TaskKind};
 
 use crate::engine::{Engine, EngineOutput, JobRequest};
 use crate::error::EngineError;
+use crate::models::ModelStore;
+use crate::settings::EngineSettings;
 use crate::synthetic::SyntheticEngine;
 
 /// Every compiled-in engine behind one [`Engine`] (routing id `multi`).
@@ -25,16 +27,40 @@ impl Router {
         Router { engines }
     }
 
-    /// Every engine compiled into this build. Real engines are registered here behind their
-    /// cargo features, before the synthetic engine, which is always present and last.
+    /// Every engine compiled into this build, with [`EngineSettings::default`] (models
+    /// under `$TMPDIR/studio-worker-models`). The worker itself uses
+    /// [`Router::with_settings`] with its config's values.
+    pub fn new_default() -> Router {
+        Router::with_settings(&EngineSettings::default())
+    }
+
+    /// Every engine compiled into this build, sharing one [`ModelStore`] rooted at
+    /// `settings.models_root`. Real engines are registered here behind their cargo
+    /// features, before the synthetic engine, which is always present and last.
     // Built by pushes so feature-gated engines slot in before the synthetic one.
     #[allow(clippy::vec_init_then_push)]
-    pub fn new_default() -> Router {
+    pub fn with_settings(settings: &EngineSettings) -> Router {
+        let store = ModelStore::new(settings.models_root.clone());
         #[allow(unused_mut)]
         let mut engines: Vec<Box<dyn Engine>> = Vec::new();
-        // Real engines go here, e.g.:
-        // #[cfg(feature = "llama")]
-        // engines.push(Box::new(crate::llama::LlamaEngine::new(..)));
+        // Real engines go here, each behind its feature, in routing priority order, each
+        // given a clone of `store` (verified downloads) and what it needs of `settings`.
+        #[cfg(feature = "llm")]
+        engines.push(Box::new(crate::llm::LlmEngine::new(
+            store.clone(),
+            settings.model_memory_budget_bytes,
+        )));
+        #[cfg(feature = "whisper")]
+        engines.push(Box::new(crate::whisper::WhisperEngine::new(
+            store.clone(),
+            settings,
+        )));
+        #[cfg(feature = "image-candle")]
+        engines.push(Box::new(crate::diffusion::CandleImageEngine::new(
+            store.clone(),
+            settings,
+        )));
+        let _ = (&store, settings);
         engines.push(Box::new(SyntheticEngine::new()));
         Router::new(engines)
     }

@@ -12,6 +12,7 @@
 //! | [`Setup`], [`write_config`] | the worker's minimal `config.toml` and environment |
 //! | [`Worker`] | the worker process: output captured to files, [`Worker::wait_exit`], [`Worker::sigterm`], killed on drop (output printed when the test failed, or always with `STUDIO_E2E_SHOW_OUTPUT=1`) |
 //! | [`wait_until`], [`is_rfc3339_utc_millis`], magic checks | small assertions |
+//! | [`files::FileServer`], [`files::model_source`], [`files::sha256_file`] | a loopback static file server (Range, request counts) for `modelSource.files[].url`, and model-source builders |
 //!
 //! # Finding the binaries
 //!
@@ -38,6 +39,9 @@ use std::time::{Duration, Instant};
 
 use studio_core::wire::{TaskKind, WorkerErrorCode};
 use studio_local::{Fault, Handle, JobDetail, JobSubmission, LocalConfig, LocalStudio};
+
+pub mod files;
+pub use files::FileServer;
 
 /// The bound of every "wait until" of the suite: generous, so a slow machine passes.
 pub const WAIT: Duration = Duration::from_secs(45);
@@ -336,6 +340,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// `--record PATH`: record the session there (see also [`RECORD_DIR_ENV`]).
     pub record: Option<PathBuf>,
+    /// `models_root` in `config.toml`; `None`: [`Worker::start`] uses `models/` in the
+    /// worker's own temp dir (never the user's `~/models`).
+    pub models_root: Option<PathBuf>,
 }
 
 /// When set, every worker a scenario starts without [`Setup::recording`] records its
@@ -406,6 +413,12 @@ impl Setup {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// Keep model files in `dir` (shared by several workers, or inspected by the test).
+    pub fn with_models_root(mut self, dir: impl Into<PathBuf>) -> Setup {
+        self.models_root = Some(dir.into());
+        self
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -424,12 +437,18 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Writes the minimal config: `api_base_url`, `vram_threshold_gb`,
-/// `auto_update_enabled = false`, and `worker_id` + `auth_token` when set.
+/// `auto_update_enabled = false`, and `worker_id` + `auth_token` and `models_root` when set.
 pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Result<()> {
     let mut text = format!(
         "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\nauto_update_enabled = false\n",
         toml_string(api_base_url)
     );
+    if let Some(root) = &setup.models_root {
+        text.push_str(&format!(
+            "models_root = {}\n",
+            toml_string(&root.to_string_lossy())
+        ));
+    }
     if let Some((id, token)) = &setup.credentials {
         text.push_str(&format!(
             "worker_id = {}\nauth_token = {}\n",
@@ -451,6 +470,7 @@ pub struct Worker {
     child: Child,
     status: Option<ExitStatus>,
     dir: tempfile::TempDir,
+    models_root: PathBuf,
     config_path: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
@@ -470,6 +490,12 @@ impl Worker {
             .tempdir()
             .expect("a temp dir for the worker");
         let config_path = dir.path().join("config.toml");
+        let mut setup = setup.clone();
+        let models_root = setup
+            .models_root
+            .get_or_insert_with(|| dir.path().join("models"))
+            .clone();
+        let setup = &setup;
         write_config(&config_path, api_base_url, setup).expect("write config.toml");
         let stdout_path = dir.path().join("stdout.log");
         let stderr_path = dir.path().join("stderr.log");
@@ -504,6 +530,7 @@ impl Worker {
             child,
             status: None,
             dir,
+            models_root,
             config_path,
             stdout_path,
             stderr_path,
@@ -519,6 +546,11 @@ impl Worker {
     /// The worker's own temp dir.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Its `models_root` (where it keeps downloaded model files).
+    pub fn models_root(&self) -> &Path {
+        &self.models_root
     }
 
     /// Its `config.toml`.
@@ -776,6 +808,16 @@ mod tests {
         assert_eq!(table["auth_token"].as_str(), Some("to\"k"));
         assert_eq!(table["vram_threshold_gb"].as_float(), Some(8.0));
         assert_eq!(table["auto_update_enabled"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn the_models_root_is_written_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let setup = Setup::provisioned("w-1", "t").with_models_root("/tmp/m \"x\"");
+        write_config(&path, "http://127.0.0.1:1/", &setup).unwrap();
+        let table: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+        assert_eq!(table["models_root"].as_str(), Some("/tmp/m \"x\""));
     }
 
     #[test]

@@ -17,10 +17,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::Value;
-use studio_core::wire::{ImageTask, LogEntry, Task, TaskKind, WorkerErrorCode};
+use studio_core::wire::{ImageTask, LogEntry, ModelEngine, Task, TaskKind, WorkerErrorCode};
+use studio_e2e::files::{model_file, model_source, sha256_file};
 use studio_e2e::{
-    for_each_shell, is_png, is_rfc3339_utc_millis, is_wav, is_webp, wait_for, Bin, Setup, Studio,
-    Worker, WAIT,
+    for_each_shell, is_png, is_rfc3339_utc_millis, is_wav, is_webp, wait_for, Bin, FileServer,
+    Setup, Studio, Worker, WAIT,
 };
 use studio_local::{Fault, JobSubmission, ResultView};
 
@@ -39,6 +40,7 @@ for_each_shell!(
     sigterm_mid_job_finishes_the_job_first,
     log_batches_are_shipped,
     a_recorded_session_replays_exactly,
+    a_job_for_an_engine_this_build_lacks_fails_without_retry,
 );
 
 const WORKER_ID: &str = "w-e2e";
@@ -613,4 +615,65 @@ fn a_recorded_session_replays_exactly(bin: &Bin) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("diverged at step 1"), "{stdout}");
+}
+
+// ------------------------------------------------------------------------------------------
+// m. Engines missing from the build
+// ------------------------------------------------------------------------------------------
+
+/// Routing is strict (PROTOCOL.md §3.6, §9.1): a job whose `modelSource.engine` this build
+/// does not carry fails at once, not retryable (one attempt, no requeue), with a message
+/// naming the engine and the fix; the worker stays connected and serves the next job. The
+/// `onnx` engine is in no build of this project; the `llama-cpp` job points at a loopback
+/// file server holding a (fake) model file: a build without the `llm` feature must say the
+/// engine is not compiled in and never touch the file; a build with it would fetch and
+/// verify the file and fail on its content, still without a retry.
+fn a_job_for_an_engine_this_build_lacks_fails_without_retry(bin: &Bin) {
+    let (studio, worker) = connected_worker(bin, provisioned());
+    let models = tempfile::tempdir().expect("a temp dir");
+    let gguf = models.path().join("model.gguf");
+    std::fs::write(&gguf, b"GGUF not really a model").unwrap();
+    let files = FileServer::serve_dir(models.path()).expect("the file server starts");
+    let sha = sha256_file(&gguf).unwrap();
+
+    let submit = |engine: ModelEngine| {
+        let file = model_file(&files.url("model.gguf"), "model.gguf", Some(&sha));
+        studio.submit_job(JobSubmission {
+            model: Some("smollm2-135m".into()),
+            model_source: Some(model_source(engine, vec![file])),
+            ..JobSubmission::new(TaskKind::Llm, "hello")
+        })
+    };
+    let failed = |job: &str| {
+        let j = studio.wait_job_state(job, "failed");
+        assert_eq!(j.summary.attempts, 1, "the job was retried: {j:#?}");
+        j.summary.last_error.unwrap_or_default()
+    };
+
+    let onnx = submit(ModelEngine::Onnx);
+    let error = failed(&onnx);
+    assert!(
+        error.contains("`onnx` is not compiled into this worker") && error.contains("install"),
+        "{error}"
+    );
+
+    let llama = submit(ModelEngine::LlamaCpp);
+    let error = failed(&llama);
+    if error.contains("not compiled into this worker") {
+        assert!(error.contains("`llama-cpp`"), "{error}");
+        assert_eq!(
+            files.requests(),
+            0,
+            "a build without the engine fetched its model"
+        );
+    } else {
+        // A build with the llm engine: the file was fetched (into the worker's models
+        // root, verified) and its content refused.
+        assert_eq!(files.requests_for("model.gguf"), 1, "{error}");
+        assert!(worker.models_root().exists(), "{error}");
+    }
+
+    // Still connected and serving.
+    let ok = studio.submit_kind(TaskKind::Llm, "after the failures");
+    studio.expect_done(&ok);
 }

@@ -336,10 +336,14 @@ pub fn set_threshold(path: &Path, gb: f32) -> Result<String, ShellError> {
     let mut config = Config::load(path)?;
     config.vram_threshold_gb = gb;
     config.save(path)?;
-    Ok(format!(
+    let mut report = format!(
         "vram threshold set to {gb} GB in {} (a running worker picks it up when it restarts)\n",
         path.display()
-    ))
+    );
+    if let Some(warning) = crate::gpu::threshold_warning(gb, crate::gpu::vram()) {
+        report.push_str(&format!("warning: {warning}\n"));
+    }
+    Ok(report)
 }
 
 /// `config`: the resolved configuration as redacted TOML, headed by its path as a comment.

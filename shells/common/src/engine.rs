@@ -7,22 +7,32 @@
 //! unchanged), so a job stays in flight long enough to observe busy rejects, a graceful
 //! shutdown waiting for it, or a reconnect during it. It is meant for the end-to-end tests
 //! and demos only: with it set, the roster is the delayed synthetic engine alone. Unset,
-//! empty or `0`: the normal roster (`studio_engines::Router::new_default`). Anything else is
-//! ignored with a warning.
+//! empty or `0`: the normal roster (`studio_engines::Router::with_settings` with the
+//! config's values, [`engine_settings`]). Anything else is ignored with a warning.
 
 use std::time::Duration;
 
-use studio_engines::{Router, SyntheticEngine};
+use studio_engines::{EngineSettings, Router, SyntheticEngine};
+
+use crate::config::Config;
 
 /// The test/demo hook: extra milliseconds per synthetic job (see the module docs).
 pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
 
-/// The engines of `studio-worker run`: every compiled-in engine, or the delayed synthetic
-/// engine when [`SYNTHETIC_DELAY_ENV`] asks for one.
-pub fn engine_router() -> Router {
+/// What the engines take from the config: `models_root` (verified model downloads go to
+/// `<models_root>/<model id>/`); the loaded-model memory budget keeps its default.
+pub fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings::with_models_root(config.models_root.clone())
+}
+
+/// The engines of `studio-worker run`: every compiled-in engine, set up from `config`
+/// ([`engine_settings`]), or the delayed synthetic engine when [`SYNTHETIC_DELAY_ENV`] asks
+/// for one.
+pub fn engine_router(config: &Config) -> Router {
+    let settings = engine_settings(config);
     let value = std::env::var(SYNTHETIC_DELAY_ENV).ok();
     match synthetic_delay(value.as_deref()) {
-        Ok(None) => Router::new_default(),
+        Ok(None) => Router::with_settings(&settings),
         Ok(Some(delay)) => {
             tracing::warn!(
                 "{SYNTHETIC_DELAY_ENV}={}: test hook, every synthetic job takes that much \
@@ -33,7 +43,7 @@ pub fn engine_router() -> Router {
         }
         Err(e) => {
             tracing::warn!("{SYNTHETIC_DELAY_ENV} ignored: {e}");
-            Router::new_default()
+            Router::with_settings(&settings)
         }
     }
 }
@@ -72,9 +82,23 @@ mod tests {
         // The variable is normally unset in test runs; only compare when it is.
         if std::env::var_os(SYNTHETIC_DELAY_ENV).is_none() {
             assert_eq!(
-                engine_router().capabilities(),
+                engine_router(&Config::default()).capabilities(),
                 Router::new_default().capabilities()
             );
         }
+    }
+
+    #[test]
+    fn the_engines_get_the_configured_models_root() {
+        let config = Config {
+            models_root: std::path::PathBuf::from("/srv/models"),
+            ..Config::default()
+        };
+        let settings = engine_settings(&config);
+        assert_eq!(settings.models_root, config.models_root);
+        assert_eq!(
+            settings.model_memory_budget_bytes,
+            studio_engines::DEFAULT_MODEL_MEMORY_BUDGET_BYTES
+        );
     }
 }

@@ -27,14 +27,10 @@ pub fn probe() -> HostFacts {
     }
 }
 
-/// Total GPU memory in GB advertised as `vramTotalGb`.
-///
-/// **GPU probing hook.** This build has no GPU probe and reports `0.0` ("unknown"), which
-/// the studio accepts; admission is by the operator's `vram_threshold_gb`. The probe of
-/// PROTOCOL.md §9.4 (NVIDIA sysfs, then `nvidia-smi`, cached once per process) replaces
-/// the body of this function; nothing else in the shells needs to change.
+/// Total GPU memory in GB advertised as `vramTotalGb`: the cached probe of
+/// [`crate::gpu`] (CUDA driver, NVIDIA sysfs, `nvidia-smi`; 0.0 when unknown).
 pub fn vram_total_gb() -> f32 {
-    0.0
+    crate::gpu::vram().total_gb
 }
 
 fn clean(name: &str) -> Option<String> {
@@ -87,7 +83,8 @@ mod tests {
         assert!(!host.username.is_empty());
         assert_eq!(host.agent_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(host.engine, "multi");
-        assert_eq!(host.vram_total_gb, 0.0);
+        assert_eq!(host.vram_total_gb, crate::gpu::vram().total_gb);
+        assert!(host.vram_total_gb >= 0.0);
         assert!(!host.auto_start);
     }
 

@@ -21,6 +21,11 @@
 //! * a panicking engine -> `JobOutcome::Failed { error: "task <job> panicked",
 //!   retryable: true }` (the panic is caught; the worker keeps running).
 //!
+//! While a job runs, the engine's notices (`studio_engines::notice`: model download
+//! progress, verified or discarded files) reach the sink as [`PoolEvent::Log`] and become
+//! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
+//! studio with the other log lines.
+//!
 //! [`EnginePool::cancel`] (`Command::CancelJob`) forgets the job: a result it produces
 //! later is dropped, never delivered, and a result already delivered to the sink but not
 //! yet admitted is refused by [`EnginePool::admit`]. (A Rust thread cannot be killed; the
@@ -31,9 +36,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
-use studio_core::wire::JobOfferClaim;
+use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome};
+use studio_engines::notice::{self, NoticeLevel, NoticeSink};
 use studio_engines::{Engine, EngineOutput, JobRequest};
+
+/// The `category` of the log entries made from engine notices.
+pub const ENGINE_LOG_CATEGORY: &str = "engine";
 
 /// Identifies one dispatch of a job, so a result of an earlier (cancelled) dispatch of the
 /// same job id can never be taken for the current one.
@@ -51,6 +60,8 @@ pub enum PoolEvent {
     },
     /// An HTTP request ended.
     Http { id: HttpId, result: HttpResult },
+    /// A running engine's notice, as the log entry to ship.
+    Log(LogEntry),
 }
 
 impl PoolEvent {
@@ -62,6 +73,7 @@ impl PoolEvent {
                 job_id, outcome, ..
             } => Input::JobFinished { job_id, outcome },
             PoolEvent::Http { id, result } => Input::Http { id, result },
+            PoolEvent::Log(entry) => Input::Log(entry),
         }
     }
 }
@@ -139,7 +151,8 @@ impl EnginePool {
         let spawned = thread::Builder::new()
             .name(format!("engine-job-{}", ticket.0))
             .spawn(move || {
-                let outcome = run_engine(engine.as_ref(), &request);
+                let notices = notice_sink(&sink, &request.job_id);
+                let outcome = notice::with_sink(notices, || run_engine(engine.as_ref(), &request));
                 finish(&state, &sink, request.job_id, ticket, outcome);
             });
         if let Err(e) = spawned {
@@ -211,6 +224,21 @@ impl std::fmt::Debug for EnginePool {
 struct Failure {
     error: String,
     retryable: bool,
+}
+
+/// Turns the notices of `job_id`'s engine thread into [`PoolEvent::Log`]s on `sink`.
+fn notice_sink(sink: &EventSink, job_id: &str) -> NoticeSink {
+    let sink = Arc::clone(sink);
+    let job_id = job_id.to_string();
+    Arc::new(move |level: NoticeLevel, message: &str| {
+        sink(PoolEvent::Log(LogEntry {
+            ts: crate::driver::Clock::new().wall().to_rfc3339(),
+            level: level.as_str().into(),
+            category: ENGINE_LOG_CATEGORY.into(),
+            message: message.to_string(),
+            job_id: Some(job_id.clone()),
+        }))
+    })
 }
 
 fn run_engine(engine: &dyn Engine, request: &JobRequest) -> Result<EngineOutput, Failure> {
@@ -383,6 +411,11 @@ pub(crate) mod tests {
             }
             match prompt {
                 "panic" => panic!("boom"),
+                "notice" => {
+                    notice::info("fetching model.gguf: 50% of 1.0 KiB");
+                    notice::warn("a cached copy was bad");
+                    Ok(EngineOutput::Json(json!({"ok": true})))
+                }
                 "fail" => Err(EngineError::new(EngineErrorKind::Io, "disk full")),
                 "fatal" => Err(EngineError::new(EngineErrorKind::InvalidInput, "bad size")),
                 "bin" => Ok(EngineOutput::Binary {
@@ -425,6 +458,54 @@ pub(crate) mod tests {
         assert!(!pool.is_running("j1"));
         // A duplicate of the same event is refused.
         assert_eq!(pool.admit(ev), None);
+    }
+
+    #[test]
+    fn engine_notices_become_log_entries_of_the_job_before_its_result() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("j-n", image("notice")));
+        let mut entries = Vec::new();
+        let finished = loop {
+            match pool.admit(recv(&rx)).unwrap() {
+                Input::Log(entry) => entries.push(entry),
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(finished, Input::JobFinished { .. }),
+            "{finished:?}"
+        );
+        let got: Vec<(&str, &str, &str, Option<&str>)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.level.as_str(),
+                    e.category.as_str(),
+                    e.message.as_str(),
+                    e.job_id.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "info",
+                    ENGINE_LOG_CATEGORY,
+                    "fetching model.gguf: 50% of 1.0 KiB",
+                    Some("j-n")
+                ),
+                (
+                    "warn",
+                    ENGINE_LOG_CATEGORY,
+                    "a cached copy was bad",
+                    Some("j-n")
+                ),
+            ]
+        );
+        assert!(entries
+            .iter()
+            .all(|e| e.ts.ends_with('Z') && e.ts.len() == 24));
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Setup {
     /// synthetic one under the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test hook) and a jitter
     /// seed from the OS.
     pub fn from_config(config: Config, config_path: PathBuf) -> Result<Setup, ShellError> {
-        let engine = crate::engine_router();
+        let engine = crate::engine_router(&config);
         let worker_config = config.to_worker_config(
             crate::host::probe(),
             engine.capabilities(),

@@ -1,0 +1,61 @@
+//! What the shells tell the engines: where model files live and how much memory loaded
+//! models may keep.
+
+use std::path::PathBuf;
+
+/// The memory loaded models may keep between jobs when the config says nothing else:
+/// 8 GiB. A real engine keeps a model loaded for the next job while the sum of the loaded
+/// models' sizes stays within the budget, and unloads the least recently used ones first.
+pub const DEFAULT_MODEL_MEMORY_BUDGET_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// The models root of [`EngineSettings::default`] (tests, `Router::new_default`):
+/// `$TMPDIR/studio-worker-models`, the config's own fallback (PROTOCOL.md §7.2).
+pub const DEFAULT_MODELS_DIR_NAME: &str = "studio-worker-models";
+
+/// The engines' settings, built by the shells from `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Where verified model files are kept (`<models_root>/<model id>/<file>`), the
+    /// config's `models_root`.
+    pub models_root: PathBuf,
+    /// How many bytes of loaded models an engine may keep in memory between jobs
+    /// ([`DEFAULT_MODEL_MEMORY_BUDGET_BYTES`] by default).
+    pub model_memory_budget_bytes: u64,
+}
+
+impl EngineSettings {
+    /// Settings with `models_root` and every other value at its default.
+    pub fn with_models_root(models_root: impl Into<PathBuf>) -> EngineSettings {
+        EngineSettings {
+            models_root: models_root.into(),
+            ..EngineSettings::default()
+        }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> EngineSettings {
+        EngineSettings {
+            models_root: std::env::temp_dir().join(DEFAULT_MODELS_DIR_NAME),
+            model_memory_budget_bytes: DEFAULT_MODEL_MEMORY_BUDGET_BYTES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = EngineSettings::default();
+        assert_eq!(s.model_memory_budget_bytes, 8 << 30);
+        assert!(s.models_root.ends_with(DEFAULT_MODELS_DIR_NAME));
+        let s = EngineSettings::with_models_root("/m");
+        assert_eq!(s.models_root, PathBuf::from("/m"));
+        assert_eq!(
+            s.model_memory_budget_bytes,
+            DEFAULT_MODEL_MEMORY_BUDGET_BYTES
+        );
+    }
+}
