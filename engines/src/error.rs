@@ -89,12 +89,23 @@ impl EngineError {
     pub fn engine_not_available(engine: &ModelEngine) -> EngineError {
         let fix = match engine {
             ModelEngine::SdCpp => "install a build with the sd-cpp (stable-diffusion.cpp) engine",
-            ModelEngine::LlamaCpp => "install a build with the llama-cpp engine (feature `llama`)",
+            ModelEngine::LlamaCpp => {
+                "use studio-worker-async (it carries the candle LLM engine) or a build with \
+                 feature `llm`"
+            }
             ModelEngine::Onnx => "install a build with the onnx engine (feature `image-onnx`)",
             ModelEngine::Parakeet => {
                 "parakeet is a local-only streaming engine and never serves studio jobs"
             }
             ModelEngine::Synthetic => "install a build with the synthetic engine",
+            ModelEngine::Other(name) if name == "whisper" => {
+                "use studio-worker-async (it carries the candle Whisper engine) or a build with \
+                 feature `whisper`"
+            }
+            ModelEngine::Other(name) if name == "candle-sd" => {
+                "use studio-worker-async (it carries the candle Stable Diffusion engine) or a \
+                 build with feature `image-candle`"
+            }
             ModelEngine::Other(_) => {
                 "this worker version does not know that engine; update studio-worker"
             }

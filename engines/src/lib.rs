@@ -36,6 +36,8 @@
 
 #[cfg(feature = "image-candle")]
 pub mod diffusion;
+#[cfg(feature = "candle")]
+pub mod device;
 mod engine;
 mod error;
 #[cfg(feature = "llm")]

@@ -487,12 +487,14 @@ impl std::fmt::Debug for CandleImageEngine {
 
 impl CandleImageEngine {
     /// An engine whose models live in `store`, keeping the last pipeline loaded while its
-    /// weights fit `settings.model_memory_budget_bytes`. Runs on the CPU.
+    /// weights fit `settings.model_memory_budget_bytes`. Runs on
+    /// [`compute_device`](crate::device::compute_device) (CUDA in a `cuda` build with a GPU,
+    /// else the CPU).
     pub fn new(store: ModelStore, settings: &EngineSettings) -> CandleImageEngine {
         CandleImageEngine {
             store,
             memory_budget_bytes: settings.model_memory_budget_bytes,
-            device: Device::Cpu,
+            device: crate::device::compute_device(),
             loaded: Mutex::new(None),
             loads: AtomicU64::new(0),
             advertised: Mutex::new(BTreeSet::from([GENERIC_MODEL_ID.to_string()])),

@@ -158,6 +158,12 @@ impl Setup {
             engine.capabilities(),
             crate::entropy::seed()?,
         );
+        // PROTOCOL.md §9.4: a threshold above the detected GPU memory is worth a warning.
+        if let Some(warning) =
+            crate::gpu::threshold_warning(config.vram_threshold_gb, crate::gpu::vram())
+        {
+            tracing::warn!("{warning}");
+        }
         Ok(Setup {
             config,
             config_path,
