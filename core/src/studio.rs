@@ -2405,6 +2405,22 @@ impl Studio {
         };
         let key = (w.connect_seq, worker_id.to_string());
         let was_idle = w.in_idle;
+        if was_idle && eligible(w) {
+            // Still idle (every heartbeat of an idle worker): when it stays indexed under the
+            // same fits, removing and re-inserting would leave the index as it is.
+            let fits = w.capabilities.as_ref().map(worker_fits).unwrap_or_default();
+            let indexed = fits == w.idle_fits
+                && self.idle.set.contains(&key)
+                && fits
+                    .iter()
+                    .all(|f| self.idle.by_fit.get(f).is_some_and(|b| b.contains(&key)));
+            if indexed {
+                if force {
+                    self.dirty_workers.insert(key);
+                }
+                return;
+            }
+        }
         if was_idle {
             let old = std::mem::take(&mut w.idle_fits);
             self.idle.remove(&key, &old);

@@ -836,13 +836,13 @@ impl Worker {
                     format!(
                         "the studio refused this worker's token (HTTP 401 on websocket upgrade: {}); \
                          re-register with `studio-worker register --reset` and approve it again",
-                        clip(&body, UPGRADE_BODY_CLIP)
+                        clip_body(&body, UPGRADE_BODY_CLIP)
                     ),
                 );
             }
             ConnectError::Status { status, body } => self.schedule_reconnect(&format!(
                 "HTTP {status} on websocket upgrade: {}",
-                clip(&body, UPGRADE_BODY_CLIP)
+                clip_body(&body, UPGRADE_BODY_CLIP)
             )),
             ConnectError::Transport(e) => self.schedule_reconnect(&format!("connect failed: {e}")),
         }
@@ -1900,6 +1900,12 @@ pub const MAX_UNCONFIRMED_LOG_BATCHES: usize = 64;
 /// The upgrade-failure body is clipped to this many characters in messages.
 pub const UPGRADE_BODY_CLIP: usize = 300;
 
+/// A peer's body for a message: secrets redacted first (clipping could cut a token's
+/// closing quote and hide it from the redaction), then clipped to `n` characters.
+fn clip_body(body: &str, n: usize) -> String {
+    clip(&crate::secret::redact_json(body), n)
+}
+
 fn clip(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
@@ -1922,7 +1928,7 @@ impl HttpResult {
                 if body.is_empty() {
                     format!("{status}")
                 } else {
-                    format!("{status} — {}", clip(body, UPGRADE_BODY_CLIP))
+                    format!("{status} — {}", clip_body(body, UPGRADE_BODY_CLIP))
                 }
             }
             HttpResult::Transport(e) => format!("transport error: {e}"),

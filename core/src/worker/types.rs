@@ -299,7 +299,13 @@ pub enum Input {
     /// Operator: accept offers again.
     Resume,
     /// Operator: change the advertised VRAM threshold (advertised by the next heartbeat).
-    SetThreshold { gb: f32 },
+    /// A non-finite value is refused by `handle`, but still recorded: it is written as the
+    /// string `"NaN"`, `"inf"` or `"-inf"` so the trace parses back (JSON has no such
+    /// numbers).
+    SetThreshold {
+        #[serde(with = "lossless_f32")]
+        gb: f32,
+    },
     /// The OS presence probe changed (`None` = unknown).
     SetPresence(Option<UserPresence>),
     /// SIGINT / SIGTERM / quit: finish gracefully.
@@ -601,6 +607,44 @@ impl fmt::Debug for Command {
                 .field("reason", reason)
                 .finish(),
             Command::Wait { until } => f.debug_struct("Wait").field("until", until).finish(),
+        }
+    }
+}
+
+/// `f32` <-> JSON for recorded inputs: finite values as numbers, the others as strings.
+mod lossless_f32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f32(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Number(f32),
+        Text(String),
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Number(v) => Ok(v),
+            Repr::Text(t) => match t.as_str() {
+                "NaN" => Ok(f32::NAN),
+                "inf" => Ok(f32::INFINITY),
+                "-inf" => Ok(f32::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "`{other}` is not a number, NaN, inf or -inf"
+                ))),
+            },
         }
     }
 }
