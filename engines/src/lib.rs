@@ -34,10 +34,10 @@
 //! [`ModelEngine`]: studio_core::wire::ModelEngine
 //! [`TaskKind`]: studio_core::wire::TaskKind
 
-#[cfg(feature = "image-candle")]
-pub mod diffusion;
 #[cfg(feature = "candle")]
 pub mod device;
+#[cfg(feature = "image-candle")]
+pub mod diffusion;
 mod engine;
 mod error;
 #[cfg(feature = "llm")]
