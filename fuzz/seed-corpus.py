@@ -11,8 +11,10 @@
   InputJson operations), plus a few hand-made sessions.
 * world: a few knob settings (fuzz/src/world.rs format).
 
-Only files this script writes (prefixes `v-`, `http-`, `trace-`, `hand-`, `knobs-`) are
-replaced; anything else in the corpus directories is left alone. Needs only Python 3.
+Files with the prefixes `v-`, `http-`, `trace-`, `hand-`, `knobs-` are this script's:
+they are replaced. It also (re)writes its own `regression-*` seeds (inputs of core bugs the
+fuzzers found, now fixed) by name, and leaves every other file alone, other `regression-*`
+seeds included. Needs only Python 3.
 """
 
 import argparse
@@ -24,7 +26,7 @@ import sys
 FUZZ = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(FUZZ)
 CORPUS = os.path.join(FUZZ, "corpus")
-OURS = ("v-", "http-", "trace-", "hand-", "knobs-", "bug-")
+OURS = ("v-", "http-", "trace-", "hand-", "knobs-")
 
 # Opcodes of fuzz/src/machine.rs (enum Op, in table order).
 OPS = [
@@ -106,9 +108,9 @@ def decode_frame_seeds(vectors):
     for name, body in bodies.items():
         write(d, name + ".json", compact(body))
         n += 1
-    # Known bug (masked unless STUDIO_FUZZ_KNOWN_BUGS=1): an f32 beyond range decodes to
-    # infinity, which re-encodes as null and no longer decodes.
-    write(d, "bug-f32-overflow-offer.json",
+    # Regression (fixed in core): an f32 beyond range decoded to infinity, which
+    # re-encoded as null and no longer decoded; it now clamps to f32::MAX.
+    write(d, "regression-f32-overflow-offer.json",
           '{"type":"offer","claim":{"jobId":"j","gameId":"g","assetName":"a","model":"m",'
           '"vramGbEstimate":1e39,"task":{"kind":"llm","messages":[]},"modelSource":'
           '{"engine":"synthetic","files":[],"cliDefaults":{"cfgScale":1.0,"steps":8,'
@@ -207,17 +209,17 @@ def hand_sessions():
     garbage = (bytes([0x00, 0, 6]) + op("Connected", 0) + op("RawFrame", 0, string("{"))
                + op("ToDeadline") + op("Connected", 0) + op("Connected", 1)
                + op("Welcome", 0) + op("BinaryFrame", 0, varint(4)) + op("ErrorFrame", 0, 2))
-    # Known bug (masked unless STUDIO_FUZZ_KNOWN_BUGS=1): a refused NaN threshold is
-    # recorded as "gb":null and the recorded trace no longer parses.
+    # Regression (fixed in core): a refused NaN threshold was recorded as "gb":null and
+    # the recorded trace no longer parsed; it is now recorded as "NaN".
     nan_threshold = bytes([0x80, 0, 0]) + op("SetThreshold", struct.pack("<f", float("nan")))
-    # Known bug (masked unless STUDIO_FUZZ_KNOWN_BUGS=1): an upload answered 500 with a
-    # body holding "authToken":"..." is echoed unredacted into a Report notice (and the
-    # fail error), so the recorded trace does not replay.
+    # Regression (fixed in core): an upload answered 500 with a body holding
+    # "authToken":"..." was echoed unredacted into a Report notice (and the fail error),
+    # so the recorded trace did not replay; bodies are now redacted before clipping.
     echoed_body = (bytes([0x80, 0, 0]) + op("Connected", 0) + op("Welcome", 0)
                    + op("Offer", 0, 0, 0, 0) + op("JobFinished", 0, 1, b"\x00\x01")
                    + op("Http", 0, 6, 1))
-    return {"bug-nan-threshold-recorded": nan_threshold,
-            "bug-upload-error-body-echoed": echoed_body, "hand-job": job, "hand-upload-retry": upload, "hand-register": register,
+    return {"regression-nan-threshold-recorded": nan_threshold,
+            "regression-upload-error-body-echoed": echoed_body, "hand-job": job, "hand-upload-retry": upload, "hand-register": register,
             "hand-timer-storm": storm, "hand-busy-pause-shutdown": busy,
             "hand-garbage": garbage}
 
@@ -257,6 +259,12 @@ def world_seeds():
         "knobs-engines-uploads-registration": knobs(4, 3, 8, 90, engines, 20, 0),
         "knobs-dense-faults": knobs(5, 4, 12, 90, every, 2, 0),
     }
+    # Regressions (fixed in core, 4a3d8b0): before the fix these failed, and passed with
+    # the one fault class turned off. Stalls: a stalled connection's late hello displaced
+    # the newer session (worker exits on duplicate_worker). Duplicates: a re-delivered
+    # result for a job re-offered to the same worker ended in "reject for an accepted job".
+    seeds["regression-stalls-stale-hello"] = knobs(770, 4, 12, 124, 0x007F, 5, 0)
+    seeds["regression-duplicates-resent-result"] = knobs(65, 4, 12, 124, every, 10, 0)
     for name, data in seeds.items():
         write(d, name + ".bin", data)
     return len(seeds)

@@ -1,12 +1,11 @@
 //! A small simulated fleet (studio_sim) from a fuzzer-chosen seed and knobs; the
 //! simulation's own invariants must hold. Input format and checks: `studio_fuzz::world`.
-//! `STUDIO_FUZZ_KNOWN_BUGS=1` also enables the two fault classes with known core bugs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = studio_fuzz::world::check(data, studio_fuzz::known_bugs()) {
+    if let Err(e) = studio_fuzz::world::check(data) {
         panic!("world: {e}");
     }
 });

@@ -18,10 +18,10 @@
 //! [`studio_core::secret::redact_json`], which every `Debug` of frame text goes through,
 //! and for the URL helpers that take config text.
 //!
-//! Known bug, masked unless `STUDIO_FUZZ_KNOWN_BUGS=1`: a number beyond the f32 range in
-//! an f32 field (`"vramGbEstimate":1e39`) decodes to infinity, which re-encodes as `null`
-//! and no longer decodes. Inputs holding such a number skip the round trip (they are still
-//! decoded: no panic).
+//! Regression (`corpus/decode_frame/regression-f32-overflow-offer.json`): a number beyond
+//! the f32 range in an f32 field (`"vramGbEstimate":1e39`) used to decode to infinity,
+//! which re-encoded as `null` and no longer decoded; the core now clamps it to
+//! `±f32::MAX`, so such frames round-trip like any other.
 
 use std::fmt::Debug;
 
@@ -34,7 +34,6 @@ use studio_core::wire::{self, DecodeError, StudioFrame, WorkerFrame};
 pub fn check(data: &[u8]) -> Result<(), String> {
     let text = String::from_utf8_lossy(data);
     let text: &str = &text;
-    let round_trips = crate::known_bugs() || !has_number_beyond_f32(text);
 
     let studio = wire::decode_studio_frame(text);
     check_limit(
@@ -43,7 +42,7 @@ pub fn check(data: &[u8]) -> Result<(), String> {
         wire::decode_studio_frame_limited,
         "studio frame",
     )?;
-    if let (Ok(frame), true) = (&studio, round_trips) {
+    if let Ok(frame) = &studio {
         round_trip(frame, wire::decode_studio_frame, "studio frame")?;
         touch_studio_frame(frame);
     }
@@ -51,16 +50,14 @@ pub fn check(data: &[u8]) -> Result<(), String> {
     let worker_default = |t: &str| wire::decode_worker_frame(t, wire::MAX_FRAME_BYTES);
     let worker = worker_default(text);
     check_limit(text, &worker, wire::decode_worker_frame, "worker frame")?;
-    if let (Ok(frame), true) = (&worker, round_trips) {
+    if let Ok(frame) = &worker {
         round_trip(frame, worker_default, "worker frame")?;
         let _: &str = WorkerFrame::type_name(frame);
     }
 
-    if round_trips {
-        body_round_trip::<wire::RegisterStatus>(text, "register status body")?;
-        body_round_trip::<wire::RegisterRequestResponse>(text, "register-request response")?;
-        body_round_trip::<wire::AutoRegisterRequest>(text, "register-request body")?;
-    }
+    body_round_trip::<wire::RegisterStatus>(text, "register status body")?;
+    body_round_trip::<wire::RegisterRequestResponse>(text, "register-request response")?;
+    body_round_trip::<wire::AutoRegisterRequest>(text, "register-request body")?;
 
     let redacted = redact_json(text);
     let twice = redact_json(&redacted);
@@ -74,19 +71,6 @@ pub fn check(data: &[u8]) -> Result<(), String> {
     let _ = wire::ws_url(text, "w-1");
     let _ = wire::content_type_for_ext(text);
     Ok(())
-}
-
-/// Whether the text is JSON holding a finite number too large for an f32 (the known bug).
-fn has_number_beyond_f32(text: &str) -> bool {
-    fn walk(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Number(n) => n.as_f64().is_some_and(|x| x.abs() > f32::MAX as f64),
-            serde_json::Value::Array(a) => a.iter().any(walk),
-            serde_json::Value::Object(o) => o.values().any(walk),
-            _ => false,
-        }
-    }
-    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| walk(&v))
 }
 
 fn check_limit<T: PartialEq + Debug>(
@@ -227,20 +211,29 @@ mod tests {
         assert!(round_trip(&frame, rejecting, "t").is_err());
     }
 
+    /// Regression: an f32 beyond range (either sign) clamps to `±f32::MAX` on decode, so
+    /// the frame round-trips; the committed seed is that offer.
     #[test]
-    fn an_f32_overflow_is_the_known_bug() {
-        let offer = r#"{"type":"offer","claim":{"jobId":"j","gameId":"g","assetName":"a","model":"m",
-            "vramGbEstimate":1e39,"task":{"kind":"llm","messages":[]},"modelSource":{"engine":"synthetic",
-            "files":[],"cliDefaults":{"cfgScale":1.0,"steps":8,"width":1,"height":1}}}}"#;
-        assert!(has_number_beyond_f32(offer));
-        assert!(!has_number_beyond_f32(
-            r#"{"a":[1e38,-3.4e38,18446744073709551615]}"#
-        ));
-        let Ok(frame) = wire::decode_studio_frame(offer) else {
-            panic!("the offer decodes")
-        };
-        // The bug itself: once fixed in core, this assertion fails; then drop the masking.
-        assert!(round_trip(&frame, wire::decode_studio_frame, "t").is_err());
+    fn regression_an_f32_overflow_clamps_and_round_trips() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/corpus/decode_frame/regression-f32-overflow-offer.json"
+        );
+        let seed = std::fs::read_to_string(path).unwrap();
+        assert!(seed.contains("\"vramGbEstimate\":1e39"), "{seed}");
+        for (text, want) in [
+            (seed.clone(), f32::MAX),
+            (seed.replace("1e39", "-1e39"), -f32::MAX),
+            (seed.replace("1e39", "1e308"), f32::MAX),
+        ] {
+            let Ok(StudioFrame::Offer { claim }) = wire::decode_studio_frame(&text) else {
+                panic!("the offer decodes: {text}")
+            };
+            assert_eq!(claim.vram_gb_estimate, want, "{text}");
+            let frame = StudioFrame::Offer { claim };
+            round_trip(&frame, wire::decode_studio_frame, "t").unwrap();
+            check(text.as_bytes()).unwrap();
+        }
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!
 //! Every check returns `Err(description)`; the targets turn an `Err` into a panic, which
 //! libFuzzer reports as a crash and saves under `fuzz/artifacts/<target>/`.
+//!
+//! Every check is on, always: the core bugs these targets found are fixed, and their
+//! inputs are kept as `regression-*` seeds in `corpus/<target>/` (each with a test here
+//! asserting the fixed behaviour).
 
 use std::sync::OnceLock;
 
@@ -16,19 +20,10 @@ pub mod machine;
 pub mod reader;
 pub mod world;
 
-/// Whether the checks of known core bugs are on: `STUDIO_FUZZ_KNOWN_BUGS=1`. Off by
-/// default so the fuzzer (and the CI smoke) looks for new failures instead of re-finding
-/// old ones; each target's docs name what it masks. Read once per process.
-pub fn known_bugs() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    #[allow(clippy::disallowed_methods)] // the harness, not the core, reads the environment
-    *ON.get_or_init(|| std::env::var_os("STUDIO_FUZZ_KNOWN_BUGS").is_some_and(|v| v == "1"))
-}
-
 /// Whether the harnesses narrate each step on stderr (`STUDIO_FUZZ_VERBOSE=1`), for
 /// reading a crash: `STUDIO_FUZZ_VERBOSE=1 cargo fuzz run <target> <crash-file>`.
 pub fn verbose() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    #[allow(clippy::disallowed_methods)]
+    #[allow(clippy::disallowed_methods)] // the harness, not the core, reads the environment
     *ON.get_or_init(|| std::env::var_os("STUDIO_FUZZ_VERBOSE").is_some_and(|v| v == "1"))
 }

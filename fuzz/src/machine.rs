@@ -47,17 +47,18 @@
 //! * with flag 0x80: the session written with [`studio_core::trace::TraceWriter`] parses
 //!   and replays with no divergence (determinism + the trace format), unless an input
 //!   carries a secret-like key where redaction changes what the machine sees (the
-//!   documented limit of the trace format; a minted secret and an approved registration
-//!   status are redacted by design and still replay).
+//!   documented limit of the trace format; a minted secret, an approved registration
+//!   status and HTTP / upgrade-failure bodies are redacted by design and still replay).
 //!
-//! Known bugs, masked unless `STUDIO_FUZZ_KNOWN_BUGS=1` (sessions hitting them skip the
-//! replay check):
+//! Regressions (core bugs this target found, now fixed; their inputs are the
+//! `corpus/worker_machine/regression-*` seeds and the `regression_*` tests):
 //! * a refused `SetThreshold` with a non-finite value (a usage-error step, which traces
-//!   record like any other) is written as `"gb":null`, so the trace no longer parses;
-//! * an HTTP or upgrade-failure body is copied, clipped but not redacted, into `Report`
+//!   record like any other) was written as `"gb":null`, so the trace no longer parsed; it
+//!   is now recorded as the string `"NaN"` / `"inf"` / `"-inf"` and parses back;
+//! * an HTTP or upgrade-failure body was copied, clipped but not redacted, into `Report`
 //!   notices and `fail` errors (`HttpResult::describe`), so a body carrying a secret-like
-//!   key (`"authToken":"..."`) leaks into logs and the studio, and the recorded session
-//!   (which hashes the real token in the notice) does not replay from its redacted trace.
+//!   key (`"authToken":"..."`) leaked, and the recorded session did not replay from its
+//!   redacted trace; bodies are now redacted before clipping, so such sessions replay.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -332,11 +333,9 @@ const CLOSE_CODES: [Option<u16>; 8] = [
 /// Why redacting an input changes it (see [`Harness::redaction`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Redaction {
-    /// The machine only copies or hashes the secret into masked places: replays exactly.
+    /// The machine only copies or hashes the secret into masked places (or redacts it
+    /// itself, as it does with peer bodies in messages): replays exactly.
     ByDesign,
-    /// An HTTP or upgrade-failure body with a secret-like key: the machine copies bodies
-    /// into notices and `fail` errors unredacted (known bug), so the replay diverges.
-    EchoedBody,
     /// Any other input with a secret-like key: the documented limit of the trace format.
     Limit,
 }
@@ -653,18 +652,12 @@ impl Harness {
         let now = now_of(self.mono, self.wall_skew_ms);
         let step = self.step;
         let ctx = || format!("step {step} at {} ({input:?})", now.mono);
-        if let Input::SetThreshold { gb } = &input {
-            if !gb.is_finite() && !crate::known_bugs() {
-                self.replay_safe = false;
-            }
-        }
         if self.recording.is_some() {
             let plain = serde_json::to_value(&input).map_err(|e| e.to_string())?;
             if trace::redacted(&input) != plain {
                 match self.redaction(&input) {
                     Redaction::ByDesign => {}
-                    Redaction::EchoedBody if crate::known_bugs() => {}
-                    Redaction::EchoedBody | Redaction::Limit => self.replay_safe = false,
+                    Redaction::Limit => self.replay_safe = false,
                 }
             }
         }
@@ -741,7 +734,9 @@ impl Harness {
             } if (200..300).contains(status) && self.poll_ids.contains(&id.0) => {
                 Redaction::ByDesign
             }
-            Input::Http { .. } | Input::ConnectFailed { .. } => Redaction::EchoedBody,
+            // Any other body (an error, an upgrade failure): the machine redacts it before
+            // clipping it into notices and `fail` errors, so only masked text reaches them.
+            Input::Http { .. } | Input::ConnectFailed { .. } => Redaction::ByDesign,
             _ => Redaction::Limit,
         }
     }
@@ -1089,45 +1084,90 @@ mod tests {
         assert!(h.check_drain(now, &send, false).is_err());
     }
 
-    #[test]
-    fn known_bug_a_nan_threshold_makes_the_trace_unparseable() {
-        let mut h = Harness::new(config(0, 0, 1), true);
-        h.feed(Input::Start).unwrap();
-        h.feed(Input::SetThreshold { gb: f32::NAN }).unwrap();
-        let text = &h.recording.as_ref().unwrap().1;
-        // Once fixed in core this fails; then drop the masking in `feed`.
-        assert!(trace::parse(text).is_err(), "{text}");
-        assert!(!h.replay_safe || crate::known_bugs());
-    }
-
-    #[test]
-    fn known_bug_an_error_body_is_echoed_unredacted() {
-        let mut h = Harness::new(config(0, 0, 1), true);
-        h.feed(Input::Start).unwrap();
-        let data = [3, 0, 5, 0, 6, 0, 0, 0, 0, 17, 0, 1, 0, 1];
-        let mut r = Reader::new(&data);
+    /// Feeds a committed seed (after its three header bytes) to `h`.
+    fn feed_seed(h: &mut Harness, data: &[u8]) {
+        let mut r = Reader::new(data);
         while !r.is_empty() {
             let op = Op::from_byte(r.u8());
             if let Some(i) = h.input(op, &mut r) {
                 h.feed(i).unwrap();
             }
         }
-        let body = r#"{"status":"approved","workerId":"w-2","authToken":"t2"}"#;
-        let failed = Input::Http {
-            id: HttpId(1),
-            result: HttpResult::Response {
+    }
+
+    fn seed(name: &str) -> Vec<u8> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/worker_machine");
+        std::fs::read(format!("{dir}/{name}")).unwrap()
+    }
+
+    /// Regression: a refused non-finite threshold is recorded as a string that parses
+    /// back to the same value, and the session replays (the committed seed is one NaN).
+    #[test]
+    fn regression_a_non_finite_threshold_is_recorded_and_replays() {
+        let data = seed("regression-nan-threshold-recorded.bin");
+        assert_eq!(data[0] & 0x80, 0x80, "the seed records and replays");
+        check(&data).unwrap();
+        for (gb, text) in [
+            (f32::NAN, "\"NaN\""),
+            (f32::INFINITY, "\"inf\""),
+            (f32::NEG_INFINITY, "\"-inf\""),
+        ] {
+            let mut h = Harness::new(config(0, 0, 1), true);
+            h.feed(Input::Start).unwrap();
+            h.feed(Input::SetThreshold { gb }).unwrap();
+            assert!(h.replay_safe);
+            let recorded = &h.recording.as_ref().unwrap().1;
+            assert!(recorded.contains(&format!("\"gb\":{text}")), "{recorded}");
+            let parsed = trace::parse(recorded).unwrap_or_else(|e| panic!("{e}\n{recorded}"));
+            assert!(format!("{parsed:?}").contains(&format!("{gb:?}")), "{parsed:?}");
+            h.check_replay().unwrap();
+        }
+    }
+
+    /// Regression: an upload answered 500 with a body holding `"authToken":"..."` no
+    /// longer leaks the token into the machine's commands, and the recorded session (the
+    /// committed seed) replays from its redacted trace.
+    #[test]
+    fn regression_an_error_body_is_redacted_before_it_is_echoed() {
+        let data = seed("regression-upload-error-body-echoed.bin");
+        assert_eq!(data[0] & 0x80, 0x80, "the seed records and replays");
+        let mut h = Harness::new(config(data[0], data[1], data[2]), true);
+        h.feed(Input::Start).unwrap();
+        feed_seed(&mut h, &data[3..]);
+        assert!(h.replay_safe);
+        let recorded = &h.recording.as_ref().unwrap().1;
+        assert!(recorded.contains("authToken"), "the seed's body has a token: {recorded}");
+        h.check_replay().unwrap();
+        check(&data).unwrap();
+
+        let mut h = Harness::new(config(0, 0, 1), true);
+        h.feed(Input::Start).unwrap();
+        feed_seed(&mut h, &[3, 0, 5, 0, 6, 0, 0, 0, 0, 17, 0, 1, 0, 1]);
+        let body = r#"{"status":"approved","workerId":"w-2","authToken":"SECRETTOKEN"}"#;
+        // Padded so that the clip (after `UPGRADE_BODY_CLIP` characters) falls inside the
+        // token: clipping first would cut its closing quote and hide it from redaction.
+        let cut_inside = studio_core::worker::UPGRADE_BODY_CLIP - body.find("SECRET").unwrap() - 6;
+        for result in [
+            HttpResult::Response {
                 status: 500,
                 body: body.into(),
             },
-        };
-        assert_eq!(h.redaction(&failed), Redaction::EchoedBody);
-        let (cmds, _) = trace::step(&mut h.worker, now_of(0, 0), failed);
-        // Once fixed in core (bodies redacted before clipping) this fails; then drop the
-        // EchoedBody masking.
-        assert!(
-            cmds.iter().any(|c| format!("{c:?}").contains("t2")),
-            "{cmds:?}"
-        );
+            HttpResult::Response {
+                status: 503,
+                body: format!("{}{body}", " ".repeat(cut_inside)),
+            },
+        ] {
+            let failed = Input::Http {
+                id: HttpId(1),
+                result,
+            };
+            assert_eq!(h.redaction(&failed), Redaction::ByDesign);
+            let (cmds, _) = trace::step(&mut h.worker.clone(), now_of(0, 0), failed);
+            assert!(
+                !cmds.iter().any(|c| format!("{c:?}").contains("SECRET")),
+                "{cmds:?}"
+            );
+        }
     }
 
     /// Every committed seed passes, and the seeds made from recorded traces are not

@@ -23,9 +23,10 @@
 //! protocol violations, studio invariants, dispatches of jobs never offered, ...); plus,
 //! with 0x01, the same configuration gives the same run hash.
 //!
-//! Two fault classes, `stalls` and `duplicates`, trigger two known core bugs (BENCHMARKS.md
-//! "Simulation"; CI runs the simulation without them). They are masked out unless the
-//! environment sets `STUDIO_FUZZ_KNOWN_BUGS=1`, so the fuzzer looks for new failures.
+//! Every fault class the input selects is on, `stalls` and `duplicates` included (the two
+//! core bugs they used to trigger, a stale hello beating a newer connection and a re-sent
+//! result for a re-offered job being taken twice, are fixed; `corpus/world/regression-*`
+//! and the `regression_*` tests keep them covered).
 
 use std::time::Duration;
 
@@ -33,11 +34,8 @@ use studio_sim::{describe, run, Faults, SimConfig, SimReport};
 
 use crate::reader::Reader;
 
-/// Fault classes masked out by default (known bugs, see the module docs).
-pub const KNOWN_BUG_CLASSES: [&str; 2] = ["stalls", "duplicates"];
-
 /// The simulation configuration an input selects.
-pub fn config(data: &[u8], allow_known_bugs: bool) -> (SimConfig, bool) {
+pub fn config(data: &[u8]) -> (SimConfig, bool) {
     let mut r = Reader::new(data);
     let seed = r.u64();
     let workers = 1 + usize::from(r.u8() % 4);
@@ -47,7 +45,7 @@ pub fn config(data: &[u8], allow_known_bugs: bool) -> (SimConfig, bool) {
     let mask = r.u16();
     cfg.faults = Faults::all();
     for (i, name) in Faults::NAMES.iter().enumerate() {
-        if mask & (1 << i) == 0 || (!allow_known_bugs && KNOWN_BUG_CLASSES.contains(name)) {
+        if mask & (1 << i) == 0 {
             cfg.faults.disable(name);
         }
     }
@@ -57,8 +55,8 @@ pub fn config(data: &[u8], allow_known_bugs: bool) -> (SimConfig, bool) {
 }
 
 /// Runs one input; `Err` describes what the simulation found.
-pub fn check(data: &[u8], allow_known_bugs: bool) -> Result<(), String> {
-    let (mut cfg, determinism) = config(data, allow_known_bugs);
+pub fn check(data: &[u8]) -> Result<(), String> {
+    let (mut cfg, determinism) = config(data);
     cfg.hash = determinism;
     let report = run(&cfg);
     verdict(&cfg, &report)?;
@@ -113,12 +111,12 @@ mod tests {
 
     #[test]
     fn empty_and_busy_inputs_pass() {
-        check(&[], false).unwrap();
+        check(&[]).unwrap();
         let busy = [7, 0, 0, 0, 0, 0, 0, 0, 3, 12, 60, 0xff, 0x1f, 10, 1];
-        check(&busy, false).unwrap();
-        let (cfg, det) = config(&busy, false);
+        check(&busy).unwrap();
+        let (cfg, det) = config(&busy);
         assert_eq!((cfg.workers, cfg.jobs, det), (4, 12, true));
-        assert!(cfg.faults.drops && !cfg.faults.stalls && !cfg.faults.duplicates);
+        assert_eq!(cfg.faults, Faults::all());
     }
 
     #[test]
@@ -127,13 +125,30 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             let data = std::fs::read(&path).unwrap();
-            check(&data, false).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            check(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+
+    /// Regressions: two inputs that failed before the core fixes (and passed with their
+    /// fault class off) now pass with it on.
+    #[test]
+    fn regression_stalls_and_duplicates_pass() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/world");
+        for (name, class) in [
+            ("regression-stalls-stale-hello.bin", "stalls"),
+            ("regression-duplicates-resent-result.bin", "duplicates"),
+        ] {
+            let data = std::fs::read(format!("{dir}/{name}")).unwrap();
+            let (cfg, _) = config(&data);
+            let mut without = cfg.faults.clone();
+            assert!(without.disable(class) && without != cfg.faults, "{name}: {class} is on");
+            check(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }
 
     #[test]
     fn the_verdict_can_fail() {
-        let (mut cfg, _) = config(&[3, 0, 0, 0, 0, 0, 0, 0, 1, 8, 60], false);
+        let (mut cfg, _) = config(&[3, 0, 0, 0, 0, 0, 0, 0, 1, 8, 60]);
         cfg.sabotage = Sabotage::LoseEngineResults;
         let report = run(&cfg);
         assert!(verdict(&cfg, &report).is_err(), "{}", describe(&report));
