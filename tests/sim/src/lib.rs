@@ -7,6 +7,16 @@
 //!   loop jumps to the next event and never sleeps. Each worker's deadline (and the
 //!   studio's) is one heap entry, re-inserted after every `handle` with a version number so
 //!   stale entries are skipped: no per-step scan of the fleet.
+//! * Invariants are checked after every step, incrementally: a worker's step checks that
+//!   worker (deadline after now, no storm, only offered jobs dispatched, one engine run at a
+//!   time, log queue within its cap); a studio step checks the jobs and workers its events
+//!   named (claims, slots, offer deadlines, completions). The whole studio
+//!   ([`Studio::check_invariants`], linear in its state) is checked every `check_every`
+//!   (`max(10 s, workers / 100 s)`), at heal and at the end.
+//! * A failing run names the workers involved ([`SimReport::implicated`]): those a violation
+//!   names, every worker a lost or doubled job was offered to or ran on, and (stuck) the
+//!   workers that never settled; a fleet over [`TRACE_ALL_UP_TO`] writes traces for those
+//!   only ([`trace_selection`]).
 //! * Links are per-connection ordered queues: a frame's delivery time is at least the
 //!   previous frame's on the same connection and direction, so order is kept under delays
 //!   and stalls.
@@ -54,6 +64,10 @@ pub mod trace_out;
 pub const WALL0: u64 = 1_779_710_400_000;
 /// More handles of one machine at a single instant than this is a timer storm.
 pub const STORM_LIMIT: u32 = 64;
+/// A run that does not quiesce implicates at most this many unsettled workers.
+pub const UNSETTLED_TRACES: usize = 50;
+/// Fleets larger than this record traces only for the implicated workers.
+pub const TRACE_ALL_UP_TO: usize = 100;
 
 // ------------------------------------------------------------------------------------------
 // PRNG
@@ -307,7 +321,10 @@ pub struct SimReport {
     /// Jobs that ran on two engines at once (allowed: a claim expired while the first
     /// worker was cut off; the studio still completes them once).
     pub concurrent_runs: usize,
+    /// Worker handles.
     pub steps: u64,
+    /// Studio handles (frames, connects, disconnects, ticks) and HTTP calls.
+    pub studio_steps: u64,
     pub faults_injected: u64,
     pub studio_restarts: u32,
     /// Simulated time at the end.
@@ -409,27 +426,63 @@ enum Ev {
     Check,
 }
 
-struct Item {
+/// A heap entry: 24 bytes (the event itself waits in [`Queue::slots`], so a sift moves
+/// keys, not events).
+#[derive(Clone, Copy)]
+struct Key {
     at: Mono,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
-impl PartialEq for Item {
+impl PartialEq for Key {
     fn eq(&self, o: &Self) -> bool {
         (self.at, self.seq) == (o.at, o.seq)
     }
 }
-impl Eq for Item {}
-impl PartialOrd for Item {
+impl Eq for Key {}
+impl PartialOrd for Key {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Item {
+impl Ord for Key {
     // Reversed: the heap pops the earliest (then the first scheduled).
     fn cmp(&self, o: &Self) -> Ordering {
         (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// The event queue: a binary heap of small keys ordered by (time, sequence number) over a
+/// slab of events with a free list. Same order as a heap of whole events, a fraction of
+/// the memory traffic per push and pop.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Key>,
+    slots: Vec<Option<Ev>>,
+    free: Vec<u32>,
+}
+
+impl Queue {
+    fn push(&mut self, at: Mono, seq: u64, ev: Ev) {
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(ev);
+                s
+            }
+            None => {
+                self.slots.push(Some(ev));
+                u32::try_from(self.slots.len() - 1).expect("under 2^32 pending events")
+            }
+        };
+        self.heap.push(Key { at, seq, slot });
+    }
+
+    fn pop(&mut self) -> Option<(Mono, Ev)> {
+        let k = self.heap.pop()?;
+        let ev = self.slots[k.slot as usize].take().expect("a queued event");
+        self.free.push(k.slot);
+        Some((k.at, ev))
     }
 }
 
@@ -496,7 +549,7 @@ struct World {
     rng: Rng,
     now: Mono,
     seq: u64,
-    heap: BinaryHeap<Item>,
+    queue: Queue,
     studio: Studio,
     studio_timer: Option<Mono>,
     studio_ver: u64,
@@ -516,7 +569,19 @@ struct World {
     hasher: Option<Sha256>,
     report: SimReport,
     check_every: Duration,
+    /// When the last full check ([`Studio::check_invariants`]) ran.
+    last_full_check: Mono,
     quiesced: bool,
+    /// The command buffer of [`World::feed`], kept between steps.
+    cmd_buf: Vec<Command>,
+    /// Jobs and workers (studio ids) named by the events of the current studio step: what
+    /// [`World::check_studio_step`] looks at.
+    touched_jobs: Vec<String>,
+    touched_workers: Vec<String>,
+    /// Each held job's holder as of the last step that touched it.
+    holders: BTreeMap<String, String>,
+    /// Studio worker id -> simulated worker index.
+    wid_index: BTreeMap<String, usize>,
 }
 
 fn task_for(kind: TaskKind, n: usize) -> Task {
@@ -619,7 +684,7 @@ impl World {
             rng,
             now: Mono::ZERO,
             seq: 0,
-            heap: BinaryHeap::new(),
+            queue: Queue::default(),
             studio,
             studio_timer: None,
             studio_ver: 0,
@@ -639,18 +704,20 @@ impl World {
             hasher,
             report,
             check_every,
+            last_full_check: Mono::ZERO,
             quiesced: false,
+            cmd_buf: Vec::new(),
+            touched_jobs: Vec::new(),
+            touched_workers: Vec::new(),
+            holders: BTreeMap::new(),
+            wid_index: BTreeMap::new(),
             cfg,
         }
     }
 
     fn at(&mut self, at: Mono, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Item {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at, self.seq, ev);
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
@@ -669,6 +736,57 @@ impl World {
     fn wviolation(&mut self, w: usize, what: String) {
         self.report.implicated.insert(w);
         self.violation(what);
+    }
+
+    /// A violation about a worker the studio names by its id.
+    fn sviolation(&mut self, worker_id: &str, what: String) {
+        match self.wid_index.get(worker_id) {
+            Some(&w) => self.wviolation(w, what),
+            None => self.violation(what),
+        }
+    }
+
+    /// A violation about a job: implicates every worker involved with it.
+    fn jviolation(&mut self, job_id: &str, what: String) {
+        self.implicate_job(job_id);
+        self.violation(what);
+    }
+
+    /// The workers involved with a job: its holder, every worker it was offered to, and any
+    /// whose engine runs it.
+    fn implicate_job(&mut self, job_id: &str) {
+        let mut ids: Vec<String> = Vec::new();
+        if let Some(j) = self.studio.job(job_id) {
+            ids.extend(j.state.holder().map(str::to_string));
+            ids.extend(j.last_worker().map(str::to_string));
+            ids.extend(j.offered_to().map(str::to_string));
+        }
+        for id in ids {
+            if let Some(&w) = self.wid_index.get(&id) {
+                self.report.implicated.insert(w);
+            }
+        }
+        for (w, wk) in self.workers.iter().enumerate() {
+            if wk.engine.as_ref().is_some_and(|e| e.job_id == job_id) {
+                self.report.implicated.insert(w);
+            }
+        }
+    }
+
+    /// Implicates every worker and job a free-text message names (a studio invariant's
+    /// error names its records by id).
+    fn implicate_text(&mut self, text: &str) {
+        let words: Vec<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        for word in words {
+            if let Some(&w) = self.wid_index.get(word) {
+                self.report.implicated.insert(w);
+            } else if self.studio.job(word).is_some() {
+                self.implicate_job(word);
+            }
+        }
     }
 
     fn chaos(&self) -> bool {
@@ -736,7 +854,9 @@ impl World {
         if let Err(e) = self.workers[w].m.handle(now, input) {
             self.wviolation(w, format!("worker {w}: usage error {e}"));
         }
-        let mut cmds = Vec::new();
+        // One buffer for every drain (a drain never feeds a worker, so never nests).
+        let mut cmds = std::mem::take(&mut self.cmd_buf);
+        cmds.clear();
         loop {
             let c = self.workers[w].m.poll();
             let wait = matches!(c, Command::Wait { .. });
@@ -756,8 +876,19 @@ impl World {
                 commands: cmds.clone(),
             });
         }
-        for c in cmds {
+        for c in cmds.drain(..) {
             self.worker_command(w, c);
+        }
+        self.cmd_buf = cmds;
+        self.check_worker(w);
+    }
+
+    /// The per-step check of a worker machine, after its drain: what one step can break.
+    fn check_worker(&mut self, w: usize) {
+        let len = self.workers[w].m.log_queue_len();
+        let cap = self.workers[w].config.limits.log_queue_cap;
+        if len > cap {
+            self.wviolation(w, format!("worker {w}: log queue {len} over its cap {cap}"));
         }
     }
 
@@ -1072,6 +1203,7 @@ impl World {
             let s = format!("{input:?}");
             self.hash_str("si", &s);
         }
+        self.report.studio_steps += 1;
         self.studio.handle(self.now, input);
         self.drain_studio();
     }
@@ -1131,24 +1263,155 @@ impl World {
                 StudioCommand::Event(e) => self.studio_event(e),
             }
         }
+        self.check_studio_step();
+    }
+
+    /// The per-step check of the studio machine, after its drain: the jobs and workers its
+    /// events named (a step that names none, a heartbeat, changes no claim). The whole
+    /// machine is checked by [`Studio::check_invariants`] every `check_every`, at heal and
+    /// at the end.
+    fn check_studio_step(&mut self) {
+        if self.touched_jobs.is_empty() && self.touched_workers.is_empty() {
+            return;
+        }
+        let mut jobs = std::mem::take(&mut self.touched_jobs);
+        let mut workers = std::mem::take(&mut self.touched_workers);
+        let now = self.now;
+        for id in &jobs {
+            let Some(j) = self.studio.job(id) else {
+                self.jviolation(id, format!("job {id}: named by an event but unknown"));
+                continue;
+            };
+            let done = matches!(j.state, JobState::Done { .. });
+            let mut bad = Vec::new();
+            if j.completions > 1 || done != (j.completions == 1) {
+                bad.push(format!(
+                    "job {id}: state {} with {} completions",
+                    j.state.name(),
+                    j.completions
+                ));
+            }
+            match (&j.state, j.offer_deadline()) {
+                (JobState::Offered { .. }, Some(d)) if d >= now => {}
+                (JobState::Offered { .. }, d) => {
+                    bad.push(format!("job {id}: offered with deadline {d:?} at {now}"))
+                }
+                (_, Some(_)) => bad.push(format!("job {id}: deadline while {}", j.state.name())),
+                _ => {}
+            }
+            let holder = j.state.holder().map(str::to_string);
+            if let Some(h) = &holder {
+                if !j.offered_to().any(|o| o == h) {
+                    bad.push(format!("job {id}: held by {h} without an offer"));
+                }
+                let slot = self.studio.worker(h).and_then(|v| v.current_job);
+                if slot.as_deref() != Some(id.as_str()) {
+                    bad.push(format!("job {id}: held by {h} whose slot is {slot:?}"));
+                }
+            }
+            let prev = match &holder {
+                Some(h) => self.holders.insert(id.clone(), h.clone()),
+                None => self.holders.remove(id),
+            };
+            if let Some(p) = prev.filter(|p| holder.as_ref() != Some(p)) {
+                let slot = self.studio.worker(&p).and_then(|v| v.current_job);
+                if slot.as_deref() == Some(id.as_str()) {
+                    bad.push(format!(
+                        "job {id}: moved from {p}, whose slot still points at it"
+                    ));
+                }
+            }
+            for what in bad {
+                self.jviolation(id, what);
+            }
+        }
+        for wid in &workers {
+            let Some(v) = self.studio.worker(wid) else {
+                continue;
+            };
+            let mut bad = Vec::new();
+            if let Some(j) = &v.current_job {
+                let holder = self.studio.job(j).and_then(|r| r.state.holder());
+                if holder != Some(wid.as_str()) {
+                    bad.push(format!("worker {wid}: slot {j} held by {holder:?}"));
+                }
+            }
+            if v.idle && (v.current_job.is_some() || !v.connected) {
+                bad.push(format!(
+                    "worker {wid}: idle with slot {:?}, connected {}",
+                    v.current_job, v.connected
+                ));
+            }
+            if v.connected != v.conn.is_some() {
+                bad.push(format!(
+                    "worker {wid}: connected {} but conn {:?}",
+                    v.connected, v.conn
+                ));
+            }
+            for what in bad {
+                self.sviolation(wid, what);
+            }
+        }
+        jobs.clear();
+        workers.clear();
+        self.touched_jobs = jobs;
+        self.touched_workers = workers;
     }
 
     fn studio_event(&mut self, e: StudioEvent) {
+        match &e {
+            StudioEvent::JobOffered { job_id, worker_id }
+            | StudioEvent::JobAccepted {
+                job_id, worker_id, ..
+            }
+            | StudioEvent::JobRejected {
+                job_id, worker_id, ..
+            }
+            | StudioEvent::JobReclaimed { job_id, worker_id }
+            | StudioEvent::JobCompleted {
+                job_id, worker_id, ..
+            }
+            | StudioEvent::StaleFrame {
+                job_id, worker_id, ..
+            } => {
+                self.touched_jobs.push(job_id.clone());
+                self.touched_workers.push(worker_id.clone());
+            }
+            StudioEvent::JobSubmitted { job_id }
+            | StudioEvent::JobRequeued { job_id, .. }
+            | StudioEvent::JobFailed { job_id, .. } => self.touched_jobs.push(job_id.clone()),
+            StudioEvent::ConnOpened { worker_id, .. }
+            | StudioEvent::Welcomed { worker_id, .. }
+            | StudioEvent::AuthFailed { worker_id, .. }
+            | StudioEvent::ProtocolViolation { worker_id, .. }
+            | StudioEvent::DuplicateSession { worker_id, .. }
+            | StudioEvent::SessionExpired { worker_id, .. }
+            | StudioEvent::ConnLost { worker_id, .. }
+            | StudioEvent::WorkerRemoved { worker_id } => {
+                self.touched_workers.push(worker_id.clone())
+            }
+            _ => {}
+        }
         match e {
             StudioEvent::JobCompleted { job_id, .. } => {
                 let n = self.completions.entry(job_id.clone()).or_insert(0);
                 *n += 1;
                 let n = *n;
                 if n > 1 {
-                    self.violation(format!("job {job_id} completed {n} times"));
+                    self.jviolation(&job_id, format!("job {job_id} completed {n} times"));
                 }
                 self.finished.insert(job_id);
             }
             StudioEvent::JobFailed { job_id, .. } => {
                 self.finished.insert(job_id);
             }
-            StudioEvent::ProtocolViolation { .. } => {
-                self.violation(format!("studio saw a protocol violation: {e:?}"));
+            StudioEvent::ProtocolViolation { ref worker_id, .. } => {
+                let w = self.wid_index.get(worker_id).copied();
+                let what = format!("studio saw a protocol violation: {e:?}");
+                match w {
+                    Some(w) => self.wviolation(w, what),
+                    None => self.violation(what),
+                }
             }
             _ => {}
         }
@@ -1159,6 +1422,7 @@ impl World {
             HttpResult::Transport("connection refused".into())
         } else {
             let now = self.now;
+            self.report.studio_steps += 1;
             let (status, body) = match request {
                 HttpRequest::RegisterRequest { body, .. } => {
                     match self.studio.register_request(now, body) {
@@ -1267,6 +1531,7 @@ impl World {
     }
 
     fn heal(&mut self) {
+        self.full_check();
         self.phase = Phase::Settle;
         self.studio_up = true;
         let live: Vec<usize> = self.live.iter().copied().collect();
@@ -1298,22 +1563,13 @@ impl World {
     // Checks
     // --------------------------------------------------------------------------------
 
-    fn periodic_check(&mut self) {
+    /// The whole-machine check of the studio (linear in its state; the workers are checked
+    /// after each of their steps, see [`World::check_worker`]).
+    fn full_check(&mut self) {
+        self.last_full_check = self.now;
         if let Err(e) = self.studio.check_invariants() {
+            self.implicate_text(&e);
             self.violation(format!("studio invariant: {e}"));
-        }
-        for w in 0..self.workers.len() {
-            let st = self.workers[w].m.status();
-            let cap = self.workers[w].config.limits.log_queue_cap;
-            if st.log_queue_len > cap {
-                self.wviolation(
-                    w,
-                    format!(
-                        "worker {w}: log queue {} over its cap {cap}",
-                        st.log_queue_len
-                    ),
-                );
-            }
         }
     }
 
@@ -1339,6 +1595,31 @@ impl World {
                 && st.current_job_id.is_none()
                 && wk.engine.is_none()
         })
+    }
+
+    /// A run that did not quiesce: implicates the workers that keep it from quiescing (not
+    /// connected cleanly, or holding or running a job), at most [`UNSETTLED_TRACES`] of
+    /// them, the lowest indices first.
+    fn implicate_unsettled(&mut self) {
+        let mut n = 0;
+        for (w, wk) in self.workers.iter().enumerate() {
+            if n >= UNSETTLED_TRACES {
+                break;
+            }
+            let clean = self.current_link[w].is_some_and(|l| {
+                let l = &self.links[l];
+                l.w_open && l.s_open && !l.dead && !l.half_open && !l.cut_s2w && !l.cut_w2s
+            });
+            let st = wk.m.status();
+            let settled = clean
+                && st.session == SessionState::Connected
+                && st.current_job_id.is_none()
+                && wk.engine.is_none();
+            if !settled {
+                self.report.implicated.insert(w);
+                n += 1;
+            }
+        }
     }
 
     // --------------------------------------------------------------------------------
@@ -1383,13 +1664,13 @@ impl World {
         self.at(Mono::ZERO + self.check_every, Ev::Check);
         let settle_end = chaos_end + self.cfg.settle_limit;
 
-        while let Some(item) = self.heap.pop() {
-            if item.at > settle_end {
+        while let Some((at, ev)) = self.queue.pop() {
+            if at > settle_end {
                 break;
             }
-            debug_assert!(item.at >= self.now);
-            self.now = item.at;
-            self.event(item.ev);
+            debug_assert!(at >= self.now);
+            self.now = at;
+            self.event(ev);
             if self.quiesced {
                 break;
             }
@@ -1525,7 +1806,9 @@ impl World {
             Ev::StudioUp => self.studio_up = true,
             Ev::Heal => self.heal(),
             Ev::Check => {
-                self.periodic_check();
+                if self.now.saturating_since(self.last_full_check) >= self.check_every {
+                    self.full_check();
+                }
                 if self.phase == Phase::Settle && self.quiescent() {
                     self.quiesced = true;
                     self.report.quiesced_at = Some(self.now);
@@ -1558,6 +1841,9 @@ impl World {
         }
         match self.studio.authorize_upgrade(&worker_id, &token) {
             Ok(()) => {
+                if !self.wid_index.contains_key(&worker_id) {
+                    self.wid_index.insert(worker_id.clone(), w);
+                }
                 let link = self.links.len();
                 self.links.push(Link {
                     worker: w,
@@ -1605,21 +1891,34 @@ impl World {
     }
 
     fn finish(mut self) -> SimReport {
-        self.periodic_check();
-        let mut r = std::mem::take(&mut self.report);
-        r.submitted = self.submitted.len();
+        self.full_check();
+        if !self.quiesced {
+            self.implicate_unsettled();
+        }
+        let mut bad_jobs = Vec::new();
+        let (mut done, mut failed, mut lost, mut doubled) = (0, 0, 0, 0);
         for id in &self.submitted {
             match self.studio.job(id).map(|j| (&j.state, j.completions)) {
                 Some((JobState::Done { .. }, c)) => {
-                    r.done += 1;
+                    done += 1;
                     if c > 1 {
-                        r.doubled += 1;
+                        doubled += 1;
+                        bad_jobs.push(id.clone());
                     }
                 }
-                Some((JobState::Failed { .. }, _)) => r.failed += 1,
-                _ => r.lost += 1,
+                Some((JobState::Failed { .. }, _)) => failed += 1,
+                _ => {
+                    lost += 1;
+                    bad_jobs.push(id.clone());
+                }
             }
         }
+        for id in bad_jobs {
+            self.implicate_job(&id);
+        }
+        let mut r = std::mem::take(&mut self.report);
+        r.submitted = self.submitted.len();
+        (r.done, r.failed, r.lost, r.doubled) = (done, failed, lost, doubled);
         let doubled_events = self.completions.values().filter(|n| **n > 1).count();
         r.doubled = r.doubled.max(doubled_events);
         r.stuck = !self.quiesced;
@@ -1658,11 +1957,19 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     World::new(cfg.clone()).run()
 }
 
+/// The workers whose traces a failing run should write (`SimConfig::record_only` of the
+/// recording re-run): every worker of a fleet of at most [`TRACE_ALL_UP_TO`], otherwise
+/// only the implicated ones (named by a violation, involved with a bad job, or unsettled
+/// at the end), since a full recording of 10 000 workers is gigabytes.
+pub fn trace_selection(r: &SimReport) -> Option<BTreeSet<usize>> {
+    (r.workers > TRACE_ALL_UP_TO).then(|| r.implicated.clone())
+}
+
 /// A one-line description of a report.
 pub fn describe(r: &SimReport) -> String {
     format!(
         "seed={} workers={} jobs={} done={} failed={} lost={} doubled={} stuck={} violations={} \
-         concurrent_runs={} faults={} restarts={} steps={} end={} quiesced_at={}",
+         concurrent_runs={} faults={} restarts={} steps={} studio_steps={} end={} quiesced_at={}",
         r.seed,
         r.workers,
         r.submitted,
@@ -1676,6 +1983,7 @@ pub fn describe(r: &SimReport) -> String {
         r.faults_injected,
         r.studio_restarts,
         r.steps,
+        r.studio_steps,
         r.end,
         r.quiesced_at
             .map(|t| t.to_string())

@@ -2,14 +2,14 @@
 //! [--hash] [--verbose]`: runs seeds S, S+1, ..., S+N-1 and ends with exactly one summary
 //! line `seeds=N workers=M jobs=J lost=L doubled=D stuck=K`. A failing seed prints the
 //! command that reproduces it and writes each worker's trace to
-//! `<trace-dir>/seed-S/worker-K.jsonl`. Exit code 1 when anything is lost, doubled, stuck
+//! `<trace-dir>/seed-S/worker-K.jsonl` (above 100 workers, only the implicated workers'). Exit code 1 when anything is lost, doubled, stuck
 //! or an invariant broke; 2 on a usage error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use studio_sim::{describe, run, trace_out, Faults, SimConfig};
+use studio_sim::{describe, run, trace_out, trace_selection, Faults, SimConfig};
 
 struct Args {
     seeds: u64,
@@ -144,10 +144,15 @@ fn main() -> ExitCode {
             let mut rec = cfg.clone();
             rec.record = true;
             rec.hash = false;
-            // Every worker of a small fleet; at scale only the workers a violation names
-            // (a full recording of 10 000 workers is gigabytes).
-            if args.workers > 100 && !r.implicated.is_empty() {
-                rec.record_only = Some(r.implicated.clone());
+            // Every worker of a small fleet; at scale only the implicated ones.
+            rec.record_only = trace_selection(&r);
+            if let Some(only) = &rec.record_only {
+                println!(
+                    "  implicated: {} of {} workers {:?}",
+                    only.len(),
+                    args.workers,
+                    only.iter().take(20).collect::<Vec<_>>()
+                );
             }
             let rr = run(&rec);
             let dir = args.trace_dir.join(format!("seed-{seed}"));

@@ -1,7 +1,7 @@
 //! The simulation's own tests: determinism, a small fleet under every fault class, and
 //! proof that the checker can fail.
 
-use studio_sim::{run, trace_out, Faults, Sabotage, SimConfig};
+use studio_sim::{run, trace_out, trace_selection, Faults, Sabotage, SimConfig, TRACE_ALL_UP_TO};
 
 fn small(seed: u64) -> SimConfig {
     let mut cfg = SimConfig::new(seed, 10);
@@ -56,6 +56,15 @@ fn a_cross_wired_offer_is_caught_as_an_unoffered_dispatch() {
         "{:?}",
         r.violations
     );
+    assert!(
+        !r.implicated.is_empty(),
+        "the dispatching worker is implicated"
+    );
+    assert_eq!(
+        trace_selection(&r),
+        None,
+        "a small fleet traces every worker"
+    );
 }
 
 #[test]
@@ -93,4 +102,34 @@ fn recorded_worker_traces_replay_without_divergence() {
         assert!(rep.is_ok(), "{:?}", rep.first_divergence);
         assert_eq!(rep.steps as usize, t.steps.len());
     }
+}
+
+#[test]
+fn a_failing_large_fleet_traces_only_the_implicated_workers() {
+    let mut cfg = SimConfig::new(4, TRACE_ALL_UP_TO + 20);
+    cfg.chaos = std::time::Duration::from_secs(120);
+    cfg.jobs = 60;
+    cfg.faults = Faults::none();
+    cfg.sabotage = Sabotage::LoseEngineResults;
+    cfg.settle_limit = std::time::Duration::from_secs(120);
+    let r = run(&cfg);
+    assert!(r.stuck && r.lost > 0, "{}", studio_sim::describe(&r));
+    let only = trace_selection(&r).expect("a large fleet traces a selection");
+    assert!(
+        !only.is_empty() && only.len() < cfg.workers / 2,
+        "{} of {} workers implicated",
+        only.len(),
+        cfg.workers
+    );
+    let mut rec = cfg.clone();
+    rec.record = true;
+    rec.record_only = Some(only.clone());
+    let rr = run(&rec);
+    assert_eq!(rr.lost, r.lost, "recording does not change the run");
+    let traced: Vec<usize> = rr.traces.iter().map(|(k, _)| *k).collect();
+    assert!(!traced.is_empty());
+    assert!(
+        traced.iter().all(|k| only.contains(k)),
+        "{traced:?} not within {only:?}"
+    );
 }
