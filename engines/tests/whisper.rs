@@ -17,6 +17,9 @@
 //! ```
 #![cfg(feature = "whisper")]
 
+mod support;
+use support::{hex, serve_files};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -114,51 +117,6 @@ fn serve(status: u16, body: Vec<u8>, send_length: bool) -> String {
         }
     });
     format!("http://{addr}/input.wav")
-}
-
-/// A loopback HTTP server answering `GET /<name>` with the file of that name (404
-/// otherwise). Serves until the test process exits; returns the base URL.
-fn serve_files(files: Vec<(String, Vec<u8>)>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let files = std::sync::Arc::new(files);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let files = std::sync::Arc::clone(&files);
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                let _ = reader.read_line(&mut request);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                    line.clear();
-                }
-                let target = request.split_whitespace().nth(1).unwrap_or("/");
-                let path = target
-                    .split('?')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches('/')
-                    .to_string();
-                let body = files
-                    .iter()
-                    .find(|(n, _)| *n == path)
-                    .map(|(_, b)| b.as_slice());
-                let (status, body) = match body {
-                    Some(b) => (200, b),
-                    None => (404, &b"not found"[..]),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(body);
-            });
-        }
-    });
-    format!("http://{addr}")
 }
 
 fn skip_model_tests() -> bool {
@@ -984,7 +942,7 @@ fn tiny_en_job_through_the_router_downloads_verifies_and_transcribes() {
         })
         .collect();
     served.push(("speech.wav".into(), wav));
-    let base = serve_files(served);
+    let (base, _) = serve_files(served);
     let files = files
         .into_iter()
         .map(|f| ModelFile {
@@ -1012,10 +970,6 @@ fn tiny_en_job_through_the_router_downloads_verifies_and_transcribes() {
     assert!(!e.retryable() && e.message.contains("404"), "{e}");
     assert!(!e.message.contains("secret"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The model directory holds what the engine needs (a guard for the CI download script).
