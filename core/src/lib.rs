@@ -9,12 +9,12 @@
 //!   driving contract.
 //! * [`studio`]: the reference studio machine, the peer of the loopback studio, the pair
 //!   tests and the fleet simulation.
-//! * [`rand`]: SplitMix64, the seeded generator every part of the project shares.
+//! * [`splitmix`]: SplitMix64, the seeded generator every part of the project shares.
 //! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
 //! * [`trace`]: the record-and-replay trace format (JSON lines): write, parse, replay,
 //!   explain, bless.
-pub mod rand;
 pub mod secret;
+pub mod splitmix;
 pub mod studio;
 pub mod time;
 pub mod trace;

@@ -596,6 +596,19 @@ struct ConnRec {
     /// Connect order (the studio's own counter): of two connections of one worker, the one
     /// opened later wins, whichever hello arrives last.
     opened: u64,
+    /// The last heartbeat handled on this connection (performance only).
+    last_heartbeat: Option<HeartbeatMemo>,
+}
+
+/// A heartbeat's text with what it decoded to. Performance only: a worker repeats the same
+/// heartbeat while nothing in it changes, and a byte-identical text decodes to the same
+/// frame, so it is not decoded again. Its capabilities are the worker record's as long as
+/// the record's `caps_gen` is still `caps_gen` (nothing assigned them since).
+#[derive(Clone, Debug)]
+struct HeartbeatMemo {
+    text: String,
+    current_job_id: Option<String>,
+    caps_gen: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -605,6 +618,8 @@ struct WorkerRec {
     connect_seq: u64,
     connected_at: Option<Mono>,
     capabilities: Option<WorkerCapabilities>,
+    /// Which assignment of `capabilities` they come from (the studio's `caps_gen` then).
+    caps_gen: u64,
     last_seen: Option<Mono>,
     /// Seq of the job whose slot it holds.
     slot: Option<u64>,
@@ -795,6 +810,8 @@ pub struct Studio {
     idle: IdlePool,
     next_connect_seq: u64,
     next_conn_seq: u64,
+    /// Counts assignments of worker capabilities (see [`HeartbeatMemo`]).
+    caps_gen: u64,
 
     // jobs
     jobs: BTreeMap<u64, JobRecord>,
@@ -882,6 +899,7 @@ impl Studio {
             idle: IdlePool::default(),
             next_connect_seq: 0,
             next_conn_seq: 0,
+            caps_gen: 0,
             jobs: BTreeMap::new(),
             job_index: BTreeMap::new(),
             queue: JobQueue::default(),
@@ -976,10 +994,12 @@ impl Studio {
     }
 
     fn send(&mut self, conn: ConnId, frame: &StudioFrame) {
-        self.out.push_back(StudioCommand::Send {
-            conn,
-            text: wire::encode(frame),
-        });
+        let text = match frame {
+            // One per heartbeat; the codec's own text for it, without the serialiser.
+            StudioFrame::HeartbeatAck => wire::HEARTBEAT_ACK_TEXT.to_string(),
+            _ => wire::encode(frame),
+        };
+        self.out.push_back(StudioCommand::Send { conn, text });
     }
 
     fn event(&mut self, e: StudioEvent) {
@@ -1180,10 +1200,12 @@ impl Studio {
                         break id;
                     }
                 };
+                self.caps_gen += 1;
                 self.workers.insert(
                     id.clone(),
                     WorkerRec {
                         capabilities: Some(caps),
+                        caps_gen: self.caps_gen,
                         ..WorkerRec::default()
                     },
                 );
@@ -1331,13 +1353,29 @@ impl Studio {
         self.workers.get(worker_id).map(|w| self.view(worker_id, w))
     }
 
+    /// Snapshot of one worker without its capabilities (`capabilities` is always `None`):
+    /// the cheap form for checks that look at its session and slot on every step.
+    pub fn worker_status(&self, worker_id: &str) -> Option<WorkerView> {
+        self.workers
+            .get(worker_id)
+            .map(|w| self.view_with(worker_id, w, false))
+    }
+
     fn view(&self, id: &str, w: &WorkerRec) -> WorkerView {
+        self.view_with(id, w, true)
+    }
+
+    fn view_with(&self, id: &str, w: &WorkerRec, capabilities: bool) -> WorkerView {
         WorkerView {
             id: id.to_string(),
             connected: w.session.is_some(),
             conn: w.session,
             connected_since: w.connected_at,
-            capabilities: w.capabilities.clone(),
+            capabilities: if capabilities {
+                w.capabilities.clone()
+            } else {
+                None
+            },
             current_job: w.slot.and_then(|s| self.jobs.get(&s)).map(|j| j.id.clone()),
             last_heartbeat: w.last_seen,
             has_token: w.token_hash.is_some(),
@@ -1536,6 +1574,7 @@ impl Studio {
                 phase: Phase::AwaitingHello,
                 last_frame: now,
                 opened: self.next_conn_seq,
+                last_heartbeat: None,
             },
         );
         self.session_index.insert((now, conn));
@@ -1630,6 +1669,16 @@ impl Studio {
         };
         let worker_id = c.worker_id.clone();
         let phase = c.phase;
+        if let Some(current) = self.repeated_heartbeat(c, text) {
+            // Exactly the previous heartbeat on this connection, whose capabilities are
+            // still the record's: what decoding would give, without decoding.
+            self.touch(conn);
+            if let Some(w) = self.workers.get_mut(&worker_id) {
+                w.last_seen = Some(self.now);
+            }
+            self.on_heartbeat(conn, &worker_id, None, current);
+            return;
+        }
         let frame = match wire::decode_worker_frame(text, self.cfg.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -1656,7 +1705,11 @@ impl Studio {
             WorkerFrame::Heartbeat {
                 capabilities,
                 current_job_id,
-            } => self.on_heartbeat(conn, &worker_id, capabilities, current_job_id),
+            } => {
+                let memo_current = current_job_id.clone();
+                self.on_heartbeat(conn, &worker_id, Some(capabilities), current_job_id);
+                self.remember_heartbeat(conn, &worker_id, text, memo_current);
+            }
             WorkerFrame::Accept { job_id } => self.on_accept(conn, &worker_id, &job_id),
             WorkerFrame::Reject {
                 job_id,
@@ -1675,6 +1728,67 @@ impl Studio {
             } => self.on_fail(conn, &worker_id, &job_id, error, retryable),
             WorkerFrame::LogBatch { entries } => self.on_logs(&worker_id, entries),
             WorkerFrame::ReadyForMore => self.event(StudioEvent::ReadyForMore { worker_id }),
+        }
+    }
+
+    /// The current job id of a heartbeat `text` that repeats the last one handled on `c`
+    /// while the worker record still holds the capabilities it carried (see
+    /// [`HeartbeatMemo`]); `None` when it must be decoded.
+    fn repeated_heartbeat(&self, c: &ConnRec, text: &str) -> Option<Option<String>> {
+        let m = c.last_heartbeat.as_ref()?;
+        if c.phase != Phase::Welcomed || text.len() > self.cfg.max_frame_bytes || m.text != text {
+            return None;
+        }
+        let w = self.workers.get(&c.worker_id)?;
+        if w.caps_gen != m.caps_gen {
+            return None;
+        }
+        debug_assert_eq!(
+            wire::decode_worker_frame(text, self.cfg.max_frame_bytes).ok(),
+            w.capabilities
+                .clone()
+                .map(|capabilities| WorkerFrame::Heartbeat {
+                    capabilities,
+                    current_job_id: m.current_job_id.clone(),
+                }),
+            "a repeated heartbeat decodes to the remembered one"
+        );
+        Some(m.current_job_id.clone())
+    }
+
+    /// Remembers a heartbeat just handled on `conn` (see [`HeartbeatMemo`]).
+    fn remember_heartbeat(
+        &mut self,
+        conn: ConnId,
+        worker_id: &str,
+        text: &str,
+        current_job_id: Option<String>,
+    ) {
+        let Some(caps_gen) = self
+            .workers
+            .get(worker_id)
+            .filter(|w| w.capabilities.is_some())
+            .map(|w| w.caps_gen)
+        else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match &mut c.last_heartbeat {
+            Some(m) => {
+                m.text.clear();
+                m.text.push_str(text);
+                m.current_job_id = current_job_id;
+                m.caps_gen = caps_gen;
+            }
+            None => {
+                c.last_heartbeat = Some(HeartbeatMemo {
+                    text: text.to_string(),
+                    current_job_id,
+                    caps_gen,
+                })
+            }
         }
     }
 
@@ -1739,12 +1853,14 @@ impl Studio {
         self.idle_remove(worker_id);
         self.orphan_remove(worker_id);
         self.next_connect_seq += 1;
+        self.caps_gen += 1;
         let now = self.now;
         if let Some(w) = self.workers.get_mut(worker_id) {
             w.session = Some(conn);
             w.connect_seq = self.next_connect_seq;
             w.connected_at = Some(now);
             w.capabilities = Some(capabilities);
+            w.caps_gen = self.caps_gen;
             w.last_seen = Some(now);
             w.hold = false;
             w.busy_hint = None;
@@ -1771,11 +1887,12 @@ impl Studio {
         self.refresh(worker_id, true);
     }
 
+    /// `capabilities` is `None` when the heartbeat carried exactly the record's.
     fn on_heartbeat(
         &mut self,
         conn: ConnId,
         worker_id: &str,
-        capabilities: WorkerCapabilities,
+        capabilities: Option<WorkerCapabilities>,
         current: Option<String>,
     ) {
         self.send(conn, &StudioFrame::HeartbeatAck);
@@ -1784,8 +1901,16 @@ impl Studio {
         let Some(w) = self.workers.get_mut(worker_id) else {
             return;
         };
-        let caps_changed = w.capabilities.as_ref() != Some(&capabilities);
-        w.capabilities = Some(capabilities);
+        // Equal capabilities are kept as they are (same value, same generation).
+        let caps_changed = match capabilities {
+            Some(caps) if w.capabilities.as_ref() != Some(&caps) => {
+                self.caps_gen += 1;
+                w.capabilities = Some(caps);
+                w.caps_gen = self.caps_gen;
+                true
+            }
+            _ => false,
+        };
         w.hold = false;
         let slot = w.slot;
         let held = slot.and_then(|s| self.jobs.get(&s).map(|j| (s, j)));
@@ -1831,7 +1956,32 @@ impl Studio {
         if let Some(seq) = release {
             self.release_run(seq, RequeueReason::WorkerReportedIdle, false);
         }
+        if !caps_changed
+            && self
+                .workers
+                .get(worker_id)
+                .is_some_and(|w| w.in_idle && eligible(w))
+        {
+            // Still idle under unchanged capabilities: the machine's invariants (an idle
+            // worker is indexed under the fits of its capabilities) make `refresh` a no-op.
+            debug_assert!(self.idle_indexed(worker_id));
+            return;
+        }
         self.refresh(worker_id, caps_changed);
+    }
+
+    /// Whether an idle worker is indexed under the fits of its current capabilities.
+    fn idle_indexed(&self, worker_id: &str) -> bool {
+        let Some(w) = self.workers.get(worker_id) else {
+            return false;
+        };
+        let key = (w.connect_seq, worker_id.to_string());
+        let fits = w.capabilities.as_ref().map(worker_fits).unwrap_or_default();
+        fits == w.idle_fits
+            && self.idle.set.contains(&key)
+            && fits
+                .iter()
+                .all(|f| self.idle.by_fit.get(f).is_some_and(|b| b.contains(&key)))
     }
 
     fn reclaim(&mut self, seq: u64, worker_id: &str) {

@@ -289,9 +289,17 @@ pub struct ImageTask {
     pub mask_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ref_image_url: Option<String>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub denoise: Option<f32>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cfg_scale: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling_method: Option<String>,
@@ -335,9 +343,17 @@ pub struct LlmTask {
     pub system: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub temperature: Option<f32>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Vec<String>>,
@@ -385,7 +401,11 @@ pub struct AudioTtsTask {
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice: Option<String>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub speed: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -413,7 +433,11 @@ pub struct VideoTask {
     pub negative_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_image_url: Option<String>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seconds: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fps: Option<u32>,
@@ -524,7 +548,11 @@ pub struct CliDefaults {
     pub height: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling_method: Option<String>,
-    #[serde(default, deserialize_with = "finite_f32::de_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "finite_f32::de_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flow_shift: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_cond_t: Option<bool>,
@@ -751,13 +779,21 @@ fn decode<T: for<'de> Deserialize<'de>>(text: &str, limit: usize) -> Result<T, D
 
 /// Decodes a studio -> worker text frame with the default size limit.
 pub fn decode_studio_frame(text: &str) -> Result<StudioFrame, DecodeError> {
-    decode(text, MAX_FRAME_BYTES)
+    decode_studio_frame_limited(text, MAX_FRAME_BYTES)
 }
 
 /// Decodes a studio -> worker text frame with the given size limit.
 pub fn decode_studio_frame_limited(text: &str, limit: usize) -> Result<StudioFrame, DecodeError> {
+    // Performance only: every heartbeat is answered by this exact text, the most common
+    // studio frame by far; it decodes as the enum does, without serde's `Content` buffer.
+    if text == HEARTBEAT_ACK_TEXT && text.len() <= limit {
+        return Ok(StudioFrame::HeartbeatAck);
+    }
     decode(text, limit)
 }
+
+/// How [`encode`] writes [`StudioFrame::HeartbeatAck`] (a test pins the two together).
+pub(crate) const HEARTBEAT_ACK_TEXT: &str = r#"{"type":"heartbeatAck"}"#;
 
 /// JSON numbers for `f32` fields: a value beyond `f32`'s range would narrow to infinity,
 /// which then encodes as `null` and no longer decodes (found by the `decode_frame` fuzz
@@ -781,16 +817,12 @@ mod finite_f32 {
 
 /// Decodes a worker -> studio text frame with the given size limit.
 pub fn decode_worker_frame(text: &str, limit: usize) -> Result<WorkerFrame, DecodeError> {
-    if text.len() <= limit && text.starts_with(HEARTBEAT_PREFIX) {
-        if let Ok(hb) = serde_json::from_str::<HeartbeatFrame>(text) {
-            let frame = WorkerFrame::Heartbeat {
-                capabilities: hb.capabilities,
-                current_job_id: hb.current_job_id,
-            };
+    if text.len() <= limit {
+        if let Some(frame) = decode_worker_frame_fast(text) {
             debug_assert_eq!(
                 serde_json::from_str::<WorkerFrame>(text).ok().as_ref(),
                 Some(&frame),
-                "the heartbeat fast path decodes as the enum does"
+                "the fast path decodes as the enum does"
             );
             return Ok(frame);
         }
@@ -798,15 +830,44 @@ pub fn decode_worker_frame(text: &str, limit: usize) -> Result<WorkerFrame, Deco
     decode(text, limit)
 }
 
+/// The fast path of [`decode_worker_frame`] for the frames a worker sends most and the
+/// costliest to buffer (`heartbeat`, `logBatch`, `hello`); `None` for any other frame and
+/// for any error.
+fn decode_worker_frame_fast(text: &str) -> Option<WorkerFrame> {
+    if text.starts_with(HEARTBEAT_PREFIX) {
+        let f = serde_json::from_str::<HeartbeatFrame>(text).ok()?;
+        Some(WorkerFrame::Heartbeat {
+            capabilities: f.capabilities,
+            current_job_id: f.current_job_id,
+        })
+    } else if text.starts_with(LOG_BATCH_PREFIX) {
+        let f = serde_json::from_str::<LogBatchFrame>(text).ok()?;
+        Some(WorkerFrame::LogBatch { entries: f.entries })
+    } else if text.starts_with(HELLO_PREFIX) {
+        let f = serde_json::from_str::<HelloFrame>(text).ok()?;
+        Some(WorkerFrame::Hello {
+            auth_token: f.auth_token,
+            capabilities: f.capabilities,
+        })
+    } else {
+        None
+    }
+}
+
 /// How every heartbeat this crate encodes begins (the tag first, compact).
 const HEARTBEAT_PREFIX: &str = r#"{"type":"heartbeat","#;
+/// How every log batch this crate encodes begins.
+const LOG_BATCH_PREFIX: &str = r#"{"type":"logBatch","#;
+/// How every hello this crate encodes begins.
+const HELLO_PREFIX: &str = r#"{"type":"hello","#;
 
 /// Performance only: `heartbeat` is most of the studio's inbound frames, and decoding an
 /// internally tagged enum buffers the whole frame into serde's `Content` first (about half
 /// of the studio's time per heartbeat). A frame that starts with [`HEARTBEAT_PREFIX`] is
 /// decoded straight into this struct: same fields, same defaults, unknown fields ignored,
 /// a second `type` key a duplicate-field error, as in the enum. Any error falls back to the
-/// enum decode, so results and error messages are the enum's.
+/// enum decode, so results and error messages are the enum's. [`LogBatchFrame`] and
+/// [`HelloFrame`] do the same for their variants.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct HeartbeatFrame {
@@ -815,6 +876,25 @@ struct HeartbeatFrame {
     capabilities: WorkerCapabilities,
     #[serde(default)]
     current_job_id: Option<String>,
+}
+
+/// `logBatch` decoded directly (see [`HeartbeatFrame`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogBatchFrame {
+    #[serde(rename = "type")]
+    _tag: serde::de::IgnoredAny,
+    entries: Vec<LogEntry>,
+}
+
+/// `hello` decoded directly (see [`HeartbeatFrame`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HelloFrame {
+    #[serde(rename = "type")]
+    _tag: serde::de::IgnoredAny,
+    auth_token: Secret,
+    capabilities: WorkerCapabilities,
 }
 
 /// Encodes any wire value as compact JSON text. Serialising these types cannot fail (all
@@ -1068,6 +1148,23 @@ mod tests {
     }
 
     #[test]
+    fn heartbeat_ack_fast_paths_match_the_codec() {
+        assert_eq!(encode(&StudioFrame::HeartbeatAck), HEARTBEAT_ACK_TEXT);
+        assert_eq!(
+            decode::<StudioFrame>(HEARTBEAT_ACK_TEXT, MAX_FRAME_BYTES).unwrap(),
+            StudioFrame::HeartbeatAck
+        );
+        assert_eq!(
+            decode_studio_frame(HEARTBEAT_ACK_TEXT).unwrap(),
+            StudioFrame::HeartbeatAck
+        );
+        assert!(matches!(
+            decode_studio_frame_limited(HEARTBEAT_ACK_TEXT, 5),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn unknown_engine_is_kept_not_rejected() {
         let s: ModelSource = serde_json::from_str(
             r#"{"engine":"future-engine","files":[],"cliDefaults":{"cfgScale":1.0,"steps":1,"width":1,"height":1}}"#,
@@ -1075,6 +1172,65 @@ mod tests {
         .unwrap();
         assert_eq!(s.engine, ModelEngine::Other("future-engine".into()));
         assert!(encode(&s).contains(r#""engine":"future-engine""#));
+    }
+
+    #[test]
+    fn worker_frame_fast_paths_decode_as_the_enum_does() {
+        let caps = WorkerCapabilities {
+            machine_name: "m".into(),
+            username: "u".into(),
+            agent_version: "0".into(),
+            engine: "multi".into(),
+            vram_total_gb: 24.0,
+            vram_threshold_gb: -0.0,
+            auto_enabled: true,
+            auto_start: false,
+            auto_update: Some(true),
+            start_minimised: None,
+            only_when_idle: Some(false),
+            supported_models: vec!["a".into()],
+            task_kinds: vec![TaskKind::Image],
+            supported_models_per_kind: BTreeMap::from([(TaskKind::Image, vec!["a".into()])]),
+            user_presence: Some(UserPresence::Idle),
+        };
+        let frames = [
+            WorkerFrame::Hello {
+                auth_token: Secret::new("tok\"en"),
+                capabilities: caps.clone(),
+            },
+            WorkerFrame::Heartbeat {
+                capabilities: caps,
+                current_job_id: Some("j-1".into()),
+            },
+            WorkerFrame::LogBatch {
+                entries: vec![LogEntry {
+                    ts: "2024-01-01T00:00:00.000Z".into(),
+                    level: "info".into(),
+                    category: "ws".into(),
+                    message: "m\u{e9}\n".into(),
+                    job_id: None,
+                }],
+            },
+            WorkerFrame::LogBatch { entries: vec![] },
+        ];
+        for f in frames {
+            let text = encode(&f);
+            let fast = decode_worker_frame_fast(&text).expect("takes the fast path");
+            assert_eq!(fast, f);
+            assert_eq!(decode::<WorkerFrame>(&text, MAX_FRAME_BYTES).unwrap(), f);
+        }
+        // Anything odd falls back to the enum, errors included.
+        for text in [
+            r#"{"type":"logBatch","type":"hello","entries":[]}"#,
+            r#"{"type":"hello","capabilities":{}}"#,
+            r#"{"type":"logBatch","entries":7}"#,
+        ] {
+            assert_eq!(decode_worker_frame_fast(text), None);
+            assert_eq!(
+                decode_worker_frame(text, MAX_FRAME_BYTES),
+                decode::<WorkerFrame>(text, MAX_FRAME_BYTES)
+            );
+        }
     }
 
     #[test]

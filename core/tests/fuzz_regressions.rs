@@ -33,7 +33,10 @@ fn a_refused_non_finite_threshold_is_recorded_and_parses_back() {
     // the whole trace unparseable.
     let cfg = registered();
     let mut worker = Worker::new(cfg.clone());
-    let now = Now::new(studio_core::Mono::ZERO, studio_core::WallMs(1_779_710_400_000));
+    let now = Now::new(
+        studio_core::Mono::ZERO,
+        studio_core::WallMs(1_779_710_400_000),
+    );
     let mut writer = TraceWriter::new();
     let mut text = writer.header_line(&TraceHeader::new("test", &cfg, now));
     text.push('\n');
@@ -56,9 +59,7 @@ fn a_refused_non_finite_threshold_is_recorded_and_parses_back() {
     let parsed = trace::parse(&text).expect("the trace parses");
     assert_eq!(parsed.steps.len(), 4);
     assert!(matches!(parsed.steps[1].input, Input::SetThreshold { gb } if gb.is_nan()));
-    assert!(
-        matches!(parsed.steps[2].input, Input::SetThreshold { gb } if gb == f32::NEG_INFINITY)
-    );
+    assert!(matches!(parsed.steps[2].input, Input::SetThreshold { gb } if gb == f32::NEG_INFINITY));
     assert!(trace::replay(&text).expect("replays").is_ok());
 }
 
@@ -75,7 +76,10 @@ fn a_peer_body_is_redacted_before_it_is_clipped_into_messages() {
             ext: "png".into(),
         },
     });
-    let body = format!(r#"{{"error":"boom","authToken":"t2-secret-{}"}}"#, "x".repeat(400));
+    let body = format!(
+        r#"{{"error":"boom","authToken":"t2-secret-{}"}}"#,
+        "x".repeat(400)
+    );
     let mut seen = String::new();
     for _ in 0..4 {
         let c = h.http_reply(500, &body);

@@ -525,14 +525,14 @@ fn a_resent_result_for_a_job_reoffered_to_the_same_worker_is_acked_not_taken() {
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
     let out = h.fail(1, &j, true);
-    assert_eq!(
-        sent(&out, 1)[0],
-        StudioFrame::FailAck { job_id: j.clone() }
-    );
+    assert_eq!(sent(&out, 1)[0], StudioFrame::FailAck { job_id: j.clone() });
     assert_eq!(offers(&out, 1), vec![j.clone()], "requeued and re-offered");
     assert_eq!(h.attempts(&j), 1);
     let out = h.fail(1, &j, true);
-    assert_eq!(sent(&out, 1), vec![StudioFrame::FailAck { job_id: j.clone() }]);
+    assert_eq!(
+        sent(&out, 1),
+        vec![StudioFrame::FailAck { job_id: j.clone() }]
+    );
     assert!(closes(&out).is_empty());
     assert_eq!(h.attempts(&j), 1, "no attempt spent on a stale copy");
     assert!(matches!(h.state(&j), JobState::Offered { .. }));

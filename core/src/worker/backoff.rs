@@ -48,7 +48,7 @@ impl Backoff {
     }
 
     fn next_u64(&mut self) -> u64 {
-        crate::rand::splitmix64_next(&mut self.state)
+        crate::splitmix::splitmix64_next(&mut self.state)
     }
 }
 

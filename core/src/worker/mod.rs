@@ -261,6 +261,20 @@ pub struct Worker {
     recent_jobs: VecDeque<JobSummary>,
     recent_logs: VecDeque<LogEntry>,
     stats: Stats,
+    /// The last heartbeat encoded (performance only; see [`HeartbeatCache`]).
+    hb_cache: Option<HeartbeatCache>,
+}
+
+/// The last heartbeat frame the machine encoded, with the values it was encoded from.
+/// Performance only: most heartbeats repeat the previous one, so while the capabilities
+/// the machine would advertise and its current job are unchanged the text is reused
+/// rather than rebuilt and re-serialised. The check compares against the machine's state
+/// each time, so no code path needs to invalidate it.
+#[derive(Clone, Debug)]
+struct HeartbeatCache {
+    capabilities: WorkerCapabilities,
+    current_job_id: Option<String>,
+    text: String,
 }
 
 impl Worker {
@@ -298,6 +312,7 @@ impl Worker {
             recent_jobs: VecDeque::new(),
             recent_logs: VecDeque::new(),
             stats: Stats::default(),
+            hb_cache: None,
         }
     }
 
@@ -412,6 +427,26 @@ impl Worker {
         };
         caps.derive_model_lists();
         caps
+    }
+
+    /// Whether `caps` is what [`Worker::capabilities`] would return now, compared field by
+    /// field without building it. Floats compare by bits (the encoding tells -0.0 from
+    /// 0.0); `supportedModels` and `taskKinds` derive from `supportedModelsPerKind`.
+    fn capabilities_are(&self, caps: &WorkerCapabilities) -> bool {
+        let host = &self.cfg.host;
+        caps.machine_name == host.machine_name
+            && caps.username == host.username
+            && caps.agent_version == host.agent_version
+            && caps.engine == host.engine
+            && caps.vram_total_gb.to_bits() == host.vram_total_gb.to_bits()
+            && caps.vram_threshold_gb.to_bits() == self.cfg.vram_threshold_gb.to_bits()
+            && caps.auto_enabled != self.paused
+            && caps.auto_start == host.auto_start
+            && caps.auto_update == Some(self.cfg.auto_update_enabled)
+            && caps.start_minimised == Some(self.cfg.start_minimised)
+            && caps.only_when_idle == Some(self.cfg.only_when_idle)
+            && caps.supported_models_per_kind == self.cfg.models
+            && caps.user_presence == self.presence
     }
 
     // --------------------------------------------------------------------------------
@@ -1142,7 +1177,9 @@ impl Worker {
             self.log(
                 "info",
                 "ws",
-                format!("offer {job_id} supersedes our unacknowledged result for it; result dropped"),
+                format!(
+                    "offer {job_id} supersedes our unacknowledged result for it; result dropped"
+                ),
                 Some(job_id.clone()),
             );
         }
@@ -1751,11 +1788,42 @@ impl Worker {
     // --------------------------------------------------------------------------------
 
     fn send_heartbeat(&mut self) {
-        let frame = WorkerFrame::Heartbeat {
-            capabilities: self.capabilities(),
-            current_job_id: self.current_job_id().map(str::to_string),
-        };
-        self.send_frame(&frame);
+        let fresh = self.hb_cache.as_ref().is_some_and(|c| {
+            c.current_job_id.as_deref() == self.current_job_id()
+                && self.capabilities_are(&c.capabilities)
+        });
+        if !fresh {
+            let frame = WorkerFrame::Heartbeat {
+                capabilities: self.capabilities(),
+                current_job_id: self.current_job_id().map(str::to_string),
+            };
+            let text = wire::encode(&frame);
+            if let WorkerFrame::Heartbeat {
+                capabilities,
+                current_job_id,
+            } = frame
+            {
+                self.hb_cache = Some(HeartbeatCache {
+                    capabilities,
+                    current_job_id,
+                    text,
+                });
+            }
+        }
+        let text = self
+            .hb_cache
+            .as_ref()
+            .map(|c| c.text.clone())
+            .unwrap_or_default();
+        debug_assert_eq!(
+            text,
+            wire::encode(&WorkerFrame::Heartbeat {
+                capabilities: self.capabilities(),
+                current_job_id: self.current_job_id().map(str::to_string),
+            }),
+            "the cached heartbeat is the one encoding now would give"
+        );
+        self.send_text(text);
         if self.hb_outstanding.len() >= MAX_OUTSTANDING_HEARTBEATS {
             // The studio stopped acking; the read-idle timer will end this session. Keep
             // the bookkeeping bounded meanwhile.
@@ -1786,12 +1854,17 @@ impl Worker {
     }
 
     fn send_frame(&mut self, frame: &WorkerFrame) {
+        if self.link.conn().is_none() {
+            return;
+        }
+        self.send_text(wire::encode(frame));
+    }
+
+    /// Sends an encoded frame on the live connection, if any.
+    fn send_text(&mut self, text: String) {
         let Some(conn) = self.link.conn() else { return };
         self.stats.frames_out += 1;
-        self.emit(Command::Send {
-            conn,
-            text: wire::encode(frame),
-        });
+        self.emit(Command::Send { conn, text });
     }
 
     // --------------------------------------------------------------------------------

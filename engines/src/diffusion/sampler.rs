@@ -75,7 +75,7 @@ impl NoiseRng {
     }
 
     fn next_u64(&mut self) -> u64 {
-        studio_core::rand::splitmix64_next(&mut self.state)
+        studio_core::splitmix::splitmix64_next(&mut self.state)
     }
 
     /// A uniform sample in (0, 1] (never 0, so its logarithm is finite).

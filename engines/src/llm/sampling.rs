@@ -5,7 +5,7 @@
 //! summed in a fixed order, and the generator is this file's own (no dependency whose
 //! stream could change between versions).
 
-pub use studio_core::rand::SplitMix64;
+pub use studio_core::splitmix::SplitMix64;
 
 /// How tokens are chosen.
 #[derive(Clone, Debug, PartialEq)]

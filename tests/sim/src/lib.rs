@@ -1304,7 +1304,7 @@ impl World {
                 if !j.offered_to().any(|o| o == h) {
                     bad.push(format!("job {id}: held by {h} without an offer"));
                 }
-                let slot = self.studio.worker(h).and_then(|v| v.current_job);
+                let slot = self.studio.worker_status(h).and_then(|v| v.current_job);
                 if slot.as_deref() != Some(id.as_str()) {
                     bad.push(format!("job {id}: held by {h} whose slot is {slot:?}"));
                 }
@@ -1314,7 +1314,7 @@ impl World {
                 None => self.holders.remove(id),
             };
             if let Some(p) = prev.filter(|p| holder.as_ref() != Some(p)) {
-                let slot = self.studio.worker(&p).and_then(|v| v.current_job);
+                let slot = self.studio.worker_status(&p).and_then(|v| v.current_job);
                 if slot.as_deref() == Some(id.as_str()) {
                     bad.push(format!(
                         "job {id}: moved from {p}, whose slot still points at it"
@@ -1326,7 +1326,7 @@ impl World {
             }
         }
         for wid in &workers {
-            let Some(v) = self.studio.worker(wid) else {
+            let Some(v) = self.studio.worker_status(wid) else {
                 continue;
             };
             let mut bad = Vec::new();

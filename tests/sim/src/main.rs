@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use studio_sim::{describe, run, trace_out, trace_selection, Faults, SimConfig};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     seeds: u64,
     workers: usize,
