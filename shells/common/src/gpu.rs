@@ -141,7 +141,9 @@ pub fn parse_nvidia_smi(out: &str) -> Vec<u64> {
         .filter_map(|l| match l.parse::<u64>() {
             Ok(n) => Some(n),
             Err(_) => {
-                tracing::warn!("nvidia-smi reported `{l}` for a GPU's memory; that GPU is not counted");
+                tracing::warn!(
+                    "nvidia-smi reported `{l}` for a GPU's memory; that GPU is not counted"
+                );
                 None
             }
         })
@@ -190,10 +192,7 @@ impl Sources for SystemSources {
 
     fn nvidia_smi(&self) -> Option<String> {
         let mut child = Command::new("nvidia-smi")
-            .args([
-                "--query-gpu=memory.total",
-                "--format=csv,noheader,nounits",
-            ])
+            .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -345,7 +344,9 @@ mod tests {
             source: "sysfs",
             devices: vec![],
         };
-        assert!(threshold_warning(12.0, &v).unwrap().contains("set-threshold"));
+        assert!(threshold_warning(12.0, &v)
+            .unwrap()
+            .contains("set-threshold"));
         assert_eq!(threshold_warning(8.0, &v), None);
         assert_eq!(threshold_warning(12.0, &Vram::none()), None);
     }
