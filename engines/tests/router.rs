@@ -63,17 +63,56 @@ impl Engine for Shadow {
     }
 }
 
+/// The engines this build compiles in, in routing order: real ones first (by feature),
+/// the synthetic engine always and last.
+fn compiled_in() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if cfg!(feature = "llm") {
+        names.push("llama");
+    }
+    if cfg!(feature = "whisper") {
+        names.push("whisper");
+    }
+    if cfg!(feature = "image-candle") {
+        names.push("candle_image");
+    }
+    names.push("synthetic");
+    names
+}
+
 #[test]
-fn default_router_is_multi_over_synthetic_only() {
+fn default_router_is_multi_over_the_compiled_in_engines_synthetic_last() {
     let router = Router::new_default();
     assert_eq!(router.name(), "multi");
-    assert_eq!(router.engine_names(), vec!["synthetic"]);
-    assert_eq!(router.serves(), vec![ModelEngine::Synthetic]);
-    assert_eq!(router.capabilities(), SyntheticEngine::new().capabilities());
+    assert_eq!(router.engine_names(), compiled_in());
     assert_eq!(
         format!("{router:?}"),
-        r#"Router { engines: ["synthetic"] }"#
+        format!("Router {{ engines: {:?} }}", compiled_in())
     );
+    assert!(router.serves().contains(&ModelEngine::Synthetic));
+    if compiled_in() == ["synthetic"] {
+        assert_eq!(router.serves(), vec![ModelEngine::Synthetic]);
+        assert_eq!(router.capabilities(), SyntheticEngine::new().capabilities());
+    }
+}
+
+#[cfg(feature = "llm")]
+#[test]
+fn llama_cpp_source_goes_to_the_llama_engine_never_to_synthetic() {
+    let router = Router::new_default();
+    assert_eq!(router.route(&ModelEngine::LlamaCpp).unwrap().name(), "llama");
+    // Even a model the synthetic engine advertises: no files, so the llama engine refuses
+    // it; the synthetic engine never answers.
+    for model in ["synthetic", "synthetic-llm"] {
+        let job = JobRequest::new(
+            "j",
+            model,
+            Task::Llm(LlmTask::default()),
+            source(ModelEngine::LlamaCpp),
+        );
+        let err = router.dispatch(&job).unwrap_err();
+        assert!(!err.retryable(), "{err:?}");
+    }
 }
 
 #[test]
@@ -99,6 +138,7 @@ fn synthetic_source_routes_to_the_synthetic_engine() {
     );
 }
 
+#[cfg(not(feature = "llm"))]
 #[test]
 fn llama_cpp_source_is_not_available_and_not_retryable() {
     let router = Router::new_default();
