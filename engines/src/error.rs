@@ -90,7 +90,7 @@ impl EngineError {
         let fix = match engine {
             ModelEngine::SdCpp => "install a build with the sd-cpp (stable-diffusion.cpp) engine",
             ModelEngine::LlamaCpp => {
-                "use studio-worker-async (it carries the candle LLM engine) or a build with \
+                "install studio-worker-async (it carries the candle LLM engine) or a build with \
                  feature `llm`"
             }
             ModelEngine::Onnx => "install a build with the onnx engine (feature `image-onnx`)",
@@ -99,11 +99,11 @@ impl EngineError {
             }
             ModelEngine::Synthetic => "install a build with the synthetic engine",
             ModelEngine::Other(name) if name == "whisper" => {
-                "use studio-worker-async (it carries the candle Whisper engine) or a build with \
+                "install studio-worker-async (it carries the candle Whisper engine) or a build with \
                  feature `whisper`"
             }
             ModelEngine::Other(name) if name == "candle-sd" => {
-                "use studio-worker-async (it carries the candle Stable Diffusion engine) or a \
+                "install studio-worker-async (it carries the candle Stable Diffusion engine) or a \
                  build with feature `image-candle`"
             }
             ModelEngine::Other(_) => {

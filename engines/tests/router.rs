@@ -100,7 +100,10 @@ fn default_router_is_multi_over_the_compiled_in_engines_synthetic_last() {
 #[test]
 fn llama_cpp_source_goes_to_the_llama_engine_never_to_synthetic() {
     let router = Router::new_default();
-    assert_eq!(router.route(&ModelEngine::LlamaCpp).unwrap().name(), "llama");
+    assert_eq!(
+        router.route(&ModelEngine::LlamaCpp).unwrap().name(),
+        "llama"
+    );
     // Even a model the synthetic engine advertises: no files, so the llama engine refuses
     // it; the synthetic engine never answers.
     for model in ["synthetic", "synthetic-llm"] {
