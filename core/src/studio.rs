@@ -2550,27 +2550,22 @@ impl Studio {
     /// capabilities); a worker that becomes eligible, or whose capabilities changed
     /// (`force`), is looked at by the next dispatch.
     fn refresh(&mut self, worker_id: &str, force: bool) {
-        let Some(w) = self.workers.get_mut(worker_id) else {
+        let Some(w) = self.workers.get(worker_id) else {
             return;
         };
         let key = (w.connect_seq, worker_id.to_string());
         let was_idle = w.in_idle;
-        if was_idle && eligible(w) {
-            // Still idle (every heartbeat of an idle worker): when it stays indexed under the
-            // same fits, removing and re-inserting would leave the index as it is.
-            let fits = w.capabilities.as_ref().map(worker_fits).unwrap_or_default();
-            let indexed = fits == w.idle_fits
-                && self.idle.set.contains(&key)
-                && fits
-                    .iter()
-                    .all(|f| self.idle.by_fit.get(f).is_some_and(|b| b.contains(&key)));
-            if indexed {
-                if force {
-                    self.dirty_workers.insert(key);
-                }
-                return;
+        // Still idle (every heartbeat of an idle worker): when it stays indexed under the
+        // same fits, removing and re-inserting would leave the index as it is.
+        if was_idle && eligible(w) && self.idle_indexed(worker_id) {
+            if force {
+                self.dirty_workers.insert(key);
             }
+            return;
         }
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return;
+        };
         if was_idle {
             let old = std::mem::take(&mut w.idle_fits);
             self.idle.remove(&key, &old);
