@@ -965,10 +965,14 @@ pub fn content_type_for_ext(ext: &str) -> &'static str {
 /// token hash.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(data);
+    hex(&Sha256::digest(data))
+}
+
+/// Lower-case hex of `bytes` (digests, ids): the one hex encoder of the project.
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in digest {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0xf)]));
     }

@@ -422,10 +422,7 @@ impl<'a> Plan<'a> {
 // Cache and sidecar
 // ------------------------------------------------------------------------------------------
 
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use studio_core::wire::hex;
 
 /// `path` with `suffix` appended to its file name.
 pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

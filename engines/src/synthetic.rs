@@ -140,10 +140,7 @@ fn digest(data: &str) -> [u8; 32] {
 
 /// The first 16 lower-case hex digits of SHA-256(`data`).
 fn short_hex(data: &str) -> String {
-    digest(data)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    studio_core::wire::hex(&digest(data)[..8])
 }
 
 // ------------------------------------------------------------------------------------------

@@ -205,10 +205,7 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
 const MODEL: &str = "tiny-model";
 
 fn sha(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    studio_core::wire::hex(&Sha256::digest(bytes))
 }
 
 /// Deterministic bytes, large enough to take several reads.

@@ -291,11 +291,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(studio_core::wire::hex(&hasher.finalize()))
 }
 
 /// A `modelSource.files[]` entry with role `model`.

@@ -754,10 +754,7 @@ pub fn completion_json(model: &str, task: &LlmTask, completion: &Completion) -> 
     h.update(model.as_bytes());
     h.update([0]);
     h.update(serde_json::to_string(task).unwrap_or_default().as_bytes());
-    let id: String = h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id = studio_core::wire::hex(&h.finalize()[..8]);
     json!({
         "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",

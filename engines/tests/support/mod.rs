@@ -56,7 +56,4 @@ pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) 
     (format!("http://{addr}"), hits)
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use studio_core::wire::hex;

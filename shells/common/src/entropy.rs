@@ -6,20 +6,12 @@
 //! weaker source (an old reference build derived secrets from the time and they were
 //! guessable, PROTOCOL.md §8).
 
+use studio_core::wire::hex;
+
 use crate::error::ShellError;
 
 fn fill(buf: &mut [u8]) -> Result<(), ShellError> {
     getrandom::fill(buf).map_err(|e| ShellError::Entropy(e.to_string()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
 }
 
 /// A random install id shaped like a UUIDv4 (`xxxxxxxx-xxxx-4xxx-Yxxx-xxxxxxxxxxxx`,

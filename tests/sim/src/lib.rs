@@ -43,7 +43,6 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
@@ -1924,12 +1923,7 @@ impl World {
         r.stuck = !self.quiesced;
         r.end = self.now;
         if let Some(h) = self.hasher.take() {
-            let d = h.finalize();
-            let mut s = String::new();
-            for b in d {
-                let _ = write!(s, "{b:02x}");
-            }
-            r.hash = s;
+            r.hash = wire::hex(&h.finalize());
         }
         if self.cfg.record {
             r.traces = self
