@@ -265,16 +265,29 @@ pub struct Worker {
     hb_cache: Option<HeartbeatCache>,
 }
 
-/// The last heartbeat frame the machine encoded, with the values it was encoded from.
-/// Performance only: most heartbeats repeat the previous one, so while the capabilities
-/// the machine would advertise and its current job are unchanged the text is reused
-/// rather than rebuilt and re-serialised. The check compares against the machine's state
-/// each time, so no code path needs to invalidate it.
-#[derive(Clone, Debug)]
+/// The last heartbeat frame the machine encoded, with the machine state it depends on.
+/// Performance only: most heartbeats repeat the previous one, so while that state is
+/// unchanged the text is reused rather than rebuilt and re-serialised. The capabilities
+/// come from the configuration (fixed once the machine is built: `cfg` is private and
+/// never handed out mutably) plus three inputs the machine changes: pause, user presence
+/// and the VRAM threshold. Those and the current job are the key, compared each time, so
+/// no code path needs to invalidate the cache. A debug assertion in `send_heartbeat`
+/// re-encodes every heartbeat and compares, so a capability that starts depending on
+/// other state fails every core test until it joins the key.
+#[derive(Clone, Debug, PartialEq)]
 struct HeartbeatCache {
-    capabilities: WorkerCapabilities,
-    current_job_id: Option<String>,
+    key: HeartbeatKey,
     text: String,
+}
+
+/// What a cached heartbeat was encoded from, besides the fixed configuration.
+#[derive(Clone, Debug, PartialEq)]
+struct HeartbeatKey {
+    paused: bool,
+    presence: Option<UserPresence>,
+    /// By bits: the encoding tells -0.0 from 0.0.
+    vram_threshold_bits: u32,
+    current_job_id: Option<String>,
 }
 
 impl Worker {
@@ -427,26 +440,6 @@ impl Worker {
         };
         caps.derive_model_lists();
         caps
-    }
-
-    /// Whether `caps` is what [`Worker::capabilities`] would return now, compared field by
-    /// field without building it. Floats compare by bits (the encoding tells -0.0 from
-    /// 0.0); `supportedModels` and `taskKinds` derive from `supportedModelsPerKind`.
-    fn capabilities_are(&self, caps: &WorkerCapabilities) -> bool {
-        let host = &self.cfg.host;
-        caps.machine_name == host.machine_name
-            && caps.username == host.username
-            && caps.agent_version == host.agent_version
-            && caps.engine == host.engine
-            && caps.vram_total_gb.to_bits() == host.vram_total_gb.to_bits()
-            && caps.vram_threshold_gb.to_bits() == self.cfg.vram_threshold_gb.to_bits()
-            && caps.auto_enabled != self.paused
-            && caps.auto_start == host.auto_start
-            && caps.auto_update == Some(self.cfg.auto_update_enabled)
-            && caps.start_minimised == Some(self.cfg.start_minimised)
-            && caps.only_when_idle == Some(self.cfg.only_when_idle)
-            && caps.supported_models_per_kind == self.cfg.models
-            && caps.user_presence == self.presence
     }
 
     // --------------------------------------------------------------------------------
@@ -1789,26 +1782,26 @@ impl Worker {
 
     fn send_heartbeat(&mut self) {
         let fresh = self.hb_cache.as_ref().is_some_and(|c| {
-            c.current_job_id.as_deref() == self.current_job_id()
-                && self.capabilities_are(&c.capabilities)
+            c.key.paused == self.paused
+                && c.key.presence == self.presence
+                && c.key.vram_threshold_bits == self.cfg.vram_threshold_gb.to_bits()
+                && c.key.current_job_id.as_deref() == self.current_job_id()
         });
         if !fresh {
-            let frame = WorkerFrame::Heartbeat {
+            let current_job_id = self.current_job_id().map(str::to_string);
+            let text = wire::encode(&WorkerFrame::Heartbeat {
                 capabilities: self.capabilities(),
-                current_job_id: self.current_job_id().map(str::to_string),
-            };
-            let text = wire::encode(&frame);
-            if let WorkerFrame::Heartbeat {
-                capabilities,
-                current_job_id,
-            } = frame
-            {
-                self.hb_cache = Some(HeartbeatCache {
-                    capabilities,
+                current_job_id: current_job_id.clone(),
+            });
+            self.hb_cache = Some(HeartbeatCache {
+                key: HeartbeatKey {
+                    paused: self.paused,
+                    presence: self.presence,
+                    vram_threshold_bits: self.cfg.vram_threshold_gb.to_bits(),
                     current_job_id,
-                    text,
-                });
-            }
+                },
+                text,
+            });
         }
         let text = self
             .hb_cache
