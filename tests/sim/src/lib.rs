@@ -41,8 +41,7 @@
 //! real one would, there is no engine timeout in the protocol) and the studio keeps the
 //! claim because the worker's heartbeats name it.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde_json::json;
@@ -425,45 +424,64 @@ enum Ev {
     Check,
 }
 
-/// A heap entry: 24 bytes (the event itself waits in [`Queue::slots`], so a sift moves
-/// keys, not events).
-#[derive(Clone, Copy)]
+/// A queued event's key: when, then the order it was scheduled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     at: Mono,
     seq: u64,
     slot: u32,
 }
 
-impl PartialEq for Key {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Key {}
-impl PartialOrd for Key {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Key {
-    // Reversed: the heap pops the earliest (then the first scheduled).
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
+/// Buckets of a [`Queue`]: bucket 0 holds the keys at the current instant; bucket `i > 0`
+/// the keys whose time differs from it first in bit `i - 1` (counting from the lowest).
+const BUCKETS: usize = 65;
 
-/// The event queue: a binary heap of small keys ordered by (time, sequence number) over a
-/// slab of events with a free list. Same order as a heap of whole events, a fraction of
-/// the memory traffic per push and pop.
-#[derive(Default)]
+/// The event queue, popping in (time, sequence number) order: a monotone radix heap over a
+/// slab of events with a free list.
+///
+/// Simulated time never goes back (every event is scheduled at or after the instant being
+/// processed), which a radix heap exploits: a key sits in the bucket of the highest bit in
+/// which its time differs from the last instant popped, and only moves to lower buckets,
+/// at most 64 times, usually a few. Pushes are appends; a pop takes the front of bucket 0
+/// or, when it is empty, splits the lowest non-empty bucket around its earliest time. With
+/// tens of thousands of pending events this touches memory sequentially where a binary
+/// heap sifts through ~17 scattered levels per pop (the heap was ~10 % of a 10 000-worker
+/// run). Within bucket 0 (one instant) keys leave in sequence order: keys of one time are
+/// always in the same bucket, appended in push order, and a split keeps their order.
 struct Queue {
-    heap: BinaryHeap<Key>,
+    /// Bucket 0 (the current instant), in sequence order.
+    now: VecDeque<Key>,
+    /// Buckets 1..BUCKETS, unordered.
+    buckets: Vec<Vec<Key>>,
+    /// The time of bucket 0.
+    last: Mono,
     slots: Vec<Option<Ev>>,
     free: Vec<u32>,
 }
 
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            now: VecDeque::new(),
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            last: Mono::ZERO,
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
 impl Queue {
+    fn bucket(&self, at: Mono) -> usize {
+        (u64::BITS - (at.0 ^ self.last.0).leading_zeros()) as usize
+    }
+
     fn push(&mut self, at: Mono, seq: u64, ev: Ev) {
+        assert!(
+            at >= self.last,
+            "an event scheduled at {at:?}, before the instant being processed ({:?})",
+            self.last
+        );
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(ev);
@@ -474,11 +492,42 @@ impl Queue {
                 u32::try_from(self.slots.len() - 1).expect("under 2^32 pending events")
             }
         };
-        self.heap.push(Key { at, seq, slot });
+        let key = Key { at, seq, slot };
+        match self.bucket(at) {
+            0 => {
+                debug_assert!(self.now.back().is_none_or(|k| k.seq < seq));
+                self.now.push_back(key)
+            }
+            b => self.buckets[b].push(key),
+        }
     }
 
     fn pop(&mut self) -> Option<(Mono, Ev)> {
-        let k = self.heap.pop()?;
+        if self.now.is_empty() {
+            let b = (1..BUCKETS).find(|&b| !self.buckets[b].is_empty())?;
+            let moving = std::mem::take(&mut self.buckets[b]);
+            self.last = moving.iter().map(|k| k.at).min().expect("non-empty");
+            for k in &moving {
+                match self.bucket(k.at) {
+                    0 => self.now.push_back(*k),
+                    to => self.buckets[to].push(*k),
+                }
+            }
+            // Give the emptied bucket its allocation back for the next keys.
+            let mut moving = moving;
+            moving.clear();
+            if self.buckets[b].is_empty() {
+                self.buckets[b] = moving;
+            }
+            // Keys of one time sit in one bucket in push order and a split keeps order, so
+            // bucket 0 comes out sorted by sequence number.
+            debug_assert!(self
+                .now
+                .iter()
+                .zip(self.now.iter().skip(1))
+                .all(|(a, b)| a.seq < b.seq));
+        }
+        let k = self.now.pop_front()?;
         let ev = self.slots[k.slot as usize].take().expect("a queued event");
         self.free.push(k.slot);
         Some((k.at, ev))
@@ -1983,4 +2032,59 @@ pub fn describe(r: &SimReport) -> String {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into()),
     )
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    fn popped_key(q: &mut Queue) -> Option<(Mono, u64)> {
+        q.pop().map(|(at, ev)| match ev {
+            Ev::StudioTimer { ver } => (at, ver),
+            _ => unreachable!("only studio timers are queued here"),
+        })
+    }
+
+    /// The radix queue pops exactly what a sorted set of (time, sequence) would, for
+    /// pushes at or after the last instant popped: bursts at one instant, near and far
+    /// times, and pushes at the instant being processed.
+    #[test]
+    fn pops_in_time_then_sequence_order() {
+        for seed in 0..50u64 {
+            let mut rng = Rng::new(seed);
+            let mut q = Queue::default();
+            let mut reference: BTreeSet<(Mono, u64)> = BTreeSet::new();
+            let mut seq = 0u64;
+            let mut now = Mono::ZERO;
+            let mut popped = 0;
+            for _ in 0..5_000 {
+                let pushes = rng.below(4);
+                for _ in 0..pushes {
+                    seq += 1;
+                    let ahead = match rng.below(4) {
+                        0 => 0,
+                        1 => rng.below(10),
+                        2 => rng.below(5_000_000),
+                        _ => rng.below(1 << 40),
+                    };
+                    let at = Mono(now.0 + ahead);
+                    q.push(at, seq, Ev::StudioTimer { ver: seq });
+                    reference.insert((at, seq));
+                }
+                if rng.below(3) > 0 {
+                    let want = reference.pop_first();
+                    assert_eq!(popped_key(&mut q), want, "seed {seed}");
+                    if let Some((at, _)) = want {
+                        now = at;
+                        popped += 1;
+                    }
+                }
+            }
+            while let Some(want) = reference.pop_first() {
+                assert_eq!(popped_key(&mut q), Some(want), "seed {seed}");
+            }
+            assert!(q.pop().is_none());
+            assert!(popped > 1_000);
+        }
+    }
 }
