@@ -42,6 +42,7 @@
 //! claim because the worker's heartbeats name it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
@@ -620,8 +621,6 @@ struct World {
     /// When the last full check ([`Studio::check_invariants`]) ran.
     last_full_check: Mono,
     quiesced: bool,
-    /// The command buffer of [`World::feed`], kept between steps.
-    cmd_buf: Vec<Command>,
     /// Jobs and workers (studio ids) named by the events of the current studio step: what
     /// [`World::check_studio_step`] looks at.
     touched_jobs: Vec<String>,
@@ -754,7 +753,6 @@ impl World {
             check_every,
             last_full_check: Mono::ZERO,
             quiesced: false,
-            cmd_buf: Vec::new(),
             touched_jobs: Vec::new(),
             touched_workers: Vec::new(),
             holders: BTreeMap::new(),
@@ -902,32 +900,42 @@ impl World {
         if let Err(e) = self.workers[w].m.handle(now, input) {
             self.wviolation(w, format!("worker {w}: usage error {e}"));
         }
-        // One buffer for every drain (a drain never feeds a worker, so never nests).
-        let mut cmds = std::mem::take(&mut self.cmd_buf);
-        cmds.clear();
+        // Each command is acted on as it is polled (a command never feeds the worker, so
+        // what the machine emits next does not depend on it), not buffered: a command is
+        // ~300 bytes, and copying them through a buffer was a tenth of a large run. The
+        // hash sees the same `[a, b, ...]` text a buffered `{cmds:?}` gave.
+        let mut hashed = self.hasher.is_some().then(|| format!("{w}:["));
+        let mut kept = recorded.is_some().then(Vec::new);
+        let mut first = true;
         loop {
             let c = self.workers[w].m.poll();
             let wait = matches!(c, Command::Wait { .. });
-            cmds.push(c);
+            if let Some(h) = hashed.as_mut() {
+                if !first {
+                    h.push_str(", ");
+                }
+                let _ = write!(h, "{c:?}");
+                first = false;
+            }
+            if let Some(k) = kept.as_mut() {
+                k.push(c.clone());
+            }
+            self.worker_command(w, c);
             if wait {
                 break;
             }
         }
-        if self.hasher.is_some() {
-            let s = format!("{w}:{cmds:?}");
-            self.hash_str("wc", &s);
+        if let Some(mut h) = hashed {
+            h.push(']');
+            self.hash_str("wc", &h);
         }
-        if let Some(input) = recorded {
+        if let (Some(input), Some(commands)) = (recorded, kept) {
             self.workers[w].trace.push(TraceStep {
                 now,
                 input,
-                commands: cmds.clone(),
+                commands,
             });
         }
-        for c in cmds.drain(..) {
-            self.worker_command(w, c);
-        }
-        self.cmd_buf = cmds;
         self.check_worker(w);
     }
 
