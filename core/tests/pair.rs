@@ -218,7 +218,7 @@ impl Pair {
                     }
                 }
                 Command::Http { id, request } => {
-                    let result = self.http(request);
+                    let result = self.http(*request);
                     self.to_worker.push_back(Input::Http { id, result });
                 }
                 Command::MintSecret { need_install_id } => {

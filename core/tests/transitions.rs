@@ -367,10 +367,8 @@ fn reach(st: St) -> H {
             let c = h.advance(30.0);
             assert!(c.iter().any(|c| matches!(
                 c,
-                Command::Http {
-                    request: HttpRequest::PollRegistration { .. },
-                    ..
-                }
+                Command::Http { request, .. }
+                    if matches!(**request, HttpRequest::PollRegistration { .. })
             )));
             h
         }
@@ -602,7 +600,7 @@ fn check(st: St, i: In, ex: Ex) {
         Http(kind) => {
             let ok = cmds.iter().any(|c| match c {
                 Command::Http { request, .. } => matches!(
-                    (kind, request),
+                    (kind, &**request),
                     (HttpKind::Register, HttpRequest::RegisterRequest { .. })
                         | (HttpKind::Upload, HttpRequest::Upload { .. })
                 ),

@@ -876,7 +876,7 @@ impl Harness {
                     if self.last_http.is_some_and(|l| id.0 <= l) {
                         return Err(format!("HTTP id {} does not increase", id.0));
                     }
-                    if matches!(request, HttpRequest::PollRegistration { .. }) {
+                    if matches!(**request, HttpRequest::PollRegistration { .. }) {
                         self.poll_ids.insert(id.0);
                     }
                     self.prev_http = self.last_http;
@@ -1119,7 +1119,10 @@ mod tests {
             let recorded = &h.recording.as_ref().unwrap().1;
             assert!(recorded.contains(&format!("\"gb\":{text}")), "{recorded}");
             let parsed = trace::parse(recorded).unwrap_or_else(|e| panic!("{e}\n{recorded}"));
-            assert!(format!("{parsed:?}").contains(&format!("{gb:?}")), "{parsed:?}");
+            assert!(
+                format!("{parsed:?}").contains(&format!("{gb:?}")),
+                "{parsed:?}"
+            );
             h.check_replay().unwrap();
         }
     }
@@ -1136,7 +1139,10 @@ mod tests {
         feed_seed(&mut h, &data[3..]);
         assert!(h.replay_safe);
         let recorded = &h.recording.as_ref().unwrap().1;
-        assert!(recorded.contains("authToken"), "the seed's body has a token: {recorded}");
+        assert!(
+            recorded.contains("authToken"),
+            "the seed's body has a token: {recorded}"
+        );
         h.check_replay().unwrap();
         check(&data).unwrap();
 

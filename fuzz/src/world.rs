@@ -141,7 +141,10 @@ mod tests {
             let data = std::fs::read(format!("{dir}/{name}")).unwrap();
             let (cfg, _) = config(&data);
             let mut without = cfg.faults.clone();
-            assert!(without.disable(class) && without != cfg.faults, "{name}: {class} is on");
+            assert!(
+                without.disable(class) && without != cfg.faults,
+                "{name}: {class} is on"
+            );
             check(&data).unwrap_or_else(|e| panic!("{name}: {e}"));
         }
     }

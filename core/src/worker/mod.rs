@@ -585,7 +585,7 @@ impl Worker {
         self.registration = Registration::Requesting { req: Some(id) };
         self.emit(Command::Http {
             id,
-            request: HttpRequest::RegisterRequest { url, body },
+            request: Box::new(HttpRequest::RegisterRequest { url, body }),
         });
     }
 
@@ -606,10 +606,10 @@ impl Worker {
         self.registration = Registration::Polling { req: Some(id) };
         self.emit(Command::Http {
             id,
-            request: HttpRequest::PollRegistration {
+            request: Box::new(HttpRequest::PollRegistration {
                 url,
                 bearer: secret,
-            },
+            }),
         });
     }
 
@@ -1324,7 +1324,10 @@ impl Worker {
             prompt: job.claim.task.prompt().to_string(),
             ext,
         };
-        self.emit(Command::Http { id, request });
+        self.emit(Command::Http {
+            id,
+            request: Box::new(request),
+        });
     }
 
     fn on_upload_response(&mut self, result: HttpResult) {

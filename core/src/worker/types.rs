@@ -415,8 +415,12 @@ pub enum Command {
         code: u16,
         reason: String,
     },
-    /// Make an HTTP request; answer with [`Input::Http`].
-    Http { id: HttpId, request: HttpRequest },
+    /// Make an HTTP request; answer with [`Input::Http`]. (Boxed: the request is the largest
+    /// payload, and every command is moved a few times on its way out.)
+    Http {
+        id: HttpId,
+        request: Box<HttpRequest>,
+    },
     /// Draw a fresh registration secret (and install id when asked) from the OS CSPRNG;
     /// answer with [`Input::Minted`].
     MintSecret { need_install_id: bool },

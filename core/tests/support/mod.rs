@@ -62,7 +62,7 @@ impl H {
             match &c {
                 Command::Wait { .. } => break,
                 Command::Connect { conn, .. } => self.conn = Some(*conn),
-                Command::Http { id, request } => self.http = Some((*id, request.clone())),
+                Command::Http { id, request } => self.http = Some((*id, (**request).clone())),
                 Command::Dispatch { claim } => self.job = Some(claim.job_id.clone()),
                 _ => {}
             }

@@ -225,7 +225,7 @@ impl CommandRouter {
             }
             Command::Wait { until } => Effect::Wait(until),
             Command::Http { id, request } => {
-                let body = match &request {
+                let body = match &*request {
                     HttpRequest::Upload { job_id, .. } => match self.pool.result_bytes(job_id) {
                         Some(bytes) => Some(bytes),
                         None => {
@@ -241,7 +241,7 @@ impl CommandRouter {
                     },
                     _ => None,
                 };
-                self.http.spawn(id, request, body);
+                self.http.spawn(id, *request, body);
                 Effect::None
             }
             Command::MintSecret { need_install_id } => self.mint(need_install_id),
@@ -670,13 +670,13 @@ mod tests {
         // Upload of a result that is gone: answered at once, nothing sent.
         let upload = Command::Http {
             id: HttpId(3),
-            request: HttpRequest::Upload {
+            request: Box::new(HttpRequest::Upload {
                 url: "http://127.0.0.1:9/x".into(),
                 auth_token: "t".into(),
                 job_id: "j-1".into(),
                 prompt: "hello".into(),
                 ext: "wav".into(),
-            },
+            }),
         };
         assert!(matches!(
             r.perform(upload),

@@ -411,7 +411,7 @@ enum Ev {
     HttpArrive {
         w: usize,
         id: HttpId,
-        request: HttpRequest,
+        request: Box<HttpRequest>,
     },
     EngineDone {
         w: usize,
@@ -1827,7 +1827,7 @@ impl World {
                 token,
             } => self.conn_arrive(w, conn, worker_id, token),
             Ev::ToWorker { w, input } => self.feed(w, input),
-            Ev::HttpArrive { w, id, request } => self.http(w, id, request),
+            Ev::HttpArrive { w, id, request } => self.http(w, id, *request),
             Ev::EngineDone { w, gen } => {
                 let wk = &mut self.workers[w];
                 if wk.engine.as_ref().is_some_and(|e| e.gen == gen) {
