@@ -1049,3 +1049,27 @@ fn an_idle_session_wakes_for_its_heartbeat_only() {
     h.step(Input::Log(log_entry("engine warmed up")));
     assert_eq!(h.deadline(), Some(6.0));
 }
+
+/// The drain's closing `Wait` is returned again by every further `poll` until the next
+/// `handle`, which supersedes it (a driver may poll once too often; it must not get a
+/// different deadline or lose one). The harness's drain stops at the first `Wait`.
+#[test]
+fn the_closing_wait_repeats_until_the_next_handle() {
+    let mut h = H::live(registered());
+    h.step(Input::Tick);
+    let Command::Wait { until } = h.w.poll() else {
+        panic!("after the drain, poll keeps returning Wait");
+    };
+    assert!(until.is_some(), "a live session has a heartbeat deadline");
+    for _ in 0..3 {
+        assert_eq!(h.w.poll(), Command::Wait { until });
+    }
+    // At the deadline its timer runs, and a later deadline closes the new drain.
+    h.t = until.unwrap().0;
+    h.step(Input::Tick);
+    let Command::Wait { until: next } = h.w.poll() else {
+        panic!("after the drain, poll keeps returning Wait");
+    };
+    assert!(next > until, "{next:?} after {until:?}");
+    assert_eq!(h.w.poll(), Command::Wait { until: next });
+}

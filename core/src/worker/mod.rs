@@ -263,6 +263,9 @@ pub struct Worker {
     stats: Stats,
     /// The last heartbeat encoded (performance only; see [`HeartbeatCache`]).
     hb_cache: Option<HeartbeatCache>,
+    /// The deadline of the `Wait` that ended the current drain, kept for repeated polls
+    /// until the next `handle` (`None`: the drain has not ended).
+    held_wait: Option<Option<Mono>>,
 }
 
 /// The last heartbeat frame the machine encoded, with the machine state it depends on.
@@ -326,6 +329,7 @@ impl Worker {
             recent_logs: VecDeque::new(),
             stats: Stats::default(),
             hb_cache: None,
+            held_wait: None,
         }
     }
 
@@ -349,8 +353,8 @@ impl Worker {
             mono: now.mono,
             wall,
         };
-        // Any pending Wait from a previous drain is superseded.
-        self.out.retain(|c| !matches!(c, Command::Wait { .. }));
+        // The Wait that ended the previous drain is superseded.
+        self.held_wait = None;
         if self.stop == Stop::Exited {
             return Ok(());
         }
@@ -364,21 +368,16 @@ impl Worker {
     /// `poll` keeps returning the same `Wait` until the next `handle`.
     pub fn poll(&mut self) -> Command {
         if let Some(c) = self.out.pop_front() {
-            if matches!(c, Command::Wait { .. }) {
-                // Keep it for repeated polls.
-                self.out.push_front(c.clone());
-            }
             return c;
         }
-        let wait = Command::Wait {
-            until: if self.stop == Stop::Exited {
+        let until = *self.held_wait.get_or_insert_with(|| {
+            if self.stop == Stop::Exited {
                 None
             } else {
                 self.timers.next()
-            },
-        };
-        self.out.push_back(wait.clone());
-        wait
+            }
+        });
+        Command::Wait { until }
     }
 
     /// The earliest deadline, if any (the same value the final `Wait` carries).

@@ -569,6 +569,18 @@ struct Wk {
     exited: bool,
     trace: Vec<TraceStep>,
     config: WorkerConfig,
+    /// This worker's connections still in use on either side: (its connection id, link).
+    /// A few at most, so a list beside the worker's state beats a fleet-wide map.
+    conn_links: Vec<(ConnId, usize)>,
+}
+
+impl Wk {
+    fn link_of(&self, conn: ConnId) -> Option<usize> {
+        self.conn_links
+            .iter()
+            .find(|&&(c, _)| c == conn)
+            .map(|&(_, link)| link)
+    }
 }
 
 struct Link {
@@ -608,7 +620,6 @@ struct World {
     workers: Vec<Wk>,
     links: Vec<Link>,
     live: BTreeSet<usize>,
-    conn_links: BTreeMap<(usize, ConnId), usize>,
     current_link: Vec<Option<usize>>,
     phase: Phase,
     submitted: Vec<String>,
@@ -712,6 +723,7 @@ impl World {
                 engine_gen: 0,
                 profile,
                 offered: BTreeSet::new(),
+                conn_links: Vec::new(),
                 last_job_frame: None,
                 instant: Mono::ZERO,
                 instant_count: 0,
@@ -741,7 +753,6 @@ impl World {
             workers,
             links: Vec::new(),
             live: BTreeSet::new(),
-            conn_links: BTreeMap::new(),
             current_link: vec![None; n],
             phase: Phase::Chaos,
             submitted: Vec::new(),
@@ -986,7 +997,7 @@ impl World {
                 );
             }
             Command::Send { conn, text } => {
-                let Some(&link) = self.conn_links.get(&(w, conn)) else {
+                let Some(link) = self.workers[w].link_of(conn) else {
                     return;
                 };
                 if !self.links[link].w_open {
@@ -1009,7 +1020,7 @@ impl World {
                 }
             }
             Command::Close { conn, .. } => {
-                if let Some(&link) = self.conn_links.get(&(w, conn)) {
+                if let Some(link) = self.workers[w].link_of(conn) {
                     if self.links[link].w_open {
                         self.links[link].w_open = false;
                         self.w2s(link, W2S::Close);
@@ -1197,7 +1208,8 @@ impl World {
         let l = &self.links[link];
         if !l.w_open && !l.s_open {
             self.live.remove(&link);
-            self.conn_links.remove(&(l.worker, l.wconn));
+            let (w, conn) = (l.worker, l.wconn);
+            self.workers[w].conn_links.retain(|&(c, _)| c != conn);
             if self.current_link[l.worker] == Some(link) {
                 self.current_link[l.worker] = None;
             }
@@ -1917,7 +1929,9 @@ impl World {
                     first_sent: false,
                 });
                 self.live.insert(link);
-                self.conn_links.insert((w, conn), link);
+                let links = &mut self.workers[w].conn_links;
+                links.retain(|&(c, _)| c != conn);
+                links.push((conn, link));
                 self.current_link[w] = Some(link);
                 self.studio_handle(StudioInput::Connected {
                     conn: link as u64,
