@@ -1672,10 +1672,8 @@ impl Studio {
         if let Some(current) = self.repeated_heartbeat(c, text) {
             // Exactly the previous heartbeat on this connection, whose capabilities are
             // still the record's: what decoding would give, without decoding.
+            // (`on_heartbeat` records `last_seen`.)
             self.touch(conn);
-            if let Some(w) = self.workers.get_mut(&worker_id) {
-                w.last_seen = Some(self.now);
-            }
             self.on_heartbeat(conn, &worker_id, None, current);
             return;
         }
@@ -1912,9 +1910,12 @@ impl Studio {
             _ => false,
         };
         w.hold = false;
+        w.last_seen = Some(now);
         let slot = w.slot;
         let held = slot.and_then(|s| self.jobs.get(&s).map(|j| (s, j)));
         let mut release = None;
+        // The job the worker reports while the studio has none running on it.
+        let mut reported = None;
         match held {
             Some((seq, job)) if matches!(job.state, JobState::Running { .. }) => {
                 if current.as_deref() == Some(job.id.as_str()) {
@@ -1935,20 +1936,24 @@ impl Studio {
             }
             None => {
                 w.busy_hint = None;
-                if let Some(cur) = current {
-                    let reclaim = self.job_index.get(&cur).copied().filter(|s| {
-                        self.jobs.get(s).is_some_and(|j| {
-                            j.state == JobState::Queued
-                                && j.last_worker.as_deref() == Some(worker_id)
-                        })
-                    });
-                    match reclaim {
-                        Some(seq) => self.reclaim(seq, worker_id),
-                        None => {
-                            if let Some(w) = self.workers.get_mut(worker_id) {
-                                w.busy_hint = Some(cur);
-                            }
-                        }
+                reported = current;
+            }
+        }
+        // The common case (nothing more to do for this worker): decided on the record in
+        // hand, without looking the worker up again.
+        let still_idle =
+            !caps_changed && release.is_none() && reported.is_none() && w.in_idle && eligible(w);
+        if let Some(cur) = reported {
+            let reclaim = self.job_index.get(&cur).copied().filter(|s| {
+                self.jobs.get(s).is_some_and(|j| {
+                    j.state == JobState::Queued && j.last_worker.as_deref() == Some(worker_id)
+                })
+            });
+            match reclaim {
+                Some(seq) => self.reclaim(seq, worker_id),
+                None => {
+                    if let Some(w) = self.workers.get_mut(worker_id) {
+                        w.busy_hint = Some(cur);
                     }
                 }
             }
@@ -1956,11 +1961,12 @@ impl Studio {
         if let Some(seq) = release {
             self.release_run(seq, RequeueReason::WorkerReportedIdle, false);
         }
-        if !caps_changed
-            && self
-                .workers
-                .get(worker_id)
-                .is_some_and(|w| w.in_idle && eligible(w))
+        if still_idle
+            || !caps_changed
+                && self
+                    .workers
+                    .get(worker_id)
+                    .is_some_and(|w| w.in_idle && eligible(w))
         {
             // Still idle under unchanged capabilities: the machine's invariants (an idle
             // worker is indexed under the fits of its capabilities) make `refresh` a no-op.
