@@ -96,6 +96,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -590,7 +591,9 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 struct ConnRec {
-    worker_id: String,
+    /// Shared, not owned: every frame on the connection takes a copy of it to pass along
+    /// while the record itself may change, and cloning an `Arc` allocates nothing.
+    worker_id: Arc<str>,
     phase: Phase,
     last_frame: Mono,
     /// Connect order (the studio's own counter): of two connections of one worker, the one
@@ -1298,7 +1301,7 @@ impl Studio {
         let conns: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.worker_id == worker_id)
+            .filter(|(_, c)| *c.worker_id == *worker_id)
             .map(|(id, _)| *id)
             .collect();
         for conn in conns {
@@ -1570,7 +1573,7 @@ impl Studio {
         self.conns.insert(
             conn,
             ConnRec {
-                worker_id: worker_id.clone(),
+                worker_id: Arc::from(worker_id.as_str()),
                 phase: Phase::AwaitingHello,
                 last_frame: now,
                 opened: self.next_conn_seq,
@@ -1585,7 +1588,10 @@ impl Studio {
         let Some(worker_id) = self.conns.get(&conn).map(|c| c.worker_id.clone()) else {
             return; // already closed by us, or never known
         };
-        self.event(StudioEvent::ConnLost { conn, worker_id });
+        self.event(StudioEvent::ConnLost {
+            conn,
+            worker_id: worker_id.to_string(),
+        });
         self.drop_conn(conn);
     }
 
@@ -1597,7 +1603,7 @@ impl Studio {
         self.session_index.remove(&(c.last_frame, conn));
         let is_session = self
             .workers
-            .get(&c.worker_id)
+            .get(&*c.worker_id)
             .is_some_and(|w| w.session == Some(conn));
         if is_session {
             self.detach(&c.worker_id);
@@ -1695,7 +1701,7 @@ impl Studio {
             }
             return;
         }
-        if let Some(w) = self.workers.get_mut(&worker_id) {
+        if let Some(w) = self.workers.get_mut(&*worker_id) {
             w.last_seen = Some(self.now);
         }
         match frame {
@@ -1725,7 +1731,9 @@ impl Studio {
                 retryable,
             } => self.on_fail(conn, &worker_id, &job_id, error, retryable),
             WorkerFrame::LogBatch { entries } => self.on_logs(&worker_id, entries),
-            WorkerFrame::ReadyForMore => self.event(StudioEvent::ReadyForMore { worker_id }),
+            WorkerFrame::ReadyForMore => self.event(StudioEvent::ReadyForMore {
+                worker_id: worker_id.to_string(),
+            }),
         }
     }
 
@@ -1737,7 +1745,7 @@ impl Studio {
         if c.phase != Phase::Welcomed || text.len() > self.cfg.max_frame_bytes || m.text != text {
             return None;
         }
-        let w = self.workers.get(&c.worker_id)?;
+        let w = self.workers.get(&*c.worker_id)?;
         if w.caps_gen != m.caps_gen {
             return None;
         }
@@ -2322,7 +2330,7 @@ impl Studio {
                 .unwrap_or_default();
             self.event(StudioEvent::SessionExpired {
                 conn,
-                worker_id: worker_id.clone(),
+                worker_id: worker_id.to_string(),
             });
             self.out.push_back(StudioCommand::Close {
                 conn,
@@ -2766,7 +2774,7 @@ impl Studio {
             }
             if let Some(c) = w.session {
                 match self.conns.get(&c) {
-                    Some(rec) if rec.worker_id == *id && rec.phase == Phase::Welcomed => {}
+                    Some(rec) if *rec.worker_id == **id && rec.phase == Phase::Welcomed => {}
                     _ => return Err(format!("worker {id}: session {c} is not its welcomed conn")),
                 }
             }
@@ -2820,7 +2828,7 @@ impl Studio {
                 return Err(format!("conn {c}: not in the session index"));
             }
             if rec.phase == Phase::Welcomed
-                && self.workers.get(&rec.worker_id).and_then(|w| w.session) != Some(*c)
+                && self.workers.get(&*rec.worker_id).and_then(|w| w.session) != Some(*c)
             {
                 return Err(format!("conn {c}: welcomed but not its worker's session"));
             }
