@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p studio-engines --features llm --example llm_bench -- \
 //!     [--model PATH] [--decode-tokens N] [--prompt-words N] [--runs N] [--json PATH] \
-//!     [--weights converted|stored|both]
+//!     [--weights native|converted|stored|both|all]
 //! ```
 //!
 //! `--model` defaults to `$STUDIO_TEST_LLM_GGUF` (SmolLM2-135M-Instruct Q4_1 in CI).
@@ -17,9 +17,13 @@
 //! * **Limit**: a decoded token reads every weight once, so decode cannot beat
 //!   bandwidth / bytes-per-token, with bytes-per-token taken as the model file's size. The
 //!   issue's goal is decode >= 80 % of that.
-//! * **Weights**: each figure is taken with the slow quant types converted to Q8_0 at load
-//!   (the engine's default on AVX2 CPUs, `converted`) and as stored in the file (`stored`);
-//!   converted weights stream more bytes per token, so their own limit is printed too.
+//! * **Weights** (`--weights`, default `all`): `native` is the engine's own CPU forward pass
+//!   (its default on the CPU; the file's types as stored); `converted` is candle with the
+//!   slow quant types converted to Q8_0 at load (candle's default on AVX2 CPUs), `stored`
+//!   candle with the file's types; `both` is converted + stored, `all` all three. Converted
+//!   weights stream more bytes per token, so their own limit is printed too.
+//! * **Threads**: the native path's pool has `STUDIO_LLM_THREADS` threads (default one per
+//!   core); candle's has `RAYON_NUM_THREADS` (default one per physical core).
 //!
 //! `/proc/loadavg` is printed before and after: on a shared machine the figures are only as
 //! good as the quiet they were taken in.
@@ -28,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use studio_core::wire::{ChatMessage, LlmTask, ModelSource};
-use studio_engines::llm::{self, LlmEngine};
+use studio_engines::llm::{self, Backend, LlmEngine};
 use studio_engines::ModelStore;
 
 struct Args {
@@ -37,7 +41,15 @@ struct Args {
     prompt_words: usize,
     runs: usize,
     json: Option<PathBuf>,
-    requantize: Vec<bool>,
+    layouts: Vec<Layout>,
+}
+
+/// A weight layout / backend to measure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Native,
+    Converted,
+    Stored,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,7 +60,7 @@ fn parse_args() -> Result<Args, String> {
         prompt_words: 200,
         runs: 3,
         json: None,
-        requantize: vec![true, false],
+        layouts: vec![Layout::Native, Layout::Converted, Layout::Stored],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -67,11 +79,17 @@ fn parse_args() -> Result<Args, String> {
             }
             "--json" => args.json = Some(PathBuf::from(value()?)),
             "--weights" => {
-                args.requantize = match value()?.as_str() {
-                    "converted" => vec![true],
-                    "stored" => vec![false],
-                    "both" => vec![true, false],
-                    other => return Err(format!("--weights converted|stored|both, not {other}")),
+                args.layouts = match value()?.as_str() {
+                    "native" => vec![Layout::Native],
+                    "converted" => vec![Layout::Converted],
+                    "stored" => vec![Layout::Stored],
+                    "both" => vec![Layout::Converted, Layout::Stored],
+                    "all" => vec![Layout::Native, Layout::Converted, Layout::Stored],
+                    other => {
+                        return Err(format!(
+                            "--weights native|converted|stored|both|all, not {other}"
+                        ))
+                    }
                 }
             }
             other => return Err(format!("unknown argument {other}")),
@@ -146,6 +164,7 @@ fn main() {
     };
     let load_before = loadavg();
     let threads = candle_core::utils::get_num_threads();
+    let native_threads = llm::native::pool::default_threads();
     let file_bytes = std::fs::metadata(&args.model)
         .unwrap_or_else(|e| panic!("{}: {e}", args.model.display()))
         .len();
@@ -166,7 +185,7 @@ fn main() {
         file_bytes as f64 / 1e6,
         info.name.as_deref().unwrap_or("?")
     );
-    println!("threads      {threads} (candle pool)");
+    println!("threads      {threads} (candle pool), {native_threads} (native pool)");
     println!(
         "bandwidth    {:.2} GB/s with {threads} thread(s), {:.2} GB/s with 1 (read-sum over 1 GiB)",
         gb(bw_n),
@@ -179,8 +198,8 @@ fn main() {
     );
 
     let mut variants = Vec::new();
-    for requantize in args.requantize.clone() {
-        let v = run_variant(&args, &root, requantize, file_bytes);
+    for layout in args.layouts.clone() {
+        let v = run_variant(&args, &root, layout, file_bytes);
         println!(
             "[{}] load {:.2} s | prefill {:.1} tok/s ({} tokens) | decode {:.1} tok/s ({} tokens) \
              = {:.1} % of the file-size limit; weights streamed per token {:.1} MB -> limit {:.1} \
@@ -206,6 +225,7 @@ fn main() {
             "model": args.model.display().to_string(),
             "model_bytes": file_bytes,
             "threads": threads,
+            "native_threads": native_threads,
             "bandwidth_bytes_per_sec": bw_n,
             "bandwidth_1thread_bytes_per_sec": bw_1,
             "decode_limit_tok_per_sec": file_limit,
@@ -237,9 +257,20 @@ struct Variant {
     bytes_per_token: u64,
 }
 
-fn run_variant(args: &Args, root: &std::path::Path, requantize: bool, file_bytes: u64) -> Variant {
-    let engine = LlmEngine::new(ModelStore::new(root), u64::MAX).with_requantize(requantize);
+fn run_variant(args: &Args, root: &std::path::Path, layout: Layout, file_bytes: u64) -> Variant {
+    let requantize = layout == Layout::Converted;
+    let backend = if layout == Layout::Native {
+        Backend::Native
+    } else {
+        Backend::Candle
+    };
+    let engine = LlmEngine::new(ModelStore::new(root), u64::MAX)
+        .with_backend(backend)
+        .with_requantize(requantize);
     let info = llm::inspect(&args.model).expect("a readable GGUF");
+    if layout == Layout::Native && !info.native {
+        eprintln!("note: the native path cannot run this model; candle runs it instead");
+    }
     let bytes_per_token = if requantize {
         file_bytes + info.charge.requantize_extra_bytes
     } else {
@@ -251,9 +282,10 @@ fn run_variant(args: &Args, root: &std::path::Path, requantize: bool, file_bytes
         cli_defaults: Default::default(),
     };
     let t0 = Instant::now();
-    engine
+    let ran = engine
         .complete(&task("Hi".into(), 1), &source, &args.model)
-        .expect("warm-up");
+        .expect("warm-up")
+        .backend;
     let load_secs = t0.elapsed().as_secs_f64();
 
     let words = "the quick brown fox jumps over the lazy dog while the band plays on"
@@ -295,10 +327,10 @@ fn run_variant(args: &Args, root: &std::path::Path, requantize: bool, file_bytes
         }
     }
     Variant {
-        label: if requantize {
-            "q8_0-converted"
-        } else {
-            "as-stored"
+        label: match (layout, ran) {
+            (Layout::Native, Backend::Native) => "native",
+            (Layout::Converted, _) => "candle-q8_0-converted",
+            _ => "candle-as-stored",
         },
         load_secs,
         prefill_tokens: prefill.0,

@@ -1,5 +1,6 @@
-//! The candle LLM engine (`llama`, feature `llm`): runs `llm` tasks whose
-//! `modelSource.engine` is `llama-cpp` on a llama-architecture GGUF, in process, on the CPU.
+//! The LLM engine (`llama`, feature `llm`): runs `llm` tasks whose `modelSource.engine` is
+//! `llama-cpp` on a llama-architecture GGUF, in process: with its own CPU forward pass
+//! ([`native`], the default on the CPU) or candle's quantized llama (see [`Backend`]).
 //!
 //! # What it does with a job
 //!
@@ -20,8 +21,9 @@
 //!    (the text is cut before it; `"stop"`), or when `maxTokens` or the context is used up
 //!    (`"length"`).
 //! 5. The context is the smallest of the GGUF's `llama.context_length`, the source's
-//!    `cliDefaults.contextSize` and candle's rope table ([`MAX_CONTEXT`]); a prompt that does
-//!    not leave room for one new token fails (invalid input, not retryable).
+//!    `cliDefaults.contextSize` and candle's rope table ([`MAX_CONTEXT`], applied to both
+//!    backends so they accept the same jobs); a prompt that does not leave room for one new
+//!    token fails (invalid input, not retryable).
 //!
 //! The result is an OpenAI `chat.completion` object: `id` (`chatcmpl-` + 16 hex digits of
 //! SHA-256 of the model id and the task, so it is deterministic too), `object`, `model` (the
@@ -31,16 +33,28 @@
 //!
 //! `jsonSchema` and `reasoning` are not acted upon (no grammar-constrained decoding yet).
 //!
+//! # Backends
+//!
+//! [`Backend::Native`] (the default when models run on the CPU) runs a model with
+//! [`native`] when [`native::check`] accepts it (llama layout; every tensor F32, F16, Q4_0,
+//! Q4_1 or Q8_0; no mixture of experts), keeping the weights as stored and multiplying them
+//! with SIMD kernels on a persistent thread pool. Other models, and every model under
+//! [`Backend::Candle`] (the default on a GPU), run on candle's quantized llama on
+//! [`crate::device::compute_device`]. [`LlmEngine::with_backend`] overrides the choice;
+//! [`Completion::backend`] tells which one ran.
+//!
 //! # Loaded models and the memory budget
 //!
-//! A loaded model stays loaded for the next job. Each one is charged its file size plus its
-//! dequantized token-embedding table (candle keeps the embeddings as f32), plus what the
-//! Q8_0 conversion of [`SLOW_TYPES`] weights adds when the engine does it (see
-//! [`LlmEngine::with_requantize`]: candle has no SIMD kernel for Q4_1 / Q5_0 / Q5_1, so on
-//! AVX2 machines those weights are converted to Q8_0 at load by default); loading a model
-//! evicts the least recently used others until the total fits the budget, and a model whose
-//! charge alone exceeds the budget fails (not retryable: the same worker cannot run it).
-//! The KV cache is per job and released after it.
+//! A loaded model stays loaded for the next job. On the native path it is charged its file
+//! size (the tensors as stored, embeddings included: only looked-up rows are dequantized).
+//! On candle it is charged its file size plus its dequantized token-embedding table (candle
+//! keeps the embeddings as f32), plus what the Q8_0 conversion of [`SLOW_TYPES`] weights
+//! adds when the engine does it (see [`LlmEngine::with_requantize`]: candle has no SIMD
+//! kernel for Q4_1 / Q5_0 / Q5_1, so on AVX2 machines those weights are converted to Q8_0
+//! at load by default). Loading a model evicts the least recently used others until the
+//! total fits the budget, and a model whose charge alone exceeds the budget fails (not
+//! retryable: the same worker cannot run it). The KV cache is per job and released after
+//! it (native: f32, sized for the prompt plus `maxTokens`, its pages touched as it fills).
 //!
 //! # Advertised models
 //!
@@ -53,10 +67,13 @@
 //!
 //! # Device and threads
 //!
-//! Models load on [`crate::device::compute_device`] (CUDA in a `cuda` build with a usable
-//! GPU, else the CPU). candle's CPU kernels run on its own thread pool, one thread per
-//! physical core by default (`RAYON_NUM_THREADS` overrides it).
+//! The native path runs on the CPU, on one process-wide pool of one thread per core
+//! (`STUDIO_LLM_THREADS` overrides it; see [`native`]). candle models load on
+//! [`crate::device::compute_device`] (CUDA in a `cuda` build with a usable GPU, else the
+//! CPU); candle's CPU kernels run on its own thread pool, one thread per physical core by
+//! default (`RAYON_NUM_THREADS` overrides it).
 
+pub mod native;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
@@ -96,7 +113,7 @@ const PREFILL_CHUNK: usize = 512;
 /// The engine's routing id (PROTOCOL.md §9.1).
 const NAME: &str = "llama";
 
-/// The candle llama engine. Cheap to share; one job runs at a time per loaded model.
+/// The llama engine. Cheap to share; one job runs at a time per loaded model.
 pub struct LlmEngine {
     store: ModelStore,
     budget: u64,
@@ -104,6 +121,27 @@ pub struct LlmEngine {
     loads: AtomicU64,
     advertised: Mutex<BTreeSet<String>>,
     requantize: bool,
+    backend: Backend,
+}
+
+/// Which forward pass runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// The engine's own CPU forward pass ([`native`]) when the model's tensor types and
+    /// layout are supported ([`GgufInfo::native`]), candle otherwise.
+    Native,
+    /// candle-transformers' quantized llama, on [`crate::device::compute_device`].
+    Candle,
+}
+
+impl Backend {
+    /// `"native"` or `"candle"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Candle => "candle",
+        }
+    }
 }
 
 impl std::fmt::Debug for LlmEngine {
@@ -129,7 +167,13 @@ pub struct MemoryCharge {
 }
 
 impl MemoryCharge {
-    /// The total charge of the weights as stored.
+    /// The total charge on the native path: the file's size (it holds the tensors as
+    /// stored, the embeddings included, and no f32 copy of them).
+    pub fn total_native(&self) -> u64 {
+        self.file_bytes
+    }
+
+    /// The total charge on candle with the weights as stored.
     pub fn total(&self) -> u64 {
         self.file_bytes + self.embedding_bytes
     }
@@ -208,6 +252,9 @@ pub struct GgufInfo {
     pub context_length: Option<usize>,
     /// The memory the model is charged when loaded.
     pub charge: MemoryCharge,
+    /// Whether the native forward pass can run it ([`native::check`]: a llama model whose
+    /// tensors are all F32 / F16 / Q4_0 / Q4_1 / Q8_0).
+    pub native: bool,
 }
 
 /// What one generation produced.
@@ -225,11 +272,20 @@ pub struct Completion {
     pub prefill_secs: f64,
     /// Seconds spent generating after the first token.
     pub decode_secs: f64,
+    /// The forward pass that ran.
+    pub backend: Backend,
+}
+
+enum Weights {
+    Candle {
+        weights: ModelWeights,
+        device: Device,
+    },
+    Native(native::Model),
 }
 
 struct LoadedModel {
-    weights: ModelWeights,
-    device: Device,
+    weights: Weights,
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     context_length: usize,
@@ -343,6 +399,7 @@ fn header_info(path: &Path, ct: &gguf_file::Content) -> Result<GgufInfo, EngineE
             embedding_bytes,
             requantize_extra_bytes,
         },
+        native: native::check(ct).is_ok(),
     })
 }
 
@@ -432,26 +489,56 @@ impl LlmEngine {
             loads: AtomicU64::new(0),
             advertised: Mutex::new(advertised),
             requantize: requantize_by_default() && crate::device::compute_device().is_cpu(),
+            backend: if crate::device::compute_device().is_cpu() {
+                Backend::Native
+            } else {
+                Backend::Candle
+            },
+        }
+    }
+
+    /// The same engine running models with `backend` ([`Backend::Native`] still falls back
+    /// to candle for models it does not support). The default is [`Backend::Native`] when
+    /// models run on the CPU and [`Backend::Candle`] on a GPU.
+    pub fn with_backend(mut self, backend: Backend) -> LlmEngine {
+        self.backend = backend;
+        self
+    }
+
+    /// The backend asked for ([`Completion::backend`] tells which one ran).
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The backend that runs a model with header `info`.
+    pub fn backend_for(&self, info: &GgufInfo) -> Backend {
+        if self.backend == Backend::Native && info.native {
+            Backend::Native
+        } else {
+            Backend::Candle
         }
     }
 
     /// The same engine, converting (`true`) or not (`false`) weights of the types candle
-    /// has no SIMD kernel for ([`SLOW_TYPES`]) to Q8_0 at load. The default is on when the
-    /// models run on a CPU with AVX2 + FMA (candle's Q8_0 kernels need them) and off
-    /// elsewhere (other CPUs, CUDA).
+    /// has no SIMD kernel for ([`SLOW_TYPES`]) to Q8_0 at load, for models that candle runs
+    /// (the native path always keeps the stored types). The default is on when the models
+    /// run on a CPU with AVX2 + FMA (candle's Q8_0 kernels need them) and off elsewhere
+    /// (other CPUs, CUDA).
     pub fn with_requantize(mut self, on: bool) -> LlmEngine {
         self.requantize = on;
         self
     }
 
-    /// Whether slow weight types are converted to Q8_0 at load.
+    /// Whether slow weight types are converted to Q8_0 at load (for models candle runs).
     pub fn requantizes(&self) -> bool {
         self.requantize
     }
 
     /// What a model with header `info` is charged against the budget by this engine.
     pub fn charge(&self, info: &GgufInfo) -> u64 {
-        if self.requantize {
+        if self.backend_for(info) == Backend::Native {
+            info.charge.total_native()
+        } else if self.requantize {
             info.charge.total_requantized()
         } else {
             info.charge.total()
@@ -513,7 +600,9 @@ impl LlmEngine {
         let model = self.model(path)?;
         let mut model = lock(&model);
         let result = generate(&mut model, task, source, params);
-        model.weights.clear_kv_cache();
+        if let Weights::Candle { weights, .. } = &mut model.weights {
+            weights.clear_kv_cache();
+        }
         result
     }
 
@@ -538,7 +627,7 @@ impl LlmEngine {
         let info = header_info(&key, &ct)?;
         if info.architecture != "llama" {
             return Err(not_retryable(format!(
-                "model file {} is a `{}` GGUF; the candle llama engine runs llama-architecture \
+                "model file {} is a `{}` GGUF; the llama engine runs llama-architecture \
                  GGUFs only",
                 key.display(),
                 info.architecture
@@ -569,18 +658,24 @@ impl LlmEngine {
         let load_err = |e: candle_core::Error| {
             not_retryable(format!("cannot load model file {}: {e}", key.display()))
         };
-        let device = crate::device::compute_device();
-        let weights = if self.requantize {
-            let (ct, mut buf) = requantized(&ct, &mut file).map_err(load_err)?;
-            ModelWeights::from_gguf(ct, &mut buf, &device)
+        let weights = if self.backend_for(&info) == Backend::Native {
+            Weights::Native(native::Model::load(&ct, &mut file).map_err(|e| {
+                not_retryable(format!("cannot load model file {}: {e}", key.display()))
+            })?)
         } else {
-            ModelWeights::from_gguf(ct, &mut file, &device)
-        }
-        .map_err(load_err)?;
+            let device = crate::device::compute_device();
+            let weights = if self.requantize {
+                let (ct, mut buf) = requantized(&ct, &mut file).map_err(load_err)?;
+                ModelWeights::from_gguf(ct, &mut buf, &device)
+            } else {
+                ModelWeights::from_gguf(ct, &mut file, &device)
+            }
+            .map_err(load_err)?;
+            Weights::Candle { weights, device }
+        };
         self.loads.fetch_add(1, Ordering::Relaxed);
         let model = Arc::new(Mutex::new(LoadedModel {
             weights,
-            device,
             tokenizer,
             template,
             context_length,
@@ -672,21 +767,26 @@ fn generate(
     let longest_stop = stops.iter().map(|s| s.len()).max().unwrap_or(0);
     let max_new = (task.max_tokens() as usize).min(n_ctx - prompt_ids.len());
 
-    let device = model.device.clone();
+    let mut runner = match &mut model.weights {
+        Weights::Candle { weights, device } => Runner::Candle { weights, device },
+        Weights::Native(m) => {
+            // The cache holds the prompt and every token fed back (the last one sampled
+            // is not).
+            let ctx = prompt_ids.len() + max_new.saturating_sub(1);
+            Runner::Native {
+                session: m.session(ctx.max(1)),
+                model: m,
+            }
+        }
+    };
+    let backend = runner.backend();
     let mut sampler = Sampler::new(params);
     let started = Instant::now();
     let mut pos = 0usize;
     let mut logits = Vec::new();
     for chunk in prompt_ids.chunks(PREFILL_CHUNK) {
-        let input = Tensor::new(chunk, &device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(candle_err("prompt tensor"))?;
-        let out = model
-            .weights
-            .forward(&input, pos)
-            .map_err(candle_err("prompt evaluation"))?;
+        logits = runner.forward(chunk, pos, "prompt evaluation")?;
         pos += chunk.len();
-        logits = logits_of(&out)?;
     }
     let prefill_secs = started.elapsed().as_secs_f64();
 
@@ -717,15 +817,8 @@ fn generate(
         if generated == max_new {
             break;
         }
-        let input = Tensor::new(&[next], &device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(candle_err("token tensor"))?;
-        let out = model
-            .weights
-            .forward(&input, pos)
-            .map_err(candle_err("token evaluation"))?;
+        logits = runner.forward(&[next], pos, "token evaluation")?;
         pos += 1;
-        logits = logits_of(&out)?;
     }
     if let Some(cut) = cut {
         bytes.truncate(cut);
@@ -737,7 +830,45 @@ fn generate(
         completion_tokens: generated,
         prefill_secs,
         decode_secs: decode_started.elapsed().as_secs_f64(),
+        backend,
     })
+}
+
+/// One job's forward passes on either backend.
+enum Runner<'a> {
+    Candle {
+        weights: &'a mut ModelWeights,
+        device: &'a Device,
+    },
+    Native {
+        model: &'a native::Model,
+        session: native::Session,
+    },
+}
+
+impl Runner<'_> {
+    fn backend(&self) -> Backend {
+        match self {
+            Runner::Candle { .. } => Backend::Candle,
+            Runner::Native { .. } => Backend::Native,
+        }
+    }
+
+    /// Feeds `tokens` at `pos..`; the logits after the last one.
+    fn forward(&mut self, tokens: &[u32], pos: usize, what: &str) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Runner::Candle { weights, device } => {
+                let input = Tensor::new(tokens, device)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(candle_err(what))?;
+                let out = weights.forward(&input, pos).map_err(candle_err(what))?;
+                logits_of(&out)
+            }
+            Runner::Native { model, session } => model
+                .forward(session, tokens, pos)
+                .map_err(|e| not_retryable(format!("{what}: {e}"))),
+        }
+    }
 }
 
 /// The earliest position in `hay` where one of `stops` starts.

@@ -1,0 +1,804 @@
+//! The native CPU forward pass for llama GGUFs (the engine's default on the CPU).
+//!
+//! # Weights
+//!
+//! [`Model::load`] reads every tensor's bytes from the file into an owned buffer and keeps
+//! them in the file's format: matrices in F32, F16, Q4_0, Q4_1 or Q8_0 ([`quant::WType`]),
+//! the norm vectors as f32. A GGUF holding any other type in a tensor the forward pass
+//! uses, a mixture of experts, or a rope over part of the head only is refused by
+//! [`check`] (the engine then runs it with candle). The token embeddings stay quantized
+//! too: each looked-up token's row is dequantized when it is needed. Without an
+//! `output.weight` the embedding matrix is also the output projection (tied weights). The
+//! memory held is therefore the tensor bytes of the file, about its size.
+//!
+//! # Kernels
+//!
+//! A matrix-vector product quantizes the activations to 8-bit blocks of 32 once, then dots
+//! each weight row with them in integer arithmetic ([`quant`]; AVX2 + FMA + F16C when the
+//! CPU has them, detected at run time, portable scalar code otherwise). A prompt chunk
+//! multiplies each matrix with all its tokens at once, reading each weight row once per
+//! chunk.
+//!
+//! # Threads
+//!
+//! One persistent pool ([`pool::Pool::global`]) serves every model: one thread per core
+//! (`std::thread::available_parallelism`), or `STUDIO_LLM_THREADS` threads when that
+//! variable is a positive integer; the calling thread is one of them. Each product is cut
+//! into row chunks that the threads take in turn; the q/k/v projections share one dispatch,
+//! the FFN's gate and up projections another. Idle workers spin for 200 µs after a task,
+//! then block until the next one.
+//!
+//! # Forward pass
+//!
+//! Per layer: RMSNorm; q, k, v projections; rope on q and k (interleaved pairs `(2i,
+//! 2i+1)`, angle `pos / base^(2i / head_dim)`, the GGUF llama layout); k and v appended to
+//! the job's KV cache ([`Session`]: f32, allocated for the job's context up front, touched
+//! as it fills); causal grouped-query attention with a softmax over scaled scores; the
+//! output projection and the residual; RMSNorm; the SwiGLU FFN (`down(silu(gate x) * up
+//! x)`) and the residual. Then the final RMSNorm and the logits of the last token.
+
+pub mod pool;
+pub mod quant;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Mutex;
+
+use candle_core::quantized::gguf_file;
+
+use pool::Pool;
+use quant::{Act, Isa, QActs, WType, QK};
+
+/// A weight matrix in its stored format: `rows` rows of `cols` elements.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    /// The storage type.
+    pub ty: WType,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl Matrix {
+    /// A matrix from raw row-major bytes in format `ty`.
+    pub fn new(ty: WType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Matrix, String> {
+        if !cols.is_multiple_of(ty.block_elems()) {
+            return Err(format!(
+                "{cols} columns are not whole blocks of {}",
+                ty.block_elems()
+            ));
+        }
+        let row_bytes = ty.row_bytes(cols);
+        if data.len() != rows * row_bytes {
+            return Err(format!(
+                "{rows}x{cols} {ty:?} needs {} bytes, not {}",
+                rows * row_bytes,
+                data.len()
+            ));
+        }
+        Ok(Matrix {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The hyper-parameters of a llama GGUF.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Embedding width.
+    pub dim: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key / value heads.
+    pub n_kv_head: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// FFN hidden width.
+    pub ff: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Rope frequency base.
+    pub rope_base: f32,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// A llama model held for the native forward pass.
+pub struct Model {
+    cfg: Config,
+    embd: Matrix,
+    output: Option<Matrix>,
+    norm: Vec<f32>,
+    layers: Vec<Layer>,
+    inv_freq: Vec<f32>,
+    isa: Isa,
+    pool: &'static Pool,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("cfg", &self.cfg)
+            .field("isa", &self.isa)
+            .field("threads", &self.pool.threads())
+            .finish()
+    }
+}
+
+fn md_u32(ct: &gguf_file::Content, key: &str) -> Result<usize, String> {
+    let v = ct
+        .metadata
+        .get(key)
+        .ok_or_else(|| format!("no {key} metadata"))?;
+    v.to_u32()
+        .map(|v| v as usize)
+        .or_else(|_| v.to_u64().map(|v| v as usize))
+        .map_err(|e| format!("{key}: {e}"))
+}
+
+fn md_f32(ct: &gguf_file::Content, key: &str) -> Option<f32> {
+    ct.metadata.get(key).and_then(|v| v.to_f32().ok())
+}
+
+/// The 2-D shape `(rows, cols)` and type of tensor `name`, checked.
+fn tensor_shape(
+    ct: &gguf_file::Content,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<WType, String> {
+    let info = ct
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| format!("no tensor {name}"))?;
+    let ty = WType::from_ggml(info.ggml_dtype).ok_or_else(|| {
+        format!(
+            "{name} is {:?}, which the native path has no kernel for",
+            info.ggml_dtype
+        )
+    })?;
+    let dims = info.shape.dims();
+    if dims != [rows, cols] {
+        return Err(format!("{name} is {dims:?}, expected [{rows}, {cols}]"));
+    }
+    if !cols.is_multiple_of(ty.block_elems()) {
+        return Err(format!("{name}: {cols} columns are not whole blocks"));
+    }
+    Ok(ty)
+}
+
+fn vector_type(ct: &gguf_file::Content, name: &str, n: usize) -> Result<WType, String> {
+    let info = ct
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| format!("no tensor {name}"))?;
+    let ty = match WType::from_ggml(info.ggml_dtype) {
+        Some(t @ (WType::F32 | WType::F16)) => t,
+        _ => return Err(format!("{name} is {:?}, not F32 / F16", info.ggml_dtype)),
+    };
+    if info.shape.elem_count() != n {
+        return Err(format!(
+            "{name} has {} elements, expected {n}",
+            info.shape.elem_count()
+        ));
+    }
+    Ok(ty)
+}
+
+/// Whether the native path can run the llama GGUF with header `ct`: its configuration,
+/// or why not.
+pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
+    let arch = ct
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str);
+    if arch != Some("llama") {
+        return Err(format!("architecture {arch:?} is not llama"));
+    }
+    if md_u32(ct, "llama.expert_count").unwrap_or(0) > 1 {
+        return Err("mixtures of experts are not supported".into());
+    }
+    let dim = md_u32(ct, "llama.embedding_length")?;
+    let n_head = md_u32(ct, "llama.attention.head_count")?;
+    let n_kv_head = md_u32(ct, "llama.attention.head_count_kv")?;
+    let n_layer = md_u32(ct, "llama.block_count")?;
+    if n_head == 0
+        || n_kv_head == 0
+        || !dim.is_multiple_of(n_head)
+        || !n_head.is_multiple_of(n_kv_head)
+    {
+        return Err(format!("{n_head} heads / {n_kv_head} kv heads over {dim}"));
+    }
+    let head_dim = dim / n_head;
+    let rope_dim = md_u32(ct, "llama.rope.dimension_count")?;
+    if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "rope over {rope_dim} of {head_dim} head dimensions"
+        ));
+    }
+    let eps = md_f32(ct, "llama.attention.layer_norm_rms_epsilon")
+        .ok_or("no llama.attention.layer_norm_rms_epsilon metadata")?;
+    let rope_base = md_f32(ct, "llama.rope.freq_base").unwrap_or(10000.0);
+    let embd = ct
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or("no tensor token_embd.weight")?;
+    let vocab = embd.shape.dims().first().copied().unwrap_or(0);
+    let ff = ct
+        .tensor_infos
+        .get("blk.0.ffn_gate.weight")
+        .ok_or("no tensor blk.0.ffn_gate.weight")?
+        .shape
+        .dims()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let cfg = Config {
+        dim,
+        n_head,
+        n_kv_head,
+        head_dim,
+        n_layer,
+        ff,
+        vocab,
+        eps,
+        rope_base,
+    };
+    let kv = n_kv_head * head_dim;
+    let mut quantized_cols = vec![];
+    let t = tensor_shape(ct, "token_embd.weight", vocab, dim)?;
+    quantized_cols.push((t, dim));
+    if ct.tensor_infos.contains_key("output.weight") {
+        tensor_shape(ct, "output.weight", vocab, dim)?;
+    }
+    vector_type(ct, "output_norm.weight", dim)?;
+    for l in 0..n_layer {
+        let p = format!("blk.{l}");
+        vector_type(ct, &format!("{p}.attn_norm.weight"), dim)?;
+        vector_type(ct, &format!("{p}.ffn_norm.weight"), dim)?;
+        for (name, rows, cols) in [
+            ("attn_q", dim, dim),
+            ("attn_k", kv, dim),
+            ("attn_v", kv, dim),
+            ("attn_output", dim, dim),
+            ("ffn_gate", ff, dim),
+            ("ffn_up", ff, dim),
+            ("ffn_down", dim, ff),
+        ] {
+            let t = tensor_shape(ct, &format!("{p}.{name}.weight"), rows, cols)?;
+            quantized_cols.push((t, cols));
+        }
+    }
+    // The activations are quantized in blocks of 32 for the quantized matrices.
+    if quantized_cols
+        .iter()
+        .any(|(t, cols)| t.quantized() && !cols.is_multiple_of(QK))
+    {
+        return Err("a quantized matrix's width is not a multiple of 32".into());
+    }
+    Ok(cfg)
+}
+
+/// Why a model could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The native path cannot run this model (see [`check`]).
+    Unsupported(String),
+    /// The file could not be read.
+    Read(String),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unsupported(m) => write!(f, "not supported by the native path: {m}"),
+            LoadError::Read(m) => f.write_str(m),
+        }
+    }
+}
+
+fn read_bytes<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    r: &mut R,
+    file_len: u64,
+    name: &str,
+) -> Result<(WType, Vec<u8>), LoadError> {
+    let info = ct
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| LoadError::Unsupported(format!("no tensor {name}")))?;
+    let ty = WType::from_ggml(info.ggml_dtype)
+        .ok_or_else(|| LoadError::Unsupported(format!("{name}: {:?}", info.ggml_dtype)))?;
+    let n = info.shape.elem_count();
+    let len = n / ty.block_elems() * ty.block_bytes();
+    let start = ct.tensor_data_offset.saturating_add(info.offset);
+    if start.saturating_add(len as u64) > file_len {
+        return Err(LoadError::Read(format!(
+            "tensor {name} needs {len} bytes at offset {start}, the file has {file_len}"
+        )));
+    }
+    let mut data = vec![0u8; len];
+    r.seek(SeekFrom::Start(start))
+        .and_then(|_| r.read_exact(&mut data))
+        .map_err(|e| LoadError::Read(format!("tensor {name}: {e}")))?;
+    Ok((ty, data))
+}
+
+impl Model {
+    /// Loads the llama GGUF with header `ct` from `r` (the file it was read from).
+    pub fn load<R: Read + Seek>(ct: &gguf_file::Content, r: &mut R) -> Result<Model, LoadError> {
+        let cfg = check(ct).map_err(LoadError::Unsupported)?;
+        let file_len = r
+            .seek(SeekFrom::End(0))
+            .map_err(|e| LoadError::Read(e.to_string()))?;
+        let mut matrix = |name: &str| -> Result<Matrix, LoadError> {
+            let info = &ct.tensor_infos[name];
+            let (rows, cols) = (info.shape.dims()[0], info.shape.dims()[1]);
+            let (ty, data) = read_bytes(ct, r, file_len, name)?;
+            Matrix::new(ty, rows, cols, data).map_err(LoadError::Read)
+        };
+        let embd = matrix("token_embd.weight")?;
+        let output = if ct.tensor_infos.contains_key("output.weight") {
+            Some(matrix("output.weight")?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for l in 0..cfg.n_layer {
+            let p = format!("blk.{l}");
+            layers.push((
+                matrix(&format!("{p}.attn_q.weight"))?,
+                matrix(&format!("{p}.attn_k.weight"))?,
+                matrix(&format!("{p}.attn_v.weight"))?,
+                matrix(&format!("{p}.attn_output.weight"))?,
+                matrix(&format!("{p}.ffn_gate.weight"))?,
+                matrix(&format!("{p}.ffn_up.weight"))?,
+                matrix(&format!("{p}.ffn_down.weight"))?,
+            ));
+        }
+        let mut vector = |name: &str| -> Result<Vec<f32>, LoadError> {
+            let (ty, data) = read_bytes(ct, r, file_len, name)?;
+            let mut out = vec![0f32; data.len() / ty.block_bytes()];
+            quant::dequantize_row(ty, &data, &mut out);
+            Ok(out)
+        };
+        let norm = vector("output_norm.weight")?;
+        let mut built = Vec::with_capacity(cfg.n_layer);
+        for (l, (wq, wk, wv, wo, gate, up, down)) in layers.into_iter().enumerate() {
+            built.push(Layer {
+                attn_norm: vector(&format!("blk.{l}.attn_norm.weight"))?,
+                ffn_norm: vector(&format!("blk.{l}.ffn_norm.weight"))?,
+                wq,
+                wk,
+                wv,
+                wo,
+                gate,
+                up,
+                down,
+            });
+        }
+        let inv_freq = (0..cfg.head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / cfg.rope_base.powf(i as f32 / cfg.head_dim as f32))
+            .collect();
+        Ok(Model {
+            cfg,
+            embd,
+            output,
+            norm,
+            layers: built,
+            inv_freq,
+            isa: Isa::detect(),
+            pool: Pool::global(),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The kernels used (the best this CPU runs, unless changed by [`set_isa`](Self::set_isa)).
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Uses `isa`'s kernels from now on (tests; `isa` must be available on this CPU).
+    pub fn set_isa(&mut self, isa: Isa) {
+        assert!(
+            isa.available(),
+            "{isa:?} kernels need CPU features this CPU lacks"
+        );
+        self.isa = isa;
+    }
+
+    /// Runs on `pool` from now on (the default is [`Pool::global`]).
+    pub fn set_pool(&mut self, pool: &'static Pool) {
+        self.pool = pool;
+    }
+
+    /// The weight bytes held (matrices as stored plus the f32 norm vectors).
+    pub fn bytes(&self) -> u64 {
+        let mut n = self.embd.bytes() + self.norm.len() * 4;
+        n += self.output.as_ref().map_or(0, Matrix::bytes);
+        for l in &self.layers {
+            n += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                n += m.bytes();
+            }
+        }
+        n as u64
+    }
+
+    /// A job's state for a context of `ctx` tokens (the KV cache; its memory is touched
+    /// only as positions are filled).
+    pub fn session(&self, ctx: usize) -> Session {
+        let kv = self.cfg.n_kv_head * self.cfg.head_dim;
+        let n = self.cfg.n_layer * ctx * kv;
+        Session {
+            ctx,
+            k: vec![0f32; n],
+            v: vec![0f32; n],
+        }
+    }
+
+    /// Feeds `tokens` at positions `pos..pos + tokens.len()` (the cache must hold the
+    /// positions before `pos`) and returns the logits after the last one.
+    pub fn forward(
+        &self,
+        sess: &mut Session,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<Vec<f32>, String> {
+        let cfg = &self.cfg;
+        let b = tokens.len();
+        if b == 0 {
+            return Err("no tokens to evaluate".into());
+        }
+        if pos + b > sess.ctx {
+            return Err(format!(
+                "positions up to {} do not fit the context of {}",
+                pos + b,
+                sess.ctx
+            ));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+            return Err(format!(
+                "token {t} is outside the vocabulary of {}",
+                cfg.vocab
+            ));
+        }
+        let (dim, hd, ff) = (cfg.dim, cfg.head_dim, cfg.ff);
+        let kv = cfg.n_kv_head * hd;
+        let isa = self.isa;
+        let pool = self.pool;
+
+        let mut x = vec![0f32; b * dim];
+        for (t, &tok) in tokens.iter().enumerate() {
+            quant::dequantize_row(
+                self.embd.ty,
+                self.embd.row(tok as usize),
+                &mut x[t * dim..][..dim],
+            );
+        }
+        // Rope angles of the chunk's positions.
+        let half = hd / 2;
+        let mut rope = vec![(0f32, 0f32); b * half];
+        for t in 0..b {
+            let p = (pos + t) as f32;
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let a = p * f;
+                rope[t * half + i] = (a.cos(), a.sin());
+            }
+        }
+
+        let mut acts = Acts::default();
+        let mut xn = vec![0f32; b * dim];
+        let mut q = vec![0f32; b * dim];
+        let mut k = vec![0f32; b * kv];
+        let mut v = vec![0f32; b * kv];
+        let mut att = vec![0f32; b * dim];
+        let mut o = vec![0f32; b * dim];
+        let mut g = vec![0f32; b * ff];
+        let mut u = vec![0f32; b * ff];
+        let scratch: Vec<Mutex<Vec<f32>>> = (0..pool.threads())
+            .map(|_| Mutex::new(vec![0f32; pos + b]))
+            .collect();
+
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, cfg.eps, &mut xn);
+            acts.set(
+                &xn,
+                dim,
+                b,
+                [&l.wq, &l.wk, &l.wv].iter().any(|m| m.ty.quantized()),
+            );
+            matmul(
+                pool,
+                isa,
+                &acts,
+                &[&l.wq, &l.wk, &l.wv],
+                &mut [&mut q, &mut k, &mut v],
+            );
+            for t in 0..b {
+                let r = &rope[t * half..][..half];
+                for h in q[t * dim..][..dim].chunks_exact_mut(hd) {
+                    rotate(h, r);
+                }
+                for h in k[t * kv..][..kv].chunks_exact_mut(hd) {
+                    rotate(h, r);
+                }
+                let at = (li * sess.ctx + pos + t) * kv;
+                sess.k[at..at + kv].copy_from_slice(&k[t * kv..][..kv]);
+                sess.v[at..at + kv].copy_from_slice(&v[t * kv..][..kv]);
+            }
+            let layer_k = &sess.k[li * sess.ctx * kv..][..(pos + b) * kv];
+            let layer_v = &sess.v[li * sess.ctx * kv..][..(pos + b) * kv];
+            attention(
+                pool, isa, cfg, &q, layer_k, layer_v, pos, b, &scratch, &mut att,
+            );
+            acts.set(&att, dim, b, l.wo.ty.quantized());
+            matmul(pool, isa, &acts, &[&l.wo], &mut [&mut o]);
+            for (x, o) in x.iter_mut().zip(&o) {
+                *x += o;
+            }
+
+            rms_norm(&x, &l.ffn_norm, cfg.eps, &mut xn);
+            acts.set(&xn, dim, b, l.gate.ty.quantized() || l.up.ty.quantized());
+            matmul(pool, isa, &acts, &[&l.gate, &l.up], &mut [&mut g, &mut u]);
+            for (g, u) in g.iter_mut().zip(&u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            acts.set(&g, ff, b, l.down.ty.quantized());
+            matmul(pool, isa, &acts, &[&l.down], &mut [&mut o]);
+            for (x, o) in x.iter_mut().zip(&o) {
+                *x += o;
+            }
+        }
+        let last = &x[(b - 1) * dim..];
+        let mut xl = vec![0f32; dim];
+        rms_norm(last, &self.norm, cfg.eps, &mut xl);
+        let out = self.output.as_ref().unwrap_or(&self.embd);
+        acts.set(&xl, dim, 1, out.ty.quantized());
+        let mut logits = vec![0f32; cfg.vocab];
+        matmul(pool, isa, &acts, &[out], &mut [&mut logits]);
+        Ok(logits)
+    }
+}
+
+/// A job's KV cache: per layer, `ctx` positions of `n_kv_head * head_dim` keys (values).
+pub struct Session {
+    ctx: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Session {
+    /// The positions the cache holds.
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+}
+
+/// `out = x / rms(x) * w`, row by row (rows of `w.len()`).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let scale = 1.0 / (ss / n as f32 + eps).sqrt();
+        for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
+            *o = x * scale * w;
+        }
+    }
+}
+
+/// Rotates the interleaved pairs of one head by the angles `r` (cos, sin).
+fn rotate(h: &mut [f32], r: &[(f32, f32)]) {
+    for (p, &(c, s)) in h.chunks_exact_mut(2).zip(r) {
+        let (a, b) = (p[0], p[1]);
+        p[0] = a * c - b * s;
+        p[1] = a * s + b * c;
+    }
+}
+
+/// Activations as the matrix products read them: `b` vectors of `n`, and when needed their
+/// 8-bit quantization.
+#[derive(Default)]
+struct Acts {
+    n: usize,
+    b: usize,
+    f: Vec<f32>,
+    q: QActs,
+    quantized: bool,
+}
+
+impl Acts {
+    fn set(&mut self, x: &[f32], n: usize, b: usize, quantize: bool) {
+        self.n = n;
+        self.b = b;
+        self.f.clear();
+        self.f.extend_from_slice(&x[..n * b]);
+        self.quantized = quantize;
+        if quantize {
+            self.q.qs.resize(n * b, 0);
+            self.q.ds.resize(n * b / QK, [0.0; 2]);
+            quant::quantize(&self.f, &mut self.q.qs, &mut self.q.ds);
+        }
+    }
+
+    fn act(&self, t: usize) -> Act<'_> {
+        let n = self.n;
+        Act {
+            f: &self.f[t * n..][..n],
+            qs: if self.quantized {
+                &self.q.qs[t * n..][..n]
+            } else {
+                &[]
+            },
+            ds: if self.quantized {
+                &self.q.ds[t * n / QK..][..n / QK]
+            } else {
+                &[]
+            },
+        }
+    }
+}
+
+/// `outs[j] = ws[j] x` for every token of `acts` (outputs token-major: `b` rows of
+/// `ws[j].rows`), all matrices in one dispatch.
+fn matmul(pool: &Pool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut Vec<f32>]) {
+    let b = acts.b;
+    let threads = pool.threads();
+    let total: usize = ws.iter().map(|w| w.bytes()).sum();
+    // About 8 chunks per thread, none tiny.
+    let target = (total / (threads * 8)).max(4096);
+    // Several tokens: rows are computed into row-major scratch (row r's outputs for all
+    // tokens together), transposed afterwards.
+    let mut tmp: Vec<Vec<f32>> = if b > 1 {
+        ws.iter().map(|w| vec![0f32; w.rows * b]).collect()
+    } else {
+        Vec::new()
+    };
+    {
+        let dests: Vec<&mut [f32]> = if b > 1 {
+            tmp.iter_mut().map(|v| v.as_mut_slice()).collect()
+        } else {
+            outs.iter_mut().map(|v| v.as_mut_slice()).collect()
+        };
+        let mut chunks = Vec::new();
+        for (j, dest) in dests.into_iter().enumerate() {
+            let w = ws[j];
+            let rows = (target / w.row_bytes.max(1)).clamp(1, w.rows.max(1));
+            for (c, piece) in dest[..w.rows * b].chunks_mut(rows * b).enumerate() {
+                chunks.push(Mutex::new((j, c * rows, piece)));
+            }
+        }
+        pool.for_each_chunk(chunks.len(), 1, &|_, range| {
+            for c in range {
+                let mut guard = chunks[c].lock().unwrap_or_else(|p| p.into_inner());
+                let (j, r0, ref mut piece) = *guard;
+                let w = ws[j];
+                for (i, o) in piece.chunks_exact_mut(b).enumerate() {
+                    let row = w.row(r0 + i);
+                    for (t, o) in o.iter_mut().enumerate() {
+                        *o = quant::dot(isa, w.ty, row, acts.act(t));
+                    }
+                }
+            }
+        });
+    }
+    if b > 1 {
+        for (j, t) in tmp.iter().enumerate() {
+            let rows = ws[j].rows;
+            let out = &mut outs[j];
+            for r in 0..rows {
+                for tok in 0..b {
+                    out[tok * rows + r] = t[r * b + tok];
+                }
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention of the chunk's `b` queries (at `pos..pos + b`) over the
+/// layer's cached keys / values `k`, `v` (positions `0..pos + b`), into `out`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    pool: &Pool,
+    isa: Isa,
+    cfg: &Config,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    pos: usize,
+    b: usize,
+    scratch: &[Mutex<Vec<f32>>],
+    out: &mut [f32],
+) {
+    let (hd, nh) = (cfg.head_dim, cfg.n_head);
+    let kv = cfg.n_kv_head * hd;
+    let group = nh / cfg.n_kv_head;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let pieces: Vec<Mutex<&mut [f32]>> = out.chunks_mut(hd).map(Mutex::new).collect();
+    let tasks = b * nh;
+    let per = (tasks / (pool.threads() * 4)).max(1);
+    pool.for_each_chunk(tasks, per, &|thread, range| {
+        let mut scores = scratch[thread].lock().unwrap_or_else(|p| p.into_inner());
+        for idx in range {
+            let (t, h) = (idx / nh, idx % nh);
+            let n = pos + t + 1;
+            let qh = &q[t * nh * hd + h * hd..][..hd];
+            let off = (h / group) * hd;
+            let s = &mut scores[..n];
+            let mut max = f32::NEG_INFINITY;
+            for (p, s) in s.iter_mut().enumerate() {
+                *s = quant::dot_f32(isa, qh, &k[p * kv + off..][..hd]) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in s.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let mut o = pieces[idx].lock().unwrap_or_else(|p| p.into_inner());
+            o.fill(0.0);
+            let inv = 1.0 / sum;
+            for (p, &s) in s.iter().enumerate() {
+                quant::axpy(isa, &mut o, s * inv, &v[p * kv + off..][..hd]);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_and_rope_follow_their_definitions() {
+        let mut out = [0f32; 4];
+        rms_norm(
+            &[1.0, -1.0, 1.0, -1.0],
+            &[1.0, 2.0, 3.0, 4.0],
+            0.0,
+            &mut out,
+        );
+        assert_eq!(out, [1.0, -2.0, 3.0, -4.0]);
+        let mut h = [1.0f32, 0.0, 0.0, 2.0];
+        let half_pi = std::f32::consts::FRAC_PI_2;
+        rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)]);
+        assert!((h[0]).abs() < 1e-6 && (h[1] - 1.0).abs() < 1e-6);
+        assert_eq!(&h[2..], &[0.0, 2.0]);
+    }
+}

@@ -1,0 +1,509 @@
+//! The native llama forward pass (feature `llm`) against candle's quantized llama.
+//!
+//! The synthetic tests build small random llama GGUFs in memory (candle quantizes and
+//! writes them) and need no model. Tests marked "real model" run SmolLM2-135M-Instruct at
+//! `STUDIO_TEST_LLM_GGUF`, like engines/tests/llm.rs (skipped with a note when
+//! `STUDIO_SKIP_MODEL_TESTS=1` and no model is set).
+#![cfg(feature = "llm")]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use studio_core::splitmix::SplitMix64;
+use studio_core::wire::{ChatMessage, LlmTask, ModelEngine, ModelSource};
+use studio_engines::llm::native::pool::Pool;
+use studio_engines::llm::native::quant::Isa;
+use studio_engines::llm::native::{self, Model};
+use studio_engines::llm::{self, Backend, LlmEngine};
+use studio_engines::ModelStore;
+
+fn model_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STUDIO_TEST_LLM_GGUF={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model native LLM test");
+        return None;
+    }
+    panic!(
+        "STUDIO_TEST_LLM_GGUF is not set (see engines/tests/llm.rs for how to get the model, \
+         or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
+    );
+}
+
+fn candle_logits(w: &mut ModelWeights, tokens: &[u32], pos: usize) -> Vec<f32> {
+    let input = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    w.forward(&input, pos)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap()
+}
+
+/// Max |a - b| over the range of `b`.
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let max = b.iter().cloned().fold(f32::MIN, f32::max);
+    let min = b.iter().cloned().fold(f32::MAX, f32::min);
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    d / (max - min)
+}
+
+// ------------------------------------------------------------------------------------------
+// Synthetic models
+// ------------------------------------------------------------------------------------------
+
+struct Tiny {
+    dim: usize,
+    heads: usize,
+    kv_heads: usize,
+    layers: usize,
+    ff: usize,
+    vocab: usize,
+}
+
+const TINY: Tiny = Tiny {
+    dim: 128,
+    heads: 4,
+    kv_heads: 2,
+    layers: 2,
+    ff: 128,
+    vocab: 200,
+};
+
+/// A random llama GGUF: the embeddings in `embd`, the matrices in `mats`.
+fn tiny_gguf(seed: u64, embd: GgmlDType, mats: GgmlDType, tied: bool) -> Vec<u8> {
+    let t = &TINY;
+    let mut rng = SplitMix64::new(seed);
+    let mut rand = |rows: usize, cols: usize, scale: f64| -> Tensor {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale) as f32)
+            .collect();
+        Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+    };
+    let q = |t: Tensor, ty: GgmlDType| QTensor::quantize(&t, ty).unwrap();
+    let norm = |rng_t: Tensor| {
+        QTensor::quantize(
+            &rng_t.flatten_all().unwrap().affine(0.2, 1.0).unwrap(),
+            GgmlDType::F32,
+        )
+        .unwrap()
+    };
+    let hd = t.dim / t.heads;
+    let kv = t.kv_heads * hd;
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            q(rand(t.vocab, t.dim, 1.0), embd),
+        ),
+        ("output_norm.weight".into(), norm(rand(1, t.dim, 1.0))),
+    ];
+    if !tied {
+        tensors.push(("output.weight".into(), q(rand(t.vocab, t.dim, 0.2), mats)));
+    }
+    for l in 0..t.layers {
+        let p = format!("blk.{l}");
+        let s = 1.0 / (t.dim as f64).sqrt();
+        tensors.push((format!("{p}.attn_norm.weight"), norm(rand(1, t.dim, 1.0))));
+        tensors.push((format!("{p}.ffn_norm.weight"), norm(rand(1, t.dim, 1.0))));
+        tensors.push((
+            format!("{p}.attn_q.weight"),
+            q(rand(t.dim, t.dim, 4.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.attn_k.weight"),
+            q(rand(kv, t.dim, 4.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.attn_v.weight"),
+            q(rand(kv, t.dim, 2.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.attn_output.weight"),
+            q(rand(t.dim, t.dim, 2.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.ffn_gate.weight"),
+            q(rand(t.ff, t.dim, 2.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.ffn_up.weight"),
+            q(rand(t.ff, t.dim, 2.0 * s), mats),
+        ));
+        tensors.push((
+            format!("{p}.ffn_down.weight"),
+            q(rand(t.dim, t.ff, 2.0 / (t.ff as f64).sqrt()), mats),
+        ));
+    }
+    use gguf_file::Value;
+    let md: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", Value::U32(t.dim as u32)),
+        ("llama.attention.head_count", Value::U32(t.heads as u32)),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(t.kv_heads as u32),
+        ),
+        ("llama.block_count", Value::U32(t.layers as u32)),
+        ("llama.rope.dimension_count", Value::U32(hd as u32)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("llama.rope.freq_base", Value::F32(10000.0)),
+    ];
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &md_refs, &t_refs).unwrap();
+    buf.into_inner()
+}
+
+fn load_both(bytes: &[u8]) -> (Model, ModelWeights) {
+    let mut c = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut c).unwrap();
+    let native = Model::load(&ct, &mut c).unwrap();
+    let mut c = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut c).unwrap();
+    let candle = ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
+    (native, candle)
+}
+
+fn tokens(seed: u64, n: usize) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n)
+        .map(|_| (rng.next_u64() % TINY.vocab as u64) as u32)
+        .collect()
+}
+
+fn leaked_pool(threads: usize) -> &'static Pool {
+    Box::leak(Box::new(Pool::new(threads)))
+}
+
+#[test]
+fn synthetic_models_match_candle_for_every_weight_type() {
+    let cases = [
+        (GgmlDType::Q8_0, GgmlDType::Q4_1, true),
+        (GgmlDType::Q8_0, GgmlDType::Q4_0, false),
+        (GgmlDType::Q4_1, GgmlDType::Q8_0, true),
+        (GgmlDType::F16, GgmlDType::F16, false),
+        (GgmlDType::F32, GgmlDType::F32, true),
+    ];
+    let prompt = tokens(1, 23);
+    for (i, (embd, mats, tied)) in cases.into_iter().enumerate() {
+        let bytes = tiny_gguf(100 + i as u64, embd, mats, tied);
+        let (native, mut candle) = load_both(&bytes);
+        let mut sess = native.session(40);
+        // Prefill in two chunks, then three single tokens, against candle doing the same.
+        let a = native.forward(&mut sess, &prompt[..9], 0).unwrap();
+        let b = candle_logits(&mut candle, &prompt[..9], 0);
+        assert!(
+            rel_diff(&a, &b) < 0.03,
+            "{embd:?}/{mats:?} chunk 1: {}",
+            rel_diff(&a, &b)
+        );
+        let a = native.forward(&mut sess, &prompt[9..], 9).unwrap();
+        let b = candle_logits(&mut candle, &prompt[9..], 9);
+        assert!(
+            rel_diff(&a, &b) < 0.03,
+            "{embd:?}/{mats:?} chunk 2: {}",
+            rel_diff(&a, &b)
+        );
+        for (k, tok) in [5u32, 77, 199].into_iter().enumerate() {
+            let pos = prompt.len() + k;
+            let a = native.forward(&mut sess, &[tok], pos).unwrap();
+            let b = candle_logits(&mut candle, &[tok], pos);
+            let d = rel_diff(&a, &b);
+            assert!(d < 0.03, "{embd:?}/{mats:?} token at {pos}: {d}");
+            if matches!(mats, GgmlDType::F32 | GgmlDType::F16) && embd != GgmlDType::Q8_0 {
+                // Unquantized activations: the same arithmetic up to rounding order.
+                assert!(d < 1e-3, "{embd:?}/{mats:?} token at {pos}: {d}");
+            }
+        }
+    }
+}
+
+/// Chunking, thread counts and kernels change nothing but float rounding.
+#[test]
+fn synthetic_model_is_consistent_across_chunks_threads_and_kernels() {
+    let bytes = tiny_gguf(7, GgmlDType::Q8_0, GgmlDType::Q4_1, true);
+    let (mut native, _) = load_both(&bytes);
+    let prompt = tokens(2, 31);
+    let whole = {
+        let mut s = native.session(31);
+        native.forward(&mut s, &prompt, 0).unwrap()
+    };
+    let mut s = native.session(31);
+    native.forward(&mut s, &prompt[..4], 0).unwrap();
+    native.forward(&mut s, &prompt[4..17], 4).unwrap();
+    let mut last = Vec::new();
+    for (i, &t) in prompt.iter().enumerate().skip(17) {
+        last = native.forward(&mut s, &[t], i).unwrap();
+    }
+    // Every output is computed by the same code whatever the chunking: equal bits.
+    assert_eq!(whole, last);
+    for threads in [1, 3] {
+        native.set_pool(leaked_pool(threads));
+        let mut s = native.session(31);
+        assert_eq!(
+            native.forward(&mut s, &prompt, 0).unwrap(),
+            whole,
+            "{threads} threads"
+        );
+    }
+    if Isa::detect() != Isa::Scalar {
+        native.set_isa(Isa::Scalar);
+        let mut s = native.session(31);
+        let scalar = native.forward(&mut s, &prompt, 0).unwrap();
+        assert!(
+            rel_diff(&scalar, &whole) < 1e-4,
+            "{}",
+            rel_diff(&scalar, &whole)
+        );
+    }
+    // The context bound and the vocabulary are checked.
+    let mut s = native.session(4);
+    assert!(native.forward(&mut s, &prompt[..5], 0).is_err());
+    assert!(native.forward(&mut s, &[TINY.vocab as u32], 0).is_err());
+}
+
+#[test]
+fn unsupported_types_are_refused_by_check() {
+    let bytes = tiny_gguf(9, GgmlDType::Q8_0, GgmlDType::Q5_0, true);
+    let mut c = Cursor::new(&bytes[..]);
+    let ct = gguf_file::Content::read(&mut c).unwrap();
+    let err = native::check(&ct).unwrap_err();
+    assert!(err.contains("Q5_0"), "{err}");
+    assert!(matches!(
+        Model::load(&ct, &mut c),
+        Err(native::LoadError::Unsupported(_))
+    ));
+}
+
+// ------------------------------------------------------------------------------------------
+// Real model
+// ------------------------------------------------------------------------------------------
+
+fn prompt_ids(path: &Path, system: Option<&str>, text: &str) -> Vec<u32> {
+    let (tok, template) = llm::load_tokenizer(path).unwrap();
+    let task = LlmTask {
+        system: system.map(String::from),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        }],
+        ..LlmTask::default()
+    };
+    let prompt = llm::render_prompt(&template, &tok, &task, None).unwrap();
+    tok.encode_prompt(&prompt).unwrap()
+}
+
+fn load_real(path: &Path) -> (Model, ModelWeights) {
+    let mut f = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let native = Model::load(&ct, &mut f).unwrap();
+    let mut f = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let candle = ModelWeights::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
+    (native, candle)
+}
+
+fn greedy_native(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut s = m.session(prompt.len() + n);
+    let mut logits = m.forward(&mut s, prompt, 0).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = argmax(&logits) as u32;
+        out.push(t);
+        logits = m.forward(&mut s, &[t], prompt.len() + i).unwrap();
+    }
+    out
+}
+
+fn greedy_candle(w: &mut ModelWeights, prompt: &[u32], n: usize) -> Vec<u32> {
+    w.clear_kv_cache();
+    let mut logits = candle_logits(w, prompt, 0);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = argmax(&logits) as u32;
+        out.push(t);
+        logits = candle_logits(w, &[t], prompt.len() + i);
+    }
+    out
+}
+
+/// The prompts of the real-model comparisons. (Not "Write a short poem about the sea.":
+/// its first token is a near tie, 26.2946 vs 26.2829 with f32 activations, which native and
+/// candle's quantized activations break differently.)
+const PROMPTS: [(Option<&str>, &str); 2] = [
+    (
+        Some("You are a helpful assistant."),
+        "What is the capital of France?",
+    ),
+    (None, "List three fruits."),
+];
+
+#[test]
+fn real_model_native_logits_match_candle() {
+    let Some(path) = model_path() else { return };
+    let (native, mut candle) = load_real(&path);
+    let cfg = native.config();
+    assert_eq!(
+        (cfg.dim, cfg.n_head, cfg.n_kv_head, cfg.n_layer, cfg.vocab),
+        (576, 9, 3, 30, 49152)
+    );
+    let mut reference = f32_reference(&path);
+    for (system, text) in PROMPTS {
+        let prompt = prompt_ids(&path, system, text);
+        let mut s = native.session(prompt.len());
+        let a = native.forward(&mut s, &prompt, 0).unwrap();
+        candle.clear_kv_cache();
+        let b = candle_logits(&mut candle, &prompt, 0);
+        reference.clear_kv_cache();
+        let r = candle_logits(&mut reference, &prompt, 0);
+        let (dn, dc, dnc) = (rel_diff(&a, &r), rel_diff(&b, &r), rel_diff(&a, &b));
+        eprintln!(
+            "{text:?}: max |diff| / range against f32 activations: native {dn:.4}, candle \
+             {dc:.4}; native against candle {dnc:.4}"
+        );
+        // Both quantize the activations to 8 bits; native is no further from the f32
+        // computation than candle (measured: 0.015 vs 0.031 and 0.019 vs 0.022).
+        assert!(dn < 0.03, "{dn}");
+        assert!(dnc < 0.05, "{dnc}");
+        assert_eq!(argmax(&a), argmax(&r));
+        assert_eq!(argmax(&a), argmax(&b));
+    }
+}
+
+/// Greedy decoding, and the next-token choice along candle's greedy text.
+#[test]
+fn real_model_native_greedy_tokens_match_candle() {
+    let Some(path) = model_path() else { return };
+    let (native, mut candle) = load_real(&path);
+    for (system, text) in PROMPTS {
+        let prompt = prompt_ids(&path, system, text);
+        let a = greedy_native(&native, &prompt, 30);
+        let b = greedy_candle(&mut candle, &prompt, 30);
+        let same = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        eprintln!("{text:?}: native and candle agree on the first {same} of 30 greedy tokens");
+        // Free-running greedy texts part at the first near tie (measured: 19 and 6 tokens).
+        assert!(same >= 6, "native {a:?}\ncandle {b:?}");
+
+        // Along candle's text, native picks candle's token at every step but near ties
+        // (both backends' top two within 0.5 of each other: 8-bit activation noise).
+        let mut s = native.session(prompt.len() + b.len());
+        let mut logits = native.forward(&mut s, &prompt, 0).unwrap();
+        candle.clear_kv_cache();
+        let mut reference = candle_logits(&mut candle, &prompt, 0);
+        let mut ties = 0;
+        for (i, &want) in b.iter().enumerate() {
+            let got = argmax(&logits) as u32;
+            assert_eq!(want, argmax(&reference) as u32);
+            if got != want {
+                let (w, g) = (want as usize, got as usize);
+                let native_gap = logits[g] - logits[w];
+                let candle_gap = reference[w] - reference[g];
+                assert!(
+                    native_gap < 0.5 && candle_gap < 0.5,
+                    "{text:?} step {i}: native {got} candle {want}, gaps {native_gap} / {candle_gap}"
+                );
+                ties += 1;
+            }
+            logits = native.forward(&mut s, &[want], prompt.len() + i).unwrap();
+            reference = candle_logits(&mut candle, &[want], prompt.len() + i);
+        }
+        eprintln!("{text:?}: along candle's 30 tokens native differs at {ties} near ties");
+        assert!(ties <= 5, "{ties}");
+    }
+}
+
+#[test]
+fn real_model_engine_runs_native_by_default() {
+    let Some(path) = model_path() else { return };
+    let info = llm::inspect(&path).unwrap();
+    assert!(info.native);
+    let root = std::env::temp_dir().join(format!("studio-llm-native-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let engine = LlmEngine::new(ModelStore::new(&root), 1 << 32);
+    assert_eq!(engine.backend(), Backend::Native);
+    assert_eq!(engine.charge(&info), info.charge.file_bytes);
+    let source = ModelSource {
+        engine: ModelEngine::LlamaCpp,
+        files: Vec::new(),
+        cli_defaults: Default::default(),
+    };
+    let task = LlmTask {
+        system: Some("You are a helpful assistant.".into()),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "What is the capital of France?".into(),
+        }],
+        temperature: Some(0.0),
+        max_tokens: Some(20),
+        ..LlmTask::default()
+    };
+    let native = engine.complete(&task, &source, &path).unwrap();
+    assert_eq!(native.backend, Backend::Native);
+    assert!(native.text.contains("Paris"), "{:?}", native.text);
+    let candle_engine = LlmEngine::new(ModelStore::new(&root), 1 << 32)
+        .with_backend(Backend::Candle)
+        .with_requantize(false);
+    assert!(candle_engine.charge(&info) > info.charge.file_bytes);
+    let candle = candle_engine.complete(&task, &source, &path).unwrap();
+    assert_eq!(candle.backend, Backend::Candle);
+    assert_eq!(native.text, candle.text);
+}
+
+/// candle on the file's weights dequantized to f32 (exact weights, f32 activations): the
+/// reference both quantized-activation paths approximate.
+fn f32_reference(path: &Path) -> ModelWeights {
+    let mut f = std::fs::File::open(path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(&str, QTensor)> = names
+        .iter()
+        .map(|n| {
+            let t = ct.tensor_infos[*n]
+                .read(&mut f, ct.tensor_data_offset, &Device::Cpu)
+                .unwrap();
+            let t =
+                QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
+            (n.as_str(), t)
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> = ct
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.alignment")
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &md, &refs).unwrap();
+    buf.set_position(0);
+    let ct = gguf_file::Content::read(&mut buf).unwrap();
+    ModelWeights::from_gguf(ct, &mut buf, &Device::Cpu).unwrap()
+}
