@@ -46,7 +46,7 @@ use std::sync::Mutex;
 use candle_core::quantized::gguf_file;
 
 use pool::Pool;
-use quant::{Act, Isa, QActs, WType, QK};
+use quant::{Act, Isa, QActs, WType, QK, ROWS};
 
 /// A weight matrix in its stored format: `rows` rows of `cols` elements.
 #[derive(Clone, Debug)]
@@ -699,7 +699,9 @@ fn matmul(pool: &Pool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut V
         let mut chunks = Vec::new();
         for (j, dest) in dests.into_iter().enumerate() {
             let w = ws[j];
-            let rows = (target / w.row_bytes.max(1)).clamp(1, w.rows.max(1));
+            // Whole groups of `ROWS` rows per chunk where the matrix has them.
+            let rows = (target / w.row_bytes.max(1)).div_ceil(ROWS) * ROWS;
+            let rows = rows.clamp(1, w.rows.max(1));
             for (c, piece) in dest[..w.rows * b].chunks_mut(rows * b).enumerate() {
                 chunks.push(Mutex::new((j, c * rows, piece)));
             }
@@ -709,7 +711,21 @@ fn matmul(pool: &Pool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut V
                 let mut guard = chunks[c].lock().unwrap_or_else(|p| p.into_inner());
                 let (j, r0, ref mut piece) = *guard;
                 let w = ws[j];
-                for (i, o) in piece.chunks_exact_mut(b).enumerate() {
+                let n = piece.len() / b;
+                let mut i = 0;
+                // Row groups only for several tokens: one token streams the matrix from
+                // memory, and several interleaved row streams measured slower than one.
+                while b > 1 && i + ROWS <= n {
+                    let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + i + k));
+                    for t in 0..b {
+                        let o = quant::dot_rows(isa, w.ty, rows, acts.act(t));
+                        for (k, o) in o.into_iter().enumerate() {
+                            piece[(i + k) * b + t] = o;
+                        }
+                    }
+                    i += ROWS;
+                }
+                for (i, o) in piece.chunks_exact_mut(b).enumerate().skip(i) {
                     let row = w.row(r0 + i);
                     for (t, o) in o.iter_mut().enumerate() {
                         *o = quant::dot(isa, w.ty, row, acts.act(t));

@@ -13,6 +13,9 @@
 //!
 //! Every kernel has a portable scalar form, always compiled (and the reference the tests
 //! hold the SIMD forms to), and an AVX2 + FMA + F16C form chosen at run time ([`Isa`]).
+//! On CPUs with AVX-512 (F, BW, VL and VNNI) the Q8_0 kernel has a third form,
+//! two blocks per 512-bit register with `vpdpbusd`, also in a several-rows-at-once
+//! variant ([`dot_rows`]) that loads each activation block once for [`ROWS`] rows.
 
 use candle_core::quantized::GgmlDType;
 
@@ -78,35 +81,59 @@ impl WType {
 }
 
 /// The instruction set the kernels use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Ordered: a CPU that runs one level runs every lower one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable Rust.
     Scalar,
     /// AVX2 + FMA + F16C (x86-64).
     Avx2,
+    /// [`Isa::Avx2`] plus AVX-512 F, BW, VL and VNNI (x86-64): the Q8_0 kernel uses
+    /// 512-bit registers, the others stay those of AVX2.
+    Avx512,
 }
 
 impl Isa {
-    /// The best kernels this CPU runs (detected once).
+    /// The best kernels this CPU runs (detected once), capped by `STUDIO_LLM_ISA`
+    /// (`scalar`, `avx2` or `avx512`) when set (for comparisons).
     pub fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
+            let cap = match std::env::var("STUDIO_LLM_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            Isa::detect_cpu().min(cap)
+        })
+    }
+
+    fn detect_cpu() -> Isa {
+        {
             #[cfg(target_arch = "x86_64")]
             {
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                     && std::arch::is_x86_feature_detected!("f16c")
                 {
+                    if std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                        && std::arch::is_x86_feature_detected!("avx512vnni")
+                    {
+                        return Isa::Avx512;
+                    }
                     return Isa::Avx2;
                 }
             }
             Isa::Scalar
-        })
+        }
     }
 
     /// Whether this CPU can run kernels of `self`.
     pub fn available(self) -> bool {
-        self == Isa::Scalar || Isa::detect() == self
+        self <= Isa::detect()
     }
 }
 
@@ -219,7 +246,14 @@ pub fn quantize(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
 /// The dot product of a weight row of type `ty` with `x`, using `isa`'s kernels.
 pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+        // SAFETY: `Isa::Avx512` is only ever used once `Isa::detect` (or a test checking
+        // `available`) found AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C on this CPU;
+        // the kernels check lengths.
+        return unsafe { avx512::dot_rows::<1>(ty, &[row], x)[0] };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
         // SAFETY: `Isa::Avx2` is only ever used once `Isa::detect` (or a test checking
         // `available`) found AVX2, FMA and F16C on this CPU; the kernels check lengths.
         return unsafe { avx2::dot(ty, row, x) };
@@ -228,10 +262,24 @@ pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
     scalar::dot(ty, row, x)
 }
 
+/// Rows per call of [`dot_rows`].
+pub const ROWS: usize = 4;
+
+/// `[dot(isa, ty, rows[k], x)]`, bit for bit, computed together (each activation block is
+/// loaded once for all the rows where `isa` has a multi-row kernel).
+pub fn dot_rows(isa: Isa, ty: WType, rows: [&[u8]; ROWS], x: Act<'_>) -> [f32; ROWS] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+        // SAFETY: as in `dot`: AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C were detected.
+        return unsafe { avx512::dot_rows::<ROWS>(ty, &rows, x) };
+    }
+    rows.map(|row| dot(isa, ty, row, x))
+}
+
 /// `sum(a[i] * b[i])` over f32 slices of equal length.
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa >= Isa::Avx2 {
         // SAFETY: as in `dot`: AVX2 and FMA were detected.
         return unsafe { avx2::dot_f32(a, b) };
     }
@@ -242,7 +290,7 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 /// `y[i] += a * x[i]`.
 pub fn axpy(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa >= Isa::Avx2 {
         // SAFETY: as in `dot`: AVX2 and FMA were detected.
         return unsafe { avx2::axpy(y, a, x) };
     }
@@ -582,6 +630,138 @@ pub mod avx2 {
     }
 }
 
+/// The AVX-512 (F, BW, VL, VNNI) kernel of Q8_0: two 32-element blocks
+/// per 512-bit register, products summed by `vpdpbusd` (unsigned x signed bytes).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Act, WType, QK};
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load512_i8(q: &[i8]) -> __m512i {
+        assert!(q.len() >= 64);
+        // SAFETY: `q` holds at least 64 readable bytes (checked); the load is unaligned.
+        unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load256_i8_zext(q: &[i8]) -> __m512i {
+        assert!(q.len() >= 32);
+        // SAFETY: `q` holds at least 32 readable bytes (checked); the load is unaligned.
+        unsafe { _mm512_zextsi256_si512(_mm256_loadu_si256(q.as_ptr().cast())) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load256(b: &[u8]) -> __m256i {
+        assert!(b.len() >= 32);
+        // SAFETY: `b` holds at least 32 readable bytes (checked); the load is unaligned.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    /// `[dx0, s0, dx1, s1]` of two blocks' activation scales.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_ds2(ds: &[[f32; 2]]) -> __m128 {
+        assert!(ds.len() >= 2);
+        // SAFETY: `ds` holds at least 4 readable floats (checked); the load is unaligned.
+        unsafe { _mm_loadu_ps(ds.as_ptr().cast()) }
+    }
+
+    /// `[dx, s, 0, 0]` of one block's activation scales.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_ds1(ds: &[f32; 2]) -> __m128 {
+        // SAFETY: `ds` is 8 readable bytes; `_mm_load_sd` reads 8 bytes, unaligned.
+        unsafe { _mm_castpd_ps(_mm_load_sd(ds.as_ptr().cast())) }
+    }
+
+    #[inline]
+    fn u16_at(b: &[u8], at: usize) -> u64 {
+        u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+    }
+
+    /// Dot products of `R` rows of `ty` (Q8_0, the one type with a kernel here) with `x`; row `k`'s result is
+    /// the same whatever `R`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_rows<const R: usize>(ty: WType, rows: &[&[u8]; R], x: Act<'_>) -> [f32; R] {
+        match ty {
+            WType::Q8_0 => dot_q8_0::<R>(rows, x),
+            _ => unreachable!("{ty:?} rows have no AVX-512 kernel"),
+        }
+    }
+
+    /// Spreads `[a, _, b, _]` to 8 lanes of `a` then 8 of `b`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn spread02(sc: __m128) -> __m512 {
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(sc))
+    }
+
+    /// Q8_0: the weights offset by 128 to unsigned bytes; the offset's `128 sum(x)` is
+    /// taken off by starting the integer sums at `-128 sum(x)` (computed once per block
+    /// pair for all the rows).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn dot_q8_0<const R: usize>(rows: &[&[u8]; R], x: Act<'_>) -> [f32; R] {
+        const BYTES: usize = 34;
+        let n = x.ds.len();
+        assert!(x.qs.len() >= n * QK);
+        for row in rows {
+            assert!(row.len() >= n * BYTES);
+        }
+        let mut acc = [_mm512_setzero_ps(); R];
+        let bias = _mm512_set1_epi8(-128);
+        let neg_corr = |xq: __m512i| {
+            _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xq),
+            )
+        };
+        let pairs = n / 2;
+        for p in 0..pairs {
+            let xq = load512_i8(&x.qs[p * 2 * QK..]);
+            let dsv = load_ds2(&x.ds[p * 2..]);
+            let corr = neg_corr(xq);
+            for k in 0..R {
+                let b = &rows[k][p * 2 * BYTES..][..2 * BYTES];
+                let w = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(load256(&b[2..])),
+                    load256(&b[BYTES + 2..]),
+                    1,
+                );
+                let w = _mm512_xor_si512(w, bias);
+                // [d0, 0, d1, 0] * [dx0, s0, dx1, s1].
+                let ds = u16_at(b, 0) | (u16_at(b, BYTES) << 32);
+                let sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(ds as i64)), dsv);
+                let pr = _mm512_dpbusd_epi32(corr, w, xq);
+                acc[k] = _mm512_fmadd_ps(spread02(sc), _mm512_cvtepi32_ps(pr), acc[k]);
+            }
+        }
+        if n % 2 == 1 {
+            let xq = load256_i8_zext(&x.qs[(n - 1) * QK..]);
+            let dsv = load_ds1(&x.ds[n - 1]);
+            let corr = neg_corr(xq);
+            for k in 0..R {
+                let b = &rows[k][(n - 1) * BYTES..][..BYTES];
+                // The upper half: weights 0 + 128 against activations 0.
+                let w = _mm512_xor_si512(_mm512_zextsi256_si512(load256(&b[2..])), bias);
+                let sc = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(u16_at(b, 0) as i64)), dsv);
+                let pr = _mm512_dpbusd_epi32(corr, w, xq);
+                acc[k] = _mm512_fmadd_ps(spread02(sc), _mm512_cvtepi32_ps(pr), acc[k]);
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,6 +828,11 @@ mod tests {
             v.push(Isa::Avx2);
         } else {
             eprintln!("note: no AVX2 + FMA + F16C here, only the scalar kernels are tested");
+        }
+        if Isa::Avx512.available() {
+            v.push(Isa::Avx512);
+        } else {
+            eprintln!("note: no AVX-512 F / BW / VL / VNNI here, its kernels are not tested");
         }
         v
     }
@@ -770,6 +955,118 @@ mod tests {
                 axpy(isa, &mut y, 0.5, &a);
                 for i in 0..n {
                     assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "{isa:?} {n} {i}");
+                }
+            }
+        }
+    }
+
+    /// The multi-row kernels: every row as the single-row kernel gives it (bit for bit)
+    /// and as the scalar reference does (within rounding), for block counts odd and even.
+    #[test]
+    fn row_groups_match_single_rows() {
+        let mut rng = SplitMix64::new(11);
+        for isa in isas() {
+            for ty in TYPES {
+                for blocks in [1usize, 2, 3, 5, 18, 48] {
+                    let cols = blocks * QK;
+                    let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng) * 2.0).collect();
+                    let mut qs = vec![0i8; cols];
+                    let mut ds = vec![[0f32; 2]; blocks];
+                    quantize(&x, &mut qs, &mut ds);
+                    let act = Act {
+                        f: &x,
+                        qs: &qs,
+                        ds: &ds,
+                    };
+                    // 7 rows: one group of `ROWS` and leftovers done one by one.
+                    let rows: Vec<Vec<u8>> = (0..7).map(|_| rand_row(&mut rng, ty, cols)).collect();
+                    let mut got = Vec::new();
+                    let mut i = 0;
+                    while i + ROWS <= rows.len() {
+                        let group: [&[u8]; ROWS] = std::array::from_fn(|k| rows[i + k].as_slice());
+                        got.extend(dot_rows(isa, ty, group, act));
+                        i += ROWS;
+                    }
+                    got.extend(rows[i..].iter().map(|r| dot(isa, ty, r, act)));
+                    for (r, row) in rows.iter().enumerate() {
+                        let single = dot(isa, ty, row, act);
+                        assert_eq!(
+                            got[r].to_bits(),
+                            single.to_bits(),
+                            "{isa:?} {ty:?} {cols} row {r}"
+                        );
+                        let want = scalar::dot(ty, row, act);
+                        let mut w = vec![0f32; cols];
+                        dequantize_row(ty, row, &mut w);
+                        let xr: Vec<f32> = if ty.quantized() {
+                            (0..cols)
+                                .map(|i| f32::from(qs[i]) * ds[i / QK][0])
+                                .collect()
+                        } else {
+                            x.clone()
+                        };
+                        let scale: f64 = w
+                            .iter()
+                            .zip(&xr)
+                            .map(|(a, b)| f64::from((a * b).abs()))
+                            .sum();
+                        assert!(
+                            f64::from((single - want).abs()) <= 1e-5 * scale + 1e-6,
+                            "{isa:?} {ty:?} {cols} row {r}: {single} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Kernel timings (best of `KS_REPS` passes, default 200, over a `KS_ROWS` x 576
+    /// matrix, default 1536 rows, in cache; 131072 rows stream it from memory), one thread:
+    /// `cargo test --release -p studio-engines --features llm --lib kernel_speed --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let mut rng = SplitMix64::new(5);
+        let (rows, cols): (usize, usize) =
+            std::env::var("KS_ROWS").map_or((1536, 576), |r| (r.parse().unwrap(), 576));
+        let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng)).collect();
+        let mut qs = vec![0i8; cols];
+        let mut ds = vec![[0f32; 2]; cols / QK];
+        quantize(&x, &mut qs, &mut ds);
+        let act = Act {
+            f: &x,
+            qs: &qs,
+            ds: &ds,
+        };
+        for ty in [WType::Q4_1, WType::Q8_0] {
+            let m: Vec<u8> = (0..rows)
+                .flat_map(|_| rand_row(&mut rng, ty, cols))
+                .collect();
+            let rb = ty.row_bytes(cols);
+            for isa in isas() {
+                for grouped in [false, true] {
+                    let mut best = f64::MAX;
+                    let mut sink = 0f32;
+                    for _ in 0..std::env::var("KS_REPS").map_or(200, |r| r.parse().unwrap()) {
+                        let t = std::time::Instant::now();
+                        if grouped {
+                            for g in 0..rows / ROWS {
+                                let r: [&[u8]; ROWS] =
+                                    std::array::from_fn(|k| &m[(g * ROWS + k) * rb..][..rb]);
+                                sink += dot_rows(isa, ty, r, act)[0];
+                            }
+                        } else {
+                            for r in 0..rows {
+                                sink += dot(isa, ty, &m[r * rb..][..rb], act);
+                            }
+                        }
+                        best = best.min(t.elapsed().as_secs_f64());
+                    }
+                    eprintln!(
+                        "{ty:?} {isa:?} grouped={grouped}: {:.3} ns/weight ({sink})",
+                        best * 1e9 / (rows * cols) as f64
+                    );
                 }
             }
         }
