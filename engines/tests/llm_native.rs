@@ -6,8 +6,10 @@
 //! `STUDIO_SKIP_MODEL_TESTS=1` and no model is set).
 #![cfg(feature = "llm")]
 
+mod support;
+
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -19,26 +21,6 @@ use studio_engines::llm::native::quant::Isa;
 use studio_engines::llm::native::{self, Model};
 use studio_engines::llm::{self, Backend, LlmEngine};
 use studio_engines::ModelStore;
-
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "STUDIO_TEST_LLM_GGUF={} is not a file",
-            p.display()
-        );
-        return Some(p);
-    }
-    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model native LLM test");
-        return None;
-    }
-    panic!(
-        "STUDIO_TEST_LLM_GGUF is not set (see engines/tests/llm.rs for how to get the model, \
-         or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
-    );
-}
 
 fn candle_logits(w: &mut ModelWeights, tokens: &[u32], pos: usize) -> Vec<f32> {
     let input = Tensor::new(tokens, &Device::Cpu)
@@ -367,7 +349,9 @@ const PROMPTS: [(Option<&str>, &str); 2] = [
 
 #[test]
 fn real_model_native_logits_match_candle() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let (native, mut candle) = load_real(&path);
     let cfg = native.config();
     assert_eq!(
@@ -400,7 +384,9 @@ fn real_model_native_logits_match_candle() {
 /// Greedy decoding, and the next-token choice along candle's greedy text.
 #[test]
 fn real_model_native_greedy_tokens_match_candle() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let (native, mut candle) = load_real(&path);
     for (system, text) in PROMPTS {
         let prompt = prompt_ids(&path, system, text);
@@ -441,7 +427,9 @@ fn real_model_native_greedy_tokens_match_candle() {
 
 #[test]
 fn real_model_engine_runs_native_by_default() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
     let info = llm::inspect(&path).unwrap();
     assert!(info.native);
     let root = std::env::temp_dir().join(format!("studio-llm-native-{}", std::process::id()));

