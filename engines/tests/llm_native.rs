@@ -469,29 +469,9 @@ fn real_model_engine_runs_native_by_default() {
 fn f32_reference(path: &Path) -> ModelWeights {
     let mut f = std::fs::File::open(path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
-    let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(&str, QTensor)> = names
-        .iter()
-        .map(|n| {
-            let t = ct.tensor_infos[*n]
-                .read(&mut f, ct.tensor_data_offset, &Device::Cpu)
-                .unwrap();
-            let t =
-                QTensor::quantize(&t.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap();
-            (n.as_str(), t)
-        })
-        .collect();
-    let md: Vec<(&str, &gguf_file::Value)> = ct
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "general.alignment")
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let mut buf = Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &md, &refs).unwrap();
-    buf.set_position(0);
-    let ct = gguf_file::Content::read(&mut buf).unwrap();
+    let (ct, mut buf) = llm::rewrite_gguf(&ct, &mut f, |t| {
+        QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::F32)
+    })
+    .unwrap();
     ModelWeights::from_gguf(ct, &mut buf, &Device::Cpu).unwrap()
 }

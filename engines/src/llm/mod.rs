@@ -211,19 +211,30 @@ fn requantized(
     ct: &gguf_file::Content,
     file: &mut File,
 ) -> candle_core::Result<(gguf_file::Content, Cursor<Vec<u8>>)> {
-    let cpu = Device::Cpu;
+    rewrite_gguf(ct, file, |t| {
+        if requantizable(t.dtype(), t.shape().dims()) {
+            QTensor::quantize(&t.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)
+        } else {
+            Ok(t)
+        }
+    })
+}
+
+/// An in-memory GGUF with `ct`'s metadata and every tensor of `ct` (read from `file`, in
+/// name order) passed through `convert`, read back and ready for
+/// `ModelWeights::from_gguf`. The engine converts slow quant types with it; tests build
+/// reference models (e.g. every tensor as f32).
+pub fn rewrite_gguf(
+    ct: &gguf_file::Content,
+    file: &mut (impl std::io::Read + std::io::Seek),
+    mut convert: impl FnMut(QTensor) -> candle_core::Result<QTensor>,
+) -> candle_core::Result<(gguf_file::Content, Cursor<Vec<u8>>)> {
     let mut names: Vec<&String> = ct.tensor_infos.keys().collect();
     names.sort();
     let mut tensors: Vec<(&str, QTensor)> = Vec::with_capacity(names.len());
     for name in names {
-        let info = &ct.tensor_infos[name];
-        let t = info.read(file, ct.tensor_data_offset, &cpu)?;
-        let t = if requantizable(t.dtype(), t.shape().dims()) {
-            QTensor::quantize(&t.dequantize(&cpu)?, GgmlDType::Q8_0)?
-        } else {
-            t
-        };
-        tensors.push((name.as_str(), t));
+        let t = ct.tensor_infos[name].read(file, ct.tensor_data_offset, &Device::Cpu)?;
+        tensors.push((name.as_str(), convert(t)?));
     }
     // The writer aligns to 32 bytes whatever the source said.
     let metadata: Vec<(&str, &gguf_file::Value)> = ct
