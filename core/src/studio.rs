@@ -1947,10 +1947,11 @@ impl Studio {
                 reported = current;
             }
         }
-        // The common case (nothing more to do for this worker): decided on the record in
-        // hand, without looking the worker up again.
-        let still_idle =
-            !caps_changed && release.is_none() && reported.is_none() && w.in_idle && eligible(w);
+        // Whether the worker is still idle under unchanged capabilities. In the common case
+        // (nothing below touches the worker) it is decided on the record in hand; otherwise
+        // after the release or reclaim, on the record as they leave it.
+        let untouched = release.is_none() && reported.is_none();
+        let decided = untouched.then(|| !caps_changed && w.in_idle && eligible(w));
         if let Some(cur) = reported {
             let reclaim = self.job_index.get(&cur).copied().filter(|s| {
                 self.jobs.get(s).is_some_and(|j| {
@@ -1969,13 +1970,14 @@ impl Studio {
         if let Some(seq) = release {
             self.release_run(seq, RequeueReason::WorkerReportedIdle, false);
         }
-        if still_idle
-            || !caps_changed
+        let still_idle = decided.unwrap_or_else(|| {
+            !caps_changed
                 && self
                     .workers
                     .get(worker_id)
                     .is_some_and(|w| w.in_idle && eligible(w))
-        {
+        });
+        if still_idle {
             // Still idle under unchanged capabilities: the machine's invariants (an idle
             // worker is indexed under the fits of its capabilities) make `refresh` a no-op.
             debug_assert!(self.idle_indexed(worker_id));
