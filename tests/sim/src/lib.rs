@@ -514,12 +514,10 @@ impl Queue {
                     to => self.buckets[to].push(*k),
                 }
             }
-            // Give the emptied bucket its allocation back for the next keys.
+            // Every key moved to a lower bucket: give the emptied one its allocation back.
             let mut moving = moving;
             moving.clear();
-            if self.buckets[b].is_empty() {
-                self.buckets[b] = moving;
-            }
+            self.buckets[b] = moving;
             // Keys of one time sit in one bucket in push order and a split keeps order, so
             // bucket 0 comes out sorted by sequence number.
             debug_assert!(self
