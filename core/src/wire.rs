@@ -123,6 +123,15 @@ pub enum WorkerErrorCode {
 }
 
 impl WorkerErrorCode {
+    /// Every code, in declaration order (for tests and fuzzers that pick one).
+    pub const ALL: [WorkerErrorCode; 5] = [
+        WorkerErrorCode::AuthFailed,
+        WorkerErrorCode::ProtocolViolation,
+        WorkerErrorCode::DuplicateWorker,
+        WorkerErrorCode::WorkerDeleted,
+        WorkerErrorCode::InternalError,
+    ];
+
     /// The close code the studio pairs with this error (its `closeCodeForError`).
     pub fn close_code(self) -> u16 {
         match self {

@@ -211,13 +211,8 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
             },
         },
         Op::Error(k) => {
-            let code = [
-                WorkerErrorCode::AuthFailed,
-                WorkerErrorCode::ProtocolViolation,
-                WorkerErrorCode::DuplicateWorker,
-                WorkerErrorCode::WorkerDeleted,
-                WorkerErrorCode::InternalError,
-            ][*k as usize % 5];
+            let all = WorkerErrorCode::ALL;
+            let code = all[*k as usize % all.len()];
             Input::Frame {
                 conn: c,
                 text: wire::encode(&StudioFrame::Error {

@@ -487,13 +487,8 @@ impl Harness {
             }
             Op::ErrorFrame => {
                 let sel = r.u8();
-                let code = [
-                    WorkerErrorCode::AuthFailed,
-                    WorkerErrorCode::ProtocolViolation,
-                    WorkerErrorCode::DuplicateWorker,
-                    WorkerErrorCode::WorkerDeleted,
-                    WorkerErrorCode::InternalError,
-                ][usize::from(r.u8() % 5)];
+                let all = WorkerErrorCode::ALL;
+                let code = all[usize::from(r.u8()) % all.len()];
                 let f = StudioFrame::Error {
                     code,
                     message: "m".into(),
