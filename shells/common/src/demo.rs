@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 use studio_core::wire::TaskKind;
 use studio_local::{JobSubmission, JobSummary, LocalConfig, LocalStudio, ResultView};
 
-use crate::daemon::{Exit, RunError, WorkerDaemon, PROGRAM};
-use crate::{entropy, Config};
+use crate::config::Config;
+use crate::control::Exit;
+use crate::daemon::WorkerDaemon;
+use crate::entropy;
+use crate::error::{RunError, PROGRAM};
 
 /// Where results go without `--out`.
 pub const DEFAULT_OUT_DIR: &str = "demo-out";

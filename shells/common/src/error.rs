@@ -1,4 +1,6 @@
-//! The shell's error type.
+//! The shell's error types: [`ShellError`] (config, CLI, entropy) and [`RunError`] (a
+//! daemon that could not start), and [`PROGRAM`], the prefix of the line either is shown
+//! on when a binary ends with it.
 //!
 //! Every message is written for the operator and never carries a secret: config parse
 //! errors name the file, line and column but not the offending text, and no error embeds a
@@ -7,6 +9,12 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+
+use studio_core::worker::ExitCode;
+
+/// The prefix of the lines a binary prints on stderr when it ends with an error (both
+/// binaries say the same: a studio operator cannot tell them apart).
+pub const PROGRAM: &str = "studio-worker";
 
 /// An error of the shared shell code (config, CLI, entropy).
 #[derive(Debug)]
@@ -55,7 +63,7 @@ impl ShellError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ShellError::InvalidArgument(_) => 2,
-            _ => studio_core::worker::ExitCode::Fatal.code(),
+            _ => ExitCode::Fatal.code(),
         }
     }
 }
@@ -107,5 +115,56 @@ impl std::error::Error for ShellError {
             ShellError::ConfigIo { source, .. } | ShellError::Output(source) => Some(source),
             _ => None,
         }
+    }
+}
+
+/// Why a daemon could not start (or its event loop failed).
+#[derive(Debug)]
+pub enum RunError {
+    /// Config, CLI or entropy trouble from the shared shell code.
+    Shell(ShellError),
+    /// The OS refused an event-loop resource.
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl RunError {
+    /// The process exit code: the shell error's own, or 3 (fatal).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Shell(e) => e.exit_code(),
+            RunError::Io { .. } => ExitCode::Fatal.code(),
+        }
+    }
+
+    /// A closure turning an `io::Error` into [`RunError::Io`] about `what`.
+    pub fn io(what: &'static str) -> impl Fn(io::Error) -> RunError {
+        move |source| RunError::Io { what, source }
+    }
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Shell(e) => e.fmt(f),
+            RunError::Io { what, source } => write!(f, "cannot {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RunError::Shell(e) => Some(e),
+            RunError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<ShellError> for RunError {
+    fn from(e: ShellError) -> RunError {
+        RunError::Shell(e)
     }
 }

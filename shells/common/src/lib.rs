@@ -5,31 +5,39 @@
 //! that no behaviour is written twice. Nothing here depends on a runtime: the WebSocket is
 //! the only IO a shell does itself, everything else lives here.
 //!
+//! The modules, from the leaves up (a module uses only those above it in its group's
+//! order, never one that uses it back):
+//!
 //! | module | what it does |
 //! |---|---|
-//! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`) |
-//! | [`config`] | `config.toml`: load (created on first run), validate, atomic `0600` save, redaction, mapping to the core's `WorkerConfig` |
-//! | [`entropy`] | the OS CSPRNG: install ids, registration secrets, the jitter seed |
+//! | [`error`] | [`ShellError`] (config, CLI, entropy), [`RunError`] (a daemon that could not start), the `studio-worker:` prefix of the last stderr line |
+//! | [`control`] | [`Control`] (ask a running daemon to shut down, from any thread) and [`Exit`] (how it ended) |
+//! | [`clock`] | [`Clock`], the only place the shells read time, and [`wait_duration`] (a deadline as a sleep, rounded up) |
+//! | [`gpu`] | GPU memory (CUDA driver, NVIDIA sysfs, nvidia-smi) and the VRAM threshold warning |
 //! | [`host`] | the host probe (`HostFacts`) |
-//! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
-//! | [`pool`] | engine jobs and HTTP requests on background threads, completions through a callback |
-//! | [`driver`] | performs every non-socket `Command` of the core; the clock |
+//! | [`entropy`] | the OS CSPRNG: install ids, registration secrets, the jitter seed |
+//! | [`config`] | `config.toml`: load (created on first run), validate, atomic `0600` save, redaction, mapping to the core's `WorkerConfig` |
 //! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
+//! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`, `replay`) |
+//! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
+//! | [`pool`] | the engine pool and the HTTP runner: engine jobs and HTTP requests on background threads, completions through a callback ([`EventSink`]) |
+//! | [`driver`] | the [`CommandRouter`]: performs every non-socket `Command` of the core |
 //! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
-//! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
 //! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
 //! | [`ws`] | the WebSocket upgrade as a sans-IO exchange, received messages / errors as core inputs, close frames, limits |
 //! | [`connect`] | the runtime-agnostic steps of `Command::Connect`: the upgrade read loop as a state machine ([`connect::Exchange`]), the failure messages |
 //! | [`session`] | the runtime-agnostic half of the loop: the core, its router, the connection bookkeeping (connecting / open / closing, the 5 s close linger), driven through a shell's [`SocketIo`] |
-//! | [`daemon`] | [`WorkerDaemon`] (what a shell provides), [`Exit`], [`RunError`], [`Control`], and the shared `main` / `run` of both binaries |
-//! | [`demo`] | `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
+//! | [`daemon`] | [`WorkerDaemon`]: what a shell provides (a daemon built from a [`session::Setup`], its [`Control`], `run` to the [`Exit`]) |
 //! | [`signals`] | SIGINT / SIGTERM -> [`Control::shutdown`] on a signal-hook thread |
+//! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
+//! | [`demo`] | `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
+//! | [`app`] | the application entry: the shared `main` of both binaries and `studio-worker run` |
 //! | `test_support` | (feature `test-support`) the scenarios every shell's tests instantiate: daemon loop, connect, CLI, demo |
 //!
 //! # How a shell uses it
 //!
 //! A shell is one type implementing [`WorkerDaemon`]; its `main` is
-//! `studio_shell::daemon::main::<Daemon>()` (CLI, logging, admin subcommands, `run`,
+//! `studio_shell::app::main::<Daemon>()` (CLI, logging, admin subcommands, `run`,
 //! `demo`, exit codes). The daemon owns a [`Session`] and the sockets, and runs:
 //!
 //! ```text
@@ -47,9 +55,12 @@
 //! Under the [`Session`], [`CommandRouter::feed`] is the core's whole driving contract in
 //! one call (handle, drain to `Wait`, perform every non-socket command).
 
+pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connect;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod driver;
@@ -70,11 +81,13 @@ pub mod tls;
 pub mod ws;
 
 pub use cli::{run_admin_command, Cli, CliCommand};
+pub use clock::{wait_duration, Clock};
 pub use config::{default_config_path, Config};
-pub use daemon::{Control, Exit, RunError, WorkerDaemon};
-pub use driver::{wait_duration, Clock, CommandRouter, Drained, Effect};
+pub use control::{Control, Exit};
+pub use daemon::WorkerDaemon;
+pub use driver::{CommandRouter, Drained, Effect};
 pub use engine::{engine_router, engine_settings};
-pub use error::ShellError;
+pub use error::{RunError, ShellError};
 pub use pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
 pub use record::Recorder;
 pub use session::{Session, SocketIo};

@@ -232,7 +232,7 @@ fn notice_sink(sink: &EventSink, job_id: &str) -> NoticeSink {
     let job_id = job_id.to_string();
     Arc::new(move |level: NoticeLevel, message: &str| {
         sink(PoolEvent::Log(LogEntry {
-            ts: crate::driver::Clock::new().wall().to_rfc3339(),
+            ts: crate::clock::Clock::new().wall().to_rfc3339(),
             level: level.as_str().into(),
             category: ENGINE_LOG_CATEGORY.into(),
             message: message.to_string(),

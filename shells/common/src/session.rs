@@ -56,9 +56,10 @@ use studio_engines::Engine;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
+use crate::clock::{wait_duration, Clock};
 use crate::config::Config;
-use crate::daemon::{Control, Exit};
-use crate::driver::{wait_duration, Clock, CommandRouter};
+use crate::control::{Control, Exit};
+use crate::driver::CommandRouter;
 use crate::error::ShellError;
 use crate::pool::{EventSink, PoolEvent};
 use crate::ws::{self, close_frame, input_for_error, input_for_message};

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use crate::daemon::Control;
+use crate::control::Control;
 
 /// Starts forwarding SIGINT and SIGTERM to `control` for the rest of the process.
 #[cfg(unix)]

@@ -93,5 +93,5 @@ use std::path::Path;
 /// `studio-worker run`: loads (or creates) the config, installs the signal handler and
 /// runs the daemon until the core exits. Returns the core's exit.
 pub fn run(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
-    studio_shell::daemon::run::<Daemon>(config_path, record)
+    studio_shell::app::run::<Daemon>(config_path, record)
 }

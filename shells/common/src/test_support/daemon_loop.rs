@@ -19,9 +19,11 @@ use serde_json::{json, Value};
 use studio_core::worker::ExitCode;
 use studio_engines::{Engine, Router};
 
-use crate::daemon::{Control, Exit, WorkerDaemon};
+use crate::config::Config;
+use crate::control::{Control, Exit};
+use crate::daemon::WorkerDaemon;
+use crate::host;
 use crate::session::Setup;
-use crate::{host, Config};
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::HeaderValue;

@@ -1,0 +1,84 @@
+//! The application: the whole `main` of both worker binaries, written once on any
+//! [`WorkerDaemon`], so both behave the same to an operator.
+//!
+//! * [`main`]: CLI, logging, the crypto provider, admin subcommands, `run`, `demo`, exit
+//!   codes and the last line on stderr;
+//! * [`run`]: `studio-worker run` (load the config, start the daemon, forward SIGINT /
+//!   SIGTERM, run until the core exits);
+//! * `demo` runs the daemon against the loopback studio ([`crate::demo`]).
+
+use std::path::Path;
+
+use clap::Parser;
+use tracing::level_filters::LevelFilter;
+
+use crate::cli::{run_admin_command, Cli, CliCommand};
+use crate::config::Config;
+use crate::control::Exit;
+use crate::daemon::WorkerDaemon;
+use crate::error::{RunError, PROGRAM};
+
+/// `studio-worker run`: loads (or creates) the config, installs the signal handler and
+/// runs the daemon until the core exits. Returns the core's exit.
+pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
+    let config = Config::load(config_path)?;
+    tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
+    let mut daemon = D::from_config(config, config_path.to_path_buf())?;
+    daemon.set_record(record.map(Path::to_path_buf));
+    crate::signals::forward_to(daemon.control())
+        .map_err(RunError::io("install the SIGINT/SIGTERM handler"))?;
+    Ok(daemon.run())
+}
+
+/// The whole `main` of a worker binary: parse the command line, set up logging (`warn` by
+/// default for `demo`, so its table stands out; `info` otherwise) and the crypto provider,
+/// carry the command out, and return the process exit code.
+pub fn main<D: WorkerDaemon>() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, CliCommand::Demo { .. });
+    crate::logging::init_with_default(if quiet {
+        LevelFilter::WARN
+    } else {
+        LevelFilter::INFO
+    });
+    // Before any TLS use (see crate::tls).
+    crate::tls::install_crypto_provider();
+    std::process::ExitCode::from(u8::try_from(run_cli::<D>(&cli)).unwrap_or(1))
+}
+
+/// Carries out the command line; returns the process exit code. An error exit ends with
+/// one `studio-worker: <reason>` line on stderr.
+pub fn run_cli<D: WorkerDaemon>(cli: &Cli) -> i32 {
+    match run_admin_command(cli, &mut std::io::stdout()) {
+        Ok(Some(code)) => return code,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            return e.exit_code();
+        }
+    }
+    let result = match &cli.command {
+        CliCommand::Demo { out, keep_running } => {
+            crate::demo::run::<D>(out.as_deref(), *keep_running)
+        }
+        _ => cli
+            .config_path()
+            .map_err(Into::into)
+            .and_then(|path| run::<D>(&path, cli.record.as_deref()))
+            .map(|exit| {
+                if exit.code.is_error() {
+                    // Also logged by the command router; repeated plainly so it is the last
+                    // thing the operator sees, whatever RUST_LOG says.
+                    eprintln!("{PROGRAM}: {}", exit.reason);
+                }
+                exit.code.code()
+            }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{PROGRAM}: {e}");
+            e.exit_code()
+        }
+    }
+}
