@@ -1,0 +1,252 @@
+//! Fault injection (the end-to-end tests' hooks): failing uploads and upgrades, dropped,
+//! stalled and closed sessions, error frames, and probe offers (raw offers for a job the
+//! machine does not know, whose replies are intercepted and recorded, never fed to it).
+
+use serde_json::Value;
+use studio_core::studio::{ConnId, HttpError};
+use studio_core::wire::{self, JobOfferClaim, ModelSource, StudioFrame};
+use tracing::{info, warn};
+
+use super::state::{Conn, Kind, WsState};
+use super::{safe_name, Server};
+use crate::api::{Fault, FaultState, FaultsBody};
+
+/// Most intercepted replies kept per worker (oldest dropped first).
+const MAX_PROBE_REPLIES: usize = 1024;
+
+/// The worker frame types a probe offer intercepts when they name a probe job.
+const PROBE_REPLY_TYPES: [&str; 4] = ["accept", "reject", "completeJson", "fail"];
+
+impl Server {
+    pub(crate) fn faults(&self) -> FaultState {
+        self.faults.clone()
+    }
+
+    pub(crate) fn set_faults(&mut self, b: &FaultsBody) -> Result<FaultState, HttpError> {
+        for status in [b.fail_uploads_status, b.upgrade_status]
+            .into_iter()
+            .flatten()
+        {
+            if !(400..=599).contains(&status) {
+                return Err(HttpError::new(400, "fault statuses must be 400-599"));
+            }
+        }
+        if let Some(s) = b.fail_uploads_status {
+            self.faults.fail_uploads_status = s;
+        }
+        if let Some(n) = b.fail_uploads {
+            self.faults.fail_uploads = n;
+        }
+        if let Some(s) = b.upgrade_status {
+            self.faults.upgrade_status = s;
+        }
+        if let Some(n) = b.upgrade_failures {
+            self.faults.upgrade_failures = n;
+        }
+        info!(target: "studio_local::faults", "faults armed: {:?}", self.faults);
+        Ok(self.faults.clone())
+    }
+
+    /// Applies a fault; the number of connections it touched (0 for counting faults).
+    pub(crate) fn inject(&mut self, fault: Fault) -> Result<usize, HttpError> {
+        let no_socket =
+            |w: &str| HttpError::new(404, format!("worker {w} has no open WebSocket here"));
+        match fault {
+            Fault::FailUploads { count, status } => {
+                self.set_faults(&FaultsBody {
+                    fail_uploads: Some(count),
+                    fail_uploads_status: Some(status),
+                    ..FaultsBody::default()
+                })?;
+                Ok(0)
+            }
+            Fault::FailUpgrades { count, status } => {
+                self.set_faults(&FaultsBody {
+                    upgrade_failures: Some(count),
+                    upgrade_status: Some(status),
+                    ..FaultsBody::default()
+                })?;
+                Ok(0)
+            }
+            Fault::Drop { worker_id } => {
+                let conns = self.worker_conns(&worker_id, true);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                warn!(target: "studio_local::faults", worker_id, "dropping TCP connection(s)");
+                for id in &conns {
+                    self.remove(*id);
+                }
+                Ok(conns.len())
+            }
+            Fault::Stall { worker_id } => {
+                let conns = self.worker_conns(&worker_id, false);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                warn!(target: "studio_local::faults", worker_id, "stalling connection(s)");
+                for id in &conns {
+                    if let Some(Conn {
+                        kind: Kind::Ws(w), ..
+                    }) = self.conns.get_mut(id)
+                    {
+                        w.state = WsState::Stalled;
+                        w.writable = false;
+                        let _ = self.poll.registry().deregister(w.ws.get_mut());
+                    }
+                }
+                Ok(conns.len())
+            }
+            Fault::Close {
+                worker_id,
+                code,
+                reason,
+            } => {
+                if !sendable_close_code(code) {
+                    return Err(HttpError::new(
+                        400,
+                        format!("close code {code} cannot be sent (use 1000-1003, 1007-1014 or 3000-4999)"),
+                    ));
+                }
+                let conns = self.worker_conns(&worker_id, false);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                warn!(target: "studio_local::faults", worker_id, code, "closing connection(s)");
+                for id in &conns {
+                    self.ws_close(*id, code, &reason, true);
+                }
+                Ok(conns.len())
+            }
+            Fault::Error {
+                worker_id,
+                code,
+                message,
+            } => {
+                let conns = self.worker_conns(&worker_id, false);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                warn!(target: "studio_local::faults", worker_id, code = code.as_str(), "sending error frame(s)");
+                let text = wire::encode(&StudioFrame::Error {
+                    code,
+                    message: message.clone(),
+                });
+                for id in &conns {
+                    self.ws_send(*id, text.clone());
+                    self.ws_close(*id, code.close_code(), code.as_str(), true);
+                }
+                Ok(conns.len())
+            }
+            Fault::ProbeOffer {
+                worker_id,
+                job_id,
+                task,
+            } => {
+                if !safe_name(&job_id) {
+                    return Err(HttpError::new(
+                        400,
+                        "jobId must be 1-128 ASCII letters, digits, `-`, `_` or `.`",
+                    ));
+                }
+                if self.studio.job(&job_id).is_some() {
+                    return Err(HttpError::new(
+                        409,
+                        format!("job {job_id} is a real job; a probe needs an id the studio does not know"),
+                    ));
+                }
+                if let Some(other) = self.probes.get(&job_id) {
+                    if *other != worker_id {
+                        return Err(HttpError::new(
+                            409,
+                            format!("job {job_id} was already probed on worker {other}"),
+                        ));
+                    }
+                }
+                let conns = self.worker_conns(&worker_id, false);
+                if conns.is_empty() {
+                    return Err(no_socket(&worker_id));
+                }
+                let kind = task.kind();
+                let claim = JobOfferClaim {
+                    job_id: job_id.clone(),
+                    game_id: "probe".into(),
+                    asset_name: format!("probe/{kind}"),
+                    model: "synthetic".into(),
+                    vram_gb_estimate: 0.0,
+                    task: *task,
+                    model_source: ModelSource::synthetic(),
+                };
+                warn!(target: "studio_local::faults", worker_id, job_id, "sending a probe offer");
+                self.probes.insert(job_id, worker_id);
+                let text = wire::encode(&StudioFrame::Offer {
+                    claim: Box::new(claim),
+                });
+                for id in &conns {
+                    self.ws_send(*id, text.clone());
+                }
+                Ok(conns.len())
+            }
+        }
+    }
+
+    /// A frame of a probe job ([`Fault::ProbeOffer`]) from its worker: recorded (and
+    /// acknowledged like a studio would), never fed to the machine. `true` when taken.
+    pub(super) fn intercept_probe_reply(
+        &mut self,
+        conn: ConnId,
+        worker_id: &str,
+        text: &str,
+    ) -> bool {
+        if self.probes.is_empty() {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        let (Some(ty), Some(job_id)) = (v["type"].as_str(), v["jobId"].as_str()) else {
+            return false;
+        };
+        if !PROBE_REPLY_TYPES.contains(&ty)
+            || self.probes.get(job_id).map(String::as_str) != Some(worker_id)
+        {
+            return false;
+        }
+        info!(target: "studio_local::faults", worker_id, job_id, ty, "probe reply intercepted");
+        let ack = match ty {
+            "completeJson" => Some(StudioFrame::CompleteAck {
+                job_id: job_id.to_string(),
+            }),
+            "fail" => Some(StudioFrame::FailAck {
+                job_id: job_id.to_string(),
+            }),
+            _ => None,
+        };
+        self.record_probe_reply(worker_id, text.to_string());
+        if let Some(ack) = ack {
+            self.ws_send(conn, wire::encode(&ack));
+        }
+        true
+    }
+
+    pub(super) fn record_probe_reply(&mut self, worker_id: &str, text: String) {
+        let replies = self.probe_replies.entry(worker_id.to_string()).or_default();
+        if replies.len() >= MAX_PROBE_REPLIES {
+            replies.remove(0);
+        }
+        replies.push(text);
+    }
+
+    /// The intercepted replies to probe offers sent to `worker_id`, oldest first.
+    pub(crate) fn probe_replies(&self, worker_id: &str) -> Vec<String> {
+        self.probe_replies
+            .get(worker_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Close codes an endpoint may put on the wire (RFC 6455 §7.4).
+fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
