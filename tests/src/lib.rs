@@ -463,8 +463,9 @@ pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Resul
 // The worker process
 // ------------------------------------------------------------------------------------------
 
-/// A running `studio-worker --config <dir>/config.toml run` (RUST_LOG=info), stdout and
-/// stderr captured to files in its own temp dir. Killed on drop if still running; when the
+/// A running `studio-worker --config <dir>/config.toml run` (RUST_LOG=info), or the
+/// `studio-worker demo` of [`Worker::demo`], stdout and stderr captured to files in its own
+/// temp dir. Killed on drop if still running; when the
 /// test is failing, its output is printed then.
 pub struct Worker {
     child: Child,
@@ -485,10 +486,7 @@ impl Worker {
 
     /// Starts `bin` against the studio at `api_base_url`.
     pub fn start_at(bin: &Bin, api_base_url: &str, setup: &Setup) -> Worker {
-        let dir = tempfile::Builder::new()
-            .prefix("studio-e2e-worker-")
-            .tempdir()
-            .expect("a temp dir for the worker");
+        let dir = worker_dir();
         let config_path = dir.path().join("config.toml");
         let mut setup = setup.clone();
         let models_root = setup
@@ -497,27 +495,51 @@ impl Worker {
             .clone();
         let setup = &setup;
         write_config(&config_path, api_base_url, setup).expect("write config.toml");
-        let stdout_path = dir.path().join("stdout.log");
-        let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(&bin.path);
         cmd.arg("--config").arg(&config_path);
         if let Some(record) = setup.record.clone().or_else(|| corpus_path(bin.shell.name)) {
             cmd.arg("--record").arg(record);
         }
         cmd.arg("run")
-            .current_dir(dir.path())
             .env("RUST_LOG", "info")
-            .env_remove(studio_shell_delay_env())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout_path).expect("create stdout.log"))
-            .stderr(File::create(&stderr_path).expect("create stderr.log"));
+            .env_remove(studio_shell_delay_env());
         if let Some(delay) = setup.synthetic_delay {
             cmd.env(studio_shell_delay_env(), delay.as_millis().to_string());
         }
         for (k, v) in &setup.env {
             cmd.env(k, v);
         }
+        Worker::spawn(bin, cmd, dir, models_root, config_path)
+    }
+
+    /// `bin demo`, the README's command, in a fresh temp dir of its own (the demo brings its
+    /// own loopback studio and config; its results land in `<dir>/demo-out`).
+    pub fn demo(bin: &Bin) -> Worker {
+        let dir = worker_dir();
+        let models_root = dir.path().join("models");
+        let config_path = dir.path().join("config.toml");
+        let mut cmd = Command::new(&bin.path);
+        cmd.arg("demo")
+            .env_remove("RUST_LOG")
+            .env_remove(studio_shell_delay_env());
+        Worker::spawn(bin, cmd, dir, models_root, config_path)
+    }
+
+    /// Starts `cmd` in `dir` with its output captured there.
+    fn spawn(
+        bin: &Bin,
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        models_root: PathBuf,
+        config_path: PathBuf,
+    ) -> Worker {
+        let stdout_path = dir.path().join("stdout.log");
+        let stderr_path = dir.path().join("stderr.log");
         let child = cmd
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout_path).expect("create stdout.log"))
+            .stderr(File::create(&stderr_path).expect("create stderr.log"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.path.display()));
         let name = bin
@@ -717,6 +739,14 @@ impl Drop for Worker {
 /// `studio_shell::engine::engine_router`).
 pub fn studio_shell_delay_env() -> &'static str {
     "STUDIO_WORKER_SYNTHETIC_DELAY_MS"
+}
+
+/// A fresh temp dir for one worker process.
+fn worker_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("studio-e2e-worker-")
+        .tempdir()
+        .expect("a temp dir for the worker")
 }
 
 // ------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ impl fmt::Debug for Daemon {
 
 impl WorkerDaemon for Daemon {
     const SHELL: &'static str = "async shell";
+    const PACKAGE: &'static str = "studio-worker-async";
 
     fn new(setup: Setup) -> Result<Daemon, RunError> {
         let (tx, rx) = async_channel::unbounded();

@@ -5,7 +5,9 @@
 //!   codes and the last line on stderr;
 //! * [`run`]: `studio-worker run` (load the config, start the daemon, forward SIGINT /
 //!   SIGTERM, run until the core exits);
-//! * `demo` runs the daemon against the loopback studio ([`crate::demo`]).
+//! * `demo` runs the daemon against the loopback studio (`crate::demo`, feature `demo`);
+//!   a build without it answers with a usage error naming the command that builds one
+//!   ([`demo_not_built`]).
 
 use std::path::Path;
 
@@ -16,7 +18,7 @@ use crate::cli::{run_admin_command, Cli, CliCommand};
 use crate::config::Config;
 use crate::control::Exit;
 use crate::daemon::WorkerDaemon;
-use crate::error::{RunError, PROGRAM};
+use crate::error::{RunError, ShellError, PROGRAM};
 
 /// `studio-worker run`: loads (or creates) the config, installs the signal handler and
 /// runs the daemon until the core exits. Returns the core's exit.
@@ -58,9 +60,7 @@ pub fn run_cli<D: WorkerDaemon>(cli: &Cli) -> i32 {
         }
     }
     let result = match &cli.command {
-        CliCommand::Demo { out, keep_running } => {
-            crate::demo::run::<D>(out.as_deref(), *keep_running)
-        }
+        CliCommand::Demo { out, keep_running } => demo::<D>(out.as_deref(), *keep_running),
         _ => cli
             .config_path()
             .map_err(Into::into)
@@ -80,5 +80,45 @@ pub fn run_cli<D: WorkerDaemon>(cli: &Cli) -> i32 {
             eprintln!("{PROGRAM}: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// `studio-worker demo` (see `crate::demo`).
+#[cfg(feature = "demo")]
+fn demo<D: WorkerDaemon>(out: Option<&Path>, keep_running: bool) -> Result<i32, RunError> {
+    crate::demo::run::<D>(out, keep_running)
+}
+
+/// `studio-worker demo` in a build without the loopback studio: [`demo_not_built`].
+#[cfg(not(feature = "demo"))]
+fn demo<D: WorkerDaemon>(_out: Option<&Path>, _keep_running: bool) -> Result<i32, RunError> {
+    Err(demo_not_built(D::PACKAGE))
+}
+
+/// What `demo` answers in a build of `package` without the `demo` feature (the loopback
+/// studio is left out of worker builds): a usage error (exit 2) giving the exact command
+/// that builds and runs a worker with the demo.
+pub fn demo_not_built(package: &str) -> RunError {
+    RunError::Shell(ShellError::InvalidArgument(format!(
+        "this build of {package} has no demo (the loopback studio is only built in on \
+         request); build and run it with: cargo run --release -p {package} --features demo \
+         -- demo"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_the_demo_names_the_command_that_builds_one() {
+        let e = demo_not_built("studio-worker-async");
+        assert_eq!(e.exit_code(), 2);
+        let message = e.to_string();
+        assert!(
+            message.contains("cargo run --release -p studio-worker-async --features demo -- demo"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
     }
 }

@@ -18,6 +18,10 @@ pub trait WorkerDaemon: Sized + Send + 'static {
     /// How the demo names this shell (`"sync shell"`).
     const SHELL: &'static str;
 
+    /// The cargo package (and binary) this shell is built as (`"studio-worker"`): messages
+    /// that tell how to build it name it.
+    const PACKAGE: &'static str;
+
     /// A daemon with an explicit setup (tests: a core configuration and an engine of
     /// their own).
     fn new(setup: Setup) -> Result<Self, RunError>;

@@ -30,7 +30,7 @@
 //! | [`daemon`] | [`WorkerDaemon`]: what a shell provides (a daemon built from a [`session::Setup`], its [`Control`], `run` to the [`Exit`]) |
 //! | [`signals`] | SIGINT / SIGTERM -> [`Control::shutdown`] on a signal-hook thread |
 //! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
-//! | [`demo`] | `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
+//! | `demo` | (feature `demo`) `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
 //! | [`app`] | the application entry: the shared `main` of both binaries and `studio-worker run` |
 //! | `test_support` | (feature `test-support`) the scenarios every shell's tests instantiate: daemon loop, connect, CLI, demo |
 //!
@@ -62,6 +62,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod driver;
 pub mod engine;

@@ -91,6 +91,7 @@ impl fmt::Debug for Daemon {
 
 impl WorkerDaemon for Daemon {
     const SHELL: &'static str = "sync shell";
+    const PACKAGE: &'static str = "studio-worker";
 
     fn new(setup: Setup) -> Result<Daemon, RunError> {
         let poll = Poll::new().map_err(RunError::io("create the event loop"))?;

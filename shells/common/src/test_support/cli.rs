@@ -54,3 +54,31 @@ pub fn a_401_on_upgrade_exits_4_and_says_to_re_register(binary: &str) {
     assert!(last.contains("register"), "{stderr}");
     assert!(!stderr.contains("secret-token"), "{stderr}");
 }
+
+/// `binary demo` in a build without the `demo` feature: a usage error (exit 2) whose one
+/// line names the command that builds a worker with the demo, and no studio started.
+#[cfg(not(feature = "demo"))]
+pub fn a_build_without_the_demo_says_how_to_build_one(binary: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(binary)
+        .arg("demo")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let package = std::path::Path::new(binary)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy();
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("studio-worker: "), "{stderr}");
+    assert!(
+        last.contains(&format!(
+            "cargo run --release -p {package} --features demo -- demo"
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    assert!(!dir.path().join("demo-out").exists());
+}

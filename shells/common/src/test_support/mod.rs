@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | [`crate::daemon_loop_tests!`] | [`daemon_loop`]: the loop against an in-test WebSocket server (welcome, heartbeat, pongs, closes, 401 / 503 upgrades, wss, oversized frames) | the daemon type |
 //! | [`crate::connect_tests!`] | [`connect`]: connection attempts that fail before a session exists | the shell's connect, as `fn(url) -> Result<(), ConnectError>` |
-//! | [`crate::cli_tests!`] | [`cli`]: the binary's exit codes and last stderr line | the binary's path |
-//! | [`crate::demo_tests!`] | [`demo`]: `demo` in-process, every job done, results left | the daemon type |
+//! | [`crate::cli_tests!`] | [`cli`]: the binary's exit codes and last stderr line (and, in a build without the `demo` feature, what `demo` answers) | the binary's path |
+//! | `demo_tests!` | `demo` (feature `demo`): `demo` in-process, every job done, results left; expands to nothing in a build without the demo | the daemon type |
 //!
 //! ```ignore
 //! // shells/<shell>/tests/daemon_loop.rs
@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod connect;
 pub mod daemon_loop;
+#[cfg(feature = "demo")]
 pub mod demo;
 
 /// `#[test]`s running every [`daemon_loop`] scenario against the daemon type `$daemon`.
@@ -39,7 +40,9 @@ macro_rules! daemon_loop_tests {
     };
 }
 
-/// `#[test]`s running the [`demo`] scenario on the daemon type `$daemon`.
+/// `#[test]`s running the `demo` scenario on the daemon type `$daemon`, in a build with the
+/// demo (feature `demo`; without it, `cli_tests!` checks what `demo` answers instead).
+#[cfg(feature = "demo")]
 #[macro_export]
 macro_rules! demo_tests {
     ($daemon:ty) => {
@@ -49,6 +52,13 @@ macro_rules! demo_tests {
             [the_demo_completes_every_job_and_leaves_the_results,]
         );
     };
+}
+
+/// No tests: this build has no demo (see the `demo` feature of `studio-shell`).
+#[cfg(not(feature = "demo"))]
+#[macro_export]
+macro_rules! demo_tests {
+    ($daemon:ty) => {};
 }
 
 /// `#[test]`s running every [`connect`] scenario with `$connect`, an expression of type
@@ -71,7 +81,9 @@ macro_rules! connect_tests {
 }
 
 /// `#[test]`s running every [`cli`] scenario against the binary at `$binary` (a `&str`,
-/// normally `env!("CARGO_BIN_EXE_<name>")`).
+/// normally `env!("CARGO_BIN_EXE_<name>")`). In a build without the `demo` feature, one
+/// more checks what `demo` answers (with it, the demo itself runs in `demo_tests!` and in
+/// the end-to-end suite).
 #[macro_export]
 macro_rules! cli_tests {
     ($binary:expr) => {
@@ -83,7 +95,28 @@ macro_rules! cli_tests {
                 a_401_on_upgrade_exits_4_and_says_to_re_register,
             ]
         );
+        $crate::__cli_demo_tests!($binary);
     };
+}
+
+#[cfg(not(feature = "demo"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cli_demo_tests {
+    ($binary:expr) => {
+        $crate::__arg_tests!(
+            cli,
+            $binary,
+            [a_build_without_the_demo_says_how_to_build_one,]
+        );
+    };
+}
+
+#[cfg(feature = "demo")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cli_demo_tests {
+    ($binary:expr) => {};
 }
 
 #[doc(hidden)]
