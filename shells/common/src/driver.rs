@@ -355,7 +355,7 @@ mod tests {
     use studio_engines::Router;
 
     use crate::clock::wait_duration;
-    use crate::pool::tests::{channel_sink, claim};
+    use crate::pool::tests::{channel_sink, claim, wait_for_engine_threads};
 
     fn router(dir: &tempfile::TempDir) -> (CommandRouter, mpsc::Receiver<PoolEvent>) {
         let (sink, rx) = channel_sink();
@@ -566,7 +566,12 @@ mod tests {
         r.perform(Command::CancelJob {
             job_id: "j-2".into(),
         });
-        if let Ok(ev) = rx.recv_timeout(Duration::from_millis(300)) {
+        // Once its engine thread has ended: whatever it delivered (nothing, or a result
+        // that raced the cancel) is refused, and no bytes are held.
+        wait_for_engine_threads(r.pool());
+        let events: Vec<PoolEvent> = rx.try_iter().collect();
+        assert!(events.len() <= 1, "{events:?}");
+        for ev in events {
             assert_eq!(r.admit(ev), None);
         }
         assert_eq!(r.pool().held_results(), 0);

@@ -341,8 +341,8 @@ impl std::fmt::Debug for HttpRunner {
 pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::sync::mpsc;
-    use std::time::Duration;
+    use std::sync::mpsc::{self, TryRecvError};
+    use std::time::{Duration, Instant};
 
     use serde_json::json;
     use studio_core::wire::{ModelEngine, ModelSource, Task, TaskKind};
@@ -382,6 +382,17 @@ pub(crate) mod tests {
 
     fn recv(rx: &mpsc::Receiver<PoolEvent>) -> PoolEvent {
         rx.recv_timeout(Duration::from_secs(20)).expect("no event")
+    }
+
+    /// Waits (20 s at most) until no engine thread of `pool` is left, so everything they
+    /// were going to deliver has been delivered. Each thread holds a clone of the pool's
+    /// engine until it has delivered or dropped its result; the pool keeps the only other.
+    pub(crate) fn wait_for_engine_threads(pool: &EnginePool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Arc::strong_count(pool.engine()) > 1 {
+            assert!(Instant::now() < end, "an engine thread is still running");
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// An engine whose behaviour the test picks by prompt, and which can be held until
@@ -582,7 +593,8 @@ pub(crate) mod tests {
         pool.dispatch(&claim("c1", image("hold-bin")));
         pool.cancel("c1");
         tx.send(()).unwrap();
-        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        wait_for_engine_threads(&pool);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert_eq!(pool.held_results(), 0);
     }
 
@@ -607,7 +619,9 @@ pub(crate) mod tests {
         let ev = recv(&rx);
         assert!(matches!(ev, PoolEvent::Job { ticket, .. } if ticket == second));
         tx.send(()).unwrap();
-        assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+        // The first run ends after the second was delivered: its result is dropped.
+        wait_for_engine_threads(&pool);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         assert!(pool.admit(ev).is_some());
     }
 

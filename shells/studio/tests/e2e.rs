@@ -1192,18 +1192,32 @@ fn handle_is_send_and_sync() {
 
 #[test]
 fn the_next_offer_follows_an_upload_after_the_nudge_delay() {
-    let env = start_with(|c| c.upload_nudge_delay = Duration::from_millis(300));
+    // A delay longer than the test: when the 200 is out the machine has offered the next
+    // job, yet the offer is held, so a ping sent after the 200 is answered before it.
+    let env = start_with(|c| c.upload_nudge_delay = Duration::from_secs(3600));
     let addr = env.addr();
     let (mut ws, job) = running_image_job(&env);
     let second = submit(addr, json!({"kind": "image", "prompt": "second"}));
-    let r = upload(addr, "w-1", "tok-1", &job, b"img");
-    let answered = Instant::now();
-    assert_eq!(r.status, 200);
+    assert_eq!(upload(addr, "w-1", "tok-1", &job, b"img").status, 200);
+    assert_eq!(job_state(addr, &second)["state"], "offered");
+    ws.send(Message::Ping(b"after the 200".to_vec().into()))
+        .unwrap();
+    loop {
+        match ws.read().expect("a frame") {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"after the 200");
+                break;
+            }
+            Message::Text(t) => panic!("the offer overtook the nudge delay: {t}"),
+            _ => {}
+        }
+    }
+    // A short delay: the held offer follows it.
+    let env = start_with(|c| c.upload_nudge_delay = Duration::from_millis(300));
+    let (mut ws, job) = running_image_job(&env);
+    let second = submit(env.addr(), json!({"kind": "image", "prompt": "second"}));
+    assert_eq!(upload(env.addr(), "w-1", "tok-1", &job, b"img").status, 200);
     assert_eq!(next_offer(&mut ws), second);
-    assert!(
-        answered.elapsed() >= Duration::from_millis(250),
-        "the offer overtook the nudge delay"
-    );
     // Without a delay the offer still comes (after the 200).
     let env = start_with(|c| c.upload_nudge_delay = Duration::ZERO);
     let (mut ws, job) = running_image_job(&env);
