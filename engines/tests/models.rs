@@ -4,13 +4,13 @@
 //! requests, so "no request was made" is checked, not assumed.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use studio_core::wire::ModelFile;
@@ -659,14 +659,16 @@ fn plain_http_to_a_non_loopback_host_is_refused() {
         "http://192.0.2.1/m.gguf",
         "ftp://example.com/m.gguf",
     ] {
-        let started = Instant::now();
         let e = store(root.path())
             .ensure(MODEL, &[file(url.into(), "m.gguf", None)])
             .unwrap_err();
         assert_not_retryable(&e, "https");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{url} was tried"
+        // Refused by the URL rule, not tried: a failed attempt is a retryable transport
+        // error, never invalid input.
+        assert_eq!(
+            e.kind,
+            EngineErrorKind::InvalidInput,
+            "{url} was tried: {e}"
         );
     }
     assert_eq!(listing(root.path()), Vec::<String>::new());
@@ -799,15 +801,11 @@ fn a_stalled_body_times_out_and_is_retryable() {
         read_timeout: Duration::from_millis(400),
         ..options()
     });
-    let started = Instant::now();
+    // The rest of the body comes after the stall: a read that waited for it would end in a
+    // good download, so the error shows the read timeout gave up first.
     let e = s
         .ensure(MODEL, &[file(server.url("m"), "m.bin", Some(sha(&data)))])
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     assert_retryable(&e, "broke off");
     let dest = root.path().join(MODEL).join("m.bin");
     assert_eq!(fs::metadata(part_of(&dest)).unwrap().len(), 10_000);
@@ -815,32 +813,41 @@ fn a_stalled_body_times_out_and_is_retryable() {
 
 #[test]
 fn a_server_that_never_answers_times_out() {
-    // A listener that accepts and never writes a byte.
+    // A server that reads the request and answers nothing until the client hangs up. Only
+    // a client still waiting after a minute gets an answer, a good one: a download that
+    // waited for it would succeed, so the error shows the read timeout gave up first.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let hold = thread::spawn(move || {
-        let conn = listener.accept();
-        thread::sleep(Duration::from_secs(3));
-        drop(conn);
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
     });
     let root = tempfile::tempdir().unwrap();
     let s = ModelStore::new(root.path()).with_options(FetchOptions {
         read_timeout: Duration::from_millis(300),
         ..options()
     });
-    let started = Instant::now();
     let e = s
         .ensure(
             MODEL,
             &[file(format!("http://127.0.0.1:{port}/m"), "m.bin", None)],
         )
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
     assert_retryable(&e, "cannot download m.bin");
+    drop(s);
     hold.join().unwrap();
 }
 
