@@ -3,8 +3,8 @@
 
     python3 fuzz/seed-corpus.py [--vectors PATH]
 
-* decode_frame: one file per frame of the wire vectors (../shared/spec/vectors.jsonl
-  beside the repository, or --vectors / $STUDIO_VECTORS), written the way
+* decode_frame: one file per frame of the wire vectors (docs/protocol-vectors.jsonl, or
+  --vectors PATH), written the way
   core/tests/vectors.rs feeds them to the codec (compact JSON), plus a few HTTP bodies.
 * worker_machine: one file per recorded trace in tests/traces/{sync,async}/, converted to
   the input encoding of fuzz/src/machine.rs (Advance + RawFrame / Connected / Tick /
@@ -77,14 +77,10 @@ def write(d, name, data):
 
 
 def vectors_path(arg):
-    for p in [arg, os.environ.get("STUDIO_VECTORS")]:
-        if p:
-            return p
-    for cand in [os.path.join(ROOT, "..", "shared", "spec", "vectors.jsonl"),
-                 os.path.join(ROOT, "shared", "spec", "vectors.jsonl")]:
-        if os.path.exists(cand):
-            return cand
-    sys.exit("vectors.jsonl not found beside the repository; pass --vectors PATH")
+    p = arg or os.path.join(ROOT, "docs", "protocol-vectors.jsonl")
+    if not os.path.exists(p):
+        sys.exit(f"{p} not found; pass --vectors PATH")
+    return p
 
 
 def decode_frame_seeds(vectors):
@@ -272,7 +268,7 @@ def world_seeds():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vectors", help="path of vectors.jsonl")
+    ap.add_argument("--vectors", help="path of the vectors file (default docs/protocol-vectors.jsonl)")
     args = ap.parse_args()
     a = decode_frame_seeds(vectors_path(args.vectors))
     b = worker_machine_seeds()

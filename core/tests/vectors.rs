@@ -1,29 +1,19 @@
-//! Walks `../shared/spec/vectors.jsonl` and checks every vector against the codec:
-//! exact round trip for plain vectors, parse for `__parse_only`, rejection for `invalid__`.
-//! The file is read at test time, so new vectors are picked up without code changes.
+//! Walks the frame vectors (`docs/protocol-vectors.jsonl`, conventions in `docs/PROTOCOL.md`
+//! Appendix A) and checks every vector against the codec: exact round trip for plain vectors,
+//! parse for `__parse_only`, rejection for `invalid__`. The file is read at test time, so new
+//! vectors are picked up without code changes.
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 use studio_core::wire::{self, StudioFrame, WorkerFrame};
 
-#[allow(clippy::disallowed_methods)] // tests may read the environment
+/// The vectors file, inside the repository (core/ -> repo root -> docs/).
 fn vectors_path() -> PathBuf {
-    if let Ok(p) = std::env::var("STUDIO_VECTORS") {
-        return PathBuf::from(p);
-    }
-    // core/ -> repo root -> ../shared/spec/vectors.jsonl
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for candidate in ["../shared/spec/vectors.jsonl", "shared/spec/vectors.jsonl"] {
-        let p = root.join(candidate);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "vectors.jsonl not found beside the repository (expected ../shared/spec/vectors.jsonl); \
-         set STUDIO_VECTORS to its path"
-    );
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("docs")
+        .join("protocol-vectors.jsonl")
 }
 
 #[derive(Debug)]
@@ -63,7 +53,8 @@ fn check(dir: &str, name: &str, frame: &Value) -> Result<Outcome, String> {
 #[test]
 fn every_vector_behaves_as_named() {
     let path = vectors_path();
-    let body = std::fs::read_to_string(&path).unwrap();
+    let body = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut failures = Vec::new();
     let (mut round, mut parse, mut rejected) = (0, 0, 0);
     for (i, line) in body.lines().enumerate() {
