@@ -42,6 +42,7 @@ mod engine;
 mod error;
 #[cfg(feature = "llm")]
 pub mod llm;
+pub mod model_cache;
 pub mod models;
 pub mod notice;
 mod router;

@@ -45,7 +45,8 @@
 //!
 //! # Loaded models and the memory budget
 //!
-//! A loaded model stays loaded for the next job. On the native path it is charged its file
+//! A loaded model stays loaded for the next job (in the engines' [`ModelCache`], keyed by
+//! the file's path, size and modification time). On the native path it is charged its file
 //! size (the tensors as stored, embeddings included: only looked-up rows are dequantized).
 //! On candle it is charged its file size plus its dequantized token-embedding table (candle
 //! keeps the embeddings as f32), plus what the Q8_0 conversion of [`SLOW_TYPES`] weights
@@ -82,9 +83,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -95,6 +95,7 @@ use studio_core::wire::{LlmTask, ModelEngine, ModelFile, ModelSource, Task, Task
 
 use crate::engine::{Engine, EngineOutput, JobRequest};
 use crate::error::EngineError;
+use crate::model_cache::{FileIdentity, ModelCache, UNLIMITED_MODELS};
 use crate::models::ModelStore;
 
 use sampling::{Sampler, SamplingParams};
@@ -116,9 +117,7 @@ const NAME: &str = "llama";
 /// The llama engine. Cheap to share; one job runs at a time per loaded model.
 pub struct LlmEngine {
     store: ModelStore,
-    budget: u64,
-    cache: Mutex<ModelCache>,
-    loads: AtomicU64,
+    cache: ModelCache<Arc<Mutex<LoadedModel>>>,
     advertised: Mutex<BTreeSet<String>>,
     requantize: bool,
     backend: Backend,
@@ -148,7 +147,7 @@ impl std::fmt::Debug for LlmEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmEngine")
             .field("models_root", &self.store.root())
-            .field("budget", &self.budget)
+            .field("budget", &self.budget())
             .field("loads", &self.loads())
             .finish()
     }
@@ -300,43 +299,6 @@ struct LoadedModel {
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     context_length: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Result<FileStamp, EngineError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| EngineError::io(format!("model file {}: {e}", path.display())))?;
-        Ok(FileStamp {
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
-    }
-}
-
-struct CacheEntry {
-    path: PathBuf,
-    stamp: FileStamp,
-    charge: u64,
-    last_used: u64,
-    model: Arc<Mutex<LoadedModel>>,
-}
-
-#[derive(Default)]
-struct ModelCache {
-    entries: Vec<CacheEntry>,
-    clock: u64,
-}
-
-impl ModelCache {
-    fn charged(&self) -> u64 {
-        self.entries.iter().map(|e| e.charge).sum()
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -495,9 +457,7 @@ impl LlmEngine {
         advertised.extend(cached_gguf_models(store.root()));
         LlmEngine {
             store,
-            budget: memory_budget_bytes,
-            cache: Mutex::new(ModelCache::default()),
-            loads: AtomicU64::new(0),
+            cache: ModelCache::new(memory_budget_bytes, UNLIMITED_MODELS),
             advertised: Mutex::new(advertised),
             requantize: requantize_by_default() && crate::device::compute_device().is_cpu(),
             backend: if crate::device::compute_device().is_cpu() {
@@ -558,29 +518,27 @@ impl LlmEngine {
 
     /// The memory budget for loaded models, bytes.
     pub fn budget(&self) -> u64 {
-        self.budget
+        self.cache.budget()
     }
 
     /// How many times a model has been loaded from disk (cache misses) so far.
     pub fn loads(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        self.cache.loads()
     }
 
     /// The files of the models loaded now, least recently used first.
     pub fn loaded(&self) -> Vec<PathBuf> {
-        let cache = lock(&self.cache);
-        let mut entries: Vec<(u64, PathBuf)> = cache
-            .entries
+        let loaded = self.cache.loaded();
+        loaded
             .iter()
-            .map(|e| (e.last_used, e.path.clone()))
-            .collect();
-        entries.sort();
-        entries.into_iter().map(|(_, p)| p).collect()
+            .filter_map(|id| id.path())
+            .map(Path::to_path_buf)
+            .collect()
     }
 
     /// Drops every loaded model.
     pub fn unload_all(&self) {
-        lock(&self.cache).entries.clear();
+        self.cache.clear();
     }
 
     /// Runs `job` on the GGUF at `path` (the model file already resolved, e.g. by
@@ -621,84 +579,49 @@ impl LlmEngine {
     fn model(&self, path: &Path) -> Result<Arc<Mutex<LoadedModel>>, EngineError> {
         let key = std::fs::canonicalize(path)
             .map_err(|e| EngineError::io(format!("model file {}: {e}", path.display())))?;
-        let stamp = FileStamp::of(&key)?;
-        let mut cache = lock(&self.cache);
-        cache.clock += 1;
-        let now = cache.clock;
-        if let Some(i) = cache.entries.iter().position(|e| e.path == key) {
-            if cache.entries[i].stamp == stamp {
-                cache.entries[i].last_used = now;
-                return Ok(cache.entries[i].model.clone());
+        let identity = FileIdentity::of([key.as_path()])?;
+        let fetched = self.cache.get_or_load(identity, |room| {
+            let (mut file, ct) = read_header(&key)?;
+            let info = header_info(&key, &ct)?;
+            if info.architecture != "llama" {
+                return Err(not_retryable(format!(
+                    "model file {} is a `{}` GGUF; the llama engine runs llama-architecture \
+                     GGUFs only",
+                    key.display(),
+                    info.architecture
+                )));
             }
-            // The file changed on disk (re-downloaded): load it again.
-            cache.entries.remove(i);
-        }
-
-        let (mut file, ct) = read_header(&key)?;
-        let info = header_info(&key, &ct)?;
-        if info.architecture != "llama" {
-            return Err(not_retryable(format!(
-                "model file {} is a `{}` GGUF; the llama engine runs llama-architecture \
-                 GGUFs only",
-                key.display(),
-                info.architecture
-            )));
-        }
-        let charge = self.charge(&info);
-        if charge > self.budget {
-            return Err(not_retryable(format!(
-                "model file {} needs about {} MiB loaded, more than the model memory budget \
-                 of {} MiB",
-                key.display(),
-                charge >> 20,
-                self.budget >> 20
-            )));
-        }
-        while cache.charged() + charge > self.budget && !cache.entries.is_empty() {
-            let lru = cache
-                .entries
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(i, _)| i)
-                .expect("non-empty");
-            cache.entries.remove(lru);
-        }
-        let (tokenizer, template) = tokenizer_and_template(&key, &ct)?;
-        let context_length = info.context_length.unwrap_or(MAX_CONTEXT).min(MAX_CONTEXT);
-        let load_err = |e: candle_core::Error| {
-            not_retryable(format!("cannot load model file {}: {e}", key.display()))
-        };
-        let weights = if self.backend_for(&info) == Backend::Native {
-            Weights::Native(native::Model::load(&ct, &mut file).map_err(|e| {
+            let charge = self.charge(&info);
+            room.reserve(charge, &format!("model file {}", key.display()))?;
+            let (tokenizer, template) = tokenizer_and_template(&key, &ct)?;
+            let context_length = info.context_length.unwrap_or(MAX_CONTEXT).min(MAX_CONTEXT);
+            let load_err = |e: candle_core::Error| {
                 not_retryable(format!("cannot load model file {}: {e}", key.display()))
-            })?)
-        } else {
-            let device = crate::device::compute_device();
-            let weights = if self.requantize {
-                let (ct, mut buf) = requantized(&ct, &mut file).map_err(load_err)?;
-                ModelWeights::from_gguf(ct, &mut buf, &device)
+            };
+            let weights = if self.backend_for(&info) == Backend::Native {
+                Weights::Native(native::Model::load(&ct, &mut file).map_err(|e| {
+                    not_retryable(format!("cannot load model file {}: {e}", key.display()))
+                })?)
             } else {
-                ModelWeights::from_gguf(ct, &mut file, &device)
-            }
-            .map_err(load_err)?;
-            Weights::Candle { weights, device }
-        };
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        let model = Arc::new(Mutex::new(LoadedModel {
-            weights,
-            tokenizer,
-            template,
-            context_length,
-        }));
-        cache.entries.push(CacheEntry {
-            path: key,
-            stamp,
-            charge,
-            last_used: now,
-            model: model.clone(),
-        });
-        Ok(model)
+                let device = crate::device::compute_device();
+                let weights = if self.requantize {
+                    let (ct, mut buf) = requantized(&ct, &mut file).map_err(load_err)?;
+                    ModelWeights::from_gguf(ct, &mut buf, &device)
+                } else {
+                    ModelWeights::from_gguf(ct, &mut file, &device)
+                }
+                .map_err(load_err)?;
+                Weights::Candle { weights, device }
+            };
+            let model = LoadedModel {
+                weights,
+                tokenizer,
+                template,
+                context_length,
+            };
+            Ok((Arc::new(Mutex::new(model)), charge))
+        })?;
+        Ok(fetched.model)
     }
 }
 
