@@ -43,7 +43,7 @@
 //!    hangs it.
 //! 6. **Progress**: a progress bar on stderr when it is a terminal, else info lines every
 //!    [`PROGRESS_LOG_PERCENT_STEP`] % or [`PROGRESS_LOG_INTERVAL`] ([`ProgressMode`]). The
-//!    start, progress and outcome lines are job notices ([`crate::notice`]): logged, and
+//!    start, progress and outcome lines go to the job's log ([`crate::job_log`]): logged, and
 //!    shipped to the studio with the job's id by the worker (on a terminal the progress
 //!    lines are only shipped, the bar shows them).
 //!
@@ -76,7 +76,7 @@ use sha2::{Digest, Sha256};
 use studio_core::wire::ModelFile;
 
 use crate::error::EngineError;
-use crate::notice;
+use crate::job_log;
 
 pub use disk::{available_space, needed_with_headroom};
 pub use progress::{
@@ -235,7 +235,7 @@ impl ModelStore {
             return Ok(dest);
         }
         if let Some(legacy) = self.legacy(plan)? {
-            notice::info(&format!(
+            job_log::info(&format!(
                 "{name} of {model_id}: using the legacy copy {}",
                 legacy.display()
             ));
@@ -457,7 +457,7 @@ fn cached(path: &Path, plan: &Plan<'_>, remove_bad: bool) -> Result<bool, Engine
         return Ok(true);
     }
     let name = &plan.file.filename;
-    notice::info(&format!(
+    job_log::info(&format!(
         "verifying {} (no valid {SIDECAR_SUFFIX} record)",
         path.display()
     ));
@@ -467,7 +467,7 @@ fn cached(path: &Path, plan: &Plan<'_>, remove_bad: bool) -> Result<bool, Engine
         Sidecar::write(path, &actual);
         return Ok(true);
     }
-    notice::warn(&format!(
+    job_log::warn(&format!(
         "{} has SHA-256 {actual}, not the expected {expected}{}",
         path.display(),
         if remove_bad {
@@ -629,7 +629,7 @@ impl DownloadLock {
             }
             drop(held);
             if !announced {
-                notice::info(&format!(
+                job_log::info(&format!(
                     "waiting for another download of {}",
                     dest.display()
                 ));
@@ -689,7 +689,7 @@ fn os_lock(
             }
         }
         if !*announced {
-            notice::info(&format!(
+            job_log::info(&format!(
                 "waiting for another process downloading {}",
                 dest.display()
             ));

@@ -314,19 +314,19 @@ fn good_files_are_downloaded_verified_and_returned_in_order() {
     assert_eq!(server.requests(), 2);
 }
 
-/// The download's notices (start, progress every 10 %, verified) reach the job's notice
+/// The download's job log lines (start, progress every 10 %, verified) reach the job's log
 /// sink, which the worker ships to the studio as log lines.
 #[test]
-fn download_notices_reach_the_job_sink() {
+fn download_log_lines_reach_the_job_sink() {
     let data = body(2_000_000, 22);
     let server = Server::file(data.clone());
     let root = tempfile::tempdir().unwrap();
     let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink: studio_engines::notice::NoticeSink = {
+    let sink: studio_engines::job_log::JobLogSink = {
         let got = got.clone();
         Arc::new(move |_, m| got.lock().unwrap().push(m.to_string()))
     };
-    studio_engines::notice::with_sink(sink, || {
+    studio_engines::job_log::with_sink(sink, || {
         store(root.path())
             .ensure(MODEL, &[file(server.url("m"), "m.bin", Some(sha(&data)))])
             .unwrap()
