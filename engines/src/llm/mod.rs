@@ -1,6 +1,6 @@
 //! The LLM engine (`llama`, feature `llm`): runs `llm` tasks whose `modelSource.engine` is
 //! `llama-cpp` on a llama-architecture GGUF, in process: with its own CPU forward pass
-//! ([`native`], the default on the CPU) or candle's quantized llama (see [`Backend`]).
+//! ([`cpu`], the default on the CPU) or candle's quantized llama (see [`Backend`]).
 //!
 //! # What it does with a job
 //!
@@ -36,7 +36,7 @@
 //! # Backends
 //!
 //! [`Backend::Native`] (the default when models run on the CPU) runs a model with
-//! [`native`] when [`native::check`] accepts it (llama layout; every tensor F32, F16, Q4_0,
+//! [`cpu`] when [`cpu::check`] accepts it (llama layout; every tensor F32, F16, Q4_0,
 //! Q4_1 or Q8_0; no mixture of experts), keeping the weights as stored and multiplying them
 //! with SIMD kernels on a persistent thread pool. Other models, and every model under
 //! [`Backend::Candle`] (the default on a GPU), run on candle's quantized llama on
@@ -69,12 +69,12 @@
 //! # Device and threads
 //!
 //! The native path runs on the CPU, on one process-wide pool of one thread per core
-//! (`STUDIO_LLM_THREADS` overrides it; see [`native`]). candle models load on
+//! (`STUDIO_LLM_THREADS` overrides it; see [`cpu`]). candle models load on
 //! [`crate::device::compute_device`] (CUDA in a `cuda` build with a usable GPU, else the
 //! CPU); candle's CPU kernels run on its own thread pool, one thread per physical core by
 //! default (`RAYON_NUM_THREADS` overrides it).
 
-pub mod native;
+pub mod cpu;
 pub mod sampling;
 pub mod template;
 pub mod tokenizer;
@@ -126,7 +126,7 @@ pub struct LlmEngine {
 /// Which forward pass runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// The engine's own CPU forward pass ([`native`]) when the model's tensor types and
+    /// The engine's own CPU forward pass ([`cpu`]) when the model's tensor types and
     /// layout are supported ([`GgufInfo::native`]), candle otherwise.
     Native,
     /// candle-transformers' quantized llama, on [`crate::device::compute_device`].
@@ -262,7 +262,7 @@ pub struct GgufInfo {
     pub context_length: Option<usize>,
     /// The memory the model is charged when loaded.
     pub charge: MemoryCharge,
-    /// Whether the native forward pass can run it ([`native::check`]: a llama model whose
+    /// Whether the native forward pass can run it ([`cpu::check`]: a llama model whose
     /// tensors are all F32 / F16 / Q4_0 / Q4_1 / Q8_0).
     pub native: bool,
 }
@@ -291,7 +291,7 @@ enum Weights {
         weights: ModelWeights,
         device: Device,
     },
-    Native(native::Model),
+    Native(cpu::Model),
 }
 
 struct LoadedModel {
@@ -372,7 +372,7 @@ fn header_info(path: &Path, ct: &gguf_file::Content) -> Result<GgufInfo, EngineE
             embedding_bytes,
             requantize_extra_bytes,
         },
-        native: native::check(ct).is_ok(),
+        native: cpu::check(ct).is_ok(),
     })
 }
 
@@ -599,7 +599,7 @@ impl LlmEngine {
                 not_retryable(format!("cannot load model file {}: {e}", key.display()))
             };
             let weights = if self.backend_for(&info) == Backend::Native {
-                Weights::Native(native::Model::load(&ct, &mut file).map_err(|e| {
+                Weights::Native(cpu::Model::load(&ct, &mut file).map_err(|e| {
                     not_retryable(format!("cannot load model file {}: {e}", key.display()))
                 })?)
             } else {
@@ -775,8 +775,8 @@ enum Runner<'a> {
         device: &'a Device,
     },
     Native {
-        model: &'a native::Model,
-        session: native::Session,
+        model: &'a cpu::Model,
+        session: cpu::Session,
     },
 }
 
