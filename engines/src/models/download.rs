@@ -7,15 +7,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
+use studio_core::wire::hex;
 use ureq::http::{HeaderMap, Response, Uri};
 use ureq::Body;
 
 use super::disk::{self, human};
+use super::names::{check_url, is_loopback_host, redact, Plan};
 use super::progress::Progress;
-use super::{
-    check_url, hash_reader, hex, is_loopback_host, redact, with_suffix, FetchOptions, Plan,
-    Sidecar, PART_SUFFIX,
-};
+use super::verify::{hash_reader, Sidecar};
+use super::{with_suffix, FetchOptions, PART_SUFFIX};
 use crate::error::EngineError;
 use crate::job_log;
 
