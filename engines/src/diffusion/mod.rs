@@ -76,10 +76,9 @@
 //!
 //! # Loaded models
 //!
-//! The last pipeline stays loaded for the next job (in the engines'
-//! [`ModelCache`](crate::model_cache::ModelCache)), keyed by the paths, sizes and
-//! modification times of its files, unless its f32 weights exceed the settings'
-//! `model_memory_budget_bytes` (then it is released after its job). Weights are read into
+//! The last pipeline stays loaded for the next job (in the engines' [`ModelCache`]), keyed
+//! by the paths, sizes and modification times of its files, unless its f32 weights exceed
+//! the settings' `model_memory_budget_bytes` (then it is released after its job). Weights are read into
 //! memory and converted to f32 on the CPU.
 //!
 //! # Status

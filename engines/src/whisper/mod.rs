@@ -16,10 +16,10 @@
 //! [`ModelStore::ensure`] into `<models_root>/<model id>/`. The directory must hold
 //! `config.json`, `tokenizer.json` and either `model.safetensors` (Hugging Face layout) or
 //! `model.bin` (CTranslate2 layout; `vocabulary.txt` may sit beside it and is not needed).
-//! The last model used stays loaded for the next job (in the engines'
-//! [`ModelCache`](crate::model_cache::ModelCache), keyed by the weights file's path, size
-//! and modification time), so a run of jobs loads it once; a model larger than the
-//! settings' `model_memory_budget_bytes` (as f32 weights) is released after each job.
+//! The last model used stays loaded for the next job (in the engines' [`ModelCache`],
+//! keyed by the weights file's path, size and modification time), so a run of jobs loads
+//! it once; a model larger than the settings' `model_memory_budget_bytes` (as f32 weights)
+//! is released after each job.
 //!
 //! The advertised ids ([`ADVERTISED_MODELS`]: `whisper` and the standard checkpoint names)
 //! are advisory: the reference studio (`studio_core::studio`) offers jobs by task kind and
