@@ -164,7 +164,7 @@ fn main() {
     };
     let load_before = loadavg();
     let threads = candle_core::utils::get_num_threads();
-    let native_threads = llm::native::pool::default_threads();
+    let native_threads = llm::cpu::threads::default_threads();
     let file_bytes = std::fs::metadata(&args.model)
         .unwrap_or_else(|e| panic!("{}: {e}", args.model.display()))
         .len();

@@ -40,10 +40,11 @@ pub mod device;
 pub mod diffusion;
 mod engine;
 mod error;
+pub mod job_log;
 #[cfg(feature = "llm")]
 pub mod llm;
+pub mod model_cache;
 pub mod models;
-pub mod notice;
 mod router;
 mod settings;
 pub mod synthetic;

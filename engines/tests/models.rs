@@ -314,19 +314,19 @@ fn good_files_are_downloaded_verified_and_returned_in_order() {
     assert_eq!(server.requests(), 2);
 }
 
-/// The download's notices (start, progress every 10 %, verified) reach the job's notice
+/// The download's job log lines (start, progress every 10 %, verified) reach the job's log
 /// sink, which the worker ships to the studio as log lines.
 #[test]
-fn download_notices_reach_the_job_sink() {
+fn download_log_lines_reach_the_job_sink() {
     let data = body(2_000_000, 22);
     let server = Server::file(data.clone());
     let root = tempfile::tempdir().unwrap();
     let got = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink: studio_engines::notice::NoticeSink = {
+    let sink: studio_engines::job_log::JobLogSink = {
         let got = got.clone();
         Arc::new(move |_, m| got.lock().unwrap().push(m.to_string()))
     };
-    studio_engines::notice::with_sink(sink, || {
+    studio_engines::job_log::with_sink(sink, || {
         store(root.path())
             .ensure(MODEL, &[file(server.url("m"), "m.bin", Some(sha(&data)))])
             .unwrap()
@@ -653,24 +653,25 @@ fn traversal_names_are_refused_before_any_request() {
 
 #[test]
 fn plain_http_to_a_non_loopback_host_is_refused() {
+    // A good loopback file is listed first: had the bad URL been checked only when its
+    // turn came, the good one would have been requested.
+    let server = Server::file(b"x".to_vec());
     let root = tempfile::tempdir().unwrap();
     for url in [
         "http://example.com/m.gguf",
         "http://192.0.2.1/m.gguf",
         "ftp://example.com/m.gguf",
     ] {
+        let good = file(server.url("g"), "good.bin", None);
         let e = store(root.path())
-            .ensure(MODEL, &[file(url.into(), "m.gguf", None)])
+            .ensure(MODEL, &[good, file(url.into(), "m.gguf", None)])
             .unwrap_err();
+        // Refused by the rule, not after an attempt: a failed connection is `Failed`
+        // (retryable), never invalid input.
+        assert_eq!(e.kind, EngineErrorKind::InvalidInput, "{url}: {e}");
         assert_not_retryable(&e, "https");
-        // Refused by the URL rule, not tried: a failed attempt is a retryable transport
-        // error, never invalid input.
-        assert_eq!(
-            e.kind,
-            EngineErrorKind::InvalidInput,
-            "{url} was tried: {e}"
-        );
     }
+    assert_eq!(server.requests(), 0);
     assert_eq!(listing(root.path()), Vec::<String>::new());
 }
 
@@ -801,37 +802,38 @@ fn a_stalled_body_times_out_and_is_retryable() {
         read_timeout: Duration::from_millis(400),
         ..options()
     });
-    // The rest of the body comes after the stall: a read that waited for it would end in a
-    // good download, so the error shows the read timeout gave up first.
+    // Without the read timeout the rest of the body would arrive after the stall and the
+    // download would succeed (the hash is right): only the timeout makes this an error.
     let e = s
         .ensure(MODEL, &[file(server.url("m"), "m.bin", Some(sha(&data)))])
         .unwrap_err();
     assert_retryable(&e, "broke off");
+    assert_eq!(server.requests(), 1);
     let dest = root.path().join(MODEL).join("m.bin");
     assert_eq!(fs::metadata(part_of(&dest)).unwrap().len(), 10_000);
+    assert!(!dest.exists());
 }
 
 #[test]
 fn a_server_that_never_answers_times_out() {
-    // A server that reads the request and answers nothing until the client hangs up. Only
-    // a client still waiting after a minute gets an answer, a good one: a download that
-    // waited for it would succeed, so the error shows the read timeout gave up first.
+    // A listener that accepts, never writes a byte and keeps the connection open until
+    // the client hangs up; it says whether the client did. (Its own limit only keeps a
+    // client without a read timeout from hanging the test.)
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let hold = thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 1024];
         loop {
             match conn.read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => continue,
+                Ok(0) => return true,
+                Ok(_) => {}
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx");
-                    return;
+                    return false
                 }
-                Err(_) => return,
+                Err(_) => return true,
             }
         }
     });
@@ -847,8 +849,10 @@ fn a_server_that_never_answers_times_out() {
         )
         .unwrap_err();
     assert_retryable(&e, "cannot download m.bin");
-    drop(s);
-    hold.join().unwrap();
+    assert!(
+        hold.join().unwrap(),
+        "the client waited until the server gave up: its read timeout did not end the wait"
+    );
 }
 
 #[test]

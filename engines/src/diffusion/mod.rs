@@ -76,9 +76,9 @@
 //!
 //! # Loaded models
 //!
-//! The last pipeline stays loaded for the next job, keyed by the paths, sizes and
-//! modification times of its files, unless its f32 weights exceed the settings'
-//! `model_memory_budget_bytes` (then it is released after its job). Weights are read into
+//! The last pipeline stays loaded for the next job (in the engines' [`ModelCache`]), keyed
+//! by the paths, sizes and modification times of its files, unless its f32 weights exceed
+//! the settings' `model_memory_budget_bytes` (then it is released after its job). Weights are read into
 //! memory and converted to f32 on the CPU.
 //!
 //! # Status
@@ -101,10 +101,9 @@ pub mod pipeline;
 pub mod sampler;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use image::codecs::png::PngEncoder;
@@ -115,6 +114,7 @@ use studio_core::wire::{CliDefaults, ImageTask, ModelEngine, ModelFile, Task, Ta
 
 use crate::engine::{Engine, EngineOutput, JobRequest};
 use crate::error::EngineError;
+use crate::model_cache::{FileIdentity, ModelCache};
 use crate::models::ModelStore;
 use crate::settings::EngineSettings;
 
@@ -444,33 +444,20 @@ pub struct RunReport {
     pub generate_time: Duration,
 }
 
-/// Identifies a loaded pipeline: every file's path, size and modification time.
-type CacheKey = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
-fn cache_key(paths: &ModelPaths) -> Result<CacheKey, EngineError> {
-    paths
-        .all()
-        .into_iter()
-        .map(|p: &Path| {
-            let meta = std::fs::metadata(p)
-                .map_err(|e| EngineError::io(format!("model file {}: {e}", p.display())))?;
-            Ok((p.to_path_buf(), meta.len(), meta.modified().ok()))
-        })
-        .collect()
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Pipelines the engine keeps loaded at once: the last one used.
+pub const KEPT_MODELS: usize = 1;
 
 /// The candle Stable Diffusion engine. Cheap to share; the loaded pipeline is immutable and
 /// shared by the jobs that use it.
 pub struct CandleImageEngine {
     store: ModelStore,
-    memory_budget_bytes: u64,
     device: Device,
-    loaded: Mutex<Option<(CacheKey, Arc<Pipeline>)>>,
-    loads: AtomicU64,
+    /// The last pipeline used, kept while its weights fit the budget.
+    cache: ModelCache<Arc<Pipeline>>,
     advertised: Mutex<BTreeSet<String>>,
     last_run: Mutex<Option<RunReport>>,
 }
@@ -479,7 +466,7 @@ impl std::fmt::Debug for CandleImageEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CandleImageEngine")
             .field("models_root", &self.store.root())
-            .field("memory_budget_bytes", &self.memory_budget_bytes)
+            .field("memory_budget_bytes", &self.cache.budget())
             .field("loads", &self.loads())
             .finish()
     }
@@ -493,10 +480,8 @@ impl CandleImageEngine {
     pub fn new(store: ModelStore, settings: &EngineSettings) -> CandleImageEngine {
         CandleImageEngine {
             store,
-            memory_budget_bytes: settings.model_memory_budget_bytes,
             device: crate::device::compute_device(),
-            loaded: Mutex::new(None),
-            loads: AtomicU64::new(0),
+            cache: ModelCache::new(settings.model_memory_budget_bytes, KEPT_MODELS),
             advertised: Mutex::new(BTreeSet::from([GENERIC_MODEL_ID.to_string()])),
             last_run: Mutex::new(None),
         }
@@ -504,7 +489,7 @@ impl CandleImageEngine {
 
     /// How many times a pipeline was loaded (a reused pipeline does not count).
     pub fn loads(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        self.cache.loads()
     }
 
     /// What the last successful job did.
@@ -515,28 +500,21 @@ impl CandleImageEngine {
     /// The pipeline for `paths`: the loaded one when its files are unchanged, else a fresh
     /// load (which replaces it). Returns whether it was loaded now.
     fn pipeline(&self, paths: &ModelPaths) -> Result<(Arc<Pipeline>, bool), EngineError> {
-        let key = cache_key(paths)?;
-        let mut loaded = lock(&self.loaded);
-        if let Some((k, p)) = loaded.as_ref() {
-            if *k == key {
-                return Ok((Arc::clone(p), false));
-            }
-        }
-        // Release the previous pipeline before loading the next one.
-        *loaded = None;
-        let pipeline = Arc::new(Pipeline::load(paths, &self.device)?);
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        if pipeline.weight_bytes() <= self.memory_budget_bytes {
-            *loaded = Some((key, Arc::clone(&pipeline)));
-        } else {
+        let identity = FileIdentity::of(paths.all())?;
+        let fetched = self.cache.get_or_load(identity, |_| {
+            let pipeline = Pipeline::load(paths, &self.device)?;
+            let charge = pipeline.weight_bytes();
+            Ok((Arc::new(pipeline), charge))
+        })?;
+        if !fetched.kept {
             tracing::info!(
                 "{NAME}: {} MiB of weights exceed the model memory budget ({} MiB); released \
                  after this job",
-                pipeline.weight_bytes() >> 20,
-                self.memory_budget_bytes >> 20
+                fetched.model.weight_bytes() >> 20,
+                self.cache.budget() >> 20
             );
         }
-        Ok((pipeline, true))
+        Ok((fetched.model, fetched.loaded))
     }
 
     /// Runs an image task on model files already on disk (what [`Engine::dispatch`] does
@@ -571,14 +549,14 @@ impl CandleImageEngine {
             }
         );
         let attention = pipeline.attention_bytes(&params);
-        if attention > self.memory_budget_bytes {
+        if attention > self.cache.budget() {
             return Err(EngineError::invalid_input(format!(
                 "{}x{} needs about {} MiB for attention on this model, more than the model \
                  memory budget ({} MiB); ask for a smaller image",
                 params.width,
                 params.height,
                 attention >> 20,
-                self.memory_budget_bytes >> 20
+                self.cache.budget() >> 20
             )));
         }
         let started = Instant::now();

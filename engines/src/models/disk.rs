@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::EngineError;
-use crate::notice;
+use crate::job_log;
 
 /// `bytes` plus `headroom_percent` %, saturating (never overflows).
 pub fn needed_with_headroom(bytes: u64, headroom_percent: u64) -> u64 {
@@ -62,7 +62,7 @@ pub(crate) fn preflight(root: &Path, need: u64, headroom_percent: u64) -> Result
         )),
         Some(_) => Ok(()),
         None => {
-            notice::warn(&format!(
+            job_log::warn(&format!(
                 "free disk space unknown at {}; downloading {} without the preflight",
                 root.display(),
                 human(need)

@@ -7,17 +7,17 @@ use std::path::Path;
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
+use studio_core::wire::hex;
 use ureq::http::{HeaderMap, Response, Uri};
 use ureq::Body;
 
 use super::disk::{self, human};
+use super::names::{check_url, is_loopback_host, redact, Plan};
 use super::progress::Progress;
-use super::{
-    check_url, hash_reader, hex, is_loopback_host, redact, with_suffix, FetchOptions, Plan,
-    Sidecar, PART_SUFFIX,
-};
+use super::verify::{hash_reader, Sidecar};
+use super::{with_suffix, FetchOptions, PART_SUFFIX};
 use crate::error::EngineError;
-use crate::notice;
+use crate::job_log;
 
 /// The `User-Agent` of model downloads.
 pub const USER_AGENT: &str = concat!("studio-worker/", env!("CARGO_PKG_VERSION"));
@@ -51,7 +51,7 @@ pub(crate) fn fetch(
         match attempt(model_id, plan, root, dest, &part, opts, resume) {
             Ok(()) => return Ok(()),
             Err(Failure::Restart(e)) if resume => {
-                notice::warn(&format!("{e}; downloading it again from the start"));
+                job_log::warn(&format!("{e}; downloading it again from the start"));
                 remove(&part);
                 resume = false;
             }
@@ -121,7 +121,7 @@ fn attempt(
         s => return Err(Failure::Fail(status_error(name, shown, s))),
     };
     if offset > 0 && start == 0 {
-        notice::info(&format!(
+        job_log::info(&format!(
             "{shown} does not resume downloads (HTTP {status} to a Range request); \
              downloading {name} from the start"
         ));
@@ -135,7 +135,7 @@ fn attempt(
         }
         disk::preflight(root, total - start, opts.disk_headroom_percent)?;
     }
-    notice::info(&format!(
+    job_log::info(&format!(
         "downloading {name} of model {model_id} from {}: {}{}",
         plan.url.host().unwrap_or("?"),
         total.map(human).unwrap_or_else(|| "size unknown".into()),
@@ -254,7 +254,7 @@ fn attempt(
     }
     Sidecar::write(dest, &actual);
     let secs = started.elapsed().as_secs_f64();
-    notice::info(&format!(
+    job_log::info(&format!(
         "{name} of model {model_id}: downloaded{} ({} in {secs:.1} s)",
         if plan.sha.is_some() {
             " and verified"

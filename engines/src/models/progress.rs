@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use super::disk::human;
-use crate::notice::{self, NoticeLevel};
+use crate::job_log::{self, JobLogLevel};
 
 /// A log line is written each time the download crosses another multiple of this many
 /// percent of the file ...
@@ -26,7 +26,7 @@ pub enum ProgressMode {
     Auto,
     /// A bar on stderr.
     Bar,
-    /// Info notices (`tracing` target `studio_engines`, shipped with the job's logs).
+    /// Info lines of the job log (`tracing` target `studio_engines`, shipped with the job's logs).
     Log,
     /// Only the start and end lines.
     Off,
@@ -101,7 +101,7 @@ pub(crate) struct Progress {
     resumed_at: u64,
     started: Instant,
     mode: ProgressMode,
-    /// When the next log line / shipped notice is due.
+    /// When the next log line / shipped job log line is due.
     log: Throttle,
     /// When the bar is redrawn next.
     bar: Throttle,
@@ -149,8 +149,8 @@ impl Progress {
         if self.log.due(done, now) {
             let line = format!("{}: {}", self.label, self.summary(done));
             match self.mode {
-                ProgressMode::Bar => notice::ship(NoticeLevel::Info, &line),
-                _ => notice::info(&line),
+                ProgressMode::Bar => job_log::ship(JobLogLevel::Info, &line),
+                _ => job_log::info(&line),
             }
         }
     }

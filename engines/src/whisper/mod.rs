@@ -16,9 +16,10 @@
 //! [`ModelStore::ensure`] into `<models_root>/<model id>/`. The directory must hold
 //! `config.json`, `tokenizer.json` and either `model.safetensors` (Hugging Face layout) or
 //! `model.bin` (CTranslate2 layout; `vocabulary.txt` may sit beside it and is not needed).
-//! The last model used stays loaded for the next job (keyed by directory and weights file
-//! size and modification time), so a run of jobs loads it once; a model larger than the
-//! settings' `model_memory_budget_bytes` (as f32 weights) is released after each job.
+//! The last model used stays loaded for the next job (in the engines' [`ModelCache`],
+//! keyed by the weights file's path, size and modification time), so a run of jobs loads
+//! it once; a model larger than the settings' `model_memory_budget_bytes` (as f32 weights)
+//! is released after each job.
 //!
 //! The advertised ids ([`ADVERTISED_MODELS`]: `whisper` and the standard checkpoint names)
 //! are advisory: the reference studio (`studio_core::studio`) offers jobs by task kind and
@@ -66,13 +67,13 @@ pub mod tokenizer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use serde_json::{json, Value};
 use studio_core::wire::{AudioSttTask, ModelEngine, Task, TaskKind};
 
 use crate::engine::{Engine, EngineOutput, JobRequest};
 use crate::error::EngineError;
+use crate::model_cache::{FileIdentity, FileStamp, ModelCache};
 use crate::models::ModelStore;
 use crate::settings::EngineSettings;
 
@@ -95,15 +96,14 @@ pub const ADVERTISED_MODELS: [&str; 10] = [
     "whisper-large-v3",
 ];
 
-/// Identifies a loaded model: its directory and its weights file's size and mtime.
-type CacheKey = (PathBuf, u64, Option<SystemTime>);
+/// Models the engine keeps loaded at once: the last one used.
+pub const KEPT_MODELS: usize = 1;
 
 /// The Whisper engine. Cheap to share; jobs run one at a time per loaded model.
 pub struct WhisperEngine {
     store: ModelStore,
-    /// A model whose weights (as f32 in memory) exceed this is released after its job.
-    memory_budget_bytes: u64,
-    loaded: Mutex<Option<(CacheKey, Arc<Mutex<WhisperModel>>)>>,
+    /// The last model used, kept while its weights (as f32 in memory) fit the budget.
+    cache: ModelCache<Arc<Mutex<WhisperModel>>>,
 }
 
 impl std::fmt::Debug for WhisperEngine {
@@ -120,49 +120,37 @@ impl WhisperEngine {
     pub fn new(store: ModelStore, settings: &EngineSettings) -> WhisperEngine {
         WhisperEngine {
             store,
-            memory_budget_bytes: settings.model_memory_budget_bytes,
-            loaded: Mutex::new(None),
+            cache: ModelCache::new(settings.model_memory_budget_bytes, KEPT_MODELS),
         }
     }
 
-    fn cache_key(dir: &Path) -> CacheKey {
+    /// The weights file of the model in `dir` with its stamp (a missing file has an empty
+    /// stamp: loading it fails with the loader's own message).
+    fn identity(dir: &Path) -> FileIdentity {
         let weights = match model::detect_format(dir) {
             Some(WeightsFormat::Safetensors) => dir.join("model.safetensors"),
             _ => dir.join("model.bin"),
         };
-        let meta = std::fs::metadata(&weights).ok();
-        (
-            dir.to_path_buf(),
-            meta.as_ref().map_or(0, |m| m.len()),
-            meta.and_then(|m| m.modified().ok()),
-        )
+        let stamp = FileStamp::of(&weights).unwrap_or_default();
+        FileIdentity::new(vec![(weights, stamp)])
     }
 
     /// The model in `dir`, loaded once and kept for the next call with the same directory
     /// (the previous model is released when another directory is asked for).
     pub fn model(&self, dir: &Path) -> Result<Arc<Mutex<WhisperModel>>, EngineError> {
-        let key = Self::cache_key(dir);
-        let mut slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, m)) = slot.as_ref() {
-            if *k == key {
-                return Ok(Arc::clone(m));
-            }
-        }
-        // Release the old model before loading the new one (peak memory).
-        *slot = None;
-        let model = WhisperModel::load(dir)?;
-        let keep = model.memory_bytes() <= self.memory_budget_bytes;
-        let model = Arc::new(Mutex::new(model));
-        if keep {
-            *slot = Some((key, Arc::clone(&model)));
-        }
-        Ok(model)
+        let fetched = self.cache.get_or_load(Self::identity(dir), |_| {
+            let model = WhisperModel::load(dir)?;
+            let charge = model.memory_bytes();
+            Ok((Arc::new(Mutex::new(model)), charge))
+        })?;
+        Ok(fetched.model)
     }
 
     /// Whether a model is loaded now, and from where.
     pub fn loaded_dir(&self) -> Option<PathBuf> {
-        let slot = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().map(|((dir, _, _), _)| dir.clone())
+        let loaded = self.cache.loaded();
+        let weights = loaded.last()?.path()?;
+        weights.parent().map(Path::to_path_buf)
     }
 
     /// Runs an `audio_stt` task with the model in `dir` (fetch, decode, transcribe) and

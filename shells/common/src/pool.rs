@@ -21,7 +21,7 @@
 //! * a panicking engine -> `JobOutcome::Failed { error: "task <job> panicked",
 //!   retryable: true }` (the panic is caught; the worker keeps running).
 //!
-//! While a job runs, the engine's notices (`studio_engines::notice`: model download
+//! While a job runs, the engine's notices (`studio_engines::job_log`: model download
 //! progress, verified or discarded files) reach the sink as [`PoolEvent::Log`] and become
 //! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
 //! studio with the other log lines.
@@ -38,7 +38,7 @@ use std::thread;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome};
-use studio_engines::notice::{self, NoticeLevel, NoticeSink};
+use studio_engines::job_log::{self, JobLogLevel, JobLogSink};
 use studio_engines::{Engine, EngineOutput, JobRequest};
 
 /// The `category` of the log entries made from engine notices.
@@ -152,7 +152,7 @@ impl EnginePool {
             .name(format!("engine-job-{}", ticket.0))
             .spawn(move || {
                 let notices = notice_sink(&sink, &request.job_id);
-                let outcome = notice::with_sink(notices, || run_engine(engine.as_ref(), &request));
+                let outcome = job_log::with_sink(notices, || run_engine(engine.as_ref(), &request));
                 finish(&state, &sink, request.job_id, ticket, outcome);
             });
         if let Err(e) = spawned {
@@ -227,10 +227,10 @@ struct Failure {
 }
 
 /// Turns the notices of `job_id`'s engine thread into [`PoolEvent::Log`]s on `sink`.
-fn notice_sink(sink: &EventSink, job_id: &str) -> NoticeSink {
+fn notice_sink(sink: &EventSink, job_id: &str) -> JobLogSink {
     let sink = Arc::clone(sink);
     let job_id = job_id.to_string();
-    Arc::new(move |level: NoticeLevel, message: &str| {
+    Arc::new(move |level: JobLogLevel, message: &str| {
         sink(PoolEvent::Log(LogEntry {
             ts: crate::clock::Clock::new().wall().to_rfc3339(),
             level: level.as_str().into(),
@@ -423,8 +423,8 @@ pub(crate) mod tests {
             match prompt {
                 "panic" => panic!("boom"),
                 "notice" => {
-                    notice::info("fetching model.gguf: 50% of 1.0 KiB");
-                    notice::warn("a cached copy was bad");
+                    job_log::info("fetching model.gguf: 50% of 1.0 KiB");
+                    job_log::warn("a cached copy was bad");
                     Ok(EngineOutput::Json(json!({"ok": true})))
                 }
                 "fail" => Err(EngineError::new(EngineErrorKind::Io, "disk full")),

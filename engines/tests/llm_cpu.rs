@@ -1,4 +1,5 @@
-//! The native llama forward pass (feature `llm`) against candle's quantized llama.
+//! The LLM engine's own CPU forward pass (`llm::cpu`, the native backend, feature `llm`)
+//! against candle's quantized llama.
 //!
 //! The synthetic tests build small random llama GGUFs in memory (candle quantizes and
 //! writes them) and need no model. Tests marked "real model" run SmolLM2-135M-Instruct at
@@ -16,9 +17,9 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use studio_core::splitmix::SplitMix64;
 use studio_core::wire::{ChatMessage, LlmTask, ModelEngine, ModelSource};
-use studio_engines::llm::native::pool::Pool;
-use studio_engines::llm::native::quant::Isa;
-use studio_engines::llm::native::{self, Model};
+use studio_engines::llm::cpu::quant::Isa;
+use studio_engines::llm::cpu::threads::ThreadPool;
+use studio_engines::llm::cpu::{self, Model};
 use studio_engines::llm::{self, Backend, LlmEngine};
 use studio_engines::ModelStore;
 
@@ -180,8 +181,8 @@ fn tokens(seed: u64, n: usize) -> Vec<u32> {
         .collect()
 }
 
-fn leaked_pool(threads: usize) -> &'static Pool {
-    Box::leak(Box::new(Pool::new(threads)))
+fn leaked_pool(threads: usize) -> &'static ThreadPool {
+    Box::leak(Box::new(ThreadPool::new(threads)))
 }
 
 #[test]
@@ -276,11 +277,11 @@ fn unsupported_types_are_refused_by_check() {
     let bytes = tiny_gguf(9, GgmlDType::Q8_0, GgmlDType::Q5_0, true);
     let mut c = Cursor::new(&bytes[..]);
     let ct = gguf_file::Content::read(&mut c).unwrap();
-    let err = native::check(&ct).unwrap_err();
+    let err = cpu::check(&ct).unwrap_err();
     assert!(err.contains("Q5_0"), "{err}");
     assert!(matches!(
         Model::load(&ct, &mut c),
-        Err(native::LoadError::Unsupported(_))
+        Err(cpu::LoadError::Unsupported(_))
     ));
 }
 
@@ -432,7 +433,7 @@ fn real_model_engine_runs_native_by_default() {
     };
     let info = llm::inspect(&path).unwrap();
     assert!(info.native);
-    let root = std::env::temp_dir().join(format!("studio-llm-native-{}", std::process::id()));
+    let root = std::env::temp_dir().join(format!("studio-llm-cpu-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();
     let engine = LlmEngine::new(ModelStore::new(&root), 1 << 32);
     assert_eq!(engine.backend(), Backend::Native);

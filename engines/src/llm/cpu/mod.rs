@@ -1,4 +1,7 @@
-//! The native CPU forward pass for llama GGUFs (the engine's default on the CPU).
+//! The engine's own CPU forward pass for llama GGUFs ([`Backend::Native`], the default on
+//! the CPU; candle is the other backend).
+//!
+//! [`Backend::Native`]: super::Backend::Native
 //!
 //! # Weights
 //!
@@ -21,9 +24,9 @@
 //!
 //! # Threads
 //!
-//! One persistent pool ([`pool::Pool::global`]) serves every model: one thread per core
-//! (`std::thread::available_parallelism`), or `STUDIO_LLM_THREADS` threads when that
-//! variable is a positive integer; the calling thread is one of them. Each product is cut
+//! One persistent thread pool ([`threads::ThreadPool::global`]) serves every model: one
+//! thread per core (`std::thread::available_parallelism`), or `STUDIO_LLM_THREADS` threads
+//! when that variable is a positive integer; the calling thread is one of them. Each product is cut
 //! into row chunks that the threads take in turn; the q/k/v projections share one dispatch,
 //! the FFN's gate and up projections another. Idle workers spin for 200 µs after a task,
 //! then block until the next one.
@@ -37,16 +40,16 @@
 //! output projection and the residual; RMSNorm; the SwiGLU FFN (`down(silu(gate x) * up
 //! x)`) and the residual. Then the final RMSNorm and the logits of the last token.
 
-pub mod pool;
 pub mod quant;
+pub mod threads;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file;
 
-use pool::Pool;
 use quant::{Act, Isa, QActs, WType, QK, ROWS};
+use threads::ThreadPool;
 
 /// A weight matrix in its stored format: `rows` rows of `cols` elements.
 #[derive(Clone, Debug)]
@@ -142,7 +145,7 @@ pub struct Model {
     layers: Vec<Layer>,
     inv_freq: Vec<f32>,
     isa: Isa,
-    pool: &'static Pool,
+    pool: &'static ThreadPool,
 }
 
 impl std::fmt::Debug for Model {
@@ -420,7 +423,7 @@ impl Model {
             layers: built,
             inv_freq,
             isa: Isa::detect(),
-            pool: Pool::global(),
+            pool: ThreadPool::global(),
         })
     }
 
@@ -443,8 +446,8 @@ impl Model {
         self.isa = isa;
     }
 
-    /// Runs on `pool` from now on (the default is [`Pool::global`]).
-    pub fn set_pool(&mut self, pool: &'static Pool) {
+    /// Runs on `pool` from now on (the default is [`ThreadPool::global`]).
+    pub fn set_pool(&mut self, pool: &'static ThreadPool) {
         self.pool = pool;
     }
 
@@ -677,7 +680,7 @@ impl Acts {
 
 /// `outs[j] = ws[j] x` for every token of `acts` (outputs token-major: `b` rows of
 /// `ws[j].rows`), all matrices in one dispatch.
-fn matmul(pool: &Pool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut Vec<f32>]) {
+fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut Vec<f32>]) {
     let b = acts.b;
     let threads = pool.threads();
     let total: usize = ws.iter().map(|w| w.bytes()).sum();
@@ -751,7 +754,7 @@ fn matmul(pool: &Pool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [&mut V
 /// layer's cached keys / values `k`, `v` (positions `0..pos + b`), into `out`.
 #[allow(clippy::too_many_arguments)]
 fn attention(
-    pool: &Pool,
+    pool: &ThreadPool,
     isa: Isa,
     cfg: &Config,
     q: &[f32],

@@ -1,9 +1,10 @@
-//! A persistent thread pool for the native forward pass.
+//! A persistent thread pool for the kernels of the CPU forward pass (not the shells'
+//! engine pool, which runs whole jobs).
 //!
-//! [`Pool::run`] calls a task on the calling thread (index 0) and on every worker thread
-//! (indices 1..n) that picks it up before the caller's own call returns; tasks share out
-//! the work themselves (see [`Pool::for_each_chunk`]: the threads take chunks in turn until
-//! none is left). A worker that is late, say descheduled on a busy machine, skips the task
+//! [`ThreadPool::run`] calls a task on the calling thread (index 0) and on every worker
+//! thread (indices 1..n) that picks it up before the caller's own call returns; tasks share
+//! out the work themselves (see [`ThreadPool::for_each_chunk`]: the threads take chunks in
+//! turn until none is left). A worker that is late, say descheduled on a busy machine, skips the task
 //! rather than being waited for: the caller only waits for workers already inside it. A
 //! dispatch costs a few hundred nanoseconds when the workers are awake: they spin for
 //! [`SPIN`] after each task, watching for the next one, then block on a condition
@@ -45,7 +46,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A fixed set of threads running one task at a time.
-pub struct Pool {
+pub struct ThreadPool {
     shared: Arc<Shared>,
     threads: usize,
     handles: Vec<JoinHandle<()>>,
@@ -53,17 +54,17 @@ pub struct Pool {
     dispatch: Mutex<()>,
 }
 
-impl std::fmt::Debug for Pool {
+impl std::fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
+        f.debug_struct("ThreadPool")
             .field("threads", &self.threads)
             .finish()
     }
 }
 
-impl Pool {
+impl ThreadPool {
     /// A pool of `threads` threads in all (the caller counts as one; at least 1).
-    pub fn new(threads: usize) -> Pool {
+    pub fn new(threads: usize) -> ThreadPool {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -82,12 +83,12 @@ impl Pool {
             .map(|i| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("llm-native-{i}"))
+                    .name(format!("llm-cpu-{i}"))
                     .spawn(move || worker(&shared, i))
                     .expect("spawning an LLM pool thread")
             })
             .collect();
-        Pool {
+        ThreadPool {
             shared,
             threads,
             handles,
@@ -97,9 +98,9 @@ impl Pool {
 
     /// The process-wide pool: `STUDIO_LLM_THREADS` threads when set (a positive integer),
     /// else one per core (`std::thread::available_parallelism`).
-    pub fn global() -> &'static Pool {
-        static POOL: std::sync::OnceLock<Pool> = std::sync::OnceLock::new();
-        POOL.get_or_init(|| Pool::new(default_threads()))
+    pub fn global() -> &'static ThreadPool {
+        static POOL: std::sync::OnceLock<ThreadPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| ThreadPool::new(default_threads()))
     }
 
     /// Threads in all, the caller included.
@@ -200,7 +201,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
+impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
         {
@@ -280,7 +281,7 @@ mod tests {
     #[test]
     fn threads_run_each_task_at_most_once_and_the_caller_always() {
         for threads in [1, 2, 3, 5] {
-            let pool = Pool::new(threads);
+            let pool = ThreadPool::new(threads);
             let mut joined = 0;
             for _ in 0..200 {
                 let hits: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
@@ -305,7 +306,7 @@ mod tests {
     #[test]
     fn chunks_cover_the_range_exactly_once() {
         for threads in [1, 2, 3] {
-            let pool = Pool::new(threads);
+            let pool = ThreadPool::new(threads);
             for (n, chunk) in [(0, 4), (1, 4), (7, 3), (577, 16), (1000, 1), (33, 100)] {
                 let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 pool.for_each_chunk(n, chunk, &|t, r| {
@@ -325,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_is_reported_and_the_pool_still_works() {
-        let pool = Pool::new(3);
+        let pool = ThreadPool::new(3);
         for bad in [0, 2] {
             let r = catch_unwind(AssertUnwindSafe(|| {
                 pool.run(&|i| {
@@ -346,7 +347,7 @@ mod tests {
 
     #[test]
     fn idle_workers_block() {
-        let pool = Pool::new(2);
+        let pool = ThreadPool::new(2);
         pool.run(&|_| {});
         std::thread::sleep(SPIN * 20);
         assert_eq!(lock(&pool.shared.state).sleepers, 1);

@@ -1,0 +1,246 @@
+//! The AVX2 + FMA + F16C kernels.
+
+use std::arch::x86_64::*;
+
+use super::{Act, WType, QK};
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: `b` holds at least 32 readable bytes (checked); the load is unaligned.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load256_i8(b: &[i8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: `b` holds at least 32 readable bytes (checked); the load is unaligned.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load128(b: &[u8]) -> __m128i {
+    assert!(b.len() >= 16);
+    // SAFETY: `b` holds at least 16 readable bytes (checked); the load is unaligned.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load128_twice(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 16);
+    // SAFETY: `b` holds at least 16 readable bytes (checked); the load is unaligned.
+    unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(b.as_ptr().cast())) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_pair(p: &[f32; 2]) -> __m128 {
+    // SAFETY: `p` is 8 readable bytes; `_mm_load_sd` reads 8 bytes, unaligned.
+    unsafe { _mm_castpd_ps(_mm_load_sd(p.as_ptr().cast())) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_f32x8(b: &[f32]) -> __m256 {
+    assert!(b.len() >= 8);
+    // SAFETY: `b` holds at least 8 readable floats (checked); the load is unaligned.
+    unsafe { _mm256_loadu_ps(b.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// The dot product of a weight row of type `ty` with `x`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot(ty: WType, row: &[u8], x: Act<'_>) -> f32 {
+    match ty {
+        WType::F32 => dot_row_f32(row, x.f),
+        WType::F16 => dot_f16(row, x.f),
+        WType::Q8_0 => dot_q8_0(row, x),
+        WType::Q4_0 => dot_q4::<18, 2, false>(row, x),
+        WType::Q4_1 => dot_q4::<20, 4, true>(row, x),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(row: &[u8], x: Act<'_>) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut blocks = row
+        .chunks_exact(68)
+        .zip(x.qs.chunks_exact(64))
+        .zip(x.ds.chunks_exact(2));
+    for ((b, q), ds) in &mut blocks {
+        acc0 = q8_block(&b[..34], &q[..32], ds[0][0], ones, acc0);
+        acc1 = q8_block(&b[34..], &q[32..], ds[1][0], ones, acc1);
+    }
+    let done = row.len() / 68;
+    for ((b, q), ds) in row[done * 68..]
+        .chunks_exact(34)
+        .zip(x.qs[done * 64..].chunks_exact(QK))
+        .zip(&x.ds[done * 2..])
+    {
+        acc0 = q8_block(b, q, ds[0], ones, acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_block(b: &[u8], q: &[i8], dx: f32, ones: __m256i, acc: __m256) -> __m256 {
+    let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes([b[0], b[1]]),
+    ))));
+    let w = load256(&b[2..34]);
+    let xq = load256_i8(q);
+    // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
+    let aw = _mm256_sign_epi8(w, w);
+    let sx = _mm256_sign_epi8(xq, w);
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones);
+    _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(p), acc)
+}
+
+/// Q4_0 (`BYTES` 18, nibbles at 2, no minimum: `m = -8 d`) and Q4_1 (20, 4, `m`).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4<const BYTES: usize, const NIB: usize, const MIN: bool>(row: &[u8], x: Act<'_>) -> f32 {
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    // Lane 0: sum of d dx isum (unused); lane 1: sum of m s (Q4_1) or d s (Q4_0).
+    let mut macc = _mm_setzero_ps();
+    let pairs = row.len() / (2 * BYTES);
+    for ((b, q), ds) in row
+        .chunks_exact(2 * BYTES)
+        .zip(x.qs.chunks_exact(2 * QK))
+        .zip(x.ds.chunks_exact(2))
+    {
+        (acc0, macc) = q4_block::<NIB, MIN>(&b[..BYTES], &q[..QK], &ds[0], acc0, macc);
+        (acc1, macc) = q4_block::<NIB, MIN>(&b[BYTES..], &q[QK..], &ds[1], acc1, macc);
+    }
+    for ((b, q), ds) in row[pairs * 2 * BYTES..]
+        .chunks_exact(BYTES)
+        .zip(x.qs[pairs * 2 * QK..].chunks_exact(QK))
+        .zip(&x.ds[pairs * 2..])
+    {
+        (acc0, macc) = q4_block::<NIB, MIN>(b, q, ds, acc0, macc);
+    }
+    let m = _mm_cvtss_f32(_mm_movehdup_ps(macc));
+    let m = if MIN { m } else { -8.0 * m };
+    hsum(_mm256_add_ps(acc0, acc1)) + m
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_block<const NIB: usize, const MIN: bool>(
+    b: &[u8],
+    q: &[i8],
+    ds: &[f32; 2],
+    acc: __m256,
+    macc: __m128,
+) -> (__m256, __m128) {
+    let dm = if MIN {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    } else {
+        let d = u32::from(u16::from_le_bytes([b[0], b[1]]));
+        d | (d << 16)
+    };
+    // [d, m] * [dx, s] = [d dx, m s] (Q4_0: [d dx, d s]).
+    let scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32)), load_pair(ds));
+    // The 16 bytes in both halves; the upper half shifted by 4: low nibbles (elements
+    // 0..16) below, high nibbles (16..32) above.
+    let raw = load128_twice(&b[NIB..NIB + 16]);
+    let shifted = _mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    let w = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load256_i8(q)), _mm256_set1_epi16(1));
+    let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(p), acc);
+    (acc, _mm_add_ps(macc, scales))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let n = x.len().min(row.len() / 2);
+    let full = n / 8 * 8;
+    for (w, v) in row[..full * 2].chunks_exact(16).zip(x.chunks_exact(8)) {
+        let w = _mm256_cvtph_ps(load128(w));
+        acc = _mm256_fmadd_ps(w, load_f32x8(v), acc);
+    }
+    let mut tail = 0f32;
+    for i in full..n {
+        tail += super::f16_to_f32(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])) * x[i];
+    }
+    hsum(acc) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_row_f32(row: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let n = x.len().min(row.len() / 4);
+    let full = n / 8 * 8;
+    for (w, v) in row[..full * 4].chunks_exact(32).zip(x.chunks_exact(8)) {
+        let w = _mm256_castsi256_ps(load256(w));
+        acc = _mm256_fmadd_ps(w, load_f32x8(v), acc);
+    }
+    let mut tail = 0f32;
+    for i in full..n {
+        let b = &row[4 * i..4 * i + 4];
+        tail += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x[i];
+    }
+    hsum(acc) + tail
+}
+
+/// `sum(a[i] * b[i])`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let full = n / 16 * 16;
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    for (x, y) in a[..full].chunks_exact(16).zip(b.chunks_exact(16)) {
+        acc0 = _mm256_fmadd_ps(load_f32x8(&x[..8]), load_f32x8(&y[..8]), acc0);
+        acc1 = _mm256_fmadd_ps(load_f32x8(&x[8..]), load_f32x8(&y[8..]), acc1);
+    }
+    let mut tail = 0f32;
+    for i in full..n {
+        tail += a[i] * b[i];
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + tail
+}
+
+/// `y[i] += a * x[i]`.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let full = n / 8 * 8;
+    let va = _mm256_set1_ps(a);
+    for (y, x) in y[..full].chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+        let r = _mm256_fmadd_ps(va, load_f32x8(x), load_f32x8(y));
+        // SAFETY: `y` is a chunk of exactly 8 writable floats.
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), r) };
+    }
+    for i in full..n {
+        y[i] += a * x[i];
+    }
+}

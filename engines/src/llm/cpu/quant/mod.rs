@@ -1,0 +1,307 @@
+//! Weight formats, activation quantization and the dot-product kernels of the native path.
+//!
+//! Weights stay in their GGUF block format. A matrix-vector product quantizes the
+//! activation vector once to 8-bit blocks of 32 ([`QActs`]: one `i8` per element, and per
+//! block the scale `d` and `s = d * sum(q)`, the term Q4_0 / Q4_1's offset needs), then
+//! every weight row is dotted with it block by block in integer arithmetic, one float
+//! multiply-add per block. F16 and F32 weights are dotted with the f32 activations.
+//!
+//! Block layouts (public GGML facts): Q8_0 = f16 scale `d` + 32 `i8` (`w = d q`); Q4_0 =
+//! f16 `d` + 16 bytes of nibbles (`w = d (q - 8)`); Q4_1 = f16 `d`, f16 `m` + 16 bytes of
+//! nibbles (`w = d q + m`). In both 4-bit formats byte `j`'s low nibble is element `j` and
+//! its high nibble element `j + 16`.
+//!
+//! Every kernel has a portable scalar form, always compiled (and the reference the tests
+//! hold the SIMD forms to), and an AVX2 + FMA + F16C form chosen at run time ([`Isa`]).
+//! On CPUs with AVX-512 (F, BW, VL and VNNI) the Q8_0 kernel has a third form,
+//! two blocks per 512-bit register with `vpdpbusd`, also in a several-rows-at-once
+//! variant ([`dot_rows`]) that loads each activation block once for [`ROWS`] rows.
+
+use candle_core::quantized::GgmlDType;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod scalar;
+#[cfg(test)]
+mod tests;
+
+/// Elements per quantized block.
+pub const QK: usize = 32;
+
+/// A weight storage type the native path multiplies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// 4-bit, scale only.
+    Q4_0,
+    /// 4-bit, scale and minimum.
+    Q4_1,
+    /// 8-bit, scale only.
+    Q8_0,
+}
+
+impl WType {
+    /// The native type of a GGML type, `None` when the native path has no kernel for it.
+    pub fn from_ggml(t: GgmlDType) -> Option<WType> {
+        Some(match t {
+            GgmlDType::F32 => WType::F32,
+            GgmlDType::F16 => WType::F16,
+            GgmlDType::Q4_0 => WType::Q4_0,
+            GgmlDType::Q4_1 => WType::Q4_1,
+            GgmlDType::Q8_0 => WType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block (1 for the float types).
+    pub fn block_elems(self) -> usize {
+        match self {
+            WType::F32 | WType::F16 => 1,
+            _ => QK,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WType::F32 => 4,
+            WType::F16 => 2,
+            WType::Q4_0 => 18,
+            WType::Q4_1 => 20,
+            WType::Q8_0 => 34,
+        }
+    }
+
+    /// Whether rows of this type are dotted with the quantized activations.
+    pub fn quantized(self) -> bool {
+        !matches!(self, WType::F32 | WType::F16)
+    }
+
+    /// Bytes of a row of `cols` elements (`cols` a multiple of the block size).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_elems() * self.block_bytes()
+    }
+}
+
+/// The instruction set the kernels use.
+///
+/// Ordered: a CPU that runs one level runs every lower one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 + FMA + F16C (x86-64).
+    Avx2,
+    /// [`Isa::Avx2`] plus AVX-512 F, BW, VL and VNNI (x86-64): the Q8_0 kernel uses
+    /// 512-bit registers, the others stay those of AVX2.
+    Avx512,
+}
+
+impl Isa {
+    /// The best kernels this CPU runs (detected once), capped by `STUDIO_LLM_ISA`
+    /// (`scalar`, `avx2` or `avx512`) when set (for comparisons).
+    pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let cap = match std::env::var("STUDIO_LLM_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => Isa::Avx512,
+            };
+            Isa::detect_cpu().min(cap)
+        })
+    }
+
+    fn detect_cpu() -> Isa {
+        {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                        && std::arch::is_x86_feature_detected!("avx512vnni")
+                    {
+                        return Isa::Avx512;
+                    }
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run kernels of `self`.
+    pub fn available(self) -> bool {
+        self <= Isa::detect()
+    }
+}
+
+/// IEEE half (bits) to f32, exactly.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    if exp == 0 {
+        // Zero or subnormal: man * 2^-24.
+        let v = man as f32 * (1.0 / 16_777_216.0);
+        if sign != 0 {
+            -v
+        } else {
+            v
+        }
+    } else if exp == 31 {
+        f32::from_bits(sign | 0x7f80_0000 | (man << 13))
+    } else {
+        f32::from_bits(sign | ((exp + 112) << 23) | (man << 13))
+    }
+}
+
+fn half_at(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Writes the elements of `row` (a row of type `ty`) to `out` as f32.
+pub fn dequantize_row(ty: WType, row: &[u8], out: &mut [f32]) {
+    match ty {
+        WType::F32 => {
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        WType::F16 => {
+            for (o, b) in out.iter_mut().zip(row.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+        WType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(34)) {
+                let d = half_at(b, 0);
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = d * f32::from(q as i8);
+                }
+            }
+        }
+        WType::Q4_0 | WType::Q4_1 => {
+            let (bytes, nib) = if ty == WType::Q4_0 { (18, 2) } else { (20, 4) };
+            for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(bytes)) {
+                let d = half_at(b, 0);
+                let (m, off) = if ty == WType::Q4_0 {
+                    (0.0, 8)
+                } else {
+                    (half_at(b, 2), 0)
+                };
+                for j in 0..16 {
+                    let q = b[nib + j];
+                    o[j] = d * f32::from(i16::from(q & 0x0f) - off) + m;
+                    o[j + 16] = d * f32::from(i16::from(q >> 4) - off) + m;
+                }
+            }
+        }
+    }
+}
+
+/// Activations quantized to 8-bit blocks of 32, for `tokens` vectors of `n` elements.
+#[derive(Clone, Debug, Default)]
+pub struct QActs {
+    /// The quantized elements, token after token.
+    pub qs: Vec<i8>,
+    /// Per block: `[d, d * sum(q)]`.
+    pub ds: Vec<[f32; 2]>,
+}
+
+/// One activation vector as the kernels read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Act<'a> {
+    /// The f32 elements.
+    pub f: &'a [f32],
+    /// The quantized elements (empty when not quantized).
+    pub qs: &'a [i8],
+    /// Per block `[d, d * sum(q)]` (empty when not quantized).
+    pub ds: &'a [[f32; 2]],
+}
+
+/// Quantizes `x` (a multiple of 32 long) into `qs` / `ds`.
+pub fn quantize(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    for ((x, q), ds) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(ds.iter_mut())
+    {
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in q.iter_mut().zip(x) {
+            let v = v * id;
+            // Round half away from zero (`as` truncates toward zero; |v| <= 127).
+            let r = (v + 0.5f32.copysign(v)) as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        *ds = [d, d * sum as f32];
+    }
+}
+
+/// The dot product of a weight row of type `ty` with `x`, using `isa`'s kernels.
+pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+        // SAFETY: `Isa::Avx512` is only ever used once `Isa::detect` (or a test checking
+        // `available`) found AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C on this CPU;
+        // the kernels check lengths.
+        return unsafe { avx512::dot_rows::<1>(ty, &[row], x)[0] };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only ever used once `Isa::detect` (or a test checking
+        // `available`) found AVX2, FMA and F16C on this CPU; the kernels check lengths.
+        return unsafe { avx2::dot(ty, row, x) };
+    }
+    let _ = isa;
+    scalar::dot(ty, row, x)
+}
+
+/// Rows per call of [`dot_rows`].
+pub const ROWS: usize = 4;
+
+/// `[dot(isa, ty, rows[k], x)]`, bit for bit, computed together (each activation block is
+/// loaded once for all the rows where `isa` has a multi-row kernel).
+pub fn dot_rows(isa: Isa, ty: WType, rows: [&[u8]; ROWS], x: Act<'_>) -> [f32; ROWS] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+        // SAFETY: as in `dot`: AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C were detected.
+        return unsafe { avx512::dot_rows::<ROWS>(ty, &rows, x) };
+    }
+    rows.map(|row| dot(isa, ty, row, x))
+}
+
+/// `sum(a[i] * b[i])` over f32 slices of equal length.
+pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and FMA were detected.
+        return unsafe { avx2::dot_f32(a, b) };
+    }
+    let _ = isa;
+    scalar::dot_f32(a, b)
+}
+
+/// `y[i] += a * x[i]`.
+pub fn axpy(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and FMA were detected.
+        return unsafe { avx2::axpy(y, a, x) };
+    }
+    let _ = isa;
+    scalar::axpy(y, a, x)
+}

@@ -1,0 +1,309 @@
+//! The kernels against the scalar reference, the block layouts, and the kernel micro-benchmark.
+
+use super::*;
+use studio_core::splitmix::SplitMix64;
+
+fn rand_f32(rng: &mut SplitMix64) -> f32 {
+    (rng.next_f64() * 2.0 - 1.0) as f32
+}
+
+/// A random normal half in about [-4, 4] (bits).
+fn rand_half(rng: &mut SplitMix64) -> u16 {
+    let r = rng.next_u64();
+    let sign = ((r & 1) as u16) << 15;
+    let exp = (8 + (r >> 1) % 9) as u16; // 2^-7 .. 2^1
+    let man = ((r >> 8) & 0x3ff) as u16;
+    sign | (exp << 10) | man
+}
+
+/// A random row of `ty` with `cols` elements.
+pub(crate) fn rand_row(rng: &mut SplitMix64, ty: WType, cols: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ty.row_bytes(cols));
+    let half = |rng: &mut SplitMix64, out: &mut Vec<u8>| {
+        out.extend_from_slice(&rand_half(rng).to_le_bytes())
+    };
+    match ty {
+        WType::F32 => {
+            for _ in 0..cols {
+                out.extend_from_slice(&rand_f32(rng).to_le_bytes());
+            }
+        }
+        WType::F16 => {
+            for _ in 0..cols {
+                half(rng, &mut out);
+            }
+        }
+        WType::Q8_0 | WType::Q4_0 | WType::Q4_1 => {
+            for _ in 0..cols / QK {
+                half(rng, &mut out);
+                if ty == WType::Q4_1 {
+                    half(rng, &mut out);
+                }
+                let n = if ty == WType::Q8_0 { 32 } else { 16 };
+                for _ in 0..n {
+                    out.push(rng.next_u64() as u8);
+                }
+            }
+        }
+    }
+    assert_eq!(out.len(), ty.row_bytes(cols));
+    out
+}
+
+const TYPES: [WType; 5] = [
+    WType::F32,
+    WType::F16,
+    WType::Q4_0,
+    WType::Q4_1,
+    WType::Q8_0,
+];
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    if Isa::Avx2.available() {
+        v.push(Isa::Avx2);
+    } else {
+        eprintln!("note: no AVX2 + FMA + F16C here, only the scalar kernels are tested");
+    }
+    if Isa::Avx512.available() {
+        v.push(Isa::Avx512);
+    } else {
+        eprintln!("note: no AVX-512 F / BW / VL / VNNI here, its kernels are not tested");
+    }
+    v
+}
+
+#[test]
+fn half_conversion_is_exact() {
+    assert_eq!(f16_to_f32(0x3c00), 1.0);
+    assert_eq!(f16_to_f32(0xc000), -2.0);
+    assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    assert_eq!(f16_to_f32(0x7bff), 65504.0);
+    assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+    assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+    assert!(f16_to_f32(0x7c00).is_infinite());
+    assert!(f16_to_f32(0x7e00).is_nan());
+}
+
+#[test]
+fn dequantize_follows_the_block_layouts() {
+    // Q4_1: d = 0.5, m = -1, byte 0 = 0x3a: element 0 = 0.5 * 10 - 1, element 16 = 0.5 * 3 - 1.
+    let mut row = vec![0x00, 0x38, 0x00, 0xbc, 0x3a];
+    row.extend_from_slice(&[0; 15]);
+    let mut out = [0f32; 32];
+    dequantize_row(WType::Q4_1, &row, &mut out);
+    assert_eq!(out[0], 4.0);
+    assert_eq!(out[16], 0.5);
+    assert_eq!(out[1], -1.0);
+    // Q4_0: w = d (q - 8).
+    let mut row = vec![0x00, 0x38, 0x3a];
+    row.extend_from_slice(&[0; 15]);
+    dequantize_row(WType::Q4_0, &row, &mut out);
+    assert_eq!((out[0], out[16], out[1]), (1.0, -2.5, -4.0));
+    // Q8_0: w = d q.
+    let mut row = vec![0x00, 0x40, 0xff, 0x05];
+    row.extend_from_slice(&[0; 30]);
+    dequantize_row(WType::Q8_0, &row, &mut out);
+    assert_eq!((out[0], out[1], out[2]), (-2.0, 10.0, 0.0));
+}
+
+#[test]
+#[allow(clippy::needless_range_loop)]
+fn quantize_round_trips_within_half_a_step() {
+    let mut rng = SplitMix64::new(7);
+    let x: Vec<f32> = (0..96).map(|_| rand_f32(&mut rng) * 3.0).collect();
+    let mut qs = vec![0i8; 96];
+    let mut ds = vec![[0f32; 2]; 3];
+    quantize(&x, &mut qs, &mut ds);
+    for b in 0..3 {
+        let d = ds[b][0];
+        let mut sum = 0i32;
+        for j in 0..32 {
+            let i = b * 32 + j;
+            assert!((f32::from(qs[i]) * d - x[i]).abs() <= d * 0.5001, "{i}");
+            sum += i32::from(qs[i]);
+        }
+        assert!((ds[b][1] - d * sum as f32).abs() < 1e-4);
+    }
+    // An all-zero block.
+    let mut qs = vec![1i8; 32];
+    let mut ds = vec![[1f32; 2]; 1];
+    quantize(&[0.0; 32], &mut qs, &mut ds);
+    assert!(qs.iter().all(|&q| q == 0));
+    assert_eq!(ds[0], [0.0, 0.0]);
+}
+
+/// Every kernel against dequantize-then-f32-dot with the dequantized activations.
+#[test]
+fn kernels_match_the_reference() {
+    let mut rng = SplitMix64::new(42);
+    for isa in isas() {
+        for ty in TYPES {
+            for blocks in [1usize, 2, 3, 7, 18, 48] {
+                let cols = blocks * QK;
+                let row = rand_row(&mut rng, ty, cols);
+                let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng)).collect();
+                let mut qs = vec![0i8; cols];
+                let mut ds = vec![[0f32; 2]; blocks];
+                quantize(&x, &mut qs, &mut ds);
+                let mut w = vec![0f32; cols];
+                dequantize_row(ty, &row, &mut w);
+                // The kernels see the quantized activations for the quantized types.
+                let xr: Vec<f32> = if ty.quantized() {
+                    (0..cols)
+                        .map(|i| f32::from(qs[i]) * ds[i / QK][0])
+                        .collect()
+                } else {
+                    x.clone()
+                };
+                let want: f64 = w.iter().zip(&xr).map(|(a, b)| f64::from(a * b)).sum();
+                let scale: f64 = w
+                    .iter()
+                    .zip(&xr)
+                    .map(|(a, b)| f64::from((a * b).abs()))
+                    .sum();
+                let act = Act {
+                    f: &x,
+                    qs: &qs,
+                    ds: &ds,
+                };
+                let got = f64::from(dot(isa, ty, &row, act));
+                assert!(
+                    (got - want).abs() <= 1e-5 * scale + 1e-6,
+                    "{isa:?} {ty:?} {cols}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[allow(clippy::needless_range_loop)]
+fn f32_helpers_match_the_reference() {
+    let mut rng = SplitMix64::new(3);
+    for isa in isas() {
+        for n in [0usize, 1, 7, 8, 15, 16, 64, 67] {
+            let a: Vec<f32> = (0..n).map(|_| rand_f32(&mut rng)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rand_f32(&mut rng)).collect();
+            let want: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot_f32(isa, &a, &b) - want).abs() < 1e-4, "{isa:?} {n}");
+            let mut y = b.clone();
+            axpy(isa, &mut y, 0.5, &a);
+            for i in 0..n {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "{isa:?} {n} {i}");
+            }
+        }
+    }
+}
+
+/// The multi-row kernels: every row as the single-row kernel gives it (bit for bit)
+/// and as the scalar reference does (within rounding), for block counts odd and even.
+#[test]
+fn row_groups_match_single_rows() {
+    let mut rng = SplitMix64::new(11);
+    for isa in isas() {
+        for ty in TYPES {
+            for blocks in [1usize, 2, 3, 5, 18, 48] {
+                let cols = blocks * QK;
+                let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng) * 2.0).collect();
+                let mut qs = vec![0i8; cols];
+                let mut ds = vec![[0f32; 2]; blocks];
+                quantize(&x, &mut qs, &mut ds);
+                let act = Act {
+                    f: &x,
+                    qs: &qs,
+                    ds: &ds,
+                };
+                // 7 rows: one group of `ROWS` and leftovers done one by one.
+                let rows: Vec<Vec<u8>> = (0..7).map(|_| rand_row(&mut rng, ty, cols)).collect();
+                let mut got = Vec::new();
+                let mut i = 0;
+                while i + ROWS <= rows.len() {
+                    let group: [&[u8]; ROWS] = std::array::from_fn(|k| rows[i + k].as_slice());
+                    got.extend(dot_rows(isa, ty, group, act));
+                    i += ROWS;
+                }
+                got.extend(rows[i..].iter().map(|r| dot(isa, ty, r, act)));
+                for (r, row) in rows.iter().enumerate() {
+                    let single = dot(isa, ty, row, act);
+                    assert_eq!(
+                        got[r].to_bits(),
+                        single.to_bits(),
+                        "{isa:?} {ty:?} {cols} row {r}"
+                    );
+                    let want = scalar::dot(ty, row, act);
+                    let mut w = vec![0f32; cols];
+                    dequantize_row(ty, row, &mut w);
+                    let xr: Vec<f32> = if ty.quantized() {
+                        (0..cols)
+                            .map(|i| f32::from(qs[i]) * ds[i / QK][0])
+                            .collect()
+                    } else {
+                        x.clone()
+                    };
+                    let scale: f64 = w
+                        .iter()
+                        .zip(&xr)
+                        .map(|(a, b)| f64::from((a * b).abs()))
+                        .sum();
+                    assert!(
+                        f64::from((single - want).abs()) <= 1e-5 * scale + 1e-6,
+                        "{isa:?} {ty:?} {cols} row {r}: {single} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Kernel timings (best of `KS_REPS` passes, default 200, over a `KS_ROWS` x 576
+/// matrix, default 1536 rows, in cache; 131072 rows stream it from memory), one thread:
+/// `cargo test --release -p studio-engines --features llm --lib kernel_speed --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn kernel_speed() {
+    let mut rng = SplitMix64::new(5);
+    let (rows, cols): (usize, usize) =
+        std::env::var("KS_ROWS").map_or((1536, 576), |r| (r.parse().unwrap(), 576));
+    let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng)).collect();
+    let mut qs = vec![0i8; cols];
+    let mut ds = vec![[0f32; 2]; cols / QK];
+    quantize(&x, &mut qs, &mut ds);
+    let act = Act {
+        f: &x,
+        qs: &qs,
+        ds: &ds,
+    };
+    for ty in [WType::Q4_1, WType::Q8_0] {
+        let m: Vec<u8> = (0..rows)
+            .flat_map(|_| rand_row(&mut rng, ty, cols))
+            .collect();
+        let rb = ty.row_bytes(cols);
+        for isa in isas() {
+            for grouped in [false, true] {
+                let mut best = f64::MAX;
+                let mut sink = 0f32;
+                for _ in 0..std::env::var("KS_REPS").map_or(200, |r| r.parse().unwrap()) {
+                    let t = std::time::Instant::now();
+                    if grouped {
+                        for g in 0..rows / ROWS {
+                            let r: [&[u8]; ROWS] =
+                                std::array::from_fn(|k| &m[(g * ROWS + k) * rb..][..rb]);
+                            sink += dot_rows(isa, ty, r, act)[0];
+                        }
+                    } else {
+                        for r in 0..rows {
+                            sink += dot(isa, ty, &m[r * rb..][..rb], act);
+                        }
+                    }
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                eprintln!(
+                    "{ty:?} {isa:?} grouped={grouped}: {:.3} ns/weight ({sink})",
+                    best * 1e9 / (rows * cols) as f64
+                );
+            }
+        }
+    }
+}
