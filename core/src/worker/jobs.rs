@@ -1,0 +1,262 @@
+//! The one-job slot: offers (accept, park, reject), dispatch, and what happens when the
+//! engine is done. Delivery of the result is in [`super::delivery`].
+
+use crate::time::Mono;
+use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
+
+use super::shutdown::Stop;
+use super::{Command, HttpId, JobOutcome, JobStatus, JobSummary, Worker};
+
+/// Reject reason sent while the operator paused the worker.
+pub const REASON_PAUSED: &str = "worker paused by operator";
+/// Reject reason sent while `only_when_idle` is on and the person is using the computer.
+pub const REASON_NOT_IDLE: &str = "only when idle: the person is using this computer";
+/// Reject reason sent while the one-job slot is taken.
+pub const REASON_BUSY: &str = "worker already has an in-flight job";
+/// Reject reason sent while the worker is shutting down (code `busy`: the studio requeues
+/// without spending an attempt).
+pub const REASON_SHUTTING_DOWN: &str = "worker is shutting down";
+
+/// What holds the one-job slot.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Slot {
+    Free,
+    /// A studio job: accepted, dispatched, maybe finished and awaiting delivery.
+    Job(Box<ActiveJob>),
+    /// The updater is installing a new version.
+    Updating {
+        version: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct ActiveJob {
+    pub(super) claim: JobOfferClaim,
+    pub(super) stage: JobStage,
+    pub(super) started: Mono,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum JobStage {
+    /// The engine is working on it.
+    Running,
+    /// Binary result: upload `attempt` (0-based) is in flight as HTTP request `req`.
+    Uploading {
+        ext: String,
+        attempt: u32,
+        req: HttpId,
+    },
+    /// Binary result: waiting for the retry timer before upload `attempt`.
+    UploadBackoff { ext: String, attempt: u32 },
+}
+
+impl Worker {
+    pub(super) fn on_offer(&mut self, claim: JobOfferClaim) {
+        let job_id = claim.job_id.clone();
+        self.log(
+            "info",
+            "ws",
+            format!(
+                "offer {} kind={} model={} game={} asset={} vram_estimate={}GB",
+                job_id,
+                claim.task.kind(),
+                claim.model,
+                claim.game_id,
+                claim.asset_name,
+                claim.vram_gb_estimate
+            ),
+            Some(job_id.clone()),
+        );
+        if matches!(&self.slot, Slot::Job(j) if j.claim.job_id == job_id) {
+            // The studio lost track of the job we are running (it requeued it after a
+            // disconnect) and offers it to us again: we hold it, so we take it back instead
+            // of rejecting it busy and running it twice. Our result settles it.
+            self.log(
+                "info",
+                "ws",
+                format!("offer {job_id} is the job already running here; accepted, not re-run"),
+                Some(job_id.clone()),
+            );
+            self.stats.accepted += 1;
+            self.send_frame(&WorkerFrame::Accept { job_id });
+            return;
+        }
+        if self.has_job_with_id(&job_id) {
+            // A re-offer means the studio settled our earlier result for this job (it
+            // requeued it): the held copy is stale. Sending it again would read as the
+            // outcome of this new offer, so it is dropped and the offer decided afresh.
+            self.unacked.retain(|u| u.job_id != job_id);
+            self.undelivered.retain(|u| u.job_id != job_id);
+            self.log(
+                "info",
+                "ws",
+                format!(
+                    "offer {job_id} supersedes our unacknowledged result for it; result dropped"
+                ),
+                Some(job_id.clone()),
+            );
+        }
+        let uploading =
+            matches!(&self.slot, Slot::Job(j) if matches!(j.stage, JobStage::Uploading { .. }));
+        if uploading && self.parked_offer.is_none() {
+            // The studio answers our upload's HTTP 200 by offering the next job over the
+            // socket, and that offer can overtake the 200. Decide it the moment the upload
+            // finishes instead of rejecting it `busy` (which would idle us until the next
+            // heartbeat).
+            self.log(
+                "info",
+                "ws",
+                format!("offer {job_id} arrived while an upload is in flight; deciding when it finishes"),
+                Some(job_id),
+            );
+            self.parked_offer = Some(claim);
+            return;
+        }
+        self.decide_offer(claim);
+    }
+
+    /// Decides a parked offer, if any: accepted when the slot is free, else rejected.
+    pub(super) fn decide_parked(&mut self) {
+        if let Some(claim) = self.parked_offer.take() {
+            self.decide_offer(claim);
+        }
+    }
+
+    pub(super) fn decide_offer(&mut self, claim: JobOfferClaim) {
+        let job_id = claim.job_id.clone();
+        let reject = if self.stop != Stop::Running {
+            Some((REASON_SHUTTING_DOWN, RejectCode::Busy))
+        } else if self.paused {
+            Some((REASON_PAUSED, RejectCode::Paused))
+        } else if self.cfg.only_when_idle && self.presence != Some(UserPresence::Idle) {
+            Some((REASON_NOT_IDLE, RejectCode::Paused))
+        } else if self.slot != Slot::Free {
+            Some((REASON_BUSY, RejectCode::Busy))
+        } else {
+            None
+        };
+        if let Some((reason, code)) = reject {
+            self.stats.rejected += 1;
+            self.send_frame(&WorkerFrame::Reject {
+                job_id,
+                reason: reason.into(),
+                code: Some(code),
+            });
+            return;
+        }
+        self.send_frame(&WorkerFrame::Accept {
+            job_id: job_id.clone(),
+        });
+        self.stats.accepted += 1;
+        self.slot = Slot::Job(Box::new(ActiveJob {
+            claim: claim.clone(),
+            stage: JobStage::Running,
+            started: self.now.mono,
+        }));
+        self.record_job(&claim, JobStatus::Running);
+        self.emit(Command::Dispatch {
+            claim: Box::new(claim),
+        });
+    }
+
+    pub(super) fn has_job_with_id(&self, job_id: &str) -> bool {
+        self.unacked.iter().any(|u| u.job_id == job_id)
+            || self.undelivered.iter().any(|u| u.job_id == job_id)
+    }
+
+    // --------------------------------------------------------------------------------
+    // Jobs
+    // --------------------------------------------------------------------------------
+
+    pub(super) fn on_job_finished(&mut self, job_id: String, outcome: JobOutcome) {
+        let Slot::Job(job) = &self.slot else { return };
+        let prompt = job.claim.task.prompt().to_string();
+        let elapsed = self.now.mono.saturating_since(job.started);
+        match outcome {
+            JobOutcome::Json { result } => {
+                self.log(
+                    "info",
+                    "engine",
+                    format!(
+                        "job {job_id} finished in {}ms; json result sent",
+                        elapsed.as_millis()
+                    ),
+                    Some(job_id.clone()),
+                );
+                let frame = WorkerFrame::CompleteJson {
+                    job_id: job_id.clone(),
+                    result,
+                    prompt: Some(prompt),
+                };
+                self.finish_job(job_id, frame, JobStatus::Completed);
+            }
+            JobOutcome::Binary { ext, bytes_len } => {
+                self.log(
+                    "info",
+                    "engine",
+                    format!(
+                        "job {job_id} finished in {}ms; uploading {bytes_len} bytes .{ext}",
+                        elapsed.as_millis()
+                    ),
+                    Some(job_id.clone()),
+                );
+                self.start_upload(ext, 0);
+            }
+            JobOutcome::Failed { error, retryable } => {
+                self.log(
+                    "error",
+                    "engine",
+                    format!("dispatch failed: {error}"),
+                    Some(job_id.clone()),
+                );
+                let frame = WorkerFrame::Fail {
+                    job_id: job_id.clone(),
+                    error,
+                    retryable,
+                };
+                self.finish_job(job_id, frame, JobStatus::Failed);
+            }
+        }
+    }
+
+    pub(super) fn after_slot_freed(&mut self) {
+        if self.stop == Stop::Draining {
+            self.maybe_finish_shutdown();
+            return;
+        }
+        self.maybe_apply_update();
+    }
+
+    pub(super) fn record_job(&mut self, claim: &JobOfferClaim, status: JobStatus) {
+        if self.cfg.limits.recent_jobs == 0 {
+            return;
+        }
+        if self.recent_jobs.len() >= self.cfg.limits.recent_jobs {
+            self.recent_jobs.pop_back();
+        }
+        self.recent_jobs.push_front(JobSummary {
+            job_id: claim.job_id.clone(),
+            kind: claim.task.kind(),
+            model: claim.model.clone(),
+            prompt_preview: wire::prompt_preview(claim.task.prompt()),
+            status,
+            started: self.now.mono,
+            finished: None,
+        });
+    }
+
+    pub(super) fn update_recent(&mut self, job_id: &str, status: JobStatus) {
+        let now = self.now.mono;
+        if let Some(j) = self.recent_jobs.iter_mut().find(|j| j.job_id == job_id) {
+            j.status = status;
+            j.finished = Some(now);
+        }
+    }
+
+    pub(super) fn current_job_id(&self) -> Option<&str> {
+        match &self.slot {
+            Slot::Job(j) => Some(&j.claim.job_id),
+            _ => None,
+        }
+    }
+}

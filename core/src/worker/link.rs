@@ -1,0 +1,414 @@
+//! The WebSocket link: connect, hello, welcome, the frames of a session, its end, and the
+//! jittered reconnect.
+
+use crate::wire::{self, close_code, LogEntry, StudioFrame, WorkerErrorCode, WorkerFrame};
+
+use super::shutdown::Stop;
+use super::timers::Timer;
+use super::{
+    clip_body, Command, ConnId, ConnectError, ExitCode, Notice, SessionState, Worker,
+    UPGRADE_BODY_CLIP,
+};
+
+/// The WebSocket link.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Link {
+    /// No connection and none wanted (registration, or terminal).
+    Down,
+    /// Waiting for the reconnect timer.
+    Backoff,
+    /// `Connect` issued, waiting for `Connected` (connect timeout armed).
+    Connecting { conn: ConnId },
+    /// Upgraded, `hello` sent, waiting for `welcome`.
+    AwaitWelcome { conn: ConnId },
+    /// Welcomed: pumps running.
+    Live { conn: ConnId },
+}
+
+impl Link {
+    /// The connection in use, if any.
+    pub(super) fn conn(&self) -> Option<ConnId> {
+        match self {
+            Link::Connecting { conn } | Link::AwaitWelcome { conn } | Link::Live { conn } => {
+                Some(*conn)
+            }
+            Link::Down | Link::Backoff => None,
+        }
+    }
+}
+
+impl Worker {
+    pub(super) fn connect(&mut self) {
+        let Some(creds) = self.cfg.credentials.clone() else {
+            return;
+        };
+        let url = match wire::ws_url(&self.cfg.api_base_url, &creds.worker_id) {
+            Ok(u) => u,
+            Err(e) => {
+                self.exit(
+                    ExitCode::Fatal,
+                    format!("{e}; fix api_base_url in the config file"),
+                );
+                return;
+            }
+        };
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.link = Link::Connecting { conn };
+        self.session_state = SessionState::Connecting;
+        let at = self.now.mono + self.cfg.timings.connect_timeout;
+        self.timers.set(Timer::ConnectTimeout, at);
+        self.emit(Command::Connect {
+            conn,
+            url,
+            auth_token: creds.auth_token,
+        });
+    }
+
+    pub(super) fn on_connected(&mut self, conn: ConnId) {
+        if self.link.conn() == Some(conn) && !matches!(self.link, Link::Connecting { .. }) {
+            // A repeated `Connected` for the current connection: nothing new.
+            return;
+        }
+        if self.link != (Link::Connecting { conn }) {
+            // A connection we no longer want finished late: close it.
+            if conn.0 < self.next_conn {
+                self.emit(Command::Close {
+                    conn,
+                    code: close_code::NORMAL,
+                    reason: "session ended".into(),
+                });
+            }
+            return;
+        }
+        self.timers.clear(Timer::ConnectTimeout);
+        let Some(creds) = self.cfg.credentials.clone() else {
+            return;
+        };
+        self.link = Link::AwaitWelcome { conn };
+        let caps = self.capabilities();
+        if self.cfg.host.vram_total_gb > 0.0
+            && self.cfg.vram_threshold_gb > self.cfg.host.vram_total_gb
+        {
+            self.log(
+                "warn",
+                "ws",
+                format!(
+                    "vram_threshold_gb {} exceeds the detected VRAM {} GB; the studio may offer jobs this GPU cannot hold",
+                    self.cfg.vram_threshold_gb, self.cfg.host.vram_total_gb
+                ),
+                None,
+            );
+        }
+        self.log(
+            "info",
+            "ws",
+            format!(
+                "capabilities: engine={} kinds=[{}] models={} vram={}GB threshold={}GB",
+                caps.engine,
+                caps.task_kinds
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                caps.supported_models.len(),
+                caps.vram_total_gb,
+                caps.vram_threshold_gb
+            ),
+            None,
+        );
+        self.send_frame(&WorkerFrame::Hello {
+            auth_token: creds.auth_token,
+            capabilities: caps,
+        });
+        let at = self.now.mono + self.cfg.timings.read_idle;
+        self.timers.set(Timer::ReadIdle, at);
+    }
+
+    pub(super) fn on_connect_failed(&mut self, conn: ConnId, error: ConnectError) {
+        if self.link != (Link::Connecting { conn }) {
+            return;
+        }
+        self.timers.clear(Timer::ConnectTimeout);
+        self.link = Link::Down;
+        match error {
+            ConnectError::Unauthorized { body } => {
+                self.exit(
+                    ExitCode::AuthFailed,
+                    format!(
+                        "the studio refused this worker's token (HTTP 401 on websocket upgrade: {}); \
+                         re-register with `studio-worker register --reset` and approve it again",
+                        clip_body(&body, UPGRADE_BODY_CLIP)
+                    ),
+                );
+            }
+            ConnectError::Status { status, body } => self.schedule_reconnect(&format!(
+                "HTTP {status} on websocket upgrade: {}",
+                clip_body(&body, UPGRADE_BODY_CLIP)
+            )),
+            ConnectError::Transport(e) => self.schedule_reconnect(&format!("connect failed: {e}")),
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, conn: ConnId, code: Option<u16>, reason: String) {
+        if self.link.conn() != Some(conn) {
+            return;
+        }
+        if code == Some(close_code::AUTH_FAILED) {
+            self.teardown();
+            self.exit(
+                ExitCode::AuthFailed,
+                format!(
+                    "the studio closed the session with 4001 (auth failed: {reason}); \
+                     re-register with `studio-worker register --reset` and approve it again"
+                ),
+            );
+            return;
+        }
+        let what = match code {
+            Some(c) => format!("studio closed the connection ({c} {reason})"),
+            None => format!("connection lost ({reason})"),
+        };
+        self.teardown();
+        self.after_session_end(&what);
+    }
+
+    /// Tears the session down on our side (peer misbehaved or a timer fired) and
+    /// schedules a reconnect.
+    pub(super) fn drop_session(&mut self, close_reason: &str, why: &str) {
+        self.close_current(close_reason);
+        self.after_session_end(why);
+    }
+
+    /// Closes the current connection (if any) with code 1000 and forgets it.
+    pub(super) fn close_current(&mut self, reason: &str) {
+        if let Some(conn) = self.link.conn() {
+            self.emit(Command::Close {
+                conn,
+                code: close_code::NORMAL,
+                reason: reason.into(),
+            });
+        }
+        self.teardown();
+    }
+
+    /// Forgets the session: timers off, unconfirmed logs back to the queue, unacked results
+    /// queued for the next session.
+    pub(super) fn teardown(&mut self) {
+        let was_welcomed = matches!(self.link, Link::Live { .. });
+        self.link = Link::Down;
+        for t in [
+            Timer::Heartbeat,
+            Timer::LogFlush,
+            Timer::ReadIdle,
+            Timer::ConnectTimeout,
+        ] {
+            self.timers.clear(t);
+        }
+        self.hb_outstanding.clear();
+        // A parked offer dies with its session; the studio requeues it on disconnect.
+        self.parked_offer = None;
+        let batches: Vec<Vec<LogEntry>> = self.logs_unconfirmed.drain(..).collect();
+        for batch in batches.into_iter().rev() {
+            self.logs.restore_front(batch);
+        }
+        for u in self.unacked.drain(..) {
+            self.undelivered.push_back(u);
+        }
+        if was_welcomed {
+            self.attempt = 0;
+        }
+    }
+
+    /// While draining for shutdown the reconnect still happens, so a running job's
+    /// result can ship within the grace window.
+    pub(super) fn after_session_end(&mut self, why: &str) {
+        self.schedule_reconnect(why);
+    }
+
+    pub(super) fn schedule_reconnect(&mut self, why: &str) {
+        self.link = Link::Backoff;
+        self.attempt = self.attempt.saturating_add(1);
+        let max = self.cfg.reconnect_attempts;
+        if max > 0 && self.attempt > max {
+            self.link = Link::Down;
+            self.exit(
+                ExitCode::Fatal,
+                format!("gave up after {max} reconnect attempts (last: {why})"),
+            );
+            return;
+        }
+        let delay = self.backoff.delay(self.attempt);
+        self.session_state = SessionState::Reconnecting {
+            attempt: self.attempt,
+        };
+        self.log(
+            "warn",
+            "ws",
+            format!(
+                "{why}; reconnect attempt {} in {}ms",
+                self.attempt,
+                delay.as_millis()
+            ),
+            None,
+        );
+        self.timers.set(Timer::Reconnect, self.now.mono + delay);
+    }
+
+    // --------------------------------------------------------------------------------
+    // Frames
+    // --------------------------------------------------------------------------------
+
+    pub(super) fn on_frame(&mut self, conn: ConnId, text: &str) {
+        if self.link.conn() != Some(conn) {
+            return;
+        }
+        if matches!(self.link, Link::Connecting { .. }) {
+            // A frame before `Connected` is a driver ordering slip: dropped.
+            self.emit(Command::Report(Notice {
+                level: "warn".into(),
+                category: "ws".into(),
+                message: format!("frame on {conn} before it was connected; dropped"),
+                job_id: None,
+            }));
+            return;
+        }
+        self.stats.frames_in += 1;
+        let frame = match wire::decode_studio_frame_limited(text, self.cfg.limits.max_frame_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_session("protocol violation", &format!("protocol error: {e}"));
+                return;
+            }
+        };
+        let at = self.now.mono + self.cfg.timings.read_idle;
+        self.timers.set(Timer::ReadIdle, at);
+        match self.link {
+            Link::AwaitWelcome { .. } => self.on_frame_before_welcome(frame),
+            Link::Live { .. } => self.on_frame_live(frame),
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_frame_before_welcome(&mut self, frame: StudioFrame) {
+        match frame {
+            StudioFrame::Welcome {
+                worker_id,
+                server_time,
+            } => {
+                let Some(conn) = self.link.conn() else { return };
+                self.link = Link::Live { conn };
+                self.session_state = SessionState::Connected;
+                self.attempt = 0;
+                self.stats.sessions += 1;
+                self.log(
+                    "info",
+                    "ws",
+                    format!("server welcomed {worker_id} server_time={server_time}"),
+                    None,
+                );
+                // Results the last session may have lost go first, so the studio never sees
+                // an idle heartbeat while it still waits for one of our results. Then the
+                // heartbeat right away, then every interval; queued logs one flush interval
+                // later (the flush timer runs only while entries wait: an idle worker wakes
+                // for its heartbeat alone).
+                self.redeliver();
+                self.send_heartbeat();
+                self.arm_log_flush();
+                if self.stop == Stop::Draining {
+                    self.maybe_finish_shutdown();
+                }
+            }
+            StudioFrame::Error { code, message } => self.on_error_frame(code, message),
+            other => {
+                self.log(
+                    "warn",
+                    "ws",
+                    format!(
+                        "unexpected {} frame before welcome; dropped",
+                        other.type_name()
+                    ),
+                    offer_job_id(&other),
+                );
+            }
+        }
+    }
+
+    pub(super) fn on_frame_live(&mut self, frame: StudioFrame) {
+        match frame {
+            StudioFrame::Welcome { server_time, .. } => {
+                self.log(
+                    "info",
+                    "ws",
+                    format!("second welcome ignored server_time={server_time}"),
+                    None,
+                );
+            }
+            StudioFrame::HeartbeatAck => {
+                self.last_heartbeat_ack = Some(self.now.mono);
+                if let Some(batches_before) = self.hb_outstanding.pop_front() {
+                    for _ in 0..batches_before.min(self.logs_unconfirmed.len()) {
+                        self.logs_unconfirmed.pop_front();
+                    }
+                    for n in self.hb_outstanding.iter_mut() {
+                        *n = n.saturating_sub(batches_before);
+                    }
+                }
+            }
+            StudioFrame::CompleteAck { job_id } => {
+                self.unacked.retain(|u| u.job_id != job_id);
+                self.log(
+                    "info",
+                    "ws",
+                    format!("studio confirmed completion of job {job_id}"),
+                    Some(job_id),
+                );
+            }
+            StudioFrame::FailAck { job_id } => {
+                self.unacked.retain(|u| u.job_id != job_id);
+                self.log(
+                    "info",
+                    "ws",
+                    format!("studio confirmed failure of job {job_id}"),
+                    Some(job_id),
+                );
+            }
+            StudioFrame::Error { code, message } => self.on_error_frame(code, message),
+            StudioFrame::Offer { claim } => self.on_offer(*claim),
+        }
+    }
+
+    pub(super) fn on_error_frame(&mut self, code: WorkerErrorCode, message: String) {
+        let (exit, reason) = match code {
+            WorkerErrorCode::AuthFailed => (ExitCode::AuthFailed, "auth failed"),
+            _ => (ExitCode::Fatal, "protocol violation"),
+        };
+        self.close_current(reason);
+        let text = match code {
+            WorkerErrorCode::AuthFailed => format!(
+                "the studio rejected this worker's credentials (auth_failed: {message}); \
+                 re-register with `studio-worker register --reset` and approve it again"
+            ),
+            WorkerErrorCode::DuplicateWorker => format!(
+                "another worker connected with this worker id (duplicate_worker: {message}); \
+                 stop the other instance or register this one separately"
+            ),
+            WorkerErrorCode::WorkerDeleted => format!(
+                "the studio deleted this worker (worker_deleted: {message}); \
+                 re-register with `studio-worker register --reset`"
+            ),
+            other => format!(
+                "studio ended the session with {}: {message}",
+                other.as_str()
+            ),
+        };
+        self.exit(exit, text);
+    }
+}
+
+fn offer_job_id(frame: &StudioFrame) -> Option<String> {
+    match frame {
+        StudioFrame::Offer { claim } => Some(claim.job_id.clone()),
+        _ => None,
+    }
+}

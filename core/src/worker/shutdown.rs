@@ -1,0 +1,114 @@
+//! Graceful shutdown (reject new offers, give the in-flight job its grace, deliver, close
+//! 1000) and the machine's exit.
+
+use super::jobs::Slot;
+use super::link::Link;
+use super::timers::{Timer, Timers};
+use super::{Command, ExitCode, JobStatus, Notice, SessionState, Worker};
+use crate::wire::WorkerFrame;
+
+/// Why the machine is stopping.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Stop {
+    Running,
+    /// Graceful shutdown asked; waiting for the in-flight job (bounded by the grace timer).
+    Draining,
+    /// Terminal: `Exit` has been emitted.
+    Exited,
+}
+
+impl Worker {
+    pub(super) fn on_shutdown(&mut self) {
+        if self.stop != Stop::Running {
+            return;
+        }
+        self.stop = Stop::Draining;
+        self.log("info", "ws", "shutdown requested".into(), None);
+        self.decide_parked();
+        if matches!(self.slot, Slot::Job(_)) {
+            let at = self.now.mono + self.cfg.timings.shutdown_grace;
+            self.timers.set(Timer::ShutdownGrace, at);
+            self.log(
+                "info",
+                "ws",
+                format!(
+                    "waiting up to {}s for the in-flight job to finish",
+                    self.cfg.timings.shutdown_grace.as_secs()
+                ),
+                self.current_job_id().map(str::to_string),
+            );
+        }
+        self.maybe_finish_shutdown();
+    }
+
+    pub(super) fn maybe_finish_shutdown(&mut self) {
+        if matches!(self.slot, Slot::Job(_)) {
+            return;
+        }
+        // Everything deliverable goes out before the close: results and queued logs.
+        if matches!(self.link, Link::Live { .. }) {
+            self.flush_logs();
+        }
+        self.close_current("session ended");
+        self.timers.clear(Timer::ShutdownGrace);
+        self.exit(ExitCode::Clean, "stopped".into());
+    }
+
+    pub(super) fn on_shutdown_grace_expired(&mut self) {
+        let Slot::Job(job) = &self.slot else {
+            return self.maybe_finish_shutdown();
+        };
+        let job_id = job.claim.job_id.clone();
+        self.log(
+            "warn",
+            "ws",
+            format!(
+                "job {job_id} did not finish within the {}s shutdown grace; reporting it retryable",
+                self.cfg.timings.shutdown_grace.as_secs()
+            ),
+            Some(job_id.clone()),
+        );
+        self.emit(Command::CancelJob {
+            job_id: job_id.clone(),
+        });
+        let frame = WorkerFrame::Fail {
+            job_id: job_id.clone(),
+            error: "worker shut down before the job finished".into(),
+            retryable: true,
+        };
+        self.finish_job(job_id, frame, JobStatus::Failed);
+    }
+
+    pub(super) fn exit(&mut self, code: ExitCode, reason: String) {
+        if self.stop == Stop::Exited {
+            return;
+        }
+        self.session_state = match code {
+            ExitCode::Clean | ExitCode::Restart => SessionState::Stopped,
+            ExitCode::AuthFailed => SessionState::AuthFailed {
+                reason: reason.clone(),
+            },
+            ExitCode::Fatal | ExitCode::Rejected => SessionState::Fatal {
+                reason: reason.clone(),
+            },
+        };
+        let level = if code.is_error() { "error" } else { "info" };
+        self.emit(Command::Report(Notice {
+            level: level.into(),
+            category: "ws".into(),
+            message: reason.clone(),
+            job_id: None,
+        }));
+        if let Slot::Job(job) = &self.slot {
+            // A job still running when the process must end (auth failure, fatal error):
+            // tell the shell to stop it; the studio requeues it when the session times out.
+            let job_id = job.claim.job_id.clone();
+            self.emit(Command::CancelJob { job_id });
+            self.slot = Slot::Free;
+        }
+        self.timers = Timers::default();
+        self.link = Link::Down;
+        self.stop = Stop::Exited;
+        self.emit(Command::Exit { code, reason });
+    }
+}
