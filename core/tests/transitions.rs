@@ -1,6 +1,8 @@
 //! The worker machine's transition table, tested row by row.
 //!
-//! `TABLE` lists what every (state x input) pair must do. `every_pair_has_a_row` fails when
+//! `TABLE` lists what every (state x input) pair must do. The states are the core's
+//! [`Phase`]s: each row reaches its state, asserts it with `Worker::phase()`, feeds the
+//! input and checks the outcome (and the phase where the outcome names one). `every_pair_has_a_row` fails when
 //! a state or input is added without rows for it, and `docs_table_is_current` fails when
 //! `core/TRANSITIONS.md` no longer matches the table (regenerate it with
 //! `UPDATE_TRANSITIONS=1 cargo test -p studio-core --test transitions`).
@@ -12,55 +14,6 @@ use rstest::rstest;
 use serde_json::json;
 use studio_core::wire::{self, RejectCode, StudioFrame, WorkerFrame};
 use studio_core::worker::*;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum St {
-    Minting,
-    Requesting,
-    Polling,
-    Connecting,
-    AwaitWelcome,
-    LiveIdle,
-    LiveBusy,
-    Uploading,
-    Paused,
-    Backoff,
-    Draining,
-    Exited,
-}
-
-impl St {
-    const ALL: [St; 12] = [
-        St::Minting,
-        St::Requesting,
-        St::Polling,
-        St::Connecting,
-        St::AwaitWelcome,
-        St::LiveIdle,
-        St::LiveBusy,
-        St::Uploading,
-        St::Paused,
-        St::Backoff,
-        St::Draining,
-        St::Exited,
-    ];
-    fn describe(self) -> &'static str {
-        match self {
-            St::Minting => "no credentials; waiting for the shell's CSPRNG",
-            St::Requesting => "register-request in flight",
-            St::Polling => "registration poll in flight",
-            St::Connecting => "Connect issued, upgrade pending",
-            St::AwaitWelcome => "hello sent, waiting for welcome",
-            St::LiveIdle => "welcomed, no job",
-            St::LiveBusy => "welcomed, job dispatched",
-            St::Uploading => "binary result upload in flight",
-            St::Paused => "welcomed, paused by operator",
-            St::Backoff => "waiting to reconnect",
-            St::Draining => "shutdown asked, job still running",
-            St::Exited => "Exit emitted",
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum In {
@@ -177,7 +130,7 @@ enum HttpKind {
 
 use Ex::*;
 use In::*;
-use St::*;
+use Phase::*;
 
 macro_rules! rows {
     ($($st:ident : { $($inp:ident => $ex:expr),* $(,)? })*) => {
@@ -186,7 +139,17 @@ macro_rules! rows {
 }
 
 /// The table. Read a row as: in state S, input I must do E.
-const TABLE: &[(St, In, Ex)] = rows! {
+const TABLE: &[(Phase, In, Ex)] = rows! {
+    NotStarted: {
+        Start => Connect, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
+        ConnectFailNet => Ignored, Welcome => Ignored, Offer => Ignored, HbAck => Ignored,
+        CompleteAck => Ignored, ErrAuth => Ignored, ErrDuplicate => Ignored, Garbage => Ignored,
+        Binary => Ignored, Close4001 => Ignored, Close1000 => Ignored, HttpOk => Ignored,
+        Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
+        DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
+        Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
+        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+    }
     Minting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
         ConnectFailNet => Ignored, Welcome => Ignored, Offer => Ignored, HbAck => Ignored,
@@ -267,6 +230,16 @@ const TABLE: &[(St, In, Ex)] = rows! {
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
         UpdateAvailable => Quiet, UpdateApplied => Ignored,
     }
+    Updating: {
+        Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
+        ConnectFailNet => Ignored, Welcome => Quiet, Offer => Reject(RejectCode::Busy), HbAck => Quiet,
+        CompleteAck => Quiet, ErrAuth => Exit(ExitCode::AuthFailed), ErrDuplicate => Exit(ExitCode::Fatal),
+        Garbage => Reconnect, Binary => Reconnect, Close4001 => Exit(ExitCode::AuthFailed),
+        Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
+        Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
+        Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
+        UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+    }
     Paused: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
         ConnectFailNet => Ignored, Welcome => Quiet, Offer => Reject(RejectCode::Paused), HbAck => Quiet,
@@ -333,8 +306,16 @@ fn offer_kind(job: &str, kind: &str) -> StudioFrame {
     wire::decode_studio_frame(&text).unwrap()
 }
 
-fn reach(st: St) -> H {
+/// A machine in phase `st`, checked with [`Worker::phase`].
+fn reach(st: Phase) -> H {
+    let h = reach_unchecked(st);
+    assert_eq!(h.w.phase(), st, "reach({st:?}) got there");
+    h
+}
+
+fn reach_unchecked(st: Phase) -> H {
     match st {
+        NotStarted => H::new(creds_cfg()),
         Minting => {
             let mut h = H::new(WorkerConfig::for_tests("http://127.0.0.1:9"));
             let c = h.step(Input::Start);
@@ -404,6 +385,13 @@ fn reach(st: St) -> H {
                     bytes_len: 10,
                 },
             });
+            h
+        }
+        Updating => {
+            let mut h = reach_with_update(LiveIdle);
+            let input = input_for(&h, UpdateAvailable);
+            let c = h.step(input);
+            assert!(c.iter().any(|c| matches!(c, Command::ApplyUpdate { .. })));
             h
         }
         Paused => {
@@ -563,7 +551,7 @@ fn is_io(c: &Command) -> bool {
     !matches!(c, Command::Report(_) | Command::Wait { .. })
 }
 
-fn check(st: St, i: In, ex: Ex) {
+fn check(st: Phase, i: In, ex: Ex) {
     let mut h = reach(st);
     let before = h.w.status();
     let input = input_for(&h, i);
@@ -576,6 +564,11 @@ fn check(st: St, i: In, ex: Ex) {
             before,
             "{ctx}: a usage error must not change state"
         );
+        assert_eq!(
+            h.w.phase(),
+            st,
+            "{ctx}: a usage error must not change the phase"
+        );
         return;
     }
     let cmds = res.unwrap_or_else(|e| panic!("{ctx}: unexpected usage error {e}"));
@@ -585,6 +578,7 @@ fn check(st: St, i: In, ex: Ex) {
     match ex {
         Ignored => {
             assert!(io.is_empty(), "{ctx}: expected no IO, got {io:?}");
+            assert_eq!(h.w.phase(), st, "{ctx}: the phase must not change");
             assert_eq!(after.session, before.session, "{ctx}");
             assert_eq!(after.current_job_id, before.current_job_id, "{ctx}");
         }
@@ -617,6 +611,7 @@ fn check(st: St, i: In, ex: Ex) {
         Heartbeat => assert_eq!(sent, vec!["heartbeat"], "{ctx}"),
         Accept => {
             assert_eq!(sent, vec!["accept"], "{ctx}");
+            assert_eq!(h.w.phase(), LiveBusy, "{ctx}");
             assert!(
                 cmds.iter().any(|c| matches!(c, Command::Dispatch { .. })),
                 "{ctx}"
@@ -647,6 +642,8 @@ fn check(st: St, i: In, ex: Ex) {
                 "{ctx}: {:?}",
                 after.session
             );
+            let want = if st == Draining { Draining } else { Backoff };
+            assert_eq!(h.w.phase(), want, "{ctx}");
             assert!(
                 !cmds.iter().any(|c| matches!(c, Command::Exit { .. })),
                 "{ctx}"
@@ -660,6 +657,7 @@ fn check(st: St, i: In, ex: Ex) {
             });
             assert_eq!(got, Some(code), "{ctx}: {cmds:?}");
             assert!(after.exited, "{ctx}");
+            assert_eq!(h.w.phase(), Exited, "{ctx}");
         }
         CleanExit => {
             let close = cmds
@@ -678,6 +676,7 @@ fn check(st: St, i: In, ex: Ex) {
                 close.is_some() && exit.is_some() && close < exit,
                 "{ctx}: {cmds:?}"
             );
+            assert_eq!(h.w.phase(), Exited, "{ctx}");
         }
         ApplyUpdate => assert!(
             cmds.iter()
@@ -704,8 +703,8 @@ fn check(st: St, i: In, ex: Ex) {
 }
 
 #[rstest]
-fn table_row(#[values(0usize, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)] st_idx: usize) {
-    let st = St::ALL[st_idx];
+fn table_row(#[values(0usize, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)] st_idx: usize) {
+    let st = Phase::ALL[st_idx];
     for &(s, i, ex) in TABLE.iter().filter(|(s, _, _)| *s == st) {
         let ex = adjust_for_update(s, i, ex);
         check(s, i, ex);
@@ -715,7 +714,7 @@ fn table_row(#[values(0usize, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)] st_idx: usize)
 /// `UpdateChecked` is only awaited after `CheckUpdate`; the default harness has
 /// auto-update off, so the row's full behaviour is exercised by `update_rows` below and
 /// here the unsolicited answer must be ignored.
-fn adjust_for_update(_s: St, i: In, ex: Ex) -> Ex {
+fn adjust_for_update(_s: Phase, i: In, ex: Ex) -> Ex {
     if i == UpdateAvailable {
         Ignored
     } else {
@@ -725,8 +724,7 @@ fn adjust_for_update(_s: St, i: In, ex: Ex) -> Ex {
 
 /// The UpdateAvailable rows with an outstanding check.
 #[rstest]
-fn update_rows(#[values(5usize, 6, 8, 9)] st_idx: usize) {
-    let st = St::ALL[st_idx];
+fn update_rows(#[values(LiveIdle, LiveBusy, Paused, Backoff)] st: Phase) {
     let ex = TABLE
         .iter()
         .find(|(s, i, _)| *s == st && *i == UpdateAvailable)
@@ -747,7 +745,7 @@ fn update_rows(#[values(5usize, 6, 8, 9)] st_idx: usize) {
 }
 
 /// Reaches `st` with auto-update on and a `CheckUpdate` outstanding.
-fn reach_with_update(st: St) -> H {
+fn reach_with_update(st: Phase) -> H {
     let mut cfg = creds_cfg();
     cfg.auto_update_enabled = true;
     cfg.timings.update_interval = std::time::Duration::from_secs(3600);
@@ -811,7 +809,7 @@ fn every_pair_has_a_row() {
         assert!(seen.insert((*s, *i)), "duplicate row ({s:?}, {i:?})");
     }
     let mut missing = Vec::new();
-    for s in St::ALL {
+    for &s in Phase::ALL {
         for i in In::ALL {
             if !seen.contains(&(s, i)) {
                 missing.push(format!("({s:?}, {i:?})"));
@@ -835,24 +833,26 @@ fn render_table() -> String {
          change; `Usage` = `handle` returns `UsageError` and nothing changes; `Reconnect` =\n\
          session torn down (Close if open) and a jittered reconnect scheduled;\n\
          `CleanExit` = logs flushed, close 1000, `Exit(Clean)`. An offer during an upload is\n\
-         parked (`Quiet`) and decided when the upload finishes.\n\n",
+         parked (`Quiet`) and decided when the upload finishes.\n\n\
+         The states are `studio_core::worker::Phase`, what `Worker::phase()` returns; every\n\
+         row checks that it starts in its state, and `Ignored` and `Usage` rows that it stays.\n\n",
     );
     out.push_str("## States\n\n| state | meaning |\n|---|---|\n");
-    for s in St::ALL {
-        let _ = writeln!(out, "| {s:?} | {} |", s.describe());
+    for s in Phase::ALL {
+        let _ = writeln!(out, "| {s:?} | {} |", s.meaning());
     }
     out.push_str("\n## Transitions\n\n| input |");
-    for s in St::ALL {
+    for s in Phase::ALL {
         let _ = write!(out, " {s:?} |");
     }
     out.push_str("\n|---|");
-    for _ in St::ALL {
+    for _ in Phase::ALL {
         out.push_str("---|");
     }
     out.push('\n');
     for i in In::ALL {
         let _ = write!(out, "| {i:?} |");
-        for s in St::ALL {
+        for &s in Phase::ALL {
             let ex = TABLE
                 .iter()
                 .find(|(a, b, _)| *a == s && *b == i)

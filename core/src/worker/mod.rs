@@ -48,6 +48,7 @@ mod delivery;
 mod jobs;
 mod link;
 mod logs;
+mod phase;
 mod pumps;
 mod registration;
 mod shutdown;
@@ -61,6 +62,7 @@ pub use backoff::Backoff;
 pub use delivery::MAX_RESULT_RESENDS;
 pub use jobs::{REASON_BUSY, REASON_NOT_IDLE, REASON_PAUSED, REASON_SHUTTING_DOWN};
 pub use logs::LogQueue;
+pub use phase::Phase;
 pub use pumps::{MAX_OUTSTANDING_HEARTBEATS, MAX_UNCONFIRMED_LOG_BATCHES};
 pub use types::*;
 
