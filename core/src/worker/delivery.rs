@@ -6,7 +6,7 @@ use crate::wire::{self, WorkerFrame};
 use super::jobs::{JobStage, Slot};
 use super::link::Link;
 use super::timers::Timer;
-use super::{Command, HttpId, HttpRequest, HttpResult, JobStatus, Worker};
+use super::{Command, HttpId, HttpRequest, HttpResult, JobStatus, LogCategory, LogLevel, Worker};
 
 /// A result frame sent but not yet acknowledged by the studio (`completeAck`/`failAck`).
 #[derive(Clone, Debug, PartialEq)]
@@ -68,8 +68,8 @@ impl Worker {
         let transient = match &result {
             HttpResult::Response { status, .. } if (200..300).contains(status) => {
                 self.log(
-                    "info",
-                    "ws",
+                    LogLevel::Info,
+                    LogCategory::Ws,
                     format!("result of job {job_id} uploaded"),
                     Some(job_id.clone()),
                 );
@@ -89,8 +89,8 @@ impl Worker {
         if transient && (attempt as usize) < retries.len() {
             let pause = retries[attempt as usize];
             self.log(
-                "warn",
-                "ws",
+                LogLevel::Warn,
+                LogCategory::Ws,
                 format!(
                     "upload of job {job_id} failed ({}); retry {} in {}ms",
                     result.describe(),
@@ -117,8 +117,8 @@ impl Worker {
             retryable: true,
         };
         self.log(
-            "error",
-            "ws",
+            LogLevel::Error,
+            LogCategory::Ws,
             format!("upload of job {job_id} failed: {}", result.describe()),
             Some(job_id.clone()),
         );
@@ -170,8 +170,8 @@ impl Worker {
         for u in pending {
             if u.sends >= MAX_RESULT_RESENDS {
                 self.log(
-                    "warn",
-                    "ws",
+                    LogLevel::Warn,
+                    LogCategory::Ws,
                     format!(
                         "giving up on the studio's acknowledgement of job {} after {} sends",
                         u.job_id, u.sends

@@ -5,7 +5,7 @@ use crate::time::Mono;
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
 use super::shutdown::Stop;
-use super::{Command, HttpId, JobOutcome, JobStatus, JobSummary, Worker};
+use super::{Command, HttpId, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, Worker};
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
@@ -54,8 +54,8 @@ impl Worker {
     pub(super) fn on_offer(&mut self, claim: JobOfferClaim) {
         let job_id = claim.job_id.clone();
         self.log(
-            "info",
-            "ws",
+            LogLevel::Info,
+            LogCategory::Ws,
             format!(
                 "offer {} kind={} model={} game={} asset={} vram_estimate={}GB",
                 job_id,
@@ -72,8 +72,8 @@ impl Worker {
             // disconnect) and offers it to us again: we hold it, so we take it back instead
             // of rejecting it busy and running it twice. Our result settles it.
             self.log(
-                "info",
-                "ws",
+                LogLevel::Info,
+                LogCategory::Ws,
                 format!("offer {job_id} is the job already running here; accepted, not re-run"),
                 Some(job_id.clone()),
             );
@@ -88,8 +88,8 @@ impl Worker {
             self.unacked.retain(|u| u.job_id != job_id);
             self.undelivered.retain(|u| u.job_id != job_id);
             self.log(
-                "info",
-                "ws",
+                LogLevel::Info,
+                LogCategory::Ws,
                 format!(
                     "offer {job_id} supersedes our unacknowledged result for it; result dropped"
                 ),
@@ -103,9 +103,7 @@ impl Worker {
             // socket, and that offer can overtake the 200. Decide it the moment the upload
             // finishes instead of rejecting it `busy` (which would idle us until the next
             // heartbeat).
-            self.log(
-                "info",
-                "ws",
+            self.log(LogLevel::Info, LogCategory::Ws,
                 format!("offer {job_id} arrived while an upload is in flight; deciding when it finishes"),
                 Some(job_id),
             );
@@ -175,8 +173,8 @@ impl Worker {
         match outcome {
             JobOutcome::Json { result } => {
                 self.log(
-                    "info",
-                    "engine",
+                    LogLevel::Info,
+                    LogCategory::Engine,
                     format!(
                         "job {job_id} finished in {}ms; json result sent",
                         elapsed.as_millis()
@@ -192,8 +190,8 @@ impl Worker {
             }
             JobOutcome::Binary { ext, bytes_len } => {
                 self.log(
-                    "info",
-                    "engine",
+                    LogLevel::Info,
+                    LogCategory::Engine,
                     format!(
                         "job {job_id} finished in {}ms; uploading {bytes_len} bytes .{ext}",
                         elapsed.as_millis()
@@ -204,8 +202,8 @@ impl Worker {
             }
             JobOutcome::Failed { error, retryable } => {
                 self.log(
-                    "error",
-                    "engine",
+                    LogLevel::Error,
+                    LogCategory::Engine,
                     format!("dispatch failed: {error}"),
                     Some(job_id.clone()),
                 );

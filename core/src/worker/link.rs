@@ -6,8 +6,8 @@ use crate::wire::{self, close_code, LogEntry, StudioFrame, WorkerErrorCode, Work
 use super::shutdown::Stop;
 use super::timers::Timer;
 use super::{
-    clip_body, Command, ConnId, ConnectError, ExitCode, Notice, SessionState, Worker,
-    UPGRADE_BODY_CLIP,
+    clip_body, Command, ConnId, ConnectError, ExitCode, LogCategory, LogLevel, Notice,
+    SessionState, Worker, UPGRADE_BODY_CLIP,
 };
 
 /// The WebSocket link.
@@ -90,9 +90,7 @@ impl Worker {
         if self.cfg.host.vram_total_gb > 0.0
             && self.cfg.vram_threshold_gb > self.cfg.host.vram_total_gb
         {
-            self.log(
-                "warn",
-                "ws",
+            self.log(LogLevel::Warn, LogCategory::Ws,
                 format!(
                     "vram_threshold_gb {} exceeds the detected VRAM {} GB; the studio may offer jobs this GPU cannot hold",
                     self.cfg.vram_threshold_gb, self.cfg.host.vram_total_gb
@@ -101,8 +99,8 @@ impl Worker {
             );
         }
         self.log(
-            "info",
-            "ws",
+            LogLevel::Info,
+            LogCategory::Ws,
             format!(
                 "capabilities: engine={} kinds=[{}] models={} vram={}GB threshold={}GB",
                 caps.engine,
@@ -243,8 +241,8 @@ impl Worker {
             attempt: self.attempt,
         };
         self.log(
-            "warn",
-            "ws",
+            LogLevel::Warn,
+            LogCategory::Ws,
             format!(
                 "{why}; reconnect attempt {} in {}ms",
                 self.attempt,
@@ -266,8 +264,8 @@ impl Worker {
         if matches!(self.link, Link::Connecting { .. }) {
             // A frame before `Connected` is a driver ordering slip: dropped.
             self.emit(Command::Report(Notice {
-                level: "warn".into(),
-                category: "ws".into(),
+                level: LogLevel::Warn,
+                category: LogCategory::Ws,
                 message: format!("frame on {conn} before it was connected; dropped"),
                 job_id: None,
             }));
@@ -302,8 +300,8 @@ impl Worker {
                 self.attempt = 0;
                 self.stats.sessions += 1;
                 self.log(
-                    "info",
-                    "ws",
+                    LogLevel::Info,
+                    LogCategory::Ws,
                     format!("server welcomed {worker_id} server_time={server_time}"),
                     None,
                 );
@@ -322,8 +320,8 @@ impl Worker {
             StudioFrame::Error { code, message } => self.on_error_frame(code, message),
             other => {
                 self.log(
-                    "warn",
-                    "ws",
+                    LogLevel::Warn,
+                    LogCategory::Ws,
                     format!(
                         "unexpected {} frame before welcome; dropped",
                         other.type_name()
@@ -338,8 +336,8 @@ impl Worker {
         match frame {
             StudioFrame::Welcome { server_time, .. } => {
                 self.log(
-                    "info",
-                    "ws",
+                    LogLevel::Info,
+                    LogCategory::Ws,
                     format!("second welcome ignored server_time={server_time}"),
                     None,
                 );
@@ -358,8 +356,8 @@ impl Worker {
             StudioFrame::CompleteAck { job_id } => {
                 self.unacked.retain(|u| u.job_id != job_id);
                 self.log(
-                    "info",
-                    "ws",
+                    LogLevel::Info,
+                    LogCategory::Ws,
                     format!("studio confirmed completion of job {job_id}"),
                     Some(job_id),
                 );
@@ -367,8 +365,8 @@ impl Worker {
             StudioFrame::FailAck { job_id } => {
                 self.unacked.retain(|u| u.job_id != job_id);
                 self.log(
-                    "info",
-                    "ws",
+                    LogLevel::Info,
+                    LogCategory::Ws,
                     format!("studio confirmed failure of job {job_id}"),
                     Some(job_id),
                 );

@@ -5,8 +5,12 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::{LogCategory, LogLevel};
 use crate::time::WallMs;
 use crate::wire::LogEntry;
+
+/// How the queue-full marker's message begins.
+const MARKER_PREFIX: &str = "ship queue full";
 
 /// The bounded ship queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +63,7 @@ impl LogQueue {
     /// oldest entries (the restored ones first) are dropped and counted.
     pub fn restore_front(&mut self, batch: Vec<LogEntry>) {
         for e in batch.into_iter().rev() {
-            if e.category == "logs" && e.message.starts_with("ship queue full") {
+            if e.category == LogCategory::Logs.as_str() && e.message.starts_with(MARKER_PREFIX) {
                 // A marker from the lost batch: its count is already in `dropped_total`;
                 // re-owe it rather than queueing a stale marker.
                 if let Some(n) = parse_marker_count(&e.message) {
@@ -88,10 +92,10 @@ impl LogQueue {
         if self.dropped > 0 {
             batch.push(LogEntry {
                 ts: wall.to_rfc3339(),
-                level: "warn".into(),
-                category: "logs".into(),
+                level: LogLevel::Warn.as_str().into(),
+                category: LogCategory::Logs.as_str().into(),
                 message: format!(
-                    "ship queue full ({} entries); dropped {} oldest",
+                    "{MARKER_PREFIX} ({} entries); dropped {} oldest",
                     self.cap, self.dropped
                 ),
                 job_id: None,

@@ -302,7 +302,12 @@ impl Worker {
             Input::Resume => self.set_paused(false),
             Input::SetThreshold { gb } => {
                 self.cfg.vram_threshold_gb = gb;
-                self.log("info", "ws", format!("vram threshold set to {gb} GB"), None);
+                self.log(
+                    LogLevel::Info,
+                    LogCategory::Ws,
+                    format!("vram threshold set to {gb} GB"),
+                    None,
+                );
             }
             Input::SetPresence(p) => self.presence = p,
             Input::Shutdown => self.on_shutdown(),
@@ -326,8 +331,8 @@ impl Worker {
         } else {
             self.session_state = SessionState::WaitingForApproval;
             self.log(
-                "info",
-                "ws",
+                LogLevel::Info,
+                LogCategory::Ws,
                 "waiting for operator approval before opening the session".into(),
                 None,
             );
@@ -371,7 +376,7 @@ impl Worker {
         } else {
             "resumed by operator; accepting offers"
         };
-        self.log("info", "ws", msg.into(), None);
+        self.log(LogLevel::Info, LogCategory::Ws, msg.into(), None);
         // Advertise the change now rather than at the next heartbeat.
         if matches!(self.link, Link::Live { .. }) {
             self.send_heartbeat();

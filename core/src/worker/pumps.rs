@@ -5,7 +5,7 @@ use crate::wire::{self, LogEntry, UserPresence, WorkerFrame};
 
 use super::link::Link;
 use super::timers::Timer;
-use super::{Command, Notice, Worker};
+use super::{Command, LogCategory, LogLevel, Notice, Worker};
 
 /// The last heartbeat frame the machine encoded, with the machine state it depends on.
 /// Performance only: most heartbeats repeat the previous one, so while that state is
@@ -119,21 +119,21 @@ impl Worker {
 
     pub(super) fn log(
         &mut self,
-        level: &str,
-        category: &str,
+        level: LogLevel,
+        category: LogCategory,
         message: String,
         job_id: Option<String>,
     ) {
         let entry = LogEntry {
             ts: self.now.wall.to_rfc3339(),
-            level: level.into(),
-            category: category.into(),
+            level: level.as_str().into(),
+            category: category.as_str().into(),
             message,
             job_id,
         };
         self.emit(Command::Report(Notice {
-            level: level.into(),
-            category: category.into(),
+            level,
+            category,
             message: entry.message.clone(),
             job_id: entry.job_id.clone(),
         }));

@@ -6,7 +6,8 @@ use crate::wire::{self, AutoRegisterRequest, RegisterRequestResponse, RegisterSt
 
 use super::timers::Timer;
 use super::{
-    Command, Credentials, ExitCode, HttpId, HttpRequest, HttpResult, PersistedState, Worker,
+    Command, Credentials, ExitCode, HttpId, HttpRequest, HttpResult, LogCategory, LogLevel,
+    PersistedState, Worker,
 };
 
 /// Registration progress (PROTOCOL.md §4.1, §1.2 steps 1-2).
@@ -134,8 +135,8 @@ impl Worker {
                 match serde_json::from_str::<RegisterRequestResponse>(&body) {
                     Ok(resp) => {
                         self.log(
-                            "info",
-                            "ws",
+                            LogLevel::Info,
+                            LogCategory::Ws,
                             format!(
                                 "registration requested ({}); waiting for operator approval",
                                 resp.request_id
@@ -150,8 +151,8 @@ impl Worker {
                     Err(e) => {
                         self.registration = Registration::Requesting { req: None };
                         self.log(
-                            "warn",
-                            "ws",
+                            LogLevel::Warn,
+                            LogCategory::Ws,
                             format!(
                                 "register-request answered with an unreadable body ({e}); retrying"
                             ),
@@ -164,8 +165,8 @@ impl Worker {
             other => {
                 self.registration = Registration::Requesting { req: None };
                 self.log(
-                    "warn",
-                    "ws",
+                    LogLevel::Warn,
+                    LogCategory::Ws,
                     format!("register-request failed: {}; retrying", other.describe()),
                     None,
                 );
@@ -178,9 +179,7 @@ impl Worker {
         self.registration = Registration::Polling { req: None };
         match result {
             HttpResult::Response { status: 404, .. } => {
-                self.log(
-                    "warn",
-                    "ws",
+                self.log(LogLevel::Warn, LogCategory::Ws,
                     "registration request is unknown to the studio (stale); requesting again with a fresh secret".into(),
                     None,
                 );
@@ -200,8 +199,8 @@ impl Worker {
                         auth_token,
                     }) => {
                         self.log(
-                            "info",
-                            "ws",
+                            LogLevel::Info,
+                            LogCategory::Ws,
                             format!("registration approved as {worker_id}"),
                             None,
                         );
@@ -238,8 +237,8 @@ impl Worker {
                     }
                     Err(e) => {
                         self.log(
-                            "warn",
-                            "ws",
+                            LogLevel::Warn,
+                            LogCategory::Ws,
                             format!("registration poll answered with an unreadable body ({e})"),
                             None,
                         );
@@ -249,8 +248,8 @@ impl Worker {
             }
             other => {
                 self.log(
-                    "warn",
-                    "ws",
+                    LogLevel::Warn,
+                    LogCategory::Ws,
                     format!(
                         "registration poll failed: {}; still waiting",
                         other.describe()

@@ -4,7 +4,7 @@
 use super::jobs::Slot;
 use super::link::Link;
 use super::timers::{Timer, Timers};
-use super::{Command, ExitCode, JobStatus, Notice, SessionState, Worker};
+use super::{Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker};
 use crate::wire::WorkerFrame;
 
 /// Why the machine is stopping.
@@ -23,14 +23,19 @@ impl Worker {
             return;
         }
         self.stop = Stop::Draining;
-        self.log("info", "ws", "shutdown requested".into(), None);
+        self.log(
+            LogLevel::Info,
+            LogCategory::Ws,
+            "shutdown requested".into(),
+            None,
+        );
         self.decide_parked();
         if matches!(self.slot, Slot::Job(_)) {
             let at = self.now.mono + self.cfg.timings.shutdown_grace;
             self.timers.set(Timer::ShutdownGrace, at);
             self.log(
-                "info",
-                "ws",
+                LogLevel::Info,
+                LogCategory::Ws,
                 format!(
                     "waiting up to {}s for the in-flight job to finish",
                     self.cfg.timings.shutdown_grace.as_secs()
@@ -60,8 +65,8 @@ impl Worker {
         };
         let job_id = job.claim.job_id.clone();
         self.log(
-            "warn",
-            "ws",
+            LogLevel::Warn,
+            LogCategory::Ws,
             format!(
                 "job {job_id} did not finish within the {}s shutdown grace; reporting it retryable",
                 self.cfg.timings.shutdown_grace.as_secs()
@@ -92,10 +97,14 @@ impl Worker {
                 reason: reason.clone(),
             },
         };
-        let level = if code.is_error() { "error" } else { "info" };
+        let level = if code.is_error() {
+            LogLevel::Error
+        } else {
+            LogLevel::Info
+        };
         self.emit(Command::Report(Notice {
-            level: level.into(),
-            category: "ws".into(),
+            level,
+            category: LogCategory::Ws,
             message: reason.clone(),
             job_id: None,
         }));

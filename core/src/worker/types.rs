@@ -376,13 +376,72 @@ impl ExitCode {
     }
 }
 
-/// A structured notice for the shell's log, metrics and UI.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The level of a log line the machine writes (shipped to the studio as a log entry's
+/// `level` and reported to the shell in a [`Notice`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The text of a log entry's `level`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// What a log line the machine writes is about (a log entry's `category`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogCategory {
+    /// The session: registration, connection, frames, offers, delivery, shutdown.
+    Ws,
+    /// A job's run on the engine.
+    Engine,
+    /// The auto-updater.
+    AutoUpdate,
+    /// The log shipping itself (the queue-full marker).
+    Logs,
+}
+
+impl LogCategory {
+    /// The text of a log entry's `category`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogCategory::Ws => "ws",
+            LogCategory::Engine => "engine",
+            LogCategory::AutoUpdate => "auto-update",
+            LogCategory::Logs => "logs",
+        }
+    }
+}
+
+/// A structured notice for the shell's log, metrics and UI. `Debug` shows the level and
+/// category by their text, as a log line has them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
-    pub level: String,
-    pub category: String,
+    pub level: LogLevel,
+    pub category: LogCategory,
     pub message: String,
     pub job_id: Option<String>,
+}
+
+impl fmt::Debug for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Notice")
+            .field("level", &self.level.as_str())
+            .field("category", &self.category.as_str())
+            .field("message", &self.message)
+            .field("job_id", &self.job_id)
+            .finish()
+    }
 }
 
 /// What the shell must write to the config file (all registration fields, absent = clear).

@@ -5,7 +5,7 @@ use super::jobs::Slot;
 use super::link::Link;
 use super::shutdown::Stop;
 use super::timers::Timer;
-use super::{Command, ExitCode, Worker};
+use super::{Command, ExitCode, LogCategory, LogLevel, Worker};
 
 impl Worker {
     pub(super) fn on_update_timer(&mut self) {
@@ -32,15 +32,15 @@ impl Worker {
         self.update_check_in_flight = false;
         match result {
             Ok(None) => self.log(
-                "info",
-                "auto-update",
+                LogLevel::Info,
+                LogCategory::AutoUpdate,
                 format!("up to date at {}", self.cfg.host.agent_version),
                 None,
             ),
             Ok(Some(v)) => {
                 self.log(
-                    "info",
-                    "auto-update",
+                    LogLevel::Info,
+                    LogCategory::AutoUpdate,
                     format!("update available: {} -> {v}", self.cfg.host.agent_version),
                     None,
                 );
@@ -48,8 +48,8 @@ impl Worker {
                 self.maybe_apply_update();
             }
             Err(e) => self.log(
-                "warn",
-                "auto-update",
+                LogLevel::Warn,
+                LogCategory::AutoUpdate,
                 format!("update check failed: {e}"),
                 None,
             ),
@@ -67,8 +67,8 @@ impl Worker {
             version: version.clone(),
         };
         self.log(
-            "info",
-            "auto-update",
+            LogLevel::Info,
+            LogCategory::AutoUpdate,
             format!("installing {version}; offers are rejected busy meanwhile"),
             None,
         );
@@ -82,8 +82,8 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.log(
-                    "info",
-                    "auto-update",
+                    LogLevel::Info,
+                    LogCategory::AutoUpdate,
                     format!("installed {version}; restarting"),
                     None,
                 );
@@ -97,8 +97,8 @@ impl Worker {
             Err(e) => {
                 self.slot = Slot::Free;
                 self.log(
-                    "error",
-                    "auto-update",
+                    LogLevel::Error,
+                    LogCategory::AutoUpdate,
                     format!(
                         "installing {version} failed: {e}; staying on {}",
                         self.cfg.host.agent_version

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use studio_core::wire::LogEntry;
 use studio_core::worker::{
-    Command, ExitCode, HttpRequest, HttpResult, Input, Notice, UsageError, Worker,
+    Command, ExitCode, HttpRequest, HttpResult, Input, LogLevel, Notice, UsageError, Worker,
 };
 use studio_core::Mono;
 use studio_engines::Engine;
@@ -315,7 +315,7 @@ fn entropy_failure(e: crate::error::ShellError) -> Effect {
     }
 }
 
-/// Logs a core notice as a `tracing` event at its level (unknown levels as info).
+/// Logs a core notice as a `tracing` event at its level.
 pub fn report(n: &Notice) {
     use tracing::Level;
     macro_rules! emit {
@@ -323,19 +323,17 @@ pub fn report(n: &Notice) {
             tracing::event!(
                 target: "studio_core",
                 $level,
-                category = %n.category,
+                category = n.category.as_str(),
                 job_id = n.job_id.as_deref(),
                 "{}",
                 n.message
             )
         };
     }
-    match n.level.to_ascii_lowercase().as_str() {
-        "error" => emit!(Level::ERROR),
-        "warn" | "warning" => emit!(Level::WARN),
-        "debug" => emit!(Level::DEBUG),
-        "trace" => emit!(Level::TRACE),
-        _ => emit!(Level::INFO),
+    match n.level {
+        LogLevel::Error => emit!(Level::ERROR),
+        LogLevel::Warn => emit!(Level::WARN),
+        LogLevel::Info => emit!(Level::INFO),
     }
 }
 
@@ -350,7 +348,7 @@ mod tests {
 
     use serde_json::json;
     use studio_core::worker::{
-        ConnId, Credentials, HttpId, JobOutcome, PersistedState, WorkerConfig,
+        ConnId, Credentials, HttpId, JobOutcome, LogCategory, PersistedState, WorkerConfig,
     };
     use studio_engines::Router;
 
@@ -421,10 +419,10 @@ mod tests {
                 reason: "re-register".into()
             }
         );
-        for level in ["error", "warn", "info", "debug", "trace", "odd"] {
+        for level in [LogLevel::Error, LogLevel::Warn, LogLevel::Info] {
             let notice = Notice {
-                level: level.into(),
-                category: "ws".into(),
+                level,
+                category: LogCategory::Ws,
                 message: "m".into(),
                 job_id: Some("j".into()),
             };
