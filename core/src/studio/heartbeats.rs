@@ -24,7 +24,8 @@ impl Studio {
     /// [`HeartbeatMemo`]); `None` when it must be decoded.
     pub(super) fn repeated_heartbeat(&self, c: &ConnRec, text: &str) -> Option<Option<String>> {
         let m = c.last_heartbeat.as_ref()?;
-        if c.phase != ConnPhase::Welcomed || text.len() > self.cfg.max_frame_bytes || m.text != text {
+        if c.phase != ConnPhase::Welcomed || text.len() > self.cfg.max_frame_bytes || m.text != text
+        {
             return None;
         }
         let w = self.workers.get(&*c.worker_id)?;
