@@ -9,6 +9,8 @@
 //!   driving contract.
 //! * [`studio`]: the reference studio machine, the peer of the loopback studio, the pair
 //!   tests and the fleet simulation.
+//! * `testing` (feature `testing`, for tests, the fuzzer and the simulation only): the
+//!   in-memory test peer: a worker driver, the pair, the link and the HTTP bridge.
 //! * [`splitmix`]: SplitMix64, the seeded generator every part of the project shares.
 //! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
 //! * [`trace`]: the record-and-replay trace format (JSON lines): write, parse, replay,
@@ -16,6 +18,8 @@
 pub mod secret;
 pub mod splitmix;
 pub mod studio;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod trace;
 pub mod wire;

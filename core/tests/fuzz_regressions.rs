@@ -67,7 +67,7 @@ fn a_refused_non_finite_threshold_is_recorded_and_parses_back() {
 fn a_peer_body_is_redacted_before_it_is_clipped_into_messages() {
     // `worker_machine`: an upload answered 500 with a body carrying a token echoed the
     // token into notices (and into the `fail` error the studio receives).
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),

@@ -8,7 +8,7 @@ use studio_core::worker::*;
 use studio_core::Mono;
 
 mod support;
-use support::{llm_task, log_entry, offer, registered as cfg, H};
+use support::{llm_task, log_entry, offer, registered as cfg, Driver};
 
 #[test]
 fn defaults_are_the_documented_values() {
@@ -44,7 +44,7 @@ fn defaults_are_the_documented_values() {
 
 #[test]
 fn recent_jobs_ring_keeps_the_newest_50() {
-    let mut h = H::live(cfg());
+    let mut h = Driver::live(cfg());
     for i in 0..60 {
         let job = format!("j-{i}");
         h.frame(&offer(&job, llm_task()));
@@ -53,7 +53,7 @@ fn recent_jobs_ring_keeps_the_newest_50() {
             outcome: JobOutcome::Json { result: json!({}) },
         });
     }
-    let ring = h.w.status().recent_jobs;
+    let ring = h.worker.status().recent_jobs;
     assert_eq!(ring.len(), 50);
     assert_eq!(ring[0].job_id, "j-59", "newest first");
     assert_eq!(ring[49].job_id, "j-10");
@@ -64,11 +64,11 @@ fn recent_jobs_ring_keeps_the_newest_50() {
 fn recent_logs_ring_is_bounded() {
     let mut c = cfg();
     c.limits.recent_logs = 10;
-    let mut h = H::live(c);
+    let mut h = Driver::live(c);
     for i in 0..30 {
         h.step(Input::Log(log_entry(&format!("m{i}"))));
     }
-    let logs = h.w.status().recent_logs;
+    let logs = h.worker.status().recent_logs;
     assert_eq!(logs.len(), 10);
     assert_eq!(logs.last().unwrap().message, "m29");
 }
@@ -77,22 +77,23 @@ fn recent_logs_ring_is_bounded() {
 fn a_frame_over_the_size_limit_drops_the_session() {
     let mut c = cfg();
     c.limits.max_frame_bytes = 1024;
-    let mut h = H::live(c);
+    let mut h = Driver::live(c);
     let big = format!(r#"{{"type":"heartbeatAck","pad":"{}"}}"#, "x".repeat(2000));
     let cmds = h.frame_text(&big);
     assert!(cmds
         .iter()
         .any(|c| matches!(c, Command::Close { reason, .. } if reason == "protocol violation")));
     assert!(matches!(
-        h.w.status().session,
+        h.worker.status().session,
         SessionState::Reconnecting { .. }
     ));
-    let notes: Vec<_> =
-        h.w.status()
-            .recent_logs
-            .into_iter()
-            .map(|l| l.message)
-            .collect();
+    let notes: Vec<_> = h
+        .worker
+        .status()
+        .recent_logs
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
     assert!(
         notes
             .iter()
@@ -103,7 +104,7 @@ fn a_frame_over_the_size_limit_drops_the_session() {
 
 #[test]
 fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
-    let mut h = H::live(cfg());
+    let mut h = Driver::live(cfg());
     h.frame(&offer("j-1", llm_task()));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
@@ -123,7 +124,7 @@ fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
 
 #[test]
 fn the_upgrade_failure_body_is_clipped_to_300_chars() {
-    let mut h = H::new(cfg());
+    let mut h = Driver::new(cfg());
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::ConnectFailed {
@@ -133,7 +134,7 @@ fn the_upgrade_failure_body_is_clipped_to_300_chars() {
             body: "b".repeat(1000),
         },
     });
-    let log = h.w.status().recent_logs.pop().unwrap().message;
+    let log = h.worker.status().recent_logs.pop().unwrap().message;
     assert!(log.contains(&format!("{}…", "b".repeat(300))), "{log}");
     assert!(!log.contains(&"b".repeat(301)));
 }
@@ -142,7 +143,7 @@ fn the_upgrade_failure_body_is_clipped_to_300_chars() {
 fn unconfirmed_log_batches_and_outstanding_heartbeats_stay_bounded() {
     let mut c = cfg();
     c.timings.read_idle = Duration::from_secs(100_000);
-    let mut h = H::live(c);
+    let mut h = Driver::live(c);
     // A studio that never acks: bookkeeping must not grow without bound.
     for i in 0..500 {
         h.step(Input::Log(log_entry(&format!("m{i}"))));
@@ -150,7 +151,7 @@ fn unconfirmed_log_batches_and_outstanding_heartbeats_stay_bounded() {
     }
     // Disconnect: at most MAX_UNCONFIRMED_LOG_BATCHES batches come back.
     h.disconnect();
-    let queued = h.w.status().log_queue_len;
+    let queued = h.worker.status().log_queue_len;
     assert!(queued <= MAX_UNCONFIRMED_LOG_BATCHES * 2 + 2, "{queued}");
     assert!(queued >= MAX_UNCONFIRMED_LOG_BATCHES / 2, "{queued}");
 }
@@ -160,7 +161,7 @@ fn zero_intervals_are_raised_so_no_timer_storms() {
     let mut c = cfg();
     c.timings.heartbeat = Duration::ZERO;
     c.timings.log_flush = Duration::ZERO;
-    let mut h = H::live(c);
+    let mut h = Driver::live(c);
     let cmds = h.advance(1.0);
     let heartbeats = cmds
         .iter()
@@ -170,22 +171,22 @@ fn zero_intervals_are_raised_so_no_timer_storms() {
         heartbeats <= 2,
         "one per expired deadline per input, not a storm: {heartbeats}"
     );
-    assert!(h.w.deadline().unwrap() > Mono(h.t));
+    assert!(h.worker.deadline().unwrap() > Mono(h.micros));
 }
 
 #[test]
 fn the_welcome_heartbeat_bookkeeping_survives_a_studio_that_acks_everything() {
-    let mut h = H::live(cfg());
+    let mut h = Driver::live(cfg());
     for _ in 0..100 {
         h.frame(&StudioFrame::HeartbeatAck);
     }
     h.advance(5.0);
-    assert_eq!(h.w.status().session, SessionState::Connected);
+    assert_eq!(h.worker.status().session, SessionState::Connected);
 }
 
 #[test]
 fn debug_output_never_shows_a_token_or_secret() {
-    let mut h = H::new(cfg());
+    let mut h = Driver::new(cfg());
     let mut seen = String::new();
     for c in h.step(Input::Start) {
         seen.push_str(&format!("{c:?}"));
@@ -206,5 +207,5 @@ fn debug_output_never_shows_a_token_or_secret() {
         body: r#"{"status":"approved","workerId":"w","authToken":"tok-9"}"#.into(),
     };
     assert!(!format!("{approved:?}").contains("tok-9"));
-    assert!(!format!("{:?}", h.w.config()).contains("tok-1"));
+    assert!(!format!("{:?}", h.worker.config()).contains("tok-1"));
 }

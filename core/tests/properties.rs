@@ -4,9 +4,9 @@
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use serde_json::json;
+use studio_core::testing::Driver;
 use studio_core::wire::{self, LogEntry, StudioFrame, WorkerErrorCode};
 use studio_core::worker::*;
-use studio_core::{Mono, WallMs};
 
 /// One step of a generated session. Ids (connection, HTTP request, job) are chosen from
 /// what the machine asked for, so sequences reach deep states, with a few stale ones mixed
@@ -309,47 +309,36 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
 
 /// Runs a scenario, checking the per-step invariants; returns the trace or a failure.
 fn run(s: &Scenario) -> Result<Trace, String> {
-    let mut w = Worker::new(config(s));
+    run_tampered(s, |c| vec![c])
+}
+
+/// [`run`] with every command the machine emits passed through `tamper` before the checks
+/// see it (the identity for the real machine; the meta-test makes a broken one).
+fn run_tampered(s: &Scenario, tamper: impl Fn(Command) -> Vec<Command>) -> Result<Trace, String> {
+    let mut d = Driver::new(config(s));
     let mut ctx = Ctx::default();
-    let mut t: u64 = 0;
     let mut trace = Trace { commands: vec![] };
     let mut inputs = vec![Input::Start];
     let mut ops = s.ops.iter();
     loop {
-        let now = Now::new(Mono(t), WallMs(1_700_000_000_000 + t / 1000));
         for input in inputs.drain(..) {
-            let _ = w.handle(now, input); // usage errors are allowed; panics are not
-                                          // Drain, bounded: a drain must end in Wait.
-            let mut n = 0;
-            loop {
-                n += 1;
-                if n > 10_000 {
-                    return Err("drain did not reach Wait".into());
-                }
-                let c = w.poll();
+            let now = d.now().mono;
+            // Usage errors are allowed (the drain then yields only the Wait); panics, and a
+            // drain that never reaches Wait (the driver's bound), are not.
+            let cmds = d.try_step(input).unwrap_or_else(|_| d.drain());
+            for c in cmds.into_iter().flat_map(&tamper) {
                 trace.commands.push(format!("{c:?}"));
-                match &c {
-                    Command::Wait { until } => {
-                        if let Some(u) = until {
-                            if *u <= now.mono {
-                                return Err(format!("deadline {u} not after now {}", now.mono));
-                            }
-                        }
-                        break;
-                    }
-                    Command::Connect { conn, .. } => ctx.conn = Some(*conn),
-                    Command::Http { id, .. } => ctx.http.push(*id),
-                    Command::Dispatch { claim } => {
-                        ctx.running.push(claim.job_id.clone());
-                        if ctx.running.len() > 1 {
-                            return Err(format!("two jobs in flight: {:?}", ctx.running));
-                        }
-                    }
-                    Command::CancelJob { job_id } => ctx.running.retain(|j| j != job_id),
-                    _ => {}
+                observe(&mut ctx, &c)?;
+            }
+            trace
+                .commands
+                .push(format!("Wait {{ until: {:?} }}", d.until));
+            if let Some(u) = d.until {
+                if u <= now {
+                    return Err(format!("deadline {u} not after now {now}"));
                 }
             }
-            let st = w.status();
+            let st = d.worker.status();
             if st.log_queue_len > LOG_CAP {
                 return Err(format!("log queue {} > cap {LOG_CAP}", st.log_queue_len));
             }
@@ -359,7 +348,7 @@ fn run(s: &Scenario) -> Result<Trace, String> {
         }
         let Some(op) = ops.next() else { break };
         if let Op::Advance(us) = op {
-            t += *us as u64;
+            d.micros += *us as u64;
         }
         if let Some(input) = to_input(op, &mut ctx) {
             if let Input::JobFinished { job_id, .. } = &input {
@@ -371,6 +360,23 @@ fn run(s: &Scenario) -> Result<Trace, String> {
         }
     }
     Ok(trace)
+}
+
+/// The checks of one command, and what the shell learns from it.
+fn observe(ctx: &mut Ctx, c: &Command) -> Result<(), String> {
+    match c {
+        Command::Connect { conn, .. } => ctx.conn = Some(*conn),
+        Command::Http { id, .. } => ctx.http.push(*id),
+        Command::Dispatch { claim } => {
+            ctx.running.push(claim.job_id.clone());
+            if ctx.running.len() > 1 {
+                return Err(format!("two jobs in flight: {:?}", ctx.running));
+            }
+        }
+        Command::CancelJob { job_id } => ctx.running.retain(|j| j != job_id),
+        _ => {}
+    }
+    Ok(())
 }
 
 #[test]
@@ -398,16 +404,12 @@ fn same_inputs_give_the_same_outputs() {
         .quickcheck(prop as fn(Scenario) -> bool);
 }
 
-/// The property harness itself must be able to fail: a machine that dispatched twice
-/// would be caught. Feed two offers with a forged "finish" in between that the machine
-/// rejects, and check the harness logic on a synthetic trace.
+/// The property harness itself must be able to fail: a machine that dispatches every job
+/// twice (the real one, each `Dispatch` repeated on its way out) is caught by the checks
+/// `run` applies, on a session the real machine passes; and that session does reach
+/// dispatches (the generator is not vacuous).
 #[test]
 fn the_two_jobs_check_can_fail() {
-    let mut ctx = Ctx::default();
-    ctx.running.push("a".into());
-    ctx.running.push("b".into());
-    assert!(ctx.running.len() > 1);
-    // And a real long session reaches dispatches (the generator is not vacuous).
     let s = Scenario {
         registered: true,
         auto_update: false,
@@ -432,4 +434,13 @@ fn the_two_jobs_check_can_fail() {
         .commands
         .iter()
         .any(|c| c.contains("already has an in-flight job")));
+
+    let twice = |c: Command| match c {
+        Command::Dispatch { .. } => vec![c.clone(), c],
+        c => vec![c],
+    };
+    match run_tampered(&s, twice) {
+        Ok(_) => panic!("a machine that dispatches every job twice passed the checks"),
+        Err(e) => assert!(e.starts_with("two jobs in flight"), "{e}"),
+    }
 }

@@ -287,9 +287,9 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
 // ------------------------------------------------------------------------------------------
 
 mod support;
-use support::{registered as creds_cfg, welcome, H};
+use support::{registered as creds_cfg, welcome, Driver};
 
-fn conn_or_stale(h: &H) -> ConnId {
+fn conn_or_stale(h: &Driver) -> ConnId {
     h.conn.unwrap_or(ConnId(999))
 }
 
@@ -307,17 +307,17 @@ fn offer_kind(job: &str, kind: &str) -> StudioFrame {
 }
 
 /// A machine in phase `st`, checked with [`Worker::phase`].
-fn reach(st: Phase) -> H {
+fn reach(st: Phase) -> Driver {
     let h = reach_unchecked(st);
-    assert_eq!(h.w.phase(), st, "reach({st:?}) got there");
+    assert_eq!(h.worker.phase(), st, "reach({st:?}) got there");
     h
 }
 
-fn reach_unchecked(st: Phase) -> H {
+fn reach_unchecked(st: Phase) -> Driver {
     match st {
-        NotStarted => H::new(creds_cfg()),
+        NotStarted => Driver::new(creds_cfg()),
         Minting => {
-            let mut h = H::new(WorkerConfig::for_tests("http://127.0.0.1:9"));
+            let mut h = Driver::new(WorkerConfig::for_tests("http://127.0.0.1:9"));
             let c = h.step(Input::Start);
             assert!(c.iter().any(|c| matches!(
                 c,
@@ -354,7 +354,7 @@ fn reach_unchecked(st: Phase) -> H {
             h
         }
         Connecting => {
-            let mut h = H::new(creds_cfg());
+            let mut h = Driver::new(creds_cfg());
             h.step(Input::Start);
             assert!(h.conn.is_some());
             h
@@ -417,13 +417,13 @@ fn reach_unchecked(st: Phase) -> H {
         Exited => {
             let mut h = reach(LiveIdle);
             h.step(Input::Shutdown);
-            assert!(h.w.status().exited);
+            assert!(h.worker.status().exited);
             h
         }
     }
 }
 
-fn input_for(h: &H, i: In) -> Input {
+fn input_for(h: &Driver, i: In) -> Input {
     let conn = conn_or_stale(h);
     let http = h.http.as_ref().map_or(HttpId(999), |(id, _)| *id);
     let job = h.job.clone().unwrap_or_else(|| "job-x".into());
@@ -553,19 +553,19 @@ fn is_io(c: &Command) -> bool {
 
 fn check(st: Phase, i: In, ex: Ex) {
     let mut h = reach(st);
-    let before = h.w.status();
+    let before = h.worker.status();
     let input = input_for(&h, i);
     let res = h.try_step(input);
     let ctx = format!("state {st:?} input {i:?} expect {ex:?}");
     if ex == Usage {
         assert!(res.is_err(), "{ctx}: expected a UsageError");
         assert_eq!(
-            h.w.status(),
+            h.worker.status(),
             before,
             "{ctx}: a usage error must not change state"
         );
         assert_eq!(
-            h.w.phase(),
+            h.worker.phase(),
             st,
             "{ctx}: a usage error must not change the phase"
         );
@@ -574,11 +574,11 @@ fn check(st: Phase, i: In, ex: Ex) {
     let cmds = res.unwrap_or_else(|e| panic!("{ctx}: unexpected usage error {e}"));
     let sent = sent_types(&cmds);
     let io: Vec<&Command> = cmds.iter().filter(|c| is_io(c)).collect();
-    let after = h.w.status();
+    let after = h.worker.status();
     match ex {
         Ignored => {
             assert!(io.is_empty(), "{ctx}: expected no IO, got {io:?}");
-            assert_eq!(h.w.phase(), st, "{ctx}: the phase must not change");
+            assert_eq!(h.worker.phase(), st, "{ctx}: the phase must not change");
             assert_eq!(after.session, before.session, "{ctx}");
             assert_eq!(after.current_job_id, before.current_job_id, "{ctx}");
         }
@@ -611,7 +611,7 @@ fn check(st: Phase, i: In, ex: Ex) {
         Heartbeat => assert_eq!(sent, vec!["heartbeat"], "{ctx}"),
         Accept => {
             assert_eq!(sent, vec!["accept"], "{ctx}");
-            assert_eq!(h.w.phase(), LiveBusy, "{ctx}");
+            assert_eq!(h.worker.phase(), LiveBusy, "{ctx}");
             assert!(
                 cmds.iter().any(|c| matches!(c, Command::Dispatch { .. })),
                 "{ctx}"
@@ -643,7 +643,7 @@ fn check(st: Phase, i: In, ex: Ex) {
                 after.session
             );
             let want = if st == Draining { Draining } else { Backoff };
-            assert_eq!(h.w.phase(), want, "{ctx}");
+            assert_eq!(h.worker.phase(), want, "{ctx}");
             assert!(
                 !cmds.iter().any(|c| matches!(c, Command::Exit { .. })),
                 "{ctx}"
@@ -657,7 +657,7 @@ fn check(st: Phase, i: In, ex: Ex) {
             });
             assert_eq!(got, Some(code), "{ctx}: {cmds:?}");
             assert!(after.exited, "{ctx}");
-            assert_eq!(h.w.phase(), Exited, "{ctx}");
+            assert_eq!(h.worker.phase(), Exited, "{ctx}");
         }
         CleanExit => {
             let close = cmds
@@ -676,7 +676,7 @@ fn check(st: Phase, i: In, ex: Ex) {
                 close.is_some() && exit.is_some() && close < exit,
                 "{ctx}: {cmds:?}"
             );
-            assert_eq!(h.w.phase(), Exited, "{ctx}");
+            assert_eq!(h.worker.phase(), Exited, "{ctx}");
         }
         ApplyUpdate => assert!(
             cmds.iter()
@@ -745,11 +745,11 @@ fn update_rows(#[values(LiveIdle, LiveBusy, Paused, Backoff)] st: Phase) {
 }
 
 /// Reaches `st` with auto-update on and a `CheckUpdate` outstanding.
-fn reach_with_update(st: Phase) -> H {
+fn reach_with_update(st: Phase) -> Driver {
     let mut cfg = creds_cfg();
     cfg.auto_update_enabled = true;
     cfg.timings.update_interval = std::time::Duration::from_secs(3600);
-    let mut h = H::new(cfg);
+    let mut h = Driver::new(cfg);
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
@@ -776,7 +776,7 @@ fn reach_with_update(st: Phase) -> H {
         if cmds.iter().any(|c| matches!(c, Command::CheckUpdate)) {
             check_seen = true;
         }
-        if h.w.status().session == SessionState::Connected {
+        if h.worker.status().session == SessionState::Connected {
             h.frame(&StudioFrame::HeartbeatAck);
         } else if st == Backoff {
             // Stay disconnected: fail every reconnect.

@@ -17,7 +17,7 @@ use support::*;
 
 #[test]
 fn registration_request_poll_approve_persist_connect() {
-    let mut h = H::new(WorkerConfig::for_tests("https://studio.example/"));
+    let mut h = Driver::new(WorkerConfig::for_tests("https://studio.example/"));
     let c = h.step(Input::Start);
     assert!(c.contains(&Command::MintSecret {
         need_install_id: true
@@ -116,7 +116,7 @@ fn registration_404_starts_over_with_a_fresh_secret_others_keep_waiting() {
         request_id: Some("rr-1".into()),
         secret: Some("old".into()),
     };
-    let mut h = H::new(cfg);
+    let mut h = Driver::new(cfg);
     h.step(Input::Start);
     assert!(
         matches!(h.http, Some((_, HttpRequest::PollRegistration { .. }))),
@@ -154,7 +154,7 @@ fn registration_rejected_exits_with_guidance_and_clears_the_request() {
         request_id: Some("rr".into()),
         secret: Some("s".into()),
     };
-    let mut h = H::new(cfg);
+    let mut h = Driver::new(cfg);
     h.step(Input::Start);
     let c = h.http_reply(
         200,
@@ -171,7 +171,7 @@ fn registration_rejected_exits_with_guidance_and_clears_the_request() {
 
 #[test]
 fn register_request_failure_retries_after_the_poll_interval() {
-    let mut h = H::new(WorkerConfig::for_tests("http://s"));
+    let mut h = Driver::new(WorkerConfig::for_tests("http://s"));
     h.step(Input::Start);
     h.step(Input::Minted {
         install_id: Some("i".into()),
@@ -191,7 +191,7 @@ fn register_request_failure_retries_after_the_poll_interval() {
 
 #[test]
 fn shutdown_before_approval_exits_clean() {
-    let mut h = H::new(WorkerConfig::for_tests("http://s"));
+    let mut h = Driver::new(WorkerConfig::for_tests("http://s"));
     h.step(Input::Start);
     let c = h.step(Input::Shutdown);
     assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);
@@ -204,7 +204,7 @@ fn shutdown_before_approval_exits_clean() {
 
 #[test]
 fn hello_first_then_heartbeat_every_5s_after_welcome_with_live_capabilities() {
-    let mut h = H::new(registered());
+    let mut h = Driver::new(registered());
     let c = h.step(Input::Start);
     let Some(Command::Connect {
         url, auth_token, ..
@@ -265,7 +265,7 @@ fn hello_first_then_heartbeat_every_5s_after_welcome_with_live_capabilities() {
 
 #[test]
 fn frames_before_welcome_are_dropped_not_answered() {
-    let mut h = H::new(registered());
+    let mut h = Driver::new(registered());
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
@@ -279,7 +279,7 @@ fn frames_before_welcome_are_dropped_not_answered() {
 
 #[test]
 fn half_open_read_idle_20s_reconnects() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     // Heartbeats keep going out but nothing comes back.
     for s in [5.0, 10.0, 15.0] {
@@ -290,7 +290,7 @@ fn half_open_read_idle_20s_reconnects() {
         .iter()
         .any(|c| matches!(c, Command::Close { conn: cc, code: 1000, .. } if *cc == conn)));
     assert!(matches!(
-        h.w.status().session,
+        h.worker.status().session,
         SessionState::Reconnecting { attempt: 1 }
     ));
     let d = h.deadline().unwrap();
@@ -306,24 +306,24 @@ fn half_open_read_idle_20s_reconnects() {
 
 #[test]
 fn connect_timeout_15s_then_backoff() {
-    let mut h = H::new(registered());
+    let mut h = Driver::new(registered());
     h.step(Input::Start);
     let c = h.at(15.0);
     assert!(c.iter().any(|c| matches!(c, Command::Close { .. })));
     assert!(matches!(
-        h.w.status().session,
+        h.worker.status().session,
         SessionState::Reconnecting { attempt: 1 }
     ));
 }
 
 #[test]
 fn backoff_doubles_to_30s_with_jitter_and_resets_after_a_welcomed_session() {
-    let mut h = H::new(registered());
+    let mut h = Driver::new(registered());
     h.step(Input::Start);
     let mut delays = Vec::new();
     for _ in 0..8 {
         let conn = h.conn.unwrap();
-        let before = h.t as f64 / 1e6;
+        let before = h.micros as f64 / 1e6;
         h.step(Input::ConnectFailed {
             conn,
             error: ConnectError::Transport("refused".into()),
@@ -336,18 +336,18 @@ fn backoff_doubles_to_30s_with_jitter_and_resets_after_a_welcomed_session() {
     for (d, n) in delays.iter().zip(nominal) {
         assert!(*d >= n / 2.0 - 1e-6 && *d <= n + 1e-6, "{delays:?}");
     }
-    assert_eq!(h.w.status().reconnect_attempt, 8);
+    assert_eq!(h.worker.status().reconnect_attempt, 8);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
     h.frame(&welcome());
-    assert_eq!(h.w.status().reconnect_attempt, 0);
+    assert_eq!(h.worker.status().reconnect_attempt, 0);
     h.step(Input::Disconnected {
         conn,
         code: Some(1006),
         reason: "abnormal".into(),
     });
     assert!(matches!(
-        h.w.status().session,
+        h.worker.status().session,
         SessionState::Reconnecting { attempt: 1 }
     ));
 }
@@ -356,7 +356,7 @@ fn backoff_doubles_to_30s_with_jitter_and_resets_after_a_welcomed_session() {
 fn reconnect_cap_ends_in_fatal_exit() {
     let mut cfg = registered();
     cfg.reconnect_attempts = 3;
-    let mut h = H::new(cfg);
+    let mut h = Driver::new(cfg);
     h.step(Input::Start);
     let mut last = vec![];
     for _ in 0..4 {
@@ -387,7 +387,7 @@ fn auth_failures_exit_without_reconnect(
     #[case] close: Option<u16>,
     #[case] err: Option<ConnectError>,
 ) {
-    let mut h = H::new(registered());
+    let mut h = Driver::new(registered());
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     let c = if let Some(error) = err {
@@ -434,7 +434,7 @@ fn error_frames_are_terminal(
     #[case] exit: ExitCode,
     #[case] close_reason: &str,
 ) {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let c = h.frame(&StudioFrame::Error {
         code,
         message: "m".into(),
@@ -451,7 +451,7 @@ fn error_frames_are_terminal(
 #[case(4003)]
 #[case(4004)]
 fn other_close_codes_reconnect(#[case] code: u16) {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     let c = h.step(Input::Disconnected {
         conn,
@@ -460,7 +460,7 @@ fn other_close_codes_reconnect(#[case] code: u16) {
     });
     assert!(exit_of(&c).is_none());
     assert!(matches!(
-        h.w.status().session,
+        h.worker.status().session,
         SessionState::Reconnecting { .. }
     ));
 }
@@ -471,7 +471,7 @@ fn other_close_codes_reconnect(#[case] code: u16) {
 
 #[test]
 fn json_job_sends_the_full_prompt_and_heartbeat_carries_the_job() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let long = "word ".repeat(100);
     let c = h.frame(&offer(
         "j-1",
@@ -502,15 +502,18 @@ fn json_job_sends_the_full_prompt_and_heartbeat_carries_the_job() {
         "full prompt, never the preview"
     );
     assert_eq!(
-        h.w.status().recent_jobs[0].prompt_preview.chars().count(),
+        h.worker.status().recent_jobs[0]
+            .prompt_preview
+            .chars()
+            .count(),
         201
     );
-    assert_eq!(h.w.status().current_job_id, None);
+    assert_eq!(h.worker.status().current_job_id, None);
 }
 
 #[test]
 fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-2", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-2".into(),
@@ -572,7 +575,7 @@ fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
 
 #[test]
 fn upload_4xx_is_not_retried() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-3", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-3".into(),
@@ -599,7 +602,7 @@ fn offers_rejected_by_policy(
 ) {
     let mut cfg = registered();
     cfg.only_when_idle = only_when_idle;
-    let mut h = H::live(cfg);
+    let mut h = Driver::live(cfg);
     if paused {
         h.step(Input::Pause);
     }
@@ -627,7 +630,7 @@ fn offers_rejected_by_policy(
 fn only_when_idle_accepts_once_idle() {
     let mut cfg = registered();
     cfg.only_when_idle = true;
-    let mut h = H::live(cfg);
+    let mut h = Driver::live(cfg);
     h.step(Input::SetPresence(Some(wire::UserPresence::Idle)));
     let c = h.frame(&offer("j", json!({"kind":"image","prompt":"p"})));
     assert_eq!(types(&c), vec!["accept"]);
@@ -635,7 +638,7 @@ fn only_when_idle_accepts_once_idle() {
 
 #[test]
 fn a_result_lost_with_the_session_is_redelivered_before_the_first_heartbeat() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     h.frame(&offer("j-5", json!({"kind":"llm","messages":[]})));
     h.step(Input::JobFinished {
@@ -681,7 +684,7 @@ fn a_reoffer_of_a_job_with_an_unacked_result_drops_the_stale_result_and_runs_it(
     // The studio settled our failure, requeued the job and offers it to us again before
     // its failAck reached us: the held copy is stale and must never be re-sent as the
     // outcome of the new offer.
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
     h.step(Input::JobFinished {
@@ -716,7 +719,7 @@ fn a_reoffer_of_a_job_with_an_unacked_result_drops_the_stale_result_and_runs_it(
 
 #[test]
 fn a_reoffer_of_the_job_already_running_is_accepted_without_a_second_run() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-8", json!({"kind":"llm","messages":[]})));
     let c = h.frame(&offer("j-8", json!({"kind":"llm","messages":[]})));
     assert_eq!(types(&c), vec!["accept"], "no busy reject");
@@ -733,7 +736,7 @@ fn a_reoffer_of_the_job_already_running_is_accepted_without_a_second_run() {
 
 #[test]
 fn a_job_finished_while_disconnected_is_delivered_on_the_next_session() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     h.frame(&offer("j-6", json!({"kind":"llm","messages":[]})));
     h.step(Input::Disconnected {
@@ -762,7 +765,7 @@ fn a_job_finished_while_disconnected_is_delivered_on_the_next_session() {
 
 #[test]
 fn logs_flush_every_second_only_when_non_empty() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&StudioFrame::HeartbeatAck);
     let c = h.at(1.0);
     assert_eq!(types(&c), vec!["logBatch"], "welcome notices ship");
@@ -772,7 +775,7 @@ fn logs_flush_every_second_only_when_non_empty() {
 
 #[test]
 fn unconfirmed_log_batches_are_restored_on_disconnect() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     let c = h.at(1.0);
     let WorkerFrame::LogBatch { entries } = &frames(&c)[0] else {
@@ -790,7 +793,7 @@ fn unconfirmed_log_batches_are_restored_on_disconnect() {
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
     h.frame(&welcome());
-    let t = h.t as f64 / 1e6;
+    let t = h.micros as f64 / 1e6;
     let c = h.at(t + 1.0);
     let WorkerFrame::LogBatch { entries } = &frames(&c)[0] else {
         panic!("{c:?}")
@@ -804,7 +807,7 @@ fn unconfirmed_log_batches_are_restored_on_disconnect() {
 
 #[test]
 fn confirmed_log_batches_are_not_resent() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let conn = h.conn.unwrap();
     h.frame(&StudioFrame::HeartbeatAck); // acks the welcome heartbeat (no batch before it)
     h.at(1.0); // batch
@@ -816,7 +819,7 @@ fn confirmed_log_batches_are_not_resent() {
         reason: "reset".into(),
     });
     assert_eq!(
-        h.w.status().log_queue_len,
+        h.worker.status().log_queue_len,
         1,
         "only the disconnect notice waits; the confirmed batch is gone"
     );
@@ -826,7 +829,7 @@ fn confirmed_log_batches_are_not_resent() {
 fn log_queue_is_capped_with_a_drop_marker() {
     let mut cfg = registered();
     cfg.limits.log_queue_cap = 5000;
-    let mut h = H::new(cfg);
+    let mut h = Driver::new(cfg);
     h.step(Input::Start); // not connected: logs pile up
     for i in 0..6000 {
         h.step(Input::Log(wire::LogEntry {
@@ -837,7 +840,7 @@ fn log_queue_is_capped_with_a_drop_marker() {
             job_id: None,
         }));
     }
-    let st = h.w.status();
+    let st = h.worker.status();
     assert_eq!(st.log_queue_len, 5000);
     assert!(st.log_dropped_total >= 1000);
     let conn = h.conn.unwrap();
@@ -859,7 +862,7 @@ fn log_queue_is_capped_with_a_drop_marker() {
 
 #[test]
 fn shutdown_waits_for_the_job_then_closes_1000() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
     let c = h.step(Input::Shutdown);
     assert!(exit_of(&c).is_none());
@@ -894,7 +897,7 @@ fn shutdown_waits_for_the_job_then_closes_1000() {
 
 #[test]
 fn shutdown_grace_bounds_a_hung_job() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-9", json!({"kind":"llm","messages":[]})));
     h.step(Input::Shutdown);
     for t in [4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0] {
@@ -916,7 +919,7 @@ fn shutdown_grace_bounds_a_hung_job() {
 
 #[test]
 fn pause_and_resume_are_advertised_at_once_and_logged() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     let c = h.step(Input::Pause);
     let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
         panic!()
@@ -927,7 +930,7 @@ fn pause_and_resume_are_advertised_at_once_and_logged() {
         panic!()
     };
     assert!(capabilities.auto_enabled);
-    let logs = h.w.status().recent_logs;
+    let logs = h.worker.status().recent_logs;
     assert!(logs
         .iter()
         .any(|l| l.message.contains("paused by operator")));
@@ -942,7 +945,7 @@ fn update_is_checked_when_due_and_applied_only_when_idle_holding_the_slot() {
     cfg.auto_update_enabled = true;
     cfg.timings.update_interval = Duration::from_secs(10);
     cfg.timings.read_idle = Duration::from_secs(3600);
-    let mut h = H::live(cfg);
+    let mut h = Driver::live(cfg);
     h.frame(&offer("j", json!({"kind":"llm","messages":[]})));
     let c = h.at(10.0);
     assert!(
@@ -975,14 +978,15 @@ fn update_is_checked_when_due_and_applied_only_when_idle_holding_the_slot() {
 
 #[test]
 fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.at(3.0);
-    let before = h.w.status();
-    let err =
-        h.w.handle(Now::new(Mono(1), WallMs(0)), Input::Tick)
-            .unwrap_err();
+    let before = h.worker.status();
+    let err = h
+        .worker
+        .handle(Now::new(Mono(1), WallMs(0)), Input::Tick)
+        .unwrap_err();
     assert!(matches!(err, UsageError::TimeWentBackwards { .. }));
-    assert_eq!(h.w.status(), before);
+    assert_eq!(h.worker.status(), before);
 }
 
 #[rstest]
@@ -993,7 +997,7 @@ fn an_offer_overtaking_our_upload_is_decided_when_the_upload_finishes(
     #[case] status: u16,
     #[case] decision: &str,
 ) {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
@@ -1017,7 +1021,7 @@ fn an_offer_overtaking_our_upload_is_decided_when_the_upload_finishes(
 
 #[test]
 fn a_parked_offer_dies_with_its_session() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
@@ -1035,7 +1039,7 @@ fn a_parked_offer_dies_with_its_session() {
 
 #[test]
 fn an_idle_session_wakes_for_its_heartbeat_only() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.frame(&StudioFrame::HeartbeatAck);
     // The welcome notices ship one flush interval later...
     assert_eq!(h.deadline(), Some(1.0));
@@ -1055,21 +1059,21 @@ fn an_idle_session_wakes_for_its_heartbeat_only() {
 /// different deadline or lose one). The harness's drain stops at the first `Wait`.
 #[test]
 fn the_closing_wait_repeats_until_the_next_handle() {
-    let mut h = H::live(registered());
+    let mut h = Driver::live(registered());
     h.step(Input::Tick);
-    let Command::Wait { until } = h.w.poll() else {
+    let Command::Wait { until } = h.worker.poll() else {
         panic!("after the drain, poll keeps returning Wait");
     };
     assert!(until.is_some(), "a live session has a heartbeat deadline");
     for _ in 0..3 {
-        assert_eq!(h.w.poll(), Command::Wait { until });
+        assert_eq!(h.worker.poll(), Command::Wait { until });
     }
     // At the deadline its timer runs, and a later deadline closes the new drain.
-    h.t = until.unwrap().0;
+    h.micros = until.unwrap().0;
     h.step(Input::Tick);
-    let Command::Wait { until: next } = h.w.poll() else {
+    let Command::Wait { until: next } = h.worker.poll() else {
         panic!("after the drain, poll keeps returning Wait");
     };
     assert!(next > until, "{next:?} after {until:?}");
-    assert_eq!(h.w.poll(), Command::Wait { until: next });
+    assert_eq!(h.worker.poll(), Command::Wait { until: next });
 }

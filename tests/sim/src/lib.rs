@@ -50,6 +50,7 @@ use sha2::{Digest, Sha256};
 use studio_core::studio::{
     JobSpec, JobState, Studio, StudioCommand, StudioConfig, StudioEvent, StudioInput,
 };
+use studio_core::testing;
 use studio_core::wire::{self, StudioFrame, Task, TaskKind};
 use studio_core::worker::{
     Command, ConnId, ConnectError, Credentials, HttpId, HttpRequest, HttpResult, Input, JobOutcome,
@@ -401,7 +402,7 @@ enum Ev {
     ConnArrive {
         w: usize,
         conn: ConnId,
-        worker_id: String,
+        url: String,
         token: String,
     },
     ToWorker {
@@ -641,23 +642,7 @@ struct World {
 }
 
 fn task_for(kind: TaskKind, n: usize) -> Task {
-    let prompt = format!("sim prompt {n}");
-    let v = match kind {
-        TaskKind::Image => json!({"kind":"image","prompt":prompt}),
-        TaskKind::Llm => json!({"kind":"llm","messages":[{"role":"user","content":prompt}]}),
-        TaskKind::AudioStt => json!({"kind":"audio_stt","inputUrl":prompt}),
-        TaskKind::AudioTts => json!({"kind":"audio_tts","text":prompt}),
-        TaskKind::Video => json!({"kind":"video","prompt":prompt}),
-    };
-    serde_json::from_value(v).expect("a valid task")
-}
-
-fn worker_id_of(url: &str) -> String {
-    url.split("/workers/")
-        .nth(1)
-        .and_then(|s| s.split('/').next())
-        .unwrap_or_default()
-        .to_string()
+    testing::task(kind, &format!("sim prompt {n}"))
 }
 
 /// A result frame: the only frames the protocol repeats (the worker re-sends unacked results
@@ -981,7 +966,6 @@ impl World {
                 url,
                 auth_token,
             } => {
-                let worker_id = worker_id_of(&url);
                 let token = auth_token.expose().to_string();
                 let d = self.lat();
                 self.after(
@@ -989,7 +973,7 @@ impl World {
                     Ev::ConnArrive {
                         w,
                         conn,
-                        worker_id,
+                        url,
                         token,
                     },
                 );
@@ -1485,53 +1469,23 @@ impl World {
 
     fn http(&mut self, w: usize, id: HttpId, request: HttpRequest) {
         let result = if !self.studio_up {
-            HttpResult::Transport("connection refused".into())
+            HttpResult::Transport(testing::REFUSED.into())
         } else {
             let now = self.now;
             self.report.studio_steps += 1;
             let (status, body) = match request {
-                HttpRequest::RegisterRequest { body, .. } => {
-                    match self.studio.register_request(now, body) {
-                        Ok(r) => (200, wire::encode(&r)),
-                        Err(e) => (e.status, e.message),
-                    }
-                }
-                HttpRequest::PollRegistration { url, bearer } => {
-                    let rr = url.rsplit('/').next().unwrap_or_default().to_string();
-                    match self.studio.register_status(now, &rr, bearer.expose()) {
-                        Ok(s) => (200, wire::encode(&s)),
-                        Err(e) => (e.status, e.message),
-                    }
-                }
-                HttpRequest::Upload {
-                    url,
-                    auth_token,
-                    job_id,
-                    prompt,
-                    ext,
-                } => {
-                    if self.chaos() && self.cfg.faults.upload_failures && self.rng.chance(0.15) {
-                        if self.rng.chance(0.5) {
-                            (500, r#"{"error":"storage hiccup"}"#.into())
-                        } else {
-                            self.respond(w, id, HttpResult::Transport("reset".into()));
-                            return;
-                        }
+                HttpRequest::Upload { .. }
+                    if self.chaos() && self.cfg.faults.upload_failures && self.rng.chance(0.15) =>
+                {
+                    if self.rng.chance(0.5) {
+                        (500, r#"{"error":"storage hiccup"}"#.into())
                     } else {
-                        let worker_id = worker_id_of(&url);
-                        match self.studio.complete_upload(
-                            now,
-                            &worker_id,
-                            auth_token.expose(),
-                            &job_id,
-                            &prompt,
-                            &ext,
-                            1234,
-                        ) {
-                            Ok(()) => (200, r#"{"ok":true}"#.into()),
-                            Err(e) => (e.status, e.message),
-                        }
+                        self.respond(w, id, HttpResult::Transport("reset".into()));
+                        return;
                     }
+                }
+                request => {
+                    testing::studio_http(&mut self.studio, now, request, testing::RESULT_BYTES)
                 }
             };
             if self.hasher.is_some() {
@@ -1833,9 +1787,9 @@ impl World {
             Ev::ConnArrive {
                 w,
                 conn,
-                worker_id,
+                url,
                 token,
-            } => self.conn_arrive(w, conn, worker_id, token),
+            } => self.conn_arrive(w, conn, &url, &token),
             Ev::ToWorker { w, input } => self.feed(w, input),
             Ev::HttpArrive { w, id, request } => self.http(w, id, *request),
             Ev::EngineDone { w, gen } => {
@@ -1890,7 +1844,7 @@ impl World {
         }
     }
 
-    fn conn_arrive(&mut self, w: usize, conn: ConnId, worker_id: String, token: String) {
+    fn conn_arrive(&mut self, w: usize, conn: ConnId, url: &str, token: &str) {
         if !self.studio_up {
             let d = self.lat();
             self.after(
@@ -1899,14 +1853,14 @@ impl World {
                     w,
                     input: Input::ConnectFailed {
                         conn,
-                        error: ConnectError::Transport("connection refused".into()),
+                        error: ConnectError::Transport(testing::REFUSED.into()),
                     },
                 },
             );
             return;
         }
-        match self.studio.authorize_upgrade(&worker_id, &token) {
-            Ok(()) => {
+        match testing::studio_upgrade(&self.studio, url, token) {
+            Ok(worker_id) => {
                 if !self.wid_index.contains_key(&worker_id) {
                     self.wid_index.insert(worker_id.clone(), w);
                 }
@@ -1937,15 +1891,7 @@ impl World {
                 });
                 self.s2w(link, S2W::Opened);
             }
-            Err(e) => {
-                let error = if e.status == 401 {
-                    ConnectError::Unauthorized { body: e.message }
-                } else {
-                    ConnectError::Status {
-                        status: e.status,
-                        body: e.message,
-                    }
-                };
+            Err(error) => {
                 let d = self.lat();
                 self.after(
                     d,
