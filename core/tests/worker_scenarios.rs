@@ -352,6 +352,40 @@ fn backoff_doubles_to_30s_with_jitter_and_resets_after_a_welcomed_session() {
     ));
 }
 
+/// The reconnect schedule of a fleet spreads: workers with different jitter seeds (the
+/// shell draws one per process) wait different times after the same failures.
+#[test]
+fn workers_with_different_seeds_reconnect_on_different_schedules() {
+    fn schedule(seed: u64) -> Vec<Option<f64>> {
+        let mut cfg = registered();
+        cfg.seed = seed;
+        let mut h = Driver::new(cfg);
+        h.step(Input::Start);
+        (0..6)
+            .map(|_| {
+                let conn = h.conn.unwrap();
+                h.step(Input::ConnectFailed {
+                    conn,
+                    error: ConnectError::Transport("refused".into()),
+                });
+                let d = h.deadline();
+                h.to_deadline();
+                d
+            })
+            .collect()
+    }
+    assert_eq!(schedule(7), schedule(7), "a seed fixes the schedule");
+    let firsts: std::collections::BTreeSet<_> = (0..20)
+        .map(|seed| schedule(seed)[0].map(f64::to_bits))
+        .collect();
+    assert!(
+        firsts.len() >= 18,
+        "20 seeds gave only {} distinct first delays",
+        firsts.len()
+    );
+    assert_ne!(schedule(1), schedule(2));
+}
+
 #[test]
 fn reconnect_cap_ends_in_fatal_exit() {
     let mut cfg = registered();
@@ -571,6 +605,42 @@ fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
     assert!(c.contains(&Command::DiscardResult {
         job_id: "j-2".into()
     }));
+}
+
+/// A transport error (no answer at all) is retried like a 5xx, not failed at once.
+#[test]
+fn upload_is_retried_after_a_transport_error() {
+    let mut h = Driver::live(registered());
+    h.frame(&offer("j-4", json!({"kind":"image","prompt":"p"})));
+    h.step(Input::JobFinished {
+        job_id: "j-4".into(),
+        outcome: JobOutcome::Binary {
+            ext: "webp".into(),
+            bytes_len: 100,
+        },
+    });
+    let (first, _) = h.http.clone().unwrap();
+    let c = h.step(Input::Http {
+        id: first,
+        result: HttpResult::Transport("connection reset".into()),
+    });
+    assert!(
+        frames(&c).is_empty(),
+        "no fail after a transport error: {c:?}"
+    );
+    assert!(!c.iter().any(|c| matches!(c, Command::DiscardResult { .. })));
+    assert_eq!(h.deadline(), Some(1.0), "the retry waits 1 s");
+    h.frame(&StudioFrame::HeartbeatAck);
+    let c = h.at(1.0);
+    let (second, request) = h.http.clone().unwrap();
+    assert_ne!(first, second, "retried: {c:?}");
+    assert!(matches!(request, HttpRequest::Upload { job_id, .. } if job_id == "j-4"));
+    let c = h.http_reply(200, r#"{"ok":true}"#);
+    assert!(frames(&c).is_empty(), "{c:?}");
+    assert!(c.contains(&Command::DiscardResult {
+        job_id: "j-4".into()
+    }));
+    assert_eq!(h.worker.status().stats.completed, 1);
 }
 
 #[test]
