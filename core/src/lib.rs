@@ -12,7 +12,8 @@
 //! * `testing` (feature `testing`, for tests, the fuzzer and the simulation only): the
 //!   in-memory test peer: a worker driver, the pair, the link and the HTTP bridge.
 //! * [`splitmix`]: SplitMix64, the seeded generator every part of the project shares.
-//! * [`time`]: [`Mono`] and [`WallMs`], the only notion of time the core has.
+//! * [`time`]: [`Mono`], [`WallMs`] and [`Now`] (the two together, what both machines
+//!   take), the only notion of time the core has.
 //! * [`trace`]: the record-and-replay trace format (JSON lines): write, parse, replay,
 //!   explain, bless.
 pub mod secret;
@@ -26,7 +27,7 @@ pub mod wire;
 pub mod worker;
 
 pub use secret::Secret;
-pub use time::{Mono, WallMs};
+pub use time::{Mono, Now, WallMs};
 
 /// The README's driving-contract example runs as a doctest of this crate.
 #[cfg(doctest)]

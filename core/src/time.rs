@@ -2,13 +2,63 @@
 //!
 //! [`Mono`] is a monotonic instant in microseconds from an arbitrary origin chosen by the
 //! shell (or the simulation). [`WallMs`] is wall-clock time in milliseconds since the Unix
-//! epoch, passed beside it only where a frame needs a timestamp (log `ts`).
+//! epoch, passed beside it only where a frame needs a timestamp (a log entry's `ts`, the
+//! studio's `serverTime`). Both machines take the two together as [`Now`], and both apply
+//! the same rule to it ([`Now::after`]): the monotonic clock never goes backwards (a driver
+//! that says otherwise gets a usage error and nothing changes), the wall clock may (NTP) and
+//! is held monotone.
 
 use std::fmt;
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// The time of an input to either machine: monotonic for every decision, wall clock for
+/// timestamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Now {
+    pub mono: Mono,
+    pub wall: WallMs,
+}
+
+impl Now {
+    /// A `Now` from both clocks.
+    pub fn new(mono: Mono, wall: WallMs) -> Now {
+        Now { mono, wall }
+    }
+
+    /// The time a machine takes for an input at `self` when its previous input came at
+    /// `last`: an error when the monotonic clock went backwards; otherwise `self` with the
+    /// wall clock held at or after `last`'s (it may step back, NTP; timestamps stay ordered).
+    pub fn after(self, last: Now) -> Result<Now, TimeWentBackwards> {
+        if self.mono < last.mono {
+            return Err(TimeWentBackwards {
+                last: last.mono,
+                now: self.mono,
+            });
+        }
+        Ok(Now {
+            mono: self.mono,
+            wall: WallMs(self.wall.0.max(last.wall.0)),
+        })
+    }
+}
+
+/// A driver passed a monotonic time earlier than the previous input's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWentBackwards {
+    pub last: Mono,
+    pub now: Mono,
+}
+
+impl fmt::Display for TimeWentBackwards {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "time went backwards: {} < {}", self.now, self.last)
+    }
+}
+
+impl std::error::Error for TimeWentBackwards {}
 
 /// A monotonic instant, in microseconds from the driver's origin.
 #[derive(
@@ -116,6 +166,26 @@ mod tests {
         assert_eq!(
             WallMs(951_782_400_123).to_rfc3339(),
             "2000-02-29T00:00:00.123Z"
+        );
+    }
+
+    #[test]
+    fn mono_time_may_not_go_back_wall_time_is_held() {
+        let last = Now::new(Mono(10), WallMs(500));
+        assert_eq!(
+            Now::new(Mono(9), WallMs(600)).after(last),
+            Err(TimeWentBackwards {
+                last: Mono(10),
+                now: Mono(9)
+            })
+        );
+        assert_eq!(
+            Now::new(Mono(10), WallMs(400)).after(last),
+            Ok(Now::new(Mono(10), WallMs(500)))
+        );
+        assert_eq!(
+            Now::new(Mono(11), WallMs(700)).after(last),
+            Ok(Now::new(Mono(11), WallMs(700)))
         );
     }
 

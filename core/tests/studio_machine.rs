@@ -9,14 +9,14 @@ use rstest::rstest;
 use serde_json::json;
 use studio_core::studio::{
     ConnId, HttpError, JobResult, JobSpec, JobState, RequeueReason, Studio, StudioCommand,
-    StudioConfig, StudioEvent, StudioInput,
+    StudioConfig, StudioEvent, StudioInput, Upload, UsageError,
 };
 use studio_core::wire::{
     self, close_code, sha256_hex, AutoRegisterRequest, ChatMessage, ImageTask, LlmTask, LogEntry,
     RegisterStatus, RejectCode, StudioFrame, Task, TaskKind, UserPresence, WorkerCapabilities,
     WorkerErrorCode, WorkerFrame,
 };
-use studio_core::Mono;
+use studio_core::{Mono, Now, WallMs};
 
 // ------------------------------------------------------------------------------------------
 // Harness
@@ -25,6 +25,13 @@ use studio_core::Mono;
 struct H {
     s: Studio,
     t: Mono,
+    /// Wall clock at `Mono::ZERO`, in milliseconds (the Unix epoch unless a test sets it).
+    wall0: u64,
+}
+
+/// The time `t` with the wall clock reading `wall0` at `Mono::ZERO`.
+fn now_at(wall0: u64, t: Mono) -> Now {
+    Now::new(t, WallMs(wall0 + t.as_micros() / 1000))
 }
 
 type Cmds = Vec<StudioCommand>;
@@ -38,6 +45,7 @@ impl H {
         H {
             s: Studio::new(cfg),
             t: Mono::ZERO,
+            wall0: 0,
         }
     }
 
@@ -45,20 +53,23 @@ impl H {
         self.t = Mono::from_secs(secs);
     }
 
+    /// The time of the next call: the wall clock reads `wall0` at `Mono::ZERO`.
+    fn now(&self) -> Now {
+        now_at(self.wall0, self.t)
+    }
+
     fn drain(&mut self) -> Cmds {
         let mut v = Vec::new();
-        while let Some(c) = self.s.poll() {
+        loop {
+            let c = self.s.poll();
             let last = matches!(c, StudioCommand::Wait { .. });
             v.push(c);
             if last {
                 break;
             }
         }
-        assert!(
-            matches!(v.last(), Some(StudioCommand::Wait { .. })),
-            "a drain must end with Wait: {v:?}"
-        );
-        assert!(self.s.poll().is_none(), "nothing after the Wait");
+        let last = v.last().cloned();
+        assert_eq!(Some(self.s.poll()), last, "after the Wait, poll repeats it");
         if let Err(e) = self.s.check_invariants() {
             panic!("invariant broken: {e}\nlast commands: {v:?}");
         }
@@ -66,7 +77,7 @@ impl H {
     }
 
     fn input(&mut self, input: StudioInput) -> Cmds {
-        self.s.handle(self.t, input);
+        self.s.handle(self.now(), input).expect("time goes forward");
         self.drain()
     }
 
@@ -74,37 +85,37 @@ impl H {
         self.input(StudioInput::Tick)
     }
 
-    fn connect(&mut self, conn: ConnId, worker: &str) -> Cmds {
+    fn connect(&mut self, conn: u64, worker: &str) -> Cmds {
         self.input(StudioInput::Connected {
-            conn,
+            conn: ConnId(conn),
             worker_id: worker.into(),
         })
     }
 
-    fn text(&mut self, conn: ConnId, text: &str) -> Cmds {
+    fn text(&mut self, conn: u64, text: &str) -> Cmds {
         self.input(StudioInput::Frame {
-            conn,
+            conn: ConnId(conn),
             text: text.into(),
         })
     }
 
-    fn frame(&mut self, conn: ConnId, f: &WorkerFrame) -> Cmds {
+    fn frame(&mut self, conn: u64, f: &WorkerFrame) -> Cmds {
         let text = wire::encode(f);
         self.text(conn, &text)
     }
 
-    fn disconnect(&mut self, conn: ConnId) -> Cmds {
-        self.input(StudioInput::Disconnected { conn })
+    fn disconnect(&mut self, conn: u64) -> Cmds {
+        self.input(StudioInput::Disconnected { conn: ConnId(conn) })
     }
 
     /// Provisions `worker` with token `tok-<worker>`, connects `conn` and says hello.
-    fn online(&mut self, conn: ConnId, worker: &str, caps: WorkerCapabilities) -> Cmds {
+    fn online(&mut self, conn: u64, worker: &str, caps: WorkerCapabilities) -> Cmds {
         self.s.add_worker(worker, &token(worker));
         self.drain();
         self.hello(conn, worker, caps)
     }
 
-    fn hello(&mut self, conn: ConnId, worker: &str, caps: WorkerCapabilities) -> Cmds {
+    fn hello(&mut self, conn: u64, worker: &str, caps: WorkerCapabilities) -> Cmds {
         self.connect(conn, worker);
         self.frame(
             conn,
@@ -115,7 +126,7 @@ impl H {
         )
     }
 
-    fn heartbeat(&mut self, conn: ConnId, caps: WorkerCapabilities, job: Option<&str>) -> Cmds {
+    fn heartbeat(&mut self, conn: u64, caps: WorkerCapabilities, job: Option<&str>) -> Cmds {
         self.frame(
             conn,
             &WorkerFrame::Heartbeat {
@@ -125,11 +136,11 @@ impl H {
         )
     }
 
-    fn accept(&mut self, conn: ConnId, job: &str) -> Cmds {
+    fn accept(&mut self, conn: u64, job: &str) -> Cmds {
         self.frame(conn, &WorkerFrame::Accept { job_id: job.into() })
     }
 
-    fn complete_json(&mut self, conn: ConnId, job: &str) -> Cmds {
+    fn complete_json(&mut self, conn: u64, job: &str) -> Cmds {
         self.frame(
             conn,
             &WorkerFrame::CompleteJson {
@@ -140,7 +151,7 @@ impl H {
         )
     }
 
-    fn fail(&mut self, conn: ConnId, job: &str, retryable: bool) -> Cmds {
+    fn fail(&mut self, conn: u64, job: &str, retryable: bool) -> Cmds {
         self.frame(
             conn,
             &WorkerFrame::Fail {
@@ -151,7 +162,7 @@ impl H {
         )
     }
 
-    fn reject(&mut self, conn: ConnId, job: &str, reason: &str, code: Option<RejectCode>) -> Cmds {
+    fn reject(&mut self, conn: u64, job: &str, reason: &str, code: Option<RejectCode>) -> Cmds {
         self.frame(
             conn,
             &WorkerFrame::Reject {
@@ -163,7 +174,7 @@ impl H {
     }
 
     fn submit(&mut self, spec: JobSpec) -> (String, Cmds) {
-        let id = self.s.submit(self.t, spec).expect("submit");
+        let id = self.s.submit(self.now(), spec).expect("submit");
         (id, self.drain())
     }
 
@@ -173,6 +184,25 @@ impl H {
 
     fn attempts(&self, job: &str) -> u32 {
         self.s.job(job).expect("job exists").attempts
+    }
+}
+
+/// An upload of `bytes_len` bytes of `job_id` by `worker_id` with `bearer`.
+fn up<'a>(
+    worker_id: &'a str,
+    bearer: &'a str,
+    job_id: &'a str,
+    prompt: &'a str,
+    ext: &'a str,
+    bytes_len: u64,
+) -> Upload<'a> {
+    Upload {
+        worker_id,
+        bearer,
+        job_id,
+        prompt,
+        ext,
+        bytes_len,
     }
 }
 
@@ -252,10 +282,10 @@ fn llm_job() -> JobSpec {
 }
 
 /// Frames sent to `conn`, decoded.
-fn sent(cmds: &Cmds, conn: ConnId) -> Vec<StudioFrame> {
+fn sent(cmds: &Cmds, conn: u64) -> Vec<StudioFrame> {
     cmds.iter()
         .filter_map(|c| match c {
-            StudioCommand::Send { conn: to, text } if *to == conn => {
+            StudioCommand::Send { conn: to, text } if *to == ConnId(conn) => {
                 Some(wire::decode_studio_frame(text).expect("studio frames decode"))
             }
             _ => None,
@@ -263,7 +293,7 @@ fn sent(cmds: &Cmds, conn: ConnId) -> Vec<StudioFrame> {
         .collect()
 }
 
-fn offers(cmds: &Cmds, conn: ConnId) -> Vec<String> {
+fn offers(cmds: &Cmds, conn: u64) -> Vec<String> {
     sent(cmds, conn)
         .into_iter()
         .filter_map(|f| match f {
@@ -273,11 +303,11 @@ fn offers(cmds: &Cmds, conn: ConnId) -> Vec<String> {
         .collect()
 }
 
-fn all_offers(cmds: &Cmds) -> Vec<(ConnId, String)> {
+fn all_offers(cmds: &Cmds) -> Vec<(u64, String)> {
     cmds.iter()
         .filter_map(|c| match c {
             StudioCommand::Send { conn, text } => match wire::decode_studio_frame(text) {
-                Ok(StudioFrame::Offer { claim }) => Some((*conn, claim.job_id)),
+                Ok(StudioFrame::Offer { claim }) => Some((conn.0, claim.job_id)),
                 _ => None,
             },
             _ => None,
@@ -285,10 +315,10 @@ fn all_offers(cmds: &Cmds) -> Vec<(ConnId, String)> {
         .collect()
 }
 
-fn closes(cmds: &Cmds) -> Vec<(ConnId, u16)> {
+fn closes(cmds: &Cmds) -> Vec<(u64, u16)> {
     cmds.iter()
         .filter_map(|c| match c {
-            StudioCommand::Close { conn, code, .. } => Some((*conn, *code)),
+            StudioCommand::Close { conn, code, .. } => Some((conn.0, *code)),
             _ => None,
         })
         .collect()
@@ -310,7 +340,7 @@ fn wait(cmds: &Cmds) -> Option<Mono> {
     }
 }
 
-fn error_frame(cmds: &Cmds, conn: ConnId) -> Option<(WorkerErrorCode, String)> {
+fn error_frame(cmds: &Cmds, conn: u64) -> Option<(WorkerErrorCode, String)> {
     sent(cmds, conn).into_iter().find_map(|f| match f {
         StudioFrame::Error { code, message } => Some((code, message)),
         _ => None,
@@ -353,11 +383,9 @@ fn hello_with_the_right_token_is_welcomed() {
 }
 
 #[test]
-fn server_time_uses_the_wall_origin() {
-    let mut h = H::with(StudioConfig {
-        wall_origin: studio_core::WallMs(1_779_710_400_000),
-        ..StudioConfig::default()
-    });
+fn server_time_is_the_wall_clock_passed_in() {
+    let mut h = H::new();
+    h.wall0 = 1_779_710_400_000;
     h.at(2);
     let out = h.online(1, "w-1", caps());
     assert!(matches!(&sent(&out, 1)[0],
@@ -472,11 +500,11 @@ fn duplicate_worker_replaces_the_old_session() {
     // The offer died with the old socket and goes to the new session, no attempt spent.
     assert_eq!(offers(&out, 2), vec![job.clone()]);
     assert_eq!(h.attempts(&job), 0);
-    assert_eq!(h.s.worker("w-1").unwrap().conn, Some(2));
+    assert_eq!(h.s.worker("w-1").unwrap().conn, Some(ConnId(2)));
     assert!(events(&out).contains(&StudioEvent::DuplicateSession {
         worker_id: "w-1".into(),
-        old_conn: 1,
-        new_conn: 2
+        old_conn: ConnId(1),
+        new_conn: ConnId(2)
     }));
 }
 
@@ -504,11 +532,11 @@ fn a_late_hello_on_an_older_connection_does_not_displace_the_live_session() {
     );
     assert_eq!(closes(&out), vec![(1, close_code::DUPLICATE_WORKER)]);
     assert!(sent(&out, 2).is_empty(), "the live session is left alone");
-    assert_eq!(h.s.worker("w-1").unwrap().conn, Some(2));
+    assert_eq!(h.s.worker("w-1").unwrap().conn, Some(ConnId(2)));
     assert!(events(&out).contains(&StudioEvent::DuplicateSession {
         worker_id: "w-1".into(),
-        old_conn: 1,
-        new_conn: 2
+        old_conn: ConnId(1),
+        new_conn: ConnId(2)
     }));
     // The live session still works.
     let (job, out) = h.submit(llm_job());
@@ -556,7 +584,10 @@ fn frames_for_unknown_connections_are_ignored() {
     let out = h.heartbeat(99, caps(), None);
     assert!(matches!(
         events(&out)[..],
-        [StudioEvent::Ignored { conn: Some(99), .. }]
+        [StudioEvent::Ignored {
+            conn: Some(ConnId(99)),
+            ..
+        }]
     ));
     assert!(closes(&out).is_empty());
 }
@@ -993,7 +1024,7 @@ fn a_connection_that_never_says_hello_is_swept() {
     let out = h.tick();
     assert_eq!(closes(&out), vec![(1, 1000)]);
     assert!(events(&out).contains(&StudioEvent::SessionExpired {
-        conn: 1,
+        conn: ConnId(1),
         worker_id: "w".into()
     }));
 }
@@ -1007,7 +1038,7 @@ fn a_quick_reconnect_keeps_the_running_job() {
     h.at(5);
     let out = h.disconnect(1);
     assert!(events(&out).contains(&StudioEvent::ConnLost {
-        conn: 1,
+        conn: ConnId(1),
         worker_id: "w".into()
     }));
     assert_eq!(h.state(&j), running_on("w"));
@@ -1189,7 +1220,7 @@ fn a_stale_completion_never_completes_a_reassigned_job() {
     ));
     assert_eq!(h.state(&j), offered_to("b"));
     let err =
-        h.s.complete_upload(h.t, "a", &token("a"), &j, "p", "webp", 10)
+        h.s.complete_upload(h.now(), up("a", &token("a"), &j, "p", "webp", 10))
             .unwrap_err();
     assert_eq!(err.status, 409);
     h.drain();
@@ -1243,25 +1274,25 @@ fn upload_completion_checks_token_and_claim_and_nudges() {
     assert_eq!(h.state(&j1), offered_to("w"));
     assert_eq!(h.state(&j2), offered_to("other"));
     h.accept(1, &j1);
-    let t = h.t;
+    let t = h.now();
     let e =
-        h.s.complete_upload(t, "w", "bad", &j1, "p", "webp", 1)
+        h.s.complete_upload(t, up("w", "bad", &j1, "p", "webp", 1))
             .unwrap_err();
     assert_eq!(e.status, 401);
     let e =
-        h.s.complete_upload(t, "nobody", "x", &j1, "p", "webp", 1)
+        h.s.complete_upload(t, up("nobody", "x", &j1, "p", "webp", 1))
             .unwrap_err();
     assert_eq!(e.status, 401);
     let e =
-        h.s.complete_upload(t, "w", &token("w"), &j2, "p", "webp", 1)
+        h.s.complete_upload(t, up("w", &token("w"), &j2, "p", "webp", 1))
             .unwrap_err();
     assert_eq!(e.status, 409, "held by another worker");
     let e =
-        h.s.complete_upload(t, "w", &token("w"), "job-999", "p", "webp", 1)
+        h.s.complete_upload(t, up("w", &token("w"), "job-999", "p", "webp", 1))
             .unwrap_err();
     assert_eq!(e.status, 409, "unknown job");
     h.drain();
-    h.s.complete_upload(t, "w", &token("w"), &j1, "the prompt", "webp", 1234)
+    h.s.complete_upload(t, up("w", &token("w"), &j1, "the prompt", "webp", 1234))
         .unwrap();
     let out = h.drain();
     assert_eq!(offers(&out, 1), vec![j3], "the nudge offers the next job");
@@ -1278,7 +1309,7 @@ fn upload_completion_checks_token_and_claim_and_nudges() {
     );
     // A repeated upload is a conflict and never completes twice.
     let e =
-        h.s.complete_upload(t, "w", &token("w"), &j1, "p", "webp", 1)
+        h.s.complete_upload(t, up("w", &token("w"), &j1, "p", "webp", 1))
             .unwrap_err();
     assert_eq!(e.status, 409);
     h.drain();
@@ -1296,7 +1327,7 @@ fn submit_validates_its_input() {
         max_frame_bytes: 2_000,
         ..StudioConfig::default()
     });
-    let t = h.t;
+    let t = h.now();
     let e =
         h.s.submit(
             t,
@@ -1401,7 +1432,7 @@ fn reg(install: &str, secret: &str) -> AutoRegisterRequest {
 fn registration_pending_approve_and_rekey_on_every_poll() {
     let mut h = H::new();
     h.at(3);
-    let t = h.t;
+    let t = h.now();
     let r = h.s.register_request(t, reg("inst-1", "s3cret")).unwrap();
     assert_eq!(r.status, "pending");
     let rid = r.request_id;
@@ -1465,7 +1496,7 @@ fn registration_pending_approve_and_rekey_on_every_poll() {
 #[test]
 fn registration_reject_and_unknown_ids() {
     let mut h = H::new();
-    let t = h.t;
+    let t = h.now();
     let rid = h.s.register_request(t, reg("i", "s")).unwrap().request_id;
     h.s.reject(&rid, "unknown contributor").unwrap();
     assert_eq!(
@@ -1489,11 +1520,11 @@ fn registration_dedups_by_install_id_and_keeps_the_newest_secret() {
     let mut h = H::new();
     h.at(1);
     let rid =
-        h.s.register_request(h.t, reg("inst", "old"))
+        h.s.register_request(h.now(), reg("inst", "old"))
             .unwrap()
             .request_id;
     h.at(31);
-    let again = h.s.register_request(h.t, reg("inst", "new")).unwrap();
+    let again = h.s.register_request(h.now(), reg("inst", "new")).unwrap();
     assert_eq!(again.request_id, rid);
     assert_eq!(h.s.pending_requests().len(), 1);
     assert_eq!(
@@ -1502,14 +1533,16 @@ fn registration_dedups_by_install_id_and_keeps_the_newest_secret() {
         "first seen is kept"
     );
     assert_eq!(
-        h.s.register_status(h.t, &rid, "old").unwrap_err().status,
+        h.s.register_status(h.now(), &rid, "old")
+            .unwrap_err()
+            .status,
         401
     );
     assert_eq!(
-        h.s.register_status(h.t, &rid, "new").unwrap(),
+        h.s.register_status(h.now(), &rid, "new").unwrap(),
         RegisterStatus::Pending
     );
-    let other = h.s.register_request(h.t, reg("inst-2", "x")).unwrap();
+    let other = h.s.register_request(h.now(), reg("inst-2", "x")).unwrap();
     assert_ne!(other.request_id, rid);
     h.drain();
 }
@@ -1517,7 +1550,7 @@ fn registration_dedups_by_install_id_and_keeps_the_newest_secret() {
 #[test]
 fn registration_input_is_validated() {
     let mut h = H::new();
-    let t = h.t;
+    let t = h.now();
     let mut bad = reg("i", "s");
     bad.registration_secret_hash = "not-a-hash".into();
     assert_eq!(h.s.register_request(t, bad).unwrap_err().status, 400);
@@ -1539,7 +1572,7 @@ fn registration_store_is_bounded() {
         max_registration_requests: 2,
         ..StudioConfig::default()
     });
-    let t = h.t;
+    let t = h.now();
     let a = h.s.register_request(t, reg("a", "s")).unwrap().request_id;
     h.s.register_request(t, reg("b", "s")).unwrap();
     assert_eq!(
@@ -1558,7 +1591,7 @@ fn auto_approve_reports_approved_on_the_first_poll_and_reuses_the_worker() {
         auto_approve: true,
         ..StudioConfig::default()
     });
-    let t = h.t;
+    let t = h.now();
     let r = h.s.register_request(t, reg("inst", "s")).unwrap();
     assert_eq!(r.status, "pending");
     let RegisterStatus::Approved { worker_id, .. } =
@@ -1597,10 +1630,10 @@ fn tokens_are_deterministic_per_seed() {
             seed,
         );
         let rid = s
-            .register_request(Mono::ZERO, reg("i", "s"))
+            .register_request(Now::default(), reg("i", "s"))
             .unwrap()
             .request_id;
-        match s.register_status(Mono::ZERO, &rid, "s").unwrap() {
+        match s.register_status(Now::default(), &rid, "s").unwrap() {
             RegisterStatus::Approved { auth_token, .. } => auth_token,
             _ => unreachable!(),
         }
@@ -1658,14 +1691,34 @@ fn wait_deadlines() {
 }
 
 #[test]
-fn time_going_backwards_is_clamped() {
+fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
     let mut h = H::new();
     h.at(100);
     h.online(1, "w", caps());
+    let wait_before = h.s.poll();
     h.at(1);
-    let out = h.heartbeat(1, caps(), None);
-    assert!(wait(&out).unwrap() >= Mono::from_secs(100));
+    let heartbeat = WorkerFrame::Heartbeat {
+        capabilities: caps(),
+        current_job_id: None,
+    };
+    let input = StudioInput::Frame {
+        conn: ConnId(1),
+        text: wire::encode(&heartbeat),
+    };
+    assert_eq!(
+        h.s.handle(h.now(), input),
+        Err(UsageError {
+            last: Mono::from_secs(100),
+            now: Mono::from_secs(1)
+        })
+    );
+    assert_eq!(h.s.poll(), wait_before, "nothing queued, the same deadline");
     assert_eq!(h.s.now(), Mono::from_secs(100));
+    // An HTTP call at that time is answered 500 and changes nothing either.
+    assert_eq!(h.s.submit(h.now(), llm_job()).unwrap_err().status, 500);
+    assert_eq!(h.s.jobs().count(), 0);
+    assert_eq!(h.s.poll(), wait_before);
+    h.s.check_invariants().unwrap();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1691,7 +1744,8 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
     let mut all = Vec::new();
     let drain = |s: &mut Studio, all: &mut Cmds| -> Result<(), String> {
         let mut n = 0;
-        while let Some(c) = s.poll() {
+        loop {
+            let c = s.poll();
             n += 1;
             if n > 10_000 {
                 return Err("drain does not end".into());
@@ -1711,7 +1765,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
     };
     drain(&mut s, &mut all)?;
     for &(op, a, b) in script {
-        let conn = u64::from(a % 5);
+        let conn = ConnId(u64::from(a % 5));
         let worker = WORKERS[usize::from(b) % WORKERS.len()];
         let job = format!("job-{}", 1 + b % 6);
         let mut c = caps();
@@ -1772,7 +1826,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
                 } else {
                     llm_job()
                 };
-                let _ = s.submit(t, spec);
+                let _ = s.submit(now_at(0, t), spec);
                 None
             }
             11 => {
@@ -1781,7 +1835,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
                 } else {
                     token(worker)
                 };
-                let _ = s.complete_upload(t, worker, &bearer, &job, "p", "png", 1);
+                let _ = s.complete_upload(now_at(0, t), up(worker, &bearer, &job, "p", "png", 1));
                 None
             }
             12 => Some(StudioInput::Frame {
@@ -1821,7 +1875,7 @@ fn run_script(script: &[(u8, u8, u8)]) -> Result<Cmds, String> {
             }
         };
         if let Some(input) = input {
-            s.handle(t, input);
+            s.handle(now_at(0, t), input).map_err(|e| e.to_string())?;
         }
         drain(&mut s, &mut all)?;
         for j in s.jobs() {

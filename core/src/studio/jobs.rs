@@ -3,22 +3,22 @@
 
 use std::collections::BTreeSet;
 
-use crate::time::Mono;
+use crate::time::Now;
 use crate::wire::{self, StudioFrame};
 
 use super::offers::{claim_for, Claim};
 use super::queue::job_fit;
 use super::{
     HttpError, JobRecord, JobResult, JobSpec, JobState, RequeueReason, Studio, StudioEvent,
-    StudioStats,
+    StudioStats, Upload,
 };
 
 impl Studio {
     /// Queues a job and offers it if a worker can take it. 400 for an empty model or a
     /// negative/non-finite VRAM estimate, 413 when the offer would exceed the frame limit,
     /// 429 when `max_queued_jobs` unfinished jobs exist.
-    pub fn submit(&mut self, now: Mono, job: JobSpec) -> Result<String, HttpError> {
-        self.advance(now);
+    pub fn submit(&mut self, now: Now, job: JobSpec) -> Result<String, HttpError> {
+        self.advance(now)?;
         let result = self.submit_inner(job);
         self.finish();
         result
@@ -118,32 +118,22 @@ impl Studio {
     /// bytes). 401 bad worker/token; 409 when the job is unknown, not held by this worker,
     /// or already finished; otherwise the job is done and the freed worker is offered the
     /// next job.
-    #[allow(clippy::too_many_arguments)]
-    pub fn complete_upload(
-        &mut self,
-        now: Mono,
-        worker_id: &str,
-        bearer: &str,
-        job_id: &str,
-        prompt: &str,
-        ext: &str,
-        bytes_len: u64,
-    ) -> Result<(), HttpError> {
-        self.advance(now);
-        let result = self.complete_upload_inner(worker_id, bearer, job_id, prompt, ext, bytes_len);
+    pub fn complete_upload(&mut self, now: Now, upload: Upload<'_>) -> Result<(), HttpError> {
+        self.advance(now)?;
+        let result = self.complete_upload_inner(upload);
         self.finish();
         result
     }
 
-    pub(super) fn complete_upload_inner(
-        &mut self,
-        worker_id: &str,
-        bearer: &str,
-        job_id: &str,
-        prompt: &str,
-        ext: &str,
-        bytes_len: u64,
-    ) -> Result<(), HttpError> {
+    fn complete_upload_inner(&mut self, upload: Upload<'_>) -> Result<(), HttpError> {
+        let Upload {
+            worker_id,
+            bearer,
+            job_id,
+            prompt,
+            ext,
+            bytes_len,
+        } = upload;
         self.check_token(worker_id, bearer)?;
         let Some(&seq) = self.job_index.get(job_id) else {
             return Err(HttpError::conflict("unknown job"));

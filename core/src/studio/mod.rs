@@ -6,9 +6,15 @@
 //! (§2, §5), job offering and bookkeeping (§3.1 "Studio selection", §3.9), the multipart
 //! completion route (§4.1) and the periodic sweep (§1.1, §6). It reads no clock, socket,
 //! file, environment, thread or random source, and uses no hashed collections: the same
-//! calls with the same `Mono` values give the same commands, always.
+//! calls at the same times give the same commands, always.
 //!
 //! # Driving contract
+//!
+//! The same as the worker machine's: one `handle(now, input) -> Result<(), UsageError>`
+//! and one `poll()` drained until it returns [`StudioCommand::Wait`]; time is a
+//! [`Now`] (monotonic for every decision, the wall clock for `welcome.serverTime`) and
+//! follows [`Now::after`]'s rule: a monotonic time earlier than the previous call's is a
+//! [`UsageError`] and changes nothing (an HTTP call answers it with a 500).
 //!
 //! * The driver assigns a [`ConnId`] per accepted socket. Before accepting a WebSocket
 //!   upgrade it calls [`Studio::authorize_upgrade`] (401 refuses the upgrade), then feeds
@@ -21,24 +27,27 @@
 //! * After **every** call that takes `&mut self` the driver drains [`Studio::poll`] until it
 //!   returns a [`StudioCommand::Wait`]: `Send` a text frame, `Close` a socket with a code,
 //!   log an `Event`, then sleep until `until` (`None`: nothing scheduled, sleep until IO).
+//!   After the `Wait`, `poll` repeats it until the next such call.
 //! * Binary WebSocket frames are not part of the contract; a driver may feed them as a
 //!   `Frame` with any non-JSON text (they then count as a protocol violation) or drop them.
 //!
 //! ```
-//! use studio_core::studio::{Studio, StudioCommand, StudioConfig, StudioInput};
-//! use studio_core::Mono;
+//! use studio_core::studio::{ConnId, Studio, StudioCommand, StudioConfig, StudioInput};
+//! use studio_core::{Mono, Now, WallMs};
 //!
 //! let mut studio = Studio::new(StudioConfig::default());
 //! studio.add_worker("w-1", "token-1");
 //! assert!(studio.authorize_upgrade("w-1", "token-1").is_ok());
-//! studio.handle(Mono::from_secs(1), StudioInput::Connected { conn: 7, worker_id: "w-1".into() });
+//! let now = Now::new(Mono::from_secs(1), WallMs(1_779_710_401_000));
+//! let conn = ConnId(7);
+//! studio.handle(now, StudioInput::Connected { conn, worker_id: "w-1".into() }).unwrap();
 //! let hello = r#"{"type":"hello","authToken":"token-1","capabilities":{"machineName":"m",
 //!   "username":"u","agentVersion":"0","engine":"synthetic","vramTotalGb":8.0,
 //!   "vramThresholdGb":8.0,"autoEnabled":true,"autoStart":false,"supportedModels":[]}}"#;
-//! studio.handle(Mono::from_secs(1), StudioInput::Frame { conn: 7, text: hello.into() });
+//! studio.handle(now, StudioInput::Frame { conn, text: hello.into() }).unwrap();
 //! let mut sent = Vec::new();
-//! while let Some(cmd) = studio.poll() {
-//!     match cmd {
+//! loop {
+//!     match studio.poll() {
 //!         StudioCommand::Send { conn, text } => sent.push((conn, text)),
 //!         StudioCommand::Close { .. } | StudioCommand::Event(_) => {}
 //!         StudioCommand::Wait { until } => {
@@ -48,7 +57,10 @@
 //!         }
 //!     }
 //! }
-//! assert!(sent[0].1.starts_with(r#"{"type":"welcome","workerId":"w-1""#));
+//! assert_eq!(
+//!     sent[0].1,
+//!     r#"{"type":"welcome","workerId":"w-1","serverTime":"2026-05-25T12:00:01.000Z"}"#
+//! );
 //! ```
 //!
 //! # Decisions where the protocol is silent
@@ -80,7 +92,7 @@
 //! | Upgrade authorisation | 401 for an unknown worker, one without a token yet, or a wrong bearer. |
 //! | `remove_worker` | Every socket of the worker gets `error worker_deleted` + close 4004; its job is requeued with the attempt refunded (an operator action is not the job's fault). |
 //! | Tokens | `sha256_hex` of a domain tag, the seed and a counter: deterministic; the driver seeds from a real random source. Only the SHA-256 of a token is stored. |
-//! | `serverTime` | RFC 3339 of `wall_origin + now` (the worker only logs it). |
+//! | `serverTime` | RFC 3339 of the wall clock passed in (the worker only logs it). |
 //! | Timers | Offer timeouts are exact deadlines; session and claim expiry are checked by the sweep, like the reference's 10 s alarm. The sweep is armed only while a connection or an orphaned claim exists, so an empty studio waits with `None`. Timers fire on `Tick` only. |
 //! | Limits | Every limit is a field of [`StudioConfig`] with a named default: frame size, unfinished jobs, finished jobs kept, registration requests kept, per-worker log ring, stored log message length. Over a limit: 413/429/400 on HTTP, violation on the socket, oldest-first eviction for rings. |
 //!
@@ -106,7 +118,7 @@ mod types;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::time::Mono;
+use crate::time::{Mono, Now, WallMs};
 use crate::wire::{self, StudioFrame};
 
 pub use types::*;
@@ -119,9 +131,10 @@ use sessions::{ConnRec, WorkerRec};
 #[derive(Clone, Debug)]
 pub struct Studio {
     cfg: StudioConfig,
+    /// The latest time seen (see [`Now::after`]).
     now: Mono,
+    wall: WallMs,
     out: VecDeque<StudioCommand>,
-    wait_pending: bool,
     next_sweep: Option<Mono>,
 
     // registration
@@ -166,8 +179,8 @@ impl Studio {
         Studio {
             cfg,
             now: Mono::ZERO,
+            wall: WallMs(0),
             out: VecDeque::new(),
-            wait_pending: false,
             next_sweep: None,
             requests: BTreeMap::new(),
             request_order: BTreeMap::new(),
@@ -218,9 +231,9 @@ impl Studio {
         self.now
     }
 
-    /// Feeds one input.
-    pub fn handle(&mut self, now: Mono, input: StudioInput) {
-        self.advance(now);
+    /// Feeds one input. On `Err` nothing changed. Drain [`Studio::poll`] afterwards.
+    pub fn handle(&mut self, now: Now, input: StudioInput) -> Result<(), UsageError> {
+        self.advance(now)?;
         match input {
             StudioInput::Connected { conn, worker_id } => self.on_connected(conn, worker_id),
             StudioInput::Frame { conn, text } => self.on_frame(conn, &text),
@@ -228,25 +241,23 @@ impl Studio {
             StudioInput::Tick => self.on_tick(),
         }
         self.finish();
+        Ok(())
     }
 
-    /// The next command; after the queue empties, one `Wait`, then `None` until the next
-    /// call that changes state.
-    pub fn poll(&mut self) -> Option<StudioCommand> {
-        if let Some(cmd) = self.out.pop_front() {
-            return Some(cmd);
+    /// The next command. The last command of every drain is [`StudioCommand::Wait`]; after
+    /// it, `poll` keeps returning the same `Wait` until the next call that takes `&mut self`.
+    pub fn poll(&mut self) -> StudioCommand {
+        match self.out.pop_front() {
+            Some(cmd) => cmd,
+            None => StudioCommand::Wait {
+                until: self.deadline(),
+            },
         }
-        if self.wait_pending {
-            self.wait_pending = false;
-            return Some(StudioCommand::Wait {
-                until: self.next_deadline(),
-            });
-        }
-        None
     }
 
-    /// The earliest timer (next sweep or offer timeout), never before the latest `now`.
-    pub fn next_deadline(&self) -> Option<Mono> {
+    /// The earliest timer (next sweep or offer timeout), never before the latest `now` (the
+    /// same value the final `Wait` carries).
+    pub fn deadline(&self) -> Option<Mono> {
         let offer = self.offer_deadlines.first().map(|(d, _)| *d);
         let at = match (self.next_sweep, offer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -255,12 +266,16 @@ impl Studio {
         at.map(|d| d.max(self.now))
     }
 
-    pub(super) fn advance(&mut self, now: Mono) {
-        if now > self.now {
-            self.now = now;
-        }
+    /// Takes `now` as the time of a call ([`Now::after`]'s rule).
+    pub(super) fn advance(&mut self, now: Now) -> Result<(), UsageError> {
+        let now = now.after(Now::new(self.now, self.wall))?;
+        self.now = now.mono;
+        self.wall = now.wall;
+        Ok(())
     }
 
+    /// Ends every call that takes `&mut self`: offers what can be offered and arms the
+    /// sweep while something needs watching.
     pub(super) fn finish(&mut self) {
         self.dispatch();
         if !self.conns.is_empty() || !self.orphans.is_empty() {
@@ -270,7 +285,6 @@ impl Studio {
         } else {
             self.next_sweep = None;
         }
-        self.wait_pending = true;
     }
 
     pub(super) fn send(&mut self, conn: ConnId, frame: &StudioFrame) {

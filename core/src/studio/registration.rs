@@ -2,7 +2,7 @@
 //! decision, token minting on an approved poll.
 
 use crate::secret::Secret;
-use crate::time::Mono;
+use crate::time::{Mono, Now};
 use crate::wire::WorkerCapabilities;
 use crate::wire::{sha256_hex, AutoRegisterRequest, RegisterRequestResponse, RegisterStatus};
 
@@ -33,10 +33,10 @@ impl Studio {
     /// `POST /workers/register-request`.
     pub fn register_request(
         &mut self,
-        now: Mono,
+        now: Now,
         req: AutoRegisterRequest,
     ) -> Result<RegisterRequestResponse, HttpError> {
-        self.advance(now);
+        self.advance(now)?;
         let result = self.register_request_inner(req);
         self.finish();
         result
@@ -128,11 +128,11 @@ impl Studio {
     /// `GET /workers/register-requests/:id` with `Authorization: Bearer <raw secret>`.
     pub fn register_status(
         &mut self,
-        now: Mono,
+        now: Now,
         request_id: &str,
         bearer: &str,
     ) -> Result<RegisterStatus, HttpError> {
-        self.advance(now);
+        self.advance(now)?;
         let result = self.register_status_inner(request_id, bearer);
         self.finish();
         result

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::time::{Mono, WallMs};
+use crate::time::Mono;
 use crate::wire::{
     self, sha256_hex, LogEntry, StudioFrame, WorkerCapabilities, WorkerErrorCode, WorkerFrame,
 };
@@ -426,13 +426,7 @@ impl Studio {
             w.busy_hint = None;
             w.idle_since = None;
         }
-        let server_time = WallMs(
-            self.cfg
-                .wall_origin
-                .0
-                .saturating_add(now.as_micros() / 1000),
-        )
-        .to_rfc3339();
+        let server_time = self.wall.to_rfc3339();
         self.send(
             conn,
             &StudioFrame::Welcome {

@@ -7,11 +7,39 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::time::{Mono, WallMs};
+use crate::time::{Mono, TimeWentBackwards};
 use crate::wire::{self, ModelSource, RejectCode, Task, WorkerCapabilities};
 
-/// Identifies one accepted socket; assigned by the driver, unique per socket.
-pub type ConnId = u64;
+/// Identifies one accepted socket; assigned by the driver, unique per socket. A type of its
+/// own, apart from the worker's `worker::ConnId`: each side numbers its sockets itself.
+/// `Debug` and `Display` show the bare number, as the id was written before it had a type
+/// (the simulation's recorded report hashes cover that text).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The driver called the machine wrongly; nothing changed. The studio machine's only
+/// misuse is a time earlier than the previous call's (see [`crate::time::Now::after`]).
+pub type UsageError = TimeWentBackwards;
+
+/// An HTTP call made with a time earlier than the machine's last: a 500 (the driver's
+/// fault), and nothing changed.
+impl From<UsageError> for HttpError {
+    fn from(e: UsageError) -> HttpError {
+        HttpError::new(500, e.to_string())
+    }
+}
 
 /// Heartbeat silence after which a session is closed and its claim released (§6).
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,8 +97,6 @@ pub struct StudioConfig {
     pub max_log_message_bytes: usize,
     /// Seed of the token generator.
     pub token_seed: u64,
-    /// Wall-clock time at `Mono::ZERO`, used only for `welcome.serverTime`.
-    pub wall_origin: WallMs,
 }
 
 impl Default for StudioConfig {
@@ -89,7 +115,6 @@ impl Default for StudioConfig {
             log_ring_capacity: DEFAULT_LOG_RING_CAPACITY,
             max_log_message_bytes: DEFAULT_MAX_LOG_MESSAGE_BYTES,
             token_seed: 0,
-            wall_origin: WallMs(0),
         }
     }
 }
@@ -328,6 +353,19 @@ impl JobSpec {
             asset_name: "game/asset".into(),
         }
     }
+}
+
+/// One `POST /workers/:workerId/jobs/:jobId/complete` as [`Studio::complete_upload`](super::Studio::complete_upload)
+/// takes it: the worker, the bearer of the request, the job, and the multipart's `prompt`,
+/// `ext` and byte count (the bytes themselves stay with the driver).
+#[derive(Clone, Copy)]
+pub struct Upload<'a> {
+    pub worker_id: &'a str,
+    pub bearer: &'a str,
+    pub job_id: &'a str,
+    pub prompt: &'a str,
+    pub ext: &'a str,
+    pub bytes_len: u64,
 }
 
 /// A delivered result.

@@ -21,8 +21,8 @@ mod pair;
 
 use serde_json::{json, Value};
 
-use crate::studio::{HttpError, Studio};
-use crate::time::Mono;
+use crate::studio::{HttpError, Studio, Upload};
+use crate::time::Now;
 use crate::wire::{self, StudioFrame, Task, TaskKind};
 use crate::worker::{ConnectError, Credentials, HttpRequest, WorkerConfig};
 
@@ -93,7 +93,7 @@ pub fn worker_id_in_url(url: &str) -> String {
 /// before it calls this. Drain the studio afterwards: an HTTP call may make it offer work.
 pub fn studio_http(
     studio: &mut Studio,
-    now: Mono,
+    now: Now,
     request: HttpRequest,
     bytes_len: u64,
 ) -> (u16, String) {
@@ -116,16 +116,15 @@ pub fn studio_http(
             prompt,
             ext,
         } => {
-            let worker_id = worker_id_in_url(&url);
-            match studio.complete_upload(
-                now,
-                &worker_id,
-                auth_token.expose(),
-                &job_id,
-                &prompt,
-                &ext,
+            let upload = Upload {
+                worker_id: &worker_id_in_url(&url),
+                bearer: auth_token.expose(),
+                job_id: &job_id,
+                prompt: &prompt,
+                ext: &ext,
                 bytes_len,
-            ) {
+            };
+            match studio.complete_upload(now, upload) {
                 Ok(()) => (200, r#"{"ok":true}"#.into()),
                 Err(e) => (e.status, e.message),
             }

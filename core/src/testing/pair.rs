@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::studio::{
-    JobSpec, JobState, Studio, StudioCommand, StudioConfig, StudioEvent, StudioInput,
+    self, JobSpec, JobState, Studio, StudioCommand, StudioConfig, StudioEvent, StudioInput,
 };
 use crate::time::{Mono, WallMs};
 use crate::wire::{self, Task, TaskKind};
@@ -101,8 +101,8 @@ impl Pair {
         Pair::new(registered("http://studio.test"))
     }
 
-    /// The worker's time now.
-    pub fn worker_now(&self) -> Now {
+    /// The time now, as both machines get it.
+    pub fn time(&self) -> Now {
         Now::new(self.now, WallMs(WALL0 + self.now.0 / 1000))
     }
 
@@ -122,14 +122,16 @@ impl Pair {
             if let Some(input) = self.to_worker.pop_front() {
                 if self.exit.is_none() {
                     self.worker
-                        .handle(self.worker_now(), input)
+                        .handle(self.time(), input)
                         .unwrap_or_else(|e| panic!("usage error: {e}"));
                 }
                 self.drain_worker();
                 continue;
             }
             if let Some(input) = self.to_studio.pop_front() {
-                self.studio.handle(self.now, input);
+                self.studio
+                    .handle(self.time(), input)
+                    .unwrap_or_else(|e| panic!("studio usage error: {e}"));
                 self.drain_studio();
                 continue;
             }
@@ -171,7 +173,7 @@ impl Pair {
                         Ok(worker_id) => {
                             let link = Link {
                                 worker: conn,
-                                studio: self.next_studio_conn,
+                                studio: studio::ConnId(self.next_studio_conn),
                             };
                             self.next_studio_conn += 1;
                             self.link = Some(link);
@@ -257,12 +259,13 @@ impl Pair {
         if !self.studio_up {
             return HttpResult::Transport(REFUSED.into());
         }
+        let now = self.time();
         let (status, body) = match request {
             HttpRequest::Upload { .. } if self.fail_uploads > 0 => {
                 self.fail_uploads -= 1;
                 (500, "storage hiccup".into())
             }
-            request => studio_http(&mut self.studio, self.now, request, RESULT_BYTES),
+            request => studio_http(&mut self.studio, now, request, RESULT_BYTES),
         };
         // The studio may have work to do after an HTTP call (e.g. offer the next job).
         self.drain_studio();
@@ -271,8 +274,8 @@ impl Pair {
 
     /// Carries out the studio's commands.
     pub fn drain_studio(&mut self) {
-        while let Some(cmd) = self.studio.poll() {
-            match cmd {
+        loop {
+            match self.studio.poll() {
                 StudioCommand::Wait { until } => {
                     if let Some(u) = until {
                         assert!(u >= self.now, "studio deadline {u} before now {}", self.now);
@@ -304,7 +307,7 @@ impl Pair {
     pub fn step(&mut self) -> bool {
         let next = [
             self.worker.deadline(),
-            self.studio.next_deadline(),
+            self.studio.deadline(),
             self.engine.as_ref().map(|e| e.1),
         ]
         .into_iter()
@@ -354,7 +357,7 @@ impl Pair {
     pub fn submit(&mut self, task: Task) -> String {
         let id = self
             .studio
-            .submit(self.now, JobSpec::synthetic(task))
+            .submit(self.time(), JobSpec::synthetic(task))
             .expect("the studio takes the job");
         self.drain_studio();
         self.settle();

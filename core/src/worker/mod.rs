@@ -66,7 +66,7 @@ pub use phase::Phase;
 pub use pumps::{MAX_OUTSTANDING_HEARTBEATS, MAX_UNCONFIRMED_LOG_BATCHES};
 pub use types::*;
 
-use crate::time::{Mono, WallMs};
+use crate::time::Mono;
 use crate::wire::{JobOfferClaim, LogEntry, UserPresence, WorkerCapabilities};
 
 use delivery::Unacked;
@@ -165,19 +165,9 @@ impl Worker {
 
     /// Feeds one input. On `Err` nothing changed. Drain [`Worker::poll`] afterwards.
     pub fn handle(&mut self, now: Now, input: Input) -> Result<(), UsageError> {
-        if now.mono < self.now.mono {
-            return Err(UsageError::TimeWentBackwards {
-                last: self.now.mono,
-                now: now.mono,
-            });
-        }
+        let now = now.after(self.now)?;
         self.validate(&input)?;
-        // Wall time may step backwards (NTP); keep it monotone for log ordering.
-        let wall = WallMs(now.wall.0.max(self.now.wall.0));
-        self.now = Now {
-            mono: now.mono,
-            wall,
-        };
+        self.now = now;
         if self.stop == Stop::Exited {
             return Ok(());
         }

@@ -9,22 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::secret::{redact_json, Secret};
-use crate::time::{Mono, WallMs};
+pub use crate::time::Now;
+use crate::time::{Mono, TimeWentBackwards};
 use crate::wire::{AutoRegisterRequest, JobOfferClaim, LogEntry, TaskKind, UserPresence};
-
-/// The time of an input: monotonic for every decision, wall clock for log timestamps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Now {
-    pub mono: Mono,
-    pub wall: WallMs,
-}
-
-impl Now {
-    /// A `Now` from both clocks.
-    pub fn new(mono: Mono, wall: WallMs) -> Now {
-        Now { mono, wall }
-    }
-}
 
 /// Identifies one WebSocket connection attempt. Inputs naming an older connection are
 /// ignored, so a late event from a dead socket can never disturb the current session.
@@ -587,9 +574,13 @@ pub enum UsageError {
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UsageError::TimeWentBackwards { last, now } => {
-                write!(f, "time went backwards: {now} < {last}")
-            }
+            UsageError::TimeWentBackwards { last, now } => fmt::Display::fmt(
+                &TimeWentBackwards {
+                    last: *last,
+                    now: *now,
+                },
+                f,
+            ),
             UsageError::UnknownJob(id) => write!(f, "job {id} is not running"),
             UsageError::InvalidThreshold(gb) => {
                 write!(f, "vram threshold must be a number >= 0, got {gb}")
@@ -600,6 +591,15 @@ impl fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+impl From<TimeWentBackwards> for UsageError {
+    fn from(e: TimeWentBackwards) -> UsageError {
+        UsageError::TimeWentBackwards {
+            last: e.last,
+            now: e.now,
+        }
+    }
+}
 
 impl fmt::Debug for HttpResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -73,8 +73,8 @@
 //!   reference studio's asynchronous nudge for workers that reject an offer overtaking
 //!   their own processing of the `200` as `busy`).
 //! * When [`StudioConfig::token_seed`] is 0 it is replaced by a random seed (std's
-//!   per-process random hasher keys mixed with the time and pid); `wall_origin` 0 becomes
-//!   the current wall-clock time.
+//!   per-process random hasher keys mixed with the time and pid). The machine's wall clock
+//!   (`welcome.serverTime`) is the wall-clock time at start plus the monotonic time since.
 //!
 //! ```no_run
 //! use studio_local::{JobSubmission, LocalConfig, LocalStudio};
@@ -221,6 +221,12 @@ impl LocalStudio {
             )
         })?;
         let origin = Instant::now();
+        let wall_origin = WallMs(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.bind)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.bind)))?;
@@ -234,13 +240,6 @@ impl LocalStudio {
         studio_cfg.auto_approve |= cfg.auto_approve;
         if studio_cfg.token_seed == 0 {
             studio_cfg.token_seed = random_seed();
-        }
-        if studio_cfg.wall_origin == WallMs(0) {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            studio_cfg.wall_origin = WallMs(ms);
         }
         let mut studio = Studio::new(studio_cfg);
         for (id, token) in &cfg.workers {
@@ -256,6 +255,7 @@ impl LocalStudio {
                 out_dir: cfg.out_dir.clone(),
                 max_body_bytes: cfg.max_body_bytes,
                 upload_nudge_delay: cfg.upload_nudge_delay,
+                wall_origin,
             },
             origin,
         );

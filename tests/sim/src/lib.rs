@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use studio_core::studio::ConnId as StudioConnId;
 use studio_core::studio::{
     JobSpec, JobState, Studio, StudioCommand, StudioConfig, StudioEvent, StudioInput,
 };
@@ -665,7 +666,6 @@ impl World {
             max_registration_requests: usize::MAX / 2,
             log_ring_capacity: 16,
             token_seed: rng.next_u64(),
-            wall_origin: WallMs(WALL0),
             ..StudioConfig::default()
         };
         let mut studio = Studio::new(studio_cfg);
@@ -1254,12 +1254,15 @@ impl World {
             self.hash_str("si", &s);
         }
         self.report.studio_steps += 1;
-        self.studio.handle(self.now, input);
+        if let Err(e) = self.studio.handle(self.wnow(), input) {
+            self.violation(format!("studio: usage error {e}"));
+        }
         self.drain_studio();
     }
 
     fn drain_studio(&mut self) {
-        while let Some(cmd) = self.studio.poll() {
+        loop {
+            let cmd = self.studio.poll();
             if self.hasher.is_some() {
                 let s = format!("{cmd:?}");
                 self.hash_str("sc", &s);
@@ -1283,7 +1286,7 @@ impl World {
                     break;
                 }
                 StudioCommand::Send { conn, text } => {
-                    let link = conn as usize;
+                    let link = conn.0 as usize;
                     if text.starts_with(r#"{"type":"offer""#) {
                         // What the studio offered to this worker (the dispatch check).
                         if let Ok(StudioFrame::Offer { claim }) = wire::decode_studio_frame(&text) {
@@ -1303,7 +1306,7 @@ impl World {
                     self.s2w(link, S2W::Frame(text));
                 }
                 StudioCommand::Close { conn, code, reason } => {
-                    let link = conn as usize;
+                    let link = conn.0 as usize;
                     if self.links[link].s_open {
                         self.links[link].s_open = false;
                         self.s2w(link, S2W::Close { code, reason });
@@ -1471,28 +1474,34 @@ impl World {
         let result = if !self.studio_up {
             HttpResult::Transport(testing::REFUSED.into())
         } else {
-            let now = self.now;
+            let now = self.wnow();
             self.report.studio_steps += 1;
-            let (status, body) = match request {
+            // Whether the request reached the studio machine (which then has commands to
+            // drain) or a fault answered it first.
+            let (status, body, reached) = match request {
                 HttpRequest::Upload { .. }
                     if self.chaos() && self.cfg.faults.upload_failures && self.rng.chance(0.15) =>
                 {
                     if self.rng.chance(0.5) {
-                        (500, r#"{"error":"storage hiccup"}"#.into())
+                        (500, r#"{"error":"storage hiccup"}"#.into(), false)
                     } else {
                         self.respond(w, id, HttpResult::Transport("reset".into()));
                         return;
                     }
                 }
                 request => {
-                    testing::studio_http(&mut self.studio, now, request, testing::RESULT_BYTES)
+                    let (status, body) =
+                        testing::studio_http(&mut self.studio, now, request, testing::RESULT_BYTES);
+                    (status, body, true)
                 }
             };
             if self.hasher.is_some() {
                 let s = format!("http {w} {status} {body}");
                 self.hash_str("sh", &s);
             }
-            self.drain_studio();
+            if reached {
+                self.drain_studio();
+            }
             HttpResult::Response { status, body }
         };
         self.respond(w, id, result);
@@ -1514,7 +1523,7 @@ impl World {
         let kind = TaskKind::ALL[self.rng.below(5) as usize];
         match self
             .studio
-            .submit(self.now, JobSpec::synthetic(task_for(kind, n)))
+            .submit(self.wnow(), JobSpec::synthetic(task_for(kind, n)))
         {
             Ok(id) => {
                 self.hash_str("submit", &id);
@@ -1536,7 +1545,9 @@ impl World {
             self.links[link].dead = true;
             if self.links[link].s_open {
                 self.links[link].s_open = false;
-                self.studio_handle(StudioInput::Disconnected { conn: link as u64 });
+                self.studio_handle(StudioInput::Disconnected {
+                    conn: StudioConnId(link as u64),
+                });
             }
             if self.links[link].w_open {
                 let d = self.lat();
@@ -1728,12 +1739,14 @@ impl World {
                 }
                 match msg {
                     W2S::Frame(text) => self.studio_handle(StudioInput::Frame {
-                        conn: link as u64,
+                        conn: StudioConnId(link as u64),
                         text,
                     }),
                     W2S::Close => {
                         self.links[link].s_open = false;
-                        self.studio_handle(StudioInput::Disconnected { conn: link as u64 });
+                        self.studio_handle(StudioInput::Disconnected {
+                            conn: StudioConnId(link as u64),
+                        });
                         self.maybe_retire(link);
                     }
                 }
@@ -1779,7 +1792,9 @@ impl World {
             Ev::ResetStudioSide { link } => {
                 if self.links[link].s_open {
                     self.links[link].s_open = false;
-                    self.studio_handle(StudioInput::Disconnected { conn: link as u64 });
+                    self.studio_handle(StudioInput::Disconnected {
+                        conn: StudioConnId(link as u64),
+                    });
                     self.maybe_retire(link);
                 }
             }
@@ -1886,7 +1901,7 @@ impl World {
                 links.push((conn, link));
                 self.current_link[w] = Some(link);
                 self.studio_handle(StudioInput::Connected {
-                    conn: link as u64,
+                    conn: StudioConnId(link as u64),
                     worker_id,
                 });
                 self.s2w(link, S2W::Opened);

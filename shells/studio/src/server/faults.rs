@@ -3,12 +3,12 @@
 //! machine does not know, whose replies are intercepted and recorded, never fed to it).
 
 use serde_json::Value;
-use studio_core::studio::{ConnId, HttpError};
+use studio_core::studio::HttpError;
 use studio_core::wire::{self, JobOfferClaim, ModelSource, StudioFrame};
 use tracing::{info, warn};
 
 use super::state::{Conn, Kind, WsState};
-use super::{safe_name, Server};
+use super::{safe_name, ConnId, Server};
 use crate::api::{Fault, FaultState, FaultsBody};
 
 /// Most intercepted replies kept per worker (oldest dropped first).

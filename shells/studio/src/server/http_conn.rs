@@ -7,13 +7,13 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use mio::{Interest, Token};
-use studio_core::studio::{ConnId, StudioInput};
+use studio_core::studio::{ConnId as StudioConnId, StudioInput};
 use tracing::{debug, info};
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
 use super::state::{After, Conn, HttpPhase, Kind, Outcome, ParsedHead, WsConn, WsState};
-use super::{is_would_block, Server, HTTP_IDLE_TIMEOUT, LINGER, MAX_HEAD_BYTES};
+use super::{is_would_block, ConnId, Server, HTTP_IDLE_TIMEOUT, LINGER, MAX_HEAD_BYTES};
 use crate::http::{self, HeadParse, Response};
 
 /// Most bytes reserved up front for a request body (a large announced body grows the
@@ -320,7 +320,7 @@ impl Server {
             t.connections += 1;
         }
         self.studio_input(StudioInput::Connected {
-            conn: id,
+            conn: StudioConnId(id),
             worker_id,
         });
         // Frames may have arrived while the 101 was being written.

@@ -45,8 +45,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use studio_core::studio::{ConnId, Studio, StudioCommand, StudioEvent, StudioInput};
-use studio_core::Mono;
+use studio_core::studio::{
+    ConnId as StudioConnId, Studio, StudioCommand, StudioEvent, StudioInput,
+};
+use studio_core::{Mono, Now, WallMs};
 use tracing::{debug, info, trace, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -54,6 +56,10 @@ use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::api::{ConnectionStats, FaultState};
 use crate::http::Response;
 use state::{Conn, HttpConn, HttpPhase, Kind, StoredFile, WsState};
+
+/// The server's id of a connection, its mio token; a WebSocket's is also its id in the
+/// studio machine (`studio::ConnId`).
+pub(super) type ConnId = u64;
 
 pub(crate) const LISTENER: Token = Token(0);
 
@@ -86,6 +92,8 @@ pub(crate) struct ServerSettings {
     pub out_dir: PathBuf,
     pub max_body_bytes: usize,
     pub upload_nudge_delay: Duration,
+    /// The wall clock when the server's monotonic origin was taken.
+    pub wall_origin: WallMs,
 }
 
 /// Where a stop stands.
@@ -185,6 +193,14 @@ impl Server {
 
     pub(super) fn now(&self) -> Mono {
         Mono(u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// The time of a call into the studio machine: the monotonic clock, and the wall clock
+    /// derived from it.
+    pub(super) fn studio_now(&self) -> Now {
+        let mono = self.now();
+        let wall = WallMs(self.settings.wall_origin.0 + mono.as_micros() / 1000);
+        Now::new(mono, wall)
     }
 
     fn instant_of(&self, m: Mono) -> Instant {
@@ -345,14 +361,16 @@ impl Server {
     }
 
     pub(super) fn studio_input(&mut self, input: StudioInput) {
-        let now = self.now();
-        self.studio.handle(now, input);
+        let now = self.studio_now();
+        if let Err(e) = self.studio.handle(now, input) {
+            warn!(target: "studio_local", "the studio machine refused an input: {e}");
+        }
         self.drain();
     }
 
     /// Runs `f` on the machine, then drains its commands.
-    pub(super) fn with_studio<R>(&mut self, f: impl FnOnce(&mut Studio, Mono) -> R) -> R {
-        let now = self.now();
+    pub(super) fn with_studio<R>(&mut self, f: impl FnOnce(&mut Studio, Now) -> R) -> R {
+        let now = self.studio_now();
         let r = f(&mut self.studio, now);
         self.drain();
         r
@@ -360,11 +378,11 @@ impl Server {
 
     /// Executes the machine's commands up to its `Wait`.
     pub(super) fn drain(&mut self) {
-        while let Some(cmd) = self.studio.poll() {
-            match cmd {
-                StudioCommand::Send { conn, text } => self.ws_send(conn, text),
+        loop {
+            match self.studio.poll() {
+                StudioCommand::Send { conn, text } => self.ws_send(conn.0, text),
                 StudioCommand::Close { conn, code, reason } => {
-                    self.ws_close(conn, code, &reason, false)
+                    self.ws_close(conn.0, code, &reason, false)
                 }
                 StudioCommand::Event(e) => log_event(&e),
                 StudioCommand::Wait { until } => {
@@ -378,7 +396,9 @@ impl Server {
     /// Feeds `Disconnected` for every known socket that ended, until none is left.
     fn settle(&mut self) {
         while let Some(conn) = self.lost.pop_front() {
-            self.studio_input(StudioInput::Disconnected { conn });
+            self.studio_input(StudioInput::Disconnected {
+                conn: StudioConnId(conn),
+            });
         }
     }
 

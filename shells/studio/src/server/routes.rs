@@ -3,10 +3,10 @@
 //! bodies in and out, the error answers, the route index.
 
 use serde_json::{json, Value};
-use studio_core::studio::{ConnId, HttpError};
+use studio_core::studio::HttpError;
 
 use super::state::Outcome;
-use super::Server;
+use super::{ConnId, Server};
 use crate::http::{self, RequestHead, Response};
 
 impl Server {

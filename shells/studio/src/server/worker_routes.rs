@@ -7,13 +7,13 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use serde_json::json;
-use studio_core::studio::ConnId;
+use studio_core::studio::Upload;
 use studio_core::wire::{self, AutoRegisterRequest};
 use tracing::{debug, error, info, warn};
 
 use super::routes::{err_response, parse_json_body, to_json};
 use super::state::{Outcome, StoredFile};
-use super::{safe_name, Server};
+use super::{safe_name, ConnId, Server};
 use crate::api::ConnectionStats;
 use crate::http::{self, RequestHead, Response};
 
@@ -249,10 +249,16 @@ impl Server {
         // session object asynchronously after answering. A worker that gets the offer
         // before it has processed its upload's 200 still holds its one-job slot, rejects
         // it `busy`, and the machine then waits for its next heartbeat (5 s).
-        let now = self.now();
-        let result = self
-            .studio
-            .complete_upload(now, worker_id, &bearer, job_id, prompt, &ext, len);
+        let now = self.studio_now();
+        let upload = Upload {
+            worker_id,
+            bearer: &bearer,
+            job_id,
+            prompt,
+            ext: &ext,
+            bytes_len: len,
+        };
+        let result = self.studio.complete_upload(now, upload);
         match result {
             Ok(()) => {
                 self.hold_worker(worker_id);

@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use studio_core::studio::{ConnId, StudioInput};
+use studio_core::studio::{ConnId as StudioConnId, StudioInput};
 use tracing::{debug, trace, warn};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use super::state::{Conn, Kind, WsConn, WsState};
-use super::{is_would_block, Server, LINGER};
+use super::{is_would_block, ConnId, Server, LINGER};
 
 /// WebSocket messages handled per read burst before other connections get a turn.
 const WS_BATCH: usize = 64;
@@ -103,7 +103,10 @@ impl Server {
                     if self.intercept_probe_reply(id, &worker_id, &text) {
                         continue;
                     }
-                    self.studio_input(StudioInput::Frame { conn: id, text });
+                    self.studio_input(StudioInput::Frame {
+                        conn: StudioConnId(id),
+                        text,
+                    });
                     if !self.conn_known(id) {
                         break;
                     }
