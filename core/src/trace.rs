@@ -86,7 +86,7 @@ use serde_json::Value;
 use crate::secret::redact_json;
 use crate::time::{Mono, WallMs};
 use crate::wire::sha256_hex;
-use crate::worker::{Command, Input, Now, Worker, WorkerConfig};
+use crate::worker::{Command, Input, Now, RunId, Worker, WorkerConfig};
 
 /// The `format` field of the header.
 pub const FORMAT: &str = "studio-worker-trace";
@@ -523,12 +523,31 @@ struct Replayed {
 fn replay_steps(trace: &Trace, mut visit: impl FnMut(&TraceStep, &Replayed) -> bool) {
     let mut worker = Worker::new(trace.header.config.clone());
     for s in &trace.steps {
-        let (cmds, _err) = step(&mut worker, s.now, s.input.clone());
+        let input = replayed_input(&worker, s);
+        let (cmds, _err) = step(&mut worker, s.now, input);
         let cmds = redacted(&cmds);
         let hash = hash_value(&cmds);
         if !visit(s, &Replayed { cmds, hash }) {
             break;
         }
+    }
+}
+
+/// The input of step `s` as the replayed `worker` gets it. A `JobFinished` recorded before
+/// run ids existed names no run (it reads as `RunId(0)`, never issued); the shells then
+/// fed only the result of the run in flight, so it is given that run.
+fn replayed_input(worker: &Worker, s: &TraceStep) -> Input {
+    match &s.input {
+        Input::JobFinished {
+            job_id,
+            run: RunId(0),
+            outcome,
+        } if s.input_json.pointer("/JobFinished/run").is_none() => Input::JobFinished {
+            job_id: job_id.clone(),
+            run: worker.current_run().unwrap_or_default(),
+            outcome: outcome.clone(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -788,6 +807,7 @@ mod tests {
                 match c {
                     Command::Http { id, .. } => last_http = Some(*id),
                     Command::Connect { conn, .. } => last_conn = Some(*conn),
+                    Command::Dispatch { run, .. } => assert_eq!(*run, RunId(1)),
                     _ => {}
                 }
             }
@@ -843,6 +863,7 @@ mod tests {
             32_000,
             Input::JobFinished {
                 job_id: "j-1".into(),
+                run: RunId(1),
                 outcome: crate::worker::JobOutcome::Json {
                     result: serde_json::json!({"object":"chat.completion"}),
                 },
@@ -889,6 +910,25 @@ mod tests {
             text,
             "bless of a good trace is a no-op"
         );
+    }
+
+    #[test]
+    fn a_result_recorded_before_run_ids_replays_as_the_run_in_flight() {
+        let text = recorded_session();
+        assert!(
+            text.contains(r#"{"JobFinished":{"job_id":"j-1","run":1,"#),
+            "{text}"
+        );
+        let old = text.replace(
+            r#"{"JobFinished":{"job_id":"j-1","run":1,"#,
+            r#"{"JobFinished":{"job_id":"j-1","#,
+        );
+        assert_ne!(old, text);
+        let report = replay(&old).unwrap();
+        assert!(report.is_ok(), "{report}");
+        // Naming a run explicitly is taken as recorded: a run never dispatched diverges.
+        let wrong = text.replace(r#""run":1,"#, r#""run":5,"#);
+        assert!(!replay(&wrong).unwrap().is_ok());
     }
 
     #[test]

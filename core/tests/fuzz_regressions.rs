@@ -71,6 +71,7 @@ fn a_peer_body_is_redacted_before_it_is_clipped_into_messages() {
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             bytes_len: 3,
             ext: "png".into(),

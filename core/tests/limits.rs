@@ -50,6 +50,7 @@ fn recent_jobs_ring_keeps_the_newest_50() {
         h.frame(&offer(&job, llm_task()));
         h.step(Input::JobFinished {
             job_id: job,
+            run: h.run.unwrap(),
             outcome: JobOutcome::Json { result: json!({}) },
         });
     }
@@ -108,6 +109,7 @@ fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
     h.frame(&offer("j-1", llm_task()));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!({}) },
     });
     let mut sends = 1;

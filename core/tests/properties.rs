@@ -143,7 +143,8 @@ struct Trace {
 struct Ctx {
     conn: Option<ConnId>,
     http: Vec<HttpId>,
-    running: Vec<String>,
+    /// Dispatched runs neither finished nor cancelled.
+    running: Vec<(String, RunId)>,
     jobs_seen: u32,
 }
 
@@ -258,9 +259,10 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
             secret: "ab".repeat(32).into(),
         },
         Op::Finish(k) => {
-            let job = ctx.running.first()?.clone();
+            let (job, run) = ctx.running.first()?.clone();
             Input::JobFinished {
                 job_id: job,
+                run,
                 outcome: match k % 3 {
                     0 => JobOutcome::Json {
                         result: json!({"n": k}),
@@ -351,10 +353,10 @@ fn run_tampered(s: &Scenario, tamper: impl Fn(Command) -> Vec<Command>) -> Resul
             d.micros += *us as u64;
         }
         if let Some(input) = to_input(op, &mut ctx) {
-            if let Input::JobFinished { job_id, .. } = &input {
-                // The shell reports each dispatched job once.
-                let id = job_id.clone();
-                ctx.running.retain(|j| *j != id);
+            if let Input::JobFinished { run, .. } = &input {
+                // The shell reports each dispatched run once.
+                let run = *run;
+                ctx.running.retain(|(_, r)| *r != run);
             }
             inputs.push(input);
         }
@@ -367,13 +369,13 @@ fn observe(ctx: &mut Ctx, c: &Command) -> Result<(), String> {
     match c {
         Command::Connect { conn, .. } => ctx.conn = Some(*conn),
         Command::Http { id, .. } => ctx.http.push(*id),
-        Command::Dispatch { claim } => {
-            ctx.running.push(claim.job_id.clone());
+        Command::Dispatch { run, claim } => {
+            ctx.running.push((claim.job_id.clone(), *run));
             if ctx.running.len() > 1 {
                 return Err(format!("two jobs in flight: {:?}", ctx.running));
             }
         }
-        Command::CancelJob { job_id } => ctx.running.retain(|j| j != job_id),
+        Command::CancelJob { job_id } => ctx.running.retain(|(j, _)| j != job_id),
         _ => {}
     }
     Ok(())

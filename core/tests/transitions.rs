@@ -380,6 +380,7 @@ fn reach_unchecked(st: Phase) -> Driver {
             let mut h = reach(LiveBusy);
             h.step(Input::JobFinished {
                 job_id: "job-1".into(),
+                run: h.run.unwrap(),
                 outcome: JobOutcome::Binary {
                     ext: "webp".into(),
                     bytes_len: 10,
@@ -427,6 +428,8 @@ fn input_for(h: &Driver, i: In) -> Input {
     let conn = conn_or_stale(h);
     let http = h.http.as_ref().map_or(HttpId(999), |(id, _)| *id);
     let job = h.job.clone().unwrap_or_else(|| "job-x".into());
+    // The last dispatched run, or one never dispatched.
+    let run = h.run.unwrap_or_default();
     let frame = |f: StudioFrame| Input::Frame {
         conn,
         text: wire::encode(&f),
@@ -497,12 +500,14 @@ fn input_for(h: &Driver, i: In) -> Input {
         },
         DoneJson => Input::JobFinished {
             job_id: job,
+            run,
             outcome: JobOutcome::Json {
                 result: json!({"ok": true}),
             },
         },
         DoneBinary => Input::JobFinished {
             job_id: job,
+            run,
             outcome: JobOutcome::Binary {
                 ext: "png".into(),
                 bytes_len: 5,
@@ -510,6 +515,7 @@ fn input_for(h: &Driver, i: In) -> Input {
         },
         DoneFail => Input::JobFinished {
             job_id: job,
+            run,
             outcome: JobOutcome::Failed {
                 error: "boom".into(),
                 retryable: true,

@@ -523,6 +523,7 @@ fn json_job_sends_the_full_prompt_and_heartbeat_carries_the_job() {
     assert_eq!(hb.as_deref(), Some("j-1"));
     let c = h.step(Input::JobFinished {
         job_id: "j-1".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json {
             result: json!({"object":"chat.completion"}),
         },
@@ -551,6 +552,7 @@ fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
     h.frame(&offer("j-2", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-2".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             ext: "webp".into(),
             bytes_len: 100,
@@ -614,6 +616,7 @@ fn upload_is_retried_after_a_transport_error() {
     h.frame(&offer("j-4", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-4".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             ext: "webp".into(),
             bytes_len: 100,
@@ -643,12 +646,54 @@ fn upload_is_retried_after_a_transport_error() {
     assert_eq!(h.worker.status().stats.completed, 1);
 }
 
+/// The machine, not the shell, tells which run a result belongs to: the run in flight is
+/// taken, a run it cancelled is dropped, anything else is a usage error that changes
+/// nothing.
+#[test]
+fn job_results_name_their_run() {
+    let mut h = Driver::live(registered());
+    h.frame(&offer("j-1", json!({"kind":"llm","messages":[]})));
+    let run = h.run.unwrap();
+    let json = || JobOutcome::Json { result: json!(1) };
+    let before = h.worker.status();
+    for (job_id, run) in [("j-1", RunId(run.0 + 1)), ("j-1", RunId(0)), ("j-0", run)] {
+        let input = Input::JobFinished {
+            job_id: job_id.into(),
+            run,
+            outcome: json(),
+        };
+        assert!(
+            matches!(h.try_step(input), Err(UsageError::UnknownJob(j)) if j == job_id),
+            "{job_id} {run}"
+        );
+        assert_eq!(h.worker.status(), before);
+    }
+    assert_eq!(types(&h.finish(json())), vec!["completeJson"]);
+    let again = h.finished(json());
+    assert!(matches!(h.try_step(again), Err(UsageError::UnknownJob(_))));
+
+    // A run cancelled at the end of the shutdown grace: its late result is not refused.
+    h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    h.step(Input::Shutdown);
+    let cancelled = h.finished(json());
+    let mut c = Vec::new();
+    while h.worker.phase() != Phase::Exited {
+        assert!(h.micros <= 31_000_000, "the grace ends at 30 s");
+        c.extend(h.to_deadline());
+    }
+    assert!(c.contains(&Command::CancelJob {
+        job_id: "j-2".into()
+    }));
+    assert_eq!(h.try_step(cancelled), Ok(vec![]));
+}
+
 #[test]
 fn upload_4xx_is_not_retried() {
     let mut h = Driver::live(registered());
     h.frame(&offer("j-3", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-3".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             ext: "png".into(),
             bytes_len: 1,
@@ -713,6 +758,7 @@ fn a_result_lost_with_the_session_is_redelivered_before_the_first_heartbeat() {
     h.frame(&offer("j-5", json!({"kind":"llm","messages":[]})));
     h.step(Input::JobFinished {
         job_id: "j-5".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!(1) },
     });
     // No completeAck: the socket dies.
@@ -759,6 +805,7 @@ fn a_reoffer_of_a_job_with_an_unacked_result_drops_the_stale_result_and_runs_it(
     h.frame(&offer("j-7", json!({"kind":"llm","messages":[]})));
     h.step(Input::JobFinished {
         job_id: "j-7".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Failed {
             error: "oom".into(),
             retryable: true,
@@ -782,6 +829,7 @@ fn a_reoffer_of_a_job_with_an_unacked_result_drops_the_stale_result_and_runs_it(
     // The new run's result is what goes out.
     let c = h.step(Input::JobFinished {
         job_id: "j-7".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!(2) },
     });
     assert_eq!(types(&c), vec!["completeJson"]);
@@ -799,6 +847,7 @@ fn a_reoffer_of_the_job_already_running_is_accepted_without_a_second_run() {
     assert_eq!(types(&c), vec!["reject"]);
     let c = h.step(Input::JobFinished {
         job_id: "j-8".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!(1) },
     });
     assert_eq!(types(&c), vec!["completeJson"]);
@@ -816,6 +865,7 @@ fn a_job_finished_while_disconnected_is_delivered_on_the_next_session() {
     });
     let c = h.step(Input::JobFinished {
         job_id: "j-6".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Failed {
             error: "oom".into(),
             retryable: true,
@@ -946,6 +996,7 @@ fn shutdown_waits_for_the_job_then_closes_1000() {
     ));
     let c = h.step(Input::JobFinished {
         job_id: "j-7".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!({}) },
     });
     let t = types(&c);
@@ -1024,6 +1075,7 @@ fn update_is_checked_when_due_and_applied_only_when_idle_holding_the_slot() {
     );
     h.step(Input::JobFinished {
         job_id: "j".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Json { result: json!({}) },
     });
     let c = h.at(20.0);
@@ -1071,6 +1123,7 @@ fn an_offer_overtaking_our_upload_is_decided_when_the_upload_finishes(
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             ext: "webp".into(),
             bytes_len: 3,
@@ -1085,7 +1138,7 @@ fn an_offer_overtaking_our_upload_is_decided_when_the_upload_finishes(
     if decision == "accept" {
         assert!(c
             .iter()
-            .any(|c| matches!(c, Command::Dispatch { claim } if claim.job_id == "j-2")));
+            .any(|c| matches!(c, Command::Dispatch { claim, .. } if claim.job_id == "j-2")));
     }
 }
 
@@ -1095,6 +1148,7 @@ fn a_parked_offer_dies_with_its_session() {
     h.frame(&offer("j-1", json!({"kind":"image","prompt":"p"})));
     h.step(Input::JobFinished {
         job_id: "j-1".into(),
+        run: h.run.unwrap(),
         outcome: JobOutcome::Binary {
             ext: "webp".into(),
             bytes_len: 3,

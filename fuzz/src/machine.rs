@@ -31,7 +31,8 @@
 //!   (after a refused input the drain is exactly the previous `Wait`, whose deadline may
 //!   have passed: a refused input changes nothing, so it runs no timer either);
 //! * `handle` errors only where the contract allows: `UnknownJob` for a job the shell is
-//!   not running (and a `JobFinished` for such a job is never accepted), `InvalidThreshold` for a negative or non-finite threshold (and never for
+//!   not running (and a `JobFinished` for such a job is never accepted, unless it names the
+//!   run the machine cancelled), `InvalidThreshold` for a negative or non-finite threshold (and never for
 //!   a valid one), `EmptySecret` for an empty minted secret; never `TimeWentBackwards`
 //!   (time here is monotone); and an erroring `handle` changes nothing;
 //! * one job: no `Dispatch` (or `ApplyUpdate`) while the shell runs a dispatched job that
@@ -60,7 +61,7 @@
 //!   key (`"authToken":"..."`) leaked, and the recorded session did not replay from its
 //!   redacted trace; bodies are now redacted before clipping, so such sessions replay.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -68,7 +69,7 @@ use studio_core::trace::{self, TraceHeader, TraceWriter};
 use studio_core::wire::{self, LogEntry, StudioFrame, TaskKind, UserPresence, WorkerErrorCode};
 use studio_core::worker::{
     Command, ConnId, ConnectError, Credentials, HttpId, HttpRequest, HttpResult, Input, JobOutcome,
-    Now, UsageError, Worker, WorkerConfig,
+    Now, RunId, UsageError, Worker, WorkerConfig,
 };
 use studio_core::{Mono, WallMs};
 
@@ -281,6 +282,10 @@ struct Harness {
     /// The dispatched job the shell is running (neither finished nor cancelled).
     running: Option<String>,
     last_dispatched: Option<String>,
+    /// The run of each job's latest dispatch (what a result of that job names).
+    run_of: BTreeMap<String, RunId>,
+    /// The run the machine cancelled, whose late result it must not refuse.
+    cancelled: Option<RunId>,
     last_offered: Option<String>,
     offers: u64,
     exited: bool,
@@ -368,6 +373,8 @@ impl Harness {
             connected: BTreeSet::new(),
             running: None,
             last_dispatched: None,
+            run_of: BTreeMap::new(),
+            cancelled: None,
             last_offered: None,
             offers: 0,
             exited: false,
@@ -589,7 +596,12 @@ impl Harness {
                         }
                     }
                 };
-                Input::JobFinished { job_id, outcome }
+                let run = self.run_of.get(&job_id).copied().unwrap_or_default();
+                Input::JobFinished {
+                    job_id,
+                    run,
+                    outcome,
+                }
             }
             Op::Log => {
                 let level = ["info", "warn", "error", "debug"][usize::from(r.u8() % 4)];
@@ -632,7 +644,23 @@ impl Harness {
             Op::Start => Input::Start,
             Op::InputJson => {
                 let text = r.string();
-                return serde_json::from_str::<Input>(&text).ok();
+                let value = serde_json::from_str::<Value>(&text).ok()?;
+                let names_a_run = value.pointer("/JobFinished/run").is_some();
+                let input = serde_json::from_value::<Input>(value).ok()?;
+                // An input recorded before run ids: a result names no run (`RunId(0)`); the
+                // shell then fed only the run in flight, as the trace replayer assumes too.
+                return Some(match input {
+                    Input::JobFinished {
+                        job_id,
+                        run: RunId(0),
+                        outcome,
+                    } if !names_a_run => Input::JobFinished {
+                        run: self.run_of.get(&job_id).copied().unwrap_or_default(),
+                        job_id,
+                        outcome,
+                    },
+                    other => other,
+                });
             }
             Op::WallSkew => {
                 self.wall_skew_ms += i64::from(r.u16() as i16) * 1000;
@@ -660,7 +688,9 @@ impl Harness {
         // change nothing; the `Debug` of the whole machine is the most complete picture).
         // Refusals of other inputs are errors by themselves (`check_result`).
         let refused = match &input {
-            Input::JobFinished { job_id, .. } => self.running.as_ref() != Some(job_id),
+            Input::JobFinished { job_id, run, .. } => {
+                self.running.as_ref() != Some(job_id) && self.cancelled != Some(*run)
+            }
             Input::SetThreshold { gb } => !(gb.is_finite() && *gb >= 0.0),
             Input::Minted { secret, .. } => secret.is_empty(),
             _ => false,
@@ -751,12 +781,12 @@ impl Harness {
                     Ok(())
                 }
             }
-            (Input::JobFinished { job_id, .. }, Ok(()))
-                if self.running.as_ref() != Some(job_id) =>
+            (Input::JobFinished { job_id, run, .. }, Ok(()))
+                if self.running.as_ref() != Some(job_id) && self.cancelled != Some(*run) =>
             {
                 Err(format!(
-                    "JobFinished for {job_id} accepted, but the shell is not running it \
-                     (never dispatched, already finished or cancelled)"
+                    "JobFinished for {job_id} ({run}) accepted, but the shell is not running it \
+                     (never dispatched or already finished) and the machine did not cancel it"
                 ))
             }
             (Input::SetThreshold { gb }, r) => {
@@ -877,7 +907,7 @@ impl Harness {
                     self.prev_http = self.last_http;
                     self.last_http = Some(id.0);
                 }
-                Command::Dispatch { claim } => {
+                Command::Dispatch { run, claim } => {
                     if let Some(r) = &self.running {
                         return Err(format!(
                             "Dispatch {} while {r} is still running (two jobs)",
@@ -886,6 +916,7 @@ impl Harness {
                     }
                     self.running = Some(claim.job_id.clone());
                     self.last_dispatched = Some(claim.job_id.clone());
+                    self.run_of.insert(claim.job_id.clone(), *run);
                 }
                 Command::ApplyUpdate { version } => {
                     if let Some(r) = &self.running {
@@ -893,6 +924,7 @@ impl Harness {
                     }
                 }
                 Command::CancelJob { job_id } if self.running.as_ref() == Some(job_id) => {
+                    self.cancelled = self.run_of.get(job_id).copied();
                     self.running = None;
                 }
                 Command::Exit { .. } => {
@@ -1048,6 +1080,7 @@ mod tests {
         h.running = Some("other".into());
         let two = [
             Command::Dispatch {
+                run: RunId(1),
                 claim: Box::new(claim),
             },
             Command::Wait { until: None },

@@ -3,7 +3,8 @@
 use crate::time::{Mono, WallMs};
 use crate::wire::{self, StudioFrame};
 use crate::worker::{
-    Command, ConnId, HttpId, HttpRequest, HttpResult, Input, Now, UsageError, Worker, WorkerConfig,
+    Command, ConnId, HttpId, HttpRequest, HttpResult, Input, JobOutcome, Now, RunId, UsageError,
+    Worker, WorkerConfig,
 };
 
 use super::{welcome, WALL0};
@@ -23,8 +24,10 @@ pub struct Driver {
     pub conn: Option<ConnId>,
     /// The last HTTP request.
     pub http: Option<(HttpId, HttpRequest)>,
-    /// The job of the last `Dispatch`.
+    /// The job of the last `Dispatch` ...
     pub job: Option<String>,
+    /// ... and its run.
+    pub run: Option<RunId>,
     /// The deadline of the `Wait` that ended the last drain.
     pub until: Option<Mono>,
 }
@@ -38,6 +41,7 @@ impl Driver {
             conn: None,
             http: None,
             job: None,
+            run: None,
             until: None,
         }
     }
@@ -81,7 +85,10 @@ impl Driver {
                 }
                 Command::Connect { conn, .. } => self.conn = Some(*conn),
                 Command::Http { id, request } => self.http = Some((*id, (**request).clone())),
-                Command::Dispatch { claim } => self.job = Some(claim.job_id.clone()),
+                Command::Dispatch { run, claim } => {
+                    self.job = Some(claim.job_id.clone());
+                    self.run = Some(*run);
+                }
                 _ => {}
             }
             out.push(c);
@@ -108,6 +115,20 @@ impl Driver {
         let d = self.worker.deadline().expect("a deadline is armed");
         self.micros = self.micros.max(d.0);
         self.step(Input::Tick)
+    }
+
+    /// The engine's result of the last dispatched run.
+    pub fn finish(&mut self, outcome: JobOutcome) -> Vec<Command> {
+        self.step(self.finished(outcome))
+    }
+
+    /// The input that reports `outcome` for the last dispatched run.
+    pub fn finished(&self, outcome: JobOutcome) -> Input {
+        Input::JobFinished {
+            job_id: self.job.clone().expect("a dispatched job"),
+            run: self.run.expect("a dispatched run"),
+            outcome,
+        }
     }
 
     /// A studio frame on the last connection.

@@ -28,7 +28,7 @@ use crate::worker::{ConnectError, Credentials, HttpRequest, WorkerConfig};
 
 pub use driver::{Driver, MAX_DRAIN};
 pub use link::Link;
-pub use pair::{EngineMode, Pair};
+pub use pair::{EngineMode, EngineRun, Pair};
 
 /// Wall clock at `Mono::ZERO`: 2026-05-25T12:00:00Z.
 pub const WALL0: u64 = 1_779_710_400_000;

@@ -12,7 +12,7 @@ use crate::time::{Mono, WallMs};
 use crate::wire::{self, Task, TaskKind};
 use crate::worker::{
     Command, ConnectError, ExitCode, HttpRequest, HttpResult, Input, JobOutcome, Now,
-    PersistedState, SessionState, Worker, WorkerConfig,
+    PersistedState, RunId, SessionState, Worker, WorkerConfig,
 };
 
 use super::{registered, studio_http, studio_upgrade, Link, REFUSED, RESULT_BYTES, WALL0};
@@ -24,6 +24,15 @@ pub enum EngineMode {
     Ok,
     /// Every job fails with this `retryable` flag.
     Fail { retryable: bool },
+}
+
+/// The job the simulated engine runs: which run of which job, when it finishes and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineRun {
+    pub job_id: String,
+    pub run: RunId,
+    pub done_at: Mono,
+    pub outcome: JobOutcome,
 }
 
 /// A worker machine and the studio machine over one in-memory [`Link`], the HTTP bridge and
@@ -43,8 +52,8 @@ pub struct Pair {
     pub to_worker: VecDeque<Input>,
     /// ... and to the studio.
     pub to_studio: VecDeque<StudioInput>,
-    /// The running job: its id, when it finishes and how.
-    pub engine: Option<(String, Mono, JobOutcome)>,
+    /// The running job.
+    pub engine: Option<EngineRun>,
     pub engine_latency: Duration,
     pub engine_mode: EngineMode,
     /// Fault: the studio refuses connections and requests.
@@ -215,7 +224,7 @@ impl Pair {
                     })
                 }
                 Command::Persist(p) => self.persisted = Some(p),
-                Command::Dispatch { claim } => {
+                Command::Dispatch { run, claim } => {
                     assert!(self.engine.is_none(), "two jobs dispatched at once");
                     let kind = claim.task.kind();
                     let outcome = match self.engine_mode {
@@ -234,14 +243,15 @@ impl Pair {
                             result: json!({"kind": kind.as_str(), "prompt": claim.task.prompt()}),
                         },
                     };
-                    self.engine = Some((
-                        claim.job_id.clone(),
-                        self.now + self.engine_latency,
+                    self.engine = Some(EngineRun {
+                        job_id: claim.job_id.clone(),
+                        run,
+                        done_at: self.now + self.engine_latency,
                         outcome,
-                    ));
+                    });
                 }
                 Command::CancelJob { job_id } => {
-                    if self.engine.as_ref().is_some_and(|(j, _, _)| *j == job_id) {
+                    if self.engine.as_ref().is_some_and(|e| e.job_id == job_id) {
                         self.engine = None;
                     }
                 }
@@ -308,21 +318,20 @@ impl Pair {
         let next = [
             self.worker.deadline(),
             self.studio.deadline(),
-            self.engine.as_ref().map(|e| e.1),
+            self.engine.as_ref().map(|e| e.done_at),
         ]
         .into_iter()
         .flatten()
         .min();
         let Some(t) = next else { return false };
         self.now = self.now.max(t);
-        if self
-            .engine
-            .as_ref()
-            .is_some_and(|(_, at, _)| *at <= self.now)
-        {
-            if let Some((job_id, _, outcome)) = self.engine.take() {
-                self.to_worker
-                    .push_back(Input::JobFinished { job_id, outcome });
+        if self.engine.as_ref().is_some_and(|e| e.done_at <= self.now) {
+            if let Some(e) = self.engine.take() {
+                self.to_worker.push_back(Input::JobFinished {
+                    job_id: e.job_id,
+                    run: e.run,
+                    outcome: e.outcome,
+                });
             }
         }
         self.to_worker.push_back(Input::Tick);

@@ -5,7 +5,9 @@ use crate::time::Mono;
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
 use super::shutdown::Stop;
-use super::{Command, HttpId, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, Worker};
+use super::{
+    Command, HttpId, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, RunId, Worker,
+};
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
@@ -32,6 +34,8 @@ pub(super) enum Slot {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct ActiveJob {
     pub(super) claim: JobOfferClaim,
+    /// The run the engine's result must name.
+    pub(super) run: RunId,
     pub(super) stage: JobStage,
     pub(super) started: Mono,
 }
@@ -146,13 +150,17 @@ impl Worker {
             job_id: job_id.clone(),
         });
         self.stats.accepted += 1;
+        let run = RunId(self.next_run);
+        self.next_run += 1;
         self.slot = Slot::Job(Box::new(ActiveJob {
             claim: claim.clone(),
+            run,
             stage: JobStage::Running,
             started: self.now.mono,
         }));
         self.record_job(&claim, JobStatus::Running);
         self.emit(Command::Dispatch {
+            run,
             claim: Box::new(claim),
         });
     }
@@ -166,8 +174,12 @@ impl Worker {
     // Jobs
     // --------------------------------------------------------------------------------
 
-    pub(super) fn on_job_finished(&mut self, job_id: String, outcome: JobOutcome) {
+    pub(super) fn on_job_finished(&mut self, job_id: String, run: RunId, outcome: JobOutcome) {
         let Slot::Job(job) = &self.slot else { return };
+        if job.run != run {
+            // A cancelled run's result (`validate` lets it through): reported already.
+            return;
+        }
         let prompt = job.claim.task.prompt().to_string();
         let elapsed = self.now.mono.saturating_since(job.started);
         match outcome {

@@ -88,6 +88,10 @@ pub struct Worker {
     link: Link,
     next_conn: u64,
     next_http: u64,
+    /// The run the next dispatch starts.
+    next_run: u64,
+    /// The run the machine cancelled (it cancels only as it stops: at most one).
+    cancelled: Option<RunId>,
     backoff: Backoff,
     /// Consecutive failed connection attempts since the last welcomed session.
     attempt: u32,
@@ -134,6 +138,8 @@ impl Worker {
             link: Link::Down,
             next_conn: 1,
             next_http: 1,
+            next_run: 1,
+            cancelled: None,
             backoff,
             attempt: 0,
             registration: Registration::Done,
@@ -198,6 +204,15 @@ impl Worker {
         }
     }
 
+    /// The run of the job in the slot, if any (dispatched; maybe finished and being
+    /// delivered).
+    pub fn current_run(&self) -> Option<RunId> {
+        match &self.slot {
+            Slot::Job(j) => Some(j.run),
+            _ => None,
+        }
+    }
+
     /// `status().log_queue_len` without building the snapshot (the simulation checks it
     /// after every step).
     pub fn log_queue_len(&self) -> usize {
@@ -256,8 +271,16 @@ impl Worker {
 
     fn validate(&self, input: &Input) -> Result<(), UsageError> {
         match input {
-            Input::JobFinished { job_id, .. } => match &self.slot {
-                Slot::Job(j) if &j.claim.job_id == job_id && j.stage == JobStage::Running => Ok(()),
+            Input::JobFinished { job_id, run, .. } => match &self.slot {
+                Slot::Job(j) if j.run == *run => {
+                    if &j.claim.job_id == job_id && j.stage == JobStage::Running {
+                        Ok(())
+                    } else {
+                        Err(UsageError::UnknownJob(job_id.clone()))
+                    }
+                }
+                // A run the machine cancelled: its result is dropped (`on_job_finished`).
+                _ if self.cancelled == Some(*run) => Ok(()),
                 _ => Err(UsageError::UnknownJob(job_id.clone())),
             },
             Input::SetThreshold { gb } if !(gb.is_finite() && *gb >= 0.0) => {
@@ -286,7 +309,11 @@ impl Worker {
             Input::Disconnected { conn, code, reason } => self.on_disconnected(conn, code, reason),
             Input::Http { id, result } => self.on_http(id, result),
             Input::Minted { install_id, secret } => self.on_minted(install_id, secret),
-            Input::JobFinished { job_id, outcome } => self.on_job_finished(job_id, outcome),
+            Input::JobFinished {
+                job_id,
+                run,
+                outcome,
+            } => self.on_job_finished(job_id, run, outcome),
             Input::Log(entry) => self.push_log_entry(entry),
             Input::Pause => self.set_paused(true),
             Input::Resume => self.set_paused(false),

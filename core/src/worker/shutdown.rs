@@ -73,15 +73,23 @@ impl Worker {
             ),
             Some(job_id.clone()),
         );
-        self.emit(Command::CancelJob {
-            job_id: job_id.clone(),
-        });
+        self.cancel_job();
         let frame = WorkerFrame::Fail {
             job_id: job_id.clone(),
             error: "worker shut down before the job finished".into(),
             retryable: true,
         };
         self.finish_job(job_id, frame, JobStatus::Failed);
+    }
+
+    /// Asks the shell to stop the job in the slot; its run is remembered, so a result the
+    /// engine still delivers is told apart as one of a cancelled run.
+    fn cancel_job(&mut self) {
+        if let Slot::Job(job) = &self.slot {
+            self.cancelled = Some(job.run);
+            let job_id = job.claim.job_id.clone();
+            self.emit(Command::CancelJob { job_id });
+        }
     }
 
     pub(super) fn exit(&mut self, code: ExitCode, reason: String) {
@@ -108,11 +116,10 @@ impl Worker {
             message: reason.clone(),
             job_id: None,
         }));
-        if let Slot::Job(job) = &self.slot {
+        if matches!(self.slot, Slot::Job(_)) {
             // A job still running when the process must end (auth failure, fatal error):
             // tell the shell to stop it; the studio requeues it when the session times out.
-            let job_id = job.claim.job_id.clone();
-            self.emit(Command::CancelJob { job_id });
+            self.cancel_job();
             self.slot = Slot::Free;
         }
         self.timers = Timers::default();

@@ -25,6 +25,24 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Identifies one run of a job: every [`Command::Dispatch`] starts a new run and the
+/// engine's [`Input::JobFinished`] names it, so the machine tells a result of an earlier run
+/// (one it cancelled) from the result it waits for, and no shell has to. Runs are numbered
+/// from 1 in dispatch order, so a run id follows from the dispatches before it; the trace
+/// format leaves it out of the command hashes for that reason (and `RunId(0)`, never
+/// issued, is what a trace recorded before run ids existed reads as).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct RunId(pub u64);
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "run#{}", self.0)
+    }
+}
+
 /// Identifies one HTTP request; its response comes back as [`Input::Http`] with the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -277,8 +295,14 @@ pub enum Input {
         install_id: Option<String>,
         secret: Secret,
     },
-    /// The engine finished the dispatched job.
-    JobFinished { job_id: String, outcome: JobOutcome },
+    /// The engine finished run `run` of `job_id` (a run the machine cancelled since is
+    /// dropped here, not by the shell).
+    JobFinished {
+        job_id: String,
+        #[serde(default)]
+        run: RunId,
+        outcome: JobOutcome,
+    },
     /// A log line from the shell or an engine, to ship.
     Log(LogEntry),
     /// Operator: stop accepting offers (runtime only).
@@ -472,11 +496,17 @@ pub enum Command {
     MintSecret { need_install_id: bool },
     /// Write the registration fields to the config file (atomically, 0600).
     Persist(PersistedState),
-    /// Run the job on an engine thread; answer with [`Input::JobFinished`].
-    Dispatch { claim: Box<JobOfferClaim> },
+    /// Run the job on an engine thread as run `run`; answer with [`Input::JobFinished`]
+    /// naming the run. (`run` is not serialised: it follows from the dispatches before it,
+    /// and traces recorded before it existed keep their command hashes.)
+    Dispatch {
+        #[serde(skip)]
+        run: RunId,
+        claim: Box<JobOfferClaim>,
+    },
     /// Stop working on a job if possible (shutdown grace expired, or the process exits).
-    /// The machine has already reported the job; the shell drops any later result of it
-    /// instead of feeding `JobFinished` (which would be a [`UsageError::UnknownJob`]).
+    /// The machine has already reported the job; a later result of the cancelled run may be
+    /// fed as usual: the machine tells it by its run and drops it.
     CancelJob { job_id: String },
     /// The binary result of `job_id` is no longer needed (uploaded, or given up).
     DiscardResult { job_id: String },
@@ -563,7 +593,8 @@ pub struct StatusSnapshot {
 pub enum UsageError {
     /// `now` is earlier than the previous call's.
     TimeWentBackwards { last: Mono, now: Mono },
-    /// A job result for a job that is not running.
+    /// A job result for a run that is not in flight (never dispatched, or already
+    /// reported) nor cancelled, or for the run in flight under another job id.
     UnknownJob(String),
     /// A negative or non-finite threshold.
     InvalidThreshold(f32),
@@ -648,9 +679,11 @@ impl fmt::Debug for Command {
                 .field("need_install_id", need_install_id)
                 .finish(),
             Command::Persist(p) => f.debug_tuple("Persist").field(p).finish(),
-            Command::Dispatch { claim } => {
-                f.debug_struct("Dispatch").field("claim", claim).finish()
-            }
+            Command::Dispatch { run, claim } => f
+                .debug_struct("Dispatch")
+                .field("run", run)
+                .field("claim", claim)
+                .finish(),
             Command::CancelJob { job_id } => {
                 f.debug_struct("CancelJob").field("job_id", job_id).finish()
             }

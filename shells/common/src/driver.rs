@@ -22,8 +22,6 @@
 //!   socket commands to the shell's callback and returns the deadline to sleep until.
 //!   With a [`Recorder`] set (`--record`), each input it hands the core, at the exact
 //!   `Now` it used, and the commands of that input's drain become one trace step.
-//! * [`CommandRouter::admit`] turns a sink event into an input (dropping results of
-//!   cancelled jobs).
 //!
 //! The clock it reads the time from is [`crate::clock::Clock`].
 
@@ -40,7 +38,7 @@ use studio_engines::Engine;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
+use crate::pool::{EnginePool, EventSink, HttpRunner};
 use crate::record::Recorder;
 
 /// The message `ApplyUpdate` is answered with.
@@ -133,12 +131,6 @@ impl CommandRouter {
         &self.clock
     }
 
-    /// Turns a sink event into the core input, or `None` for a result of a job cancelled
-    /// since (see [`EnginePool::admit`]).
-    pub fn admit(&self, event: PoolEvent) -> Option<Input> {
-        self.pool.admit(event)
-    }
-
     /// Carries out one command.
     pub fn perform(&mut self, cmd: Command) -> Effect {
         match cmd {
@@ -184,8 +176,8 @@ impl CommandRouter {
                     }
                 }
             }
-            Command::Dispatch { claim } => {
-                self.pool.dispatch(&claim);
+            Command::Dispatch { run, claim } => {
+                self.pool.dispatch(&claim, run);
                 Effect::None
             }
             Command::CancelJob { job_id } => {
@@ -348,12 +340,13 @@ mod tests {
 
     use serde_json::json;
     use studio_core::worker::{
-        ConnId, Credentials, HttpId, JobOutcome, LogCategory, PersistedState, WorkerConfig,
+        ConnId, Credentials, HttpId, JobOutcome, LogCategory, PersistedState, RunId, WorkerConfig,
     };
     use studio_engines::Router;
 
     use crate::clock::wait_duration;
-    use crate::pool::tests::{channel_sink, claim, wait_for_engine_threads};
+    use crate::pool::tests::{channel_sink, claim};
+    use crate::pool::PoolEvent;
 
     fn router(dir: &tempfile::TempDir) -> (CommandRouter, mpsc::Receiver<PoolEvent>) {
         let (sink, rx) = channel_sink();
@@ -519,15 +512,19 @@ mod tests {
         let mut c = claim("j-1", json!({"kind": "audio_tts", "text": "hello"}));
         c.model = "synthetic-tts".into();
         assert_eq!(
-            r.perform(Command::Dispatch { claim: Box::new(c) }),
+            r.perform(Command::Dispatch {
+                run: RunId(1),
+                claim: Box::new(c)
+            }),
             Effect::None
         );
-        match r.admit(recv(&rx)).unwrap() {
+        match recv(&rx).into_input() {
             Input::JobFinished {
                 job_id,
+                run,
                 outcome: JobOutcome::Binary { ext, .. },
             } => {
-                assert_eq!(job_id, "j-1");
+                assert_eq!((job_id.as_str(), run), ("j-1", RunId(1)));
                 assert_eq!(ext, "wav");
             }
             other => panic!("{other:?}"),
@@ -557,21 +554,19 @@ mod tests {
                 result: HttpResult::Transport(_)
             })
         ));
-        // Cancel before the result: never admitted.
+        // A cancel drops the held bytes; the result names its run for the core to judge.
         let mut c = claim("j-2", json!({"kind": "image", "prompt": "p"}));
         c.model = "synthetic-image".into();
-        r.perform(Command::Dispatch { claim: Box::new(c) });
+        r.perform(Command::Dispatch {
+            run: RunId(2),
+            claim: Box::new(c),
+        });
+        let finished = recv(&rx).into_input();
+        assert!(matches!(finished, Input::JobFinished { run: RunId(2), .. }));
+        assert_eq!(r.pool().held_results(), 1);
         r.perform(Command::CancelJob {
             job_id: "j-2".into(),
         });
-        // Once its engine thread has ended: whatever it delivered (nothing, or a result
-        // that raced the cancel) is refused, and no bytes are held.
-        wait_for_engine_threads(r.pool());
-        let events: Vec<PoolEvent> = rx.try_iter().collect();
-        assert!(events.len() <= 1, "{events:?}");
-        for ev in events {
-            assert_eq!(r.admit(ev), None);
-        }
         assert_eq!(r.pool().held_results(), 0);
     }
 
@@ -653,7 +648,7 @@ mod tests {
             "POST /graphics/api/workers/register-request HTTP/1.1"
         );
         // The response comes back through the sink and is fed in.
-        let input = r.admit(recv(&rx)).unwrap();
+        let input = recv(&rx).into_input();
         assert!(matches!(
             &input,
             Input::Http {

@@ -4,13 +4,14 @@
 //! Neither shell may block its event loop on an engine or on HTTP. The sync shell's sink
 //! pushes into a channel and wakes mio (`Waker`); the async shell's sink sends on a smol
 //! channel. Either way the loop turns each [`PoolEvent`] back into a core `Input` with
-//! [`EnginePool::admit`], which drops results of jobs cancelled in the meantime.
+//! [`PoolEvent::into_input`] and feeds it: a job's result names the run the core dispatched,
+//! and the core itself drops the result of a run it cancelled.
 //!
 //! # Jobs
 //!
-//! [`EnginePool::dispatch`] runs one `Command::Dispatch` on a dedicated thread (the
-//! protocol has one job in flight, but nothing here assumes it). The outcome becomes a
-//! `JobOutcome`:
+//! [`EnginePool::dispatch`] runs one `Command::Dispatch` (a job and its run id) on a
+//! dedicated thread (the protocol has one job in flight, but nothing here assumes it). The
+//! outcome becomes a `JobOutcome`, delivered with the run:
 //!
 //! * `EngineOutput::Json(v)` -> `JobOutcome::Json { result: v }`;
 //! * `EngineOutput::Binary { bytes, ext }` -> the bytes are kept in the pool under the job
@@ -26,10 +27,10 @@
 //! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
 //! studio with the other log lines.
 //!
-//! [`EnginePool::cancel`] (`Command::CancelJob`) forgets the job: a result it produces
-//! later is dropped, never delivered, and a result already delivered to the sink but not
-//! yet admitted is refused by [`EnginePool::admit`]. (A Rust thread cannot be killed; the
-//! engine finishes in the background and its output is thrown away.)
+//! [`EnginePool::cancel`] (`Command::CancelJob`) drops the job's held bytes. A Rust thread
+//! cannot be killed: the engine finishes in the background and its result still arrives,
+//! under its run, for the core to drop. (The core cancels only as it stops, so the bytes
+//! such a late result leaves behind live only until the process ends.)
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -37,26 +38,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
-use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome};
+use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome, RunId};
 use studio_engines::job_log::{self, JobLogLevel, JobLogSink};
 use studio_engines::{Engine, EngineOutput, JobRequest};
 
 /// The `category` of the log entries made from engine notices.
 pub const ENGINE_LOG_CATEGORY: &str = "engine";
 
-/// Identifies one dispatch of a job, so a result of an earlier (cancelled) dispatch of the
-/// same job id can never be taken for the current one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ticket(pub u64);
-
 /// A completion from a background thread.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PoolEvent {
-    /// An engine job ended.
+    /// Run `run` of an engine job ended.
     Job {
         job_id: String,
+        run: RunId,
         outcome: JobOutcome,
-        ticket: Ticket,
     },
     /// An HTTP request ended.
     Http { id: HttpId, result: HttpResult },
@@ -65,13 +61,18 @@ pub enum PoolEvent {
 }
 
 impl PoolEvent {
-    /// The core input this event carries, without the cancellation check of
-    /// [`EnginePool::admit`].
+    /// The core input this event carries.
     pub fn into_input(self) -> Input {
         match self {
             PoolEvent::Job {
-                job_id, outcome, ..
-            } => Input::JobFinished { job_id, outcome },
+                job_id,
+                run,
+                outcome,
+            } => Input::JobFinished {
+                job_id,
+                run,
+                outcome,
+            },
             PoolEvent::Http { id, result } => Input::Http { id, result },
             PoolEvent::Log(entry) => Input::Log(entry),
         }
@@ -90,9 +91,6 @@ pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
 
 #[derive(Default)]
 struct State {
-    next_ticket: u64,
-    /// Jobs dispatched and neither admitted nor cancelled, with their current ticket.
-    running: BTreeMap<String, Ticket>,
     /// Binary results awaiting upload.
     results: BTreeMap<String, Arc<Vec<u8>>>,
 }
@@ -126,9 +124,9 @@ impl EnginePool {
         &self.engine
     }
 
-    /// Starts `claim` on a new thread; its [`PoolEvent::Job`] arrives through the sink.
-    /// Re-dispatching a job id supersedes the earlier dispatch (its result is dropped).
-    pub fn dispatch(&self, claim: &JobOfferClaim) -> Ticket {
+    /// Starts run `run` of `claim` on a new thread; its [`PoolEvent::Job`] arrives through
+    /// the sink.
+    pub fn dispatch(&self, claim: &JobOfferClaim, run: RunId) {
         let request = JobRequest::new(
             claim.job_id.clone(),
             claim.model.clone(),
@@ -136,24 +134,17 @@ impl EnginePool {
             claim.model_source.clone(),
         );
         let job_id = claim.job_id.clone();
-        let ticket = {
-            let mut st = lock(&self.state);
-            st.next_ticket += 1;
-            let ticket = Ticket(st.next_ticket);
-            st.running.insert(job_id.clone(), ticket);
-            st.results.remove(&job_id);
-            ticket
-        };
-        tracing::debug!(%job_id, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
+        lock(&self.state).results.remove(&job_id);
+        tracing::debug!(%job_id, %run, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
         let engine = Arc::clone(&self.engine);
         let state = Arc::clone(&self.state);
         let sink = Arc::clone(&self.sink);
         let spawned = thread::Builder::new()
-            .name(format!("engine-job-{}", ticket.0))
+            .name(format!("engine-job-{}", run.0))
             .spawn(move || {
                 let notices = notice_sink(&sink, &request.job_id);
                 let outcome = job_log::with_sink(notices, || run_engine(engine.as_ref(), &request));
-                finish(&state, &sink, request.job_id, ticket, outcome);
+                finish(&state, &sink, request.job_id, run, outcome);
             });
         if let Err(e) = spawned {
             tracing::error!(%job_id, "cannot start an engine thread: {e}");
@@ -161,17 +152,13 @@ impl EnginePool {
                 error: format!("cannot start an engine thread: {e}"),
                 retryable: true,
             });
-            finish(&self.state, &self.sink, job_id, ticket, outcome);
+            finish(&self.state, &self.sink, job_id, run, outcome);
         }
-        ticket
     }
 
-    /// Forgets `job_id` (`Command::CancelJob`): its result, now or later, is never
-    /// delivered, and any held bytes are dropped.
+    /// `Command::CancelJob`: drops the held bytes of `job_id` (its result still arrives).
     pub fn cancel(&self, job_id: &str) {
-        let mut st = lock(&self.state);
-        st.running.remove(job_id);
-        st.results.remove(job_id);
+        lock(&self.state).results.remove(job_id);
     }
 
     /// Drops the held binary result of `job_id` (`Command::DiscardResult`).
@@ -184,29 +171,9 @@ impl EnginePool {
         lock(&self.state).results.get(job_id).cloned()
     }
 
-    /// Whether `job_id` is dispatched and not yet admitted or cancelled.
-    pub fn is_running(&self, job_id: &str) -> bool {
-        lock(&self.state).running.contains_key(job_id)
-    }
-
     /// How many binary results are held.
     pub fn held_results(&self) -> usize {
         lock(&self.state).results.len()
-    }
-
-    /// Turns a sink event into the core input, or `None` when it must not reach the core: a
-    /// job result whose job was cancelled or re-dispatched after the event was sent. Call it
-    /// on the loop thread, for every event, right before `Worker::handle`.
-    pub fn admit(&self, event: PoolEvent) -> Option<Input> {
-        if let PoolEvent::Job { job_id, ticket, .. } = &event {
-            let mut st = lock(&self.state);
-            if st.running.get(job_id) != Some(ticket) {
-                tracing::debug!(%job_id, "dropping the result of a cancelled job");
-                return None;
-            }
-            st.running.remove(job_id);
-        }
-        Some(event.into_input())
     }
 }
 
@@ -215,7 +182,6 @@ impl std::fmt::Debug for EnginePool {
         let st = lock(&self.state);
         f.debug_struct("EnginePool")
             .field("engine", &self.engine.name())
-            .field("running", &st.running.keys().collect::<Vec<_>>())
             .field("held_results", &st.results.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -263,34 +229,27 @@ fn run_engine(engine: &dyn Engine, request: &JobRequest) -> Result<EngineOutput,
     }
 }
 
-/// Records the outcome and delivers it, unless the job was cancelled or superseded.
+/// Holds a binary result's bytes and delivers the outcome.
 fn finish(
     state: &Mutex<State>,
     sink: &EventSink,
     job_id: String,
-    ticket: Ticket,
+    run: RunId,
     result: Result<EngineOutput, Failure>,
 ) {
-    let outcome = {
-        let mut st = lock(state);
-        if st.running.get(&job_id) != Some(&ticket) {
-            tracing::debug!(%job_id, "job finished after it was cancelled; result dropped");
-            return;
+    let outcome = match result {
+        Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
+        Ok(EngineOutput::Binary { bytes, ext }) => {
+            let bytes_len = bytes.len() as u64;
+            lock(state).results.insert(job_id.clone(), Arc::new(bytes));
+            JobOutcome::Binary { ext, bytes_len }
         }
-        match result {
-            Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
-            Ok(EngineOutput::Binary { bytes, ext }) => {
-                let bytes_len = bytes.len() as u64;
-                st.results.insert(job_id.clone(), Arc::new(bytes));
-                JobOutcome::Binary { ext, bytes_len }
-            }
-            Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
-        }
+        Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
     };
     sink(PoolEvent::Job {
         job_id,
+        run,
         outcome,
-        ticket,
     });
 }
 
@@ -341,8 +300,8 @@ impl std::fmt::Debug for HttpRunner {
 pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::sync::mpsc::{self, TryRecvError};
-    use std::time::{Duration, Instant};
+    use std::sync::mpsc;
+    use std::time::Duration;
 
     use serde_json::json;
     use studio_core::wire::{ModelEngine, ModelSource, Task, TaskKind};
@@ -382,17 +341,6 @@ pub(crate) mod tests {
 
     fn recv(rx: &mpsc::Receiver<PoolEvent>) -> PoolEvent {
         rx.recv_timeout(Duration::from_secs(20)).expect("no event")
-    }
-
-    /// Waits (20 s at most) until no engine thread of `pool` is left, so everything they
-    /// were going to deliver has been delivered. Each thread holds a clone of the pool's
-    /// engine until it has delivered or dropped its result; the pool keeps the only other.
-    pub(crate) fn wait_for_engine_threads(pool: &EnginePool) {
-        let end = Instant::now() + Duration::from_secs(20);
-        while Arc::strong_count(pool.engine()) > 1 {
-            assert!(Instant::now() < end, "an engine thread is still running");
-            thread::sleep(Duration::from_millis(1));
-        }
     }
 
     /// An engine whose behaviour the test picks by prompt, and which can be held until
@@ -451,33 +399,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn json_results_are_delivered_and_admitted_once() {
+    fn json_results_are_delivered_with_their_run() {
         let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("j1", image("hello")));
-        let ev = recv(&rx);
-        assert!(pool.is_running("j1"));
-        let input = pool.admit(ev.clone()).unwrap();
+        pool.dispatch(&claim("j1", image("hello")), RunId(1));
         assert_eq!(
-            input,
+            recv(&rx).into_input(),
             Input::JobFinished {
                 job_id: "j1".into(),
+                run: RunId(1),
                 outcome: JobOutcome::Json {
                     result: json!({"ok": true})
                 }
             }
         );
-        assert!(!pool.is_running("j1"));
-        // A duplicate of the same event is refused.
-        assert_eq!(pool.admit(ev), None);
     }
 
     #[test]
     fn engine_notices_become_log_entries_of_the_job_before_its_result() {
         let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("j-n", image("notice")));
+        pool.dispatch(&claim("j-n", image("notice")), RunId(2));
         let mut entries = Vec::new();
         let finished = loop {
-            match pool.admit(recv(&rx)).unwrap() {
+            match recv(&rx).into_input() {
                 Input::Log(entry) => entries.push(entry),
                 other => break other,
             }
@@ -522,12 +465,13 @@ pub(crate) mod tests {
     #[test]
     fn binary_results_are_held_until_discarded() {
         let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("j2", image("bin")));
-        let input = pool.admit(recv(&rx)).unwrap();
+        pool.dispatch(&claim("j2", image("bin")), RunId(3));
+        let input = recv(&rx).into_input();
         assert_eq!(
             input,
             Input::JobFinished {
                 job_id: "j2".into(),
+                run: RunId(3),
                 outcome: JobOutcome::Binary {
                     ext: "png".into(),
                     bytes_len: 3
@@ -544,14 +488,15 @@ pub(crate) mod tests {
     #[test]
     fn engine_errors_keep_their_retryability() {
         let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("a", image("fail")));
-        let a = pool.admit(recv(&rx)).unwrap();
-        pool.dispatch(&claim("b", image("fatal")));
-        let b = pool.admit(recv(&rx)).unwrap();
+        pool.dispatch(&claim("a", image("fail")), RunId(4));
+        let a = recv(&rx).into_input();
+        pool.dispatch(&claim("b", image("fatal")), RunId(5));
+        let b = recv(&rx).into_input();
         assert_eq!(
             a,
             Input::JobFinished {
                 job_id: "a".into(),
+                run: RunId(4),
                 outcome: JobOutcome::Failed {
                     error: "disk full".into(),
                     retryable: true
@@ -562,6 +507,7 @@ pub(crate) mod tests {
             b,
             Input::JobFinished {
                 job_id: "b".into(),
+                run: RunId(5),
                 outcome: JobOutcome::Failed {
                     error: "bad size".into(),
                     retryable: false
@@ -573,11 +519,12 @@ pub(crate) mod tests {
     #[test]
     fn a_panicking_engine_fails_the_job_retryably() {
         let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("p1", image("panic")));
+        pool.dispatch(&claim("p1", image("panic")), RunId(6));
         assert_eq!(
-            pool.admit(recv(&rx)).unwrap(),
+            recv(&rx).into_input(),
             Input::JobFinished {
                 job_id: "p1".into(),
+                run: RunId(6),
                 outcome: JobOutcome::Failed {
                     error: "task p1 panicked".into(),
                     retryable: true
@@ -587,42 +534,40 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_cancelled_job_never_delivers() {
+    fn a_cancelled_run_still_reports_under_its_run() {
         let (tx, gate) = mpsc::channel();
         let (pool, rx) = test_pool(Some(gate));
-        pool.dispatch(&claim("c1", image("hold-bin")));
+        pool.dispatch(&claim("c1", image("hold-bin")), RunId(7));
         pool.cancel("c1");
         tx.send(()).unwrap();
-        wait_for_engine_threads(&pool);
-        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        // The pool does not judge the result: the core drops a cancelled run's.
+        assert!(matches!(
+            recv(&rx).into_input(),
+            Input::JobFinished { run: RunId(7), .. }
+        ));
+    }
+
+    #[test]
+    fn a_cancel_drops_the_held_bytes() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("c2", image("bin")), RunId(1));
+        recv(&rx);
+        assert_eq!(pool.held_results(), 1);
+        pool.cancel("c2");
+        assert_eq!(pool.result_bytes("c2"), None);
         assert_eq!(pool.held_results(), 0);
     }
 
     #[test]
-    fn a_result_cancelled_after_delivery_is_not_admitted() {
-        let (pool, rx) = test_pool(None);
-        pool.dispatch(&claim("c2", image("bin")));
-        let ev = recv(&rx);
-        pool.cancel("c2");
-        assert_eq!(pool.admit(ev), None);
-        assert_eq!(pool.result_bytes("c2"), None);
-    }
-
-    #[test]
-    fn a_redispatch_supersedes_the_earlier_one() {
+    fn each_result_names_the_run_it_was_dispatched_as() {
         let (tx, gate) = mpsc::channel();
         let (pool, rx) = test_pool(Some(gate));
-        let first = pool.dispatch(&claim("r", image("hold-first")));
-        let second = pool.dispatch(&claim("r", image("second")));
-        assert_ne!(first, second);
-        // The second (ungated) run finishes first and is the one admitted.
-        let ev = recv(&rx);
-        assert!(matches!(ev, PoolEvent::Job { ticket, .. } if ticket == second));
+        pool.dispatch(&claim("r", image("hold-first")), RunId(1));
+        pool.dispatch(&claim("r", image("second")), RunId(2));
+        // The second (ungated) run finishes first.
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(2), .. }));
         tx.send(()).unwrap();
-        // The first run ends after the second was delivered: its result is dropped.
-        wait_for_engine_threads(&pool);
-        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
-        assert!(pool.admit(ev).is_some());
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(1), .. }));
     }
 
     #[test]
@@ -635,8 +580,8 @@ pub(crate) mod tests {
             json!({"kind": "llm", "messages": [{"role": "user", "content": "hi"}]}),
         );
         c.model = "synthetic-llm".into();
-        pool.dispatch(&c);
-        match pool.admit(recv(&rx)).unwrap() {
+        pool.dispatch(&c, RunId(11));
+        match recv(&rx).into_input() {
             Input::JobFinished {
                 outcome: JobOutcome::Json { result },
                 ..
@@ -644,8 +589,8 @@ pub(crate) mod tests {
             other => panic!("{other:?}"),
         }
         let c = claim_with_engine("s2", image("x"), "sd-cpp");
-        pool.dispatch(&c);
-        match pool.admit(recv(&rx)).unwrap() {
+        pool.dispatch(&c, RunId(12));
+        match recv(&rx).into_input() {
             Input::JobFinished {
                 outcome: JobOutcome::Failed { retryable, .. },
                 ..
@@ -658,8 +603,8 @@ pub(crate) mod tests {
             json!({"kind": "image", "prompt": "fox", "ext": "webp"}),
         );
         c.model = "synthetic-image".into();
-        pool.dispatch(&c);
-        match pool.admit(recv(&rx)).unwrap() {
+        pool.dispatch(&c, RunId(13));
+        match recv(&rx).into_input() {
             Input::JobFinished {
                 outcome: JobOutcome::Binary { ext, bytes_len },
                 ..

@@ -345,11 +345,10 @@ impl Session {
         }
     }
 
-    /// A completion from an engine or HTTP thread (results of cancelled jobs are dropped).
+    /// A completion from an engine or HTTP thread (a result of a run the core cancelled is
+    /// fed too: the core tells it by its run).
     pub fn on_pool_event(&mut self, event: PoolEvent, io: &mut impl SocketIo) {
-        if let Some(input) = self.router.admit(event) {
-            self.feed(input, io);
-        }
+        self.feed(event.into_input(), io);
     }
 
     /// SIGINT / SIGTERM / `Control::shutdown`.

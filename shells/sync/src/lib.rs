@@ -16,7 +16,7 @@
 //!  sockets ──►│ READABLE: read every message until │──► Input::Frame / BinaryFrame /
 //!             │ WouldBlock, feed each before the   │    Disconnected{code}
 //!             │ next; WRITABLE: flush              │
-//!  Waker   ──►│ channel: PoolEvent (job, HTTP)     │──► router.admit -> Input
+//!  Waker   ──►│ channel: PoolEvent (job, HTTP)     │──► Input (into_input)
 //!             │          connect-thread result     │──► Input::Connected / ConnectFailed
 //!             │          SIGINT / SIGTERM          │──► Input::Shutdown
 //!  timeout ──►│ the core's deadline passed         │──► Input::Tick

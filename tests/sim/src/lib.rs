@@ -55,7 +55,7 @@ use studio_core::testing;
 use studio_core::wire::{self, StudioFrame, Task, TaskKind};
 use studio_core::worker::{
     Command, ConnId, ConnectError, Credentials, HttpId, HttpRequest, HttpResult, Input, JobOutcome,
-    Now, SessionState, Worker, WorkerConfig,
+    Now, RunId, SessionState, Worker, WorkerConfig,
 };
 use studio_core::{Mono, WallMs};
 
@@ -550,6 +550,7 @@ enum EngineProfile {
 
 struct Engine {
     job_id: String,
+    run: RunId,
     gen: u64,
     outcome: JobOutcome,
     hung: bool,
@@ -640,6 +641,33 @@ struct World {
     holders: BTreeMap<String, String>,
     /// Studio worker id -> simulated worker index.
     wid_index: BTreeMap<String, usize>,
+}
+
+/// What the report hash covers of a worker's input or command: its `Debug` text, except
+/// that a dispatch and its result are written without their run id. The hash predates run
+/// ids, and a run id follows from the dispatches before it, which the hash covers already.
+enum Hashed<'a> {
+    Input(&'a Input),
+    Command(&'a Command),
+}
+
+impl std::fmt::Debug for Hashed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hashed::Input(Input::JobFinished {
+                job_id, outcome, ..
+            }) => f
+                .debug_struct("JobFinished")
+                .field("job_id", job_id)
+                .field("outcome", outcome)
+                .finish(),
+            Hashed::Input(input) => input.fmt(f),
+            Hashed::Command(Command::Dispatch { claim, .. }) => {
+                f.debug_struct("Dispatch").field("claim", claim).finish()
+            }
+            Hashed::Command(command) => command.fmt(f),
+        }
+    }
 }
 
 fn task_for(kind: TaskKind, n: usize) -> Task {
@@ -885,7 +913,7 @@ impl World {
             );
         }
         if self.hasher.is_some() {
-            let s = format!("{w}:{input:?}");
+            let s = format!("{w}:{:?}", Hashed::Input(&input));
             self.hash_str("wi", &s);
         }
         let recorded = (self.cfg.record
@@ -908,7 +936,7 @@ impl World {
                 if !first {
                     h.push_str(", ");
                 }
-                let _ = write!(h, "{c:?}");
+                let _ = write!(h, "{:?}", Hashed::Command(&c));
                 first = false;
             }
             if let Some(k) = kept.as_mut() {
@@ -1025,7 +1053,7 @@ impl World {
                 self.after(Duration::from_micros(100), Ev::ToWorker { w, input });
             }
             Command::Persist(_) | Command::DiscardResult { .. } | Command::Report(_) => {}
-            Command::Dispatch { claim } => self.dispatch(w, &claim),
+            Command::Dispatch { run, claim } => self.dispatch(w, run, &claim),
             Command::CancelJob { job_id } => {
                 let wk = &mut self.workers[w];
                 if wk.engine.as_ref().is_some_and(|e| e.job_id == job_id) {
@@ -1065,7 +1093,7 @@ impl World {
         }
     }
 
-    fn dispatch(&mut self, w: usize, claim: &wire::JobOfferClaim) {
+    fn dispatch(&mut self, w: usize, run: RunId, claim: &wire::JobOfferClaim) {
         let job_id = claim.job_id.clone();
         if !self.workers[w].offered.contains(&job_id) {
             self.wviolation(
@@ -1149,6 +1177,7 @@ impl World {
         let gen = wk.engine_gen;
         wk.engine = Some(Engine {
             job_id,
+            run,
             gen,
             outcome,
             hung,
@@ -1819,6 +1848,7 @@ impl World {
                         w,
                         Input::JobFinished {
                             job_id: e.job_id,
+                            run: e.run,
                             outcome: e.outcome,
                         },
                     );
