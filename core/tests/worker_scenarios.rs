@@ -687,6 +687,34 @@ fn job_results_name_their_run() {
     assert_eq!(h.try_step(cancelled), Ok(vec![]));
 }
 
+/// The VRAM warning (PROTOCOL.md §9.4) is the core's decision: above known memory only,
+/// logged at connect.
+#[test]
+fn a_threshold_above_the_detected_memory_is_warned_about_at_connect() {
+    assert_eq!(vram_threshold_warning(8.0, 8.0), None);
+    assert_eq!(vram_threshold_warning(12.0, 0.0), None, "memory unknown");
+    let warning = vram_threshold_warning(30.0, 24.0).unwrap();
+    assert_eq!(
+        warning,
+        "vram_threshold_gb 30 exceeds the detected VRAM 24 GB; \
+         the studio may offer jobs this GPU cannot hold"
+    );
+    let mut cfg = registered();
+    cfg.vram_threshold_gb = 30.0;
+    let mut h = Driver::new(cfg);
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    let c = h.step(Input::Connected { conn });
+    assert!(c.iter().any(|c| matches!(
+        c,
+        Command::Report(n) if n.level == LogLevel::Warn && n.message == warning
+    )));
+    let c = Driver::live(registered()).step(Input::Connected { conn });
+    assert!(!c
+        .iter()
+        .any(|c| matches!(c, Command::Report(n) if n.level == LogLevel::Warn)));
+}
+
 #[test]
 fn upload_4xx_is_not_retried() {
     let mut h = Driver::live(registered());

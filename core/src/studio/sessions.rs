@@ -256,17 +256,10 @@ impl Studio {
                 message: message.to_string(),
             },
         );
-        let reason = match code {
-            WorkerErrorCode::AuthFailed => "auth failed",
-            WorkerErrorCode::ProtocolViolation => "protocol violation",
-            WorkerErrorCode::DuplicateWorker => "duplicate worker",
-            WorkerErrorCode::WorkerDeleted => "worker deleted",
-            WorkerErrorCode::InternalError => "internal error",
-        };
         self.out.push_back(StudioCommand::Close {
             conn,
             code: code.close_code(),
-            reason: reason.into(),
+            reason: code.close_reason().into(),
         });
         self.drop_conn(conn);
     }

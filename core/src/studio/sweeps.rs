@@ -45,7 +45,7 @@ impl Studio {
             self.out.push_back(StudioCommand::Close {
                 conn,
                 code: wire::close_code::NORMAL,
-                reason: "session timed out".into(),
+                reason: wire::close_reason::SESSION_TIMED_OUT.into(),
             });
             // Guarantees progress even if the index and the map ever disagreed.
             self.session_index.remove(&(last, conn));

@@ -49,6 +49,28 @@ pub use frames::*;
 pub use http::*;
 pub use tasks::*;
 
+/// The reasons of the close frames the two machines (and the shells, closing on their own)
+/// send. A close reason is free text on the wire; these are the project's, written once.
+pub mod close_reason {
+    /// The session ended normally: shutdown, update, read idle, or a connection no longer
+    /// wanted (it finished connecting too late).
+    pub const SESSION_ENDED: &str = "session ended";
+    /// The peer broke the protocol (a bad, binary or oversized frame, an error frame).
+    pub const PROTOCOL_VIOLATION: &str = "protocol violation";
+    /// The upgrade did not finish within the connect timeout.
+    pub const CONNECT_TIMEOUT: &str = "connect timeout";
+    /// The credentials were refused (`auth_failed`).
+    pub const AUTH_FAILED: &str = "auth failed";
+    /// Another session of the same worker (`duplicate_worker`).
+    pub const DUPLICATE_WORKER: &str = "duplicate worker";
+    /// The worker was deleted (`worker_deleted`).
+    pub const WORKER_DELETED: &str = "worker deleted";
+    /// The studio failed (`internal_error`).
+    pub const INTERNAL_ERROR: &str = "internal error";
+    /// The studio heard nothing for the session timeout.
+    pub const SESSION_TIMED_OUT: &str = "session timed out";
+}
+
 // ------------------------------------------------------------------------------------------
 // Enumerations
 // ------------------------------------------------------------------------------------------
@@ -149,6 +171,17 @@ impl WorkerErrorCode {
             WorkerErrorCode::DuplicateWorker => close_code::DUPLICATE_WORKER,
             WorkerErrorCode::WorkerDeleted => close_code::WORKER_DELETED,
             WorkerErrorCode::InternalError => close_code::NORMAL,
+        }
+    }
+
+    /// The reason of the close frame the studio pairs with this error.
+    pub fn close_reason(self) -> &'static str {
+        match self {
+            WorkerErrorCode::AuthFailed => close_reason::AUTH_FAILED,
+            WorkerErrorCode::ProtocolViolation => close_reason::PROTOCOL_VIOLATION,
+            WorkerErrorCode::DuplicateWorker => close_reason::DUPLICATE_WORKER,
+            WorkerErrorCode::WorkerDeleted => close_reason::WORKER_DELETED,
+            WorkerErrorCode::InternalError => close_reason::INTERNAL_ERROR,
         }
     }
 

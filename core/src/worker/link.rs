@@ -1,7 +1,9 @@
 //! The WebSocket link: connect, hello, welcome, the frames of a session, its end, and the
 //! jittered reconnect.
 
-use crate::wire::{self, close_code, LogEntry, StudioFrame, WorkerErrorCode, WorkerFrame};
+use crate::wire::{
+    self, close_code, close_reason, LogEntry, StudioFrame, WorkerErrorCode, WorkerFrame,
+};
 
 use super::shutdown::Stop;
 use super::timers::Timer;
@@ -76,7 +78,7 @@ impl Worker {
                 self.emit(Command::Close {
                     conn,
                     code: close_code::NORMAL,
-                    reason: "session ended".into(),
+                    reason: close_reason::SESSION_ENDED.into(),
                 });
             }
             return;
@@ -87,16 +89,10 @@ impl Worker {
         };
         self.link = Link::AwaitWelcome { conn };
         let caps = self.capabilities();
-        if self.cfg.host.vram_total_gb > 0.0
-            && self.cfg.vram_threshold_gb > self.cfg.host.vram_total_gb
+        if let Some(warning) =
+            vram_threshold_warning(self.cfg.vram_threshold_gb, self.cfg.host.vram_total_gb)
         {
-            self.log(LogLevel::Warn, LogCategory::Ws,
-                format!(
-                    "vram_threshold_gb {} exceeds the detected VRAM {} GB; the studio may offer jobs this GPU cannot hold",
-                    self.cfg.vram_threshold_gb, self.cfg.host.vram_total_gb
-                ),
-                None,
-            );
+            self.log(LogLevel::Warn, LogCategory::Ws, warning, None);
         }
         self.log(
             LogLevel::Info,
@@ -275,7 +271,10 @@ impl Worker {
         let frame = match wire::decode_studio_frame_limited(text, self.cfg.limits.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
-                self.drop_session("protocol violation", &format!("protocol error: {e}"));
+                self.drop_session(
+                    close_reason::PROTOCOL_VIOLATION,
+                    &format!("protocol error: {e}"),
+                );
                 return;
             }
         };
@@ -378,8 +377,8 @@ impl Worker {
 
     pub(super) fn on_error_frame(&mut self, code: WorkerErrorCode, message: String) {
         let (exit, reason) = match code {
-            WorkerErrorCode::AuthFailed => (ExitCode::AuthFailed, "auth failed"),
-            _ => (ExitCode::Fatal, "protocol violation"),
+            WorkerErrorCode::AuthFailed => (ExitCode::AuthFailed, close_reason::AUTH_FAILED),
+            _ => (ExitCode::Fatal, close_reason::PROTOCOL_VIOLATION),
         };
         self.close_current(reason);
         let text = match code {
@@ -402,6 +401,18 @@ impl Worker {
         };
         self.exit(exit, text);
     }
+}
+
+/// The §9.4 check, decided here only: the warning a VRAM threshold above the detected GPU
+/// memory deserves (none while the memory is unknown, `0`). The machine logs it at every
+/// connect; a shell shows it where no machine runs (`set-threshold`).
+pub fn vram_threshold_warning(threshold_gb: f32, vram_total_gb: f32) -> Option<String> {
+    (vram_total_gb > 0.0 && threshold_gb > vram_total_gb).then(|| {
+        format!(
+            "vram_threshold_gb {threshold_gb} exceeds the detected VRAM {vram_total_gb} GB; \
+             the studio may offer jobs this GPU cannot hold"
+        )
+    })
 }
 
 fn offer_job_id(frame: &StudioFrame) -> Option<String> {

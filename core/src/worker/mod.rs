@@ -61,13 +61,14 @@ use std::collections::VecDeque;
 pub use backoff::Backoff;
 pub use delivery::MAX_RESULT_RESENDS;
 pub use jobs::{REASON_BUSY, REASON_NOT_IDLE, REASON_PAUSED, REASON_SHUTTING_DOWN};
+pub use link::vram_threshold_warning;
 pub use logs::LogQueue;
 pub use phase::Phase;
 pub use pumps::{MAX_OUTSTANDING_HEARTBEATS, MAX_UNCONFIRMED_LOG_BATCHES};
 pub use types::*;
 
 use crate::time::Mono;
-use crate::wire::{JobOfferClaim, LogEntry, UserPresence, WorkerCapabilities};
+use crate::wire::{close_reason, JobOfferClaim, LogEntry, UserPresence, WorkerCapabilities};
 
 use delivery::Unacked;
 use jobs::{JobStage, Slot};
@@ -301,7 +302,7 @@ impl Worker {
             Input::BinaryFrame { conn, len } => {
                 if self.link.conn() == Some(conn) && !matches!(self.link, Link::Connecting { .. }) {
                     self.drop_session(
-                        "protocol violation",
+                        close_reason::PROTOCOL_VIOLATION,
                         &format!("protocol error: binary frame of {len} bytes from the studio"),
                     );
                 }

@@ -5,7 +5,7 @@ use super::jobs::Slot;
 use super::link::Link;
 use super::timers::{Timer, Timers};
 use super::{Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker};
-use crate::wire::WorkerFrame;
+use crate::wire::{close_reason, WorkerFrame};
 
 /// Why the machine is stopping.
 #[derive(Clone, Debug, PartialEq)]
@@ -54,7 +54,7 @@ impl Worker {
         if matches!(self.link, Link::Live { .. }) {
             self.flush_logs();
         }
-        self.close_current("session ended");
+        self.close_current(close_reason::SESSION_ENDED);
         self.timers.clear(Timer::ShutdownGrace);
         self.exit(ExitCode::Clean, "stopped".into());
     }

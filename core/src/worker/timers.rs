@@ -4,7 +4,7 @@
 //! there plus its handler in [`Worker::on_timer`].
 
 use crate::time::Mono;
-use crate::wire::close_code;
+use crate::wire::{close_code, close_reason};
 
 use super::jobs::{JobStage, Slot};
 use super::link::Link;
@@ -123,7 +123,7 @@ impl Worker {
             Timer::ReadIdle => {
                 let secs = self.cfg.timings.read_idle.as_secs();
                 self.drop_session(
-                    "session ended",
+                    close_reason::SESSION_ENDED,
                     &format!("no frames from server for {secs}s; treating connection as dead"),
                 );
             }
@@ -132,7 +132,7 @@ impl Worker {
                     self.emit(Command::Close {
                         conn,
                         code: close_code::NORMAL,
-                        reason: "connect timeout".into(),
+                        reason: close_reason::CONNECT_TIMEOUT.into(),
                     });
                     self.link = Link::Down;
                     let secs = self.cfg.timings.connect_timeout.as_secs();

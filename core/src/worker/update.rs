@@ -1,6 +1,8 @@
 //! Auto-update: check the feed at an interval, install only while the slot is free, exit
 //! to restart into the new version.
 
+use crate::wire::close_reason;
+
 use super::jobs::Slot;
 use super::link::Link;
 use super::shutdown::Stop;
@@ -90,7 +92,7 @@ impl Worker {
                 if matches!(self.link, Link::Live { .. }) {
                     self.flush_logs();
                 }
-                self.close_current("session ended");
+                self.close_current(close_reason::SESSION_ENDED);
                 self.slot = Slot::Free;
                 self.exit(ExitCode::Restart, format!("restarting into {version}"));
             }

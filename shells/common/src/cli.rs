@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use studio_core::worker::vram_threshold_warning;
 
 use crate::config::{
     default_config_path, validate_api_base_url, validate_threshold, Config, RegistrationView,
@@ -340,7 +341,7 @@ pub fn set_threshold(path: &Path, gb: f32) -> Result<String, ShellError> {
         "vram threshold set to {gb} GB in {} (a running worker picks it up when it restarts)\n",
         path.display()
     );
-    if let Some(warning) = crate::gpu::threshold_warning(gb, crate::gpu::vram()) {
+    if let Some(warning) = vram_threshold_warning(gb, crate::gpu::vram().total_gb) {
         report.push_str(&format!("warning: {warning}\n"));
     }
     Ok(report)

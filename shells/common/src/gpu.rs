@@ -16,8 +16,9 @@
 //! None answers: `0.0`, which the studio reads as "unknown" (admission is by the operator's
 //! `vram_threshold_gb`). "GB" here is GiB, as in the original worker (MiB / 1024).
 //!
-//! [`threshold_warning`] is the §9.4 check: a threshold above the detected memory is logged
-//! as a warning at start-up and when the threshold is changed.
+//! Whether a threshold above the detected memory deserves a warning (§9.4) is the core's
+//! decision (`studio_core::worker::vram_threshold_warning`): the worker machine logs it at
+//! every connect, `set-threshold` shows it when the threshold is changed.
 
 use std::path::Path;
 use std::process::Command;
@@ -148,19 +149,6 @@ pub fn parse_nvidia_smi(out: &str) -> Vec<u64> {
             }
         })
         .collect()
-}
-
-/// The §9.4 warning: `Some(message)` when the operator's threshold is above the detected
-/// memory (and the memory is known).
-pub fn threshold_warning(threshold_gb: f32, vram: &Vram) -> Option<String> {
-    (vram.total_gb > 0.0 && threshold_gb > vram.total_gb).then(|| {
-        format!(
-            "vram_threshold_gb is {threshold_gb} but this machine has {:.1} GiB of GPU memory \
-             ({}); the studio may offer jobs that do not fit. Lower it with \
-             `studio-worker set-threshold <GB>`",
-            vram.total_gb, vram.source
-        )
-    })
 }
 
 /// The real machine.
@@ -335,20 +323,6 @@ mod tests {
             smi: None,
         };
         assert_eq!(probe_with(&nothing), Vram::none());
-    }
-
-    #[test]
-    fn the_threshold_warning_fires_only_above_known_memory() {
-        let v = Vram {
-            total_gb: 8.0,
-            source: "sysfs",
-            devices: vec![],
-        };
-        assert!(threshold_warning(12.0, &v)
-            .unwrap()
-            .contains("set-threshold"));
-        assert_eq!(threshold_warning(8.0, &v), None);
-        assert_eq!(threshold_warning(12.0, &Vram::none()), None);
     }
 
     #[test]

@@ -27,8 +27,8 @@
 //!
 //! * **`Send`** on an open connection goes to [`SocketIo::send`]; a frame for a connection
 //!   that is gone is dropped.
-//! * **`Close`** of a connecting connection forgets it: its result is closed (1000,
-//!   "session ended") and dropped unseen when it arrives. Of an open one: the close frame
+//! * **`Close`** of a connecting connection forgets it: its result, when it arrives, is fed
+//!   like any other (below). Of an open one: the close frame
 //!   is queued ([`SocketIo::close`]) and the connection is *closing*: nothing it receives
 //!   is fed again, and it is dropped when the peer hangs up or after
 //!   [`ws::CLOSE_TIMEOUT`], whichever is first. The loop never blocks on it.
@@ -38,18 +38,19 @@
 //! * A read or write error is `Disconnected { code: None }`. When the transport itself is
 //!   gone (IO, TLS, reset) the socket is dropped; when the bytes were bad (oversized or
 //!   malformed frame) it is closed with 1000 "protocol violation" first.
-//! * A connect result for a connection the core still wants becomes `Connected` /
-//!   `ConnectFailed`; a late success is closed with 1000 "session ended", a late failure
-//!   dropped.
-//! * After the core's `Exit`, nothing is fed; connections it left open are closed with 1000
-//!   "session ended", and [`Session::finished`] says yes once no socket is left.
+//! * Every connect result becomes `Connected` / `ConnectFailed`: the core decides about a
+//!   connection it gave up on (it closes a late success with 1000 "session ended" and
+//!   ignores a late failure); the session only carries that out.
+//! * After the core's `Exit`, nothing is fed; connections left open (a late success
+//!   included) are closed with 1000 "session ended" as the process ends, and
+//!   [`Session::finished`] says yes once no socket is left.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use studio_core::wire::close_code;
+use studio_core::wire::{close_code, close_reason};
 use studio_core::worker::{Command, ConnId, ConnectError, ExitCode, Input, Worker, WorkerConfig};
 use studio_core::{Mono, Secret};
 use studio_engines::Engine;
@@ -63,13 +64,6 @@ use crate::driver::CommandRouter;
 use crate::error::ShellError;
 use crate::pool::{EventSink, PoolEvent};
 use crate::ws::{self, close_frame, input_for_error, input_for_message};
-
-/// The close reason of a socket the shell closes on its own (a connection the core gave up
-/// on before it was up, or one still open when the core exited).
-pub const REASON_SESSION_ENDED: &str = "session ended";
-/// The close reason after the studio broke the WebSocket protocol (oversized frame, bad
-/// framing): the same words the core uses for its own protocol-violation closes.
-pub const REASON_PROTOCOL_VIOLATION: &str = "protocol violation";
 
 /// What reaches a loop from other threads and tasks, in either shell: `S` is the shell's
 /// session socket.
@@ -159,12 +153,6 @@ impl Setup {
             engine.capabilities(),
             crate::entropy::seed()?,
         );
-        // PROTOCOL.md §9.4: a threshold above the detected GPU memory is worth a warning.
-        if let Some(warning) =
-            crate::gpu::threshold_warning(config.vram_threshold_gb, crate::gpu::vram())
-        {
-            tracing::warn!("{warning}");
-        }
         Ok(Setup {
             config,
             config_path,
@@ -311,24 +299,27 @@ impl Session {
         result: Result<(), ConnectError>,
         io: &mut impl SocketIo,
     ) {
-        let wanted = self.conns.remove(&conn) == Some(ConnState::Connecting) && self.exit.is_none();
+        // Whether the core still wants it is the core's call: it answers a late success with
+        // `Close` and ignores a late failure.
+        self.conns.remove(&conn);
+        let running = self.exit.is_none();
         match result {
             Ok(()) => {
                 self.conns.insert(conn, ConnState::Open);
-                if wanted {
+                if running {
                     tracing::debug!(%conn, "connected");
                     self.feed(Input::Connected { conn }, io);
                 } else {
-                    tracing::debug!(%conn, "late connection the core no longer wants; closing");
+                    tracing::debug!(%conn, "connected after the core exited; closing");
                     self.start_closing(
                         conn,
-                        Some(close_frame(close_code::NORMAL, REASON_SESSION_ENDED)),
+                        Some(close_frame(close_code::NORMAL, close_reason::SESSION_ENDED)),
                         io,
                     );
                 }
             }
-            Err(error) if wanted => self.feed(Input::ConnectFailed { conn, error }, io),
-            Err(error) => tracing::debug!(%conn, ?error, "late connect failure dropped"),
+            Err(error) if running => self.feed(Input::ConnectFailed { conn, error }, io),
+            Err(error) => tracing::debug!(%conn, ?error, "connect failed after the core exited"),
         }
     }
 
@@ -391,7 +382,7 @@ impl Session {
         for conn in open {
             self.start_closing(
                 conn,
-                Some(close_frame(close_code::NORMAL, REASON_SESSION_ENDED)),
+                Some(close_frame(close_code::NORMAL, close_reason::SESSION_ENDED)),
                 io,
             );
         }
@@ -524,7 +515,10 @@ impl Session {
             // The bytes were bad, the socket is fine: say why before hanging up.
             self.start_closing(
                 conn,
-                Some(close_frame(close_code::NORMAL, REASON_PROTOCOL_VIOLATION)),
+                Some(close_frame(
+                    close_code::NORMAL,
+                    close_reason::PROTOCOL_VIOLATION,
+                )),
                 io,
             );
         }
@@ -611,7 +605,10 @@ mod tests {
 
     #[test]
     fn close_reasons_fit_a_close_frame() {
-        for reason in [REASON_SESSION_ENDED, REASON_PROTOCOL_VIOLATION] {
+        for reason in [
+            close_reason::SESSION_ENDED,
+            close_reason::PROTOCOL_VIOLATION,
+        ] {
             assert_eq!(ws::clip_close_reason(reason), reason);
         }
     }
