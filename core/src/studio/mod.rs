@@ -105,6 +105,14 @@
 //! range lookup per distinct estimate/threshold value, never a scan of unservable entries.
 //! Only [`Studio::check_invariants`] (for tests and the simulation) is linear, plus a
 //! brute-force idle x queued cross-check that does not trust the indexes.
+//!
+//! # Layout
+//!
+//! One module per concern: `sessions` (workers, sockets, `hello`, the frames of a session,
+//! stored logs), `heartbeats`, `registration`, `queue` (the job queue and the idle pool,
+//! indexed by fit), `offers` (who gets which job, and the worker's answers), `jobs`
+//! (submission, the upload route, every job transition), `sweeps` (timers), `invariants`;
+//! `types` holds the vocabulary.
 
 mod heartbeats;
 mod invariants;

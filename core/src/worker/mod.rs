@@ -10,7 +10,13 @@
 //! means "nothing is scheduled: sleep until IO".
 //!
 //! Time is passed in as [`Now`]: a monotonic [`Mono`] (microseconds) and, beside it, the
-//! wall clock [`WallMs`] used only for log timestamps. The core never reads a clock.
+//! wall clock [`WallMs`](crate::WallMs) used only for log timestamps. The core never reads a clock. The
+//! studio machine (`crate::studio`) is driven the same way.
+//!
+//! Every id the machine hands out comes back on the input that answers it: a connection
+//! ([`ConnId`]), an HTTP request ([`HttpId`]), a job's run ([`RunId`], on `Dispatch` and
+//! `JobFinished`). Answers naming an older one are ignored (a late connection is closed, a
+//! cancelled run's result dropped), so no shell keeps such bookkeeping.
 //!
 //! ```
 //! use studio_core::worker::{Command, Input, Now, Worker, WorkerConfig, Credentials};
@@ -38,10 +44,20 @@
 //!
 //! * The peer misbehaved (malformed frame, binary frame, unexpected close): the machine
 //!   reacts on the wire (close, reconnect) and reports a [`Notice`]; it never panics.
-//! * The driver misused the API (time going backwards, a job result for a job that was
-//!   never dispatched): `handle` returns [`UsageError`] and nothing changes.
+//! * The driver misused the API (time going backwards, a job result for a run that is not
+//!   in flight): `handle` returns [`UsageError`] and nothing changes.
 //! * An internal invariant broke: a panic, which no input sequence can reach (the fuzzer
 //!   and the quickcheck properties drive arbitrary inputs to prove it).
+//!
+//! # Layout
+//!
+//! The state lives in a few parts, each read by the decisions it governs, and
+//! [`Worker::phase`] names the combination. One module per concern: `timers` (the table and
+//! what each timer does), `registration`, `link` (connect, hello, welcome, the frames of a
+//! session, reconnect), `pumps` (heartbeats, log batches, the machine's own log lines),
+//! `jobs` (the one-job slot: offers, dispatch, engine results), `delivery` (uploads with
+//! retries, results kept until acknowledged), `update`, `shutdown` (graceful stop and exit);
+//! `types` holds the vocabulary, `backoff` and `logs` the jitter and the ship queue.
 
 mod backoff;
 mod delivery;
