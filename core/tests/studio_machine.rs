@@ -22,7 +22,7 @@ use studio_core::{Mono, Now, WallMs};
 // Harness
 // ------------------------------------------------------------------------------------------
 
-struct H {
+struct Harness {
     s: Studio,
     t: Mono,
     /// Wall clock at `Mono::ZERO`, in milliseconds (the Unix epoch unless a test sets it).
@@ -36,13 +36,13 @@ fn now_at(wall0: u64, t: Mono) -> Now {
 
 type Cmds = Vec<StudioCommand>;
 
-impl H {
-    fn new() -> H {
-        H::with(StudioConfig::default())
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(StudioConfig::default())
     }
 
-    fn with(cfg: StudioConfig) -> H {
-        H {
+    fn with(cfg: StudioConfig) -> Harness {
+        Harness {
             s: Studio::new(cfg),
             t: Mono::ZERO,
             wall0: 0,
@@ -365,7 +365,7 @@ fn offered_to(w: &str) -> JobState {
 
 #[test]
 fn hello_with_the_right_token_is_welcomed() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.at(5);
     let out = h.online(1, "w-1", caps());
     let frames = sent(&out, 1);
@@ -384,7 +384,7 @@ fn hello_with_the_right_token_is_welcomed() {
 
 #[test]
 fn server_time_is_the_wall_clock_passed_in() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.wall0 = 1_779_710_400_000;
     h.at(2);
     let out = h.online(1, "w-1", caps());
@@ -394,7 +394,7 @@ fn server_time_is_the_wall_clock_passed_in() {
 
 #[test]
 fn hello_with_a_bad_token_gets_auth_failed_and_4001() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.s.add_worker("w-1", "right");
     h.connect(1, "w-1");
     let out = h.frame(
@@ -414,7 +414,7 @@ fn hello_with_a_bad_token_gets_auth_failed_and_4001() {
 
 #[test]
 fn hello_for_an_unknown_worker_gets_auth_failed() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.connect(1, "ghost");
     let out = h.frame(
         1,
@@ -428,7 +428,7 @@ fn hello_for_an_unknown_worker_gets_auth_failed() {
 
 #[test]
 fn heartbeat_before_hello_is_a_protocol_violation() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.s.add_worker("w-1", "tok-w-1");
     h.connect(1, "w-1");
     let out = h.heartbeat(1, caps(), None);
@@ -447,7 +447,7 @@ fn heartbeat_before_hello_is_a_protocol_violation() {
 #[case::unknown_type(r#"{"type":"ping"}"#)]
 #[case::missing_field(r#"{"type":"accept"}"#)]
 fn undecodable_frames_are_protocol_violations(#[case] text: &str) {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w-1", caps());
     let out = h.text(1, text);
     assert_eq!(
@@ -460,7 +460,7 @@ fn undecodable_frames_are_protocol_violations(#[case] text: &str) {
 
 #[test]
 fn oversized_frames_are_protocol_violations() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         max_frame_bytes: 1_000,
         ..StudioConfig::default()
     });
@@ -472,7 +472,7 @@ fn oversized_frames_are_protocol_violations() {
 
 #[test]
 fn a_second_hello_is_a_protocol_violation() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w-1", caps());
     let out = h.frame(
         1,
@@ -486,7 +486,7 @@ fn a_second_hello_is_a_protocol_violation() {
 
 #[test]
 fn duplicate_worker_replaces_the_old_session() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w-1", caps());
     let (job, out) = h.submit(llm_job());
     assert_eq!(offers(&out, 1), vec![job.clone()]);
@@ -513,7 +513,7 @@ fn a_late_hello_on_an_older_connection_does_not_displace_the_live_session() {
     // Connection 1 opens first and stalls; the worker gives up on it, opens 2 and is
     // welcomed there. Then 1's hello finally arrives: the newer connection keeps the
     // session and the stale one is closed.
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.s.add_worker("w-1", &token("w-1"));
     h.drain();
     h.connect(1, "w-1");
@@ -548,7 +548,7 @@ fn a_resent_result_for_a_job_reoffered_to_the_same_worker_is_acked_not_taken() {
     // The worker failed the job (retryable); the studio requeued it and offers it to the
     // same worker again. The worker's re-sent copy of the old failure arrives before its
     // answer to the new offer: it must not count as this offer's outcome.
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -580,7 +580,7 @@ fn a_resent_result_for_a_job_reoffered_to_the_same_worker_is_acked_not_taken() {
 
 #[test]
 fn frames_for_unknown_connections_are_ignored() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     let out = h.heartbeat(99, caps(), None);
     assert!(matches!(
         events(&out)[..],
@@ -594,7 +594,7 @@ fn frames_for_unknown_connections_are_ignored() {
 
 #[test]
 fn heartbeats_are_acked_and_capabilities_stored() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w-1", caps());
     h.at(5);
     let out = h.heartbeat(1, caps_vram(3.0), None);
@@ -610,7 +610,7 @@ fn heartbeats_are_acked_and_capabilities_stored() {
 
 #[test]
 fn offers_go_to_a_worker_that_serves_the_kind_vram_and_is_enabled() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "llm-only", caps_kinds(&[TaskKind::Llm]));
     h.online(2, "small", caps_vram(4.0));
     h.online(3, "paused", caps_disabled());
@@ -631,7 +631,7 @@ fn offers_go_to_a_worker_that_serves_the_kind_vram_and_is_enabled() {
 
 #[test]
 fn earliest_connected_idle_worker_wins() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(7, "b", caps());
     h.online(3, "a", caps());
     let (j, out) = h.submit(llm_job());
@@ -640,7 +640,7 @@ fn earliest_connected_idle_worker_wins() {
 
 #[test]
 fn only_when_idle_needs_an_idle_presence() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     let mut c = caps();
     c.only_when_idle = Some(true);
     h.online(1, "w", c.clone());
@@ -657,7 +657,7 @@ fn only_when_idle_needs_an_idle_presence() {
 
 #[test]
 fn jobs_are_offered_in_fifo_order_when_a_worker_frees_up() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     let (j1, _) = h.submit(llm_job());
     let (j2, _) = h.submit(llm_job());
     let out = h.online(1, "w", caps());
@@ -683,7 +683,7 @@ fn jobs_are_offered_in_fifo_order_when_a_worker_frees_up() {
 
 #[test]
 fn accept_then_complete_json_is_done_once_and_acked() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, out) = h.submit(llm_job());
     let claim = sent(&out, 1)
@@ -731,7 +731,7 @@ fn accept_then_complete_json_is_done_once_and_acked() {
 
 #[test]
 fn retryable_failures_requeue_until_attempts_are_spent() {
-    let mut h = H::new(); // max_attempts 3
+    let mut h = Harness::new(); // max_attempts 3
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     for attempt in 1..=3 {
@@ -754,7 +754,7 @@ fn retryable_failures_requeue_until_attempts_are_spent() {
 
 #[test]
 fn non_retryable_failure_fails_at_once() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -778,7 +778,7 @@ fn transient_rejects_requeue_without_attempt_or_immediate_reoffer(
     #[case] reason: &str,
     #[case] code: Option<RejectCode>,
 ) {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     let out = h.reject(1, &j, reason, code);
@@ -799,7 +799,7 @@ fn transient_rejects_requeue_without_attempt_or_immediate_reoffer(
 
 #[test]
 fn a_transient_reject_lets_another_worker_take_the_job() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let (j, _) = h.submit(llm_job());
     h.online(2, "b", caps());
@@ -809,7 +809,7 @@ fn a_transient_reject_lets_another_worker_take_the_job() {
 
 #[test]
 fn other_rejects_spend_an_attempt_and_end_failed() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     for n in 1..=3 {
@@ -826,7 +826,7 @@ fn other_rejects_spend_an_attempt_and_end_failed() {
 
 #[test]
 fn frames_about_unknown_or_foreign_jobs_are_violations() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let out = h.accept(1, "job-404");
     assert_eq!(
@@ -838,7 +838,7 @@ fn frames_about_unknown_or_foreign_jobs_are_violations() {
     );
     assert_eq!(closes(&out), vec![(1, 4002)]);
 
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let (j, _) = h.submit(llm_job());
     h.online(2, "b", caps());
@@ -869,7 +869,7 @@ fn frames_about_unknown_or_foreign_jobs_are_violations() {
 
 #[test]
 fn a_duplicate_accept_is_stale_not_a_violation() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -880,7 +880,7 @@ fn a_duplicate_accept_is_stale_not_a_violation() {
 
 #[test]
 fn reject_of_an_accepted_job_is_a_violation() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -892,7 +892,7 @@ fn reject_of_an_accepted_job_is_a_violation() {
 
 #[test]
 fn log_batches_go_to_a_bounded_ring() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         log_ring_capacity: 3,
         max_log_message_bytes: 5,
         ..StudioConfig::default()
@@ -923,7 +923,7 @@ fn log_batches_go_to_a_bounded_ring() {
 
 #[test]
 fn ready_for_more_is_ignored_with_an_event() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let out = h.frame(1, &WorkerFrame::ReadyForMore);
     assert_eq!(
@@ -941,7 +941,7 @@ fn ready_for_more_is_ignored_with_an_event() {
 
 #[test]
 fn unanswered_offers_time_out_and_requeue_without_attempt() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         offer_timeout: Duration::from_secs(5),
         ..StudioConfig::default()
     });
@@ -973,7 +973,7 @@ fn unanswered_offers_time_out_and_requeue_without_attempt() {
 
 #[test]
 fn a_silent_session_is_swept_and_its_job_released() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1001,7 +1001,7 @@ fn a_silent_session_is_swept_and_its_job_released() {
 
 #[test]
 fn heartbeats_keep_a_session_alive() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     for s in (5..=120).step_by(5) {
         h.at(s);
@@ -1013,7 +1013,7 @@ fn heartbeats_keep_a_session_alive() {
 
 #[test]
 fn a_connection_that_never_says_hello_is_swept() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.s.add_worker("w", "t");
     h.connect(1, "w");
     for s in [10, 20] {
@@ -1031,7 +1031,7 @@ fn a_connection_that_never_says_hello_is_swept() {
 
 #[test]
 fn a_quick_reconnect_keeps_the_running_job() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1065,7 +1065,7 @@ fn a_quick_reconnect_keeps_the_running_job() {
 
 #[test]
 fn a_disconnected_worker_loses_its_claim_after_the_session_timeout() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1091,7 +1091,7 @@ fn a_disconnected_worker_loses_its_claim_after_the_session_timeout() {
 
 #[test]
 fn a_disconnect_before_accept_requeues_at_once() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let (j, _) = h.submit(llm_job());
     h.online(2, "b", caps());
@@ -1102,7 +1102,7 @@ fn a_disconnect_before_accept_requeues_at_once() {
 
 #[test]
 fn an_idle_heartbeat_releases_a_held_job_after_the_grace() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         idle_claim_grace: Duration::from_secs(10),
         ..StudioConfig::default()
     });
@@ -1130,7 +1130,7 @@ fn an_idle_heartbeat_releases_a_held_job_after_the_grace() {
 
 #[test]
 fn a_worker_running_a_requeued_job_reclaims_it() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1156,7 +1156,7 @@ fn a_worker_running_a_requeued_job_reclaims_it() {
 
 #[test]
 fn a_late_completion_of_a_still_queued_job_is_accepted_once() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1187,7 +1187,7 @@ fn a_late_completion_of_a_still_queued_job_is_accepted_once() {
 
 #[test]
 fn a_stale_completion_never_completes_a_reassigned_job() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "a", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1235,7 +1235,7 @@ fn a_stale_completion_never_completes_a_reassigned_job() {
 
 #[test]
 fn a_stale_accept_marks_the_worker_busy_until_it_reports_idle() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         offer_timeout: Duration::from_secs(5),
         ..StudioConfig::default()
     });
@@ -1265,7 +1265,7 @@ fn a_stale_accept_marks_the_worker_busy_until_it_reports_idle() {
 
 #[test]
 fn upload_completion_checks_token_and_claim_and_nudges() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     h.online(2, "other", caps());
     let (j1, _) = h.submit(image_job(1.0));
@@ -1322,7 +1322,7 @@ fn upload_completion_checks_token_and_claim_and_nudges() {
 
 #[test]
 fn submit_validates_its_input() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         max_queued_jobs: 2,
         max_frame_bytes: 2_000,
         ..StudioConfig::default()
@@ -1357,7 +1357,7 @@ fn submit_validates_its_input() {
 
 #[test]
 fn finished_jobs_beyond_the_limit_are_forgotten() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         max_finished_jobs: 2,
         ..StudioConfig::default()
     });
@@ -1376,7 +1376,7 @@ fn finished_jobs_beyond_the_limit_are_forgotten() {
 
 #[test]
 fn removing_a_worker_closes_4004_and_requeues_its_job() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.online(1, "w", caps());
     let (j, _) = h.submit(llm_job());
     h.accept(1, &j);
@@ -1398,7 +1398,7 @@ fn removing_a_worker_closes_4004_and_requeues_its_job() {
 
 #[test]
 fn upgrade_authorisation() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.s.add_worker("w", "secret");
     assert!(h.s.authorize_upgrade("w", "secret").is_ok());
     assert_eq!(
@@ -1430,7 +1430,7 @@ fn reg(install: &str, secret: &str) -> AutoRegisterRequest {
 
 #[test]
 fn registration_pending_approve_and_rekey_on_every_poll() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.at(3);
     let t = h.now();
     let r = h.s.register_request(t, reg("inst-1", "s3cret")).unwrap();
@@ -1495,7 +1495,7 @@ fn registration_pending_approve_and_rekey_on_every_poll() {
 
 #[test]
 fn registration_reject_and_unknown_ids() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     let t = h.now();
     let rid = h.s.register_request(t, reg("i", "s")).unwrap().request_id;
     h.s.reject(&rid, "unknown contributor").unwrap();
@@ -1517,7 +1517,7 @@ fn registration_reject_and_unknown_ids() {
 
 #[test]
 fn registration_dedups_by_install_id_and_keeps_the_newest_secret() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.at(1);
     let rid =
         h.s.register_request(h.now(), reg("inst", "old"))
@@ -1549,7 +1549,7 @@ fn registration_dedups_by_install_id_and_keeps_the_newest_secret() {
 
 #[test]
 fn registration_input_is_validated() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     let t = h.now();
     let mut bad = reg("i", "s");
     bad.registration_secret_hash = "not-a-hash".into();
@@ -1568,7 +1568,7 @@ fn registration_input_is_validated() {
 
 #[test]
 fn registration_store_is_bounded() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         max_registration_requests: 2,
         ..StudioConfig::default()
     });
@@ -1587,7 +1587,7 @@ fn registration_store_is_bounded() {
 
 #[test]
 fn auto_approve_reports_approved_on_the_first_poll_and_reuses_the_worker() {
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         auto_approve: true,
         ..StudioConfig::default()
     });
@@ -1648,7 +1648,7 @@ fn tokens_are_deterministic_per_seed() {
 
 #[test]
 fn wait_deadlines() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     // Nothing scheduled.
     let (_, out) = h.submit(llm_job());
     assert_eq!(wait(&out), None);
@@ -1667,7 +1667,7 @@ fn wait_deadlines() {
         }]
     );
     // An offer deadline earlier than the sweep wins.
-    let mut h = H::with(StudioConfig {
+    let mut h = Harness::with(StudioConfig {
         offer_timeout: Duration::from_secs(3),
         ..StudioConfig::default()
     });
@@ -1692,7 +1692,7 @@ fn wait_deadlines() {
 
 #[test]
 fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
-    let mut h = H::new();
+    let mut h = Harness::new();
     h.at(100);
     h.online(1, "w", caps());
     let wait_before = h.s.poll();
