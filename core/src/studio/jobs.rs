@@ -126,22 +126,15 @@ impl Studio {
     }
 
     fn complete_upload_inner(&mut self, upload: Upload<'_>) -> Result<(), HttpError> {
-        let Upload {
-            worker_id,
-            bearer,
-            job_id,
-            prompt,
-            ext,
-            bytes_len,
-        } = upload;
-        self.check_token(worker_id, bearer)?;
-        let Some(&seq) = self.job_index.get(job_id) else {
+        let worker_id = upload.worker_id;
+        self.check_token(worker_id, upload.bearer)?;
+        let Some(&seq) = self.job_index.get(upload.job_id) else {
             return Err(HttpError::conflict("unknown job"));
         };
         let result = JobResult::Binary {
-            ext: ext.to_string(),
-            prompt: prompt.to_string(),
-            bytes_len,
+            ext: upload.ext.to_string(),
+            prompt: upload.prompt.to_string(),
+            bytes_len: upload.bytes_len,
         };
         match self.classify(seq, worker_id) {
             // An upload carries the finished bytes: taken even if the job was re-offered to
