@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::queue::{compatible, eligible, job_fit, worker_fits};
-use super::sessions::ConnPhase;
+use super::state::ConnPhase;
 use super::{JobState, Studio};
 
 impl Studio {

@@ -121,6 +121,7 @@ mod offers;
 mod queue;
 mod registration;
 mod sessions;
+mod state;
 mod sweeps;
 mod types;
 
@@ -133,7 +134,7 @@ pub use types::*;
 
 use queue::{IdlePool, JobQueue};
 use registration::RegRequest;
-use sessions::{ConnRec, WorkerRec};
+use state::{ConnRec, WorkerRec};
 
 /// The reference studio machine. See the module docs for the driving contract.
 #[derive(Clone, Debug)]

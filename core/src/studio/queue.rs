@@ -5,12 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::wire::{TaskKind, UserPresence, WorkerCapabilities};
 
-use super::sessions::WorkerRec;
+use super::state::{Fit, WorkerRec};
 use super::{JobSpec, Studio};
-
-/// A queued job's index key: its kind and the bit pattern of its (finite, non-negative)
-/// VRAM estimate, which orders like the number.
-pub(super) type Fit = (TaskKind, u32);
 
 pub(super) fn vram_bits(v: f32) -> u32 {
     // -0.0 and 0.0 compare equal; give them one key.

@@ -3,8 +3,8 @@
 
 use crate::wire::{self, WorkerFrame};
 
-use super::jobs::{JobStage, Slot};
-use super::link::Link;
+use super::state::Link;
+use super::state::{JobStage, Slot};
 use super::timers::Timer;
 use super::{Command, HttpId, HttpRequest, HttpResult, JobStatus, LogCategory, LogLevel, Worker};
 

@@ -1,13 +1,10 @@
 //! The one-job slot: offers (accept, park, reject), dispatch, and what happens when the
 //! engine is done. Delivery of the result is in [`super::delivery`].
 
-use crate::time::Mono;
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
-use super::shutdown::Stop;
-use super::{
-    Command, HttpId, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, RunId, Worker,
-};
+use super::state::{ActiveJob, JobStage, Slot, Stop};
+use super::{Command, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, RunId, Worker};
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
@@ -18,41 +15,6 @@ pub const REASON_BUSY: &str = "worker already has an in-flight job";
 /// Reject reason sent while the worker is shutting down (code `busy`: the studio requeues
 /// without spending an attempt).
 pub const REASON_SHUTTING_DOWN: &str = "worker is shutting down";
-
-/// What holds the one-job slot.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Slot {
-    Free,
-    /// A studio job: accepted, dispatched, maybe finished and awaiting delivery.
-    Job(Box<ActiveJob>),
-    /// The updater is installing a new version.
-    Updating {
-        version: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct ActiveJob {
-    pub(super) claim: JobOfferClaim,
-    /// The run the engine's result must name.
-    pub(super) run: RunId,
-    pub(super) stage: JobStage,
-    pub(super) started: Mono,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum JobStage {
-    /// The engine is working on it.
-    Running,
-    /// Binary result: upload `attempt` (0-based) is in flight as HTTP request `req`.
-    Uploading {
-        ext: String,
-        attempt: u32,
-        req: HttpId,
-    },
-    /// Binary result: waiting for the retry timer before upload `attempt`.
-    UploadBackoff { ext: String, attempt: u32 },
-}
 
 impl Worker {
     pub(super) fn on_offer(&mut self, claim: JobOfferClaim) {

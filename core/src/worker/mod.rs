@@ -68,6 +68,7 @@ mod phase;
 mod pumps;
 mod registration;
 mod shutdown;
+mod state;
 mod timers;
 mod types;
 mod update;
@@ -87,11 +88,9 @@ use crate::time::Mono;
 use crate::wire::{close_reason, JobOfferClaim, LogEntry, UserPresence, WorkerCapabilities};
 
 use delivery::Unacked;
-use jobs::{JobStage, Slot};
-use link::Link;
 use pumps::HeartbeatCache;
 use registration::Registration;
-use shutdown::Stop;
+use state::{JobStage, Link, Slot, Stop};
 use timers::{Timer, Timers};
 
 /// The worker session machine. See the module docs for the driving contract.

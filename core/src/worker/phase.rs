@@ -7,10 +7,10 @@
 //! on a live session the slot (an update being installed, an upload, a running job)
 //! outranks pause.
 
-use super::jobs::{JobStage, Slot};
-use super::link::Link;
 use super::registration::Registration;
-use super::shutdown::Stop;
+use super::state::Link;
+use super::state::Stop;
+use super::state::{JobStage, Slot};
 use super::Worker;
 
 /// Defines [`Phase`], [`Phase::ALL`] and [`Phase::meaning`] from one list.

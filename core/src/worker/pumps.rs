@@ -3,7 +3,7 @@
 
 use crate::wire::{self, LogEntry, UserPresence, WorkerFrame};
 
-use super::link::Link;
+use super::state::Link;
 use super::timers::Timer;
 use super::{Command, LogCategory, LogLevel, Notice, Worker};
 
