@@ -7,7 +7,7 @@
   --vectors PATH), written the way
   core/tests/vectors.rs feeds them to the codec (compact JSON), plus a few HTTP bodies.
 * worker_machine: one file per recorded trace in tests/traces/{sync,async}/, converted to
-  the input encoding of fuzz/src/machine.rs (Advance + RawFrame / Connected / Tick /
+  the input encoding of fuzz/src/machine/ (Advance + RawFrame / Connected / Tick /
   InputJson operations), plus a few hand-made sessions.
 * world: a few knob settings (fuzz/src/world.rs format).
 
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(FUZZ)
 CORPUS = os.path.join(FUZZ, "corpus")
 OURS = ("v-", "http-", "trace-", "hand-", "knobs-")
 
-# Opcodes of fuzz/src/machine.rs (enum Op, in table order).
+# Opcodes of fuzz/src/machine/ops.rs (enum Op, in table order).
 OPS = [
     "Advance", "ToDeadline", "Tick", "Connected", "ConnectFailed", "Welcome", "Offer",
     "HeartbeatAck", "CompleteAck", "FailAck", "ErrorFrame", "RawFrame", "BinaryFrame",
