@@ -10,7 +10,7 @@
 //!                 0x40 reconnect attempts capped at 2, 0x80 record a trace and replay it
 //! byte 1   more flags: 0x01 api_base_url without scheme, 0x02 config holds an install id
 //!                 and a secret, 0x04 ... and a request id, 0x08 no upload retries,
-//!                 0x10 empty model roster
+//!                 0x10 empty model roster, 0x20 started disabled (`auto_enabled = false`)
 //! byte 2   reconnect jitter seed
 //! then     up to MAX_OPS operations: an opcode byte (mod OPS) and its operands
 //! ```
@@ -146,10 +146,12 @@ pub enum Op {
     InputJson,
     /// u16 as i16 seconds added to the wall clock (wall time may step backwards).
     WallSkew,
+    Enable,
+    Disable,
 }
 
 /// Number of opcodes.
-pub const OPS: u8 = Op::WallSkew as u8 + 1;
+pub const OPS: u8 = Op::Disable as u8 + 1;
 
 impl Op {
     /// The opcode of a byte.
@@ -184,6 +186,8 @@ impl Op {
             Op::Start,
             Op::InputJson,
             Op::WallSkew,
+            Op::Enable,
+            Op::Disable,
         ];
         TABLE[usize::from(b % OPS)]
     }
@@ -257,6 +261,9 @@ pub fn config(flags: u8, flags2: u8, seed: u8) -> WorkerConfig {
     }
     if flags2 & 0x10 != 0 {
         cfg.models.clear();
+    }
+    if flags2 & 0x20 != 0 {
+        cfg.auto_enabled = false;
     }
     cfg.seed = u64::from(seed);
     cfg
@@ -618,6 +625,8 @@ impl Harness {
             }
             Op::Pause => Input::Pause,
             Op::Resume => Input::Resume,
+            Op::Enable => Input::Enable,
+            Op::Disable => Input::Disable,
             Op::SetThreshold => Input::SetThreshold {
                 gb: f32::from_bits(r.u32()),
             },
