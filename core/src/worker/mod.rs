@@ -291,6 +291,11 @@ impl Worker {
             .map(move |(i, e)| (first + i as u64, e))
     }
 
+    /// The sequence number of the newest log entry (0 before the first).
+    pub fn log_seq(&self) -> u64 {
+        self.log_seq
+    }
+
     /// Whether the worker advertises `autoEnabled`: enabled and not paused.
     pub fn auto_enabled(&self) -> bool {
         self.enabled && !self.paused
