@@ -106,16 +106,6 @@ pub fn is_loopback_origin(origin: &str) -> bool {
     }
 }
 
-/// Compares without stopping at the first difference (the token's length is not secret).
-fn same_token(given: &str, token: &str) -> bool {
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 fn authorized(head: &Head, token: &Secret) -> bool {
     let Some(value) = head.authorization.as_deref() else {
         return false;
@@ -125,7 +115,7 @@ fn authorized(head: &Head, token: &Secret) -> bool {
     };
     scheme.eq_ignore_ascii_case("bearer")
         && !token.is_empty()
-        && same_token(given.trim(), token.expose())
+        && studio_core::secret::ct_eq(given.trim(), token.expose())
 }
 
 /// The routes and the methods each takes.
