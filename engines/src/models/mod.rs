@@ -95,6 +95,19 @@ pub use progress::{
     ProgressMode, PROGRESS_BAR_INTERVAL, PROGRESS_LOG_INTERVAL, PROGRESS_LOG_PERCENT_STEP,
 };
 
+/// Model bytes received from the network by this process (every download, resumed ones
+/// included), for the worker's metrics.
+static DOWNLOADED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many model bytes this process has received from the network so far.
+pub fn downloaded_bytes_total() -> u64 {
+    DOWNLOADED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_downloaded(n: usize) {
+    DOWNLOADED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How long establishing a connection (DNS, TCP, TLS handshake) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long one read may wait for data (response headers or the next piece of the body):

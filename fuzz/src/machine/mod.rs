@@ -10,7 +10,7 @@
 //!                 0x40 reconnect attempts capped at 2, 0x80 record a trace and replay it
 //! byte 1   more flags: 0x01 api_base_url without scheme, 0x02 config holds an install id
 //!                 and a secret, 0x04 ... and a request id, 0x08 no upload retries,
-//!                 0x10 empty model roster
+//!                 0x10 empty model roster, 0x20 started disabled (`auto_enabled = false`)
 //! byte 2   reconnect jitter seed
 //! then     up to MAX_OPS operations: an opcode byte (mod OPS) and its operands
 //! ```
@@ -158,6 +158,9 @@ pub fn config(flags: u8, flags2: u8, seed: u8) -> WorkerConfig {
     }
     if flags2 & 0x10 != 0 {
         cfg.models.clear();
+    }
+    if flags2 & 0x20 != 0 {
+        cfg.auto_enabled = false;
     }
     cfg.seed = u64::from(seed);
     cfg

@@ -66,10 +66,12 @@ pub enum Op {
     InputJson,
     /// u16 as i16 seconds added to the wall clock (wall time may step backwards).
     WallSkew,
+    Enable,
+    Disable,
 }
 
 /// Number of opcodes.
-pub const OPS: u8 = Op::WallSkew as u8 + 1;
+pub const OPS: u8 = Op::Disable as u8 + 1;
 
 impl Op {
     /// The opcode of a byte.
@@ -104,6 +106,8 @@ impl Op {
             Op::Start,
             Op::InputJson,
             Op::WallSkew,
+            Op::Enable,
+            Op::Disable,
         ];
         TABLE[usize::from(b % OPS)]
     }
@@ -380,6 +384,8 @@ impl Harness {
             }
             Op::Pause => Input::Pause,
             Op::Resume => Input::Resume,
+            Op::Enable => Input::Enable,
+            Op::Disable => Input::Disable,
             Op::SetThreshold => Input::SetThreshold {
                 gb: f32::from_bits(r.u32()),
             },
