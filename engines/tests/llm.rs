@@ -128,7 +128,7 @@ fn advertises_models_cached_under_the_root() {
     std::fs::create_dir_all(root.path().join("not-a-model")).unwrap();
     std::fs::write(root.path().join("not-a-model/readme.txt"), b"").unwrap();
     let engine = LlmEngine::new(ModelStore::new(root.path()), GIB);
-    assert_eq!(engine.flat_models(), vec!["llama-cpp", "smollm2"]);
+    assert_eq!(engine.flat_models(), vec!["llama-cpp:*", "smollm2"]);
 }
 
 #[test]
