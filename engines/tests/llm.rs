@@ -117,6 +117,7 @@ fn identity_and_capabilities() {
     assert_eq!(engine.serves(), vec![ModelEngine::LlamaCpp]);
     assert_eq!(engine.kinds(), vec![TaskKind::Llm]);
     assert!(engine.supports(TaskKind::Llm, GENERIC_MODEL_ID));
+    assert_eq!(GENERIC_MODEL_ID, ModelEngine::LlamaCpp.wildcard());
     assert!(!engine.flat_models().iter().any(|m| m == "*"));
 }
 

@@ -665,6 +665,11 @@ fn a_found_binary_advertises_the_wildcard_and_the_models_it_ran() {
     assert_eq!(engine.serves(), vec![ModelEngine::SdCpp]);
     assert_eq!(engine.kinds(), vec![TaskKind::Image, TaskKind::Video]);
     assert_eq!(MODEL_WILDCARD, "sd-cpp:*");
+    assert_eq!(
+        MODEL_WILDCARD,
+        ModelEngine::SdCpp.wildcard(),
+        "the studio's rule"
+    );
     assert_eq!(engine.flat_models(), vec![MODEL_WILDCARD]);
     assert!(!engine.flat_models().iter().any(|m| m == "*"));
 
