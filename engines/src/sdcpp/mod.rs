@@ -223,6 +223,8 @@ impl SdCppEngine {
 
     /// Runs one job (after the routing checks of [`Engine::dispatch`]).
     fn run(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
+        // A worker without sd-cli says so first, whatever else is wrong with the job.
+        let program = self.binary_for_job()?;
         let defaults = &job.source.cli_defaults;
         // Everything that can be checked without the files is checked before fetching them.
         let (generation, result) = match &job.task {
@@ -244,7 +246,6 @@ impl SdCppEngine {
             _ => return Err(EngineError::unsupported_kind(NAME, job.kind())),
         };
         let roles = args::file_roles(&job.source.files)?;
-        let program = self.binary_for_job()?;
         let paths = self.store.ensure(&job.model, &job.source.files)?;
         let files: Vec<(Role, PathBuf)> = roles.into_iter().zip(paths).collect();
 
