@@ -117,6 +117,7 @@ fn identity_and_capabilities() {
     assert_eq!(engine.serves(), vec![ModelEngine::LlamaCpp]);
     assert_eq!(engine.kinds(), vec![TaskKind::Llm]);
     assert!(engine.supports(TaskKind::Llm, GENERIC_MODEL_ID));
+    assert_eq!(GENERIC_MODEL_ID, ModelEngine::LlamaCpp.wildcard());
     assert!(!engine.flat_models().iter().any(|m| m == "*"));
 }
 
@@ -128,7 +129,7 @@ fn advertises_models_cached_under_the_root() {
     std::fs::create_dir_all(root.path().join("not-a-model")).unwrap();
     std::fs::write(root.path().join("not-a-model/readme.txt"), b"").unwrap();
     let engine = LlmEngine::new(ModelStore::new(root.path()), GIB);
-    assert_eq!(engine.flat_models(), vec!["llama-cpp", "smollm2"]);
+    assert_eq!(engine.flat_models(), vec!["llama-cpp:*", "smollm2"]);
 }
 
 #[test]

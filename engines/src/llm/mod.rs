@@ -59,12 +59,12 @@
 //!
 //! # Advertised models
 //!
-//! The reference studio matches offers to workers by task kind only (`taskKinds`); the model
-//! list is advisory and routing is by `modelSource.engine`. The engine therefore advertises,
-//! for `llm`, the id [`GENERIC_MODEL_ID`] (`llama-cpp`, "any llama GGUF") plus the name of
-//! every directory under the models root that held a `.gguf` file when the engine was built,
-//! plus the model id of every job it has run since. It runs any job whose source is
-//! `llama-cpp`, whatever its model id.
+//! A studio offers a job only to a worker that advertises the job's model id or the wildcard
+//! of its engine (PROTOCOL.md §3.1); routing is by `modelSource.engine`. The engine
+//! therefore advertises, for `llm`, the wildcard [`GENERIC_MODEL_ID`] (`llama-cpp:*`, any
+//! llama-cpp model) plus the name of every directory under the models root that held a
+//! `.gguf` file when the engine was built, plus the model id of every job it has run since.
+//! It runs any job whose source is `llama-cpp`, whatever its model id.
 //!
 //! # Device and threads
 //!
@@ -104,8 +104,9 @@ use gguf::{header_info, read_header, requantize_by_default, requantized, tokeniz
 pub use generate::{completion_json, render_prompt, task_seed, Completion};
 pub use gguf::{inspect, load_tokenizer, rewrite_gguf, GgufInfo, MemoryCharge, SLOW_TYPES};
 
-/// The model id advertised for "any llama-architecture GGUF".
-pub const GENERIC_MODEL_ID: &str = "llama-cpp";
+/// The model id advertised for "any llama-cpp model": the wildcard `llama-cpp:*` a studio
+/// matches against any job whose `modelSource.engine` is `llama-cpp` (PROTOCOL.md §3.1).
+pub const GENERIC_MODEL_ID: &str = "llama-cpp:*";
 
 /// The longest context candle's quantized llama supports (its rope tables' length).
 pub const MAX_CONTEXT: usize = MAX_SEQ_LEN;

@@ -59,6 +59,24 @@ pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) 
 
 pub use studio_core::wire::hex;
 
+/// `modelSource.files` entries for `(role, name, bytes)` served under `base`, each with its
+/// size and SHA-256.
+pub fn model_files<B: AsRef<[u8]>>(
+    base: &str,
+    files: &[(&str, &str, B)],
+) -> Vec<studio_core::wire::ModelFile> {
+    files
+        .iter()
+        .map(|(role, name, bytes)| studio_core::wire::ModelFile {
+            role: role.to_string(),
+            url: format!("{base}/{name}"),
+            filename: name.to_string(),
+            approx_bytes: Some(bytes.as_ref().len() as u64),
+            sha256: Some(studio_core::wire::sha256_hex(bytes.as_ref())),
+        })
+        .collect()
+}
+
 /// The GGUF to test with, or `None` (with a printed note) when model tests are skipped.
 pub fn llm_model_path() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
