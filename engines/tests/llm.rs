@@ -204,8 +204,15 @@ fn other_architectures_and_corrupt_files_fail_clearly() {
     let err = engine.run_file(&job(user("hi")), &gpt2).unwrap_err();
     assert!(!err.retryable());
     assert!(err.message.contains("`gpt2` GGUF"), "{err}");
-    assert!(err.message.contains("llama-architecture"), "{err}");
+    assert!(err.message.contains("llama, qwen2, qwen3 and gemma3"), "{err}");
     assert_eq!(llm::inspect(&gpt2).unwrap().architecture, "gpt2");
+
+    // A supported family whose file the native path cannot run (no weights at all).
+    let qwen = dir.path().join("qwen3.gguf");
+    write_tiny_gguf(&qwen, &[("general.architecture", "qwen3")]);
+    let err = engine.run_file(&job(user("hi")), &qwen).unwrap_err();
+    assert!(!err.retryable());
+    assert!(err.message.contains("native forward pass cannot run"), "{err}");
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a model file at all").unwrap();

@@ -78,6 +78,7 @@ pub mod cpu;
 mod generate;
 mod gguf;
 pub mod sampling;
+mod spm;
 pub mod template;
 pub mod tokenizer;
 
@@ -226,9 +227,11 @@ impl LlmEngine {
         self.backend
     }
 
-    /// The backend that runs a model with header `info`.
+    /// The backend that runs a model with header `info`: architectures other than llama
+    /// run natively whatever the engine's backend (candle's quantized llama cannot run
+    /// them).
     pub fn backend_for(&self, info: &GgufInfo) -> Backend {
-        if self.backend == Backend::Native && info.native {
+        if info.native && (self.backend == Backend::Native || info.architecture != "llama") {
             Backend::Native
         } else {
             Backend::Candle
@@ -329,12 +332,22 @@ impl LlmEngine {
             let (mut file, ct) = read_header(&key)?;
             let info = header_info(&key, &ct)?;
             if info.architecture != "llama" {
-                return Err(not_retryable(format!(
-                    "model file {} is a `{}` GGUF; the llama engine runs llama-architecture \
-                     GGUFs only",
-                    key.display(),
-                    info.architecture
-                )));
+                if cpu::Arch::from_name(&info.architecture).is_none() {
+                    return Err(not_retryable(format!(
+                        "model file {} is a `{}` GGUF; the llama engine runs llama, qwen2, \
+                         qwen3 and gemma3 GGUFs",
+                        key.display(),
+                        info.architecture
+                    )));
+                }
+                if let Err(why) = cpu::check(&ct) {
+                    return Err(not_retryable(format!(
+                        "model file {}: the native forward pass cannot run this `{}` GGUF \
+                         ({why}), and candle runs llama GGUFs only",
+                        key.display(),
+                        info.architecture
+                    )));
+                }
             }
             let charge = self.charge(&info);
             room.reserve(charge, &format!("model file {}", key.display()))?;
