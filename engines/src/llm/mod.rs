@@ -31,7 +31,10 @@
 //! `finish_reason`) and `usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`, the
 //! real token counts). There is no `created` field: the output depends on the request only.
 //!
-//! `jsonSchema` and `reasoning` are not acted upon (no grammar-constrained decoding yet).
+//! `jsonSchema` constrains the output to JSON valid against the schema ([`grammar`]:
+//! llguidance masks the tokens that cannot continue such a value; generation stops when the
+//! value is complete); a schema that cannot be compiled fails, not retryable. `reasoning`
+//! is not acted upon.
 //!
 //! # Backends
 //!
@@ -77,6 +80,7 @@
 pub mod cpu;
 mod generate;
 mod gguf;
+mod grammar;
 pub mod sampling;
 mod spm;
 pub mod template;
@@ -166,6 +170,8 @@ struct LoadedModel {
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     context_length: usize,
+    /// The vocabulary compiled for `jsonSchema`, built on the first job that has one.
+    grammars: Option<Arc<grammar::Grammars>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -376,6 +382,7 @@ impl LlmEngine {
                 tokenizer,
                 template,
                 context_length,
+                grammars: None,
             };
             Ok((Arc::new(Mutex::new(model)), charge))
         })?;

@@ -291,6 +291,11 @@ impl GgufTokenizer {
         self.eos.and_then(|id| self.token(id)).unwrap_or("")
     }
 
+    /// The tokens that end a completion, sorted.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
     /// Whether generating `id` ends the completion.
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.end_of_generation.binary_search(&id).is_ok()
