@@ -1,6 +1,7 @@
 //! The LLM engine (`llama`, feature `llm`): runs `llm` tasks whose `modelSource.engine` is
-//! `llama-cpp` on a llama-architecture GGUF, in process: with its own CPU forward pass
-//! ([`cpu`], the default on the CPU) or candle's quantized llama (see [`Backend`]).
+//! `llama-cpp` on a llama, qwen2, qwen3 or gemma3 GGUF, in process: with its own CPU
+//! forward pass ([`cpu`], the default on the CPU, and the only one for the families other
+//! than llama) or candle's quantized llama (see [`Backend`]).
 //!
 //! # What it does with a job
 //!
@@ -8,9 +9,10 @@
 //!    [`ModelStore::ensure`] makes it present and verified.
 //! 2. The file is loaded (or found in the cache of loaded models, keyed by path and checked
 //!    against the file's size and modification time). Its `general.architecture` must be
-//!    `llama`; other architectures and unreadable files fail, not retryable.
-//! 3. The prompt is the GGUF's chat template (`tokenizer.chat_template`, Jinja; ChatML when
-//!    absent, see [`template`]) rendered with the task's `messages` (with `system` prepended
+//!    `llama`, `qwen2`, `qwen3` or `gemma3` (the last three on the native path only); other
+//!    architectures and unreadable files fail, not retryable.
+//! 3. The prompt is the GGUF's chat template (`tokenizer.chat_template`, Jinja; Gemma's turn
+//!    format or ChatML when absent, see [`template`]) rendered with the task's `messages` (with `system` prepended
 //!    as a system message), `add_generation_prompt = true`, the bos/eos token texts and the
 //!    `chatTemplateKwargs` of the source's `cliDefaults` overridden by the task's. It is
 //!    tokenized with the GGUF's own vocabulary ([`tokenizer`]).
@@ -39,8 +41,8 @@
 //! # Backends
 //!
 //! [`Backend::Native`] (the default when models run on the CPU) runs a model with
-//! [`cpu`] when [`cpu::check`] accepts it (llama layout; every tensor F32, F16, Q4_0,
-//! Q4_1 or Q8_0; no mixture of experts), keeping the weights as stored and multiplying them
+//! [`cpu`] when [`cpu::check`] accepts it (llama, qwen2, qwen3 or gemma3 layout; every
+//! matrix F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K; no mixture of experts), keeping the weights as stored and multiplying them
 //! with SIMD kernels on a persistent thread pool. Other models, and every model under
 //! [`Backend::Candle`] (the default on a GPU), run on candle's quantized llama on
 //! [`crate::device::compute_device`]. [`LlmEngine::with_backend`] overrides the choice;

@@ -1,18 +1,20 @@
-//! The engine's own CPU forward pass for llama GGUFs ([`Backend::Native`], the default on
-//! the CPU; candle is the other backend).
+//! The engine's own CPU forward pass for llama, qwen2, qwen3 and gemma3 GGUFs
+//! ([`Backend::Native`], the default on the CPU; candle is the other backend, for llama
+//! GGUFs).
 //!
 //! [`Backend::Native`]: super::Backend::Native
 //!
 //! # Weights
 //!
 //! [`Model::load`] reads every tensor's bytes from the file into an owned buffer and keeps
-//! them in the file's format: matrices in F32, F16, Q4_0, Q4_1 or Q8_0 ([`quant::WType`]),
-//! the norm vectors as f32. A GGUF holding any other type in a tensor the forward pass
-//! uses, a mixture of experts, or a rope over part of the head only is refused by
-//! [`check`] (the engine then runs it with candle). The token embeddings stay quantized
-//! too: each looked-up token's row is dequantized when it is needed. Without an
-//! `output.weight` the embedding matrix is also the output projection (tied weights). The
-//! memory held is therefore the tensor bytes of the file, about its size.
+//! them in the file's format: matrices in F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//! Q5_K or Q6_K ([`quant::WType`]), the norm vectors and biases as f32. A GGUF holding any
+//! other type in a tensor the forward pass uses, a mixture of experts, a rope over part of
+//! the head only or a rope scaling other than linear is refused by [`check`]. The token
+//! embeddings stay quantized too: each looked-up token's row is dequantized when it is
+//! needed. Without an `output.weight` the embedding matrix is also the output projection
+//! (tied weights). The memory held is therefore the tensor bytes of the file, about its
+//! size.
 //!
 //! # Kernels
 //!
@@ -33,12 +35,18 @@
 //!
 //! # Forward pass
 //!
-//! Per layer: RMSNorm; q, k, v projections; rope on q and k (interleaved pairs `(2i,
-//! 2i+1)`, angle `pos / base^(2i / head_dim)`, the GGUF llama layout); k and v appended to
-//! the job's KV cache ([`Session`]: f32, allocated for the job's context up front, touched
-//! as it fills); causal grouped-query attention with a softmax over scaled scores; the
-//! output projection and the residual; RMSNorm; the SwiGLU FFN (`down(silu(gate x) * up
-//! x)`) and the residual. Then the final RMSNorm and the logits of the last token.
+//! The token embeddings (gemma3: times sqrt(dim)), then per layer: RMSNorm; q, k, v
+//! projections (qwen2: plus their biases); qwen3 and gemma3: a per-head RMSNorm of q and k;
+//! rope on q and k (llama: interleaved pairs `(2i, 2i+1)`; the others: pairs `(i, i +
+//! head_dim / 2)`; angle `pos / base^(2i / head_dim)`); k and v appended to the job's KV
+//! cache ([`Session`]: f32, allocated for the job's context up front, touched as it fills);
+//! causal grouped-query attention with a softmax over scores scaled by 1 / sqrt(head_dim)
+//! (gemma3's sliding-window layers, five of every six, see only the last
+//! `attention.sliding_window` positions and use rope base 10 000; the global layers use
+//! `rope.freq_base`); the output projection (gemma3: RMSNorm after it) and the residual;
+//! RMSNorm; the gated FFN (`down(act(gate x) * up x)`, SiLU, gemma3 GELU; gemma3: RMSNorm
+//! after it) and the residual. Then the final RMSNorm and the logits of the last token
+//! (soft-capped when the file gives `final_logit_softcapping`).
 
 pub mod quant;
 pub mod threads;
