@@ -17,7 +17,15 @@ import sys
 import time
 
 import llama_cpp
+import numpy as np
 from llama_cpp import Llama
+
+
+def last_logits(m):
+    """The logits after the last evaluated token (llama-cpp-python keeps them in `scores`
+    only with logits_all, which would compute every position's)."""
+    ptr = llama_cpp.llama_get_logits_ith(m.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(m.n_vocab(),)).copy()
 
 
 def main():
@@ -41,12 +49,12 @@ def main():
         t = time.perf_counter()
         m.eval(ids)
         best_prefill = min(best_prefill, time.perf_counter() - t)
-        logits = m.scores[m.n_tokens - 1]
+        logits = last_logits(m)
         t = time.perf_counter()
         for _ in range(n_dec):
             tok = int(logits.argmax())
             m.eval([tok])
-            logits = m.scores[m.n_tokens - 1]
+            logits = last_logits(m)
         best_decode = min(best_decode, time.perf_counter() - t)
     print(
         json.dumps(

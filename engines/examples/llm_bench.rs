@@ -327,11 +327,7 @@ fn run_variant(args: &Args, root: &std::path::Path, layout: Layout, file_bytes: 
     let mut prefill = (0usize, f64::INFINITY);
     for _ in 0..args.runs {
         let c = engine
-            .complete(
-                &task(prefill_text(args), 1),
-                &source,
-                &args.model,
-            )
+            .complete(&task(prefill_text(args), 1), &source, &args.model)
             .expect("prefill run");
         if c.prefill_secs < prefill.1 {
             prefill = (c.prompt_tokens, c.prefill_secs);
@@ -427,7 +423,9 @@ fn run_peer(args: &Args, python: &std::path::Path, threads: usize) -> (PeerRun, 
         let t = Instant::now();
         for i in 0..n {
             let next = argmax(&logits);
-            logits = model.forward(&mut s, &[next], ids.len() + i).expect("decode");
+            logits = model
+                .forward(&mut s, &[next], ids.len() + i)
+                .expect("decode");
         }
         decode = decode.min(t.elapsed().as_secs_f64());
     }
@@ -466,10 +464,7 @@ fn run_peer(args: &Args, python: &std::path::Path, threads: usize) -> (PeerRun, 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the peer's JSON");
     let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let theirs = PeerRun {
-        version: format!(
-            "llama-cpp-python {}",
-            v["version"].as_str().unwrap_or("?")
-        ),
+        version: format!("llama-cpp-python {}", v["version"].as_str().unwrap_or("?")),
         load_secs: f("load_secs"),
         prefill_tokens: f("prefill_tokens") as usize,
         prefill_rate: f("prefill_tok_per_sec"),

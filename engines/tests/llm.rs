@@ -204,7 +204,10 @@ fn other_architectures_and_corrupt_files_fail_clearly() {
     let err = engine.run_file(&job(user("hi")), &gpt2).unwrap_err();
     assert!(!err.retryable());
     assert!(err.message.contains("`gpt2` GGUF"), "{err}");
-    assert!(err.message.contains("llama, qwen2, qwen3 and gemma3"), "{err}");
+    assert!(
+        err.message.contains("llama, qwen2, qwen3 and gemma3"),
+        "{err}"
+    );
     assert_eq!(llm::inspect(&gpt2).unwrap().architecture, "gpt2");
 
     // A supported family whose file the native path cannot run (no weights at all).
@@ -212,7 +215,10 @@ fn other_architectures_and_corrupt_files_fail_clearly() {
     write_tiny_gguf(&qwen, &[("general.architecture", "qwen3")]);
     let err = engine.run_file(&job(user("hi")), &qwen).unwrap_err();
     assert!(!err.retryable());
-    assert!(err.message.contains("native forward pass cannot run"), "{err}");
+    assert!(
+        err.message.contains("native forward pass cannot run"),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a model file at all").unwrap();
@@ -521,7 +527,9 @@ fn person_schema() -> Value {
 
 /// Checks `v` against [`person_schema`] by hand (every rule it states).
 pub fn assert_person(v: &Value) {
-    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
     let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["age", "color", "name", "tags"], "{v}");
@@ -558,13 +566,17 @@ fn real_model_json_schema_output_parses_and_validates() {
         };
         let v = run(engine, &path, task);
         let text = content(&v);
-        let parsed: Value = serde_json::from_str(text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        let parsed: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
         assert_person(&parsed);
         assert_eq!(finish(&v), "stop", "{v}");
     }
     // Without the schema the same request is free text, not this JSON.
-    let free = run(engine, &path, greedy("Describe a fictional person as JSON.", 60));
+    let free = run(
+        engine,
+        &path,
+        greedy("Describe a fictional person as JSON.", 60),
+    );
     assert!(
         serde_json::from_str::<Value>(content(&free)).is_err(),
         "{}",

@@ -133,7 +133,10 @@ fn build_gguf(seed: u64, t: &Tiny) -> Vec<u8> {
             "token_embd.weight".into(),
             q(rand(t.vocab, t.dim, 1.0), t.embd),
         ),
-        ("output_norm.weight".into(), vector(rand(1, t.dim, 1.0), 0.2, 1.0)),
+        (
+            "output_norm.weight".into(),
+            vector(rand(1, t.dim, 1.0), 0.2, 1.0),
+        ),
     ];
     if !t.tied {
         tensors.push(("output.weight".into(), q(rand(t.vocab, t.dim, 0.2), mats)));
@@ -164,8 +167,14 @@ fn build_gguf(seed: u64, t: &Tiny) -> Vec<u8> {
             push("attn_k_norm.weight", vector(rand(1, hd, 1.0), 0.2, 1.0));
         }
         if t.arch == "gemma3" {
-            push("post_attention_norm.weight", vector(rand(1, t.dim, 1.0), 0.1, 0.5));
-            push("post_ffw_norm.weight", vector(rand(1, t.dim, 1.0), 0.1, 0.5));
+            push(
+                "post_attention_norm.weight",
+                vector(rand(1, t.dim, 1.0), 0.1, 0.5),
+            );
+            push(
+                "post_ffw_norm.weight",
+                vector(rand(1, t.dim, 1.0), 0.1, 0.5),
+            );
         }
     }
     use gguf_file::Value;
@@ -175,7 +184,10 @@ fn build_gguf(seed: u64, t: &Tiny) -> Vec<u8> {
         ("general.architecture".into(), Value::String(a.into())),
         (key("embedding_length"), Value::U32(t.dim as u32)),
         (key("attention.head_count"), Value::U32(t.heads as u32)),
-        (key("attention.head_count_kv"), Value::U32(t.kv_heads as u32)),
+        (
+            key("attention.head_count_kv"),
+            Value::U32(t.kv_heads as u32),
+        ),
         (key("block_count"), Value::U32(t.layers as u32)),
         (key("context_length"), Value::U32(256)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
@@ -423,17 +435,23 @@ fn synthetic_qwen_models_match_candle() {
             let ct = gguf_file::Content::read(&mut c).unwrap();
             let to_vec = |t: Tensor| t.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
             if arch == "qwen2" {
-                let mut m = quantized_qwen2::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu)
-                    .unwrap();
+                let mut m =
+                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
                 Box::new(move |toks, pos| {
-                    let x = Tensor::new(toks, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                    let x = Tensor::new(toks, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap();
                     to_vec(m.forward(&x, pos).unwrap())
                 })
             } else {
-                let mut m = quantized_qwen3::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu)
-                    .unwrap();
+                let mut m =
+                    quantized_qwen3::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
                 Box::new(move |toks, pos| {
-                    let x = Tensor::new(toks, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+                    let x = Tensor::new(toks, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap();
                     to_vec(m.forward(&x, pos).unwrap())
                 })
             }

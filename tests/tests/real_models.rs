@@ -229,7 +229,10 @@ fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
     let text = result["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
-    assert!(text.contains("Paris"), "the model said: {text:?} ({result:#})");
+    assert!(
+        text.contains("Paris"),
+        "the model said: {text:?} ({result:#})"
+    );
     let usage = &result["usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 5, "{usage}");
     assert_eq!(files.requests_for(&name), 1);
@@ -256,11 +259,20 @@ fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
     let text = result["choices"][0]["message"]["content"]
         .as_str()
         .unwrap_or_default();
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
-    let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let v: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
     assert_eq!(o.len(), 3, "{v}");
-    assert!(o["city"].as_str().is_some_and(|c| c.chars().count() <= 30), "{v}");
-    assert!(["France", "Germany", "Italy"].contains(&o["country"].as_str().unwrap_or("")), "{v}");
+    assert!(
+        o["city"].as_str().is_some_and(|c| c.chars().count() <= 30),
+        "{v}"
+    );
+    assert!(
+        ["France", "Germany", "Italy"].contains(&o["country"].as_str().unwrap_or("")),
+        "{v}"
+    );
     assert!(o["population_millions"].is_number(), "{v}");
 
     // A schema the engine cannot compile: failed once, not retried.
@@ -276,7 +288,11 @@ fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
     assert_eq!(detail.summary.state, "failed", "{detail:#?}");
     assert_eq!(detail.summary.attempts, 1, "{detail:#?}");
     assert!(
-        detail.summary.last_error.unwrap_or_default().contains("jsonSchema"),
+        detail
+            .summary
+            .last_error
+            .unwrap_or_default()
+            .contains("jsonSchema"),
         "{detail:#?}"
     );
 }

@@ -87,7 +87,11 @@ pub(super) struct JsonConstraint {
 impl JsonConstraint {
     /// Sets the logits of the tokens the grammar forbids now to minus infinity; when the
     /// value may end there, `end_of_generation` stay allowed.
-    pub(super) fn mask(&mut self, logits: &mut [f32], end_of_generation: &[u32]) -> Result<(), String> {
+    pub(super) fn mask(
+        &mut self,
+        logits: &mut [f32],
+        end_of_generation: &[u32],
+    ) -> Result<(), String> {
         let mask = self
             .matcher
             .compute_mask_or_eos()

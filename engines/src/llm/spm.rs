@@ -250,7 +250,11 @@ impl Spm {
             let piece = &text[s.start..s.start + s.len];
             match self.ids.get(piece) {
                 Some(&id) => out.push(id),
-                None => out.extend(piece.iter().filter_map(|&b| self.bytes[b as usize].or(self.unk))),
+                None => out.extend(
+                    piece
+                        .iter()
+                        .filter_map(|&b| self.bytes[b as usize].or(self.unk)),
+                ),
             }
             cur = s.next;
         }
@@ -280,12 +284,19 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let scores = [
-            0.0, 0.0, 0.0, -1.0, -5.0, -5.0, -5.0, -5.0, -3.0, -2.0, -2.5, -1.0, -0.5, -4.0,
-            0.0, 0.0, -5.0, -4.0,
+            0.0, 0.0, 0.0, -1.0, -5.0, -5.0, -5.0, -5.0, -3.0, -2.0, -2.5, -1.0, -0.5, -4.0, 0.0,
+            0.0, -5.0, -4.0,
         ];
         let mut bytes = [None; 256];
         bytes[b'\n' as usize] = Some(2);
-        let spm = Spm::new(&tokens, &scores, &[14, 15], bytes, Some(0), add_space_prefix);
+        let spm = Spm::new(
+            &tokens,
+            &scores,
+            &[14, 15],
+            bytes,
+            Some(0),
+            add_space_prefix,
+        );
         (spm, tokens)
     }
 

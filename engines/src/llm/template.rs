@@ -164,7 +164,11 @@ mod tests {
     fn gemma_fallback() {
         let t = ChatTemplate::for_vocabulary(None, true);
         assert!(t.is_fallback());
-        let msgs = [msg("user", " Hi "), msg("assistant", "Hello."), msg("user", "More")];
+        let msgs = [
+            msg("user", " Hi "),
+            msg("assistant", "Hello."),
+            msg("user", "More"),
+        ];
         assert_eq!(
             t.render(&input(&msgs, Some("Be brief."))).unwrap(),
             "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nMore<end_of_turn>\n<start_of_turn>model\n"

@@ -205,7 +205,6 @@ impl GgufTokenizer {
             Encoder::Bpe(Box::new(bpe_encoder(&spec, &types)?))
         };
 
-
         let table = byte_to_char_table();
         let char_to_byte: BTreeMap<char, u8> =
             (0..=255u8).map(|b| (table[b as usize], b)).collect();

@@ -379,7 +379,9 @@ pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
     };
     if let Ok(v) = md_u32(ct, &key("attention.value_length")) {
         if v != head_dim {
-            return Err(format!("value length {v} differs from key length {head_dim}"));
+            return Err(format!(
+                "value length {v} differs from key length {head_dim}"
+            ));
         }
     }
     let rope_dim = md_u32(ct, &key("rope.dimension_count")).unwrap_or(head_dim);
@@ -763,7 +765,11 @@ impl Model {
                 &[&l.wq, &l.wk, &l.wv],
                 &mut [&mut q, &mut k, &mut v],
             );
-            for (out, bias) in [(&mut q, &e.q_bias), (&mut k, &e.k_bias), (&mut v, &e.v_bias)] {
+            for (out, bias) in [
+                (&mut q, &e.q_bias),
+                (&mut k, &e.k_bias),
+                (&mut v, &e.v_bias),
+            ] {
                 if let Some(bias) = bias {
                     for row in out.chunks_exact_mut(bias.len()) {
                         row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
@@ -849,9 +855,7 @@ impl Model {
         let mut logits = vec![0f32; cfg.vocab];
         matmul(pool, isa, &acts, &[out], &mut [&mut logits]);
         if let Some(cap) = cfg.final_softcap {
-            logits
-                .iter_mut()
-                .for_each(|l| *l = cap * (*l / cap).tanh());
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
         Ok(logits)
     }

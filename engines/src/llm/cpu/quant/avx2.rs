@@ -166,7 +166,12 @@ fn fifth_bits(bits: u32) -> __m256i {
     // Byte i takes byte i / 8 of `bits`, then keeps bit i % 8.
     let spread = _mm256_shuffle_epi8(
         x,
-        _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303),
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
     );
     let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
@@ -207,10 +212,9 @@ fn small_block<const NIB: usize, const QH: usize, const MIN: bool>(
 #[inline]
 #[target_feature(enable = "f16c")]
 fn half(b: &[u8], at: usize) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes([
-        b[at],
-        b[at + 1],
-    ])))))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes([b[at], b[at + 1]]),
+    ))))
 }
 
 /// Q4_K (`BYTES` 144) and Q5_K (176, `HIGH`): each sub-block of 32 is a block with scale
@@ -256,8 +260,10 @@ fn dot_q45k<const BYTES: usize, const HIGH: bool>(row: &[u8], x: Act<'_>) -> f32
                 hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
             }
             let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256_i8(&q[c * 64..])), ones);
-            let p1 =
-                _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load256_i8(&q[c * 64 + 32..])), ones);
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, load256_i8(&q[c * 64 + 32..])),
+                ones,
+            );
             let f0 = _mm256_set1_ps(d * f32::from(s0) * ds[2 * c][0]);
             let f1 = _mm256_set1_ps(d * f32::from(s1) * ds[2 * c + 1][0]);
             acc0 = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc0);

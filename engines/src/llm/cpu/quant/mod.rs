@@ -244,7 +244,10 @@ pub fn dequantize_row(ty: WType, row: &[u8], out: &mut [f32]) {
             }
         }
         WType::Q4K | WType::Q5K | WType::Q6K => {
-            for (o, b) in out.chunks_exact_mut(QK_K).zip(row.chunks_exact(ty.block_bytes())) {
+            for (o, b) in out
+                .chunks_exact_mut(QK_K)
+                .zip(row.chunks_exact(ty.block_bytes()))
+            {
                 let (scales, q) = k_block(ty, b);
                 for (s, (o, q)) in o.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
                     let [a, b, m] = scales[s];
@@ -264,7 +267,11 @@ pub(crate) fn small_block(ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
         WType::Q4_0 => (-8.0 * d, 0, 2),
         WType::Q4_1 => (half_at(b, 2), 0, 4),
         WType::Q5_0 => (-16.0 * d, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
-        WType::Q5_1 => (half_at(b, 2), u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 8),
+        WType::Q5_1 => (
+            half_at(b, 2),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            8,
+        ),
         _ => unreachable!("{ty:?} is not a 32-element block type"),
     };
     let mut q = [0u8; QK];
@@ -311,7 +318,11 @@ pub(crate) fn k_block(ty: WType, b: &[u8]) -> ([[f32; 3]; 8], [i8; QK_K]) {
                 *o = [sc, sc, -dmin * f32::from(m)];
                 let bytes = &qs[s / 2 * 32..][..32];
                 for l in 0..32 {
-                    let nib = if s % 2 == 0 { bytes[l] & 0x0f } else { bytes[l] >> 4 };
+                    let nib = if s % 2 == 0 {
+                        bytes[l] & 0x0f
+                    } else {
+                        bytes[l] >> 4
+                    };
                     let hi = qh.map_or(0, |qh| ((qh[l] >> s) & 1) << 4);
                     q[s * 32 + l] = (nib | hi) as i8;
                 }

@@ -372,7 +372,13 @@ fn kernel_speed() {
         qs: &qs,
         ds: &ds,
     };
-    for ty in [WType::Q4_1, WType::Q8_0, WType::Q5_0, WType::Q4K, WType::Q6K] {
+    for ty in [
+        WType::Q4_1,
+        WType::Q8_0,
+        WType::Q5_0,
+        WType::Q4K,
+        WType::Q6K,
+    ] {
         let m: Vec<u8> = (0..rows)
             .flat_map(|_| rand_row(&mut rng, ty, cols))
             .collect();
