@@ -412,6 +412,9 @@ fn synthetic_k_quant_models_match_candle() {
     }
 }
 
+/// A reference model's forward pass: tokens at a position -> the last logits.
+type Forward = dyn FnMut(&[u32], usize) -> Vec<f32>;
+
 /// qwen2 (q/k/v biases, NeoX rope) and qwen3 (q/k norms, a head width apart from
 /// dim / heads) against candle's quantized_qwen2 / quantized_qwen3 on the same file.
 #[test]
@@ -430,7 +433,7 @@ fn synthetic_qwen_models_match_candle() {
         let native = load_native(&bytes);
         assert_eq!(native.config().arch.name(), arch);
         assert_eq!(native.config().head_dim, head_dim);
-        let mut forward: Box<dyn FnMut(&[u32], usize) -> Vec<f32>> = {
+        let mut forward: Box<Forward> = {
             let mut c = Cursor::new(bytes.clone());
             let ct = gguf_file::Content::read(&mut c).unwrap();
             let to_vec = |t: Tensor| t.squeeze(0).unwrap().to_vec1::<f32>().unwrap();

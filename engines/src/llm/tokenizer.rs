@@ -78,7 +78,7 @@ pub struct TokenizerSpec {
 /// How text becomes ids.
 enum Encoder {
     Bpe(Box<Tokenizer>),
-    Spm(super::spm::Spm),
+    Spm(Box<super::spm::Spm>),
 }
 
 /// A tokenizer built from GGUF metadata.
@@ -193,14 +193,14 @@ impl GgufTokenizer {
                     }
                 }
             }
-            Encoder::Spm(super::spm::Spm::new(
+            Encoder::Spm(Box::new(super::spm::Spm::new(
                 &spec.tokens,
                 &spec.scores,
                 &specials,
                 bytes,
                 spec.unk,
                 spec.add_space_prefix,
-            ))
+            )))
         } else {
             Encoder::Bpe(Box::new(bpe_encoder(&spec, &types)?))
         };

@@ -199,7 +199,7 @@ impl Config {
     /// Whether layer `l` uses the sliding window, and its window.
     pub fn window(&self, l: usize) -> Option<usize> {
         match self.sliding {
-            Some((w, _, pattern)) if pattern == 0 || (l + 1) % pattern != 0 => Some(w),
+            Some((w, _, pattern)) if pattern == 0 || !(l + 1).is_multiple_of(pattern) => Some(w),
             _ => None,
         }
     }
@@ -715,7 +715,7 @@ impl Model {
         }
         // Rope angles of the chunk's positions, per distinct (base, scale) of the layers.
         let half = hd / 2;
-        let mut ropes: Vec<((f32, f32), Vec<(f32, f32)>)> = Vec::new();
+        let mut ropes: Vec<(RopeKey, Vec<(f32, f32)>)> = Vec::new();
         for l in 0..cfg.n_layer {
             let key = cfg.rope_of(l);
             if ropes.iter().any(|(k, _)| *k == key) {
@@ -860,6 +860,9 @@ impl Model {
         Ok(logits)
     }
 }
+
+/// A layer's rope: (base, position scale).
+type RopeKey = (f32, f32);
 
 /// GELU, tanh form (what llama.cpp and Gemma's `gelu_pytorch_tanh` use).
 fn gelu(x: f32) -> f32 {

@@ -197,10 +197,10 @@ fn dequantize_follows_the_5_bit_and_k_quant_layouts() {
     }
     row[208..].copy_from_slice(&[0x00, 0x38]);
     dequantize_row(WType::Q6K, &row, &mut out);
-    assert_eq!(out[0], 0.5 * -3.0 * (3.0 + 32.0 - 32.0));
-    assert_eq!(out[32], 0.5 * -1.0 * (1.0 + 48.0 - 32.0));
-    assert_eq!(out[64], 0.5 * 1.0 * (5.0 + 16.0 - 32.0));
-    assert_eq!(out[16], 0.5 * -2.0 * -32.0);
+    assert_eq!(out[0], -1.5 * (3.0 + 32.0 - 32.0));
+    assert_eq!(out[32], -0.5 * (1.0 + 48.0 - 32.0));
+    assert_eq!(out[64], 0.5 * (5.0 + 16.0 - 32.0));
+    assert_eq!(out[16], 32.0); // 0.5 * -2 * (0 - 32)
     assert_eq!(out[128], 0.5 * 5.0 * (15.0 + 48.0 - 32.0));
 }
 
