@@ -291,6 +291,7 @@ fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
         detail
             .summary
             .last_error
+            .as_deref()
             .unwrap_or_default()
             .contains("jsonSchema"),
         "{detail:#?}"
