@@ -98,7 +98,8 @@ const ROWS: &[Row] = &[
         ],
     },
     Row {
-        name: "found while idle: installs at once, offers meanwhile are rejected busy, then restarts",
+        name:
+            "found while idle: installs at once, offers meanwhile are rejected busy, then restarts",
         auto_update: true,
         steps: &[
             (Welcome, &[Check]),
@@ -248,7 +249,11 @@ fn run_row(row: &Row) {
                 result: Err("feed answered 500".into()),
             }),
             Installed(ok) => h.step(Input::UpdateApplied {
-                result: if ok { Ok(()) } else { Err("bad checksum".into()) },
+                result: if ok {
+                    Ok(())
+                } else {
+                    Err("bad checksum".into())
+                },
             }),
         };
         assert_eq!(
@@ -272,13 +277,20 @@ fn the_last_check_is_reported_with_its_outcome() {
     let mut h = Driver::new(config(true));
     h.step(Input::Start);
     connect(&mut h);
-    assert_eq!(h.worker.status().last_update_check, None, "none finished yet");
+    assert_eq!(
+        h.worker.status().last_update_check,
+        None,
+        "none finished yet"
+    );
     h.step(Input::UpdateChecked {
         result: Err("feed answered 500".into()),
     });
     let first = h.worker.status().last_update_check.expect("a check");
     assert_eq!(first.seq, 1);
-    assert_eq!(first.outcome, UpdateOutcome::Failed("feed answered 500".into()));
+    assert_eq!(
+        first.outcome,
+        UpdateOutcome::Failed("feed answered 500".into())
+    );
     assert_eq!(first.current, h.worker.config().host.agent_version);
     h.at(INTERVAL);
     h.step(Input::UpdateChecked {
@@ -299,7 +311,8 @@ fn the_last_check_is_reported_with_its_outcome() {
         .map(|e| e.message.clone())
         .collect();
     assert!(
-        logs.iter().any(|m| m.starts_with("update check failed: feed answered 500")),
+        logs.iter()
+            .any(|m| m.starts_with("update check failed: feed answered 500")),
         "{logs:?}"
     );
 }

@@ -76,9 +76,43 @@ pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result
     let api = crate::api::serve(&config, config_path, control);
     let exit = daemon.run();
     // The API goes first (local-api.json removed, port closed), then the lock.
+    release(api, lock);
+    if exit.code == ExitCode::Restart {
+        return Ok(restart(exit));
+    }
+    Ok(exit)
+}
+
+/// Gives up what the next process (a restarted worker) must be able to take: the control
+/// API (local-api.json removed, port closed) first, then `daemon.lock`.
+fn release(api: Option<crate::api::ApiServer>, lock: DaemonLock) {
     drop(api);
     lock.release();
-    Ok(exit)
+}
+
+/// After an installed update: executes the new binary with this process's arguments and
+/// environment. Returns only when that failed: then the exit is an error (so a service
+/// manager starts the worker again, on the new binary, which is already in place).
+fn restart(exit: Exit) -> Exit {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return Exit {
+                code: ExitCode::Fatal,
+                reason: format!(
+                    "{}; cannot find the executable to restart: {e}",
+                    exit.reason
+                ),
+            }
+        }
+    };
+    tracing::info!(exe = %exe.display(), "{}", exit.reason);
+    crate::telemetry::flush();
+    let e = crate::update::reexec(&exe);
+    Exit {
+        code: ExitCode::Fatal,
+        reason: format!("{}; executing {} failed: {e}", exit.reason, exe.display()),
+    }
 }
 
 /// The whole `main` of a worker binary: parse the command line, set up Sentry (`run` only,

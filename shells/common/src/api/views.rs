@@ -10,7 +10,8 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::{json, Value};
 use studio_core::wire::{LogEntry, TaskKind};
 use studio_core::worker::{
-    JobStats, JobStatus, JobSummary, SessionState, StatusSnapshot, Worker, JOB_DURATION_BUCKETS_MS,
+    JobStats, JobStatus, JobSummary, SessionState, StatusSnapshot, UpdateCheck, UpdateOutcome,
+    Worker, JOB_DURATION_BUCKETS_MS,
 };
 use studio_core::Mono;
 
@@ -140,8 +141,37 @@ pub fn status(live: &Live, config_path: &str) -> Value {
         "jobsFailed": st.stats.failed,
         "vramTotalGb": live.vram_total_gb,
         "vramThresholdGb": st.vram_threshold_gb,
-        "lastUpdateCheck": Value::Null,
+        "lastUpdateCheck": st.last_update_check.as_ref().map(update_check),
     })
+}
+
+/// The last update check (`lastUpdateCheck`, `POST /daemon/check-update`): when, the
+/// running version, `result` (`up_to_date`, `available` or `failed`), `latest` (when one is
+/// available), `error` (when it failed) and `text`, the line `check-update` prints.
+pub fn update_check(check: &UpdateCheck) -> Value {
+    let (result, latest, error) = match &check.outcome {
+        UpdateOutcome::UpToDate => ("up_to_date", None, None),
+        UpdateOutcome::Available(v) => ("available", Some(v.clone()), None),
+        UpdateOutcome::Failed(e) => ("failed", None, Some(e.clone())),
+    };
+    json!({
+        "at": check.at.to_rfc3339(),
+        "current": check.current,
+        "result": result,
+        "latest": latest,
+        "error": error,
+        "text": update_check_text(check),
+    })
+}
+
+/// One line for a person: `up to date: X`, `update available: X -> Y` or `update check
+/// failed: ...`.
+pub fn update_check_text(check: &UpdateCheck) -> String {
+    match &check.outcome {
+        UpdateOutcome::UpToDate => format!("up to date: {}", check.current),
+        UpdateOutcome::Available(v) => format!("update available: {} -> {v}", check.current),
+        UpdateOutcome::Failed(e) => format!("update check failed: {e}"),
+    }
 }
 
 /// `GET /daemon/config`: the settings a running worker applies at once (and saves).
