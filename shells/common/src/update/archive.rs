@@ -313,44 +313,7 @@ pub fn find_executable(dest: &Path, exe_name: &str) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
 
-    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        build(&mut b);
-        b.into_inner().unwrap()
-    }
-
-    fn file_header(size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(size);
-        h.set_mode(0o755);
-        h.set_entry_type(tar::EntryType::Regular);
-        h
-    }
-
-    fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
-        let mut h = file_header(data.len() as u64);
-        b.append_data(&mut h, path, data).unwrap();
-    }
-
-    /// A tar entry whose raw name is written as is (the builder refuses `..`).
-    fn add_raw(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
-        let mut h = file_header(data.len() as u64);
-        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-
-    fn gz(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn xz(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut Cursor::new(bytes), &mut out).unwrap();
-        out
-    }
+    use crate::update::testing::{gz, tar_of, xz};
 
     fn run(
         bytes: &[u8],
@@ -368,7 +331,7 @@ mod tests {
 
     #[test]
     fn tar_xz_and_tar_gz_unpack_and_the_executable_is_found() {
-        let tar = tar_with(|b| add(b, "studio-worker-x/studio-worker", b"#!/bin/sh\n"));
+        let tar = tar_of(&[("studio-worker-x/studio-worker", b"#!/bin/sh\n")]);
         for (bytes, format) in [(xz(&tar), Format::TarXz), (gz(&tar), Format::TarGz)] {
             let (dir, r) = run(&bytes, format, &ArchiveLimits::default());
             r.unwrap();
@@ -388,7 +351,7 @@ mod tests {
     #[test]
     fn escaping_paths_are_refused() {
         for path in ["../evil", "a/../../evil", "/etc/evil"] {
-            let tar = tar_with(|b| add_raw(b, path, b"x"));
+            let tar = tar_of(&[(path, b"x")]);
             let (dir, r) = run(&gz(&tar), Format::TarGz, &ArchiveLimits::default());
             let e = r.unwrap_err();
             assert!(e.contains("would escape the unpack folder"), "{path}: {e}");
@@ -399,12 +362,12 @@ mod tests {
     #[test]
     fn links_are_refused() {
         for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
-            let tar = tar_with(|b| {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(kind);
-                h.set_size(0);
-                b.append_link(&mut h, "studio-worker", "/bin/sh").unwrap();
-            });
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            b.append_link(&mut h, "studio-worker", "/bin/sh").unwrap();
+            let tar = b.into_inner().unwrap();
             let (_dir, r) = run(&gz(&tar), Format::TarGz, &ArchiveLimits::default());
             assert!(r.unwrap_err().contains("is a link"), "{kind:?}");
         }
@@ -417,20 +380,13 @@ mod tests {
             max_unpacked_bytes: 15,
             max_entries: 3,
         };
-        let big = tar_with(|b| add(b, "big", &[0; 11]));
+        let big = tar_of(&[("big", &[0; 11])]);
         let e = run(&gz(&big), Format::TarGz, &limits).1.unwrap_err();
         assert!(e.contains("over the 10-byte limit"), "{e}");
-        let total = tar_with(|b| {
-            add(b, "a", &[0; 8]);
-            add(b, "b", &[0; 8]);
-        });
+        let total = tar_of(&[("a", &[0; 8]), ("b", &[0; 8])]);
         let e = run(&gz(&total), Format::TarGz, &limits).1.unwrap_err();
         assert!(e.contains("more than 15 bytes"), "{e}");
-        let many = tar_with(|b| {
-            for n in ["a", "b", "c", "d"] {
-                add(b, n, b"");
-            }
-        });
+        let many = tar_of(&[("a", b""), ("b", b""), ("c", b""), ("d", b"")]);
         let e = run(&gz(&many), Format::TarGz, &limits).1.unwrap_err();
         assert!(e.contains("more than 3 entries"), "{e}");
         // An xz stream that inflates past the limit stops there.
@@ -480,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_missing_executable_is_named() {
-        let tar = tar_with(|b| add(b, "README.md", b"hi"));
+        let tar = tar_of(&[("README.md", b"hi")]);
         let (dir, r) = run(&gz(&tar), Format::TarGz, &ArchiveLimits::default());
         r.unwrap();
         let e = find_executable(&dir.path().join("out"), "studio-worker").unwrap_err();

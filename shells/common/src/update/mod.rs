@@ -23,6 +23,8 @@
 
 pub mod archive;
 pub mod feed;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use std::ffi::OsString;
 use std::fs::{self, File};
