@@ -343,3 +343,73 @@ for_each_shell!(
     refuses_an_escaping_path,
     a_job_in_flight_is_never_interrupted,
 );
+
+/// `install-service` / `uninstall-service` round trip against a temporary
+/// `XDG_CONFIG_HOME`, with no `systemctl` on the `PATH`: the unit is written (pointing at
+/// this binary and config), the commands to run are printed, both exit 0; uninstalling
+/// twice is fine.
+#[cfg(target_os = "linux")]
+fn installs_and_uninstalls_its_service(bin: &Bin) {
+    use std::process::Command;
+    let home = tempfile::tempdir().unwrap();
+    let xdg = home.path().join("xdg");
+    let empty_path = home.path().join("no-tools");
+    fs::create_dir_all(&empty_path).unwrap();
+    let config = home.path().join("config.toml");
+    studio_e2e::write_config(&config, "http://127.0.0.1:9/", &Setup::default()).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin.path)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &xdg)
+            .env("PATH", &empty_path)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stdout}{stderr}");
+        stdout
+    };
+    let unit = xdg
+        .join("systemd/user")
+        .join(format!("{}.service", bin.shell.binary));
+    let dry = run(&["install-service", "--dry-run"]);
+    assert!(
+        dry.starts_with(&format!("would write {}", unit.display())),
+        "{dry}"
+    );
+    assert!(!unit.exists(), "a dry run writes nothing");
+    let report = run(&["install-service"]);
+    let text = fs::read_to_string(&unit).expect("the unit is written");
+    let exec = format!(
+        "ExecStart={} --config {} run\n",
+        bin.path.display(),
+        config.display()
+    );
+    assert!(text.contains(&exec), "{text}");
+    assert!(text.contains("WantedBy=default.target"), "{text}");
+    assert!(report.contains("did not answer"), "{report}");
+    assert!(
+        report.contains(&format!(
+            "  systemctl --user enable --now {}.service\n",
+            bin.shell.binary
+        )),
+        "{report}"
+    );
+    let report = run(&["uninstall-service"]);
+    assert!(
+        report.contains(&format!("removed {}", unit.display())),
+        "{report}"
+    );
+    assert!(!unit.exists());
+    let report = run(&["uninstall-service"]);
+    assert!(report.starts_with("nothing to uninstall"), "{report}");
+}
+
+#[cfg(target_os = "linux")]
+mod services {
+    use super::installs_and_uninstalls_its_service;
+    studio_e2e::for_each_shell!(installs_and_uninstalls_its_service);
+}
