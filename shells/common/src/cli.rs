@@ -784,6 +784,18 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_running_workers_last_update_check() {
+        let mut d = serde_json::json!({"pid": 7, "session": "connected", "lastUpdateCheck": null});
+        assert!(live_lines(&d).contains("update check:    none yet\n"));
+        d["lastUpdateCheck"] = serde_json::json!({
+            "at": "2026-05-25T12:00:00.000Z", "text": "update available: 0.1.0 -> 0.2.0"
+        });
+        assert!(live_lines(&d).contains(
+            "update check:    update available: 0.1.0 -> 0.2.0 (at 2026-05-25T12:00:00.000Z)\n"
+        ));
+    }
+
+    #[test]
     fn check_update_reads_the_configured_feed_and_a_feed_error_exits_3() {
         let dir = tempfile::tempdir().unwrap();
         let (path, arg) = cfg_arg(&dir);

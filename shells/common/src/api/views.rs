@@ -391,6 +391,31 @@ mod tests {
     use studio_core::worker::{Credentials, Input, Now, WorkerConfig};
     use studio_core::WallMs;
 
+    #[test]
+    fn an_update_check_reads_as_json_and_as_a_line() {
+        let check = |outcome| UpdateCheck {
+            seq: 1,
+            at: WallMs(1_779_710_400_000),
+            current: "0.1.0".into(),
+            outcome,
+        };
+        let v = update_check(&check(UpdateOutcome::Available("0.2.0".into())));
+        assert_eq!(
+            v,
+            json!({"at": "2026-05-25T12:00:00.000Z", "current": "0.1.0", "result": "available",
+                   "latest": "0.2.0", "error": null, "text": "update available: 0.1.0 -> 0.2.0"})
+        );
+        let v = update_check(&check(UpdateOutcome::UpToDate));
+        assert_eq!(
+            (&v["result"], &v["text"]),
+            (&json!("up_to_date"), &json!("up to date: 0.1.0"))
+        );
+        let v = update_check(&check(UpdateOutcome::Failed("HTTP 500".into())));
+        assert_eq!(v["result"], "failed");
+        assert_eq!(v["error"], "HTTP 500");
+        assert_eq!(v["text"], "update check failed: HTTP 500");
+    }
+
     fn live_worker() -> (Worker, Mono) {
         let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9");
         cfg.credentials = Some(Credentials {
