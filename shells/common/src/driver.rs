@@ -35,8 +35,7 @@ use std::sync::Arc;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{
-    Command, ExitCode, HttpRequest, HttpResult, Input, LogLevel, Notice, RunId, UsageError,
-    Worker,
+    Command, ExitCode, HttpRequest, HttpResult, Input, LogLevel, Notice, RunId, UsageError, Worker,
 };
 use studio_core::Mono;
 use studio_engines::Engine;

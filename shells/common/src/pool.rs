@@ -599,7 +599,10 @@ pub(crate) mod tests {
         // The thread's receiver is gone once it ended: a send fails.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while waiting.send(Box::new(|_| {})).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "the engine thread lives on");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine thread lives on"
+            );
             thread::sleep(Duration::from_millis(5));
         }
     }
