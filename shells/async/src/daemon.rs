@@ -7,14 +7,16 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
 use async_executor::{LocalExecutor, Task};
-use async_io::Timer;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_lite::{future, StreamExt};
 use rustls::ClientConfig;
@@ -113,9 +115,13 @@ impl WorkerDaemon for Daemon {
             tls,
             conns: BTreeMap::new(),
         };
-        // Parks between events; async-io's own thread drives the reactor (see the crate
-        // docs for why not `async_io::block_on`).
-        future::block_on(ex.run(session_task(&mut session, &mut io, &rx, &io_rx)));
+        // Parks between events until the session's deadline; async-io's own thread drives
+        // the reactor (see the crate docs for why not `async_io::block_on`).
+        let deadline = Cell::new(None);
+        block_on_until(
+            &deadline,
+            ex.run(session_task(&mut session, &mut io, &rx, &io_rx, &deadline)),
+        );
         // The sockets (and with them their tasks) go before the executor; connect attempts
         // still under way are cancelled with it.
         drop(io);
@@ -131,38 +137,31 @@ impl Daemon {
 }
 
 /// The session task: race, feed, perform, until the core has exited and the sockets are
-/// gone (see the crate docs).
+/// gone (see the crate docs). `deadline` is where it tells [`block_on_until`] when to wake
+/// it if nothing else does.
 async fn session_task(
     session: &mut Session,
     io: &mut Sockets<'_>,
     rx: &Receiver<LoopMsg<Ws>>,
     io_rx: &Receiver<IoEvent>,
+    deadline: &Cell<Option<Instant>>,
 ) {
-    // The one timer of the loop, re-armed (never re-created) after every input when the
-    // deadline moved: an unchanged one is left alone (re-arming wakes the reactor thread).
-    let mut timer = Timer::never();
-    let mut armed: Option<Instant> = None;
     session.start(io);
     while !session.finished(io) {
-        let at = session.wake_at();
-        if at != armed || !timer.will_fire() {
-            match at {
-                Some(at) => timer.set_at(at),
-                None => timer.clear(),
-            }
-            armed = at;
-        }
+        deadline.set(session.wake_at());
         // Only cancel-safe futures race: a channel `recv` that loses leaves its message in
-        // the channel, and the timer is raced by reference, so it survives the race.
+        // the channel, and the deadline is a check of the clock.
         let wake = future::or(
             async { Wake::Msg(recv(rx).await) },
             future::or(async { Wake::Io(recv(io_rx).await) }, async {
-                (&mut timer).await;
+                Passed(deadline).await;
                 Wake::Timer
             }),
         )
         .await;
-        // The race is over: feed, and perform the socket commands, here.
+        // The race is over: feed, and perform the socket commands, here. The lines of this
+        // turn go out with one write at its end.
+        let _lines = studio_shell::logging::batch();
         match wake {
             Wake::Msg(msg) => session.on_loop_msg(msg, io),
             Wake::Io(IoEvent {
@@ -176,6 +175,56 @@ async fn session_task(
             Wake::Timer => {}
         }
         session.after_wake(io);
+    }
+}
+
+/// Ready once the instant in the cell has passed (never while it is `None`). It registers
+/// no waker: [`block_on_until`] wakes at that instant and polls again.
+struct Passed<'a>(&'a Cell<Option<Instant>>);
+
+impl Future for Passed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        match self.0.get() {
+            Some(at) if Instant::now() >= at => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Wakes the parked session thread.
+struct Unpark(parking::Unparker);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `future` on this thread, parking it between polls until a waker fires or the
+/// instant in `deadline` (read before each park) comes. The deadline is the thread's own
+/// park timeout, not a timer of async-io's reactor: arming it costs no wake-up of the
+/// reactor's thread, and it fires by waking this thread alone.
+fn block_on_until<T>(deadline: &Cell<Option<Instant>>, future: impl Future<Output = T>) -> T {
+    let (parker, unparker) = parking::pair();
+    let waker = Waker::from(Arc::new(Unpark(unparker)));
+    let cx = &mut Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return out;
+        }
+        match deadline.get() {
+            Some(at) => {
+                parker.park_deadline(at);
+            }
+            None => parker.park(),
+        }
     }
 }
 

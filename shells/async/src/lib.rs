@@ -23,31 +23,34 @@
 //!  one Timer, set_at(core deadline or close timeout) ┘            Close) ──► after_wake
 //! ```
 //!
-//! One thread runs `futures_lite::future::block_on(LocalExecutor::run(session task))`;
-//! everything below is a task of that executor, except engine jobs and HTTP requests (their
-//! own threads, via the shared `EnginePool` / `HttpRunner`), the signal thread, and
-//! async-io's reactor, which its own `async-io` thread drives (epoll / kqueue, timers) and
-//! which wakes the session thread through its parker.
+//! One thread runs `LocalExecutor::run(session task)` under the daemon's own `block_on`
+//! (`block_on_until`), which parks the thread until a waker fires or the session's deadline
+//! comes; everything below is a task of that executor, except engine jobs and HTTP requests
+//! (their own threads, via the shared `EnginePool` / `HttpRunner`), the signal thread, and
+//! async-io's reactor, which its own `async-io` thread drives (epoll / kqueue) and which
+//! wakes the session thread through its parker.
 //!
 //! *Why not `async_io::block_on` (smol's `block_on`), which lets the session thread drive
 //! the reactor itself:* async-io's driver thread then polls with a backoff (50 µs up to
 //! 10 ms, about ten wake-ups) after every reactor tick, to take over while the `block_on`
 //! thread is busy. Counted idle on the demo studio (a tick a second), that was about 6
-//! wake-ups per tick against about 3 with the reactor on its own thread (one for the event,
-//! one for the timer re-armed after it, one on the session thread). The sync shell needs 1:
-//! that is the price of the async runtime, paid per event, not per unit of idle time.
+//! wake-ups per tick against about 3 with the reactor on its own thread. *Why not an
+//! `async_io::Timer` for the deadline:* arming one pushes a timer into the reactor and
+//! wakes its thread to recompute its sleep, and when it fires the reactor's thread wakes
+//! first and then wakes the session thread: three wake-ups per deadline where the park
+//! timeout costs one. A frame still costs two (the reactor's thread, then the session
+//! thread); the sync shell needs one.
 //!
-//! 1. `Input::Start` is fed; then, until the core has exited and its sockets are gone: arm
-//!    the timer, **race**, feed what won, perform the socket commands of that drain, check
+//! 1. `Input::Start` is fed; then, until the core has exited and its sockets are gone: set
+//!    the deadline, **race**, feed what won, perform the socket commands of that drain, check
 //!    close timeouts and the deadline (`Session::after_wake`: `Input::Tick` when it has
 //!    passed).
 //! 2. **The race** is between three futures, all cancel-safe, so losing one loses
 //!    nothing: `recv` on the `LoopMsg` channel (pool completions, connect results,
 //!    shutdown), `recv` on the `IoEvent` channel (whole messages from the reader tasks,
-//!    errors from readers and writers), and the timer, raced by `&mut` so it outlives the
-//!    race. A losing `recv` leaves its message in the channel for the next turn.
+//!    errors from readers and writers), and the deadline (a check of the clock). A losing `recv` leaves its message in the channel for the next turn.
 //!    `futures_lite::future::or` runs the race; its bias (control messages, then socket
-//!    events, then the timer) costs nothing because every turn feeds one event and the
+//!    events, then the deadline) costs nothing because every turn feeds one event and the
 //!    deadline is re-checked after every turn anyway.
 //!
 //!    *Why reader tasks, not a raced socket read:* a raced `WebSocketStream::next` would be
@@ -60,12 +63,11 @@
 //!    tungstenite's own output buffer in the sync shell), which writes and flushes it. The
 //!    session task never awaits a socket, so a studio that stops reading cannot stall the
 //!    loop: the core's read-idle timer still fires and closes the session.
-//! 4. **One timer.** The core's deadline (or the earliest close timeout) is one
-//!    `async_io::Timer`, re-armed with `set_at` when the deadline moves (an unchanged
-//!    deadline leaves it alone) and cleared when there is none. It is armed at the
-//!    deadline's exact instant (`Session::wake_at`): an absolute timer fires at or after
-//!    it, so there is nothing to round and no early, zero-length wait to spin on. Idle
-//!    costs nothing: the thread sleeps until the deadline or an event.
+//! 4. **One deadline.** The core's deadline (or the earliest close timeout,
+//!    `Session::wake_at`) is set before each race; the race's third future is ready once
+//!    it has passed, and `block_on_until` parks the thread until exactly then (an absolute
+//!    park deadline: nothing to round, no early zero-length wait to spin on). Idle costs
+//!    nothing: the thread sleeps until the deadline or an event.
 //! 5. **Engine work** runs on dedicated threads (the shared `EnginePool`); the completion
 //!    callback (`EventSink`) is an `async_channel` `try_send`, which wakes the session task.
 //!

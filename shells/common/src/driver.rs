@@ -20,7 +20,11 @@
 //! * [`CommandRouter::feed`] is the whole driving contract of the core in one call: hand
 //!   it an input, it calls `Worker::handle`, drains `Worker::poll` to the final `Wait`,
 //!   performs every command, feeds immediate answers back (and drains again), passes
-//!   socket commands to the shell's callback and returns the deadline to sleep until.
+//!   socket commands to the shell's callback and returns the deadline to sleep until. It
+//!   holds the drain's `Dispatch`es back: the shell starts them with
+//!   [`CommandRouter::start_held_jobs`] once it has written the drain's socket commands,
+//!   so the job's `accept` (sent in the same drain, before the `Dispatch`) is on the wire
+//!   before the engine takes a CPU.
 //!   With a [`Recorder`] set (`--record`), each input it hands the core, at the exact
 //!   `Now` it used, and the commands of that input's drain become one trace step.
 //!
@@ -30,9 +34,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use studio_core::wire::LogEntry;
+use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{
-    Command, ExitCode, HttpRequest, HttpResult, Input, LogLevel, Notice, UsageError, Worker,
+    Command, ExitCode, HttpRequest, HttpResult, Input, LogLevel, Notice, RunId, UsageError, Worker,
 };
 use studio_core::Mono;
 use studio_engines::Engine;
@@ -78,6 +82,8 @@ pub struct CommandRouter {
     sink: EventSink,
     clock: Clock,
     recorder: Option<Recorder>,
+    /// `Dispatch`es of the last [`CommandRouter::feed`], not started yet.
+    held_jobs: Vec<(RunId, Box<JobOfferClaim>)>,
 }
 
 impl CommandRouter {
@@ -100,6 +106,7 @@ impl CommandRouter {
             sink,
             clock,
             recorder: None,
+            held_jobs: Vec::new(),
         }
     }
 
@@ -254,9 +261,18 @@ impl CommandRouter {
         }
     }
 
+    /// Starts the jobs the last [`CommandRouter::feed`] held back, in order. A shell calls
+    /// it right after writing that feed's socket commands.
+    pub fn start_held_jobs(&mut self) {
+        for (run, claim) in std::mem::take(&mut self.held_jobs) {
+            self.pool.dispatch(&claim, run);
+        }
+    }
+
     /// Feeds `input` to `worker` and drives it to rest: handle, drain to `Wait`, perform
     /// every command (socket commands go to `socket`, in order), feed immediate answers back
-    /// and drain again. Returns the final deadline and any exit request.
+    /// and drain again. Returns the final deadline and any exit request. A `Dispatch` is
+    /// held back for [`CommandRouter::start_held_jobs`] (see the module docs).
     ///
     /// A `UsageError` (e.g. a job result racing a cancellation) leaves the core unchanged;
     /// it is logged and the drain goes on.
@@ -289,6 +305,10 @@ impl CommandRouter {
                 let cmd = worker.poll();
                 if let Some((_, cmds)) = &mut record {
                     cmds.push(cmd.clone());
+                }
+                if let Command::Dispatch { run, claim } = cmd {
+                    self.held_jobs.push((run, claim));
+                    continue;
                 }
                 match self.perform(cmd) {
                     Effect::Socket(cmd) => socket(cmd),
@@ -740,6 +760,60 @@ mod tests {
         let saved = Config::load(r.config_path()).unwrap();
         assert_eq!(saved.registration_request_id.as_deref(), Some("rr-42"));
         assert!(!format!("{saved}").contains(saved.registration_secret.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn an_offers_accept_reaches_the_shell_before_its_job_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, rx) = router(&dir);
+        let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9790");
+        cfg.credentials = Some(Credentials {
+            worker_id: "w-1".into(),
+            auth_token: "tok".into(),
+        });
+        let mut worker = Worker::new(cfg);
+        let mut socket_cmds = Vec::new();
+        let mut feed = |r: &mut CommandRouter, worker: &mut Worker, input| {
+            socket_cmds.clear();
+            r.feed(worker, input, &mut |c| socket_cmds.push(c));
+            std::mem::take(&mut socket_cmds)
+        };
+        let conn = ConnId(1);
+        feed(&mut r, &mut worker, Input::Start);
+        feed(&mut r, &mut worker, Input::Connected { conn });
+        let welcome = r#"{"type":"welcome","workerId":"w-1","serverTime":"now"}"#;
+        feed(
+            &mut r,
+            &mut worker,
+            Input::Frame {
+                conn,
+                text: welcome.into(),
+            },
+        );
+        let offer = json!({"type": "offer", "claim": claim("j-a", json!({"kind": "image", "prompt": "p"}))});
+        let sent = feed(
+            &mut r,
+            &mut worker,
+            Input::Frame {
+                conn,
+                text: offer.to_string(),
+            },
+        );
+        assert!(
+            sent.iter().any(
+                |c| matches!(c, Command::Send { text, .. } if text.contains(r#""type":"accept""#))
+            ),
+            "{sent:?}"
+        );
+        // The job waits for the shell to have written the accept.
+        assert_eq!(r.held_jobs.len(), 1);
+        assert!(matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)));
+        r.start_held_jobs();
+        assert!(r.held_jobs.is_empty());
+        assert!(matches!(
+            recv(&rx).into_input(),
+            Input::JobFinished { run: RunId(_), .. }
+        ));
     }
 
     #[test]

@@ -10,8 +10,12 @@
 //! # Jobs
 //!
 //! [`EnginePool::dispatch`] runs one `Command::Dispatch` (a job and its run id) on a
-//! dedicated thread (the protocol has one job in flight, but nothing here assumes it). The
-//! outcome becomes a `JobOutcome`, delivered with the run:
+//! long-lived engine thread: an idle one takes it, and only when none is idle (a cancelled
+//! run still finishing, say) does a new thread start. A thread that finishes a job waits
+//! for the next one, blocked on its channel (no wake-ups while idle), while fewer than
+//! [`IDLE_ENGINE_THREADS`] wait; otherwise it ends. So sequential jobs cost a channel send,
+//! not a thread start (the protocol has one job in flight, but nothing here assumes it).
+//! The outcome becomes a `JobOutcome`, delivered with the run:
 //!
 //! * `EngineOutput::Json(v)` -> `JobOutcome::Json { result: v }`;
 //! * `EngineOutput::Binary { bytes, ext }` -> the bytes are kept in the pool under the job
@@ -37,7 +41,8 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
@@ -48,6 +53,10 @@ use studio_engines::{Engine, EngineOutput, JobRequest};
 
 /// The `category` of the log entries made from engine notices.
 pub const ENGINE_LOG_CATEGORY: &str = "engine";
+
+/// How many engine threads may wait, idle, for the next job. One serves the protocol's
+/// one job in flight; a thread finishing a job while this many already wait ends.
+pub const IDLE_ENGINE_THREADS: usize = 1;
 
 /// A completion from a background thread.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,11 +124,22 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs engine jobs on dedicated threads and keeps their binary results until uploaded.
+/// One job for an engine thread. It calls its argument once the engine is done and before
+/// the result is delivered, so the thread is idle again by the time the result leads to
+/// the next job.
+type Task = Box<dyn FnOnce(&mut dyn FnMut()) + Send>;
+
+/// The channels of the engine threads that wait for a job, the most recently idle last.
+type Idle = Mutex<Vec<mpsc::Sender<Task>>>;
+
+/// Runs engine jobs on long-lived engine threads and keeps their binary results until
+/// uploaded.
 pub struct EnginePool {
     engine: Arc<dyn Engine>,
     sink: EventSink,
     state: Arc<Mutex<State>>,
+    /// Dropped with the pool: the idle threads' channels close and they end.
+    idle: Arc<Idle>,
 }
 
 impl EnginePool {
@@ -130,6 +150,7 @@ impl EnginePool {
             engine,
             sink,
             state: Arc::default(),
+            idle: Arc::default(),
         }
     }
 
@@ -138,8 +159,8 @@ impl EnginePool {
         &self.engine
     }
 
-    /// Starts run `run` of `claim` on a new thread; its [`PoolEvent::Job`] arrives through
-    /// the sink.
+    /// Starts run `run` of `claim` on an engine thread (an idle one, else a new one); its
+    /// [`PoolEvent::Job`] arrives through the sink.
     pub fn dispatch(&self, claim: &JobOfferClaim, run: RunId) {
         let request = JobRequest::new(
             claim.job_id.clone(),
@@ -161,16 +182,15 @@ impl EnginePool {
         let engine = Arc::clone(&self.engine);
         let state = Arc::clone(&self.state);
         let sink = Arc::clone(&self.sink);
-        let spawned = thread::Builder::new()
-            .name(format!("engine-job-{}", run.0))
-            .spawn(move || {
-                let notices = notice_sink(&sink, &request.job_id);
-                let outcome = cancel::with_token(token, || {
-                    job_log::with_sink(notices, || run_engine(engine.as_ref(), &request))
-                });
-                finish(&state, &sink, request.job_id, run, outcome);
+        let task: Task = Box::new(move |ready| {
+            let notices = notice_sink(&sink, &request.job_id);
+            let outcome = cancel::with_token(token, || {
+                job_log::with_sink(notices, || run_engine(engine.as_ref(), &request))
             });
-        if let Err(e) = spawned {
+            ready();
+            finish(&state, &sink, request.job_id, run, outcome);
+        });
+        if let Err(e) = self.run_task(task) {
             tracing::error!(%job_id, "cannot start an engine thread: {e}");
             let outcome = Err(Failure {
                 error: format!("cannot start an engine thread: {e}"),
@@ -178,6 +198,24 @@ impl EnginePool {
             });
             finish(&self.state, &self.sink, job_id, run, outcome);
         }
+    }
+
+    /// Hands `task` to an idle engine thread, or starts one.
+    fn run_task(&self, mut task: Task) -> std::io::Result<()> {
+        loop {
+            let waiting = lock_idle(&self.idle).pop();
+            let Some(tx) = waiting else { break };
+            match tx.send(task) {
+                Ok(()) => return Ok(()),
+                // That thread is gone (it panicked outside the engine): try the next.
+                Err(mpsc::SendError(t)) => task = t,
+            }
+        }
+        let idle = Arc::downgrade(&self.idle);
+        thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || engine_thread(task, idle))
+            .map(drop)
     }
 
     /// `Command::CancelJob`: drops the held bytes of `job_id` and cancels its running
@@ -223,6 +261,44 @@ impl std::fmt::Debug for EnginePool {
 struct Failure {
     error: String,
     retryable: bool,
+}
+
+fn lock_idle(idle: &Idle) -> MutexGuard<'_, Vec<mpsc::Sender<Task>>> {
+    // Pushes and pops only: a poisoned list is still a list.
+    idle.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An engine thread: runs `first`, then waits for more while the pool lives and fewer than
+/// [`IDLE_ENGINE_THREADS`] others wait.
+fn engine_thread(first: Task, idle: Weak<Idle>) {
+    let (tx, rx) = mpsc::channel::<Task>();
+    let mut task = first;
+    loop {
+        let mut waits = false;
+        task(&mut || waits = offer_idle(&idle, &tx));
+        if !waits {
+            return;
+        }
+        match rx.recv() {
+            Ok(next) => task = next,
+            // The pool is gone.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Puts an engine thread's channel on the idle list; `false` when the pool is gone or
+/// enough threads wait already (then the thread ends after its job).
+fn offer_idle(idle: &Weak<Idle>, tx: &mpsc::Sender<Task>) -> bool {
+    let Some(pool) = idle.upgrade() else {
+        return false;
+    };
+    let mut waiting = lock_idle(&pool);
+    if waiting.len() >= IDLE_ENGINE_THREADS {
+        return false;
+    }
+    waiting.push(tx.clone());
+    true
 }
 
 /// Turns the notices of `job_id`'s engine thread into [`PoolEvent::Log`]s on `sink`.
@@ -424,6 +500,9 @@ pub(crate) mod tests {
                     job_log::warn("a cached copy was bad");
                     Ok(EngineOutput::Json(json!({"ok": true})))
                 }
+                "thread" => Ok(EngineOutput::Json(
+                    json!({"thread": format!("{:?}", thread::current().id())}),
+                )),
                 "fail" => Err(EngineError::new(EngineErrorKind::Io, "disk full")),
                 "fatal" => Err(EngineError::new(EngineErrorKind::InvalidInput, "bad size")),
                 "bin" => Ok(EngineOutput::Binary {
@@ -473,6 +552,67 @@ pub(crate) mod tests {
             matches!(&got[1], PoolEvent::Job { run: RunId(3), outcome: JobOutcome::Json { result }, .. } if result == &json!({"ok": true})),
             "{got:?}"
         );
+    }
+
+    fn engine_thread_of(event: PoolEvent) -> String {
+        match event {
+            PoolEvent::Job {
+                outcome: JobOutcome::Json { result },
+                ..
+            } => result["thread"].as_str().expect("a thread id").to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sequential_jobs_run_on_one_long_lived_engine_thread() {
+        let (pool, rx) = test_pool(None);
+        let mut threads = Vec::new();
+        for (i, job) in ["t1", "t2", "t3"].into_iter().enumerate() {
+            pool.dispatch(&claim(job, image("thread")), RunId(i as u64));
+            threads.push(engine_thread_of(recv(&rx)));
+        }
+        assert_ne!(threads[0], format!("{:?}", thread::current().id()));
+        assert!(threads.iter().all(|t| t == &threads[0]), "{threads:?}");
+        assert_eq!(lock_idle(&pool.idle).len(), 1);
+    }
+
+    #[test]
+    fn a_busy_engine_thread_gets_a_second_and_at_most_the_limit_stay_idle() {
+        let (tx, gate) = mpsc::channel();
+        let (pool, rx) = test_pool(Some(gate));
+        pool.dispatch(&claim("h", image("hold-thread")), RunId(1));
+        pool.dispatch(&claim("f", image("thread")), RunId(2));
+        let second = engine_thread_of(recv(&rx));
+        tx.send(()).unwrap();
+        let first = engine_thread_of(recv(&rx));
+        assert_ne!(first, second);
+        // Both threads offered themselves; only the limit's worth wait for more.
+        assert_eq!(lock_idle(&pool.idle).len(), IDLE_ENGINE_THREADS);
+        // And the one that waits takes the next job.
+        pool.dispatch(&claim("n", image("thread")), RunId(3));
+        let next = engine_thread_of(recv(&rx));
+        assert!(next == first || next == second, "{next}");
+    }
+
+    #[test]
+    fn an_engine_thread_stops_waiting_once_the_pool_is_gone() {
+        let (pool, rx) = test_pool(None);
+        pool.dispatch(&claim("e", image("hello")), RunId(1));
+        recv(&rx);
+        let idle = Arc::downgrade(&pool.idle);
+        let waiting = lock_idle(&pool.idle)[0].clone();
+        drop(pool);
+        assert!(idle.upgrade().is_none());
+        // The thread's receiver is gone once it ended: a send fails.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while waiting.send(Box::new(|_| {})).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine thread lives on"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -511,6 +511,8 @@ impl Session {
             for cmd in socket_commands {
                 self.perform(cmd, io);
             }
+            // The accept is written: now the engine may start.
+            self.router.start_held_jobs();
         }
     }
 
