@@ -59,8 +59,10 @@
 pub mod audio;
 pub mod ct2;
 pub mod decoder;
+pub mod kernels;
 pub mod mel;
 pub mod model;
+pub mod native;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;
@@ -76,7 +78,7 @@ use crate::model_cache::{FileIdentity, FileStamp, ModelCache};
 use crate::models::ModelStore;
 use crate::settings::EngineSettings;
 
-pub use model::{Segment, TranscribeOptions, Transcript, WeightsFormat, WhisperModel};
+pub use model::{Backend, Segment, TranscribeOptions, Transcript, WeightsFormat, WhisperModel};
 
 /// The `modelSource.engine` value this engine serves.
 pub const SOURCE_ENGINE: &str = "whisper";
