@@ -33,7 +33,7 @@ use studio_engines::whisper::ct2::{self, write_model_bin, Ct2DType, Ct2Model};
 use studio_engines::whisper::decoder::Decoder;
 use studio_engines::whisper::{mel, native};
 use studio_engines::whisper::{
-    TranscribeOptions, WhisperEngine, WhisperModel, ADVERTISED_MODELS, SOURCE_ENGINE,
+    Backend, TranscribeOptions, WhisperEngine, WhisperModel, ADVERTISED_MODELS, SOURCE_ENGINE,
 };
 use studio_engines::{Engine, EngineErrorKind, EngineSettings, JobRequest, ModelStore, Router};
 
@@ -765,7 +765,7 @@ fn random_model_bin(seed: u32) -> Vec<u8> {
     ] {
         for i in 0..layers {
             let p = format!("{side}/layer_{i}");
-            let mut norm = |put: &mut dyn FnMut(String, Vec<u32>, f32, f32), name: &str| {
+            let norm = |put: &mut dyn FnMut(String, Vec<u32>, f32, f32), name: &str| {
                 put(format!("{p}/{name}/gamma"), vec![d], 1.0, 0.2);
                 put(format!("{p}/{name}/beta"), vec![d], 0.0, 0.2);
             };
@@ -890,10 +890,12 @@ fn native_forward_pass_matches_candles_on_a_random_model() {
             "{what}: differs by {worst} (scale {scale})"
         );
     };
-    // A prompt of three tokens in one pass, then two single steps.
-    let hidden = decoder.forward(&[1, 5, 9]).unwrap();
-    native.forward(&[1, 5, 9]).unwrap();
-    for pos in [0, 2] {
+    // A prompt of six tokens in one pass (matrix products, causal), then two single steps
+    // (dot products).
+    let prompt = [1, 5, 9, 2, 30, 7];
+    let hidden = decoder.forward(&prompt).unwrap();
+    native.forward(&prompt).unwrap();
+    for pos in [0, 2, 5] {
         close(
             &native.logits(pos),
             &decoder.logits(&hidden, pos).unwrap(),
@@ -909,7 +911,7 @@ fn native_forward_pass_matches_candles_on_a_random_model() {
             "step",
         );
     }
-    assert_eq!(native.len(), 5);
+    assert_eq!(native.len(), 8);
     // Out of range tokens and positions are errors, not panics.
     assert!(native.forward(&[40]).is_err());
     assert!(native.forward(&[1; 12]).is_err());
@@ -1143,6 +1145,41 @@ fn tiny_en_options_language_translate_and_word_timestamps() {
         .unwrap()
         .to_lowercase()
         .contains("fox"));
+}
+
+/// Both backends on the real model: the same transcript of the test sentence, and the
+/// native one loaded by default on the CPU with its weights kept in the file's half
+/// precision (less memory than candle's f32 copy).
+#[test]
+fn tiny_en_native_and_candle_backends_transcribe_alike() {
+    let Some(dir) = model_dir() else { return };
+    let Some(wav) = speak(SENTENCE) else { return };
+    let (samples, _) = audio::load_for_whisper(&wav).unwrap();
+    let mut native = WhisperModel::load_with(&dir, Backend::Native).unwrap();
+    let mut candle = WhisperModel::load_with(&dir, Backend::Candle).unwrap();
+    assert_eq!(
+        (native.backend(), candle.backend()),
+        (Backend::Native, Backend::Candle)
+    );
+    assert!(
+        native.memory_bytes() < candle.memory_bytes() * 7 / 10,
+        "{native:?}"
+    );
+    let a = native
+        .transcribe(&samples, &TranscribeOptions::default())
+        .unwrap();
+    let b = candle
+        .transcribe(&samples, &TranscribeOptions::default())
+        .unwrap();
+    eprintln!("native: {a:?}\ncandle: {b:?}");
+    assert_eq!(a.text, b.text);
+    assert_eq!(a.segments.len(), b.segments.len());
+    for (x, y) in a.segments.iter().zip(&b.segments) {
+        assert!(
+            (x.start - y.start).abs() <= 0.04 && (x.end - y.end).abs() <= 0.04,
+            "{x:?} {y:?}"
+        );
+    }
 }
 
 /// The safetensors (Hugging Face layout) loader: the test model converted with the CT2

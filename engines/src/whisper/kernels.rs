@@ -428,7 +428,11 @@ pub fn erf(x: f32) -> f32 {
 /// Exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, in place (the SIMD forms evaluate the same
 /// approximation of erf with a vector exponential).
 pub fn gelu(x: &mut [f32]) {
-    let simd = Simd::detect();
+    gelu_with(Simd::detect(), x)
+}
+
+/// [`gelu`] with `simd`'s kernels (at most [`Simd::detect`]).
+fn gelu_with(simd: Simd, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {
         // SAFETY: `Simd::detect` found the instructions (AVX-512 F for `Avx512`; AVX2 and
@@ -449,8 +453,7 @@ pub fn gelu(x: &mut [f32]) {
 }
 
 /// `x[i] = exp(x[i] - shift)`; returns their sum.
-fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
-    let simd = Simd::detect();
+fn exp_shifted(simd: Simd, x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd >= Simd::Avx2 {
         // SAFETY: as in `gelu`.
@@ -473,12 +476,17 @@ fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
 
 /// `x` replaced by its softmax (`exp(x - max) / sum`); `-inf` entries become 0.
 pub fn softmax(x: &mut [f32]) {
+    softmax_with(Simd::detect(), x)
+}
+
+/// [`softmax`] with `simd`'s kernels (at most [`Simd::detect`]).
+fn softmax_with(simd: Simd, x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         x.fill(0.0);
         return;
     }
-    let inv = 1.0 / exp_shifted(x, max);
+    let inv = 1.0 / exp_shifted(simd, x, max);
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -790,6 +798,17 @@ mod tests {
             .collect()
     }
 
+    /// erf in f64 by its Maclaurin series (|x| < 5 here), the reference for GELU.
+    fn erf_f64(x: f64) -> f64 {
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        2.0 / std::f64::consts::PI.sqrt() * sum
+    }
+
     fn simds() -> Vec<Simd> {
         [Simd::Scalar, Simd::Avx2, Simd::Avx512]
             .into_iter()
@@ -906,20 +925,41 @@ mod tests {
         ] {
             assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
         }
-        let mut g = [-3.0f32, -1.0, 0.0, 1.0, 3.0];
-        gelu(&mut g);
-        let want = [-0.004_049_73, -0.158_655_25, 0.0, 0.841_344_75, 2.995_950_3];
-        for (a, b) in g.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{g:?}");
+        // 21 values: whole vectors and a tail in every SIMD width.
+        let xs: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) * 0.61).collect();
+        for simd in simds() {
+            let mut g = [-3.0f32, -1.0, 0.0, 1.0, 3.0];
+            gelu_with(simd, &mut g);
+            let want = [-0.004_049_73, -0.158_655_25, 0.0, 0.841_344_75, 2.995_950_3];
+            for (a, b) in g.iter().zip(want) {
+                assert!((a - b).abs() < 1e-6, "{simd:?} {g:?}");
+            }
+            let mut g = xs.clone();
+            gelu_with(simd, &mut g);
+            for (&x, &y) in xs.iter().zip(&g) {
+                let want = 0.5 * f64::from(x) * (1.0 + erf_f64(f64::from(x) / 2f64.sqrt()));
+                assert!(
+                    (f64::from(y) - want).abs() < 1e-6,
+                    "{simd:?} gelu({x}) = {y}"
+                );
+            }
+            let mut s = xs.clone();
+            s[3] = f32::NEG_INFINITY;
+            s[20] = -200.0;
+            softmax_with(simd, &mut s);
+            assert_eq!((s[3], s[20]), (0.0, 0.0), "{simd:?}");
+            assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{simd:?}");
+            for i in [0, 7, 18] {
+                let ratio = f64::from(s[i + 1]) / f64::from(s[i]);
+                assert!(
+                    (ratio / 0.61f64.exp() - 1.0).abs() < 1e-5,
+                    "{simd:?} {i}: {ratio}"
+                );
+            }
+            let mut masked = [f32::NEG_INFINITY; 3];
+            softmax_with(simd, &mut masked);
+            assert_eq!(masked, [0.0; 3]);
         }
-        let mut s = [1.0f32, 2.0, f32::NEG_INFINITY, 3.0];
-        softmax(&mut s);
-        assert_eq!(s[2], 0.0);
-        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((s[3] / s[1] - std::f32::consts::E).abs() < 1e-5);
-        let mut masked = [f32::NEG_INFINITY; 3];
-        softmax(&mut masked);
-        assert_eq!(masked, [0.0; 3]);
 
         let x = [1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
         let mut out = [0f32; 8];

@@ -3,15 +3,20 @@
 //! # Loading
 //!
 //! A model directory holds `config.json`, `tokenizer.json` and the weights, either
-//! `model.safetensors` (a Hugging Face Whisper checkpoint; any float type, converted to f32)
-//! or `model.bin` (the CTranslate2 layout, see [`super::ct2`]). The weights are mapped onto
-//! candle-transformers' Whisper model.
+//! `model.safetensors` (a Hugging Face Whisper checkpoint; any float type) or `model.bin`
+//! (the CTranslate2 layout, see [`super::ct2`]). On the CPU the network is the engine's
+//! own forward pass ([`super::native`], [`Backend::Native`]): IEEE half weights stay half
+//! where a token at a time reads them. On a CUDA device (or with
+//! `STUDIO_WHISPER_BACKEND=candle`) the weights are converted to f32 and mapped onto
+//! candle-transformers' Whisper encoder and our cached candle decoder
+//! ([`super::decoder`], [`Backend::Candle`]). The tokenizer loads on a second thread while
+//! the weights are read.
 //!
 //! # Decoding
 //!
 //! The audio's log-mel spectrogram is computed once; a window of 3000 frames (30 s) starts
-//! at `seek`. For each window: candle-transformers' encoder runs once; the decoder (our
-//! own, with a key/value cache: [`super::decoder`]) is fed
+//! at `seek`. For each window: the encoder runs once; the decoder (with a key/value cache)
+//! is fed
 //! `[<|startofprev|> context...] <|startoftranscript|> [<|lang|> <|task|>]` and extended one
 //! greedy (argmax) token at a time, with Whisper's decoding rules applied to the logits:
 //! special tokens and the checkpoint's `suppress_tokens` never appear, a blank or

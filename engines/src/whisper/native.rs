@@ -403,6 +403,8 @@ const QUERY_BLOCK: usize = 128;
 /// Up to this many queries (decoding steps), attention is dot products and weighted sums of
 /// rows rather than matrix products.
 const FEW_QUERIES: usize = 4;
+/// Multiply-adds below which such an attention runs on the calling thread alone.
+const INLINE_WORK: usize = 1 << 17;
 
 /// Per-thread scratch buffers.
 struct Scratch(Vec<Mutex<Vec<f32>>>);
@@ -448,7 +450,7 @@ fn attention(
         // A step or two: dot products and sums of rows, one task per head and query.
         assert!(q.0.cs == 1 && k.0.cs == 1 && v.0.cs == 1, "row-major heads");
         let simd = kernels::Simd::detect();
-        pool.for_each_chunk(heads * m, 1, &|thread, tasks| {
+        let task = |thread: usize, tasks: std::ops::Range<usize>| {
             let (q, k, v, out) = (q, k, v, out);
             for task in tasks {
                 let (h, i) = (task / m, task % m);
@@ -491,7 +493,13 @@ fn attention(
                     }
                 });
             }
-        });
+        };
+        // Little work (self-attention over a short prefix) runs here, without a dispatch.
+        if heads * m * keys * head_dim < INLINE_WORK {
+            task(0, 0..heads * m);
+        } else {
+            pool.for_each_chunk(heads * m, 1, &task);
+        }
         return;
     }
     let blocks = m.div_ceil(QUERY_BLOCK);
