@@ -673,7 +673,7 @@ fn ct2_locations_cover_every_hugging_face_tensor() {
             "{name} has no CTranslate2 variable"
         );
     }
-    let at = |name: &str| ct2::ct2_location(name).map(|(v, part)| (v, part));
+    let at = ct2::ct2_location;
     assert_eq!(
         at("model.encoder.layers.3.self_attn.k_proj.weight"),
         Some((

@@ -198,6 +198,13 @@ impl Mat {
 /// A raw pointer the pool's threads write through, each to its own rows.
 #[derive(Clone, Copy)]
 pub struct SyncPtr(pub *mut f32);
+
+impl SyncPtr {
+    /// The pointer (a method, so a closure captures the whole `SyncPtr`, which is `Sync`).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: used only to hand disjoint output regions to the pool's threads, which finish
 // before the borrow the pointer came from ends (`ThreadPool::run` returns after them).
 unsafe impl Send for SyncPtr {}
@@ -220,12 +227,11 @@ pub fn matvec(
         .clamp(16, 1024)
         .next_multiple_of(4);
     pool.for_each_chunk(n, chunk, &|_, rows| {
-        let out = out;
         let width = rows.len();
         if tokens == 1 {
             // SAFETY: each chunk writes only its own elements `rows` of `y`, which outlives
             // the dispatch.
-            let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(rows.start), width) };
+            let y = unsafe { std::slice::from_raw_parts_mut(out.get().add(rows.start), width) };
             w.dot_rows(simd, rows, x, 1, y, width);
             return;
         }
@@ -233,7 +239,8 @@ pub fn matvec(
         w.dot_rows(simd, rows.clone(), x, tokens, &mut tmp, width);
         for (t, part) in tmp.chunks_exact(width).enumerate() {
             // SAFETY: as above, row `t`'s columns `rows`.
-            let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(t * n + rows.start), width) };
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(t * n + rows.start), width) };
             y.copy_from_slice(part);
         }
     });
@@ -490,6 +497,16 @@ fn softmax_with(simd: Simd, x: &mut [f32]) {
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// `ln(sum(exp(x)))`, computed stably (`-inf` for an empty or all `-inf` slice).
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    let mut tmp = x.to_vec();
+    max + exp_shifted(Simd::detect(), &mut tmp, max).ln()
 }
 
 /// Four dot products of f32 rows with `x` (rows and `x` of one length).
@@ -915,7 +932,7 @@ mod tests {
     fn erf_gelu_softmax_and_layer_norm_are_accurate() {
         // erf reference values (to 9 digits).
         for (x, want) in [
-            (0.0f32, 0.0f32),
+            (0.0f32, 0.0f64),
             (0.1, 0.112_462_916),
             (0.5, 0.520_499_878),
             (1.0, 0.842_700_793),
@@ -923,16 +940,26 @@ mod tests {
             (-1.5, -0.966_105_146),
             (4.0, 0.999_999_985),
         ] {
-            assert!((erf(x) - want).abs() < 3e-7, "erf({x}) = {}", erf(x));
+            assert!(
+                (f64::from(erf(x)) - want).abs() < 3e-7,
+                "erf({x}) = {}",
+                erf(x)
+            );
         }
         // 21 values: whole vectors and a tail in every SIMD width.
         let xs: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) * 0.61).collect();
         for simd in simds() {
             let mut g = [-3.0f32, -1.0, 0.0, 1.0, 3.0];
             gelu_with(simd, &mut g);
-            let want = [-0.004_049_73, -0.158_655_25, 0.0, 0.841_344_75, 2.995_950_3];
-            for (a, b) in g.iter().zip(want) {
-                assert!((a - b).abs() < 1e-6, "{simd:?} {g:?}");
+            let want = [
+                -0.004_049_73f64,
+                -0.158_655_25,
+                0.0,
+                0.841_344_75,
+                2.995_950_3,
+            ];
+            for (&a, b) in g.iter().zip(want) {
+                assert!((f64::from(a) - b).abs() < 1e-6, "{simd:?} {g:?}");
             }
             let mut g = xs.clone();
             gelu_with(simd, &mut g);
@@ -960,6 +987,14 @@ mod tests {
             softmax_with(simd, &mut masked);
             assert_eq!(masked, [0.0; 3]);
         }
+        let lse = log_sum_exp(&xs);
+        let want = xs.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+        assert!((f64::from(lse) - want).abs() < 1e-5, "{lse} vs {want}");
+        assert_eq!(
+            log_sum_exp(&[f32::NEG_INFINITY, f32::NEG_INFINITY]),
+            f32::NEG_INFINITY
+        );
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
 
         let x = [1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0];
         let mut out = [0f32; 8];

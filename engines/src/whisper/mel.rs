@@ -195,7 +195,6 @@ impl LogMel {
                 View::rows(&self.basis, width),
                 spectrum.as_mut_ptr(),
                 &|first, rows| {
-                    let mel_out = mel_out;
                     let mut power = [0f32; N_FREQS];
                     for (i, row) in rows.chunks_exact(width).enumerate() {
                         let (re, im) = row.split_at(N_FREQS);
@@ -203,7 +202,7 @@ impl LogMel {
                             *p = r * r + m * m;
                         }
                         let out = std::slice::from_raw_parts_mut(
-                            mel_out.0.add((first + i) * n_mels),
+                            mel_out.get().add((first + i) * n_mels),
                             n_mels,
                         );
                         for (o, f) in out.iter_mut().zip(filters.chunks_exact(N_FREQS)) {

@@ -39,6 +39,7 @@ use serde_json::Value;
 
 use super::ct2::Ct2Model;
 use super::decoder::Decoder;
+use super::kernels::log_sum_exp;
 use super::mel;
 use super::native::{self, Arr, ArrData, Source};
 use super::tokenizer::Tokenizer;
@@ -899,14 +900,6 @@ struct ParsedWindow {
     resume_at: Option<u32>,
     /// Text after the last timestamp, kept when the window is consumed whole.
     trailing: Option<(u32, Vec<u32>)>,
-}
-
-fn log_sum_exp(xs: &[f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return max;
-    }
-    max + xs.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {

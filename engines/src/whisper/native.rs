@@ -782,8 +782,7 @@ impl Model {
                 View::transposed(w, k),
                 tmp.as_mut_ptr(),
                 &|first, rows| {
-                    let xs = xs;
-                    let x = std::slice::from_raw_parts_mut(xs.0.add(first * d), rows.len());
+                    let x = std::slice::from_raw_parts_mut(xs.get().add(first * d), rows.len());
                     for (row, xrow) in rows.chunks_exact(d).zip(x.chunks_exact_mut(d)) {
                         for ((xv, &v), &bv) in xrow.iter_mut().zip(row).zip(b) {
                             *xv += v + bv;
