@@ -33,6 +33,21 @@ fn loadavg() -> String {
 }
 
 /// Lower-case words without punctuation (apostrophes kept).
+/// CPU seconds this process has used so far, all threads, user + system (Linux
+/// `/proc/self/stat`, in USER_HZ ticks of 10 ms); 0 where it cannot be read.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ticks.iter().sum::<f64>() / 100.0
+}
+
 fn words(text: &str) -> Vec<String> {
     text.to_lowercase()
         .chars()
@@ -170,15 +185,17 @@ fn main() {
     );
     let mut rtfs = Vec::new();
     for run in 1..=runs {
+        let cpu = cpu_seconds();
         let t = Instant::now();
         let transcript = model
             .transcribe(&samples, &TranscribeOptions::default())
             .expect("transcribing");
         let secs = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu;
         let rtf = duration / secs;
         rtfs.push(rtf);
         println!(
-            "run {run}: {secs:.2} s, real-time factor {rtf:.1}x, {} segments",
+            "run {run}: {secs:.2} s, real-time factor {rtf:.1}x, CPU {cpu:.2} s, {} segments",
             transcript.segments.len()
         );
         if run == 1 {

@@ -59,12 +59,17 @@ def main():
     rtfs = []
     text = ""
     for run in range(1, a.runs + 1):
+        cpu = time.process_time()
         t = time.perf_counter()
         segments, _ = model.transcribe(audio, beam_size=1, language="en")
         segments = list(segments)
         secs = time.perf_counter() - t
+        cpu = time.process_time() - cpu
         rtfs.append(duration / secs)
-        print(f"run {run}: {secs:.2f} s, real-time factor {duration / secs:.1f}x, {len(segments)} segments")
+        print(
+            f"run {run}: {secs:.2f} s, real-time factor {duration / secs:.1f}x, "
+            f"CPU {cpu:.2f} s, {len(segments)} segments"
+        )
         if run == 1:
             text = " ".join(s.text.strip() for s in segments)
             print(f"text: {text}")

@@ -272,16 +272,6 @@ impl View {
         }
     }
 
-    /// The transpose of a row-major matrix with `ld` values between rows (a weight matrix
-    /// `out x in` read as `in x out`).
-    pub fn transposed(data: &[f32], ld: usize) -> View {
-        View {
-            ptr: data.as_ptr(),
-            rs: 1,
-            cs: ld as isize,
-        }
-    }
-
     fn offset_rows(self, rows: usize) -> View {
         View {
             // SAFETY (of the later reads): callers pass row ranges inside the matrix.
@@ -507,6 +497,59 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
     }
     let mut tmp = x.to_vec();
     max + exp_shifted(Simd::detect(), &mut tmp, max).ln()
+}
+
+/// The transpose of the `rows x cols` row-major matrix `m` (`cols x rows`, row-major),
+/// in tiles that stay in cache.
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    assert_eq!(m.len(), rows * cols, "matrix size");
+    let mut out = vec![0f32; m.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..r1 {
+                    out[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `out = sum_j w[j] * values[j * ld..j * ld + out.len()]`: the weighted sum of rows
+/// `ld` apart (the attention's probabilities times its value rows).
+pub fn weighted_rows(simd: Simd, w: &[f32], values: &[f32], ld: usize, out: &mut [f32]) {
+    let n = out.len();
+    if w.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    assert!(
+        ld >= n && values.len() >= (w.len() - 1) * ld + n,
+        "value rows"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if simd >= Simd::Avx2 {
+        // SAFETY: `Simd::detect` found AVX2 and FMA (AVX-512 F for `Avx512`); the kernels
+        // read `n` values at `j * ld` for `j < w.len()`, inside `values` (checked above).
+        unsafe {
+            if simd == Simd::Avx512 {
+                x86::weighted_rows_avx512(w, values, ld, out)
+            } else {
+                x86::weighted_rows_avx2(w, values, ld, out)
+            }
+        };
+        return;
+    }
+    let _ = simd;
+    out.fill(0.0);
+    for (j, &p) in w.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&values[j * ld..j * ld + n]) {
+            *o += p * x;
+        }
+    }
 }
 
 /// Four dot products of f32 rows with `x` (rows and `x` of one length).
@@ -746,6 +789,64 @@ mod x86 {
         out
     }
 
+    /// [`super::weighted_rows`]: columns in groups of up to four vectors held in
+    /// registers across all rows, the last `n % 16` columns plainly.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn weighted_rows_avx512(w: &[f32], values: &[f32], ld: usize, out: &mut [f32]) {
+        let n = out.len();
+        let mut c = 0;
+        while c + 16 <= n {
+            let vecs = ((n - c) / 16).min(4);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (j, &p) in w.iter().enumerate() {
+                let pv = _mm512_set1_ps(p);
+                let row = values.as_ptr().add(j * ld + c);
+                for (i, a) in acc.iter_mut().enumerate().take(vecs) {
+                    *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(row.add(16 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(vecs) {
+                _mm512_storeu_ps(out.as_mut_ptr().add(c + 16 * i), *a);
+            }
+            c += 16 * vecs;
+        }
+        weighted_columns(w, values, ld, out, c);
+    }
+
+    /// [`super::weighted_rows`] in 8-wide vectors.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_rows_avx2(w: &[f32], values: &[f32], ld: usize, out: &mut [f32]) {
+        let n = out.len();
+        let mut c = 0;
+        while c + 8 <= n {
+            let vecs = ((n - c) / 8).min(4);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (j, &p) in w.iter().enumerate() {
+                let pv = _mm256_set1_ps(p);
+                let row = values.as_ptr().add(j * ld + c);
+                for (i, a) in acc.iter_mut().enumerate().take(vecs) {
+                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(vecs) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * i), *a);
+            }
+            c += 8 * vecs;
+        }
+        weighted_columns(w, values, ld, out, c);
+    }
+
+    /// Columns `from..` of [`super::weighted_rows`], one at a time.
+    fn weighted_columns(w: &[f32], values: &[f32], ld: usize, out: &mut [f32], from: usize) {
+        for (c, o) in out.iter_mut().enumerate().skip(from) {
+            *o = w
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| p * values[j * ld + c])
+                .sum();
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum256(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -894,7 +995,8 @@ mod tests {
 
     #[test]
     fn gemm_over_strided_and_overlapping_rows_matches_the_plain_sums() {
-        // A convolution-like view: row i is x[2i .. 2i + k] (rows overlap), times W^T.
+        // A convolution-like view: row i is x[2i .. 2i + k] (rows overlap), times W^T (held
+        // transposed, `k x n`, as the encoder's weights are).
         let (m, n, k) = (150, 19, 9);
         let x = values(2 * m + k, 4);
         let w = values(n * k, 5);
@@ -909,7 +1011,7 @@ mod tests {
                 n,
                 k,
                 View::rows(&x, 2),
-                View::transposed(&w, k),
+                View::rows(&transpose(&w, n, k), n),
                 c.as_mut_ptr(),
                 &|_, rows| {
                     seen.fetch_add(rows.len(), std::sync::atomic::Ordering::Relaxed);
@@ -924,6 +1026,43 @@ mod tests {
             for j in 0..n {
                 let want: f32 = 1.0 + (0..k).map(|l| x[2 * i + l] * w[j * k + l]).sum::<f32>();
                 assert!((c[i * n + j] - want).abs() < 1e-4, "({i}, {j})");
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_rows_and_transposes_match_the_plain_sums_in_every_isa() {
+        // Widths around the vector and group sizes; rows `ld` apart with gaps between.
+        for (keys, n, ld) in [
+            (1, 1, 1),
+            (5, 7, 9),
+            (13, 64, 64),
+            (1500, 64, 768),
+            (9, 100, 131),
+        ] {
+            let w = values(keys, 6);
+            let v = values((keys - 1) * ld + n, 7);
+            for simd in simds() {
+                let mut out = vec![f32::NAN; n];
+                weighted_rows(simd, &w, &v, ld, &mut out);
+                for (c, &got) in out.iter().enumerate() {
+                    let want: f32 = (0..keys).map(|j| w[j] * v[j * ld + c]).sum();
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{simd:?} {keys}x{n}/{ld} column {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        let mut out = [f32::NAN; 3];
+        weighted_rows(Simd::detect(), &[], &[], 3, &mut out);
+        assert_eq!(out, [0.0; 3], "no rows: zeros");
+        let (rows, cols) = (45, 70); // more than a tile each way, neither a multiple of it
+        let m = values(rows * cols, 8);
+        let t = transpose(&m, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], m[r * cols + c], "({r}, {c})");
             }
         }
     }

@@ -6,12 +6,14 @@
 //! [`Weights::load`] takes every tensor by its Hugging Face name through a [`Source`] (a
 //! CTranslate2 `model.bin`, whose fused projections are sliced, or a safetensors
 //! checkpoint). The encoder's matrices and the decoder's cross-attention key / value
-//! projection (products over a whole window) are held as f32; the decoder's other matrices
-//! and the token embeddings (which are also the output projection) stay in their stored
-//! precision ([`kernels::Mat`]: IEEE half in the usual CTranslate2 file, so nothing is
-//! rounded), which halves the bytes each generated token reads. The convolution kernels
-//! are reordered at load to `[out][tap][in]`, so a convolution is one matrix product over
-//! overlapping rows of its input (no im2col copy).
+//! projection (products over a whole window) are held as f32 and transposed to `[in, out]`
+//! at load, so the matrix product reads the weights' rows contiguously (packing them for
+//! its kernel is a copy of whole vectors, not a gather of one value per column); the
+//! decoder's other matrices and the token embeddings (which are also the output
+//! projection) stay in their stored precision ([`kernels::Mat`]: IEEE half in the usual
+//! CTranslate2 file, so nothing is rounded), which halves the bytes each generated token
+//! reads. The convolution kernels are reordered at load to `[tap][in][out]`, so a
+//! convolution is one matrix product over overlapping rows of its input (no im2col copy).
 //!
 //! # Encoder (one 30 s window)
 //!
@@ -113,16 +115,20 @@ struct Norm {
     beta: Vec<f32>,
 }
 
+/// The encoder's matrices are held transposed, `[in, out]` (see [`Weights`]).
 struct EncoderLayer {
     attn_ln: Norm,
-    /// `[3d, d]`: q, k, v.
+    /// `[d, 3d]`: q, k, v side by side.
     qkv: Vec<f32>,
     qkv_b: Vec<f32>,
+    /// `[d, d]`.
     out: Vec<f32>,
     out_b: Vec<f32>,
     mlp_ln: Norm,
+    /// `[d, 4d]`.
     fc1: Vec<f32>,
     fc1_b: Vec<f32>,
+    /// `[4d, d]`.
     fc2: Vec<f32>,
     fc2_b: Vec<f32>,
 }
@@ -136,7 +142,8 @@ struct DecoderLayer {
     cross_ln: Norm,
     cross_q: Mat,
     cross_q_b: Vec<f32>,
-    /// `[2d, d]`: k, v (f32: multiplied with a whole window of features).
+    /// `[d, 2d]`: k, v side by side, transposed (f32: multiplied with a whole window of
+    /// features).
     cross_kv: Vec<f32>,
     cross_kv_b: Vec<f32>,
     cross_out: Mat,
@@ -158,10 +165,10 @@ pub struct Weights {
     audio_ctx: usize,
     /// Decoder positions (448).
     text_ctx: usize,
-    /// `[d][tap][n_mels]`.
+    /// `[tap][n_mels][d]`.
     conv1: Vec<f32>,
     conv1_b: Vec<f32>,
-    /// `[d][tap][d]`.
+    /// `[tap][d][d]`.
     conv2: Vec<f32>,
     conv2_b: Vec<f32>,
     enc_pos: Vec<f32>,
@@ -212,14 +219,17 @@ impl Weights {
                 beta: vec(&format!("{prefix}.bias"), d)?,
             })
         };
-        // `[out][in][tap]` -> `[out][tap][in]`.
+        // A matrix for the products over many rows: `[out, in]` as stored, held as its
+        // transpose `[in, out]`.
+        let t = |w: Vec<f32>, out: usize| kernels::transpose(&w, out, w.len() / out);
+        // `[out][in][tap]` -> `[tap][in][out]`.
         let conv = |name: &str, cin: usize| -> Result<Vec<f32>, EngineError> {
             let w = vec(name, d * cin * 3)?;
             let mut out = vec![0f32; w.len()];
             for o in 0..d {
                 for c in 0..cin {
-                    for t in 0..3 {
-                        out[(o * 3 + t) * cin + c] = w[(o * cin + c) * 3 + t];
+                    for tap in 0..3 {
+                        out[(tap * cin + c) * d + o] = w[(o * cin + c) * 3 + tap];
                     }
                 }
             }
@@ -253,14 +263,14 @@ impl Weights {
             let (qkv_w, qkv_b) = qkv(&format!("{p}.self_attn"))?;
             encoder.push(EncoderLayer {
                 attn_ln: norm(&format!("{p}.self_attn_layer_norm"))?,
-                qkv: qkv_w,
+                qkv: t(qkv_w, 3 * d),
                 qkv_b,
-                out: vec(&format!("{p}.self_attn.out_proj.weight"), d * d)?,
+                out: t(vec(&format!("{p}.self_attn.out_proj.weight"), d * d)?, d),
                 out_b: vec(&format!("{p}.self_attn.out_proj.bias"), d)?,
                 mlp_ln: norm(&format!("{p}.final_layer_norm"))?,
-                fc1: vec(&format!("{p}.fc1.weight"), 4 * d * d)?,
+                fc1: t(vec(&format!("{p}.fc1.weight"), 4 * d * d)?, 4 * d),
                 fc1_b: vec(&format!("{p}.fc1.bias"), 4 * d)?,
-                fc2: vec(&format!("{p}.fc2.weight"), 4 * d * d)?,
+                fc2: t(vec(&format!("{p}.fc2.weight"), 4 * d * d)?, d),
                 fc2_b: vec(&format!("{p}.fc2.bias"), d)?,
             });
         }
@@ -282,10 +292,13 @@ impl Weights {
                 cross_ln: norm(&format!("{p}.encoder_attn_layer_norm"))?,
                 cross_q: mat(&format!("{c}.q_proj.weight"), d, d)?,
                 cross_q_b: vec(&format!("{c}.q_proj.bias"), d)?,
-                cross_kv: concat(vec![
-                    vec(&format!("{c}.k_proj.weight"), d * d)?,
-                    vec(&format!("{c}.v_proj.weight"), d * d)?,
-                ]),
+                cross_kv: t(
+                    concat(vec![
+                        vec(&format!("{c}.k_proj.weight"), d * d)?,
+                        vec(&format!("{c}.v_proj.weight"), d * d)?,
+                    ]),
+                    2 * d,
+                ),
                 cross_kv_b: concat(vec![vec![0f32; d], vec(&format!("{c}.v_proj.bias"), d)?]),
                 cross_out: mat(&format!("{c}.out_proj.weight"), d, d)?,
                 cross_out_b: vec(&format!("{c}.out_proj.bias"), d)?,
@@ -482,14 +495,12 @@ fn attention(
                         }
                         kernels::softmax(s);
                         let o = std::slice::from_raw_parts_mut(out.0.add(i * ldo + col), head_dim);
-                        o.fill(0.0);
-                        for (j, &p) in s.iter().enumerate() {
-                            if p != 0.0 {
-                                for (o, &x) in o.iter_mut().zip(row(v.0, j)) {
-                                    *o += p * x;
-                                }
-                            }
-                        }
+                        // Value rows `v.rs` apart, from this head's first column.
+                        let values = std::slice::from_raw_parts(
+                            v.0.ptr.add(col),
+                            keys.saturating_sub(1) * v.0.rs as usize + head_dim,
+                        );
+                        kernels::weighted_rows(simd, s, values, v.0.rs as usize, o);
                     }
                 });
             }
@@ -617,7 +628,7 @@ impl Model {
         for (layer, cross) in self.w.decoder.iter().zip(self.cross.iter_mut()) {
             cross.resize(n * 2 * d, 0.0);
             let bias = &layer.cross_kv_b;
-            // SAFETY: `features` is n x d, the weights 2d x d, `cross` n x 2d.
+            // SAFETY: `features` is n x d, the weights d x 2d, `cross` n x 2d.
             unsafe {
                 gemm_rows(
                     self.pool,
@@ -625,7 +636,7 @@ impl Model {
                     2 * d,
                     d,
                     View::rows(&features, d),
-                    View::transposed(&layer.cross_kv, d),
+                    View::rows(&layer.cross_kv, 2 * d),
                     cross.as_mut_ptr(),
                     &|_, rows| add_bias(rows, bias),
                 )
@@ -673,7 +684,7 @@ impl Model {
                 d,
                 3 * n_mels,
                 View::rows(&x0, n_mels),
-                View::transposed(&w.conv1, 3 * n_mels),
+                View::rows(&w.conv1, d),
                 h1.as_mut_ptr().add(d),
                 &|_, rows| {
                     add_bias(rows, &w.conv1_b);
@@ -693,7 +704,7 @@ impl Model {
                 d,
                 3 * d,
                 View::rows(&h1, 2 * d),
-                View::transposed(&w.conv2, 3 * d),
+                View::rows(&w.conv2, d),
                 x.as_mut_ptr(),
                 &|first, rows| {
                     add_bias(rows, &w.conv2_b);
@@ -721,7 +732,7 @@ impl Model {
                     3 * d,
                     d,
                     View::rows(&xn, d),
-                    View::transposed(&l.qkv, d),
+                    View::rows(&l.qkv, 3 * d),
                     qkv.as_mut_ptr(),
                     &|_, rows| add_bias(rows, &l.qkv_b),
                 );
@@ -749,7 +760,7 @@ impl Model {
                     4 * d,
                     d,
                     View::rows(&xn, d),
-                    View::transposed(&l.fc1, d),
+                    View::rows(&l.fc1, 4 * d),
                     hidden.as_mut_ptr(),
                     &|_, rows| {
                         add_bias(rows, &l.fc1_b);
@@ -763,14 +774,15 @@ impl Model {
         xn
     }
 
-    /// `x += a W^T + b` over whole rows (`W` is `d x k`, `a` is `rows x k`).
+    /// `x += a W + b` over whole rows (`W` is `k x d`, the transpose of the stored
+    /// projection, `a` is `rows x k`).
     fn residual(&self, x: &mut [f32], a: &[f32], w: &[f32], b: &[f32]) {
         let d = b.len();
         let k = w.len() / d;
         let m = x.len() / d;
         let mut tmp = vec![0f32; m * d];
         let xs = SyncPtr(x.as_mut_ptr());
-        // SAFETY: `a` is m x k, `w` d x k, `tmp` m x d; the epilogue adds each finished
+        // SAFETY: `a` is m x k, `w` k x d, `tmp` m x d; the epilogue adds each finished
         // block of rows to the same rows of `x`, which no other block touches.
         unsafe {
             gemm_rows(
@@ -779,7 +791,7 @@ impl Model {
                 d,
                 k,
                 View::rows(a, k),
-                View::transposed(w, k),
+                View::rows(w, d),
                 tmp.as_mut_ptr(),
                 &|first, rows| {
                     let x = std::slice::from_raw_parts_mut(xs.get().add(first * d), rows.len());
