@@ -272,25 +272,59 @@ impl Ct2Model {
     /// The variable `name` as loaded: f32 and IEEE half kept as they are, bfloat16
     /// converted to f32, int8 / int16 weights dequantised with their `<name>_scale`.
     pub fn array(&self, name: &str) -> Result<Arr, EngineError> {
+        self.array_part(name, None)
+    }
+
+    /// [`Ct2Model::array`], or with `part = Some((index, parts))` only the `index`-th of
+    /// `parts` equal blocks of rows (one projection of a fused one), converting only those.
+    fn array_part(&self, name: &str, part: Option<(usize, usize)>) -> Result<Arr, EngineError> {
         let v = self
             .get(name)
             .ok_or_else(|| bad(format!("variable `{name}` is missing")))?;
-        let data = self.data(v);
-        let shape = v.shape.clone();
+        let mut data = self.data(v);
+        let mut shape = v.shape.clone();
+        let (start, count) = match part {
+            None => (0, shape.first().copied().unwrap_or(1)),
+            Some((index, parts)) => {
+                let rows = shape.first().copied().unwrap_or(0);
+                if parts == 0 || rows % parts != 0 {
+                    return Err(bad(format!(
+                        "`{name}`: {rows} rows do not split into {parts} projections"
+                    )));
+                }
+                (index * rows / parts, rows / parts)
+            }
+        };
+        let quantised = matches!(v.dtype, Ct2DType::I8 | Ct2DType::I16);
+        if part.is_some() && !quantised {
+            // Plain values: convert only the rows asked for.
+            let rows = shape.first().copied().unwrap_or(1).max(1);
+            let per = data.len() / rows;
+            data = &data[start * per..(start + count) * per];
+            if let Some(first) = shape.first_mut() {
+                *first = count;
+            }
+        }
         let data = match v.dtype {
             Ct2DType::F32 => ArrData::F32(
-                data.chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                data.as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&b| f32::from_le_bytes(b))
                     .collect(),
             ),
             Ct2DType::F16 => ArrData::F16(
-                data.chunks_exact(2)
-                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|&b| u16::from_le_bytes(b))
                     .collect(),
             ),
             Ct2DType::BF16 => ArrData::F32(
-                data.chunks_exact(2)
-                    .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|&b| half::bf16::from_bits(u16::from_le_bytes(b)).to_f32())
                     .collect(),
             ),
             Ct2DType::I8 | Ct2DType::I16 => ArrData::F32(self.dequantize(name, v)?),
@@ -298,7 +332,11 @@ impl Ct2Model {
                 return Err(bad(format!("`{name}` is int32, not a weight")));
             }
         };
-        Ok(Arr { shape, data })
+        let a = Arr { shape, data };
+        Ok(match part {
+            Some(_) if quantised => a.rows(start, count),
+            _ => a,
+        })
     }
 
     /// The variable `name` as an f32 tensor (see [`Ct2Model::array`]).
@@ -411,19 +449,7 @@ impl Ct2Model {
     pub fn hf_array(&self, hf_name: &str) -> Result<Arr, EngineError> {
         let (name, part) = ct2_location(hf_name)
             .ok_or_else(|| bad(format!("no CTranslate2 variable holds `{hf_name}`")))?;
-        let a = self.array(&name)?;
-        match part {
-            None => Ok(a),
-            Some((index, parts)) => {
-                let rows = a.shape.first().copied().unwrap_or(0);
-                if rows % parts != 0 {
-                    return Err(bad(format!(
-                        "`{name}`: {rows} rows do not split into {parts} projections"
-                    )));
-                }
-                Ok(a.rows(index * rows / parts, rows / parts))
-            }
-        }
+        self.array_part(&name, part)
     }
 
     /// Every tensor candle's Whisper model loads, under its Hugging Face name, as f32 on

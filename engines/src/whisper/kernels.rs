@@ -502,20 +502,34 @@ pub fn log_sum_exp(x: &[f32]) -> f32 {
 /// The transpose of the `rows x cols` row-major matrix `m` (`cols x rows`, row-major),
 /// in tiles that stay in cache.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
     assert_eq!(m.len(), rows * cols, "matrix size");
     let mut out = vec![0f32; m.len()];
+    transpose_into(m, rows, cols, cols, &mut out);
+    out
+}
+
+/// Writes the transpose of the `rows x cols` matrix in `m` (rows `ld` apart) to `out`
+/// (`cols x rows`, row-major), in tiles that stay in cache.
+pub fn transpose_into(m: &[f32], rows: usize, cols: usize, ld: usize, out: &mut [f32]) {
+    const TILE: usize = 32;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        ld >= cols && m.len() >= (rows - 1) * ld + cols && out.len() >= rows * cols,
+        "matrix size"
+    );
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
         for c0 in (0..cols).step_by(TILE) {
             for c in c0..(c0 + TILE).min(cols) {
-                for r in r0..r1 {
-                    out[c * rows + r] = m[r * cols + c];
+                let dst = &mut out[c * rows + r0..c * rows + r1];
+                for (o, r) in dst.iter_mut().zip(r0..r1) {
+                    *o = m[r * ld + c];
                 }
             }
         }
     }
-    out
 }
 
 /// `out = sum_j w[j] * values[j * ld..j * ld + out.len()]`: the weighted sum of rows
@@ -1063,6 +1077,18 @@ mod tests {
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(t[c * rows + r], m[r * cols + c], "({r}, {c})");
+            }
+        }
+        // Columns 3.. of rows 70 apart: the transpose of the sub-matrix.
+        let mut sub = vec![f32::NAN; rows * (cols - 3)];
+        transpose_into(&m[3..], rows, cols - 3, cols, &mut sub);
+        for r in 0..rows {
+            for c in 0..cols - 3 {
+                assert_eq!(
+                    sub[c * rows + r],
+                    m[r * cols + 3 + c],
+                    "({r}, {c}) of the part"
+                );
             }
         }
     }

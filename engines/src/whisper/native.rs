@@ -438,9 +438,9 @@ impl Scratch {
     }
 }
 
-/// Multi-head attention of `m` queries over `keys` keys and values (row-major views with
-/// the heads side by side, `head_dim` columns each), written to `out` (`m` rows, `ldo`
-/// apart). With `causal = Some(p)`, query `i` sees keys `0..=p + i` only.
+/// Multi-head attention of `m` queries over `keys` keys and values (views of rows with the
+/// heads side by side, `head_dim` columns each; row-major when `m <= FEW_QUERIES`, any
+/// strides otherwise), written to `out` (`m` rows, `ldo` apart). With `causal = Some(p)`, query `i` sees keys `0..=p + i` only.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     pool: &ThreadPool,
@@ -721,6 +721,9 @@ impl Model {
         let mut qkv = vec![0f32; n * 3 * d];
         let mut att = vec![0f32; n * d];
         let mut hidden = vec![0f32; n * 4 * d];
+        // The keys transposed, `[d, n]`: the score products then pack them with vector
+        // copies (once per block of queries) rather than gathering a value per key.
+        let mut keys_t = vec![0f32; d * n];
         let head_dim = d / w.enc_heads;
         for l in &w.encoder {
             kernels::layer_norm(&x, &l.attn_ln.gamma, &l.attn_ln.beta, &mut xn);
@@ -737,6 +740,7 @@ impl Model {
                     &|_, rows| add_bias(rows, &l.qkv_b),
                 );
             }
+            kernels::transpose_into(&qkv[d..], n, d, 3 * d, &mut keys_t);
             attention(
                 self.pool,
                 &self.scratch,
@@ -745,7 +749,12 @@ impl Model {
                 n,
                 n,
                 View::rows(&qkv, 3 * d),
-                View::rows(&qkv[d..], 3 * d),
+                // Key j's value l at l * n + j.
+                View {
+                    ptr: keys_t.as_ptr(),
+                    rs: 1,
+                    cs: n as isize,
+                },
                 View::rows(&qkv[2 * d..], 3 * d),
                 None,
                 att.as_mut_ptr(),
