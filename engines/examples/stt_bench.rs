@@ -13,7 +13,9 @@
 //! time, audio decode + resample time, and per run the transcription time and the
 //! real-time factor `audio seconds / processing seconds` (higher is faster; 10x means a
 //! minute of audio takes six seconds), the median, the word error rate against the spoken
-//! passage (or `--reference`), and the load average before and after.
+//! passage (or `--reference`), and the load average before and after. The load and each
+//! run also print the CPU time the process used (all threads, user + system): on a busy
+//! machine that work figure moves far less than the wall time does.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -172,11 +174,13 @@ fn main() {
     let t = Instant::now();
     let (samples, duration) = audio::load_for_whisper(&wav_bytes).expect("decoding the WAV");
     let decode = t.elapsed();
+    let cpu = cpu_seconds();
     let t = Instant::now();
     let mut model = WhisperModel::load_with(&model_dir, backend).expect("loading the model");
     let load = t.elapsed();
+    let load_cpu = cpu_seconds() - cpu;
     println!(
-        "model: {} ({:?}), load {:.3} s; audio {:.2} s, decode+resample {:.1} ms",
+        "model: {} ({:?}), load {:.3} s (CPU {load_cpu:.2} s); audio {:.2} s, decode+resample {:.1} ms",
         model_dir.display(),
         model.format(),
         load.as_secs_f64(),

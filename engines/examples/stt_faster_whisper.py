@@ -46,16 +46,18 @@ def main():
     from faster_whisper import WhisperModel
     from faster_whisper.audio import decode_audio
 
+    cpu = time.process_time()
     t = time.perf_counter()
     model = WhisperModel(a.model_dir, device="cpu", cpu_threads=a.threads)
     load = time.perf_counter() - t
+    load_cpu = time.process_time() - cpu
     print(
         f"faster-whisper {faster_whisper.__version__} (ctranslate2 {ctranslate2.__version__}, "
         f"compute type {model.model.compute_type}, {a.threads} threads)"
     )
     audio = decode_audio(a.wav)
     duration = len(audio) / 16000.0
-    print(f"model: {a.model_dir}, load {load:.2f} s; audio {duration:.2f} s")
+    print(f"model: {a.model_dir}, load {load:.2f} s (CPU {load_cpu:.2f} s); audio {duration:.2f} s")
     rtfs = []
     text = ""
     for run in range(1, a.runs + 1):
