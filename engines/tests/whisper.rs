@@ -849,6 +849,37 @@ fn random_model_bin(seed: u32) -> Vec<u8> {
     write_model_bin("WhisperSpec", 3, &refs, &[])
 }
 
+/// A part of a fused CTranslate2 projection (q, k or v of `self_attention/linear_0`, k or v
+/// of the cross-attention's `linear_1`) is exactly its block of the fused matrix's rows,
+/// for the weights and the biases.
+#[test]
+fn fused_projection_parts_are_their_rows_of_the_fused_matrix() {
+    let ct2 = Ct2Model::parse(random_model_bin(7)).unwrap();
+    let mut parts_seen = 0;
+    for layer in [
+        "encoder.layers.0.self_attn",
+        "decoder.layers.1.encoder_attn",
+    ] {
+        for proj in ["q_proj", "k_proj", "v_proj"] {
+            for tensor in ["weight", "bias"] {
+                let hf = format!("model.{layer}.{proj}.{tensor}");
+                let Some((name, Some((index, parts)))) = ct2::ct2_location(&hf) else {
+                    continue;
+                };
+                let Ok(fused) = ct2.array(&name) else {
+                    continue; // a key projection's bias: none stored
+                };
+                let rows = fused.shape[0];
+                let want = fused.clone().rows(index * rows / parts, rows / parts);
+                let got = ct2.hf_array(&hf).unwrap();
+                assert_eq!(got, want, "{hf}");
+                parts_seen += 1;
+            }
+        }
+    }
+    assert!(parts_seen >= 6, "only {parts_seen} fused parts checked");
+}
+
 /// The native forward pass computes the same network as candle's: on a random model, the
 /// encoder (through the cross-attention) and the decoder with its cache give the same
 /// logits, token by token and for a multi-token prompt. (candle-transformers' encoder uses
