@@ -61,6 +61,8 @@ pub mod sdcpp;
 mod settings;
 pub mod synthetic;
 mod thread_scope;
+#[cfg(any(feature = "llm", feature = "whisper"))]
+pub mod threads;
 #[cfg(feature = "whisper")]
 pub mod whisper;
 

@@ -36,9 +36,10 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper::Config;
 
+use super::native::{Arr, ArrData, Source};
 use crate::error::EngineError;
 
 /// The newest `model.bin` binary version this reader understands.
@@ -268,34 +269,84 @@ impl Ct2Model {
         })
     }
 
-    /// The variable `name` as an f32 tensor (float types converted, int8/int16 weights
-    /// dequantised with their `<name>_scale`).
-    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, EngineError> {
+    /// The variable `name` as loaded: f32 and IEEE half kept as they are, bfloat16
+    /// converted to f32, int8 / int16 weights dequantised with their `<name>_scale`.
+    pub fn array(&self, name: &str) -> Result<Arr, EngineError> {
+        self.array_part(name, None)
+    }
+
+    /// [`Ct2Model::array`], or with `part = Some((index, parts))` only the `index`-th of
+    /// `parts` equal blocks of rows (one projection of a fused one), converting only those.
+    fn array_part(&self, name: &str, part: Option<(usize, usize)>) -> Result<Arr, EngineError> {
         let v = self
             .get(name)
             .ok_or_else(|| bad(format!("variable `{name}` is missing")))?;
-        let data = self.data(v);
-        let shape = v.shape.clone();
-        let t = match v.dtype {
-            Ct2DType::F32 => Tensor::from_raw_buffer(data, DType::F32, &shape, device),
-            Ct2DType::F16 => Tensor::from_raw_buffer(data, DType::F16, &shape, device)
-                .and_then(|t| t.to_dtype(DType::F32)),
-            Ct2DType::BF16 => Tensor::from_raw_buffer(data, DType::BF16, &shape, device)
-                .and_then(|t| t.to_dtype(DType::F32)),
-            Ct2DType::I8 | Ct2DType::I16 => return self.dequantize(name, v, device),
+        let mut data = self.data(v);
+        let mut shape = v.shape.clone();
+        let (start, count) = match part {
+            None => (0, shape.first().copied().unwrap_or(1)),
+            Some((index, parts)) => {
+                let rows = shape.first().copied().unwrap_or(0);
+                if parts == 0 || rows % parts != 0 {
+                    return Err(bad(format!(
+                        "`{name}`: {rows} rows do not split into {parts} projections"
+                    )));
+                }
+                (index * rows / parts, rows / parts)
+            }
+        };
+        let quantised = matches!(v.dtype, Ct2DType::I8 | Ct2DType::I16);
+        if part.is_some() && !quantised {
+            // Plain values: convert only the rows asked for.
+            let rows = shape.first().copied().unwrap_or(1).max(1);
+            let per = data.len() / rows;
+            data = &data[start * per..(start + count) * per];
+            if let Some(first) = shape.first_mut() {
+                *first = count;
+            }
+        }
+        let data = match v.dtype {
+            Ct2DType::F32 => ArrData::F32(
+                data.as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&b| f32::from_le_bytes(b))
+                    .collect(),
+            ),
+            Ct2DType::F16 => ArrData::F16(
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|&b| u16::from_le_bytes(b))
+                    .collect(),
+            ),
+            Ct2DType::BF16 => ArrData::F32(
+                data.as_chunks::<2>()
+                    .0
+                    .iter()
+                    .map(|&b| half::bf16::from_bits(u16::from_le_bytes(b)).to_f32())
+                    .collect(),
+            ),
+            Ct2DType::I8 | Ct2DType::I16 => ArrData::F32(self.dequantize(name, v)?),
             Ct2DType::I32 => {
                 return Err(bad(format!("`{name}` is int32, not a weight")));
             }
         };
-        t.map_err(|e| bad(format!("`{name}`: {e}")))
+        let a = Arr { shape, data };
+        Ok(match part {
+            Some(_) if quantised => a.rows(start, count),
+            _ => a,
+        })
     }
 
-    fn dequantize(
-        &self,
-        name: &str,
-        v: &Ct2Variable,
-        device: &Device,
-    ) -> Result<Tensor, EngineError> {
+    /// The variable `name` as an f32 tensor (see [`Ct2Model::array`]).
+    pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor, EngineError> {
+        let a = self.array(name)?;
+        let shape = a.shape.clone();
+        Tensor::from_vec(a.into_f32(), shape, device).map_err(|e| bad(format!("`{name}`: {e}")))
+    }
+
+    fn dequantize(&self, name: &str, v: &Ct2Variable) -> Result<Vec<f32>, EngineError> {
         let data = self.data(v);
         let values: Vec<f32> = match v.dtype {
             Ct2DType::I8 => data.iter().map(|&b| b as i8 as f32).collect(),
@@ -304,15 +355,13 @@ impl Ct2Model {
                 .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
                 .collect(),
         };
-        let scale_name = format!("{name}_scale");
-        let scale = self.tensor(&scale_name, device)?;
-        let scale: Vec<f32> = scale
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(|e| bad(format!("`{scale_name}`: {e}")))?;
+        let scale = self.array(&format!("{name}_scale"))?.into_f32();
+        if scale.is_empty() {
+            return Err(bad(format!("`{name}_scale` is empty")));
+        }
         let rows = v.shape.first().copied().unwrap_or(1).max(1);
         let per_row = values.len() / rows;
-        let values: Vec<f32> = values
+        Ok(values
             .chunks(per_row.max(1))
             .enumerate()
             .flat_map(|(row, chunk)| {
@@ -323,8 +372,7 @@ impl Ct2Model {
                 };
                 chunk.iter().map(move |&q| q / s)
             })
-            .collect();
-        Tensor::from_vec(values, v.shape.clone(), device).map_err(|e| bad(format!("`{name}`: {e}")))
+            .collect())
     }
 
     /// How many `<prefix>/layer_<i>/...` layers exist.
@@ -394,162 +442,140 @@ impl Ct2Model {
         Ok(cfg)
     }
 
-    /// Every tensor candle's Whisper model loads, under its Hugging Face name
-    /// (`model.encoder.layers.0.self_attn.q_proj.weight`, ...), as f32 on `device`.
+    /// The tensor a Hugging Face Whisper checkpoint calls `hf_name`
+    /// (`model.encoder.layers.0.self_attn.q_proj.weight`, ...), sliced out of the fused
+    /// projection that holds it (see the module docs); an error for a name no Whisper
+    /// variable maps to.
+    pub fn hf_array(&self, hf_name: &str) -> Result<Arr, EngineError> {
+        let (name, part) = ct2_location(hf_name)
+            .ok_or_else(|| bad(format!("no CTranslate2 variable holds `{hf_name}`")))?;
+        self.array_part(&name, part)
+    }
+
+    /// Every tensor candle's Whisper model loads, under its Hugging Face name, as f32 on
+    /// `device`.
     pub fn whisper_tensors(
         &self,
         cfg: &Config,
         device: &Device,
     ) -> Result<HashMap<String, Tensor>, EngineError> {
-        let d = cfg.d_model;
         let mut out = HashMap::new();
-        let get = |name: &str| self.tensor(name, device);
-        let split = |t: &Tensor, parts: usize| -> Result<Vec<Tensor>, EngineError> {
-            (0..parts)
-                .map(|i| t.narrow(0, i * d, d))
-                .collect::<candle_core::Result<Vec<_>>>()
-                .map_err(|e| bad(format!("splitting a fused projection: {e}")))
-        };
-        let mut put = |name: String, t: Tensor| {
+        for name in hf_names(cfg) {
+            let a = self.hf_array(&name)?;
+            let shape = a.shape.clone();
+            let t = Tensor::from_vec(a.into_f32(), shape, device)
+                .map_err(|e| bad(format!("`{name}`: {e}")))?;
             out.insert(name, t);
-        };
-        let layer_norm = |put: &mut dyn FnMut(String, Tensor),
-                          src: &str,
-                          dst: &str|
-         -> Result<(), EngineError> {
-            put(format!("{dst}.weight"), get(&format!("{src}/gamma"))?);
-            put(format!("{dst}.bias"), get(&format!("{src}/beta"))?);
-            Ok(())
-        };
-        let linear = |put: &mut dyn FnMut(String, Tensor),
-                      src: &str,
-                      dst: &str|
-         -> Result<(), EngineError> {
-            put(format!("{dst}.weight"), get(&format!("{src}/weight"))?);
-            put(format!("{dst}.bias"), get(&format!("{src}/bias"))?);
-            Ok(())
-        };
-        // Q, K, V (self-attention) from one fused linear.
-        let qkv = |put: &mut dyn FnMut(String, Tensor),
-                   src: &str,
-                   dst: &str|
-         -> Result<(), EngineError> {
-            let w = split(&get(&format!("{src}/weight"))?, 3)?;
-            let b = split(&get(&format!("{src}/bias"))?, 3)?;
-            put(format!("{dst}.q_proj.weight"), w[0].clone());
-            put(format!("{dst}.q_proj.bias"), b[0].clone());
-            put(format!("{dst}.k_proj.weight"), w[1].clone());
-            put(format!("{dst}.v_proj.weight"), w[2].clone());
-            put(format!("{dst}.v_proj.bias"), b[2].clone());
-            Ok(())
-        };
-
-        // Encoder.
-        for conv in ["conv1", "conv2"] {
-            put(
-                format!("model.encoder.{conv}.weight"),
-                get(&format!("encoder/{conv}/weight"))?,
-            );
-            put(
-                format!("model.encoder.{conv}.bias"),
-                get(&format!("encoder/{conv}/bias"))?,
-            );
         }
-        for i in 0..cfg.encoder_layers {
-            let src = format!("encoder/layer_{i}");
-            let dst = format!("model.encoder.layers.{i}");
-            layer_norm(
-                &mut put,
-                &format!("{src}/self_attention/layer_norm"),
-                &format!("{dst}.self_attn_layer_norm"),
-            )?;
-            qkv(
-                &mut put,
-                &format!("{src}/self_attention/linear_0"),
-                &format!("{dst}.self_attn"),
-            )?;
-            linear(
-                &mut put,
-                &format!("{src}/self_attention/linear_1"),
-                &format!("{dst}.self_attn.out_proj"),
-            )?;
-            ffn(&mut put, &layer_norm, &linear, &src, &dst)?;
-        }
-        layer_norm(&mut put, "encoder/layer_norm", "model.encoder.layer_norm")?;
-
-        // Decoder.
-        put(
-            "model.decoder.embed_tokens.weight".into(),
-            get("decoder/embeddings/weight")?,
-        );
-        put(
-            "model.decoder.embed_positions.weight".into(),
-            get("decoder/position_encodings/encodings")?,
-        );
-        for i in 0..cfg.decoder_layers {
-            let src = format!("decoder/layer_{i}");
-            let dst = format!("model.decoder.layers.{i}");
-            layer_norm(
-                &mut put,
-                &format!("{src}/self_attention/layer_norm"),
-                &format!("{dst}.self_attn_layer_norm"),
-            )?;
-            qkv(
-                &mut put,
-                &format!("{src}/self_attention/linear_0"),
-                &format!("{dst}.self_attn"),
-            )?;
-            linear(
-                &mut put,
-                &format!("{src}/self_attention/linear_1"),
-                &format!("{dst}.self_attn.out_proj"),
-            )?;
-            layer_norm(
-                &mut put,
-                &format!("{src}/attention/layer_norm"),
-                &format!("{dst}.encoder_attn_layer_norm"),
-            )?;
-            linear(
-                &mut put,
-                &format!("{src}/attention/linear_0"),
-                &format!("{dst}.encoder_attn.q_proj"),
-            )?;
-            let kv_w = split(&get(&format!("{src}/attention/linear_1/weight"))?, 2)?;
-            let kv_b = split(&get(&format!("{src}/attention/linear_1/bias"))?, 2)?;
-            put(format!("{dst}.encoder_attn.k_proj.weight"), kv_w[0].clone());
-            put(format!("{dst}.encoder_attn.v_proj.weight"), kv_w[1].clone());
-            put(format!("{dst}.encoder_attn.v_proj.bias"), kv_b[1].clone());
-            linear(
-                &mut put,
-                &format!("{src}/attention/linear_2"),
-                &format!("{dst}.encoder_attn.out_proj"),
-            )?;
-            ffn(&mut put, &layer_norm, &linear, &src, &dst)?;
-        }
-        layer_norm(&mut put, "decoder/layer_norm", "model.decoder.layer_norm")?;
         Ok(out)
     }
 }
 
-type MapFn<'a> = dyn Fn(&mut dyn FnMut(String, Tensor), &str, &str) -> Result<(), EngineError> + 'a;
+impl Source for Ct2Model {
+    fn get(&self, name: &str) -> Result<Arr, EngineError> {
+        self.hf_array(name)
+    }
+}
 
-/// The feed-forward block of one layer: `ffn/layer_norm` -> `final_layer_norm`,
-/// `ffn/linear_0` -> `fc1`, `ffn/linear_1` -> `fc2`.
-fn ffn(
-    put: &mut dyn FnMut(String, Tensor),
-    layer_norm: &MapFn<'_>,
-    linear: &MapFn<'_>,
-    src: &str,
-    dst: &str,
-) -> Result<(), EngineError> {
-    layer_norm(
-        put,
-        &format!("{src}/ffn/layer_norm"),
-        &format!("{dst}.final_layer_norm"),
-    )?;
-    linear(put, &format!("{src}/ffn/linear_0"), &format!("{dst}.fc1"))?;
-    linear(put, &format!("{src}/ffn/linear_1"), &format!("{dst}.fc2"))?;
-    Ok(())
+/// The Hugging Face names of the tensors of a Whisper model with dimensions `cfg` (the
+/// key projections have no bias; the encoder's position table is left out: candle
+/// recomputes it).
+pub fn hf_names(cfg: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    let linear = |names: &mut Vec<String>, p: &str, bias: bool| {
+        names.push(format!("{p}.weight"));
+        if bias {
+            names.push(format!("{p}.bias"));
+        }
+    };
+    for conv in ["conv1", "conv2"] {
+        linear(&mut names, &format!("model.encoder.{conv}"), true);
+    }
+    let attention = |names: &mut Vec<String>, p: &str| {
+        for (proj, bias) in [
+            ("q_proj", true),
+            ("k_proj", false),
+            ("v_proj", true),
+            ("out_proj", true),
+        ] {
+            linear(names, &format!("{p}.{proj}"), bias);
+        }
+    };
+    for (side, layers) in [
+        ("encoder", cfg.encoder_layers),
+        ("decoder", cfg.decoder_layers),
+    ] {
+        for i in 0..layers {
+            let p = format!("model.{side}.layers.{i}");
+            linear(&mut names, &format!("{p}.self_attn_layer_norm"), true);
+            attention(&mut names, &format!("{p}.self_attn"));
+            if side == "decoder" {
+                linear(&mut names, &format!("{p}.encoder_attn_layer_norm"), true);
+                attention(&mut names, &format!("{p}.encoder_attn"));
+            }
+            for m in ["final_layer_norm", "fc1", "fc2"] {
+                linear(&mut names, &format!("{p}.{m}"), true);
+            }
+        }
+        linear(&mut names, &format!("model.{side}.layer_norm"), true);
+    }
+    names.push("model.decoder.embed_tokens.weight".into());
+    names.push("model.decoder.embed_positions.weight".into());
+    names
+}
+
+/// Where the Hugging Face tensor `hf_name` lives in a CTranslate2 Whisper model: the
+/// variable, and for a fused projection `(index, parts)`: the `index`-th of `parts` equal
+/// blocks of its rows.
+pub fn ct2_location(hf_name: &str) -> Option<(String, Option<(usize, usize)>)> {
+    let rest = hf_name.strip_prefix("model.")?;
+    let (side, rest) = rest.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let fixed = match (side, rest) {
+        ("encoder", "embed_positions.weight") => Some("encoder/position_encodings/encodings"),
+        ("decoder", "embed_positions.weight") => Some("decoder/position_encodings/encodings"),
+        ("decoder", "embed_tokens.weight") => Some("decoder/embeddings/weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some((name.to_string(), None));
+    }
+    let (module, param) = rest.rsplit_once('.')?;
+    let norm_param = match param {
+        "weight" => "gamma",
+        "bias" => "beta",
+        _ => return None,
+    };
+    if module == "layer_norm" {
+        return Some((format!("{side}/layer_norm/{norm_param}"), None));
+    }
+    if let Some(conv) = module.strip_prefix("conv") {
+        return Some((format!("{side}/conv{conv}/{param}"), None));
+    }
+    let rest = module.strip_prefix("layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let p = format!("{side}/layer_{layer}");
+    let (var, part, norm) = match module {
+        "self_attn_layer_norm" => ("self_attention/layer_norm", None, true),
+        "self_attn.q_proj" => ("self_attention/linear_0", Some((0, 3)), false),
+        "self_attn.k_proj" => ("self_attention/linear_0", Some((1, 3)), false),
+        "self_attn.v_proj" => ("self_attention/linear_0", Some((2, 3)), false),
+        "self_attn.out_proj" => ("self_attention/linear_1", None, false),
+        "encoder_attn_layer_norm" => ("attention/layer_norm", None, true),
+        "encoder_attn.q_proj" => ("attention/linear_0", None, false),
+        "encoder_attn.k_proj" => ("attention/linear_1", Some((0, 2)), false),
+        "encoder_attn.v_proj" => ("attention/linear_1", Some((1, 2)), false),
+        "encoder_attn.out_proj" => ("attention/linear_2", None, false),
+        "final_layer_norm" => ("ffn/layer_norm", None, true),
+        "fc1" => ("ffn/linear_0", None, false),
+        "fc2" => ("ffn/linear_1", None, false),
+        _ => return None,
+    };
+    let param = if norm { norm_param } else { param };
+    Some((format!("{p}/{var}/{param}"), part))
 }
 
 /// Writes a `model.bin` (binary version 6) holding `variables` (name, shape, dtype id,

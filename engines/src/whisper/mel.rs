@@ -11,14 +11,15 @@
 //! last frame dropped), a periodic Hann window of 400 samples, the power `|X|^2` of the 201
 //! one-sided bins (not doubled), the mel projection, `log10` clamped at 1e-10, the dynamic
 //! range limited to 8 decades below the maximum, and `(x + 4) / 4`. The DFT is one matrix
-//! product per chunk of frames (a 400 x 402 windowed cos/sin basis), so candle's optimised
-//! GEMM does the work. (candle-transformers' own `log_mel_spectrogram_` follows whisper.cpp:
+//! product of the overlapping frames (read in place, 160 samples apart) with a 400 x 402
+//! windowed cos/sin basis, so an optimised GEMM does the work, on the CPU pool's threads. (candle-transformers' own `log_mel_spectrogram_` follows whisper.cpp:
 //! no centring and doubled power for bins 1..199, a constant offset in the features that
 //! measurably changed tiny.en's transcripts, so it is not used.)
 
 use std::f64::consts::PI;
 
-use candle_core::{DType, Device, Tensor};
+use super::kernels::{gemm_rows, SyncPtr, View};
+use crate::threads::ThreadPool;
 
 /// FFT size of Whisper's STFT (25 ms at 16 kHz).
 pub const N_FFT: usize = 400;
@@ -79,23 +80,40 @@ pub fn mel_filters(sample_rate: u32, n_fft: usize, n_mels: usize) -> Vec<f32> {
     filters
 }
 
-/// Frames transformed per matrix product (bounds the temporary frame matrix to ~1.6 MB).
-const FRAMES_PER_CHUNK: usize = 1000;
+/// A log-mel spectrogram: `n_mels` rows of `frames` values (channel-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spectrogram {
+    pub n_mels: usize,
+    pub frames: usize,
+    /// Row `m` is `data[m * frames..(m + 1) * frames]`.
+    pub data: Vec<f32>,
+}
+
+impl Spectrogram {
+    /// `[n_mels, frames]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.n_mels, self.frames]
+    }
+
+    /// Row `m` (one mel bin over time).
+    pub fn row(&self, m: usize) -> &[f32] {
+        &self.data[m * self.frames..(m + 1) * self.frames]
+    }
+}
 
 /// Whisper's log-mel front end for one filterbank size (see the module docs).
 #[derive(Clone, Debug)]
 pub struct LogMel {
     /// `N_FFT x 2*N_FREQS`: Hann-windowed cosines, then negated windowed sines.
-    basis: Tensor,
-    /// `N_FREQS x n_mels`.
-    filters_t: Tensor,
+    basis: Vec<f32>,
+    /// `n_mels x N_FREQS`.
+    filters: Vec<f32>,
     n_mels: usize,
-    device: Device,
 }
 
 impl LogMel {
     /// The front end for `n_mels` bins at 16 kHz.
-    pub fn new(n_mels: usize, device: &Device) -> candle_core::Result<LogMel> {
+    pub fn new(n_mels: usize) -> LogMel {
         let mut basis = vec![0f32; N_FFT * 2 * N_FREQS];
         for n in 0..N_FFT {
             let hann = 0.5 - 0.5 * (2.0 * PI * n as f64 / N_FFT as f64).cos();
@@ -106,17 +124,11 @@ impl LogMel {
                 basis[n * 2 * N_FREQS + N_FREQS + k] = (-hann * angle.sin()) as f32;
             }
         }
-        let basis = Tensor::from_vec(basis, (N_FFT, 2 * N_FREQS), device)?;
-        let filters = mel_filters(16_000, N_FFT, n_mels);
-        let filters_t = Tensor::from_vec(filters, (n_mels, N_FREQS), device)?
-            .t()?
-            .contiguous()?;
-        Ok(LogMel {
+        LogMel {
             basis,
-            filters_t,
+            filters: mel_filters(16_000, N_FFT, n_mels),
             n_mels,
-            device: device.clone(),
-        })
+        }
     }
 
     /// Mel bins.
@@ -124,36 +136,103 @@ impl LogMel {
         self.n_mels
     }
 
-    /// The log-mel spectrogram of 16 kHz mono `samples`: a `(n_mels, samples.len() / 160)`
-    /// tensor, normalised as Whisper's (the maximum is taken over everything given, so the
-    /// caller passes the whole input, padded as it wants).
-    pub fn compute(&self, samples: &[f32]) -> candle_core::Result<Tensor> {
-        let n_frames = samples.len() / HOP_LENGTH;
+    /// The log-mel spectrogram of 16 kHz mono `samples`: `samples.len() / 160` frames,
+    /// normalised as Whisper's (the maximum is taken over everything given, so the caller
+    /// passes the whole input, padded as it wants).
+    pub fn compute(&self, samples: &[f32]) -> Spectrogram {
+        self.compute_with_silence(samples, 0)
+    }
+
+    /// [`LogMel::compute`] of `samples` followed by `silence` zero samples, without
+    /// transforming the frames that lie wholly in the silence (their power is exactly zero).
+    pub fn compute_with_silence(&self, samples: &[f32], silence: usize) -> Spectrogram {
+        let total = samples.len() + silence;
+        let n_frames = total / HOP_LENGTH;
+        let n_mels = self.n_mels;
         if n_frames == 0 {
-            return Tensor::zeros((self.n_mels, 0), DType::F32, &self.device);
+            return Spectrogram {
+                n_mels,
+                frames: 0,
+                data: Vec::new(),
+            };
         }
-        let padded = reflect_pad(samples, N_FFT / 2);
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < n_frames {
-            let count = FRAMES_PER_CHUNK.min(n_frames - start);
-            let mut frames = Vec::with_capacity(count * N_FFT);
-            for f in start..start + count {
-                frames.extend_from_slice(&padded[f * HOP_LENGTH..f * HOP_LENGTH + N_FFT]);
+        // Frame f reads samples f * HOP - N_FFT / 2 .. f * HOP + N_FFT / 2 (mirrored at the
+        // ends); past the audio and its mirror image it reads zeros only.
+        let live = if silence > N_FFT / 2 {
+            n_frames.min((samples.len() + N_FFT / 2).div_ceil(HOP_LENGTH) + 1)
+        } else {
+            n_frames
+        };
+        let needed = ((live - 1) * HOP_LENGTH + N_FFT).saturating_sub(N_FFT / 2);
+        let mut head: Vec<f32> = Vec::with_capacity(needed.min(total) + N_FFT);
+        head.extend_from_slice(&samples[..samples.len().min(needed.min(total))]);
+        head.resize(needed.min(total), 0.0);
+        let padded = if head.len() == total {
+            reflect_pad(&head, N_FFT / 2)
+        } else {
+            // The tail is zeros, so is its mirror image.
+            let mut p = reflect_pad(&head, N_FFT / 2);
+            p.truncate(head.len() + N_FFT / 2);
+            p.resize(live * HOP_LENGTH + N_FFT, 0.0);
+            p
+        };
+        let pool = ThreadPool::global();
+        let width = 2 * N_FREQS;
+        let mut spectrum = vec![0f32; live * width];
+        let mut mel = vec![0f32; live * n_mels];
+        let filters = &self.filters;
+        let mel_out = SyncPtr(mel.as_mut_ptr());
+        // SAFETY: row f of the frame view is padded[f * HOP..f * HOP + N_FFT] (in bounds:
+        // `padded` holds (live - 1) * HOP + N_FFT samples at least); the basis is N_FFT x
+        // width; the epilogue writes the mel rows of its own frames.
+        unsafe {
+            gemm_rows(
+                pool,
+                live,
+                width,
+                N_FFT,
+                View::rows(&padded, HOP_LENGTH),
+                View::rows(&self.basis, width),
+                spectrum.as_mut_ptr(),
+                &|first, rows| {
+                    let mut power = [0f32; N_FREQS];
+                    for (i, row) in rows.chunks_exact(width).enumerate() {
+                        let (re, im) = row.split_at(N_FREQS);
+                        for ((p, r), m) in power.iter_mut().zip(re).zip(im) {
+                            *p = r * r + m * m;
+                        }
+                        let out = std::slice::from_raw_parts_mut(
+                            mel_out.get().add((first + i) * n_mels),
+                            n_mels,
+                        );
+                        for (o, f) in out.iter_mut().zip(filters.chunks_exact(N_FREQS)) {
+                            let e: f32 = f.iter().zip(&power).map(|(a, b)| a * b).sum();
+                            *o = e.max(1e-10).log10();
+                        }
+                    }
+                },
+            )
+        };
+        drop(spectrum);
+        let floor = 1e-10f32.log10();
+        let max = mel
+            .iter()
+            .copied()
+            .chain((live < n_frames).then_some(floor))
+            .fold(f32::NEG_INFINITY, f32::max);
+        let scale = |v: f32| (v.max(max - 8.0) + 4.0) / 4.0;
+        let silent = scale(floor);
+        let mut data = vec![silent; n_mels * n_frames];
+        for (f, row) in mel.chunks_exact(n_mels).enumerate() {
+            for (m, &v) in row.iter().enumerate() {
+                data[m * n_frames + f] = scale(v);
             }
-            let frames = Tensor::from_vec(frames, (count, N_FFT), &self.device)?;
-            let spectrum = frames.matmul(&self.basis)?;
-            let re = spectrum.narrow(1, 0, N_FREQS)?;
-            let im = spectrum.narrow(1, N_FREQS, N_FREQS)?;
-            let power = (re.sqr()? + im.sqr()?)?;
-            chunks.push(power.matmul(&self.filters_t)?);
-            start += count;
         }
-        let mel = Tensor::cat(&chunks, 0)?; // (frames, n_mels)
-        let log = (mel.clamp(1e-10f32, f32::MAX)?.log()? / std::f64::consts::LN_10)?;
-        let max = log.max_all()?.to_scalar::<f32>()?;
-        let log = log.clamp(max - 8.0, f32::MAX)?;
-        ((log + 4.0)? / 4.0)?.t()?.contiguous()
+        Spectrogram {
+            n_mels,
+            frames: n_frames,
+            data,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
-//! The candle Whisper speech-to-text engine (feature `whisper`): `audio_stt` tasks on the
-//! CPU (or the CUDA device of a `cuda` build, see [`crate::device`]), from standard
-//! safetensors Whisper checkpoints or CTranslate2 (`faster-whisper`) model directories.
+//! The Whisper speech-to-text engine (feature `whisper`): `audio_stt` tasks on the CPU
+//! (the engine's own forward pass, [`native`]) or the CUDA device of a `cuda` build
+//! (candle, see [`crate::device`] and [`Backend`]), from standard safetensors Whisper
+//! checkpoints or CTranslate2 (`faster-whisper`) model directories.
 //!
 //! # Routing: `modelSource.engine == "whisper"` (an extension)
 //!
@@ -18,8 +19,9 @@
 //! `model.bin` (CTranslate2 layout; `vocabulary.txt` may sit beside it and is not needed).
 //! The last model used stays loaded for the next job (in the engines' [`ModelCache`],
 //! keyed by the weights file's path, size and modification time), so a run of jobs loads
-//! it once; a model larger than the settings' `model_memory_budget_bytes` (as f32 weights)
-//! is released after each job.
+//! it once; a model larger than the settings' `model_memory_budget_bytes` (the bytes its
+//! weights hold: half where the file stores half on the native path, f32 on candle's) is
+//! released after each job.
 //!
 //! The advertised ids ([`ADVERTISED_MODELS`]: `whisper` and the standard checkpoint names)
 //! are what a studio matches a job's model id against (PROTOCOL.md §3.1); the worker
@@ -59,8 +61,10 @@
 pub mod audio;
 pub mod ct2;
 pub mod decoder;
+pub mod kernels;
 pub mod mel;
 pub mod model;
+pub mod native;
 pub mod tokenizer;
 
 use std::collections::BTreeMap;
@@ -76,7 +80,7 @@ use crate::model_cache::{FileIdentity, FileStamp, ModelCache};
 use crate::models::ModelStore;
 use crate::settings::EngineSettings;
 
-pub use model::{Segment, TranscribeOptions, Transcript, WeightsFormat, WhisperModel};
+pub use model::{Backend, Segment, TranscribeOptions, Transcript, WeightsFormat, WhisperModel};
 
 /// The `modelSource.engine` value this engine serves.
 pub const SOURCE_ENGINE: &str = "whisper";
@@ -101,7 +105,7 @@ pub const KEPT_MODELS: usize = 1;
 /// The Whisper engine. Cheap to share; jobs run one at a time per loaded model.
 pub struct WhisperEngine {
     store: ModelStore,
-    /// The last model used, kept while its weights (as f32 in memory) fit the budget.
+    /// The last model used, kept while its weights (as held in memory) fit the budget.
     cache: ModelCache<Arc<Mutex<WhisperModel>>>,
 }
 

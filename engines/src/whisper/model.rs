@@ -3,15 +3,20 @@
 //! # Loading
 //!
 //! A model directory holds `config.json`, `tokenizer.json` and the weights, either
-//! `model.safetensors` (a Hugging Face Whisper checkpoint; any float type, converted to f32)
-//! or `model.bin` (the CTranslate2 layout, see [`super::ct2`]). The weights are mapped onto
-//! candle-transformers' Whisper model.
+//! `model.safetensors` (a Hugging Face Whisper checkpoint; any float type) or `model.bin`
+//! (the CTranslate2 layout, see [`super::ct2`]). On the CPU the network is the engine's
+//! own forward pass ([`super::native`], [`Backend::Native`]): IEEE half weights stay half
+//! where a token at a time reads them. On a CUDA device (or with
+//! `STUDIO_WHISPER_BACKEND=candle`) the weights are converted to f32 and mapped onto
+//! candle-transformers' Whisper encoder and our cached candle decoder
+//! ([`super::decoder`], [`Backend::Candle`]). The tokenizer loads on a second thread while
+//! the weights are read.
 //!
 //! # Decoding
 //!
 //! The audio's log-mel spectrogram is computed once; a window of 3000 frames (30 s) starts
-//! at `seek`. For each window: candle-transformers' encoder runs once; the decoder (our
-//! own, with a key/value cache: [`super::decoder`]) is fed
+//! at `seek`. For each window: the encoder runs once; the decoder (with a key/value cache)
+//! is fed
 //! `[<|startofprev|> context...] <|startoftranscript|> [<|lang|> <|task|>]` and extended one
 //! greedy (argmax) token at a time, with Whisper's decoding rules applied to the logits:
 //! special tokens and the checkpoint's `suppress_tokens` never appear, a blank or
@@ -27,14 +32,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{model::Whisper, Config};
 use serde_json::Value;
 
 use super::ct2::Ct2Model;
 use super::decoder::Decoder;
+use super::kernels::log_sum_exp;
 use super::mel;
+use super::native::{self, Arr, ArrData, Source};
 use super::tokenizer::Tokenizer;
 use crate::error::EngineError;
 
@@ -50,6 +57,156 @@ pub const MAX_INITIAL_TIMESTAMP_STEPS: u32 = 50;
 pub const NO_SPEECH_THRESHOLD: f64 = 0.6;
 /// Mean log-probability below which a "no speech" window is skipped.
 pub const LOGPROB_THRESHOLD: f64 = -1.0;
+
+/// Which forward pass runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The engine's own CPU forward pass ([`super::native`]); the default on the CPU.
+    Native,
+    /// candle-transformers' encoder and our cached decoder on candle tensors; the default
+    /// on a CUDA device.
+    Candle,
+}
+
+impl Backend {
+    /// The default where models run now: [`Backend::Native`] on the CPU,
+    /// [`Backend::Candle`] on a GPU. `STUDIO_WHISPER_BACKEND=native|candle` overrides it
+    /// (for comparisons).
+    pub fn default_here() -> Backend {
+        match std::env::var("STUDIO_WHISPER_BACKEND").as_deref() {
+            Ok("candle") => Backend::Candle,
+            Ok("native") => Backend::Native,
+            _ if crate::device::compute_device().is_cpu() => Backend::Native,
+            _ => Backend::Candle,
+        }
+    }
+
+    /// `native` or `candle`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Candle => "candle",
+        }
+    }
+}
+
+/// The network of a loaded model, on one of the backends.
+enum Net {
+    Native(Box<native::Model>),
+    Candle {
+        /// candle-transformers' model; its encoder is used.
+        model: Box<Whisper>,
+        /// The cached decoder (same weights as `model.decoder`).
+        decoder: Box<Decoder>,
+        /// Final hidden states of the last `forward`.
+        hidden: Option<Tensor>,
+    },
+}
+
+impl Net {
+    /// Encodes the window of `frames` mel frames at `start` and sets it as the decoder's
+    /// audio; forgets every token.
+    fn set_audio(
+        &mut self,
+        mel: &mel::Spectrogram,
+        start: usize,
+        frames: usize,
+    ) -> Result<(), EngineError> {
+        match self {
+            Net::Native(m) => {
+                m.set_audio(&mel.data, mel.frames, start);
+                Ok(())
+            }
+            Net::Candle { model, decoder, .. } => {
+                let mut window = Vec::with_capacity(mel.n_mels * frames);
+                for m in 0..mel.n_mels {
+                    window.extend_from_slice(&mel.row(m)[start..start + frames]);
+                }
+                let device = crate::device::compute_device();
+                let window = Tensor::from_vec(window, (1, mel.n_mels, frames), &device)
+                    .map_err(candle_err)?;
+                let features = model.encoder.forward(&window, true).map_err(candle_err)?;
+                decoder.set_audio(&features).map_err(candle_err)
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        match self {
+            Net::Native(m) => m.reset(),
+            Net::Candle { decoder, .. } => decoder.reset(),
+        }
+    }
+
+    /// Runs `tokens` after those seen since the last reset.
+    fn forward(&mut self, tokens: &[u32]) -> Result<(), EngineError> {
+        match self {
+            Net::Native(m) => m.forward(tokens),
+            Net::Candle {
+                decoder, hidden, ..
+            } => {
+                *hidden = Some(decoder.forward(tokens).map_err(candle_err)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Logits of token `pos` of the last `forward`.
+    fn logits(&self, pos: usize) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Net::Native(m) => Ok(m.logits(pos)),
+            Net::Candle {
+                decoder, hidden, ..
+            } => {
+                let hidden = hidden
+                    .as_ref()
+                    .ok_or_else(|| failed("logits asked for before any token ran"))?;
+                decoder.logits(hidden, pos).map_err(candle_err)
+            }
+        }
+    }
+}
+
+/// What [`WhisperModel::load_weights`] reads besides the tokenizer.
+struct Loaded {
+    config: Config,
+    net: Net,
+    weight_bytes: u64,
+    /// Never sampled.
+    suppress: Vec<u32>,
+    /// Not sampled first (empty: the defaults).
+    suppress_begin: Vec<u32>,
+}
+
+/// A safetensors checkpoint's tensors as a weight [`Source`].
+struct HfTensors(HashMap<String, Tensor>);
+
+impl Source for HfTensors {
+    fn get(&self, name: &str) -> Result<Arr, EngineError> {
+        let t = self
+            .0
+            .get(name)
+            .ok_or_else(|| failed(format!("model.safetensors has no `{name}`")))?;
+        let shape = t.dims().to_vec();
+        let flat = t.flatten_all().map_err(candle_err)?;
+        let data = if t.dtype() == DType::F16 {
+            ArrData::F16(
+                flat.to_vec1::<half::f16>()
+                    .map_err(candle_err)?
+                    .into_iter()
+                    .map(half::f16::to_bits)
+                    .collect(),
+            )
+        } else {
+            ArrData::F32(
+                flat.to_dtype(DType::F32)
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(candle_err)?,
+            )
+        };
+        Ok(Arr { shape, data })
+    }
+}
 
 /// Which weights file a model was loaded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,10 +264,10 @@ struct Specials {
 /// A Whisper model ready to transcribe, on [`crate::device::compute_device`] (the CPU, or
 /// the first CUDA device in a `cuda` build that finds one).
 pub struct WhisperModel {
-    /// candle-transformers' model; its encoder is used.
-    model: Whisper,
-    /// The cached decoder (same weights as `model.decoder`).
-    decoder: Decoder,
+    net: Net,
+    backend: Backend,
+    /// Bytes the weights take in memory.
+    weight_bytes: u64,
     config: Config,
     tokenizer: Tokenizer,
     front_end: mel::LogMel,
@@ -131,6 +288,7 @@ impl std::fmt::Debug for WhisperModel {
             .field("format", &self.format)
             .field("config", &self.config)
             .field("english_only", &self.english_only)
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -141,6 +299,18 @@ fn failed(message: impl std::fmt::Display) -> EngineError {
 
 fn candle_err(e: candle_core::Error) -> EngineError {
     EngineError::failed(format!("whisper inference failed: {e}"), false)
+}
+
+/// Bytes of a model's weights held as f32, from its dimensions: per layer, attention
+/// 4 d^2 (plus cross-attention 4 d^2 in the decoder) and the MLP 8 d^2; embeddings,
+/// positions and the convolutions besides.
+fn f32_weight_bytes(c: &Config) -> u64 {
+    let d = c.d_model as u64;
+    let enc = c.encoder_layers as u64 * 12 * d * d;
+    let dec = c.decoder_layers as u64 * 16 * d * d;
+    let emb = (c.vocab_size as u64 + c.max_target_positions as u64) * d;
+    let conv = 3 * d * (c.num_mel_bins as u64 + d);
+    (enc + dec + emb + conv) * 4
 }
 
 fn read_json(path: &Path) -> Result<Value, EngineError> {
@@ -173,9 +343,14 @@ pub fn detect_format(dir: &Path) -> Option<WeightsFormat> {
 }
 
 impl WhisperModel {
-    /// Loads the checkpoint in `dir` (see the module docs for the layouts).
+    /// Loads the checkpoint in `dir` (see the module docs for the layouts) for the
+    /// default backend ([`Backend::default_here`]).
     pub fn load(dir: &Path) -> Result<WhisperModel, EngineError> {
-        let device = crate::device::compute_device();
+        Self::load_with(dir, Backend::default_here())
+    }
+
+    /// Loads the checkpoint in `dir` for `backend`.
+    pub fn load_with(dir: &Path, backend: Backend) -> Result<WhisperModel, EngineError> {
         let format = detect_format(dir).ok_or_else(|| {
             failed(format!(
                 "{} holds no Whisper weights (model.safetensors or CTranslate2 model.bin)",
@@ -190,55 +365,30 @@ impl WhisperModel {
                 dir.display()
             )));
         }
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-        let (config, tensors, suppress, suppress_begin) = match format {
-            WeightsFormat::CTranslate2 => {
-                let path = dir.join("model.bin");
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| EngineError::io(format!("reading {}: {e}", path.display())))?;
-                let ct2 = Ct2Model::parse(bytes)?;
-                let mut config = ct2.whisper_config()?;
-                let suppress = id_list(&config_json, "suppress_ids");
-                config.suppress_tokens = suppress.clone();
-                let tensors = ct2.whisper_tensors(&config, &device)?;
-                (
-                    config,
-                    tensors,
-                    suppress,
-                    id_list(&config_json, "suppress_ids_begin"),
-                )
-            }
-            WeightsFormat::Safetensors => {
-                let config: Config = serde_json::from_value(config_json.clone())
-                    .map_err(|e| failed(format!("{}/config.json: {e}", dir.display())))?;
-                let path = dir.join("model.safetensors");
-                let raw = candle_core::safetensors::load(&path, &device)
-                    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-                let mut tensors = HashMap::with_capacity(raw.len());
-                for (name, t) in raw {
-                    let t = t.to_dtype(DType::F32).map_err(candle_err)?;
-                    tensors.insert(name, t);
-                }
-                let mut begin = id_list(&config_json, "begin_suppress_tokens");
-                if begin.is_empty() {
-                    if let Ok(gen) = read_json(&dir.join("generation_config.json")) {
-                        begin = id_list(&gen, "begin_suppress_tokens");
-                    }
-                }
-                (config.clone(), tensors, config.suppress_tokens, begin)
-            }
-        };
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let model = Whisper::load(&vb, config.clone())
-            .map_err(|e| failed(format!("{}: not a Whisper checkpoint: {e}", dir.display())))?;
-        let decoder = Decoder::load(vb, &config)
-            .map_err(|e| failed(format!("{}: not a Whisper checkpoint: {e}", dir.display())))?;
+        // The tokenizer (a 2 MB JSON) loads on a second thread while the weights are read.
+        let (tokenizer, weights) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| Tokenizer::from_file(&tokenizer_path));
+            let weights = Self::load_weights(dir, format, &config_json, backend);
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| Err(failed("loading tokenizer.json panicked")));
+            (tokenizer, weights)
+        });
+        let tokenizer = tokenizer?;
+        let Loaded {
+            config,
+            net,
+            weight_bytes,
+            suppress,
+            suppress_begin,
+        } = weights?;
         let specials = Self::specials(&tokenizer, &config)?;
         let english_only = config.vocab_size < 51865;
-        let front_end = mel::LogMel::new(config.num_mel_bins, &device).map_err(candle_err)?;
+        let front_end = mel::LogMel::new(config.num_mel_bins);
         Ok(WhisperModel {
-            model,
-            decoder,
+            net,
+            backend,
+            weight_bytes,
             config,
             tokenizer,
             front_end,
@@ -252,6 +402,85 @@ impl WhisperModel {
             english_only,
             format,
             dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The network of the checkpoint in `dir` on `backend`.
+    fn load_weights(
+        dir: &Path,
+        format: WeightsFormat,
+        config_json: &Value,
+        backend: Backend,
+    ) -> Result<Loaded, EngineError> {
+        let not_whisper = |e: &dyn std::fmt::Display| {
+            failed(format!("{}: not a Whisper checkpoint: {e}", dir.display()))
+        };
+        let (config, source, suppress, suppress_begin): (Config, Box<dyn Source>, _, _) =
+            match format {
+                WeightsFormat::CTranslate2 => {
+                    let path = dir.join("model.bin");
+                    let bytes = std::fs::read(&path)
+                        .map_err(|e| EngineError::io(format!("reading {}: {e}", path.display())))?;
+                    let ct2 = Ct2Model::parse(bytes)?;
+                    let mut config = ct2.whisper_config()?;
+                    let suppress = id_list(config_json, "suppress_ids");
+                    config.suppress_tokens = suppress.clone();
+                    (
+                        config,
+                        Box::new(ct2),
+                        suppress,
+                        id_list(config_json, "suppress_ids_begin"),
+                    )
+                }
+                WeightsFormat::Safetensors => {
+                    let config: Config = serde_json::from_value(config_json.clone())
+                        .map_err(|e| failed(format!("{}/config.json: {e}", dir.display())))?;
+                    let path = dir.join("model.safetensors");
+                    let raw = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+                        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+                    let mut begin = id_list(config_json, "begin_suppress_tokens");
+                    if begin.is_empty() {
+                        if let Ok(gen) = read_json(&dir.join("generation_config.json")) {
+                            begin = id_list(&gen, "begin_suppress_tokens");
+                        }
+                    }
+                    let suppress = config.suppress_tokens.clone();
+                    (config, Box::new(HfTensors(raw)), suppress, begin)
+                }
+            };
+        let (net, weight_bytes) = match backend {
+            Backend::Native => {
+                let weights =
+                    native::Weights::load(source.as_ref(), &config).map_err(|e| not_whisper(&e))?;
+                let bytes = weights.bytes() as u64;
+                (Net::Native(Box::new(native::Model::new(weights))), bytes)
+            }
+            Backend::Candle => {
+                let device = crate::device::compute_device();
+                let mut tensors = HashMap::new();
+                for name in super::ct2::hf_names(&config) {
+                    let a = source.get(&name).map_err(|e| not_whisper(&e))?;
+                    let shape = a.shape.clone();
+                    let t = Tensor::from_vec(a.into_f32(), shape, &device).map_err(candle_err)?;
+                    tensors.insert(name, t);
+                }
+                let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+                let model = Whisper::load(&vb, config.clone()).map_err(|e| not_whisper(&e))?;
+                let decoder = Decoder::load(vb, &config).map_err(|e| not_whisper(&e))?;
+                let net = Net::Candle {
+                    model: Box::new(model),
+                    decoder: Box::new(decoder),
+                    hidden: None,
+                };
+                (net, f32_weight_bytes(&config))
+            }
+        };
+        Ok(Loaded {
+            config,
+            net,
+            weight_bytes,
+            suppress,
+            suppress_begin,
         })
     }
 
@@ -292,17 +521,14 @@ impl WhisperModel {
         })
     }
 
-    /// Bytes the weights take in memory (f32), estimated from the dimensions.
+    /// Bytes the weights take in memory.
     pub fn memory_bytes(&self) -> u64 {
-        let c = &self.config;
-        let d = c.d_model as u64;
-        // Per layer: attention 4 d^2 (+ cross-attention 4 d^2 in the decoder) and the MLP
-        // 8 d^2; embeddings, positions and the convolutions besides.
-        let enc = c.encoder_layers as u64 * 12 * d * d;
-        let dec = c.decoder_layers as u64 * 16 * d * d;
-        let emb = (c.vocab_size as u64 + c.max_target_positions as u64) * d;
-        let conv = 3 * d * (c.num_mel_bins as u64 + d);
-        (enc + dec + emb + conv) * 4
+        self.weight_bytes
+    }
+
+    /// The backend running the model.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The model dimensions.
@@ -387,11 +613,7 @@ impl WhisperModel {
 
         let content_frames = samples.len() / mel::HOP_LENGTH;
         // Thirty seconds of silence after the audio, so every window has 3000 frames.
-        let mut padded = Vec::with_capacity(samples.len() + 16_000 * 30);
-        padded.extend_from_slice(samples);
-        padded.resize(samples.len() + 16_000 * 30, 0.0);
-        let mel = self.front_end.compute(&padded).map_err(candle_err)?;
-        drop(padded);
+        let mel = self.front_end.compute_with_silence(samples, 16_000 * 30);
 
         let prompt_tokens: Vec<u32> = match options.prompt.as_deref().map(str::trim) {
             Some(p) if !p.is_empty() => self.tokenizer.encode(&format!(" {p}")),
@@ -403,16 +625,7 @@ impl WhisperModel {
         let mut seek = 0usize;
         while seek < content_frames {
             let window_frames = N_FRAMES.min(content_frames - seek);
-            let window = mel
-                .narrow(1, seek, N_FRAMES)
-                .and_then(|t| t.unsqueeze(0))
-                .map_err(candle_err)?;
-            let features = self
-                .model
-                .encoder
-                .forward(&window, true)
-                .map_err(candle_err)?;
-            self.decoder.set_audio(&features).map_err(candle_err)?;
+            self.net.set_audio(&mel, seek, N_FRAMES)?;
             if !self.english_only && language_token.is_none() {
                 let (code, token) = self.detect_language()?;
                 language_token = Some(token);
@@ -503,12 +716,9 @@ impl WhisperModel {
     }
 
     fn detect_language(&mut self) -> Result<(String, u32), EngineError> {
-        self.decoder.reset();
-        let hidden = self
-            .decoder
-            .forward(&[self.specials.sot])
-            .map_err(candle_err)?;
-        let logits = self.decoder.logits(&hidden, 0).map_err(candle_err)?;
+        self.net.reset();
+        self.net.forward(&[self.specials.sot])?;
+        let logits = self.net.logits(0)?;
         let best = self
             .specials
             .languages
@@ -537,21 +747,15 @@ impl WhisperModel {
         tokens.extend_from_slice(sot_sequence);
         let sample_begin = tokens.len();
         let sample_len = n_ctx / 2;
-        self.decoder.reset();
+        self.net.reset();
         // The prompt in one pass: the no-speech probability is read at <|startoftranscript|>.
-        let hidden = self.decoder.forward(&tokens).map_err(candle_err)?;
+        self.net.forward(&tokens)?;
         let mut no_speech_prob = 0f64;
         if let Some(ns) = self.specials.no_speech {
-            let at_sot = self
-                .decoder
-                .logits(&hidden, sot_index)
-                .map_err(candle_err)?;
+            let at_sot = self.net.logits(sot_index)?;
             no_speech_prob = softmax_prob(&at_sot, ns as usize);
         }
-        let mut logits = self
-            .decoder
-            .logits(&hidden, tokens.len() - 1)
-            .map_err(candle_err)?;
+        let mut logits = self.net.logits(tokens.len() - 1)?;
         let mut sum_logprob = 0f64;
         let mut sampled = 0usize;
         for _ in 0..sample_len {
@@ -569,8 +773,8 @@ impl WhisperModel {
                 break;
             }
             tokens.push(next);
-            let hidden = self.decoder.forward(&[next]).map_err(candle_err)?;
-            logits = self.decoder.logits(&hidden, 0).map_err(candle_err)?;
+            self.net.forward(&[next])?;
+            logits = self.net.logits(0)?;
         }
         Ok(WindowResult {
             tokens: tokens[sample_begin..].to_vec(),
@@ -696,14 +900,6 @@ struct ParsedWindow {
     resume_at: Option<u32>,
     /// Text after the last timestamp, kept when the window is consumed whole.
     trailing: Option<(u32, Vec<u32>)>,
-}
-
-fn log_sum_exp(xs: &[f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return max;
-    }
-    max + xs.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {

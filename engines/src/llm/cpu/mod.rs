@@ -49,7 +49,8 @@
 //! (soft-capped when the file gives `final_logit_softcapping`).
 
 pub mod quant;
-pub mod threads;
+/// The kernels' thread pool, shared with the Whisper engine.
+pub use crate::threads;
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Mutex;

@@ -1,5 +1,6 @@
-//! A persistent thread pool for the kernels of the CPU forward pass (not the shells'
-//! engine pool, which runs whole jobs).
+//! A persistent thread pool for the kernels of the engines' own CPU forward passes (the
+//! LLM's and Whisper's; not the shells' engine pool, which runs whole jobs). Feature `llm`
+//! or `whisper`; one process-wide pool ([`ThreadPool::global`]) serves both.
 //!
 //! [`ThreadPool::run`] calls a task on the calling thread (index 0) and on every worker
 //! thread (indices 1..n) that picks it up before the caller's own call returns; tasks share
@@ -83,9 +84,9 @@ impl ThreadPool {
             .map(|i| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("llm-cpu-{i}"))
+                    .name(format!("cpu-pool-{i}"))
                     .spawn(move || worker(&shared, i))
-                    .expect("spawning an LLM pool thread")
+                    .expect("spawning a CPU pool thread")
             })
             .collect();
         ThreadPool {
@@ -166,7 +167,7 @@ impl ThreadPool {
             std::panic::resume_unwind(p);
         }
         if sh.panicked.swap(false, Ordering::AcqRel) {
-            panic!("a task of the LLM thread pool panicked");
+            panic!("a task of the CPU thread pool panicked");
         }
     }
 
