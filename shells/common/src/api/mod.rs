@@ -255,8 +255,22 @@ pub(crate) mod test_loop {
                 },
             )
             .unwrap();
+            // The daemon's config, kept in memory only.
+            let mut config = crate::config::Config::default();
             for request in rx {
                 match request {
+                    Request::EditConfig { edit, reply } => {
+                        let before = config.clone();
+                        let outcome = edit(&before).map(|after| {
+                            if after.vram_threshold_gb != before.vram_threshold_gb {
+                                let gb = after.vram_threshold_gb;
+                                let _ = feed(&mut worker, Input::SetThreshold { gb });
+                            }
+                            config = after.clone();
+                            (Box::new(before), Box::new(after))
+                        });
+                        let _ = reply.send(outcome);
+                    }
                     Request::Query(read) => read(&worker, now().mono),
                     Request::Shutdown => {
                         let _ = feed(&mut worker, Input::Shutdown);
