@@ -808,7 +808,9 @@ mod tests {
         assert_eq!(run(&["demo"]).unwrap().0, None);
         assert_eq!(run(&["ui"]).unwrap().0, None);
         assert_eq!(
-            parse(&["ui", "--screenshots", "shots", "--autostart"]).unwrap().command,
+            parse(&["ui", "--screenshots", "shots", "--autostart"])
+                .unwrap()
+                .command,
             CliCommand::Ui(UiArgs {
                 screenshots: Some(PathBuf::from("shots")),
                 autostart: true,

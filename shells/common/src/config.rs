@@ -526,7 +526,11 @@ impl Config {
         let mut config: Config = serde_json::from_value(merged).map_err(|e| e.to_string())?;
         config.extra = self.extra.clone();
         config.models_root = expand_home(&config.models_root);
-        if config.auto_update_feed.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if config
+            .auto_update_feed
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             config.auto_update_feed = None;
         }
         config.validate()?;
@@ -823,9 +827,15 @@ mod tests {
             .unwrap();
         assert_eq!(cleared.auto_update_feed, None);
         for (bad, names) in [
-            (serde_json::json!({"vram_threshold_gb": -2}), "vram_threshold_gb"),
+            (
+                serde_json::json!({"vram_threshold_gb": -2}),
+                "vram_threshold_gb",
+            ),
             (serde_json::json!({"api_base_url": "nope"}), "api_base_url"),
-            (serde_json::json!({"auto_update_interval_secs": -1}), "auto_update_interval_secs"),
+            (
+                serde_json::json!({"auto_update_interval_secs": -1}),
+                "auto_update_interval_secs",
+            ),
             (serde_json::json!({"auth_token": "x"}), "auth_token"),
             (serde_json::json!({"models_root": ""}), "models_root"),
         ] {

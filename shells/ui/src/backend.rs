@@ -228,11 +228,15 @@ impl Poller {
 
     fn poll(&mut self) {
         match self.get("/daemon/status") {
-            Ok(body) => {
-                let status = serde_json::from_value(body).unwrap_or_default();
-                self.emit(Event::Status(Box::new(status)));
-                self.poll_logs();
-            }
+            Ok(body) => match crate::model::read(body) {
+                Ok(status) => {
+                    self.emit(Event::Status(Box::new(status)));
+                    self.poll_logs();
+                }
+                Err(e) => self.emit(Event::Disconnected(format!(
+                    "the worker's status is unreadable ({e}); is it another version?"
+                ))),
+            },
             Err(e) => {
                 self.emit(Event::Disconnected(describe(&e)));
                 if std::mem::take(&mut self.start_daemon) {
@@ -246,7 +250,7 @@ impl Poller {
         let Ok(body) = self.get(&format!("/daemon/logs?after={}", self.log_after)) else {
             return;
         };
-        let page: LogPage = serde_json::from_value(body).unwrap_or_default();
+        let page: LogPage = crate::model::read(body).unwrap_or_default();
         if page.next < self.log_after {
             // Another daemon (numbered from the start again): read it from its start.
             self.log_after = 0;
@@ -268,12 +272,18 @@ impl Poller {
             Call::Shutdown => self
                 .post("/daemon/shutdown")
                 .map(|_| "the worker is stopping".into()),
-            Call::CheckUpdate => self.post("/daemon/check-update").map(|v| {
-                v.get("message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| "update check requested".into())
-            }),
+            Call::CheckUpdate => self.check_update(),
+            Call::Settings(None) => {
+                // A read: the form fills in; nothing to tell.
+                match self.settings(None) {
+                    Ok(reply) => self.emit(Event::Settings(reply)),
+                    Err(e) => self.emit(Event::Done {
+                        call: label,
+                        result: Err(e),
+                    }),
+                }
+                return;
+            }
             Call::Settings(edits) => match self.settings(edits) {
                 Ok(reply) => {
                     let message = saved_message(&reply);
@@ -293,6 +303,20 @@ impl Poller {
         self.poll();
     }
 
+    /// `POST /daemon/check-update`; a worker that answers its status but has no such route
+    /// is a build without self-update.
+    fn check_update(&mut self) -> Result<String, String> {
+        match self.post("/daemon/check-update") {
+            Ok(v) => Ok(v
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| "update check requested".into())),
+            Err(_) if self.get("/daemon/status").is_ok() => Err(UPDATE_CHECK_UNAVAILABLE.into()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn post(&mut self, path: &str) -> Result<Value, String> {
         let result = match self.client() {
             Some(c) => c.post(path),
@@ -302,12 +326,7 @@ impl Poller {
             if e == ClientError::NotRunning {
                 self.client = None;
             }
-            match e {
-                ClientError::Failed { status: 404, .. } => {
-                    "not available in this build of the worker".into()
-                }
-                e => describe(&e),
-            }
+            describe(&e)
         })
     }
 
@@ -323,7 +342,7 @@ impl Poller {
             None => None,
         };
         match answer {
-            Some(Ok(body)) => Ok(serde_json::from_value(body).unwrap_or_default()),
+            Some(Ok(body)) => crate::model::read(body).map_err(|e| e.to_string()),
             Some(Err(ClientError::Failed { message, .. })) => Err(message),
             Some(Err(ClientError::NotRunning)) | None => {
                 self.client = None;
@@ -353,6 +372,9 @@ impl Poller {
         Ok("registration forgotten; the worker asks the studio for approval again".into())
     }
 }
+
+/// What "Check for updates" says to a worker built without self-update.
+pub const UPDATE_CHECK_UNAVAILABLE: &str = "not available in this build of the worker";
 
 /// How long a reset waits for the worker to stop (it finishes a job in flight first).
 pub const RESET_STOP_TIMEOUT: Duration = Duration::from_secs(45);

@@ -105,7 +105,7 @@ impl Form {
         Config::default().with_settings(&all)?;
         Ok(all
             .into_iter()
-            .filter(|(k, v)| self.loaded.get(k) != Some(v))
+            .filter(|(k, v)| self.loaded.get(k).unwrap_or(&Value::Null) != v)
             .collect())
     }
 }

@@ -367,7 +367,12 @@ fn every_setting_is_read_and_edited_with_validation() {
     assert_eq!(body["live"], json!(["vram_threshold_gb", "auto_enabled"]));
     assert_eq!(body["applied"], json!([]));
     // No secret and no registration key is ever part of the settings.
-    for hidden in ["auth_token", "local_api_token", "registration_secret", "worker_id"] {
+    for hidden in [
+        "auth_token",
+        "local_api_token",
+        "registration_secret",
+        "worker_id",
+    ] {
         assert!(body["settings"].get(hidden).is_none(), "{hidden}");
     }
 
@@ -411,7 +416,10 @@ fn every_setting_is_read_and_edited_with_validation() {
     ] {
         let (status, body) = authed(addr, "PATCH", "/daemon/settings", bad);
         assert_eq!(status, 400, "{bad}: {body}");
-        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
     }
     // Nothing of the refused bodies was applied.
     let (_, body) = authed(addr, "GET", "/daemon/settings", "");
