@@ -85,6 +85,25 @@ pub enum Event {
     },
 }
 
+/// The worker program the window starts (`program --config <config> run`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub program: PathBuf,
+    /// Start it when it does not answer the window's first poll.
+    pub start_if_down: bool,
+}
+
+impl Worker {
+    /// This program (the window is the `ui` subcommand of the worker binary), started when
+    /// down.
+    pub fn this_program() -> Worker {
+        Worker {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("studio-worker")),
+            start_if_down: true,
+        }
+    }
+}
+
 /// Wakes the UI thread after an event (egui's `request_repaint`).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
@@ -104,9 +123,9 @@ pub struct FakeDaemon {
 }
 
 impl Backend {
-    /// Starts the API thread for the daemon of `config_path`. With `start_daemon`, a
-    /// daemon that does not answer the first poll is started (detached `run`, same config).
-    pub fn start(config_path: PathBuf, start_daemon: bool, waker: Waker) -> Backend {
+    /// Starts the API thread for the daemon of `config_path`, which `worker` starts when
+    /// asked (and, with [`Worker::start_if_down`], when it does not answer the first poll).
+    pub fn start(config_path: PathBuf, worker: Worker, waker: Waker) -> Backend {
         let (calls, call_rx) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();
         std::thread::Builder::new()
@@ -116,7 +135,8 @@ impl Backend {
                     config_path,
                     client: None,
                     log_after: 0,
-                    start_daemon,
+                    start_daemon: worker.start_if_down,
+                    program: worker.program,
                     events: event_tx,
                     waker,
                 }
@@ -182,6 +202,7 @@ struct Poller {
     client: Option<Client>,
     log_after: u64,
     start_daemon: bool,
+    program: PathBuf,
     events: Sender<Event>,
     waker: Waker,
 }
@@ -292,7 +313,7 @@ impl Poller {
                 }
                 Err(e) => Err(e),
             },
-            Call::StartDaemon => start_daemon(&self.config_path),
+            Call::StartDaemon => start_daemon(&self.program, &self.config_path),
             Call::ResetRegistration => self.reset_registration(),
         };
         self.emit(Event::Done {
@@ -334,13 +355,10 @@ impl Poller {
     /// config.toml itself.
     fn settings(&mut self, edits: Option<Map<String, Value>>) -> Result<SettingsReply, String> {
         let edits_or_empty = edits.clone().unwrap_or_default();
-        let answer = match self.client() {
-            Some(c) => Some(match &edits {
-                Some(edits) => c.patch("/daemon/settings", &Value::Object(edits.clone())),
-                None => c.get("/daemon/settings"),
-            }),
-            None => None,
-        };
+        let answer = self.client().map(|c| match &edits {
+            Some(edits) => c.patch("/daemon/settings", &Value::Object(edits.clone())),
+            None => c.get("/daemon/settings"),
+        });
         match answer {
             Some(Ok(body)) => crate::model::read(body).map_err(|e| e.to_string()),
             Some(Err(ClientError::Failed { message, .. })) => Err(message),
@@ -367,7 +385,7 @@ impl Poller {
         config.clear_registration();
         config.save(&self.config_path).map_err(|e| e.to_string())?;
         if was_running {
-            start_daemon(&self.config_path)?;
+            start_daemon(&self.program, &self.config_path)?;
         }
         Ok("registration forgotten; the worker asks the studio for approval again".into())
     }
@@ -416,11 +434,10 @@ pub fn edit_file(config_path: &Path, edits: &Map<String, Value>) -> Result<Setti
     })
 }
 
-/// Starts `run` for `config_path`, detached from the window: its own process group, no
+/// Starts `program run` for `config_path`, detached from the window: its own process group, no
 /// terminal, so closing the window (or its terminal) never stops the worker.
-pub fn start_daemon(config_path: &Path) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let mut command = Command::new(exe);
+pub fn start_daemon(program: &Path, config_path: &Path) -> Result<String, String> {
+    let mut command = Command::new(program);
     command
         .arg("--config")
         .arg(config_path)

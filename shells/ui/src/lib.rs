@@ -50,7 +50,11 @@ pub fn run(config_path: &Path, args: &UiArgs) -> i32 {
             return 1;
         }
     }
-    let backend = Backend::start(config_path.to_path_buf(), true, wake.waker());
+    let backend = Backend::start(
+        config_path.to_path_buf(),
+        backend::Worker::this_program(),
+        wake.waker(),
+    );
     let app = StudioApp::new(backend, config_path.to_path_buf());
     let tray = if screenshots.is_some() {
         None

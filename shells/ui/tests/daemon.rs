@@ -21,7 +21,10 @@ const WAIT: Duration = Duration::from_secs(60);
 fn backend(worker: &Worker) -> Backend {
     Backend::start(
         worker.config_path().to_path_buf(),
-        false,
+        studio_ui::backend::Worker {
+            program: PathBuf::from("/nonexistent/never-started"),
+            start_if_down: false,
+        },
         std::sync::Arc::new(|| {}),
     )
 }
@@ -178,6 +181,77 @@ fn the_window_pauses_a_real_worker(bin: &Bin) {
     assert!(info["url"]
         .as_str()
         .is_some_and(|u| u.starts_with("http://127.0.0.1:")));
+}
+
+/// No worker runs for the config: the window starts one (detached), then stops it.
+fn a_missing_worker_is_started(bin: &Bin) {
+    let studio = Studio::with_worker("w-3", "tok-3");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    studio_e2e::write_config(
+        &config,
+        &studio.base_url(),
+        &Setup::provisioned("w-3", "tok-3").with_models_root(dir.path().join("models")),
+    )
+    .unwrap();
+    let ui_worker = studio_ui::backend::Worker {
+        program: bin.path.clone(),
+        start_if_down: true,
+    };
+    // The worker's API on an ephemeral port (the default one may be taken).
+    std::env::set_var("STUDIO_WORKER_LOCAL_API_PORT", "0");
+    let backend = Backend::start(config.clone(), ui_worker, std::sync::Arc::new(|| {}));
+    let started = done(&backend, "start the worker").expect("started");
+    assert!(started.contains("started one (pid"), "{started}");
+    studio.wait_connected("w-3");
+    status_where(&backend, "connected", |s| s.session == "connected");
+    backend.send(Call::Shutdown);
+    assert!(done(&backend, "stop the worker").is_ok());
+    until(&backend, "the worker gone", |e| match e {
+        Event::Disconnected(_) => Some(()),
+        _ => None,
+    });
+}
+
+/// A worker awaiting approval: the reset forgets the request and the worker asks again.
+fn registration_is_reset(bin: &Bin) {
+    let studio = Studio::start();
+    let worker = Worker::start(bin, &studio, &Setup::unregistered());
+    let ui_worker = studio_ui::backend::Worker {
+        program: bin.path.clone(),
+        start_if_down: false,
+    };
+    std::env::set_var("STUDIO_WORKER_LOCAL_API_PORT", "0");
+    let backend = Backend::start(
+        worker.config_path().to_path_buf(),
+        ui_worker,
+        std::sync::Arc::new(|| {}),
+    );
+    let first = status_where(&backend, "awaiting approval", |s| {
+        s.session == "awaiting_approval" && s.registration_request_id.is_some()
+    });
+    assert!(first.operator_action().is_some());
+    backend.send(Call::ResetRegistration);
+    let reset = done(&backend, "reset registration");
+    assert!(reset.is_ok(), "{reset:?}");
+    let second = status_where(&backend, "a new request", |s| {
+        s.session == "awaiting_approval"
+            && s.registration_request_id.is_some()
+            && s.registration_request_id != first.registration_request_id
+    });
+    assert_ne!(second.pid, first.pid, "a new worker process");
+    backend.send(Call::Shutdown);
+    assert!(done(&backend, "stop the worker").is_ok());
+}
+
+#[test]
+fn a_missing_worker_is_started_detached() {
+    run_on(SYNC, a_missing_worker_is_started);
+}
+
+#[test]
+fn reset_registration_restarts_the_request() {
+    run_on(SYNC, registration_is_reset);
 }
 
 #[test]
