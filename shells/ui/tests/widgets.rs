@@ -22,8 +22,11 @@ fn has_part<S>(harness: &Harness<'_, S>, text: &str) -> bool {
     harness.query_all_by_label_contains(text).next().is_some()
 }
 
+/// A `/daemon/status` body recorded from a real worker (`studio-worker run` against the
+/// loopback studio, one synthetic job done and one in flight).
 fn recorded_status() -> DaemonStatus {
-    serde_json::from_str(include_str!("fixtures/status.json")).expect("the recorded body reads")
+    let body = serde_json::from_str(include_str!("fixtures/status.json")).unwrap();
+    studio_ui::model::read(body).expect("the recorded body reads")
 }
 
 fn settings() -> SettingsReply {
@@ -68,10 +71,10 @@ fn the_status_tab_shows_the_recorded_status() {
     for text in [
         "w-1",
         "connected",
-        "2.3 s ago",
-        "24.0 GB total, threshold 12.0 GB",
-        "5 completed, 1 failed",
-        "2 (1 reconnects)",
+        "2.8 s ago",
+        "0.0 GB total, threshold 12.0 GB",
+        "1 completed, 0 failed",
+        "1 (0 reconnects)",
     ] {
         assert!(has(&harness, text), "{text} is shown");
     }
@@ -83,20 +86,20 @@ fn the_jobs_tab_shows_the_job_in_flight_and_the_finished_ones() {
     let (mut harness, _daemon) = window();
     open(&mut harness, Tab::Jobs);
     for text in [
-        "job-7",
-        "synthetic-llm",
+        "job-2",
+        "llm",
         "write a haiku about tea",
-        "job-6",
+        "job-1",
+        "image",
         " completed ",
-        " failed ",
-        "480 ms",
-        "95 ms",
+        "Finished (last 1)",
     ] {
         assert!(has(&harness, text), "{text} is shown");
     }
-    // The elapsed time is shown, live: at least the 1.25 s reported (never in ms).
+    assert!(has_part(&harness, "20."), "job-1 took 20 s");
+    // The elapsed time is shown, live: at least the 4.8 s reported (never in ms).
     assert!(has(&harness, "Elapsed"));
-    assert!(!has_part(&harness, "1250 ms"));
+    assert!(!has_part(&harness, "4827 ms"));
 }
 
 #[test]
@@ -130,8 +133,8 @@ fn the_logs_tab_filters_by_level_and_text() {
         .events
         .send(Event::Logs(LogPage {
             entries: vec![
-                line(1, "info", "accepted the offer", Some("job-7")),
-                line(2, "error", "upload failed", Some("job-5")),
+                line(1, "info", "accepted the offer", Some("job-2")),
+                line(2, "error", "upload failed", Some("job-1")),
                 line(3, "debug", "tick", None),
             ],
             next: 3,
@@ -148,7 +151,7 @@ fn the_logs_tab_filters_by_level_and_text() {
     harness.run();
     harness
         .get_by_role(egui::accesskit::Role::TextInput)
-        .type_text("job-5");
+        .type_text("job-1");
     harness.run();
     assert!(!has_part(&harness, "accepted the offer"));
     assert!(has_part(&harness, "upload failed"));
