@@ -473,3 +473,51 @@ fn detach(command: &mut Command) {
 
 #[cfg(not(any(unix, windows)))]
 fn detach(_command: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_no_worker_the_settings_are_edited_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let config = Config {
+            auth_token: Some("kept-secret".into()),
+            ..Config::default()
+        };
+        config.save(&path).unwrap();
+        let edits = |v: Value| v.as_object().unwrap().clone();
+        let reply = edit_file(&path, &edits(serde_json::json!({"vram_threshold_gb": 3}))).unwrap();
+        assert_eq!(reply.settings["vram_threshold_gb"], 3.0);
+        let saved = Config::load(&path).unwrap();
+        assert_eq!(saved.vram_threshold_gb, 3.0);
+        assert_eq!(saved.auth_token.as_deref(), Some("kept-secret"));
+        let e = edit_file(&path, &edits(serde_json::json!({"vram_threshold_gb": -3}))).unwrap_err();
+        assert!(e.contains("vram_threshold_gb"), "{e}");
+        assert_eq!(Config::load(&path).unwrap().vram_threshold_gb, 3.0);
+    }
+
+    #[test]
+    fn a_silent_worker_shows_within_the_promised_time() {
+        assert!(POLL_INTERVAL + CALL_TIMEOUT < DISCONNECT_WITHIN);
+    }
+
+    #[test]
+    fn a_save_says_what_was_applied_and_what_waits() {
+        let reply = |applied: &[&str], restart: &[&str]| SettingsReply {
+            applied: applied.iter().map(|s| s.to_string()).collect(),
+            restart_required: restart.iter().map(|s| s.to_string()).collect(),
+            ..SettingsReply::default()
+        };
+        assert_eq!(saved_message(&reply(&[], &[])), "saved");
+        assert_eq!(
+            saved_message(&reply(&["vram_threshold_gb"], &[])),
+            "saved and applied: vram_threshold_gb"
+        );
+        assert_eq!(
+            saved_message(&reply(&["auto_enabled"], &["models_root"])),
+            "saved; restart required for: models_root"
+        );
+    }
+}

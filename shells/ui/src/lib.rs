@@ -56,11 +56,11 @@ pub fn run(config_path: &Path, args: &UiArgs) -> i32 {
         wake.waker(),
     );
     let app = StudioApp::new(backend, config_path.to_path_buf());
-    let tray = if screenshots.is_some() {
-        None
-    } else {
-        new_tray(&wake)
-    };
+    let tray = new_tray(&wake);
+    if screenshots.is_some() {
+        // The screenshot run says whether the tray came up (CI runs it on a session bus).
+        println!("tray: {}", if tray.is_some() { "shown" } else { "none" });
+    }
     // Started by the session's autostart entry: `start_minimised` hides the window in the
     // tray (when there is one).
     let hidden = args.autostart
@@ -72,6 +72,7 @@ pub fn run(config_path: &Path, args: &UiArgs) -> i32 {
         tray,
         shots: screenshots.map(Screenshots::new),
         outcome: outcome.clone(),
+        closing: false,
     };
     let quit = Arc::new(Mutex::new(None));
     let quit_seen = quit.clone();

@@ -54,6 +54,8 @@ pub struct Window {
     pub shots: Option<Screenshots>,
     /// Shared with the caller: the screenshot run's outcome.
     pub outcome: Arc<std::sync::Mutex<Option<Screenshots>>>,
+    /// The window is closing for good (the screenshot run is over).
+    pub closing: bool,
 }
 
 impl Window {
@@ -116,6 +118,7 @@ impl Window {
         }
         if shots.next >= Tab::ALL.len() || shots.error.is_some() {
             *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = self.shots.take();
+            self.closing = true;
             ctx.send_viewport_cmd(ViewportCommand::Close);
             return;
         }
@@ -146,7 +149,7 @@ impl Window {
         self.screenshots(ui);
         self.app.ui(ui);
         let close = ui.ctx().input(|i| i.viewport().close_requested());
-        if close && self.app.quit.is_none() && self.tray.is_some() && self.shots.is_none() {
+        if close && !self.closing && self.app.quit.is_none() && self.tray.is_some() {
             // Closing hides the window to the tray; Quit in the tray (or About) ends it.
             ui.ctx().send_viewport_cmd(ViewportCommand::CancelClose);
             ui.ctx().send_viewport_cmd(ViewportCommand::Visible(false));

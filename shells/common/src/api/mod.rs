@@ -16,7 +16,9 @@
 //!   `resume` (runtime only), `POST /daemon/disable` / `enable` (saved as `auto_enabled`),
 //!   `POST /daemon/shutdown` (202, then the SIGTERM path), `GET /daemon/logs?after=SEQ`,
 //!   `GET` / `PATCH /daemon/config` (the settings applied at once: `vramThresholdGb`,
-//!   `autoEnabled`), `GET /metrics` (Prometheus text format 0.0.4).
+//!   `autoEnabled`), `GET` / `PATCH /daemon/settings` (every setting of config.toml,
+//!   edited through the daemon's loop: saved, the live ones applied, the rest reported as
+//!   waiting for a restart), `GET /metrics` (Prometheus text format 0.0.4).
 //! * **How**: one thread ([`server`]) accepts a connection, reads one bounded request
 //!   (`httparse` parses its head), answers it and closes. It never touches the core:
 //!   changes go through the daemon's [`Control`] as core inputs, and everything it reports
