@@ -6,8 +6,9 @@
 //! * macOS: `~/Library/LaunchAgents/gg.minis.<bin>-ui.plist`, a LaunchAgent run at load;
 //! * Windows: the value `<bin>-ui` under `HKCU\Software\Microsoft\Windows\CurrentVersion\Run`.
 //!
-//! Each entry runs `<this program> --config <config> ui`: the same program and config as
-//! the window that switched it on.
+//! Each entry runs `<this program> --config <config> ui --autostart`: the same program and
+//! config as the window that switched it on (`--autostart`: start hidden in the tray when
+//! `start_minimised` says so).
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +36,7 @@ impl Autostart {
                 "--config".into(),
                 config_path.display().to_string(),
                 "ui".into(),
+                "--autostart".into(),
             ],
         }
     }
@@ -252,6 +254,19 @@ mod tests {
                 "ui".into(),
             ],
         }
+    }
+
+    #[test]
+    fn the_entry_opens_this_program_on_this_config_hidden_if_asked() {
+        let a = Autostart::for_config(Path::new("/home/a/w/config.toml"));
+        assert_eq!(
+            a.command[0],
+            std::env::current_exe().unwrap().display().to_string()
+        );
+        assert_eq!(
+            a.command[1..],
+            ["--config", "/home/a/w/config.toml", "ui", "--autostart"]
+        );
     }
 
     #[test]
