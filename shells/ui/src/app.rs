@@ -565,7 +565,12 @@ impl StudioApp {
                 &match last {
                     Some(serde_json::Value::Null) | None => "never".to_string(),
                     Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
+                    // {"at", "current", "result", "latest", "error", "text"}
+                    Some(check) => format!(
+                        "{} ({})",
+                        check["text"].as_str().unwrap_or("checked"),
+                        check["at"].as_str().unwrap_or("?")
+                    ),
                 },
             );
         });

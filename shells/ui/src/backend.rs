@@ -293,7 +293,10 @@ impl Poller {
             Call::Shutdown => self
                 .post("/daemon/shutdown")
                 .map(|_| "the worker is stopping".into()),
-            Call::CheckUpdate => self.check_update(),
+            Call::CheckUpdate => {
+                self.check_update();
+                return;
+            }
             Call::Settings(None) => {
                 // A read: the form fills in; nothing to tell.
                 match self.settings(None) {
@@ -324,18 +327,33 @@ impl Poller {
         self.poll();
     }
 
-    /// `POST /daemon/check-update`; a worker that answers its status but has no such route
+    /// `POST /daemon/check-update` on a thread of its own (the worker answers once the feed
+    /// has, up to 90 s; the status keeps flowing meanwhile); a worker that has no such route
     /// is a build without self-update.
-    fn check_update(&mut self) -> Result<String, String> {
-        match self.post("/daemon/check-update") {
-            Ok(v) => Ok(v
-                .get("message")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| "update check requested".into())),
-            Err(_) if self.get("/daemon/status").is_ok() => Err(UPDATE_CHECK_UNAVAILABLE.into()),
-            Err(e) => Err(e),
-        }
+    fn check_update(&mut self) {
+        let (events, waker) = (self.events.clone(), self.waker.clone());
+        let config_path = self.config_path.clone();
+        std::thread::spawn(move || {
+            let result = match Client::for_config_with_timeout(&config_path, CHECK_UPDATE_TIMEOUT) {
+                None => Err(describe(&ClientError::NotRunning)),
+                Some(client) => match client.post("/daemon/check-update") {
+                    Ok(v) => Ok(v
+                        .get("text")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "update check done".into())),
+                    Err(ClientError::NotRunning) if client.get("/daemon/status").is_ok() => {
+                        Err(UPDATE_CHECK_UNAVAILABLE.into())
+                    }
+                    Err(e) => Err(describe(&e)),
+                },
+            };
+            let _ = events.send(Event::Done {
+                call: Call::CheckUpdate.label(),
+                result,
+            });
+            waker();
+        });
     }
 
     fn post(&mut self, path: &str) -> Result<Value, String> {
@@ -390,6 +408,9 @@ impl Poller {
         Ok("registration forgotten; the worker asks the studio for approval again".into())
     }
 }
+
+/// How long "Check for updates" waits for the worker (which waits up to 90 s for the feed).
+pub const CHECK_UPDATE_TIMEOUT: Duration = Duration::from_secs(100);
 
 /// What "Check for updates" says to a worker built without self-update.
 pub const UPDATE_CHECK_UNAVAILABLE: &str = "not available in this build of the worker";

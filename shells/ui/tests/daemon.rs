@@ -129,13 +129,6 @@ fn pause_resume_save_and_logs(bin: &Bin) {
         _ => None,
     });
 
-    // This build of the worker has no self-update: the button says so.
-    backend.send(Call::CheckUpdate);
-    assert_eq!(
-        done(&backend, "check for updates"),
-        Err(studio_ui::backend::UPDATE_CHECK_UNAVAILABLE.into())
-    );
-
     // The worker goes away: the window says so.
     worker.kill();
     until(&backend, "disconnected", |e| match e {

@@ -121,7 +121,7 @@ fn authorized(head: &Head, token: &Secret) -> bool {
 }
 
 /// The routes and the methods each takes.
-const ROUTES: [(&str, &[&str]); 11] = [
+const ROUTES: [(&str, &[&str]); 12] = [
     ("/healthz", &["GET"]),
     ("/daemon/status", &["GET"]),
     ("/daemon/pause", &["POST"]),
