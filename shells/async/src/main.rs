@@ -3,5 +3,10 @@
 //! the sync binary: `studio_shell::app::main`.
 
 fn main() -> std::process::ExitCode {
-    studio_shell::app::main::<studio_worker_async::Daemon>()
+    // The desktop window (`ui`), when built with the `ui` feature.
+    #[cfg(feature = "ui")]
+    let ui: Option<studio_shell::app::UiMain> = Some(studio_ui::run);
+    #[cfg(not(feature = "ui"))]
+    let ui = None;
+    studio_shell::app::main_with::<studio_worker_async::Daemon>(ui)
 }

@@ -9,14 +9,18 @@
 //!   and release the lock);
 //! * `demo` runs the daemon against the loopback studio (`crate::demo`, feature `demo`);
 //!   a build without it answers with a usage error naming the command that builds one
-//!   ([`demo_not_built`]).
+//!   ([`demo_not_built`]);
+//! * `ui` opens the desktop window: its code lives in its own crate (`studio-ui`, which
+//!   depends on this one), so a binary built with its `ui` feature passes the window's
+//!   entry point in ([`main_with`]); without it `ui` is a usage error naming the command
+//!   that builds one ([`ui_not_built`]).
 
 use std::path::Path;
 
 use clap::Parser;
 use tracing::level_filters::LevelFilter;
 
-use crate::cli::{run_admin_command, Cli, CliCommand};
+use crate::cli::{run_admin_command, Cli, CliCommand, UiArgs};
 use crate::config::Config;
 use crate::control::Exit;
 use crate::daemon::WorkerDaemon;
@@ -123,6 +127,15 @@ fn restart(exit: Exit, exe: std::io::Result<std::path::PathBuf>) -> Exit {
 /// out; `info` otherwise) and the crypto provider, carry the command out, flush Sentry,
 /// and return the process exit code.
 pub fn main<D: WorkerDaemon>() -> std::process::ExitCode {
+    main_with::<D>(None)
+}
+
+/// The desktop window's entry point: `ui` for the worker of a config; returns the process
+/// exit code.
+pub type UiMain = fn(&Path, &UiArgs) -> i32;
+
+/// [`main`] of a binary that carries the desktop window (`ui`: `Some(entry point)`).
+pub fn main_with<D: WorkerDaemon>(ui: Option<UiMain>) -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, CliCommand::Demo { .. });
     let (telemetry, warning) = if cli.command == CliCommand::Run {
@@ -144,7 +157,7 @@ pub fn main<D: WorkerDaemon>() -> std::process::ExitCode {
     }
     // Before any TLS use (see crate::tls).
     crate::tls::install_crypto_provider();
-    let code = run_cli::<D>(&cli);
+    let code = run_cli_with::<D>(&cli, ui);
     // Sends what is queued (at most 2 s) before the process exits.
     drop(telemetry);
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -153,6 +166,11 @@ pub fn main<D: WorkerDaemon>() -> std::process::ExitCode {
 /// Carries out the command line; returns the process exit code. An error exit ends with
 /// one `studio-worker: <reason>` line on stderr.
 pub fn run_cli<D: WorkerDaemon>(cli: &Cli) -> i32 {
+    run_cli_with::<D>(cli, None)
+}
+
+/// [`run_cli`] with the desktop window's entry point, when the binary carries it.
+pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
     match run_admin_command(cli, &mut std::io::stdout()) {
         Ok(Some(code)) => return code,
         Ok(None) => {}
@@ -163,6 +181,13 @@ pub fn run_cli<D: WorkerDaemon>(cli: &Cli) -> i32 {
     }
     let result = match &cli.command {
         CliCommand::Demo { out, keep_running } => demo::<D>(out.as_deref(), *keep_running),
+        CliCommand::Ui(args) => match ui {
+            Some(window) => cli
+                .config_path()
+                .map_err(Into::into)
+                .map(|path| window(&path, args)),
+            None => Err(ui_not_built(D::PACKAGE)),
+        },
         _ => cli
             .config_path()
             .map_err(Into::into)
@@ -208,9 +233,54 @@ pub fn demo_not_built(package: &str) -> RunError {
     )))
 }
 
+/// What `ui` answers in a build of `package` without the `ui` feature (the window and
+/// its GL and tray libraries are left out of headless and service builds): a usage error
+/// (exit 2) giving the exact command that builds and opens one.
+pub fn ui_not_built(package: &str) -> RunError {
+    RunError::Shell(ShellError::InvalidArgument(format!(
+        "this build of {package} has no desktop window (it is only built in on request); \
+         build and open it with: cargo run --release -p {package} --features ui -- ui"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_build_without_the_window_names_the_command_that_builds_one() {
+        let e = ui_not_built("studio-worker");
+        assert_eq!(e.exit_code(), 2);
+        let message = e.to_string();
+        assert!(
+            message.contains("cargo run --release -p studio-worker --features ui -- ui"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "one line: {message}");
+        let cli = Cli::parse_from(["studio-worker", "--config", "/nonexistent/c.toml", "ui"]);
+        assert_eq!(run_cli_with::<NoDaemon>(&cli, None), 2);
+        let window: UiMain = |path, _| i32::from(path.ends_with("c.toml")) + 40;
+        assert_eq!(run_cli_with::<NoDaemon>(&cli, Some(window)), 41);
+    }
+
+    /// A daemon type for the CLI paths that never start one.
+    struct NoDaemon;
+
+    impl WorkerDaemon for NoDaemon {
+        const PACKAGE: &'static str = "studio-worker";
+        const SHELL: &'static str = "none";
+        fn new(_: crate::session::Setup) -> Result<Self, RunError> {
+            Err(RunError::Shell(ShellError::NoConfigDir))
+        }
+        fn control(&self) -> crate::control::Control {
+            crate::control::Control::new(|_| {})
+        }
+        fn set_record(&mut self, _: Option<std::path::PathBuf>) {}
+        fn set_tls_config(&mut self, _: std::sync::Arc<rustls::ClientConfig>) {}
+        fn run(self) -> Exit {
+            unreachable!("never started")
+        }
+    }
 
     #[test]
     fn a_build_without_the_demo_names_the_command_that_builds_one() {

@@ -233,6 +233,17 @@ Stop and disable the service when the service manager answers, remove its file a
 reload the manager. Exits 0 when nothing is installed.")]
     UninstallService,
 
+    /// Open the desktop window and tray of the worker of this config (`--features ui` builds)
+    #[command(long_about = "\
+Open the desktop window and tray icon of the worker running for this config (found through \
+local-api.json beside it); when none answers, start one (`run`, detached: closing the \
+window never stops it). Closing the window hides it in the tray; Quit in the tray (or on \
+the About tab) closes both and offers to stop the worker too.
+
+Only in builds with the `ui` feature; other builds exit 2 naming the command that builds \
+one.")]
+    Ui(UiArgs),
+
     /// Run a self-contained demo: a local studio, this worker and a few jobs
     #[command(long_about = "\
 Run a self-contained demo: start a local loopback studio, connect this worker to it, \
@@ -246,6 +257,19 @@ network and no registration.")]
         #[arg(long)]
         keep_running: bool,
     },
+}
+
+/// `studio-worker ui`'s options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct UiArgs {
+    /// Write a screenshot of each tab into DIR (`status.png`, `jobs.png`, ...), then exit:
+    /// 0 when every one shows a drawn window.
+    #[arg(long, value_name = "DIR")]
+    pub screenshots: Option<PathBuf>,
+    /// Started by the session's autostart entry: honour `start_minimised` (start hidden in
+    /// the tray).
+    #[arg(long)]
+    pub autostart: bool,
 }
 
 impl Cli {
@@ -274,11 +298,12 @@ fn parse_api_base_url(s: &str) -> Result<String, String> {
 
 /// Carries out an admin subcommand (`register`, `status`, `pause`, `resume`, `enable`,
 /// `disable`, `set-threshold`, `config`, `replay`, `check-update`, `install-service`,
-/// `uninstall-service`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
-/// here, `Ok(None)` for `run` and `demo`, which the binary carries out itself.
+/// `uninstall-service`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the
+/// command was handled here, `Ok(None)` for `run`, `demo` and `ui`, which the binary
+/// carries out itself.
 pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, ShellError> {
     let text = match &cli.command {
-        CliCommand::Run | CliCommand::Demo { .. } => return Ok(None),
+        CliCommand::Run | CliCommand::Demo { .. } | CliCommand::Ui(_) => return Ok(None),
         CliCommand::Register {
             api_base_url,
             reset,
@@ -778,9 +803,19 @@ mod tests {
     }
 
     #[test]
-    fn run_and_demo_are_left_to_the_binary() {
+    fn run_demo_and_ui_are_left_to_the_binary() {
         assert_eq!(run(&["run"]).unwrap().0, None);
         assert_eq!(run(&["demo"]).unwrap().0, None);
+        assert_eq!(run(&["ui"]).unwrap().0, None);
+        assert_eq!(
+            parse(&["ui", "--screenshots", "shots", "--autostart"])
+                .unwrap()
+                .command,
+            CliCommand::Ui(UiArgs {
+                screenshots: Some(PathBuf::from("shots")),
+                autostart: true,
+            })
+        );
     }
 
     #[test]

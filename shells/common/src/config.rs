@@ -53,6 +53,31 @@ pub const DEFAULT_LOCAL_API_PORT: u16 = 4787;
 /// updates (`auto_update_enabled`).
 pub const SELF_UPDATE_AVAILABLE: bool = true;
 
+/// The keys an operator edits (the desktop window's Config tab, `PATCH /daemon/settings`):
+/// every key but the registration (`worker_id`, `install_id`, `registration_request_id`) and
+/// the secrets (`auth_token`, `registration_secret`, `local_api_token`).
+pub const SETTING_KEYS: [&str; 12] = [
+    "api_base_url",
+    "vram_threshold_gb",
+    "auto_enabled",
+    "auto_start",
+    "start_minimised",
+    "only_when_idle",
+    "models_root",
+    "ws_reconnect_attempts",
+    "auto_update_enabled",
+    "auto_update_interval_secs",
+    "auto_update_feed",
+    "local_api_port",
+];
+
+/// The settings a running worker applies at once; a change to any other setting takes
+/// effect when the worker restarts.
+pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
+
+/// The settings that may be absent (`null` in [`Config::settings`] clears them).
+const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
+
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
 pub const KNOWN_KEYS: [&str; 19] = [
     "api_base_url",
@@ -454,6 +479,75 @@ impl Config {
     }
 }
 
+/// Editing the settings as JSON (the local control API and the desktop window).
+impl Config {
+    /// The settings ([`SETTING_KEYS`]) as a JSON object of config.toml's keys and values
+    /// (an unset optional setting is `null`).
+    pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let all = serde_json::to_value(self).expect("config values always serialise");
+        SETTING_KEYS
+            .iter()
+            .map(|k| (k.to_string(), all.get(*k).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// This config with `edits` applied: a JSON object of settings ([`SETTING_KEYS`];
+    /// `null` clears an optional one), each checked on its own, then the whole config
+    /// validated. The error names the first bad key and says why; nothing is applied then.
+    pub fn with_settings(
+        &self,
+        edits: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Config, String> {
+        let base = serde_json::to_value(self).expect("config values always serialise");
+        let edit_one = |mut value: serde_json::Value, key: &str, new: &serde_json::Value| {
+            let object = value.as_object_mut().expect("a config is an object");
+            if new.is_null() && OPTIONAL_SETTING_KEYS.contains(&key) {
+                object.remove(key);
+            } else {
+                object.insert(key.to_string(), new.clone());
+            }
+            value
+        };
+        let mut merged = base.clone();
+        for (key, new) in edits {
+            if !SETTING_KEYS.contains(&key.as_str()) {
+                return Err(format!(
+                    "`{key}` is not a setting (settings: {})",
+                    SETTING_KEYS.join(", ")
+                ));
+            }
+            serde_json::from_value::<Config>(edit_one(base.clone(), key, new))
+                .map_err(|e| format!("{key}: {e}"))?;
+            if key == "models_root" && new.as_str().is_some_and(|s| s.trim().is_empty()) {
+                return Err("models_root: must name a directory".into());
+            }
+            merged = edit_one(merged, key, new);
+        }
+        let mut config: Config = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+        config.extra = self.extra.clone();
+        config.models_root = expand_home(&config.models_root);
+        if config
+            .auto_update_feed
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            config.auto_update_feed = None;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The settings whose values differ between this config and `other`, in
+    /// [`SETTING_KEYS`] order.
+    pub fn changed_settings(&self, other: &Config) -> Vec<&'static str> {
+        let (a, b) = (self.settings(), other.settings());
+        SETTING_KEYS
+            .into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .collect()
+    }
+}
+
 impl fmt::Display for Config {
     /// The redacted TOML text.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -701,6 +795,54 @@ fn sync_dir(_dir: &Path) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_edited_as_json_and_validated() {
+        let config = Config {
+            local_api_token: Some("t0k".into()),
+            auth_token: Some("a".into()),
+            ..Config::default()
+        };
+        let settings = config.settings();
+        assert_eq!(settings.len(), SETTING_KEYS.len());
+        assert_eq!(settings["ws_reconnect_attempts"], serde_json::Value::Null);
+        let edits = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let edited = config
+            .with_settings(&edits(serde_json::json!({
+                "vram_threshold_gb": 3.5,
+                "auto_update_feed": "https://feed.example/",
+                "auto_start": true,
+            })))
+            .unwrap();
+        assert_eq!(edited.vram_threshold_gb, 3.5);
+        assert!(edited.auto_start);
+        // Secrets and unknown keys are kept.
+        assert_eq!(edited.local_api_token.as_deref(), Some("t0k"));
+        assert_eq!(
+            config.changed_settings(&edited),
+            ["vram_threshold_gb", "auto_start", "auto_update_feed"]
+        );
+        let cleared = edited
+            .with_settings(&edits(serde_json::json!({"auto_update_feed": null})))
+            .unwrap();
+        assert_eq!(cleared.auto_update_feed, None);
+        for (bad, names) in [
+            (
+                serde_json::json!({"vram_threshold_gb": -2}),
+                "vram_threshold_gb",
+            ),
+            (serde_json::json!({"api_base_url": "nope"}), "api_base_url"),
+            (
+                serde_json::json!({"auto_update_interval_secs": -1}),
+                "auto_update_interval_secs",
+            ),
+            (serde_json::json!({"auth_token": "x"}), "auth_token"),
+            (serde_json::json!({"models_root": ""}), "models_root"),
+        ] {
+            let e = config.with_settings(&edits(bad.clone())).unwrap_err();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
+    }
 
     fn tmp() -> tempfile::TempDir {
         tempfile::tempdir().unwrap()

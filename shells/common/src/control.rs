@@ -18,6 +18,8 @@ use std::time::Duration;
 use studio_core::worker::{ExitCode, Input, Worker};
 use studio_core::Mono;
 
+use crate::config::Config;
+
 /// How a daemon ended: the core's exit code and reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exit {
@@ -59,6 +61,13 @@ impl Change {
 /// A query run on the loop thread with the core and the loop's monotonic time.
 pub type Query = Box<dyn FnOnce(&Worker, Mono) + Send>;
 
+/// An edit of the daemon's config: from the config as the loop last saved it, the config to
+/// save instead (`Err`: refused, with the reason).
+pub type ConfigEdit = Box<dyn FnOnce(&Config) -> Result<Config, String> + Send>;
+
+/// The config before and after an edit.
+pub type Edited = (Box<Config>, Box<Config>);
+
 /// What the loop is asked to do.
 pub enum Request {
     /// A graceful shutdown (`Input::Shutdown`): SIGINT / SIGTERM, `POST /daemon/shutdown`.
@@ -71,6 +80,11 @@ pub enum Request {
     },
     /// Read the core (see [`Control::query`]).
     Query(Query),
+    /// Edit the config's settings (see [`Control::edit_config`]).
+    EditConfig {
+        edit: ConfigEdit,
+        reply: mpsc::Sender<Result<Edited, String>>,
+    },
 }
 
 impl fmt::Debug for Request {
@@ -79,6 +93,7 @@ impl fmt::Debug for Request {
             Request::Shutdown => f.write_str("Shutdown"),
             Request::Change { change, .. } => f.debug_tuple("Change").field(change).finish(),
             Request::Query(_) => f.write_str("Query"),
+            Request::EditConfig { .. } => f.write_str("EditConfig"),
         }
     }
 }
@@ -134,6 +149,29 @@ impl Control {
         });
         match rx.recv_timeout(timeout) {
             Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(ControlError::Refused(why)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ControlError::Timeout),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::Stopped),
+        }
+    }
+
+    /// Edits the daemon's config on the loop thread: `edit` gets the config as the loop last
+    /// saved it and returns the one to save instead; the loop saves it (atomically, the same
+    /// copy `Persist` saves, so neither undoes the other) and applies at once what a running
+    /// worker applies live (the VRAM threshold, `auto_enabled`). Returns the config before
+    /// and after, waiting up to `timeout`. An identity edit reads the config.
+    pub fn edit_config(
+        &self,
+        edit: impl FnOnce(&Config) -> Result<Config, String> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<Edited, ControlError> {
+        let (tx, rx) = mpsc::channel();
+        (self.0)(Request::EditConfig {
+            edit: Box::new(edit),
+            reply: tx,
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(edited)) => Ok(edited),
             Ok(Err(why)) => Err(ControlError::Refused(why)),
             Err(mpsc::RecvTimeoutError::Timeout) => Err(ControlError::Timeout),
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::Stopped),

@@ -355,7 +355,44 @@ impl Session {
                     let _ = reply.send(outcome);
                 }
             }
+            Request::EditConfig { edit, reply } => {
+                let outcome = self.edit_config(edit, io);
+                if let Err(why) = &outcome {
+                    tracing::warn!("config edit refused: {why}");
+                }
+                let _ = reply.send(outcome);
+            }
         }
+    }
+
+    /// Carries out an operator's edit of the config: saved first (a change the file does
+    /// not keep is not made), then the settings a running worker applies live fed to the
+    /// core as their inputs.
+    fn edit_config(
+        &mut self,
+        edit: crate::control::ConfigEdit,
+        io: &mut impl SocketIo,
+    ) -> Result<crate::control::Edited, String> {
+        if self.exit.is_some() {
+            return Err("the worker is stopping".into());
+        }
+        let before = self.router.config().clone();
+        let after = edit(&before)?;
+        if after != before {
+            self.router
+                .update_config(|c| *c = after.clone())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(changed = ?before.changed_settings(&after), "operator: config edited");
+        }
+        if after.vram_threshold_gb != before.vram_threshold_gb {
+            let gb = after.vram_threshold_gb;
+            self.feed(Input::SetThreshold { gb }, io);
+        }
+        if after.auto_enabled != before.auto_enabled {
+            let input = Change::Enabled(after.auto_enabled).input();
+            self.feed(input, io);
+        }
+        Ok((Box::new(before), Box::new(after)))
     }
 
     /// Carries out an operator's change (see [`Change`]).

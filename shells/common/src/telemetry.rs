@@ -95,6 +95,13 @@ pub fn flush() {
     }
 }
 
+/// Whether crash and error reports are sent from this process (Sentry is on).
+pub fn enabled() -> bool {
+    sentry::Hub::current()
+        .client()
+        .is_some_and(|client| client.is_enabled())
+}
+
 /// Turns Sentry on with `dsn`.
 pub fn init(dsn: &str, environment: &str, server_name: &str) -> Result<Telemetry, String> {
     let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| format!("{e}"))?;

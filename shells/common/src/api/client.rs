@@ -37,6 +37,12 @@ impl Client {
     /// an unreadable one, or one naming anything but a loopback `http://` URL). Whether
     /// it answers is only known by calling it.
     pub fn for_config(config_path: &Path) -> Option<Client> {
+        Client::for_config_with_timeout(config_path, CLIENT_TIMEOUT)
+    }
+
+    /// [`Client::for_config`] whose every call gives up after `timeout` (a window that must
+    /// notice a daemon that stopped answering within a second or two).
+    pub fn for_config_with_timeout(config_path: &Path, timeout: Duration) -> Option<Client> {
         let text = std::fs::read_to_string(info_path(config_path)).ok()?;
         let info: LocalApiInfo = serde_json::from_str(&text).ok()?;
         let rest = info.url.strip_prefix("http://")?;
@@ -45,7 +51,7 @@ impl Client {
             return None;
         }
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(CLIENT_TIMEOUT))
+            .timeout_global(Some(timeout))
             .http_status_as_error(false)
             .max_redirects(0)
             .proxy(None)

@@ -16,7 +16,9 @@
 //!   `resume` (runtime only), `POST /daemon/disable` / `enable` (saved as `auto_enabled`),
 //!   `POST /daemon/shutdown` (202, then the SIGTERM path), `GET /daemon/logs?after=SEQ`,
 //!   `GET` / `PATCH /daemon/config` (the settings applied at once: `vramThresholdGb`,
-//!   `autoEnabled`), `GET /metrics` (Prometheus text format 0.0.4).
+//!   `autoEnabled`), `GET` / `PATCH /daemon/settings` (every setting of config.toml,
+//!   edited through the daemon's loop: saved, the live ones applied, the rest reported as
+//!   waiting for a restart), `GET /metrics` (Prometheus text format 0.0.4).
 //! * **How**: one thread ([`server`]) accepts a connection, reads one bounded request
 //!   (`httparse` parses its head), answers it and closes. It never touches the core:
 //!   changes go through the daemon's [`Control`] as core inputs, and everything it reports
@@ -255,8 +257,22 @@ pub(crate) mod test_loop {
                 },
             )
             .unwrap();
+            // The daemon's config, kept in memory only.
+            let mut config = crate::config::Config::default();
             for request in rx {
                 match request {
+                    Request::EditConfig { edit, reply } => {
+                        let before = config.clone();
+                        let outcome = edit(&before).map(|after| {
+                            if after.vram_threshold_gb != before.vram_threshold_gb {
+                                let gb = after.vram_threshold_gb;
+                                let _ = feed(&mut worker, Input::SetThreshold { gb });
+                            }
+                            config = after.clone();
+                            (Box::new(before), Box::new(after))
+                        });
+                        let _ = reply.send(outcome);
+                    }
                     Request::Query(read) => read(&worker, now().mono),
                     Request::Shutdown => {
                         let _ = feed(&mut worker, Input::Shutdown);

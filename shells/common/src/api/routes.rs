@@ -121,7 +121,7 @@ fn authorized(head: &Head, token: &Secret) -> bool {
 }
 
 /// The routes and the methods each takes.
-const ROUTES: [(&str, &[&str]); 11] = [
+const ROUTES: [(&str, &[&str]); 12] = [
     ("/healthz", &["GET"]),
     ("/daemon/status", &["GET"]),
     ("/daemon/pause", &["POST"]),
@@ -132,6 +132,7 @@ const ROUTES: [(&str, &[&str]); 11] = [
     ("/daemon/check-update", &["POST"]),
     ("/daemon/logs", &["GET"]),
     ("/daemon/config", &["GET", "PATCH"]),
+    ("/daemon/settings", &["GET", "PATCH"]),
     ("/metrics", &["GET"]),
 ];
 
@@ -221,6 +222,12 @@ fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Reply {
             Err(e) => Reply::unavailable(&e),
         },
         ("PATCH", "/daemon/config") => patch_config(ctx, body),
+        ("GET", "/daemon/settings") => settings(ctx, serde_json::Map::new()),
+        ("PATCH", "/daemon/settings") => match serde_json::from_slice(body) {
+            Ok(Value::Object(edits)) => settings(ctx, edits),
+            Ok(_) => Reply::error(400, "the body must be a JSON object of settings"),
+            Err(e) => Reply::error(400, format!("the body is not JSON: {e}")),
+        },
         ("GET", "/metrics") => match live() {
             Ok(live) => Reply {
                 status: 200,
@@ -355,6 +362,39 @@ fn patch_config(ctx: &Ctx, body: &[u8]) -> Reply {
     }
     match ctx.control.query(Live::of, LOOP_TIMEOUT) {
         Ok(live) => Reply::json(200, &views::settings(&live.status)),
+        Err(e) => Reply::unavailable(&e),
+    }
+}
+
+/// `GET` / `PATCH /daemon/settings`: every setting of config.toml ([`SETTING_KEYS`]), and
+/// an edit of any of them (validated whole, saved by the daemon's loop, the live ones
+/// applied at once). The answer: `{"settings", "live", "applied", "restartRequired"}`, the
+/// last two naming the changed settings the worker applied and those that wait for a
+/// restart. An invalid edit is 400 and changes nothing.
+///
+/// [`SETTING_KEYS`]: crate::config::SETTING_KEYS
+fn settings(ctx: &Ctx, edits: Map<String, Value>) -> Reply {
+    use crate::config::LIVE_SETTING_KEYS;
+    let edited = ctx
+        .control
+        .edit_config(move |c| c.with_settings(&edits), LOOP_TIMEOUT);
+    match edited {
+        Ok((before, after)) => {
+            let (applied, restart): (Vec<&str>, Vec<&str>) = before
+                .changed_settings(&after)
+                .into_iter()
+                .partition(|k| LIVE_SETTING_KEYS.contains(k));
+            Reply::json(
+                200,
+                &json!({
+                    "settings": after.settings(),
+                    "live": LIVE_SETTING_KEYS,
+                    "applied": applied,
+                    "restartRequired": restart,
+                }),
+            )
+        }
+        Err(ControlError::Refused(why)) => Reply::error(400, why),
         Err(e) => Reply::unavailable(&e),
     }
 }

@@ -351,6 +351,83 @@ fn live_settings_are_read_and_patched() {
 }
 
 #[test]
+fn every_setting_is_read_and_edited_with_validation() {
+    let api = api();
+    let addr = api.server.addr();
+    let (status, body) = authed(addr, "GET", "/daemon/settings", "");
+    assert_eq!(status, 200, "{body}");
+    let keys: Vec<&str> = body["settings"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, crate::config::SETTING_KEYS);
+    assert_eq!(body["settings"]["vram_threshold_gb"], 12.0);
+    assert_eq!(body["live"], json!(["vram_threshold_gb", "auto_enabled"]));
+    assert_eq!(body["applied"], json!([]));
+    // No secret and no registration key is ever part of the settings.
+    for hidden in [
+        "auth_token",
+        "local_api_token",
+        "registration_secret",
+        "worker_id",
+    ] {
+        assert!(body["settings"].get(hidden).is_none(), "{hidden}");
+    }
+
+    let (status, body) = authed(
+        addr,
+        "PATCH",
+        "/daemon/settings",
+        r#"{"vram_threshold_gb": 4, "models_root": "/srv/models", "ws_reconnect_attempts": 9}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["applied"], json!(["vram_threshold_gb"]));
+    assert_eq!(
+        body["restartRequired"],
+        json!(["models_root", "ws_reconnect_attempts"])
+    );
+    assert_eq!(body["settings"]["models_root"], "/srv/models");
+    // The live one reached the core.
+    assert_eq!(
+        authed(addr, "GET", "/daemon/status", "").1["vramThresholdGb"],
+        4.0
+    );
+    // `null` clears an optional setting.
+    let (_, body) = authed(
+        addr,
+        "PATCH",
+        "/daemon/settings",
+        r#"{"ws_reconnect_attempts": null}"#,
+    );
+    assert_eq!(body["settings"]["ws_reconnect_attempts"], Value::Null);
+
+    for bad in [
+        r#"{"vram_threshold_gb": -1}"#,
+        r#"{"vram_threshold_gb": "8"}"#,
+        r#"{"api_base_url": "ftp://x"}"#,
+        r#"{"local_api_port": 70000}"#,
+        r#"{"models_root": " "}"#,
+        r#"{"auth_token": "x"}"#,
+        r#"{"worker_id": "w-2"}"#,
+        r#"{"vram_threshold_gb": 1, "nope": 1}"#,
+        r#"[1]"#,
+    ] {
+        let (status, body) = authed(addr, "PATCH", "/daemon/settings", bad);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
+    // Nothing of the refused bodies was applied.
+    let (_, body) = authed(addr, "GET", "/daemon/settings", "");
+    assert_eq!(body["settings"]["vram_threshold_gb"], 4.0);
+    assert_eq!(body["settings"]["local_api_port"], 4787);
+}
+
+#[test]
 fn metrics_and_shutdown() {
     let api = api();
     let addr = api.server.addr();

@@ -123,6 +123,7 @@ pub fn status(live: &Live, config_path: &str) -> Value {
     json!({
         "version": VERSION,
         "pid": std::process::id(),
+        "crashReports": crate::telemetry::enabled(),
         "configPath": config_path,
         "workerId": st.worker_id,
         "session": session_label(st),
