@@ -46,10 +46,12 @@ enum In {
     Shutdown,
     UpdateAvailable,
     UpdateApplied,
+    Restore,
+    Poison,
 }
 
 impl In {
-    const ALL: [In; 29] = [
+    const ALL: [In; 31] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -79,6 +81,8 @@ impl In {
         In::Shutdown,
         In::UpdateAvailable,
         In::UpdateApplied,
+        In::Restore,
+        In::Poison,
     ];
 }
 
@@ -120,6 +124,9 @@ enum Ex {
     Uploaded,
     /// A connection the machine abandoned finished late: it is closed, nothing else.
     CloseStale,
+    /// An undecodable offer taken and failed at once: `accept` then `fail` (not
+    /// retryable), no dispatch, the session kept.
+    Refuse,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +156,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Quiet, Poison => Ignored,
     }
     Minting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -159,6 +167,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
     Requesting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -169,6 +178,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
     Polling: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -179,6 +189,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
     Connecting: {
         Start => Ignored, Tick => Ignored, Connected => Hello, ConnectFail401 => Exit(ExitCode::AuthFailed),
@@ -189,6 +200,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
     AwaitWelcome: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -199,6 +211,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Quiet,
     }
     LiveIdle: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -209,6 +222,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Refuse,
     }
     LiveBusy: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -219,6 +233,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Sends("completeJson"), DoneBinary => Http(HttpKind::Upload),
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
     }
     Uploading: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -229,6 +244,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
         UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Quiet,
     }
     Updating: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -239,6 +255,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
     }
     Paused: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -249,6 +266,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Paused),
     }
     Backoff: {
         Start => Ignored, Tick => Ignored, Connected => CloseStale, ConnectFail401 => Ignored,
@@ -259,6 +277,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
     Draining: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -269,6 +288,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => CleanExit, DoneBinary => Http(HttpKind::Upload),
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
     }
     Exited: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -279,6 +299,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Ignored, Pause => Ignored,
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
     }
 };
 
@@ -536,6 +557,23 @@ fn input_for(h: &Driver, i: In) -> Input {
             result: Ok(Some("9.9.9".into())),
         },
         UpdateApplied => Input::UpdateApplied { result: Ok(()) },
+        Restore => Input::Restore {
+            results: vec![KeptResult {
+                job_id: "job-kept".into(),
+                worker_id: "w-1".into(),
+                kept_at: studio_core::WallMs(studio_core::testing::WALL0),
+                body: KeptBody::Frame {
+                    text: r#"{"type":"fail","jobId":"job-kept","error":"x","retryable":true}"#
+                        .into(),
+                },
+            }],
+        },
+        Poison => Input::Frame {
+            conn,
+            text: json!({"type":"offer","claim":{"jobId":"job-p","task":{"kind":"image",
+                "prompt":"a fox","width":-1}}})
+            .to_string(),
+        },
     }
 }
 
@@ -588,10 +626,16 @@ fn check(st: Phase, i: In, ex: Ex) {
             assert_eq!(after.session, before.session, "{ctx}");
             assert_eq!(after.current_job_id, before.current_job_id, "{ctx}");
         }
-        Quiet => assert!(
-            io.iter().all(|c| matches!(c, Command::Persist(_))),
-            "{ctx}: expected no IO, got {io:?}"
-        ),
+        Quiet => {
+            assert!(
+                io.iter().all(|c| matches!(
+                    c,
+                    Command::Persist(_) | Command::KeepResult(_) | Command::ForgetResult { .. }
+                )),
+                "{ctx}: expected no IO, got {io:?}"
+            );
+            assert!(sent.is_empty(), "{ctx}: {sent:?}");
+        }
         Usage => unreachable!(),
         Mint => assert!(
             cmds.iter().any(|c| matches!(c, Command::MintSecret { .. })),
@@ -691,12 +735,32 @@ fn check(st: Phase, i: In, ex: Ex) {
         ),
         Uploaded => {
             assert!(
-                io.iter()
-                    .all(|c| matches!(c, Command::DiscardResult { .. }))
-                    && io.len() == 1,
+                matches!(
+                    io[..],
+                    [Command::DiscardResult { .. }, Command::ForgetResult { .. }]
+                ),
                 "{ctx}: {io:?}"
             );
             assert_eq!(after.current_job_id, None, "{ctx}");
+        }
+        Refuse => {
+            assert_eq!(sent, vec!["accept", "fail"], "{ctx}");
+            let fail = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Send { text, .. } => wire::decode_worker_frame(text, usize::MAX).ok(),
+                    _ => None,
+                })
+                .last();
+            assert!(
+                matches!(fail, Some(WorkerFrame::Fail { retryable: false, .. })),
+                "{ctx}: {fail:?}"
+            );
+            assert!(
+                !cmds.iter().any(|c| matches!(c, Command::Dispatch { .. })),
+                "{ctx}"
+            );
+            assert_eq!(h.worker.phase(), st, "{ctx}: the session and the slot are kept");
         }
         CloseStale => {
             assert!(
@@ -838,8 +902,11 @@ fn render_table() -> String {
          Legend: `Ignored` = no IO and no state change; `Quiet` = no IO, internal state may\n\
          change; `Usage` = `handle` returns `UsageError` and nothing changes; `Reconnect` =\n\
          session torn down (Close if open) and a jittered reconnect scheduled;\n\
-         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`. An offer during an upload is\n\
-         parked (`Quiet`) and decided when the upload finishes.\n\n\
+         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`; `Refuse` = an undecodable\n\
+         offer (`Poison`: its `claim.jobId` readable) accepted and failed, not retryable, the\n\
+         session kept. An offer during an upload is parked (`Quiet`) and decided when the\n\
+         upload finishes, or rejected `busy` after 1 s. `Restore` hands the machine the\n\
+         durable outbox, before `Start` only.\n\n\
          The states are `studio_core::worker::Phase`, what `Worker::phase()` returns; every\n\
          row checks that it starts in its state, and `Ignored` and `Usage` rows that it stays.\n\n",
     );

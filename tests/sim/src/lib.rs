@@ -1052,7 +1052,11 @@ impl World {
                 };
                 self.after(Duration::from_micros(100), Ev::ToWorker { w, input });
             }
-            Command::Persist(_) | Command::DiscardResult { .. } | Command::Report(_) => {}
+            Command::Persist(_)
+            | Command::DiscardResult { .. }
+            | Command::KeepResult(_)
+            | Command::ForgetResult { .. }
+            | Command::Report(_) => {}
             Command::Dispatch { run, claim } => self.dispatch(w, run, &claim),
             Command::CancelJob { job_id } => {
                 let wk = &mut self.workers[w];
