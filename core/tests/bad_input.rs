@@ -84,15 +84,17 @@ fn an_undecodable_offer_is_answered_and_the_session_kept(#[case] task: serde_jso
             retryable,
         } => {
             assert_eq!(job_id, "poison-1");
-            assert!(!retryable, "every worker would fail to read it the same way");
+            assert!(
+                !retryable,
+                "every worker would fail to read it the same way"
+            );
             assert!(error.contains("could not decode the offer"), "{error}");
         }
         other => panic!("{other:?}"),
     }
-    assert!(!c.iter().any(|c| matches!(
-        c,
-        Command::Close { .. } | Command::Dispatch { .. }
-    )));
+    assert!(!c
+        .iter()
+        .any(|c| matches!(c, Command::Close { .. } | Command::Dispatch { .. })));
     assert_eq!(h.worker.phase(), Phase::LiveIdle, "session and slot kept");
     // The fail is held like any result until its ack...
     assert_eq!(kept(&c).len(), 1);
@@ -121,7 +123,10 @@ fn image_task_with(key: &str, value: serde_json::Value) -> serde_json::Value {
 fn an_undecodable_frame_without_a_job_id_drops_the_session(#[case] text: &str) {
     let mut h = Driver::live(registered());
     let c = h.frame_text(text);
-    assert!(c.iter().any(|c| matches!(c, Command::Close { .. })), "{c:?}");
+    assert!(
+        c.iter().any(|c| matches!(c, Command::Close { .. })),
+        "{c:?}"
+    );
     assert!(types(&c).is_empty());
     assert_eq!(h.worker.phase(), Phase::Backoff);
 }
@@ -219,7 +224,10 @@ fn a_long_log_queue_goes_out_in_batches_under_the_byte_limit() {
     let mut h = Driver::live(registered());
     h.frame(&StudioFrame::HeartbeatAck);
     for i in 0..5000 {
-        h.step(Input::Log(log_entry(&format!("{i:05} {}", "x".repeat(1024)))));
+        h.step(Input::Log(log_entry(&format!(
+            "{i:05} {}",
+            "x".repeat(1024)
+        ))));
     }
     let limit = Limits::default().log_batch_max_bytes;
     let mut shipped = Vec::new();
@@ -282,10 +290,10 @@ fn studio_strings_quoted_in_log_lines_are_clipped() {
         server_time: huge.clone(),
     });
     assert!(messages(&c).iter().all(|m| m.len() < 1000));
-    let c = h.frame_text(&offer_text("j", json!({"kind":"image","prompt":"p","width":-1})).replace(
-        "\"model\":\"synthetic\"",
-        &format!("\"model\":\"{huge}\""),
-    ));
+    let c = h.frame_text(
+        &offer_text("j", json!({"kind":"image","prompt":"p","width":-1}))
+            .replace("\"model\":\"synthetic\"", &format!("\"model\":\"{huge}\"")),
+    );
     assert!(messages(&c).iter().all(|m| m.len() < 1000), "{c:?}");
     let c = h.frame(&StudioFrame::Error {
         code: wire::WorkerErrorCode::InternalError,
@@ -388,7 +396,9 @@ fn a_job_past_its_deadline_is_failed_retryable_and_its_engine_abandoned() {
             if job_id == "hung" && error.contains("30s deadline")),
         "{c:?}"
     );
-    assert!(messages(&c).iter().any(|m| m.starts_with("watchdog: job hung")));
+    assert!(messages(&c)
+        .iter()
+        .any(|m| m.starts_with("watchdog: job hung")));
     assert_eq!(h.worker.phase(), Phase::LiveIdle);
     // The next offer is taken (an image: its own, longer deadline).
     h.frame(&offer("next", image_task()));
@@ -447,7 +457,9 @@ fn a_json_result_is_kept_until_its_ack() {
     assert!(keep < send, "kept before it leaves");
     let k = kept(&c)[0];
     assert_eq!((k.job_id.as_str(), k.worker_id.as_str()), ("j-1", "w-1"));
-    assert!(matches!(&k.body, KeptBody::Frame { text } if text.starts_with(r#"{"type":"completeJson""#)));
+    assert!(
+        matches!(&k.body, KeptBody::Frame { text } if text.starts_with(r#"{"type":"completeJson""#))
+    );
     // An ack of another job forgets nothing.
     let c = h.frame(&StudioFrame::CompleteAck {
         job_id: "other".into(),
@@ -525,8 +537,13 @@ fn the_outbox_is_bounded() {
         bytes_len: 5000,
     }));
     assert!(kept(&c).is_empty());
-    assert!(messages(&c).iter().any(|m| m.contains("held in memory only")));
-    assert!(c.iter().any(|c| matches!(c, Command::Http { .. })), "still uploaded");
+    assert!(messages(&c)
+        .iter()
+        .any(|m| m.contains("held in memory only")));
+    assert!(
+        c.iter().any(|c| matches!(c, Command::Http { .. })),
+        "still uploaded"
+    );
 }
 
 fn kept_frame(job: &str, kept_at: u64) -> KeptResult {
@@ -641,9 +658,15 @@ fn a_restore_drops_old_foreign_and_excess_results() {
     dropped.sort_unstable();
     assert_eq!(dropped, ["dup", "foreign", "oldest-fit", "stale"]);
     let m = messages(&c);
-    assert!(m.iter().any(|m| m.contains("stale dropped: kept 3600 s ago")));
-    assert!(m.iter().any(|m| m.contains("foreign dropped: kept for worker w-other")));
-    assert!(m.iter().any(|m| m.contains("oldest-fit dropped: past the outbox's bounds")));
+    assert!(m
+        .iter()
+        .any(|m| m.contains("stale dropped: kept 3600 s ago")));
+    assert!(m
+        .iter()
+        .any(|m| m.contains("foreign dropped: kept for worker w-other")));
+    assert!(m
+        .iter()
+        .any(|m| m.contains("oldest-fit dropped: past the outbox's bounds")));
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });

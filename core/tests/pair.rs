@@ -411,14 +411,20 @@ fn a_crash_before_the_complete_ack_loses_nothing() {
     assert!(p.run_until(MIN, |p| p.engine.is_some()));
     p.half_open = true;
     assert!(p.run_until(MIN, |p| p.outbox.contains_key(&job)));
-    assert_eq!(p.sent_types().last().map(String::as_str), Some("completeJson"));
+    assert_eq!(
+        p.sent_types().last().map(String::as_str),
+        Some("completeJson")
+    );
     p.half_open = false;
     p.crash_and_restart();
     assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     let rec = p.studio.job(&job).unwrap();
     assert_eq!((rec.completions, rec.attempts), (1, 1));
     assert_eq!(p.dispatches, 1, "the result was re-sent, not regenerated");
-    assert!(p.run_until(MIN, |p| p.outbox.is_empty()), "forgotten on the ack");
+    assert!(
+        p.run_until(MIN, |p| p.outbox.is_empty()),
+        "forgotten on the ack"
+    );
 }
 
 /// `kill -9` while a binary result waits to be uploaded again: the restarted worker

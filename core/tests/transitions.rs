@@ -753,14 +753,24 @@ fn check(st: Phase, i: In, ex: Ex) {
                 })
                 .last();
             assert!(
-                matches!(fail, Some(WorkerFrame::Fail { retryable: false, .. })),
+                matches!(
+                    fail,
+                    Some(WorkerFrame::Fail {
+                        retryable: false,
+                        ..
+                    })
+                ),
                 "{ctx}: {fail:?}"
             );
             assert!(
                 !cmds.iter().any(|c| matches!(c, Command::Dispatch { .. })),
                 "{ctx}"
             );
-            assert_eq!(h.worker.phase(), st, "{ctx}: the session and the slot are kept");
+            assert_eq!(
+                h.worker.phase(),
+                st,
+                "{ctx}: the session and the slot are kept"
+            );
         }
         CloseStale => {
             assert!(

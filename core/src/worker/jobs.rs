@@ -192,7 +192,8 @@ impl Worker {
         let run = RunId(self.next_run);
         self.next_run += 1;
         let deadline = self.cfg.timings.job_deadlines.for_kind(claim.task.kind());
-        self.timers.set(Timer::JobDeadline, self.now.mono + deadline);
+        self.timers
+            .set(Timer::JobDeadline, self.now.mono + deadline);
         self.slot = Slot::Job(Box::new(ActiveJob {
             claim: (*claim).clone(),
             run: Some(run),

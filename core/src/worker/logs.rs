@@ -236,7 +236,11 @@ mod tests {
         let text = crate::wire::encode(&crate::wire::WorkerFrame::LogBatch {
             entries: batch.clone(),
         });
-        assert_eq!(text.len(), max, "the size estimate is the frame's exact length");
+        assert_eq!(
+            text.len(),
+            max,
+            "the size estimate is the frame's exact length"
+        );
         assert_eq!(q.len(), 7);
         assert_eq!(q.drain_batch(WallMs(0), max - 1).len(), 2);
         assert_eq!(

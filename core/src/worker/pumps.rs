@@ -179,7 +179,11 @@ impl Worker {
                 *field = clip_bytes(field, LOG_FIELD_MAX_BYTES);
             }
         }
-        if let Some(job_id) = entry.job_id.as_mut().filter(|j| j.len() > LOG_FIELD_MAX_BYTES) {
+        if let Some(job_id) = entry
+            .job_id
+            .as_mut()
+            .filter(|j| j.len() > LOG_FIELD_MAX_BYTES)
+        {
             *job_id = clip_bytes(job_id, LOG_FIELD_MAX_BYTES);
         }
         if self.cfg.limits.recent_logs > 0 {

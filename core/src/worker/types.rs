@@ -302,7 +302,9 @@ impl Limits {
     /// least a few bytes, so every clipped entry fits a batch.
     pub fn sanitize(&mut self) {
         self.log_batch_max_bytes = self.log_batch_max_bytes.max(MIN_LOG_BATCH_BYTES);
-        self.log_message_max_bytes = self.log_message_max_bytes.clamp(16, MIN_LOG_BATCH_BYTES / 8);
+        self.log_message_max_bytes = self
+            .log_message_max_bytes
+            .clamp(16, MIN_LOG_BATCH_BYTES / 8);
     }
 }
 
@@ -322,7 +324,11 @@ pub struct KeptResult {
 
 /// What a kept result is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum KeptBody {
     /// A `completeJson` or `fail` frame, as sent: re-sent after the next `welcome`.
     Frame { text: String },

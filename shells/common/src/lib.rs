@@ -21,6 +21,7 @@
 //! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`, `replay`) |
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | the engine pool and the HTTP runner: engine jobs and HTTP requests on background threads, completions through a callback ([`EventSink`]) |
+//! | [`outbox`] | the durable outbox beside `config.toml`: the results the core keeps until the studio acknowledges them, written atomically off the loop, verified when read back at start |
 //! | [`driver`] | the [`CommandRouter`]: performs every non-socket `Command` of the core |
 //! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
 //! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
@@ -72,6 +73,7 @@ pub mod gpu;
 pub mod host;
 pub mod http;
 pub mod logging;
+pub mod outbox;
 pub mod pool;
 pub mod record;
 pub mod session;

@@ -27,10 +27,14 @@
 //! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
 //! studio with the other log lines.
 //!
-//! [`EnginePool::cancel`] (`Command::CancelJob`) drops the job's held bytes. A Rust thread
-//! cannot be killed: the engine finishes in the background and its result still arrives,
-//! under its run, for the core to drop. (The core cancels only as it stops, so the bytes
-//! such a late result leaves behind live only until the process ends.)
+//! [`EnginePool::cancel`] (`Command::CancelJob`: the shutdown grace or the job deadline ran
+//! out) drops the job's held bytes and abandons its run. A Rust thread cannot be killed:
+//! the engine finishes in the background and its result still arrives, under its run, for
+//! the core to drop; the bytes of an abandoned run (or of any run but the job's latest
+//! dispatch) are never kept, so a hung engine that wakes up leaves nothing behind.
+//!
+//! Binary results restored from the durable outbox at start are held the same way
+//! ([`EnginePool::restore`]), for their upload.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -93,6 +97,9 @@ pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
 struct State {
     /// Binary results awaiting upload.
     results: BTreeMap<String, Arc<Vec<u8>>>,
+    /// The run of each job's latest dispatch, until it reports or is cancelled: only its
+    /// bytes are kept.
+    runs: BTreeMap<String, RunId>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -134,7 +141,11 @@ impl EnginePool {
             claim.model_source.clone(),
         );
         let job_id = claim.job_id.clone();
-        lock(&self.state).results.remove(&job_id);
+        {
+            let mut st = lock(&self.state);
+            st.results.remove(&job_id);
+            st.runs.insert(job_id.clone(), run);
+        }
         tracing::debug!(%job_id, %run, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
         let engine = Arc::clone(&self.engine);
         let state = Arc::clone(&self.state);
@@ -156,9 +167,19 @@ impl EnginePool {
         }
     }
 
-    /// `Command::CancelJob`: drops the held bytes of `job_id` (its result still arrives).
+    /// `Command::CancelJob`: drops the held bytes of `job_id` and abandons its run (its
+    /// result still arrives, without bytes kept).
     pub fn cancel(&self, job_id: &str) {
-        lock(&self.state).results.remove(job_id);
+        let mut st = lock(&self.state);
+        st.results.remove(job_id);
+        st.runs.remove(job_id);
+    }
+
+    /// Holds `bytes` as the binary result of `job_id` (restored from the outbox).
+    pub fn restore(&self, job_id: &str, bytes: Vec<u8>) {
+        lock(&self.state)
+            .results
+            .insert(job_id.to_string(), Arc::new(bytes));
     }
 
     /// Drops the held binary result of `job_id` (`Command::DiscardResult`).
@@ -241,11 +262,22 @@ fn finish(
         Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
         Ok(EngineOutput::Binary { bytes, ext }) => {
             let bytes_len = bytes.len() as u64;
-            lock(state).results.insert(job_id.clone(), Arc::new(bytes));
+            let mut st = lock(state);
+            if st.runs.get(&job_id) == Some(&run) {
+                st.results.insert(job_id.clone(), Arc::new(bytes));
+            } else {
+                tracing::debug!(%job_id, %run, "result of an abandoned run; bytes not kept");
+            }
             JobOutcome::Binary { ext, bytes_len }
         }
         Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
     };
+    {
+        let mut st = lock(state);
+        if st.runs.get(&job_id) == Some(&run) {
+            st.runs.remove(&job_id);
+        }
+    }
     sink(PoolEvent::Job {
         job_id,
         run,
@@ -545,6 +577,29 @@ pub(crate) mod tests {
             recv(&rx).into_input(),
             Input::JobFinished { run: RunId(7), .. }
         ));
+        // But it keeps no bytes for it: a hung engine that wakes after the watchdog leaves
+        // nothing behind.
+        assert_eq!(pool.held_results(), 0);
+    }
+
+    #[test]
+    fn only_the_latest_dispatch_of_a_job_keeps_its_bytes() {
+        let (tx, gate) = mpsc::channel();
+        let (pool, rx) = test_pool(Some(gate));
+        pool.dispatch(&claim("r2", image("hold-bin")), RunId(1));
+        pool.dispatch(&claim("r2", image("bin")), RunId(2));
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(2), .. }));
+        pool.discard("r2");
+        tx.send(()).unwrap();
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(1), .. }));
+        assert_eq!(pool.result_bytes("r2"), None, "run 1 is not the latest");
+    }
+
+    #[test]
+    fn restored_bytes_are_held_for_the_upload() {
+        let (pool, _rx) = test_pool(None);
+        pool.restore("old", vec![9, 9]);
+        assert_eq!(pool.result_bytes("old").as_deref(), Some(&vec![9, 9]));
     }
 
     #[test]
