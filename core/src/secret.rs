@@ -114,6 +114,17 @@ fn closing_quote(body: &str) -> Option<usize> {
     None
 }
 
+/// Compares two strings in time that depends only on their lengths (tokens, hashes).
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.bytes()
+        .zip(b.bytes())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,8 @@ enum In {
     Log,
     Pause,
     Resume,
+    Enable,
+    Disable,
     Threshold,
     Shutdown,
     UpdateAvailable,
@@ -51,7 +53,7 @@ enum In {
 }
 
 impl In {
-    const ALL: [In; 31] = [
+    const ALL: [In; 33] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -77,6 +79,8 @@ impl In {
         In::Log,
         In::Pause,
         In::Resume,
+        In::Enable,
+        In::Disable,
         In::Threshold,
         In::Shutdown,
         In::UpdateAvailable,
@@ -157,6 +161,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Quiet, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Minting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -168,6 +173,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Requesting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -179,6 +185,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Polling: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -190,6 +197,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Connecting: {
         Start => Ignored, Tick => Ignored, Connected => Hello, ConnectFail401 => Exit(ExitCode::AuthFailed),
@@ -201,6 +209,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     AwaitWelcome: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -212,6 +221,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Quiet,
+        Enable => Ignored, Disable => Quiet,
     }
     LiveIdle: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -223,6 +233,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
         Restore => Usage, Poison => Refuse,
+        Enable => Ignored, Disable => Heartbeat,
     }
     LiveBusy: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -234,6 +245,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Busy),
+        Enable => Ignored, Disable => Heartbeat,
     }
     Uploading: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -245,6 +257,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
         UpdateAvailable => Quiet, UpdateApplied => Ignored,
         Restore => Usage, Poison => Quiet,
+        Enable => Ignored, Disable => Heartbeat,
     }
     Updating: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -256,6 +269,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
         Restore => Usage, Poison => Reject(RejectCode::Busy),
+        Enable => Ignored, Disable => Heartbeat,
     }
     Paused: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -267,6 +281,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Paused),
+        Enable => Ignored, Disable => Quiet,
     }
     Backoff: {
         Start => Ignored, Tick => Ignored, Connected => CloseStale, ConnectFail401 => Ignored,
@@ -278,6 +293,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Draining: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -289,6 +305,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Busy),
+        Enable => Ignored, Disable => Heartbeat,
     }
     Exited: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -300,6 +317,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
+        Enable => Ignored, Disable => Ignored,
     }
 };
 
@@ -551,6 +569,8 @@ fn input_for(h: &Driver, i: In) -> Input {
         }),
         Pause => Input::Pause,
         Resume => Input::Resume,
+        Enable => Input::Enable,
+        Disable => Input::Disable,
         Threshold => Input::SetThreshold { gb: 8.0 },
         Shutdown => Input::Shutdown,
         UpdateAvailable => Input::UpdateChecked {

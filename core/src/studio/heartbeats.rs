@@ -4,19 +4,8 @@
 use crate::wire::{self, StudioFrame, WorkerCapabilities, WorkerFrame};
 
 use super::queue::eligible;
-use super::sessions::{ConnPhase, ConnRec};
+use super::state::{ConnPhase, ConnRec, HeartbeatMemo};
 use super::{ConnId, JobState, RequeueReason, Studio};
-
-/// A heartbeat's text with what it decoded to. Performance only: a worker repeats the same
-/// heartbeat while nothing in it changes, and a byte-identical text decodes to the same
-/// frame, so it is not decoded again. Its capabilities are the worker record's as long as
-/// the record's `caps_gen` is still `caps_gen` (nothing assigned them since).
-#[derive(Clone, Debug)]
-pub(super) struct HeartbeatMemo {
-    pub(super) text: String,
-    pub(super) current_job_id: Option<String>,
-    pub(super) caps_gen: u64,
-}
 
 impl Studio {
     /// The current job id of a heartbeat `text` that repeats the last one handled on `c`

@@ -1,12 +1,12 @@
 //! Registration (PROTOCOL.md §4.1): requests deduplicated by install id, the operator's
 //! decision, token minting on an approved poll.
 
-use crate::secret::Secret;
+use crate::secret::{ct_eq, Secret};
 use crate::time::{Mono, Now};
 use crate::wire::WorkerCapabilities;
 use crate::wire::{sha256_hex, AutoRegisterRequest, RegisterRequestResponse, RegisterStatus};
 
-use super::sessions::WorkerRec;
+use super::state::WorkerRec;
 use super::{HttpError, PendingRequest, Studio, StudioEvent, MAX_INSTALL_ID_BYTES};
 
 /// Domain tag mixed into minted tokens.
@@ -289,16 +289,6 @@ impl Studio {
             })
             .collect()
     }
-}
-
-pub(super) fn ct_eq(a: &str, b: &str) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.bytes()
-        .zip(b.bytes())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
 
 pub(super) fn is_hex64(s: &str) -> bool {

@@ -1,65 +1,15 @@
 //! Sessions: the workers the studio knows, their sockets from upgrade to close, `hello`,
 //! the frames of a welcomed session, and the stored logs.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::time::Mono;
 use crate::wire::{
     self, sha256_hex, LogEntry, StudioFrame, WorkerCapabilities, WorkerErrorCode, WorkerFrame,
 };
 
-use super::heartbeats::HeartbeatMemo;
-use super::queue::Fit;
-use super::registration::ct_eq;
+use super::state::{ConnPhase, ConnRec, WorkerRec};
 use super::{ConnId, HttpError, RequeueReason, Studio, StudioCommand, StudioEvent, WorkerView};
-
-/// Where a socket stands: authenticated by `hello` or not yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ConnPhase {
-    AwaitingHello,
-    Welcomed,
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct ConnRec {
-    /// Shared, not owned: every frame on the connection takes a copy of it to pass along
-    /// while the record itself may change, and cloning an `Arc` allocates nothing.
-    pub(super) worker_id: Arc<str>,
-    pub(super) phase: ConnPhase,
-    pub(super) last_frame: Mono,
-    /// Connect order (the studio's own counter): of two connections of one worker, the one
-    /// opened later wins, whichever hello arrives last.
-    pub(super) opened: u64,
-    /// The last heartbeat handled on this connection (performance only).
-    pub(super) last_heartbeat: Option<HeartbeatMemo>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub(super) struct WorkerRec {
-    pub(super) token_hash: Option<String>,
-    pub(super) session: Option<ConnId>,
-    pub(super) connect_seq: u64,
-    pub(super) connected_at: Option<Mono>,
-    pub(super) capabilities: Option<WorkerCapabilities>,
-    /// Which assignment of `capabilities` they come from (the studio's `caps_gen` then).
-    pub(super) caps_gen: u64,
-    pub(super) last_seen: Option<Mono>,
-    /// Seq of the job whose slot it holds.
-    pub(super) slot: Option<u64>,
-    /// No offers until the next heartbeat (after a reject or an offer timeout).
-    pub(super) hold: bool,
-    /// The worker reported (or accepted) a job the studio does not attribute to it.
-    pub(super) busy_hint: Option<String>,
-    /// First idle heartbeat while holding a running job.
-    pub(super) idle_since: Option<Mono>,
-    /// Key in `orphans` while disconnected with a running job.
-    pub(super) orphan_since: Option<Mono>,
-    pub(super) in_idle: bool,
-    /// The fits it was indexed under while idle.
-    pub(super) idle_fits: Vec<Fit>,
-    pub(super) logs: VecDeque<LogEntry>,
-}
+use crate::secret::ct_eq;
 
 impl Studio {
     /// Pre-provisions `worker_id` with `auth_token` (only its SHA-256 is kept). An existing

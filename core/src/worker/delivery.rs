@@ -3,8 +3,8 @@
 
 use crate::wire::{self, WorkerFrame};
 
-use super::jobs::{JobStage, Slot};
-use super::link::Link;
+use super::state::Link;
+use super::state::{JobStage, Slot};
 use super::timers::Timer;
 use super::{
     Command, HttpId, HttpRequest, HttpResult, JobStatus, KeptBody, LogCategory, LogLevel, Worker,
@@ -78,10 +78,9 @@ impl Worker {
                 self.emit(Command::DiscardResult {
                     job_id: job_id.clone(),
                 });
+                self.job_ended(&job_id, JobStatus::Completed);
                 self.forget_result(&job_id);
                 self.slot = Slot::Free;
-                self.stats.completed += 1;
-                self.update_recent(&job_id, JobStatus::Completed);
                 self.after_slot_freed();
                 return;
             }
@@ -91,6 +90,7 @@ impl Worker {
         let retries = &self.cfg.timings.upload_retries;
         if transient && (attempt as usize) < retries.len() {
             let pause = retries[attempt as usize];
+            self.stats.upload_retries += 1;
             self.log(
                 LogLevel::Warn,
                 LogCategory::Ws,
@@ -136,12 +136,7 @@ impl Worker {
 
     /// [`Worker::finish_job`] with the frame already encoded.
     pub(super) fn finish_job_text(&mut self, job_id: String, text: String, status: JobStatus) {
-        match status {
-            JobStatus::Completed => self.stats.completed += 1,
-            JobStatus::Failed => self.stats.failed += 1,
-            _ => {}
-        }
-        self.update_recent(&job_id, status);
+        self.job_ended(&job_id, status);
         self.slot = Slot::Free;
         self.timers.clear(Timer::UploadRetry);
         self.deliver_result(job_id, text);

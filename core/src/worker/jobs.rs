@@ -2,18 +2,19 @@
 //! the job deadline, and what happens when the engine is done. Delivery of the result is
 //! in [`super::delivery`].
 
-use crate::time::Mono;
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
-use super::shutdown::Stop;
+use super::state::{ActiveJob, JobStage, Slot, Stop};
 use super::timers::Timer;
 use super::{
-    clip, clip_bytes, Command, HttpId, JobOutcome, JobStatus, JobSummary, KeptBody, LogCategory,
-    LogLevel, RunId, Worker, FAIL_ERROR_MAX_BYTES, STUDIO_TEXT_CLIP,
+    clip, clip_bytes, Command, JobOutcome, JobStatus, JobSummary, KeptBody, LogCategory, LogLevel,
+    RunId, Worker, FAIL_ERROR_MAX_BYTES, STUDIO_TEXT_CLIP,
 };
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
+/// Reject reason sent while the operator disabled the worker (`auto_enabled = false`).
+pub const REASON_DISABLED: &str = "worker disabled by operator";
 /// Reject reason sent while `only_when_idle` is on and the person is using the computer.
 pub const REASON_NOT_IDLE: &str = "only when idle: the person is using this computer";
 /// Reject reason sent while the one-job slot is taken.
@@ -21,42 +22,6 @@ pub const REASON_BUSY: &str = "worker already has an in-flight job";
 /// Reject reason sent while the worker is shutting down (code `busy`: the studio requeues
 /// without spending an attempt).
 pub const REASON_SHUTTING_DOWN: &str = "worker is shutting down";
-
-/// What holds the one-job slot.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Slot {
-    Free,
-    /// A studio job: accepted, dispatched, maybe finished and awaiting delivery.
-    Job(Box<ActiveJob>),
-    /// The updater is installing a new version.
-    Updating {
-        version: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct ActiveJob {
-    pub(super) claim: JobOfferClaim,
-    /// The run the engine's result must name; `None` for a result restored from the
-    /// outbox (uploaded again, never run here).
-    pub(super) run: Option<RunId>,
-    pub(super) stage: JobStage,
-    pub(super) started: Mono,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum JobStage {
-    /// The engine is working on it.
-    Running,
-    /// Binary result: upload `attempt` (0-based) is in flight as HTTP request `req`.
-    Uploading {
-        ext: String,
-        attempt: u32,
-        req: HttpId,
-    },
-    /// Binary result: waiting for the retry timer before upload `attempt`.
-    UploadBackoff { ext: String, attempt: u32 },
-}
 
 /// An offer as the machine decides it: a claim it can run, or an offer whose `claim.jobId`
 /// could be read although the frame as a whole could not be decoded (PROTOCOL.md §10).
@@ -165,6 +130,8 @@ impl Worker {
             Some((REASON_SHUTTING_DOWN, RejectCode::Busy))
         } else if self.paused {
             Some((REASON_PAUSED, RejectCode::Paused))
+        } else if !self.enabled {
+            Some((REASON_DISABLED, RejectCode::Paused))
         } else if self.cfg.only_when_idle && self.presence != Some(UserPresence::Idle) {
             Some((REASON_NOT_IDLE, RejectCode::Paused))
         } else if self.slot != Slot::Free {
@@ -386,8 +353,26 @@ impl Worker {
         });
     }
 
-    pub(super) fn update_recent(&mut self, job_id: &str, status: JobStatus) {
+    /// A job reached its final outcome: counted (by kind, with its duration since
+    /// dispatch) and marked in the recent-jobs ring.
+    pub(super) fn job_ended(&mut self, job_id: &str, status: JobStatus) {
         let now = self.now.mono;
+        match status {
+            JobStatus::Completed => self.stats.completed += 1,
+            JobStatus::Failed => self.stats.failed += 1,
+            JobStatus::Running => {}
+        }
+        if let Slot::Job(job) = &self.slot {
+            if job.claim.job_id == job_id {
+                let kind = job.claim.task.kind();
+                let took = now.saturating_since(job.started);
+                self.stats
+                    .jobs
+                    .entry(kind)
+                    .or_default()
+                    .observe(status, took);
+            }
+        }
         if let Some(j) = self.recent_jobs.iter_mut().find(|j| j.job_id == job_id) {
             j.status = status;
             j.finished = Some(now);

@@ -7,39 +7,12 @@ use crate::wire::{
 };
 
 use super::jobs::Offered;
-use super::shutdown::Stop;
+use super::state::{Link, Stop};
 use super::timers::Timer;
 use super::{
     clip, clip_body, Command, ConnId, ConnectError, ExitCode, LogCategory, LogLevel, Notice,
     SessionState, Worker, STUDIO_TEXT_CLIP, UPGRADE_BODY_CLIP,
 };
-
-/// The WebSocket link.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Link {
-    /// No connection and none wanted (registration, or terminal).
-    Down,
-    /// Waiting for the reconnect timer.
-    Backoff,
-    /// `Connect` issued, waiting for `Connected` (connect timeout armed).
-    Connecting { conn: ConnId },
-    /// Upgraded, `hello` sent, waiting for `welcome`.
-    AwaitWelcome { conn: ConnId },
-    /// Welcomed: pumps running.
-    Live { conn: ConnId },
-}
-
-impl Link {
-    /// The connection in use, if any.
-    pub(super) fn conn(&self) -> Option<ConnId> {
-        match self {
-            Link::Connecting { conn } | Link::AwaitWelcome { conn } | Link::Live { conn } => {
-                Some(*conn)
-            }
-            Link::Down | Link::Backoff => None,
-        }
-    }
-}
 
 impl Worker {
     pub(super) fn connect(&mut self) {
@@ -237,6 +210,7 @@ impl Worker {
             return;
         }
         let delay = self.backoff.delay(self.attempt);
+        self.stats.reconnects += 1;
         self.session_state = SessionState::Reconnecting {
             attempt: self.attempt,
         };

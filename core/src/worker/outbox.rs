@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use super::delivery::Unacked;
-use super::jobs::{ActiveJob, JobStage, Slot};
+use super::state::{ActiveJob, JobStage, Slot};
 use super::{
     clip, Command, JobStatus, KeptBody, KeptResult, LogCategory, LogLevel, UsageError, Worker,
     STUDIO_TEXT_CLIP,

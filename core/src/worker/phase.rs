@@ -7,10 +7,10 @@
 //! on a live session the slot (an update being installed, an upload, a running job)
 //! outranks pause.
 
-use super::jobs::{JobStage, Slot};
-use super::link::Link;
 use super::registration::Registration;
-use super::shutdown::Stop;
+use super::state::Link;
+use super::state::Stop;
+use super::state::{JobStage, Slot};
 use super::Worker;
 
 /// Defines [`Phase`], [`Phase::ALL`] and [`Phase::meaning`] from one list.
@@ -47,7 +47,7 @@ phases! {
     LiveBusy => "welcomed, job dispatched",
     Uploading => "binary result upload in flight",
     Updating => "welcomed, installing an update",
-    Paused => "welcomed, paused by operator",
+    Paused => "welcomed, paused or disabled by operator",
     Backoff => "waiting to reconnect",
     Draining => "shutdown asked, job still running",
     Exited => "Exit emitted",
@@ -77,7 +77,7 @@ impl Worker {
                 Slot::Updating { .. } => Phase::Updating,
                 Slot::Job(job) if job.stage == JobStage::Running => Phase::LiveBusy,
                 Slot::Job(_) => Phase::Uploading,
-                Slot::Free if self.paused => Phase::Paused,
+                Slot::Free if !self.auto_enabled() => Phase::Paused,
                 Slot::Free => Phase::LiveIdle,
             },
         }

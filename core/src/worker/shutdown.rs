@@ -1,24 +1,13 @@
 //! Graceful shutdown (reject new offers, give the in-flight job its grace, deliver, close
 //! 1000) and the machine's exit.
 
-use super::jobs::Slot;
-use super::link::Link;
+use super::state::{Link, Slot, Stop};
 use super::timers::{Timer, Timers};
 use super::{
     Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker,
     CANCELLED_RUNS_KEPT,
 };
 use crate::wire::{close_reason, WorkerFrame};
-
-/// Why the machine is stopping.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) enum Stop {
-    Running,
-    /// Graceful shutdown asked; waiting for the in-flight job (bounded by the grace timer).
-    Draining,
-    /// Terminal: `Exit` has been emitted.
-    Exited,
-}
 
 impl Worker {
     pub(super) fn on_shutdown(&mut self) {

@@ -6,9 +6,7 @@
 use crate::time::Mono;
 use crate::wire::{close_code, close_reason};
 
-use super::jobs::{JobStage, Slot};
-use super::link::Link;
-use super::shutdown::Stop;
+use super::state::{JobStage, Link, Slot, Stop};
 use super::{Command, Worker};
 
 /// Defines [`Timer`] and [`Timer::ALL`] from one list.

@@ -3,9 +3,9 @@
 
 use crate::wire::close_reason;
 
-use super::jobs::Slot;
-use super::link::Link;
-use super::shutdown::Stop;
+use super::state::Link;
+use super::state::Slot;
+use super::state::Stop;
 use super::timers::Timer;
 use super::{Command, ExitCode, LogCategory, LogLevel, Worker};
 

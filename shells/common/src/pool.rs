@@ -28,10 +28,13 @@
 //! studio with the other log lines.
 //!
 //! [`EnginePool::cancel`] (`Command::CancelJob`: the shutdown grace or the job deadline ran
-//! out) drops the job's held bytes and abandons its run. A Rust thread cannot be killed:
-//! the engine finishes in the background and its result still arrives, under its run, for
-//! the core to drop; the bytes of an abandoned run (or of any run but the job's latest
-//! dispatch) are never kept, so a hung engine that wakes up leaves nothing behind.
+//! out) drops the job's held bytes and cancels the job's [`CancelToken`] (installed for the
+//! engine thread, `studio_engines::cancel`): an engine running a child process kills it at
+//! once, one that polls the token stops early. A Rust thread cannot be killed: an engine
+//! that does neither finishes in the background and its result still arrives, under its
+//! run, for the core to drop; the bytes of a cancelled run (or of any run but the job's
+//! latest dispatch) are never kept, so a hung engine that wakes up leaves nothing behind.
+//! Dispatching a job id again cancels the earlier run's token.
 //!
 //! Binary results restored from the durable outbox at start are held the same way
 //! ([`EnginePool::restore`]), for their upload.
@@ -43,6 +46,7 @@ use std::thread;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome, RunId};
+use studio_engines::cancel::{self, CancelToken};
 use studio_engines::job_log::{self, JobLogLevel, JobLogSink};
 use studio_engines::{Engine, EngineOutput, JobRequest};
 
@@ -95,11 +99,10 @@ pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
 
 #[derive(Default)]
 struct State {
-    /// Binary results awaiting upload.
+    /// The cancel token of each job's current run, until the run ends.
+    tokens: BTreeMap<String, (RunId, CancelToken)>,
+    /// Binary results awaiting upload (only a current run's: see [`finish`]).
     results: BTreeMap<String, Arc<Vec<u8>>>,
-    /// The run of each job's latest dispatch, until it reports or is cancelled: only its
-    /// bytes are kept.
-    runs: BTreeMap<String, RunId>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -141,10 +144,14 @@ impl EnginePool {
             claim.model_source.clone(),
         );
         let job_id = claim.job_id.clone();
-        {
+        let token = CancelToken::new();
+        let superseded = {
             let mut st = lock(&self.state);
             st.results.remove(&job_id);
-            st.runs.insert(job_id.clone(), run);
+            st.tokens.insert(job_id.clone(), (run, token.clone()))
+        };
+        if let Some((_, earlier)) = superseded {
+            earlier.cancel();
         }
         tracing::debug!(%job_id, %run, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
         let engine = Arc::clone(&self.engine);
@@ -154,7 +161,9 @@ impl EnginePool {
             .name(format!("engine-job-{}", run.0))
             .spawn(move || {
                 let notices = notice_sink(&sink, &request.job_id);
-                let outcome = job_log::with_sink(notices, || run_engine(engine.as_ref(), &request));
+                let outcome = cancel::with_token(token, || {
+                    job_log::with_sink(notices, || run_engine(engine.as_ref(), &request))
+                });
                 finish(&state, &sink, request.job_id, run, outcome);
             });
         if let Err(e) = spawned {
@@ -167,12 +176,18 @@ impl EnginePool {
         }
     }
 
-    /// `Command::CancelJob`: drops the held bytes of `job_id` and abandons its run (its
-    /// result still arrives, without bytes kept).
+    /// `Command::CancelJob`: drops the held bytes of `job_id` and cancels its running
+    /// engine's token (its result still arrives).
     pub fn cancel(&self, job_id: &str) {
-        let mut st = lock(&self.state);
-        st.results.remove(job_id);
-        st.runs.remove(job_id);
+        let token = {
+            let mut st = lock(&self.state);
+            st.results.remove(job_id);
+            st.tokens.remove(job_id)
+        };
+        // Outside the state lock: the token's hooks may take a moment (a kill signal).
+        if let Some((_, token)) = token {
+            token.cancel();
+        }
     }
 
     /// Holds `bytes` as the binary result of `job_id` (restored from the outbox).
@@ -258,26 +273,29 @@ fn finish(
     run: RunId,
     result: Result<EngineOutput, Failure>,
 ) {
+    // The run is current while its token is held: a cancelled run, or one a later
+    // dispatch of the job superseded, keeps no bytes.
+    let current = {
+        let mut st = lock(state);
+        let current = st.tokens.get(&job_id).is_some_and(|(r, _)| *r == run);
+        if current {
+            st.tokens.remove(&job_id);
+        }
+        current
+    };
     let outcome = match result {
         Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
         Ok(EngineOutput::Binary { bytes, ext }) => {
             let bytes_len = bytes.len() as u64;
-            let mut st = lock(state);
-            if st.runs.get(&job_id) == Some(&run) {
-                st.results.insert(job_id.clone(), Arc::new(bytes));
+            if current {
+                lock(state).results.insert(job_id.clone(), Arc::new(bytes));
             } else {
-                tracing::debug!(%job_id, %run, "result of an abandoned run; bytes not kept");
+                tracing::debug!(%job_id, %run, "result of a cancelled run; bytes not kept");
             }
             JobOutcome::Binary { ext, bytes_len }
         }
         Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
     };
-    {
-        let mut st = lock(state);
-        if st.runs.get(&job_id) == Some(&run) {
-            st.runs.remove(&job_id);
-        }
-    }
     sink(PoolEvent::Job {
         job_id,
         run,
@@ -402,6 +420,16 @@ pub(crate) mod tests {
             }
             match prompt {
                 "panic" => panic!("boom"),
+                "until-cancelled" => {
+                    // Like an engine running a child process: a hook fires on cancel.
+                    let (tx, rx) = mpsc::channel();
+                    let tx = Mutex::new(tx);
+                    let _hook = cancel::current().on_cancel(move || {
+                        let _ = tx.lock().unwrap().send(());
+                    });
+                    let cancelled = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+                    Ok(EngineOutput::Json(json!({"cancelled": cancelled})))
+                }
                 "notice" => {
                     job_log::info("fetching model.gguf: 50% of 1.0 KiB");
                     job_log::warn("a cached copy was bad");
@@ -428,6 +456,34 @@ pub(crate) mod tests {
 
     fn image(prompt: &str) -> serde_json::Value {
         json!({"kind": "image", "prompt": prompt})
+    }
+
+    #[test]
+    fn cancel_and_a_new_run_trip_the_engines_cancel_token() {
+        let (pool, rx) = test_pool(None);
+        let cancelled = |run: u64| PoolEvent::Job {
+            job_id: "j-c".into(),
+            run: RunId(run),
+            outcome: JobOutcome::Json {
+                result: json!({"cancelled": true}),
+            },
+        };
+        pool.dispatch(&claim("j-c", image("until-cancelled")), RunId(1));
+        pool.cancel("j-c");
+        assert_eq!(recv(&rx), cancelled(1));
+        // A new run of the same job cancels the earlier one; its own runs on.
+        pool.dispatch(&claim("j-c", image("until-cancelled")), RunId(2));
+        pool.dispatch(&claim("j-c", image("hello")), RunId(3));
+        let mut got = vec![recv(&rx), recv(&rx)];
+        got.sort_by_key(|e| match e {
+            PoolEvent::Job { run, .. } => run.0,
+            _ => 0,
+        });
+        assert_eq!(got[0], cancelled(2));
+        assert!(
+            matches!(&got[1], PoolEvent::Job { run: RunId(3), outcome: JobOutcome::Json { result }, .. } if result == &json!({"ok": true})),
+            "{got:?}"
+        );
     }
 
     #[test]
