@@ -210,7 +210,10 @@ impl CommandRouter {
                     },
                     _ => None,
                 };
-                self.http.spawn(id, *request, body);
+                // An upload leaves once the outbox holds its result (written in order, off
+                // the loop): a crash mid-upload finds it there.
+                let after = body.is_some().then(|| self.outbox.flushed());
+                self.http.spawn_after(id, *request, body, after);
                 Effect::None
             }
             Command::MintSecret { need_install_id } => self.mint(need_install_id),

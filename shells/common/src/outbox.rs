@@ -268,6 +268,8 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
 enum Op {
     Keep(Box<KeptResult>, Option<Arc<Vec<u8>>>),
     Forget(String),
+    /// Answered once every earlier command is done.
+    Flush(mpsc::Sender<()>),
 }
 
 /// Performs the outbox commands in order on a thread of its own (see the module docs).
@@ -291,6 +293,10 @@ impl OutboxWriter {
                         format!("forget the result of job {job_id}"),
                         outbox.forget(job_id),
                     ),
+                    Op::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
                 };
                 if let Err(e) = result {
                     let message = format!("outbox: cannot {what}: {e}");
@@ -330,6 +336,13 @@ impl OutboxWriter {
     /// `Command::ForgetResult`.
     pub fn forget(&self, job_id: String) {
         self.send(Op::Forget(job_id));
+    }
+
+    /// Fires once every command given so far is done (at once without a writer).
+    pub fn flushed(&self) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Flush(tx));
+        rx
     }
 
     fn send(&self, op: Op) {
@@ -501,6 +514,18 @@ mod tests {
         assert!(report.entries.is_empty());
         assert_eq!(report.skipped.len(), 2, "{:?}", report.skipped);
         assert_eq!(fs::read_dir(o.dir()).unwrap().count(), 0);
+    }
+
+    /// What an upload waits for: once `flushed` fires, the entry kept before it is on
+    /// disk.
+    #[test]
+    fn flushed_fires_after_the_earlier_writes() {
+        let (_d, o) = outbox();
+        let (sink, _rx) = crate::pool::tests::channel_sink();
+        let w = OutboxWriter::new(o.clone(), sink);
+        w.keep(Box::new(upload("b", 2)), Some(Arc::new(b"hi".to_vec())));
+        w.flushed().recv().unwrap();
+        assert_eq!(o.load().entries.len(), 1);
     }
 
     #[test]

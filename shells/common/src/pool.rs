@@ -41,6 +41,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
@@ -320,11 +321,26 @@ impl HttpRunner {
     /// Starts `request` (`id` from the core's `Command::Http`); `body` is the job's result
     /// for an upload.
     pub fn spawn(&self, id: HttpId, request: HttpRequest, body: Option<Arc<Vec<u8>>>) {
+        self.spawn_after(id, request, body, None);
+    }
+
+    /// [`HttpRunner::spawn`], the request leaving only once `after` fires (or its sender
+    /// is gone): an upload waits for the durable outbox to hold its result.
+    pub fn spawn_after(
+        &self,
+        id: HttpId,
+        request: HttpRequest,
+        body: Option<Arc<Vec<u8>>>,
+        after: Option<mpsc::Receiver<()>>,
+    ) {
         let agent = self.agent.clone();
         let sink = Arc::clone(&self.sink);
         let spawned = thread::Builder::new()
             .name(format!("http-{}", id.0))
             .spawn(move || {
+                if let Some(after) = after {
+                    let _ = after.recv();
+                }
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     crate::http::execute(&agent, &request, body.as_deref().map(|b| &b[..]))
                 }))
