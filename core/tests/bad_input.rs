@@ -295,6 +295,16 @@ fn studio_strings_quoted_in_log_lines_are_clipped() {
             .replace("\"model\":\"synthetic\"", &format!("\"model\":\"{huge}\"")),
     );
     assert!(messages(&c).iter().all(|m| m.len() < 1000), "{c:?}");
+    // A decodable offer's fields quoted in its `offer ...` line.
+    let c = h.frame_text(
+        &offer_text("j2", image_task())
+            .replace("\"model\":\"synthetic\"", &format!("\"model\":\"{huge}\"")),
+    );
+    let line = messages(&c)
+        .into_iter()
+        .find(|m| m.starts_with("offer j2"))
+        .expect("the offer line");
+    assert!(line.len() < 1000, "{} bytes", line.len());
     let c = h.frame(&StudioFrame::Error {
         code: wire::WorkerErrorCode::InternalError,
         message: huge,
