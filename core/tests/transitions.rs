@@ -771,7 +771,7 @@ fn check(st: Phase, i: In, ex: Ex) {
                     Command::Send { text, .. } => wire::decode_worker_frame(text, usize::MAX).ok(),
                     _ => None,
                 })
-                .last();
+                .next_back();
             assert!(
                 matches!(
                     fail,

@@ -130,7 +130,7 @@ impl Worker {
 
     pub(super) fn on_restore(&mut self, mut results: Vec<KeptResult>) {
         // Oldest first, so the bounds drop the oldest; a job kept twice keeps its newest.
-        results.sort_by(|a, b| a.kept_at.cmp(&b.kept_at));
+        results.sort_by_key(|a| a.kept_at);
         let mut seen = std::collections::BTreeSet::new();
         let mut newest_first = Vec::new();
         for r in results.into_iter().rev() {
