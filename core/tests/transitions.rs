@@ -46,6 +46,7 @@ enum In {
     Disable,
     Threshold,
     Shutdown,
+    CheckNow,
     UpdateAvailable,
     UpdateApplied,
     Restore,
@@ -53,7 +54,7 @@ enum In {
 }
 
 impl In {
-    const ALL: [In; 33] = [
+    const ALL: [In; 34] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -83,6 +84,7 @@ impl In {
         In::Disable,
         In::Threshold,
         In::Shutdown,
+        In::CheckNow,
         In::UpdateAvailable,
         In::UpdateApplied,
         In::Restore,
@@ -122,6 +124,8 @@ enum Ex {
     Exit(ExitCode),
     /// Close 1000 + Exit(Clean), after flushing.
     CleanExit,
+    /// `CheckUpdate` issued (an update check).
+    Check,
     /// `ApplyUpdate` issued.
     ApplyUpdate,
     /// Upload succeeded: the result bytes are discarded and the slot is free.
@@ -159,7 +163,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
         Restore => Quiet, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -171,7 +175,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Http(HttpKind::Register),
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -183,7 +187,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Quiet, Http500 => Quiet, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -195,7 +199,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Mint, Http500 => Quiet, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -207,7 +211,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -219,7 +223,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Quiet,
         Enable => Ignored, Disable => Quiet,
     }
@@ -231,7 +235,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Refuse,
         Enable => Ignored, Disable => Heartbeat,
     }
@@ -243,7 +247,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Sends("completeJson"), DoneBinary => Http(HttpKind::Upload),
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
-        Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
@@ -255,7 +259,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Uploaded, Http404 => Sends("fail"), Http500 => Quiet,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
-        UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Quiet,
         Enable => Ignored, Disable => Heartbeat,
     }
@@ -267,7 +271,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Exit(ExitCode::Restart),
         Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
@@ -279,7 +283,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Paused),
         Enable => Ignored, Disable => Quiet,
     }
@@ -291,7 +295,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
@@ -303,7 +307,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => CleanExit, DoneBinary => Http(HttpKind::Upload),
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
-        Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, CheckNow => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
@@ -315,7 +319,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Ignored, Pause => Ignored,
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
         Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Ignored,
     }
@@ -573,6 +577,7 @@ fn input_for(h: &Driver, i: In) -> Input {
         Disable => Input::Disable,
         Threshold => Input::SetThreshold { gb: 8.0 },
         Shutdown => Input::Shutdown,
+        CheckNow => Input::CheckUpdateNow,
         UpdateAvailable => Input::UpdateChecked {
             result: Ok(Some("9.9.9".into())),
         },
@@ -748,6 +753,10 @@ fn check(st: Phase, i: In, ex: Ex) {
             );
             assert_eq!(h.worker.phase(), Exited, "{ctx}");
         }
+        Check => {
+            assert_eq!(io, [&Command::CheckUpdate], "{ctx}: only the check");
+            assert_eq!(h.worker.phase(), st, "{ctx}: the phase must not change");
+        }
         ApplyUpdate => assert!(
             cmds.iter()
                 .any(|c| matches!(c, Command::ApplyUpdate { .. })),
@@ -853,7 +862,9 @@ fn reach_with_update(st: Phase) -> Driver {
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
-    h.frame(&welcome());
+    // The first check goes out right after the first welcome.
+    let cmds = h.frame(&welcome());
+    let mut check_seen = cmds.contains(&Command::CheckUpdate);
     match st {
         LiveIdle => {}
         Paused => {
@@ -869,9 +880,11 @@ fn reach_with_update(st: Phase) -> Driver {
         LiveBusy => {}
         _ => unreachable!(),
     }
-    // Keep the session alive across the hour: ack heartbeats as they come.
-    let mut check_seen = false;
+    // (Otherwise, keep the session alive across the hour: ack heartbeats as they come.)
     for _ in 0..(3600 / 5 + 1) {
+        if check_seen {
+            break;
+        }
         let cmds = h.advance(5.0);
         if cmds.iter().any(|c| matches!(c, Command::CheckUpdate)) {
             check_seen = true;
