@@ -398,3 +398,50 @@ fn shutdown_mid_job_delivers_the_result_then_closes_1000() {
     assert_eq!(p.exit.as_ref().unwrap().0, ExitCode::Clean);
     assert!(matches!(p.state(&job), JobState::Done { .. }));
 }
+
+/// `kill -9` after the engine finished and the `completeJson` left, before the studio's
+/// `completeAck` (the frame was lost with the link): the restarted worker re-sends the
+/// kept result after its first welcome; the job completes once, on one engine run.
+#[test]
+fn a_crash_before_the_complete_ack_loses_nothing() {
+    let mut p = Pair::registered();
+    p.start();
+    assert!(p.run_until(MIN, Pair::connected));
+    let job = p.submit(task(TaskKind::Llm, "remember me"));
+    assert!(p.run_until(MIN, |p| p.engine.is_some()));
+    p.half_open = true;
+    assert!(p.run_until(MIN, |p| p.outbox.contains_key(&job)));
+    assert_eq!(
+        p.sent_types().last().map(String::as_str),
+        Some("completeJson")
+    );
+    p.half_open = false;
+    p.crash_and_restart();
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
+    let rec = p.studio.job(&job).unwrap();
+    assert_eq!((rec.completions, rec.attempts), (1, 1));
+    assert_eq!(p.dispatches, 1, "the result was re-sent, not regenerated");
+    assert!(
+        p.run_until(MIN, |p| p.outbox.is_empty()),
+        "forgotten on the ack"
+    );
+}
+
+/// `kill -9` while a binary result waits to be uploaded again: the restarted worker
+/// uploads the kept bytes; the job completes once, on one engine run.
+#[test]
+fn a_crash_during_an_upload_loses_nothing() {
+    let mut p = Pair::registered();
+    p.start();
+    assert!(p.run_until(MIN, Pair::connected));
+    p.fail_uploads = 1;
+    let job = p.submit(task(TaskKind::Image, "a kept fox"));
+    assert!(p.run_until(MIN, |p| p.fail_uploads == 0));
+    assert!(p.outbox.contains_key(&job));
+    p.crash_and_restart();
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
+    let rec = p.studio.job(&job).unwrap();
+    assert_eq!((rec.completions, rec.attempts), (1, 1));
+    assert_eq!(p.dispatches, 1, "uploaded again, not regenerated");
+    assert!(p.outbox.is_empty());
+}

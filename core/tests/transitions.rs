@@ -49,10 +49,12 @@ enum In {
     CheckNow,
     UpdateAvailable,
     UpdateApplied,
+    Restore,
+    Poison,
 }
 
 impl In {
-    const ALL: [In; 32] = [
+    const ALL: [In; 34] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -85,6 +87,8 @@ impl In {
         In::CheckNow,
         In::UpdateAvailable,
         In::UpdateApplied,
+        In::Restore,
+        In::Poison,
     ];
 }
 
@@ -128,6 +132,9 @@ enum Ex {
     Uploaded,
     /// A connection the machine abandoned finished late: it is closed, nothing else.
     CloseStale,
+    /// An undecodable offer taken and failed at once: `accept` then `fail` (not
+    /// retryable), no dispatch, the session kept.
+    Refuse,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +164,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
+        Restore => Quiet, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Minting: {
@@ -168,6 +176,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Requesting: {
@@ -179,6 +188,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Polling: {
@@ -190,6 +200,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Connecting: {
@@ -201,6 +212,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     AwaitWelcome: {
@@ -212,6 +224,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Quiet,
         Enable => Ignored, Disable => Quiet,
     }
     LiveIdle: {
@@ -223,6 +236,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Refuse,
         Enable => Ignored, Disable => Heartbeat,
     }
     LiveBusy: {
@@ -234,6 +248,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Sends("completeJson"), DoneBinary => Http(HttpKind::Upload),
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
     Uploading: {
@@ -245,6 +260,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
         UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Quiet,
         Enable => Ignored, Disable => Heartbeat,
     }
     Updating: {
@@ -256,6 +272,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
     Paused: {
@@ -267,6 +284,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Paused),
         Enable => Ignored, Disable => Quiet,
     }
     Backoff: {
@@ -278,6 +296,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Draining: {
@@ -289,6 +308,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => CleanExit, DoneBinary => Http(HttpKind::Upload),
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, CheckNow => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Reject(RejectCode::Busy),
         Enable => Ignored, Disable => Heartbeat,
     }
     Exited: {
@@ -300,6 +320,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Ignored, Pause => Ignored,
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
         UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
+        Restore => Usage, Poison => Ignored,
         Enable => Ignored, Disable => Ignored,
     }
 };
@@ -561,6 +582,23 @@ fn input_for(h: &Driver, i: In) -> Input {
             result: Ok(Some("9.9.9".into())),
         },
         UpdateApplied => Input::UpdateApplied { result: Ok(()) },
+        Restore => Input::Restore {
+            results: vec![KeptResult {
+                job_id: "job-kept".into(),
+                worker_id: "w-1".into(),
+                kept_at: studio_core::WallMs(studio_core::testing::WALL0),
+                body: KeptBody::Frame {
+                    text: r#"{"type":"fail","jobId":"job-kept","error":"x","retryable":true}"#
+                        .into(),
+                },
+            }],
+        },
+        Poison => Input::Frame {
+            conn,
+            text: json!({"type":"offer","claim":{"jobId":"job-p","task":{"kind":"image",
+                "prompt":"a fox","width":-1}}})
+            .to_string(),
+        },
     }
 }
 
@@ -613,10 +651,16 @@ fn check(st: Phase, i: In, ex: Ex) {
             assert_eq!(after.session, before.session, "{ctx}");
             assert_eq!(after.current_job_id, before.current_job_id, "{ctx}");
         }
-        Quiet => assert!(
-            io.iter().all(|c| matches!(c, Command::Persist(_))),
-            "{ctx}: expected no IO, got {io:?}"
-        ),
+        Quiet => {
+            assert!(
+                io.iter().all(|c| matches!(
+                    c,
+                    Command::Persist(_) | Command::KeepResult(_) | Command::ForgetResult { .. }
+                )),
+                "{ctx}: expected no IO, got {io:?}"
+            );
+            assert!(sent.is_empty(), "{ctx}: {sent:?}");
+        }
         Usage => unreachable!(),
         Mint => assert!(
             cmds.iter().any(|c| matches!(c, Command::MintSecret { .. })),
@@ -720,12 +764,42 @@ fn check(st: Phase, i: In, ex: Ex) {
         ),
         Uploaded => {
             assert!(
-                io.iter()
-                    .all(|c| matches!(c, Command::DiscardResult { .. }))
-                    && io.len() == 1,
+                matches!(
+                    io[..],
+                    [Command::DiscardResult { .. }, Command::ForgetResult { .. }]
+                ),
                 "{ctx}: {io:?}"
             );
             assert_eq!(after.current_job_id, None, "{ctx}");
+        }
+        Refuse => {
+            assert_eq!(sent, vec!["accept", "fail"], "{ctx}");
+            let fail = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Command::Send { text, .. } => wire::decode_worker_frame(text, usize::MAX).ok(),
+                    _ => None,
+                })
+                .next_back();
+            assert!(
+                matches!(
+                    fail,
+                    Some(WorkerFrame::Fail {
+                        retryable: false,
+                        ..
+                    })
+                ),
+                "{ctx}: {fail:?}"
+            );
+            assert!(
+                !cmds.iter().any(|c| matches!(c, Command::Dispatch { .. })),
+                "{ctx}"
+            );
+            assert_eq!(
+                h.worker.phase(),
+                st,
+                "{ctx}: the session and the slot are kept"
+            );
         }
         CloseStale => {
             assert!(
@@ -871,8 +945,11 @@ fn render_table() -> String {
          Legend: `Ignored` = no IO and no state change; `Quiet` = no IO, internal state may\n\
          change; `Usage` = `handle` returns `UsageError` and nothing changes; `Reconnect` =\n\
          session torn down (Close if open) and a jittered reconnect scheduled;\n\
-         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`. An offer during an upload is\n\
-         parked (`Quiet`) and decided when the upload finishes.\n\n\
+         `CleanExit` = logs flushed, close 1000, `Exit(Clean)`; `Refuse` = an undecodable\n\
+         offer (`Poison`: its `claim.jobId` readable) accepted and failed, not retryable, the\n\
+         session kept. An offer during an upload is parked (`Quiet`) and decided when the\n\
+         upload finishes, or rejected `busy` after 1 s. `Restore` hands the machine the\n\
+         durable outbox, before `Start` only.\n\n\
          The states are `studio_core::worker::Phase`, what `Worker::phase()` returns; every\n\
          row checks that it starts in its state, and `Ignored` and `Usage` rows that it stays.\n\n",
     );

@@ -10,7 +10,7 @@
 //! | [`run_on`], [`for_each_shell!`] | run a `fn(&Bin)` scenario on one shell; one `#[test]` per (shell, scenario) |
 //! | [`Studio`] | a `studio-local` server with its own output dir, plus waiting helpers |
 //! | [`Setup`], [`write_config`] | the worker's minimal `config.toml` and environment |
-//! | [`Worker`] | the worker process: output captured to files, [`Worker::wait_exit`], [`Worker::sigterm`], killed on drop (output printed when the test failed, or always with `STUDIO_E2E_SHOW_OUTPUT=1`) |
+//! | [`Worker`] | the worker process: output captured to files, [`Worker::wait_exit`], [`Worker::sigterm`], [`Worker::kill`] and [`Worker::restart`] (a new process on the same config directory: what a crash and a service manager's restart do), killed on drop (output printed when the test failed, or always with `STUDIO_E2E_SHOW_OUTPUT=1`) |
 //! | [`wait_until`], [`is_rfc3339_utc_millis`], magic checks | small assertions |
 //! | [`files::FileServer`], [`files::model_source`], [`files::sha256_file`] | a loopback static file server (Range, request counts) for `modelSource.files[].url`, and model-source builders |
 //! | [`control::LocalApi`], [`control::cli`], [`control::SentrySink`] | a running worker's local control API, its CLI on the same config, and a loopback Sentry endpoint that keeps the envelopes |
@@ -494,6 +494,17 @@ pub struct Worker {
     stdout_path: PathBuf,
     stderr_path: PathBuf,
     label: String,
+    /// How to start the same worker again ([`Worker::restart`]); `None` for the demo.
+    relaunch: Option<Relaunch>,
+    /// How many processes ran in this directory before the current one.
+    restarts: u32,
+}
+
+/// What [`Worker::restart`] needs to start the same worker again.
+#[derive(Clone, Debug)]
+struct Relaunch {
+    bin: Bin,
+    setup: Setup,
 }
 
 impl Worker {
@@ -511,28 +522,64 @@ impl Worker {
             .models_root
             .get_or_insert_with(|| dir.path().join("models"))
             .clone();
-        let setup = &setup;
-        write_config(&config_path, api_base_url, setup).expect("write config.toml");
-        let mut cmd = Command::new(&bin.path);
-        cmd.arg("--config").arg(&config_path);
-        if let Some(record) = setup.record.clone().or_else(|| corpus_path(bin.shell.name)) {
-            cmd.arg("--record").arg(record);
-        }
-        cmd.arg("run")
-            .env("RUST_LOG", "info")
-            .env_remove(studio_shell_delay_env())
-            // Workers of parallel tests must not fight over the default API port, and a
-            // developer's Sentry must not hear from the tests.
-            .env(LOCAL_API_PORT_ENV, "0")
-            .env_remove("SENTRY_DSN")
-            .env_remove("SENTRY_ENVIRONMENT");
-        if let Some(delay) = setup.synthetic_delay {
-            cmd.env(studio_shell_delay_env(), delay.as_millis().to_string());
-        }
-        for (k, v) in &setup.env {
-            cmd.env(k, v);
-        }
-        Worker::spawn(bin, cmd, dir, models_root, config_path)
+        write_config(&config_path, api_base_url, &setup).expect("write config.toml");
+        let cmd = run_command(bin, &config_path, &setup);
+        let mut worker = Worker::spawn(bin, cmd, dir, models_root, config_path);
+        worker.relaunch = Some(Relaunch {
+            bin: bin.clone(),
+            setup,
+        });
+        worker
+    }
+
+    /// Kills the process (SIGKILL, if it still runs) and starts the same worker again on
+    /// the same config directory (config, durable outbox, models), its output captured to
+    /// new files (`stderr-2.log`, ...): a crash and a restart. A session recorded with
+    /// `--record` goes to `<path>-<n>` for the new process (into the corpus, under the
+    /// scenario's next free name).
+    pub fn restart(&mut self) {
+        self.kill();
+        let relaunch = self
+            .relaunch
+            .clone()
+            .expect("a worker started with Worker::start can be restarted");
+        self.restarts += 1;
+        let n = self.restarts + 1;
+        let mut setup = relaunch.setup.clone();
+        setup.record = setup.record.map(|p| {
+            let mut name = p.into_os_string();
+            name.push(format!("-{n}"));
+            PathBuf::from(name)
+        });
+        let mut cmd = run_command(&relaunch.bin, &self.config_path, &setup);
+        self.stdout_path = self.dir.path().join(format!("stdout-{n}.log"));
+        self.stderr_path = self.dir.path().join(format!("stderr-{n}.log"));
+        let child = cmd
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(File::create(&self.stdout_path).expect("create stdout.log"))
+            .stderr(File::create(&self.stderr_path).expect("create stderr.log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", relaunch.bin.path.display()));
+        self.label = format!(
+            "{} (pid {}, {} shell, start #{n})",
+            relaunch.bin.shell.binary,
+            child.id(),
+            relaunch.bin.shell.name
+        );
+        self.child = child;
+        self.status = None;
+    }
+
+    /// The durable outbox's entries now (`<config dir>/outbox/*.json`).
+    pub fn outbox_entries(&self) -> usize {
+        fs::read_dir(self.dir.path().join("outbox"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// A second `bin --config <this worker's config> run`, with its output in a temp dir of
@@ -601,6 +648,8 @@ impl Worker {
             stdout_path,
             stderr_path,
             label,
+            relaunch: None,
+            restarts: 0,
         }
     }
 
@@ -777,6 +826,30 @@ impl Drop for Worker {
             self.dump();
         }
     }
+}
+
+/// `bin --config <config_path> [--record ...] run` with the scenario's environment.
+fn run_command(bin: &Bin, config_path: &Path, setup: &Setup) -> Command {
+    let mut cmd = Command::new(&bin.path);
+    cmd.arg("--config").arg(config_path);
+    if let Some(record) = setup.record.clone().or_else(|| corpus_path(bin.shell.name)) {
+        cmd.arg("--record").arg(record);
+    }
+    cmd.arg("run")
+        .env("RUST_LOG", "info")
+        .env_remove(studio_shell_delay_env())
+        // Workers of parallel tests must not fight over the default API port, and a
+        // developer's Sentry must not hear from the tests.
+        .env(LOCAL_API_PORT_ENV, "0")
+        .env_remove("SENTRY_DSN")
+        .env_remove("SENTRY_ENVIRONMENT");
+    if let Some(delay) = setup.synthetic_delay {
+        cmd.env(studio_shell_delay_env(), delay.as_millis().to_string());
+    }
+    for (k, v) in &setup.env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// The environment variable that sets the local control API's port (`0`: ephemeral).

@@ -41,6 +41,10 @@ for_each_shell!(
     log_batches_are_shipped,
     a_recorded_session_replays_exactly,
     a_job_for_an_engine_this_build_lacks_fails_without_retry,
+    a_poison_offer_is_failed_and_the_session_kept,
+    an_offer_during_a_held_upload_is_answered_busy_while_it_is_held,
+    kill_9_during_a_held_upload_then_restart_delivers_without_a_second_run,
+    kill_9_before_the_complete_ack_then_restart_resends_the_json_result,
 );
 
 const WORKER_ID: &str = "w-e2e";
@@ -678,4 +682,128 @@ fn a_job_for_an_engine_this_build_lacks_fails_without_retry(bin: &Bin) {
     // Still connected and serving.
     let ok = studio.submit_kind(TaskKind::Llm, "after the failures");
     studio.expect_done(&ok);
+}
+
+// ------------------------------------------------------------------------------------------
+// n. Bad input and crashes
+// ------------------------------------------------------------------------------------------
+
+/// An offer the worker cannot decode (`"width": -1`) but whose job id it can read: it is
+/// accepted and failed, not retryable, naming the decode error, and the session lives on
+/// (dropping it would have the studio offer the job again, forever). The next job runs.
+fn a_poison_offer_is_failed_and_the_session_kept(bin: &Bin) {
+    let (studio, _worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::RawProbeOffer {
+        worker_id: WORKER_ID.into(),
+        job_id: "poison-1".into(),
+        claim: serde_json::json!({
+            "gameId": "g", "assetName": "g/a", "model": "synthetic", "vramGbEstimate": 1.0,
+            "task": {"kind": "image", "prompt": "a fox", "width": -1},
+            "modelSource": {"engine": "synthetic", "files": [],
+                "cliDefaults": {"cfgScale": 1.0, "steps": 8, "width": 512, "height": 512}}
+        }),
+    });
+    let replies = wait_for("the poison offer to be answered", WAIT, || {
+        let r = probe_replies_json(&studio, WORKER_ID);
+        (r.len() >= 2).then_some(r)
+    });
+    assert_eq!(replies[0]["type"], "accept", "{replies:?}");
+    assert_eq!(replies[1]["type"], "fail", "{replies:?}");
+    assert_eq!(replies[1]["retryable"], false, "{replies:?}");
+    let error = replies[1]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("could not decode the offer"), "{error}");
+    // One session throughout, and it still serves.
+    let job = studio.submit_kind(TaskKind::Llm, "after the poison");
+    studio.expect_done(&job);
+    assert_eq!(studio.connection_stats(WORKER_ID).connections, 1);
+}
+
+/// The studio holds our upload (never answers it): an offer that reaches the worker
+/// meanwhile is answered `busy` while the upload is still held, not parked for the whole
+/// upload.
+fn an_offer_during_a_held_upload_is_answered_busy_while_it_is_held(bin: &Bin) {
+    let (studio, _worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::HoldUploads { count: 1 });
+    let job = studio.submit_kind(TaskKind::Image, "a held fox");
+    wait_for("the upload to be held", WAIT, || {
+        (studio.faults()?.uploads_held == 1).then_some(())
+    });
+    studio.inject_fault(Fault::ProbeOffer {
+        worker_id: WORKER_ID.into(),
+        job_id: "probe-held".into(),
+        task: probe_task("offered during the held upload"),
+    });
+    let reply = wait_for("the answer to the offer", WAIT, || {
+        probe_replies_json(&studio, WORKER_ID).into_iter().next()
+    });
+    assert_eq!(reply["type"], "reject", "{reply}");
+    assert_eq!(reply["code"], "busy", "{reply}");
+    assert_eq!(
+        studio.faults().unwrap().uploads_held,
+        1,
+        "answered while the upload was still held"
+    );
+    assert_eq!(studio.job(&job).unwrap().summary.state, "running");
+}
+
+/// The worker is killed (SIGKILL) while the studio holds its result upload, then started
+/// again: the kept result is uploaded from the durable outbox and the job completes once,
+/// with no second engine run.
+fn kill_9_during_a_held_upload_then_restart_delivers_without_a_second_run(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::HoldUploads { count: 1 });
+    let job = studio.submit_kind(TaskKind::Image, "a fox that survives a crash");
+    wait_for("the upload to be held", WAIT, || {
+        (studio.faults()?.uploads_held == 1).then_some(())
+    });
+    assert_eq!(worker.outbox_entries(), 1, "kept before the upload");
+    worker.kill();
+    worker.restart();
+    let done = studio.expect_done(&job);
+    assert_eq!(done.completions, 1);
+    assert_eq!(done.summary.attempts, 1, "{done:#?}");
+    let (_, data, prompt) = stored_file(&studio, &job);
+    assert!(is_webp(&data));
+    assert_eq!(prompt, "a fox that survives a crash");
+    wait_for("the second process to say it re-uploaded", WAIT, || {
+        worker
+            .stderr()
+            .contains("uploading the kept result of job")
+            .then_some(())
+    });
+    assert!(
+        !worker.stderr().contains("json result sent") && !worker.stderr().contains("finished in"),
+        "the restarted worker ran the engine again"
+    );
+    wait_for("the outbox to be emptied", WAIT, || {
+        (worker.outbox_entries() == 0).then_some(())
+    });
+}
+
+/// The worker is killed (SIGKILL) after its `completeJson` left but before the studio's
+/// `completeAck` (the frame was lost on the way), then started again: it re-sends the kept
+/// result after its first welcome and the job completes once, on one engine run.
+fn kill_9_before_the_complete_ack_then_restart_resends_the_json_result(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    studio.inject_fault(Fault::DropResults { count: 1 });
+    let job = studio.submit_kind(TaskKind::Llm, "a reply that survives a crash");
+    wait_for("the result frame to be lost", WAIT, || {
+        (studio.faults()?.drop_results == 0 && worker.outbox_entries() == 1).then_some(())
+    });
+    assert_eq!(studio.job(&job).unwrap().summary.state, "running");
+    worker.kill();
+    worker.restart();
+    let done = studio.expect_done(&job);
+    assert_eq!(done.completions, 1);
+    assert_eq!(done.summary.attempts, 1, "{done:#?}");
+    let (_, prompt) = json_result(&studio, &job);
+    assert_eq!(prompt.as_deref(), Some("a reply that survives a crash"));
+    assert!(worker.stderr().contains("outbox restored"));
+    assert!(
+        !worker.stderr().contains("finished in"),
+        "the restarted worker ran the engine again"
+    );
+    wait_for("the outbox to be emptied", WAIT, || {
+        (worker.outbox_entries() == 0).then_some(())
+    });
 }

@@ -1,6 +1,6 @@
 //! [`Pair`]: a worker machine and the studio machine wired together in memory.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,7 +11,7 @@ use crate::studio::{
 use crate::time::{Mono, WallMs};
 use crate::wire::{self, Task};
 use crate::worker::{
-    Command, ConnectError, ExitCode, HttpRequest, HttpResult, Input, JobOutcome, Now,
+    Command, ConnectError, ExitCode, HttpRequest, HttpResult, Input, JobOutcome, KeptResult, Now,
     PersistedState, RunId, SessionState, Worker, WorkerConfig,
 };
 
@@ -73,6 +73,11 @@ pub struct Pair {
     pub persisted: Option<PersistedState>,
     pub sent_by_worker: Vec<String>,
     pub events: Vec<StudioEvent>,
+    /// The durable outbox as a shell keeps it (`KeepResult` / `ForgetResult`): what
+    /// survives [`Pair::crash_and_restart`].
+    pub outbox: BTreeMap<String, KeptResult>,
+    /// Every `Dispatch` of every worker process: the engine runs started.
+    pub dispatches: u32,
 }
 
 impl Pair {
@@ -104,6 +109,8 @@ impl Pair {
             persisted: None,
             sent_by_worker: Vec::new(),
             events: Vec::new(),
+            outbox: BTreeMap::new(),
+            dispatches: 0,
         }
     }
 
@@ -121,6 +128,27 @@ impl Pair {
     pub fn start(&mut self) {
         self.to_worker.push_back(Input::Start);
         self.settle();
+    }
+
+    /// The worker process dies (`kill -9`) and is started again: everything in memory is
+    /// lost (the session, the running engine, inputs in flight to it), the outbox is kept
+    /// and handed to the new process's machine before `Start`, as a shell does.
+    pub fn crash_and_restart(&mut self) {
+        let cfg = self.worker.config().clone();
+        self.to_worker.clear();
+        self.engine = None;
+        if let Some(link) = self.link.take() {
+            let (_, to_studio) = link.reset("connection reset");
+            self.to_studio.push_back(to_studio);
+        }
+        self.settle();
+        self.worker = Worker::new(cfg);
+        self.exit = None;
+        let results: Vec<KeptResult> = self.outbox.values().cloned().collect();
+        if !results.is_empty() {
+            self.to_worker.push_back(Input::Restore { results });
+        }
+        self.start();
     }
 
     /// Delivers everything in flight until both machines are quiet, then checks the
@@ -226,6 +254,7 @@ impl Pair {
                 Command::Persist(p) => self.persisted = Some(p),
                 Command::Dispatch { run, claim } => {
                     assert!(self.engine.is_none(), "two jobs dispatched at once");
+                    self.dispatches += 1;
                     let kind = claim.task.kind();
                     let outcome = match self.engine_mode {
                         EngineMode::Fail { retryable } => JobOutcome::Failed {
@@ -248,6 +277,12 @@ impl Pair {
                     if self.engine.as_ref().is_some_and(|e| e.job_id == job_id) {
                         self.engine = None;
                     }
+                }
+                Command::KeepResult(r) => {
+                    self.outbox.insert(r.job_id.clone(), *r);
+                }
+                Command::ForgetResult { job_id } => {
+                    self.outbox.remove(&job_id);
                 }
                 Command::DiscardResult { .. } | Command::Report(_) => {}
                 Command::CheckUpdate => self.to_worker.push_back(Input::UpdateChecked {

@@ -252,6 +252,26 @@ pub fn decode_studio_frame_limited(text: &str, limit: usize) -> Result<StudioFra
     decode(text, limit)
 }
 
+/// The `claim.jobId` of a studio frame that is an `offer` but does not decode as a whole
+/// (a bad task parameter, an unknown kind, a missing field): `Some` when the frame is a JSON
+/// object with `"type":"offer"` and a non-empty string `claim.jobId`. The worker answers
+/// such an offer instead of dropping the session (PROTOCOL.md §10).
+pub fn undecodable_offer_job_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Offer {
+        #[serde(rename = "type")]
+        kind: String,
+        claim: Claim,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Claim {
+        job_id: String,
+    }
+    let offer: Offer = serde_json::from_str(text).ok()?;
+    (offer.kind == "offer" && !offer.claim.job_id.is_empty()).then_some(offer.claim.job_id)
+}
+
 /// How [`encode`] writes [`StudioFrame::HeartbeatAck`] (a test pins the two together).
 pub(crate) const HEARTBEAT_ACK_TEXT: &str = r#"{"type":"heartbeatAck"}"#;
 

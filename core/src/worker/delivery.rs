@@ -6,7 +6,9 @@ use crate::wire::{self, WorkerFrame};
 use super::state::Link;
 use super::state::{JobStage, Slot};
 use super::timers::Timer;
-use super::{Command, HttpId, HttpRequest, HttpResult, JobStatus, LogCategory, LogLevel, Worker};
+use super::{
+    Command, HttpId, HttpRequest, HttpResult, JobStatus, KeptBody, LogCategory, LogLevel, Worker,
+};
 
 /// A result frame sent but not yet acknowledged by the studio (`completeAck`/`failAck`).
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +79,7 @@ impl Worker {
                     job_id: job_id.clone(),
                 });
                 self.job_ended(&job_id, JobStatus::Completed);
+                self.forget_result(&job_id);
                 self.slot = Slot::Free;
                 self.after_slot_freed();
                 return;
@@ -122,16 +125,29 @@ impl Worker {
             format!("upload of job {job_id} failed: {}", result.describe()),
             Some(job_id.clone()),
         );
-        self.finish_job(job_id, frame, JobStatus::Failed);
+        self.finish_job(job_id, &frame, JobStatus::Failed);
     }
 
     /// Frees the slot after a job's final frame is ready; sends it now if a session is
     /// live, otherwise keeps it for the next session.
-    pub(super) fn finish_job(&mut self, job_id: String, frame: WorkerFrame, status: JobStatus) {
+    pub(super) fn finish_job(&mut self, job_id: String, frame: &WorkerFrame, status: JobStatus) {
+        self.finish_job_text(job_id, wire::encode(frame), status);
+    }
+
+    /// [`Worker::finish_job`] with the frame already encoded.
+    pub(super) fn finish_job_text(&mut self, job_id: String, text: String, status: JobStatus) {
         self.job_ended(&job_id, status);
-        let text = wire::encode(&frame);
         self.slot = Slot::Free;
         self.timers.clear(Timer::UploadRetry);
+        self.deliver_result(job_id, text);
+        self.after_slot_freed();
+    }
+
+    /// Keeps a result frame (in memory and in the durable outbox) until the studio
+    /// acknowledges it; sends it now if a session is live, otherwise after the next
+    /// welcome.
+    pub(super) fn deliver_result(&mut self, job_id: String, text: String) {
+        self.keep_result(&job_id, KeptBody::Frame { text: text.clone() });
         let u = Unacked {
             job_id,
             frame: text,
@@ -142,7 +158,16 @@ impl Worker {
         } else {
             self.undelivered.push_back(u);
         }
-        self.after_slot_freed();
+    }
+
+    /// The studio acknowledged the result frame of `job_id` (`completeAck` / `failAck`):
+    /// it is forgotten, in memory and in the outbox.
+    pub(super) fn on_result_acked(&mut self, job_id: &str) {
+        let before = self.unacked.len();
+        self.unacked.retain(|u| u.job_id != job_id);
+        if self.unacked.len() != before {
+            self.forget_result(job_id);
+        }
     }
 
     pub(super) fn send_unacked(&mut self, mut u: Unacked) {
@@ -173,6 +198,7 @@ impl Worker {
                     ),
                     Some(u.job_id.clone()),
                 );
+                self.forget_result(&u.job_id);
                 continue;
             }
             self.send_unacked(u);

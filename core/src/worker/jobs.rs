@@ -1,10 +1,15 @@
-//! The one-job slot: offers (accept, park, reject), dispatch, and what happens when the
-//! engine is done. Delivery of the result is in [`super::delivery`].
+//! The one-job slot: offers (accept, park, reject; answer an undecodable one), dispatch,
+//! the job deadline, and what happens when the engine is done. Delivery of the result is
+//! in [`super::delivery`].
 
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
 use super::state::{ActiveJob, JobStage, Slot, Stop};
-use super::{Command, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, RunId, Worker};
+use super::timers::Timer;
+use super::{
+    clip, clip_bytes, Command, JobOutcome, JobStatus, JobSummary, KeptBody, LogCategory, LogLevel,
+    RunId, Worker, FAIL_ERROR_MAX_BYTES, STUDIO_TEXT_CLIP,
+};
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
@@ -18,23 +23,42 @@ pub const REASON_BUSY: &str = "worker already has an in-flight job";
 /// without spending an attempt).
 pub const REASON_SHUTTING_DOWN: &str = "worker is shutting down";
 
+/// An offer as the machine decides it: a claim it can run, or an offer whose `claim.jobId`
+/// could be read although the frame as a whole could not be decoded (PROTOCOL.md §10).
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Offered {
+    Claim(Box<JobOfferClaim>),
+    Undecodable { job_id: String, error: String },
+}
+
+impl Offered {
+    fn job_id(&self) -> &str {
+        match self {
+            Offered::Claim(c) => &c.job_id,
+            Offered::Undecodable { job_id, .. } => job_id,
+        }
+    }
+}
+
 impl Worker {
-    pub(super) fn on_offer(&mut self, claim: JobOfferClaim) {
-        let job_id = claim.job_id.clone();
-        self.log(
-            LogLevel::Info,
-            LogCategory::Ws,
-            format!(
+    pub(super) fn on_offer(&mut self, offered: Offered) {
+        let job_id = offered.job_id().to_string();
+        let line = match &offered {
+            Offered::Claim(claim) => format!(
                 "offer {} kind={} model={} game={} asset={} vram_estimate={}GB",
                 job_id,
                 claim.task.kind(),
-                claim.model,
-                claim.game_id,
-                claim.asset_name,
+                clip(&claim.model, STUDIO_TEXT_CLIP),
+                clip(&claim.game_id, STUDIO_TEXT_CLIP),
+                clip(&claim.asset_name, STUDIO_TEXT_CLIP),
                 claim.vram_gb_estimate
             ),
-            Some(job_id.clone()),
-        );
+            Offered::Undecodable { error, .. } => format!(
+                "offer {job_id} could not be decoded: {}",
+                clip(error, STUDIO_TEXT_CLIP)
+            ),
+        };
+        self.log(LogLevel::Info, LogCategory::Ws, line, Some(job_id.clone()));
         if matches!(&self.slot, Slot::Job(j) if j.claim.job_id == job_id) {
             // The studio lost track of the job we are running (it requeued it after a
             // disconnect) and offers it to us again: we hold it, so we take it back instead
@@ -55,6 +79,7 @@ impl Worker {
             // outcome of this new offer, so it is dropped and the offer decided afresh.
             self.unacked.retain(|u| u.job_id != job_id);
             self.undelivered.retain(|u| u.job_id != job_id);
+            self.forget_result(&job_id);
             self.log(
                 LogLevel::Info,
                 LogCategory::Ws,
@@ -71,25 +96,36 @@ impl Worker {
             // socket, and that offer can overtake the 200. Decide it the moment the upload
             // finishes instead of rejecting it `busy` (which would idle us until the next
             // heartbeat).
-            self.log(LogLevel::Info, LogCategory::Ws,
-                format!("offer {job_id} arrived while an upload is in flight; deciding when it finishes"),
+            // It waits at most `parked_offer` (1 s): a studio that holds our upload longer
+            // gets a `busy` then, not an answer it may no longer expect.
+            let wait = self.cfg.timings.parked_offer;
+            self.log(
+                LogLevel::Info,
+                LogCategory::Ws,
+                format!(
+                    "offer {job_id} arrived while an upload is in flight; deciding when it \
+                     finishes (within {}ms)",
+                    wait.as_millis()
+                ),
                 Some(job_id),
             );
-            self.parked_offer = Some(claim);
+            self.parked_offer = Some(offered);
+            self.timers.set(Timer::ParkedOffer, self.now.mono + wait);
             return;
         }
-        self.decide_offer(claim);
+        self.decide_offer(offered);
     }
 
     /// Decides a parked offer, if any: accepted when the slot is free, else rejected.
     pub(super) fn decide_parked(&mut self) {
-        if let Some(claim) = self.parked_offer.take() {
-            self.decide_offer(claim);
+        self.timers.clear(Timer::ParkedOffer);
+        if let Some(offered) = self.parked_offer.take() {
+            self.decide_offer(offered);
         }
     }
 
-    pub(super) fn decide_offer(&mut self, claim: JobOfferClaim) {
-        let job_id = claim.job_id.clone();
+    pub(super) fn decide_offer(&mut self, offered: Offered) {
+        let job_id = offered.job_id().to_string();
         let reject = if self.stop != Stop::Running {
             Some((REASON_SHUTTING_DOWN, RejectCode::Busy))
         } else if self.paused {
@@ -116,19 +152,74 @@ impl Worker {
             job_id: job_id.clone(),
         });
         self.stats.accepted += 1;
+        let claim = match offered {
+            Offered::Claim(claim) => claim,
+            Offered::Undecodable { error, .. } => return self.refuse_undecodable(job_id, &error),
+        };
         let run = RunId(self.next_run);
         self.next_run += 1;
+        let deadline = self.cfg.timings.job_deadlines.for_kind(claim.task.kind());
+        self.timers
+            .set(Timer::JobDeadline, self.now.mono + deadline);
         self.slot = Slot::Job(Box::new(ActiveJob {
-            claim: claim.clone(),
-            run,
+            claim: (*claim).clone(),
+            run: Some(run),
             stage: JobStage::Running,
             started: self.now.mono,
         }));
         self.record_job(&claim, JobStatus::Running);
-        self.emit(Command::Dispatch {
-            run,
-            claim: Box::new(claim),
-        });
+        self.emit(Command::Dispatch { run, claim });
+    }
+
+    /// An undecodable offer the machine took: failed at once, not retryable (every worker
+    /// of this protocol would fail to read it the same way), so the studio stops offering
+    /// it and the session lives on. The slot is never taken.
+    fn refuse_undecodable(&mut self, job_id: String, error: &str) {
+        self.log(
+            LogLevel::Error,
+            LogCategory::Ws,
+            format!("offer {job_id} accepted and failed (not retryable): it could not be decoded"),
+            Some(job_id.clone()),
+        );
+        self.stats.failed += 1;
+        let frame = WorkerFrame::Fail {
+            job_id: job_id.clone(),
+            error: clip_bytes(
+                &format!("the worker could not decode the offer: {error}"),
+                FAIL_ERROR_MAX_BYTES,
+            ),
+            retryable: false,
+        };
+        self.deliver_result(job_id, wire::encode(&frame));
+    }
+
+    /// The job deadline expired: if the engine is still running the job, the watchdog
+    /// gives up on it (the engine thread is abandoned: `CancelJob`) and fails it
+    /// `retryable: true`, freeing the slot.
+    pub(super) fn on_job_deadline(&mut self) {
+        let Slot::Job(job) = &self.slot else { return };
+        if job.stage != JobStage::Running {
+            return;
+        }
+        let job_id = job.claim.job_id.clone();
+        let kind = job.claim.task.kind();
+        let secs = self.cfg.timings.job_deadlines.for_kind(kind).as_secs();
+        self.log(
+            LogLevel::Warn,
+            LogCategory::Engine,
+            format!(
+                "watchdog: job {job_id} ({kind}) still running after its {secs}s deadline; \
+                 engine abandoned, job reported retryable"
+            ),
+            Some(job_id.clone()),
+        );
+        self.cancel_job();
+        let frame = WorkerFrame::Fail {
+            job_id: job_id.clone(),
+            error: format!("the {kind} job did not finish within its {secs}s deadline"),
+            retryable: true,
+        };
+        self.finish_job(job_id, &frame, JobStatus::Failed);
     }
 
     pub(super) fn has_job_with_id(&self, job_id: &str) -> bool {
@@ -142,14 +233,45 @@ impl Worker {
 
     pub(super) fn on_job_finished(&mut self, job_id: String, run: RunId, outcome: JobOutcome) {
         let Slot::Job(job) = &self.slot else { return };
-        if job.run != run {
+        if job.run != Some(run) {
             // A cancelled run's result (`validate` lets it through): reported already.
             return;
         }
         let prompt = job.claim.task.prompt().to_string();
         let elapsed = self.now.mono.saturating_since(job.started);
+        self.timers.clear(Timer::JobDeadline);
         match outcome {
             JobOutcome::Json { result } => {
+                let frame = WorkerFrame::CompleteJson {
+                    job_id: job_id.clone(),
+                    result,
+                    prompt: Some(prompt),
+                };
+                let text = wire::encode(&frame);
+                let limit = self.cfg.limits.max_send_frame_bytes;
+                if text.len() > limit {
+                    // The studio would refuse the frame (and may end the session for it):
+                    // a result this large cannot be delivered by any worker, so not
+                    // retryable.
+                    let error = format!(
+                        "the result is {} bytes as a completeJson frame, over the {limit}-byte \
+                         frame limit",
+                        text.len()
+                    );
+                    self.log(
+                        LogLevel::Error,
+                        LogCategory::Engine,
+                        format!("job {job_id} failed: {error}"),
+                        Some(job_id.clone()),
+                    );
+                    let frame = WorkerFrame::Fail {
+                        job_id: job_id.clone(),
+                        error,
+                        retryable: false,
+                    };
+                    self.finish_job(job_id, &frame, JobStatus::Failed);
+                    return;
+                }
                 self.log(
                     LogLevel::Info,
                     LogCategory::Engine,
@@ -159,12 +281,7 @@ impl Worker {
                     ),
                     Some(job_id.clone()),
                 );
-                let frame = WorkerFrame::CompleteJson {
-                    job_id: job_id.clone(),
-                    result,
-                    prompt: Some(prompt),
-                };
-                self.finish_job(job_id, frame, JobStatus::Completed);
+                self.finish_job_text(job_id, text, JobStatus::Completed);
             }
             JobOutcome::Binary { ext, bytes_len } => {
                 self.log(
@@ -176,9 +293,20 @@ impl Worker {
                     ),
                     Some(job_id.clone()),
                 );
+                let Slot::Job(job) = &self.slot else { return };
+                let claim = Box::new(job.claim.clone());
+                self.keep_result(
+                    &job_id,
+                    KeptBody::Upload {
+                        claim,
+                        ext: ext.clone(),
+                        bytes_len,
+                    },
+                );
                 self.start_upload(ext, 0);
             }
             JobOutcome::Failed { error, retryable } => {
+                let error = clip_bytes(&error, FAIL_ERROR_MAX_BYTES);
                 self.log(
                     LogLevel::Error,
                     LogCategory::Engine,
@@ -190,14 +318,18 @@ impl Worker {
                     error,
                     retryable,
                 };
-                self.finish_job(job_id, frame, JobStatus::Failed);
+                self.finish_job(job_id, &frame, JobStatus::Failed);
             }
         }
     }
 
     pub(super) fn after_slot_freed(&mut self) {
+        self.timers.clear(Timer::JobDeadline);
         if self.stop == Stop::Draining {
             self.maybe_finish_shutdown();
+            return;
+        }
+        if self.upload_next_restored() {
             return;
         }
         self.maybe_apply_update();

@@ -2,14 +2,16 @@
 //! jittered reconnect.
 
 use crate::wire::{
-    self, close_code, close_reason, LogEntry, StudioFrame, WorkerErrorCode, WorkerFrame,
+    self, close_code, close_reason, DecodeError, LogEntry, StudioFrame, WorkerErrorCode,
+    WorkerFrame,
 };
 
+use super::jobs::Offered;
 use super::state::{Link, Stop};
 use super::timers::Timer;
 use super::{
-    clip_body, Command, ConnId, ConnectError, ExitCode, LogCategory, LogLevel, Notice,
-    SessionState, Worker, UPGRADE_BODY_CLIP,
+    clip, clip_body, Command, ConnId, ConnectError, ExitCode, LogCategory, LogLevel, Notice,
+    SessionState, Worker, STUDIO_TEXT_CLIP, UPGRADE_BODY_CLIP,
 };
 
 impl Worker {
@@ -121,6 +123,7 @@ impl Worker {
         if self.link.conn() != Some(conn) {
             return;
         }
+        let reason = clip(&reason, STUDIO_TEXT_CLIP);
         if code == Some(close_code::AUTH_FAILED) {
             self.teardown();
             self.exit(
@@ -175,6 +178,7 @@ impl Worker {
         self.hb_outstanding.clear();
         // A parked offer dies with its session; the studio requeues it on disconnect.
         self.parked_offer = None;
+        self.timers.clear(Timer::ParkedOffer);
         let batches: Vec<Vec<LogEntry>> = self.logs_unconfirmed.drain(..).collect();
         for batch in batches.into_iter().rev() {
             self.logs.restore_front(batch);
@@ -245,20 +249,48 @@ impl Worker {
         let frame = match wire::decode_studio_frame_limited(text, self.cfg.limits.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
+                // An offer whose job id can be read is answered (PROTOCOL.md §10): dropping
+                // the session would only have the studio offer it again, to every worker,
+                // forever.
+                let job_id = match &e {
+                    DecodeError::Invalid(_) => wire::undecodable_offer_job_id(text),
+                    DecodeError::TooLarge { .. } => None,
+                };
+                if let Some(job_id) = job_id {
+                    self.arm_read_idle();
+                    let error = clip(&e.to_string(), STUDIO_TEXT_CLIP);
+                    match self.link {
+                        Link::Live { .. } => {
+                            self.on_offer(Offered::Undecodable { job_id, error });
+                        }
+                        _ => self.log(
+                            LogLevel::Warn,
+                            LogCategory::Ws,
+                            format!("unexpected undecodable offer frame before welcome ({error}); dropped"),
+                            Some(job_id),
+                        ),
+                    }
+                    return;
+                }
                 self.drop_session(
                     close_reason::PROTOCOL_VIOLATION,
-                    &format!("protocol error: {e}"),
+                    &format!("protocol error: {}", clip(&e.to_string(), STUDIO_TEXT_CLIP)),
                 );
                 return;
             }
         };
-        let at = self.now.mono + self.cfg.timings.read_idle;
-        self.timers.set(Timer::ReadIdle, at);
+        self.arm_read_idle();
         match self.link {
             Link::AwaitWelcome { .. } => self.on_frame_before_welcome(frame),
             Link::Live { .. } => self.on_frame_live(frame),
             _ => {}
         }
+    }
+
+    /// A frame arrived: the connection is alive for another `read_idle`.
+    fn arm_read_idle(&mut self) {
+        let at = self.now.mono + self.cfg.timings.read_idle;
+        self.timers.set(Timer::ReadIdle, at);
     }
 
     pub(super) fn on_frame_before_welcome(&mut self, frame: StudioFrame) {
@@ -275,7 +307,11 @@ impl Worker {
                 self.log(
                     LogLevel::Info,
                     LogCategory::Ws,
-                    format!("server welcomed {worker_id} server_time={server_time}"),
+                    format!(
+                        "server welcomed {} server_time={}",
+                        clip(&worker_id, STUDIO_TEXT_CLIP),
+                        clip(&server_time, STUDIO_TEXT_CLIP)
+                    ),
                     None,
                 );
                 // Results the last session may have lost go first, so the studio never sees
@@ -312,7 +348,10 @@ impl Worker {
                 self.log(
                     LogLevel::Info,
                     LogCategory::Ws,
-                    format!("second welcome ignored server_time={server_time}"),
+                    format!(
+                        "second welcome ignored server_time={}",
+                        clip(&server_time, STUDIO_TEXT_CLIP)
+                    ),
                     None,
                 );
             }
@@ -328,7 +367,7 @@ impl Worker {
                 }
             }
             StudioFrame::CompleteAck { job_id } => {
-                self.unacked.retain(|u| u.job_id != job_id);
+                self.on_result_acked(&job_id);
                 self.log(
                     LogLevel::Info,
                     LogCategory::Ws,
@@ -337,7 +376,7 @@ impl Worker {
                 );
             }
             StudioFrame::FailAck { job_id } => {
-                self.unacked.retain(|u| u.job_id != job_id);
+                self.on_result_acked(&job_id);
                 self.log(
                     LogLevel::Info,
                     LogCategory::Ws,
@@ -346,7 +385,7 @@ impl Worker {
                 );
             }
             StudioFrame::Error { code, message } => self.on_error_frame(code, message),
-            StudioFrame::Offer { claim } => self.on_offer(*claim),
+            StudioFrame::Offer { claim } => self.on_offer(Offered::Claim(claim)),
         }
     }
 
@@ -356,6 +395,7 @@ impl Worker {
             _ => (ExitCode::Fatal, close_reason::PROTOCOL_VIOLATION),
         };
         self.close_current(reason);
+        let message = clip(&message, STUDIO_TEXT_CLIP);
         let text = match code {
             WorkerErrorCode::AuthFailed => format!(
                 "the studio rejected this worker's credentials (auth_failed: {message}); \

@@ -64,6 +64,7 @@ mod delivery;
 mod jobs;
 mod link;
 mod logs;
+mod outbox;
 mod phase;
 mod pumps;
 mod registration;
@@ -90,6 +91,8 @@ use crate::time::Mono;
 use crate::wire::{close_reason, JobOfferClaim, LogEntry, UserPresence, WorkerCapabilities};
 
 use delivery::Unacked;
+use jobs::Offered;
+use outbox::Kept;
 use pumps::HeartbeatCache;
 use registration::Registration;
 use state::{JobStage, Link, Slot, Stop};
@@ -108,8 +111,9 @@ pub struct Worker {
     next_http: u64,
     /// The run the next dispatch starts.
     next_run: u64,
-    /// The run the machine cancelled (it cancels only as it stops: at most one).
-    cancelled: Option<RunId>,
+    /// The runs the machine cancelled (at shutdown or by the job deadline), newest last,
+    /// at most [`CANCELLED_RUNS_KEPT`]: a late result of one is dropped, not an error.
+    cancelled: VecDeque<RunId>,
     backoff: Backoff,
     /// Consecutive failed connection attempts since the last welcomed session.
     attempt: u32,
@@ -131,7 +135,11 @@ pub struct Worker {
     /// Result frames waiting for a live session (finished while disconnected).
     undelivered: VecDeque<Unacked>,
     /// An offer that arrived while our upload was in flight (at most one).
-    parked_offer: Option<JobOfferClaim>,
+    parked_offer: Option<Offered>,
+    /// What the durable outbox holds (job ids and sizes), as the machine asked for it.
+    kept: Kept,
+    /// Binary results restored from the outbox, uploaded again one at a time.
+    restored_uploads: VecDeque<(Box<JobOfferClaim>, String)>,
     pending_update: Option<String>,
     update_check_in_flight: bool,
     /// The last update check's answer (see [`UpdateCheck`]).
@@ -151,6 +159,7 @@ impl Worker {
     /// A new machine. Nothing happens until `handle(now, Input::Start)`.
     pub fn new(mut cfg: WorkerConfig) -> Worker {
         cfg.timings.sanitize();
+        cfg.limits.sanitize();
         let backoff = Backoff::new(cfg.timings.backoff_base, cfg.timings.backoff_cap, cfg.seed);
         let logs = LogQueue::new(cfg.limits.log_queue_cap);
         let enabled = cfg.auto_enabled;
@@ -164,7 +173,7 @@ impl Worker {
             next_conn: 1,
             next_http: 1,
             next_run: 1,
-            cancelled: None,
+            cancelled: VecDeque::new(),
             backoff,
             attempt: 0,
             registration: Registration::Done,
@@ -179,6 +188,8 @@ impl Worker {
             unacked: Vec::new(),
             undelivered: VecDeque::new(),
             parked_offer: None,
+            kept: Kept::default(),
+            restored_uploads: VecDeque::new(),
             pending_update: None,
             update_check_in_flight: false,
             last_update_check: None,
@@ -236,9 +247,15 @@ impl Worker {
     /// delivered).
     pub fn current_run(&self) -> Option<RunId> {
         match &self.slot {
-            Slot::Job(j) => Some(j.run),
+            Slot::Job(j) => j.run,
             _ => None,
         }
+    }
+
+    /// How many results the durable outbox holds, as the machine asked the shell to keep
+    /// them (the simulation checks it).
+    pub fn kept_results(&self) -> usize {
+        self.kept.len()
     }
 
     /// `status().log_queue_len` without building the snapshot (the simulation checks it
@@ -336,7 +353,7 @@ impl Worker {
     fn validate(&self, input: &Input) -> Result<(), UsageError> {
         match input {
             Input::JobFinished { job_id, run, .. } => match &self.slot {
-                Slot::Job(j) if j.run == *run => {
+                Slot::Job(j) if j.run == Some(*run) => {
                     if &j.claim.job_id == job_id && j.stage == JobStage::Running {
                         Ok(())
                     } else {
@@ -344,9 +361,10 @@ impl Worker {
                     }
                 }
                 // A run the machine cancelled: its result is dropped (`on_job_finished`).
-                _ if self.cancelled == Some(*run) => Ok(()),
+                _ if self.cancelled.contains(run) => Ok(()),
                 _ => Err(UsageError::UnknownJob(job_id.clone())),
             },
+            Input::Restore { .. } => self.validate_restore(),
             Input::SetThreshold { gb } if !(gb.is_finite() && *gb >= 0.0) => {
                 Err(UsageError::InvalidThreshold(*gb))
             }
@@ -397,6 +415,7 @@ impl Worker {
             Input::CheckUpdateNow => self.on_check_update_now(),
             Input::UpdateChecked { result } => self.on_update_checked(result),
             Input::UpdateApplied { result } => self.on_update_applied(result),
+            Input::Restore { results } => self.on_restore(results),
         }
     }
 
@@ -417,6 +436,7 @@ impl Worker {
         if self.cfg.credentials.is_some() {
             self.registration = Registration::Done;
             self.connect();
+            self.upload_next_restored();
         } else {
             self.session_state = SessionState::WaitingForApproval;
             self.log(
@@ -511,16 +531,44 @@ impl Worker {
 /// The upgrade-failure body is clipped to this many characters in messages.
 pub const UPGRADE_BODY_CLIP: usize = 300;
 
+/// How many cancelled runs the machine remembers, so a late result of one is dropped
+/// quietly (older ones are usage errors, which change nothing either).
+pub const CANCELLED_RUNS_KEPT: usize = 16;
+
 /// A peer's body for a message: secrets redacted first (clipping could cut a token's
 /// closing quote and hide it from the redaction), then clipped to `n` characters.
 pub(super) fn clip_body(body: &str, n: usize) -> String {
     clip(&crate::secret::redact_json(body), n)
 }
 
-fn clip(s: &str, n: usize) -> String {
+/// `s` clipped to `n` characters, ending in `…` when cut.
+pub(super) fn clip(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
+    }
+}
+
+/// `s` clipped to at most `max` bytes at a character boundary, ending in `…` when cut
+/// (the ellipsis counts; below 4 bytes nothing but the cut text fits).
+pub fn clip_bytes(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    const MORE: &str = "…";
+    let room = max.saturating_sub(MORE.len());
+    let mut end = room;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if max >= MORE.len() {
+        format!("{}{MORE}", &s[..end])
+    } else {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
     }
 }
 

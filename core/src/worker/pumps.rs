@@ -5,7 +5,7 @@ use crate::wire::{self, LogEntry, UserPresence, WorkerFrame};
 
 use super::state::Link;
 use super::timers::Timer;
-use super::{Command, LogCategory, LogLevel, Notice, Worker};
+use super::{clip_bytes, Command, LogCategory, LogLevel, Notice, Worker, LOG_FIELD_MAX_BYTES};
 
 /// The last heartbeat frame the machine encoded, with the machine state it depends on.
 /// Performance only: most heartbeats repeat the previous one, so while that state is
@@ -80,8 +80,13 @@ impl Worker {
         self.timers.set(Timer::Heartbeat, at);
     }
 
+    /// Sends one `logBatch` of at most `log_batch_max_bytes` (what does not fit waits for
+    /// the next flush, re-armed here).
     pub(super) fn flush_logs(&mut self) {
-        let batch = self.logs.drain_batch(self.now.wall);
+        let batch = self
+            .logs
+            .drain_batch(self.now.wall, self.cfg.limits.log_batch_max_bytes);
+        self.arm_log_flush();
         if batch.is_empty() {
             return;
         }
@@ -106,9 +111,31 @@ impl Worker {
         self.send_text(wire::encode(frame));
     }
 
-    /// Sends an encoded frame on the live connection, if any.
+    /// Sends an encoded frame on the live connection, if any. A frame over
+    /// `max_send_frame_bytes` is not sent (the studio would refuse it, maybe end the
+    /// session for it): a `completeJson` is turned into a `fail` before it gets here, the
+    /// others are bounded by the frames they answer, so this is a guard with a log line.
     pub(super) fn send_text(&mut self, text: String) {
         let Some(conn) = self.link.conn() else { return };
+        let limit = self.cfg.limits.max_send_frame_bytes;
+        if text.len() > limit {
+            // Every frame this crate encodes starts with its tag.
+            let kind = text
+                .strip_prefix(r#"{"type":""#)
+                .and_then(|t| t.split('"').next())
+                .unwrap_or("unknown")
+                .to_string();
+            self.log(
+                LogLevel::Error,
+                LogCategory::Ws,
+                format!(
+                    "a {kind} frame of {} bytes is over the {limit}-byte frame limit; not sent",
+                    text.len()
+                ),
+                None,
+            );
+            return;
+        }
         self.stats.frames_out += 1;
         self.emit(Command::Send { conn, text });
     }
@@ -140,7 +167,25 @@ impl Worker {
         self.push_log_entry(entry);
     }
 
-    pub(super) fn push_log_entry(&mut self, entry: LogEntry) {
+    /// Queues a log entry for shipping (and the status ring), clipped: `message` to
+    /// `log_message_max_bytes`, the other fields to [`LOG_FIELD_MAX_BYTES`].
+    pub(super) fn push_log_entry(&mut self, mut entry: LogEntry) {
+        let max = self.cfg.limits.log_message_max_bytes;
+        if entry.message.len() > max {
+            entry.message = clip_bytes(&entry.message, max);
+        }
+        for field in [&mut entry.ts, &mut entry.level, &mut entry.category] {
+            if field.len() > LOG_FIELD_MAX_BYTES {
+                *field = clip_bytes(field, LOG_FIELD_MAX_BYTES);
+            }
+        }
+        if let Some(job_id) = entry
+            .job_id
+            .as_mut()
+            .filter(|j| j.len() > LOG_FIELD_MAX_BYTES)
+        {
+            *job_id = clip_bytes(job_id, LOG_FIELD_MAX_BYTES);
+        }
         self.log_seq += 1;
         if self.cfg.limits.recent_logs > 0 {
             if self.recent_logs.len() >= self.cfg.limits.recent_logs {

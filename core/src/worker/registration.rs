@@ -6,8 +6,8 @@ use crate::wire::{self, AutoRegisterRequest, RegisterRequestResponse, RegisterSt
 
 use super::timers::Timer;
 use super::{
-    Command, Credentials, ExitCode, HttpId, HttpRequest, HttpResult, LogCategory, LogLevel,
-    PersistedState, Worker,
+    clip, Command, Credentials, ExitCode, HttpId, HttpRequest, HttpResult, LogCategory, LogLevel,
+    PersistedState, Worker, STUDIO_TEXT_CLIP,
 };
 
 /// Registration progress (PROTOCOL.md §4.1, §1.2 steps 1-2).
@@ -139,7 +139,7 @@ impl Worker {
                             LogCategory::Ws,
                             format!(
                                 "registration requested ({}); waiting for operator approval",
-                                resp.request_id
+                                clip(&resp.request_id, STUDIO_TEXT_CLIP)
                             ),
                             None,
                         );
@@ -201,7 +201,10 @@ impl Worker {
                         self.log(
                             LogLevel::Info,
                             LogCategory::Ws,
-                            format!("registration approved as {worker_id}"),
+                            format!(
+                                "registration approved as {}",
+                                clip(&worker_id, STUDIO_TEXT_CLIP)
+                            ),
                             None,
                         );
                         self.cfg.credentials = Some(Credentials {
@@ -224,7 +227,7 @@ impl Worker {
                         let why = if reason.is_empty() {
                             "no reason given".to_string()
                         } else {
-                            reason
+                            clip(&reason, STUDIO_TEXT_CLIP)
                         };
                         self.exit(
                             ExitCode::Rejected,

@@ -3,7 +3,10 @@
 
 use super::state::{Link, Slot, Stop};
 use super::timers::{Timer, Timers};
-use super::{Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker};
+use super::{
+    Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker,
+    CANCELLED_RUNS_KEPT,
+};
 use crate::wire::{close_reason, WorkerFrame};
 
 impl Worker {
@@ -41,7 +44,9 @@ impl Worker {
         }
         // Everything deliverable goes out before the close: results and queued logs.
         if matches!(self.link, Link::Live { .. }) {
-            self.flush_logs();
+            while !self.logs.is_empty() {
+                self.flush_logs();
+            }
         }
         self.close_current(close_reason::SESSION_ENDED);
         self.timers.clear(Timer::ShutdownGrace);
@@ -68,17 +73,21 @@ impl Worker {
             error: "worker shut down before the job finished".into(),
             retryable: true,
         };
-        self.finish_job(job_id, frame, JobStatus::Failed);
+        self.finish_job(job_id, &frame, JobStatus::Failed);
     }
 
     /// Asks the shell to stop the job in the slot; its run is remembered, so a result the
     /// engine still delivers is told apart as one of a cancelled run.
-    fn cancel_job(&mut self) {
-        if let Slot::Job(job) = &self.slot {
-            self.cancelled = Some(job.run);
-            let job_id = job.claim.job_id.clone();
-            self.emit(Command::CancelJob { job_id });
+    pub(super) fn cancel_job(&mut self) {
+        let Slot::Job(job) = &self.slot else { return };
+        if let Some(run) = job.run {
+            if self.cancelled.len() >= CANCELLED_RUNS_KEPT {
+                self.cancelled.pop_front();
+            }
+            self.cancelled.push_back(run);
         }
+        let job_id = job.claim.job_id.clone();
+        self.emit(Command::CancelJob { job_id });
     }
 
     pub(super) fn exit(&mut self, code: ExitCode, reason: String) {

@@ -22,8 +22,9 @@ pub(super) enum Slot {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct ActiveJob {
     pub(super) claim: JobOfferClaim,
-    /// The run the engine's result must name.
-    pub(super) run: RunId,
+    /// The run the engine's result must name; `None` for a result restored from the
+    /// outbox (uploaded again, never run here).
+    pub(super) run: Option<RunId>,
     pub(super) stage: JobStage,
     pub(super) started: Mono,
 }

@@ -45,6 +45,10 @@ timers! {
     UploadRetry,
     /// The end of the shutdown grace for the in-flight job.
     ShutdownGrace,
+    /// The longest an offer parked behind our own upload waits (`parked_offer`).
+    ParkedOffer,
+    /// The running job's deadline (`job_deadlines`): the watchdog.
+    JobDeadline,
 }
 
 /// How many timers there are.
@@ -114,7 +118,8 @@ impl Worker {
             }
             Timer::LogFlush => {
                 if matches!(self.link, Link::Live { .. }) {
-                    // Entries logged from here on re-arm the timer (`arm_log_flush`).
+                    // Entries logged from here on, or left over by a full batch, re-arm the
+                    // timer (`arm_log_flush`).
                     self.flush_logs();
                 }
             }
@@ -152,6 +157,8 @@ impl Worker {
                 }
             }
             Timer::ShutdownGrace => self.on_shutdown_grace_expired(),
+            Timer::ParkedOffer => self.decide_parked(),
+            Timer::JobDeadline => self.on_job_deadline(),
         }
     }
 }

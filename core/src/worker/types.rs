@@ -98,6 +98,66 @@ pub struct Timings {
     pub shutdown_grace: Duration,
     /// Auto-update check interval. Default 1800 s.
     pub update_interval: Duration,
+    /// How long an offer that arrived during our own upload waits for it: accepted if the
+    /// upload finished by then, else rejected `busy` (PROTOCOL.md §10). Default 1 s.
+    #[serde(default = "default_parked_offer")]
+    pub parked_offer: Duration,
+    /// How long a job may run on its engine, per kind, before the watchdog fails it
+    /// `retryable: true` and abandons the engine thread. Defaults in [`JobDeadlines`].
+    #[serde(default)]
+    pub job_deadlines: JobDeadlines,
+}
+
+fn default_parked_offer() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The per-kind job deadlines (config `[job_deadline_secs]`). A model download is part of
+/// a job's run, so the defaults leave room for one: 30 min for every kind, 60 min for
+/// video.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDeadlines {
+    pub image: Duration,
+    pub llm: Duration,
+    pub audio_stt: Duration,
+    pub audio_tts: Duration,
+    pub video: Duration,
+}
+
+impl Default for JobDeadlines {
+    fn default() -> Self {
+        JobDeadlines {
+            image: Duration::from_secs(30 * 60),
+            llm: Duration::from_secs(30 * 60),
+            audio_stt: Duration::from_secs(30 * 60),
+            audio_tts: Duration::from_secs(30 * 60),
+            video: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl JobDeadlines {
+    /// The deadline of a job of `kind`.
+    pub fn for_kind(&self, kind: TaskKind) -> Duration {
+        match kind {
+            TaskKind::Image => self.image,
+            TaskKind::Llm => self.llm,
+            TaskKind::AudioStt => self.audio_stt,
+            TaskKind::AudioTts => self.audio_tts,
+            TaskKind::Video => self.video,
+        }
+    }
+
+    /// The deadline of `kind`, mutably (the config sets them one by one).
+    pub fn for_kind_mut(&mut self, kind: TaskKind) -> &mut Duration {
+        match kind {
+            TaskKind::Image => &mut self.image,
+            TaskKind::Llm => &mut self.llm,
+            TaskKind::AudioStt => &mut self.audio_stt,
+            TaskKind::AudioTts => &mut self.audio_tts,
+            TaskKind::Video => &mut self.video,
+        }
+    }
 }
 
 /// The shortest timer interval the machine accepts; shorter (or zero) intervals are raised
@@ -117,7 +177,12 @@ impl Timings {
             &mut self.backoff_cap,
             &mut self.shutdown_grace,
             &mut self.update_interval,
+            &mut self.parked_offer,
         ] {
+            *d = (*d).max(MIN_INTERVAL);
+        }
+        for kind in TaskKind::ALL {
+            let d = self.job_deadlines.for_kind_mut(kind);
             *d = (*d).max(MIN_INTERVAL);
         }
         for d in &mut self.upload_retries {
@@ -139,6 +204,8 @@ impl Default for Timings {
             upload_retries: vec![Duration::from_secs(1), Duration::from_secs(2)],
             shutdown_grace: Duration::from_secs(30),
             update_interval: Duration::from_secs(1800),
+            parked_offer: default_parked_offer(),
+            job_deadlines: JobDeadlines::default(),
         }
     }
 }
@@ -154,6 +221,63 @@ pub struct Limits {
     pub recent_logs: usize,
     /// Largest accepted studio frame. [`crate::wire::MAX_FRAME_BYTES`].
     pub max_frame_bytes: usize,
+    /// Largest frame the worker sends (the studio's own frame limit): a `completeJson`
+    /// over it becomes a `fail`, any other frame over it is not sent.
+    /// [`crate::wire::MAX_FRAME_BYTES`].
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_send_frame_bytes: usize,
+    /// Largest `logBatch` frame; a longer queue goes out in several batches, one per flush.
+    /// 256 KiB (raised to at least [`MIN_LOG_BATCH_BYTES`]).
+    #[serde(default = "default_log_batch_max_bytes")]
+    pub log_batch_max_bytes: usize,
+    /// A log entry's `message` is clipped to this many bytes (at a character boundary,
+    /// ending in `…`); its other fields to [`LOG_FIELD_MAX_BYTES`]. 4096 (the studio keeps no
+    /// more).
+    #[serde(default = "default_log_message_max_bytes")]
+    pub log_message_max_bytes: usize,
+    /// The durable outbox holds at most this many results; past it the oldest is
+    /// forgotten (from disk only) with a log line. 32.
+    #[serde(default = "default_outbox_max_entries")]
+    pub outbox_max_entries: usize,
+    /// ... and at most this many bytes (frame text plus binary results): a result larger
+    /// than this alone is kept in memory only. 256 MiB.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub outbox_max_bytes: u64,
+    /// Results older than this (wall clock, kept to restored) are dropped at start with a
+    /// log line: the studio has long given such a job to another worker. 1 h.
+    #[serde(default = "default_outbox_max_age")]
+    pub outbox_max_age: Duration,
+}
+
+/// The smallest `log_batch_max_bytes` the machine accepts (every clipped entry fits).
+pub const MIN_LOG_BATCH_BYTES: usize = 64 * 1024;
+/// Log entry fields other than `message` (`ts`, `level`, `category`, `jobId`) are clipped
+/// to this many bytes.
+pub const LOG_FIELD_MAX_BYTES: usize = 256;
+/// A `fail` frame's `error` is clipped to this many bytes.
+pub const FAIL_ERROR_MAX_BYTES: usize = 4096;
+/// Studio-supplied text quoted in a log line (`serverTime`, an error frame's message, an
+/// offer's model, game and asset, a close reason, a decode error) is clipped to this many
+/// characters.
+pub const STUDIO_TEXT_CLIP: usize = 200;
+
+fn default_max_frame_bytes() -> usize {
+    crate::wire::MAX_FRAME_BYTES
+}
+fn default_log_batch_max_bytes() -> usize {
+    256 * 1024
+}
+fn default_log_message_max_bytes() -> usize {
+    4096
+}
+fn default_outbox_max_entries() -> usize {
+    32
+}
+fn default_outbox_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_outbox_max_age() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for Limits {
@@ -163,6 +287,65 @@ impl Default for Limits {
             recent_jobs: 50,
             recent_logs: 1000,
             max_frame_bytes: crate::wire::MAX_FRAME_BYTES,
+            max_send_frame_bytes: default_max_frame_bytes(),
+            log_batch_max_bytes: default_log_batch_max_bytes(),
+            log_message_max_bytes: default_log_message_max_bytes(),
+            outbox_max_entries: default_outbox_max_entries(),
+            outbox_max_bytes: default_outbox_max_bytes(),
+            outbox_max_age: default_outbox_max_age(),
+        }
+    }
+}
+
+impl Limits {
+    /// Raises `log_batch_max_bytes` to [`MIN_LOG_BATCH_BYTES`] and the message clip to at
+    /// least a few bytes, so every clipped entry fits a batch.
+    pub fn sanitize(&mut self) {
+        self.log_batch_max_bytes = self.log_batch_max_bytes.max(MIN_LOG_BATCH_BYTES);
+        self.log_message_max_bytes = self
+            .log_message_max_bytes
+            .clamp(16, MIN_LOG_BATCH_BYTES / 8);
+    }
+}
+
+/// A result the worker holds until the studio acknowledges it, as the durable outbox keeps
+/// it ([`Command::KeepResult`]; handed back at start with [`Input::Restore`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptResult {
+    pub job_id: String,
+    /// The worker the result belongs to: a result kept under another worker id (the
+    /// worker was registered again since) is dropped at restore.
+    pub worker_id: String,
+    /// The wall clock when it was kept (the age limit, `Limits::outbox_max_age`).
+    pub kept_at: WallMs,
+    pub body: KeptBody,
+}
+
+/// What a kept result is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum KeptBody {
+    /// A `completeJson` or `fail` frame, as sent: re-sent after the next `welcome`.
+    Frame { text: String },
+    /// A binary result: the shell keeps its bytes beside the entry; re-uploaded at start.
+    Upload {
+        claim: Box<JobOfferClaim>,
+        ext: String,
+        bytes_len: u64,
+    },
+}
+
+impl KeptResult {
+    /// The bytes it takes in the outbox (frame text, or the binary result).
+    pub fn size(&self) -> u64 {
+        match &self.body {
+            KeptBody::Frame { text } => text.len() as u64,
+            KeptBody::Upload { bytes_len, .. } => *bytes_len,
         }
     }
 }
@@ -347,6 +530,10 @@ pub enum Input {
     },
     /// Answer to [`Command::ApplyUpdate`].
     UpdateApplied { result: Result<(), String> },
+    /// The durable outbox as the shell found it at start (entries it could not read are
+    /// skipped there). Fed before `Start` only; the machine decides what to re-send,
+    /// re-upload or forget.
+    Restore { results: Vec<KeptResult> },
 }
 
 /// An HTTP request for the shell to make.
@@ -528,8 +715,14 @@ pub enum Command {
     /// The machine has already reported the job; a later result of the cancelled run may be
     /// fed as usual: the machine tells it by its run and drops it.
     CancelJob { job_id: String },
-    /// The binary result of `job_id` is no longer needed (uploaded, or given up).
+    /// The binary result of `job_id` is no longer needed in memory (uploaded, or given
+    /// up).
     DiscardResult { job_id: String },
+    /// Write `result` to the durable outbox, atomically, replacing any entry of its job
+    /// (for an `Upload`, with the binary result the shell holds for the job).
+    KeepResult(Box<KeptResult>),
+    /// Remove the outbox entry of `job_id`, if any (acknowledged, superseded or dropped).
+    ForgetResult { job_id: String },
     /// Query the update feed; answer with [`Input::UpdateChecked`].
     CheckUpdate,
     /// Download and install `version`; answer with [`Input::UpdateApplied`].
@@ -708,6 +901,8 @@ pub enum UsageError {
     InvalidThreshold(f32),
     /// `Minted` with an empty secret.
     EmptySecret,
+    /// `Restore` after `Start`.
+    RestoreAfterStart,
 }
 
 impl fmt::Display for UsageError {
@@ -725,6 +920,9 @@ impl fmt::Display for UsageError {
                 write!(f, "vram threshold must be a number >= 0, got {gb}")
             }
             UsageError::EmptySecret => write!(f, "minted secret is empty"),
+            UsageError::RestoreAfterStart => {
+                write!(f, "the outbox is restored before Start, not after")
+            }
         }
     }
 }
@@ -797,6 +995,11 @@ impl fmt::Debug for Command {
             }
             Command::DiscardResult { job_id } => f
                 .debug_struct("DiscardResult")
+                .field("job_id", job_id)
+                .finish(),
+            Command::KeepResult(r) => f.debug_tuple("KeepResult").field(r).finish(),
+            Command::ForgetResult { job_id } => f
+                .debug_struct("ForgetResult")
                 .field("job_id", job_id)
                 .finish(),
             Command::CheckUpdate => f.write_str("CheckUpdate"),

@@ -12,14 +12,15 @@
 //! 6. on `101`: wrap the stream in an async-tungstenite `WebSocketStream` that starts with
 //!    the bytes read past the head.
 //!
-//! Each step (the lookup too) is bounded by [`STEP_TIMEOUT`]: the step future races a
-//! timer, and losing reads as an `io::ErrorKind::TimedOut` ("timed out after 15 s").
+//! The whole attempt (the lookup too) races one timer, the attempt's [`Deadline`]: a peer
+//! answering a byte at a time cannot stretch it. Losing the race drops the attempt (the
+//! lookup thread, which cannot be interrupted, finishes on its own).
 
-use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use async_io::{Async, Timer};
 use async_tungstenite::WebSocketStream;
@@ -29,7 +30,7 @@ use futures_rustls::TlsConnector;
 use rustls::ClientConfig;
 use studio_core::worker::ConnectError;
 use studio_shell::connect::{
-    connect_failed, resolve_failed, server_name, tls_failed, Exchange, READ_CHUNK, STEP_TIMEOUT,
+    connect_failed, resolve_failed, server_name, tls_failed, Deadline, Exchange, READ_CHUNK,
 };
 use studio_shell::ws::websocket_config;
 use tungstenite::protocol::Role;
@@ -42,13 +43,25 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// The session socket as the loop owns it.
 pub type Ws = WebSocketStream<Box<dyn Stream>>;
 
-/// Opens the studio session `url` with the bearer `auth_token` (see the module docs).
+/// Opens the studio session `url` with the bearer `auth_token`, all of it within
+/// `deadline` (see the module docs).
 pub async fn connect(
     url: &str,
     auth_token: &str,
     tls: &Arc<ClientConfig>,
+    deadline: Duration,
 ) -> Result<Ws, ConnectError> {
-    let mut exchange = Exchange::new(url, auth_token)?;
+    let exchange = Exchange::new(url, auth_token)?;
+    let at = exchange.at().to_string();
+    let limit = Deadline::after(deadline);
+    future::or(attempt(exchange, tls), async move {
+        Timer::after(deadline).await;
+        Err(limit.expired(&at))
+    })
+    .await
+}
+
+async fn attempt(mut exchange: Exchange, tls: &Arc<ClientConfig>) -> Result<Ws, ConnectError> {
     let target = exchange.target().clone();
     let tcp = tcp_connect(&target.host, target.port).await?;
     // Small frames (heartbeats, acks) should leave at once.
@@ -56,23 +69,22 @@ pub async fn connect(
 
     let mut stream: Box<dyn Stream> = if target.tls {
         let name = server_name(&target.host)?;
-        let handshake = TlsConnector::from(Arc::clone(tls)).connect(name, tcp);
-        let tls = step(handshake)
+        let tls = TlsConnector::from(Arc::clone(tls))
+            .connect(name, tcp)
             .await
             .map_err(|e| tls_failed(exchange.at(), &e))?;
         Box::new(tls)
     } else {
         Box::new(tcp)
     };
-    step(async {
+    let written = async {
         stream.write_all(exchange.request()).await?;
         stream.flush().await
-    })
-    .await
-    .map_err(|e| exchange.write_failed(&e))?;
+    };
+    written.await.map_err(|e| exchange.write_failed(&e))?;
     let mut chunk = [0u8; READ_CHUNK];
     let tail = loop {
-        let read = step(stream.read(&mut chunk)).await;
+        let read = stream.read(&mut chunk).await;
         if let Some(tail) = exchange.on_read(read, &chunk)? {
             break tail;
         }
@@ -83,15 +95,14 @@ pub async fn connect(
     )
 }
 
-/// Resolves `host` and connects to the first address that answers, [`STEP_TIMEOUT`] per
-/// address.
+/// Resolves `host` and connects to the first address that answers.
 async fn tcp_connect(host: &str, port: u16) -> Result<Async<TcpStream>, ConnectError> {
-    let addrs = step(resolve(host, port))
+    let addrs = resolve(host, port)
         .await
         .map_err(|e| resolve_failed(host, &e))?;
     let mut last = None;
     for addr in addrs {
-        match step(Async::<TcpStream>::connect(addr)).await {
+        match Async::<TcpStream>::connect(addr).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some((addr, e)),
         }
@@ -117,13 +128,4 @@ async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
             "the resolver thread ended without an answer",
         ))
     })
-}
-
-/// `io` bounded by [`STEP_TIMEOUT`] (a timeout is `io::ErrorKind::TimedOut`).
-async fn step<T>(io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-    future::or(io, async {
-        Timer::after(STEP_TIMEOUT).await;
-        Err(io::ErrorKind::TimedOut.into())
-    })
-    .await
 }

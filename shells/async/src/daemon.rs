@@ -305,7 +305,13 @@ impl SocketIo for Sockets<'_> {
         let tls = Arc::clone(&self.tls);
         self.ex
             .spawn(async move {
-                let result = connect::connect(&url, auth_token.expose(), &tls).await;
+                let result = connect::connect(
+                    &url,
+                    auth_token.expose(),
+                    &tls,
+                    studio_shell::connect::CONNECT_DEADLINE,
+                )
+                .await;
                 let result = result.map(Box::new);
                 let _ = tx.send(LoopMsg::Connect { conn, result }).await;
             })

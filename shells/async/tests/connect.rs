@@ -1,7 +1,10 @@
 //! The connect task's work, failing before a session exists (scenarios shared with the sync
 //! shell: `studio_shell::test_support::connect`).
 
-studio_shell::connect_tests!(|url: &str| {
+studio_shell::connect_tests!(|url: &str, deadline| {
     let tls = studio_shell::tls::client_config();
-    async_io::block_on(studio_worker_async::connect::connect(url, "t", &tls)).map(drop)
+    async_io::block_on(studio_worker_async::connect::connect(
+        url, "t", &tls, deadline,
+    ))
+    .map(drop)
 });

@@ -79,7 +79,7 @@ pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
 const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 19] = [
+pub const KNOWN_KEYS: [&str; 20] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -99,6 +99,7 @@ pub const KNOWN_KEYS: [&str; 19] = [
     "install_id",
     "registration_request_id",
     "registration_secret",
+    "job_deadline_secs",
 ];
 
 fn default_true() -> bool {
@@ -181,6 +182,12 @@ pub struct Config {
     /// The raw registration secret (the poll bearer). Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_secret: Option<String>,
+    /// `[job_deadline_secs]`: how long a job of each kind (`image = 1800`, `llm`,
+    /// `audio_stt`, `audio_tts`, `video`) may run before the watchdog fails it retryable; a
+    /// kind left out keeps its default (30 min, video 60 min). A table, so written after
+    /// every plain key by [`Config::to_toml`].
+    #[serde(default, skip_serializing)]
+    pub job_deadline_secs: BTreeMap<TaskKind, u64>,
     /// Keys this build does not know, kept so a save writes them back unchanged.
     #[serde(skip)]
     pub extra: BTreeMap<String, toml::Value>,
@@ -210,6 +217,7 @@ impl Default for Config {
             install_id: None,
             registration_request_id: None,
             registration_secret: None,
+            job_deadline_secs: BTreeMap::new(),
             extra: BTreeMap::new(),
         }
     }
@@ -336,6 +344,11 @@ impl Config {
         validate_threshold(self.vram_threshold_gb)
             .map_err(|e| format!("vram_threshold_gb: {e}"))?;
         validate_api_base_url(&self.api_base_url).map_err(|e| format!("api_base_url: {e}"))?;
+        if let Some((kind, _)) = self.job_deadline_secs.iter().find(|(_, s)| **s == 0) {
+            return Err(format!(
+                "job_deadline_secs.{kind}: must be at least 1 (seconds)"
+            ));
+        }
         if self.auto_update_interval_secs < MIN_AUTO_UPDATE_INTERVAL_SECS {
             return Err(format!(
                 "auto_update_interval_secs: {} is below the minimum of \
@@ -375,6 +388,19 @@ impl Config {
                 Err(e) => tracing::warn!("unknown config keys could not be written back: {e}"),
             }
         }
+        if !self.job_deadline_secs.is_empty() {
+            #[derive(Serialize)]
+            struct Section<'a> {
+                job_deadline_secs: &'a BTreeMap<TaskKind, u64>,
+            }
+            let section = Section {
+                job_deadline_secs: &self.job_deadline_secs,
+            };
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&toml::to_string(&section).expect("deadlines always serialise"));
+        }
         text
     }
 
@@ -413,7 +439,8 @@ impl Config {
 
     /// The core's config: settings and registration from this file, `host` from the probe,
     /// `models` from the engine roster, `seed` from the OS RNG. Timings and limits are the
-    /// protocol's defaults, except the update interval (`auto_update_interval_secs`).
+    /// protocol's defaults, except the update interval (`auto_update_interval_secs`) and
+    /// the job deadlines (`job_deadline_secs`).
     pub fn to_worker_config(
         &self,
         host: HostFacts,
@@ -427,10 +454,13 @@ impl Config {
             }),
             _ => None,
         };
-        let timings = Timings {
+        let mut timings = Timings {
             update_interval: std::time::Duration::from_secs(self.auto_update_interval_secs),
             ..Timings::default()
         };
+        for (kind, secs) in &self.job_deadline_secs {
+            *timings.job_deadlines.for_kind_mut(*kind) = std::time::Duration::from_secs(*secs);
+        }
         WorkerConfig {
             api_base_url: self.api_base_url.clone(),
             credentials,
@@ -721,24 +751,26 @@ fn find_opening_quote(s: &str) -> Option<usize> {
 /// Unix), write, fsync, rename over `path`, fsync the directory. On failure the temp file
 /// is removed and `path` is untouched.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ShellError> {
-    let io_err = |action: &'static str, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ShellError::ConfigIo {
-            path: p,
-            action,
-            source,
-        }
-    };
+    write_atomically(path, bytes).map_err(|(action, source)| ShellError::ConfigIo {
+        path: path.to_path_buf(),
+        action,
+        source,
+    })
+}
+
+/// [`atomic_write`] for any file (the durable outbox too): the error names the step that
+/// failed (`create the directory of`, `write`).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, io::Error)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).map_err(io_err("create the directory of", path))?;
+    fs::create_dir_all(&dir).map_err(|e| ("create the directory of", e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| CONFIG_FILE_NAME.to_string());
-    let (tmp, mut file) = create_temp(&dir, &name).map_err(io_err("write", path))?;
+    let (tmp, mut file) = create_temp(&dir, &name).map_err(|e| ("write", e))?;
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -748,11 +780,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ShellError> {
         });
     if let Err(source) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(ShellError::ConfigIo {
-            path: path.to_path_buf(),
-            action: "write",
-            source,
-        });
+        return Err(("write", source));
     }
     sync_dir(&dir);
     Ok(())
@@ -782,7 +810,7 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     // Makes the rename durable. Best effort: the data itself is already synced.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -790,7 +818,7 @@ fn sync_dir(dir: &Path) {
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) {}
+pub(crate) fn sync_dir(_dir: &Path) {}
 
 #[cfg(test)]
 mod tests {
@@ -1173,6 +1201,39 @@ mod tests {
                 .credentials,
             None
         );
+    }
+
+    #[test]
+    fn job_deadlines_are_configurable_per_kind_and_written_back() {
+        let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nfuture_key = 3\n\n\
+                    [job_deadline_secs]\nimage = 60\nvideo = 7200\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        let w = c.to_worker_config(crate::host::probe(), BTreeMap::new(), 1);
+        let d = &w.timings.job_deadlines;
+        assert_eq!(d.image, std::time::Duration::from_secs(60));
+        assert_eq!(d.video, std::time::Duration::from_secs(7200));
+        assert_eq!(
+            d.llm,
+            Timings::default().job_deadlines.llm,
+            "left out: the default"
+        );
+        // Saved and read back: the table survives, and so does the unknown plain key
+        // (which must not land inside the table).
+        let again = Config::parse(Path::new("c.toml"), &c.to_toml()).unwrap();
+        assert_eq!(again.job_deadline_secs, c.job_deadline_secs);
+        assert_eq!(
+            again.extra.get("future_key").and_then(|v| v.as_integer()),
+            Some(3)
+        );
+        // Zero and unknown kinds are refused.
+        let zero =
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n[job_deadline_secs]\nllm = 0\n";
+        let e = Config::parse(Path::new("c.toml"), zero)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job_deadline_secs.llm"), "{e}");
+        let odd = "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n[job_deadline_secs]\nsculpt = 5\n";
+        assert!(Config::parse(Path::new("c.toml"), odd).is_err());
     }
 
     #[test]

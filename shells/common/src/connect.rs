@@ -6,28 +6,64 @@
 //!
 //! 1. [`Exchange::new`]: build the upgrade ([`crate::ws::Upgrade`]: bearer header,
 //!    subprotocol) and learn the target; a bad URL fails here, before any IO;
-//! 2. resolve the host and TCP-connect to each address in turn, [`STEP_TIMEOUT`] each
-//!    ([`resolve_failed`], [`connect_failed`] name the failure);
+//! 2. resolve the host and TCP-connect to each address in turn ([`resolve_failed`],
+//!    [`connect_failed`] name the failure);
 //! 3. for `wss`, the TLS handshake with [`crate::tls::client_config`]
 //!    ([`server_name`], [`tls_failed`]);
 //! 4. write [`Exchange::request`] ([`Exchange::write_failed`]), then hand every read to
 //!    [`Exchange::on_read`] until it returns the bytes read past the `101` head (the first
 //!    WebSocket bytes) or the error: a refused upgrade's body is read to its end (or EOF,
-//!    an error, the step timeout) and becomes `401` -> `ConnectError::Unauthorized { body }`,
+//!    an error, the deadline) and becomes `401` -> `ConnectError::Unauthorized { body }`,
 //!    another status -> `Status { status, body }`; anything else is `Transport(message)`.
 //!
-//! Every read and write is bounded by [`STEP_TIMEOUT`] (a socket timeout in the sync shell,
-//! a timer in the async one); a timed-out step reads "timed out after 15 s" ([`io_text`]).
+//! The whole attempt has one [`Deadline`] ([`CONNECT_DEADLINE`] in production): every
+//! socket timeout of the sync shell is what is left of it, the async shell races the whole
+//! attempt against it; past it the attempt fails with [`Deadline::expired`]'s message.
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use studio_core::worker::ConnectError;
 
 use crate::ws::{Head, Refusal, Target, Upgrade};
 
-pub use crate::ws::STEP_TIMEOUT;
+pub use crate::ws::CONNECT_DEADLINE;
+
+/// The one deadline of a connection attempt (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    /// `total` from now.
+    pub fn after(total: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + total,
+            total,
+        }
+    }
+
+    /// What is left of it (at least 1 ms, a socket timeout cannot be zero), or the
+    /// attempt's error once it passed.
+    pub fn left(&self, at: &str) -> Result<Duration, ConnectError> {
+        match self.at.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Ok(d.max(Duration::from_millis(1))),
+            _ => Err(self.expired(at)),
+        }
+    }
+
+    /// The error of an attempt on `at` that ran out of time.
+    pub fn expired(&self, at: &str) -> ConnectError {
+        transport(format!(
+            "connecting to {at} timed out after {} s",
+            self.total.as_secs_f64()
+        ))
+    }
+}
 
 /// The size of one read of the upgrade response.
 pub const READ_CHUNK: usize = 4096;
@@ -171,7 +207,7 @@ pub fn tls_failed(at: &str, e: &io::Error) -> ConnectError {
 pub fn io_text(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            format!("timed out after {} s", STEP_TIMEOUT.as_secs())
+            "timed out (the connect deadline passed)".to_string()
         }
         _ => e.to_string(),
     }
@@ -263,7 +299,7 @@ mod tests {
         }
         let mut ex = exchange();
         match ex.on_read(Err(io::ErrorKind::TimedOut.into()), &[]) {
-            Err(ConnectError::Transport(m)) => assert!(m.contains("timed out after 15 s"), "{m}"),
+            Err(ConnectError::Transport(m)) => assert!(m.contains("timed out"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

@@ -6,6 +6,9 @@
 //! * [`CommandRouter::perform`] carries out one `Command`:
 //!   * `Http` -> a background thread ([`HttpRunner`]); the answer arrives via the sink;
 //!   * `Dispatch` / `CancelJob` / `DiscardResult` -> the [`EnginePool`];
+//!   * `KeepResult` / `ForgetResult` -> the durable outbox beside the config file
+//!     ([`crate::outbox`], written in order off the loop; an upload entry with the bytes
+//!     the pool holds);
 //!   * `MintSecret` -> the OS CSPRNG, answered at once with `Input::Minted`;
 //!   * `Persist` -> applied to the [`Config`] and saved atomically; a failed save is logged
 //!     and answered with an error `Input::Log` (shipped to the studio), the worker keeps
@@ -44,6 +47,7 @@ use studio_engines::Engine;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ShellError;
+use crate::outbox::{Outbox, OutboxWriter, OUTBOX_LOG_CATEGORY};
 use crate::pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
 use crate::record::Recorder;
 
@@ -78,6 +82,7 @@ pub struct CommandRouter {
     config_path: PathBuf,
     pool: EnginePool,
     http: HttpRunner,
+    outbox: OutboxWriter,
     updater: crate::update::Background,
     sink: EventSink,
     clock: Clock,
@@ -97,12 +102,14 @@ impl CommandRouter {
         sink: EventSink,
         clock: Clock,
     ) -> CommandRouter {
+        let outbox = OutboxWriter::new(Outbox::beside(&config_path), Arc::clone(&sink));
         CommandRouter {
             updater: crate::update::Background::new(crate::update::Updater::from_config(&config)),
             config,
             config_path,
             pool: EnginePool::new(engine, Arc::clone(&sink)),
             http: HttpRunner::new(agent, Arc::clone(&sink)),
+            outbox,
             sink,
             clock,
             recorder: None,
@@ -152,6 +159,42 @@ impl CommandRouter {
         &self.clock
     }
 
+    /// Reads the durable outbox back at start: the bytes of binary results go to the pool,
+    /// and the inputs to feed before `Input::Start` come back: one error `Input::Log` per
+    /// entry that was skipped (half-written or damaged; removed), then `Input::Restore`
+    /// when anything was kept.
+    pub fn restore_outbox(&self) -> Vec<Input> {
+        let report = Outbox::beside(&self.config_path).load();
+        let mut inputs = Vec::new();
+        for why in report.skipped {
+            let message = format!("outbox entry skipped: {why}");
+            tracing::warn!(category = OUTBOX_LOG_CATEGORY, "{message}");
+            inputs.push(Input::Log(LogEntry {
+                ts: self.clock.wall().to_rfc3339(),
+                level: "warn".into(),
+                category: OUTBOX_LOG_CATEGORY.into(),
+                message,
+                job_id: None,
+            }));
+        }
+        let mut results = Vec::new();
+        for loaded in report.entries {
+            if let Some(bytes) = loaded.bytes {
+                self.pool.restore(&loaded.result.job_id, bytes);
+            }
+            results.push(loaded.result);
+        }
+        if !results.is_empty() {
+            tracing::info!(
+                category = OUTBOX_LOG_CATEGORY,
+                "{} kept result(s) found in the outbox",
+                results.len()
+            );
+            inputs.push(Input::Restore { results });
+        }
+        inputs
+    }
+
     /// Carries out one command.
     pub fn perform(&mut self, cmd: Command) -> Effect {
         match cmd {
@@ -176,7 +219,10 @@ impl CommandRouter {
                     },
                     _ => None,
                 };
-                self.http.spawn(id, *request, body);
+                // An upload leaves once the outbox holds its result (written in order, off
+                // the loop): a crash mid-upload finds it there.
+                let after = body.is_some().then(|| self.outbox.flushed());
+                self.http.spawn_after(id, *request, body, after);
                 Effect::None
             }
             Command::MintSecret { need_install_id } => self.mint(need_install_id),
@@ -213,6 +259,20 @@ impl CommandRouter {
             }
             Command::DiscardResult { job_id } => {
                 self.pool.discard(&job_id);
+                Effect::None
+            }
+            Command::KeepResult(result) => {
+                let bytes = match &result.body {
+                    studio_core::worker::KeptBody::Upload { .. } => {
+                        self.pool.result_bytes(&result.job_id)
+                    }
+                    studio_core::worker::KeptBody::Frame { .. } => None,
+                };
+                self.outbox.keep(result, bytes);
+                Effect::None
+            }
+            Command::ForgetResult { job_id } => {
+                self.outbox.forget(job_id);
                 Effect::None
             }
             Command::CheckUpdate => {

@@ -16,8 +16,20 @@ use std::time::Duration;
 
 use studio_core::worker::{HttpRequest, HttpResult};
 
-/// Request timeout for every studio HTTP call (PROTOCOL.md §6).
+/// Request timeout for every studio HTTP call (PROTOCOL.md §6); an upload gets more, see
+/// [`upload_timeout`].
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The slowest upload rate a result upload is given time for: an upload's timeout is the
+/// request timeout plus its body at this rate (512 kbit/s), so a large video on a slow
+/// uplink is not cut off where a small image would finish.
+pub const UPLOAD_MIN_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// The timeout of an upload of `body_len` bytes on an agent whose requests get `base`:
+/// `base` plus the body at [`UPLOAD_MIN_BYTES_PER_SEC`].
+pub fn upload_timeout(base: Duration, body_len: usize) -> Duration {
+    base + Duration::from_millis(body_len as u64 * 1000 / UPLOAD_MIN_BYTES_PER_SEC)
+}
 
 /// Response bodies are read up to this many bytes; the rest is dropped.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -172,9 +184,14 @@ pub fn execute(
                 ));
             };
             let form = encode_upload(job_id, prompt, ext, bytes);
-            tracing::debug!(%job_id, %url, bytes = bytes.len(), %ext, "uploading result");
+            let base = agent.config().timeouts().global.unwrap_or(REQUEST_TIMEOUT);
+            let timeout = upload_timeout(base, form.body.len());
+            tracing::debug!(%job_id, %url, bytes = bytes.len(), %ext, ?timeout, "uploading result");
             let outcome = agent
                 .post(url)
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
                 .header("Authorization", &bearer(auth_token.expose()))
                 .header("Content-Type", &form.content_type())
                 .send(&form.body[..]);
@@ -256,6 +273,15 @@ mod tests {
 
     /// Serves exactly one request on 127.0.0.1, answering `status` with `body`.
     fn serve_once(status: u16, body: &'static str) -> (String, mpsc::Receiver<Seen>) {
+        serve_once_after(status, body, Duration::ZERO)
+    }
+
+    /// [`serve_once`], answering only `delay` after the request was read.
+    fn serve_once_after(
+        status: u16,
+        body: &'static str,
+        delay: Duration,
+    ) -> (String, mpsc::Receiver<Seen>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -284,6 +310,7 @@ mod tests {
                 .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
             let mut req_body = vec![0u8; len];
             reader.read_exact(&mut req_body).unwrap();
+            thread::sleep(delay);
             let mut stream = stream;
             write!(
                 stream,
@@ -307,6 +334,48 @@ mod tests {
         let mut cfg = studio_core::worker::WorkerConfig::for_tests("http://x");
         cfg.credentials = None;
         studio_core::worker::Worker::new(cfg).capabilities()
+    }
+
+    #[test]
+    fn an_upload_gets_time_for_its_body() {
+        assert_eq!(upload_timeout(REQUEST_TIMEOUT, 0), REQUEST_TIMEOUT);
+        assert_eq!(
+            upload_timeout(REQUEST_TIMEOUT, 64 * 1024 * 1024),
+            REQUEST_TIMEOUT + Duration::from_secs(1024)
+        );
+    }
+
+    /// An agent whose requests get 1 s, and a studio that answers a 256 KiB upload 2 s
+    /// after reading it: the upload's own timeout (1 s + 4 s for the body) lets it finish
+    /// where the flat one would have cut it off.
+    #[test]
+    fn a_large_upload_outlives_the_flat_request_timeout() {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(1)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let (base, rx) = serve_once_after(200, "{}", Duration::from_secs(2));
+        let bytes = vec![7u8; 256 * 1024];
+        let result = execute(
+            &agent,
+            &HttpRequest::Upload {
+                url: format!("{base}/graphics/api/workers/w/jobs/j/complete"),
+                auth_token: "tok".into(),
+                job_id: "j".into(),
+                prompt: "p".into(),
+                ext: "png".into(),
+            },
+            Some(&bytes),
+        );
+        assert_eq!(
+            result,
+            HttpResult::Response {
+                status: 200,
+                body: "{}".into()
+            }
+        );
+        assert!(rx.recv().unwrap().body.len() > bytes.len());
     }
 
     #[test]

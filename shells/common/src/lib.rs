@@ -22,6 +22,7 @@
 //! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | the engine pool and the HTTP runner: engine jobs and HTTP requests on background threads, completions through a callback ([`EventSink`]) |
+//! | [`outbox`] | the durable outbox beside `config.toml`: the results the core keeps until the studio acknowledges them, written atomically off the loop, verified when read back at start |
 //! | [`update`] | self-update: the release feed, verified download, in-process unpack, `--version` check, atomic replace, re-exec |
 //! | [`driver`] | the [`CommandRouter`]: performs every non-socket `Command` of the core |
 //! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
@@ -79,6 +80,7 @@ pub mod host;
 pub mod http;
 pub mod lock;
 pub mod logging;
+pub mod outbox;
 pub mod pool;
 pub mod record;
 pub mod service;

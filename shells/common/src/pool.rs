@@ -31,13 +31,17 @@
 //! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
 //! studio with the other log lines.
 //!
-//! [`EnginePool::cancel`] (`Command::CancelJob`) drops the job's held bytes and cancels the
-//! job's [`CancelToken`] (installed for the engine thread, `studio_engines::cancel`): an
-//! engine running a child process kills it at once, one that polls the token stops early.
-//! A Rust thread cannot be killed: an engine that does neither finishes in the background
-//! and its result still arrives, under its run, for the core to drop. (The core cancels
-//! only as it stops, so the bytes such a late result leaves behind live only until the
-//! process ends.) Dispatching a job id again cancels the earlier run's token.
+//! [`EnginePool::cancel`] (`Command::CancelJob`: the shutdown grace or the job deadline ran
+//! out) drops the job's held bytes and cancels the job's [`CancelToken`] (installed for the
+//! engine thread, `studio_engines::cancel`): an engine running a child process kills it at
+//! once, one that polls the token stops early. A Rust thread cannot be killed: an engine
+//! that does neither finishes in the background and its result still arrives, under its
+//! run, for the core to drop; the bytes of a cancelled run (or of any run but the job's
+//! latest dispatch) are never kept, so a hung engine that wakes up leaves nothing behind.
+//! Dispatching a job id again cancels the earlier run's token.
+//!
+//! Binary results restored from the durable outbox at start are held the same way
+//! ([`EnginePool::restore`]), for their upload.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -114,7 +118,7 @@ pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
 struct State {
     /// The cancel token of each job's current run, until the run ends.
     tokens: BTreeMap<String, (RunId, CancelToken)>,
-    /// Binary results awaiting upload.
+    /// Binary results awaiting upload (only a current run's: see [`finish`]).
     results: BTreeMap<String, Arc<Vec<u8>>>,
 }
 
@@ -232,6 +236,13 @@ impl EnginePool {
         }
     }
 
+    /// Holds `bytes` as the binary result of `job_id` (restored from the outbox).
+    pub fn restore(&self, job_id: &str, bytes: Vec<u8>) {
+        lock(&self.state)
+            .results
+            .insert(job_id.to_string(), Arc::new(bytes));
+    }
+
     /// Drops the held binary result of `job_id` (`Command::DiscardResult`).
     pub fn discard(&self, job_id: &str) {
         lock(&self.state).results.remove(job_id);
@@ -346,17 +357,25 @@ fn finish(
     run: RunId,
     result: Result<EngineOutput, Failure>,
 ) {
-    {
+    // The run is current while its token is held: a cancelled run, or one a later
+    // dispatch of the job superseded, keeps no bytes.
+    let current = {
         let mut st = lock(state);
-        if st.tokens.get(&job_id).is_some_and(|(r, _)| *r == run) {
+        let current = st.tokens.get(&job_id).is_some_and(|(r, _)| *r == run);
+        if current {
             st.tokens.remove(&job_id);
         }
-    }
+        current
+    };
     let outcome = match result {
         Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
         Ok(EngineOutput::Binary { bytes, ext }) => {
             let bytes_len = bytes.len() as u64;
-            lock(state).results.insert(job_id.clone(), Arc::new(bytes));
+            if current {
+                lock(state).results.insert(job_id.clone(), Arc::new(bytes));
+            } else {
+                tracing::debug!(%job_id, %run, "result of a cancelled run; bytes not kept");
+            }
             JobOutcome::Binary { ext, bytes_len }
         }
         Err(Failure { error, retryable }) => JobOutcome::Failed { error, retryable },
@@ -385,11 +404,26 @@ impl HttpRunner {
     /// Starts `request` (`id` from the core's `Command::Http`); `body` is the job's result
     /// for an upload.
     pub fn spawn(&self, id: HttpId, request: HttpRequest, body: Option<Arc<Vec<u8>>>) {
+        self.spawn_after(id, request, body, None);
+    }
+
+    /// [`HttpRunner::spawn`], the request leaving only once `after` fires (or its sender
+    /// is gone): an upload waits for the durable outbox to hold its result.
+    pub fn spawn_after(
+        &self,
+        id: HttpId,
+        request: HttpRequest,
+        body: Option<Arc<Vec<u8>>>,
+        after: Option<mpsc::Receiver<()>>,
+    ) {
         let agent = self.agent.clone();
         let sink = Arc::clone(&self.sink);
         let spawned = thread::Builder::new()
             .name(format!("http-{}", id.0))
             .spawn(move || {
+                if let Some(after) = after {
+                    let _ = after.recv();
+                }
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     crate::http::execute(&agent, &request, body.as_deref().map(|b| &b[..]))
                 }))
@@ -762,6 +796,29 @@ pub(crate) mod tests {
             recv(&rx).into_input(),
             Input::JobFinished { run: RunId(7), .. }
         ));
+        // But it keeps no bytes for it: a hung engine that wakes after the watchdog leaves
+        // nothing behind.
+        assert_eq!(pool.held_results(), 0);
+    }
+
+    #[test]
+    fn only_the_latest_dispatch_of_a_job_keeps_its_bytes() {
+        let (tx, gate) = mpsc::channel();
+        let (pool, rx) = test_pool(Some(gate));
+        pool.dispatch(&claim("r2", image("hold-bin")), RunId(1));
+        pool.dispatch(&claim("r2", image("bin")), RunId(2));
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(2), .. }));
+        pool.discard("r2");
+        tx.send(()).unwrap();
+        assert!(matches!(recv(&rx), PoolEvent::Job { run: RunId(1), .. }));
+        assert_eq!(pool.result_bytes("r2"), None, "run 1 is not the latest");
+    }
+
+    #[test]
+    fn restored_bytes_are_held_for_the_upload() {
+        let (pool, _rx) = test_pool(None);
+        pool.restore("old", vec![9, 9]);
+        assert_eq!(pool.result_bytes("old").as_deref(), Some(&vec![9, 9]));
     }
 
     #[test]

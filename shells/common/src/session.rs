@@ -236,7 +236,7 @@ impl Session {
         self.router.clock()
     }
 
-    /// Feeds `Input::Start`.
+    /// Feeds what the durable outbox holds (`Input::Restore`), then `Input::Start`.
     pub fn start(&mut self, io: &mut impl SocketIo) {
         if let Some((path, shell)) = self.record.take() {
             let start = self.router.clock().now();
@@ -250,6 +250,10 @@ impl Session {
                     "cannot record the session ({e}); running without recording"
                 ),
             }
+        }
+        // The durable outbox of an earlier run goes to the core first; it decides.
+        for input in self.router.restore_outbox() {
+            self.feed(input, io);
         }
         self.feed(Input::Start, io);
     }

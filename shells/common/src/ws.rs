@@ -8,7 +8,7 @@
 //!   (`401` -> `Unauthorized { body }`, any other status -> `Status { status, body }`).
 //!   The shell moves the bytes: write [`Upgrade::request`], read until
 //!   [`Upgrade::read_head`] answers, then for a refusal read until [`Refusal::push`] says
-//!   the body is complete (or EOF / the step timeout).
+//!   the body is complete (or EOF / the connect deadline).
 //!
 //!   The handshake is done here rather than by `tungstenite::client` because a refused
 //!   upgrade's error drops the stream there, and with it any part of the body that had not
@@ -34,10 +34,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
-/// Bound on each step of a connection attempt (DNS aside): TCP connect, TLS handshake,
-/// upgrade request, upgrade response. The core runs its own connect timeout of the same
-/// length over the whole attempt.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The deadline of a whole connection attempt: TCP connect, TLS handshake, upgrade request
+/// and response together (a peer answering one byte at a time cannot stretch it), the
+/// same as the core's connect timeout (`Timings::connect_timeout`), which gives up on the
+/// attempt at the same moment. The OS resolver cannot be interrupted: a hung lookup is
+/// left to finish on its own thread, the attempt has failed by then.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 
 /// How long a close frame (and the peer's answer) may take before the socket is dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -293,6 +293,17 @@ pub struct FaultState {
     /// WebSocket upgrades still to refuse.
     pub upgrade_failures: u32,
     pub upgrade_status: u16,
+    /// Result uploads still to hold: read, never answered, never fed to the machine (the
+    /// worker waits; the upload is dropped when the worker hangs up).
+    #[serde(default)]
+    pub hold_uploads: u32,
+    /// Uploads held now.
+    #[serde(default)]
+    pub uploads_held: u32,
+    /// `completeJson` / `fail` frames still to drop: never fed to the machine, never
+    /// acknowledged (as if lost on the way).
+    #[serde(default)]
+    pub drop_results: u32,
 }
 
 /// A test hook. Every variant is also reachable over HTTP (see the crate docs).
@@ -302,6 +313,12 @@ pub enum Fault {
     FailUploads { count: u32, status: u16 },
     /// The next `count` WebSocket upgrades answer `status` (with a JSON error body).
     FailUpgrades { count: u32, status: u16 },
+    /// The next `count` result uploads are read and never answered nor fed to the studio
+    /// machine, until the worker hangs up ([`FaultState::uploads_held`] counts them).
+    HoldUploads { count: u32 },
+    /// The next `count` `completeJson` / `fail` frames are dropped: never fed to the
+    /// machine, never acknowledged.
+    DropResults { count: u32 },
     /// Close the worker's TCP connections at once: no close frame.
     Drop { worker_id: String },
     /// Stop reading from and writing to the worker's sockets but keep them open (a
@@ -331,6 +348,14 @@ pub enum Fault {
         job_id: String,
         task: Box<Task>,
     },
+    /// [`Fault::ProbeOffer`] with a raw `claim` sent as given (its `jobId` set to
+    /// `job_id`): an offer the worker may not be able to decode (`"width": -1`, an unknown
+    /// kind, a missing field).
+    RawProbeOffer {
+        worker_id: String,
+        job_id: String,
+        claim: serde_json::Value,
+    },
 }
 
 /// The body of `POST /local/workers/:id/probe-offer`.
@@ -341,6 +366,10 @@ pub(crate) struct ProbeOfferBody {
     /// Default: an image task with [`DEFAULT_PROBE_PROMPT`].
     #[serde(default)]
     pub task: Option<Task>,
+    /// A raw claim instead (JSON, sent as given with its `jobId` set): see
+    /// [`Fault::RawProbeOffer`].
+    #[serde(default)]
+    pub claim: Option<serde_json::Value>,
 }
 
 /// The body of `POST /local/faults`: every field optional; absent ones keep their value.
@@ -355,6 +384,10 @@ pub struct FaultsBody {
     pub upgrade_failures: Option<u32>,
     #[serde(default)]
     pub upgrade_status: Option<u16>,
+    #[serde(default)]
+    pub hold_uploads: Option<u32>,
+    #[serde(default)]
+    pub drop_results: Option<u32>,
 }
 
 /// The body of `POST /local/workers/:id/close`.

@@ -46,12 +46,12 @@
 //! | Route | Effect |
 //! |---|---|
 //! | `GET /local/faults` | the armed counters ([`FaultState`]) |
-//! | `POST /local/faults` | `{"failUploads":N, "failUploadsStatus":500, "upgradeFailures":N, "upgradeStatus":503}` (each optional): the next N result uploads / WebSocket upgrades answer that status without reaching the studio machine |
+//! | `POST /local/faults` | `{"failUploads":N, "failUploadsStatus":500, "upgradeFailures":N, "upgradeStatus":503, "holdUploads":N, "dropResults":N}` (each optional): the next N result uploads / WebSocket upgrades answer that status without reaching the studio machine; the next N uploads are held (read, never answered, until the worker hangs up; `uploadsHeld` counts them); the next N `completeJson` / `fail` frames are dropped (never fed, never acknowledged) |
 //! | `POST /local/workers/:id/drop` | close the worker's TCP connection(s) at once, no close frame |
 //! | `POST /local/workers/:id/stall` | keep the socket(s) open but stop reading and writing (a half-open peer); the studio machine's sweep closes the session after its session timeout |
 //! | `POST /local/workers/:id/close` | `{"code":4001,"reason":"..."}`: send that close frame |
 //! | `POST /local/workers/:id/error` | `{"code":"auth_failed","message":"..."}`: send an `error` frame, then close with the paired code |
-//! | `POST /local/workers/:id/probe-offer` | `{"jobId":"probe-1","task":{..}?}` (default an image task): send a raw `offer` for a job id the studio machine does not know, bypassing it (it never offers to a worker it knows is busy). The worker's `accept` / `reject` / `completeJson` / `fail` naming that job, and its result upload, are intercepted and recorded, never fed to the machine; `completeJson` / `fail` get their ack, the upload a `200` |
+//! | `POST /local/workers/:id/probe-offer` | `{"jobId":"probe-1","task":{..}?}` (default an image task), or `{"jobId","claim":{..}}` (a raw claim, sent as given: maybe one the worker cannot decode): send a raw `offer` for a job id the studio machine does not know, bypassing it (it never offers to a worker it knows is busy). The worker's `accept` / `reject` / `completeJson` / `fail` naming that job, and its result upload, are intercepted and recorded, never fed to the machine; `completeJson` / `fail` get their ack, the upload a `200` |
 //! | `GET /local/workers/:id/probe-replies` | the intercepted replies, oldest first, as the frame texts (an upload as `{"type":"upload","jobId","ext","bytes","prompt"}`) |
 //!
 //! The same operations are methods of [`Handle`] ([`Handle::inject`] with a [`Fault`]).

@@ -42,14 +42,17 @@ Admin API (JSON; no authentication, so loopback only):
 Test hooks (fault injection):
   GET    /local/faults                    armed counters
   POST   /local/faults                    {\"failUploads\":N, \"failUploadsStatus\":500,
-                                           \"upgradeFailures\":N, \"upgradeStatus\":503}
+                                           \"upgradeFailures\":N, \"upgradeStatus\":503,
+                                           \"holdUploads\":N (never answered),
+                                           \"dropResults\":N (completeJson/fail lost)}
   POST   /local/workers/:id/drop          close its TCP connection, no close frame
   POST   /local/workers/:id/stall         stop reading/writing its socket (half-open peer)
   POST   /local/workers/:id/close         {\"code\":4001,\"reason\":\"...\"}: send a close frame
   POST   /local/workers/:id/error         {\"code\":\"auth_failed\",\"message\":\"...\"}: error
                                            frame, then close with the paired code
-  POST   /local/workers/:id/probe-offer   {\"jobId\":\"probe-1\",\"task\"?}: a raw offer for a job
-                                           the studio does not know; the worker's
+  POST   /local/workers/:id/probe-offer   {\"jobId\":\"probe-1\",\"task\"?|\"claim\"?}: a raw offer
+                                           for a job the studio does not know (a raw
+                                           claim may be undecodable); the worker's
                                            replies to it are intercepted, not fed
   GET    /local/workers/:id/probe-replies those replies, oldest first
   GET    /local/workers/:id/connections   upgrade attempts, connections, last close code

@@ -6,15 +6,18 @@
 //!
 //! 1. build the upgrade ([`Exchange`]: bearer header, subprotocol);
 //! 2. resolve the host (`ToSocketAddrs`; the OS resolver has no timeout knob, the core's
-//!    15 s connect timeout covers a slow one);
-//! 3. TCP connect to each address in turn, [`STEP_TIMEOUT`] each;
+//!    connect timeout gives up on a slow one and the thread ends when the lookup does);
+//! 3. TCP connect to each address in turn;
 //! 4. for `wss`, the TLS handshake (rustls, [`studio_shell::tls::client_config`]);
 //! 5. write the upgrade request, then read until [`Exchange::on_read`] has the verdict
-//!    (a refusal's body included; every read and write bounded by [`STEP_TIMEOUT`] through
-//!    the socket's timeouts);
+//!    (a refusal's body included);
 //! 6. on `101`: switch the socket to non-blocking, hand it to mio
 //!    ([`Transport::map_socket`]), and wrap it in a tungstenite `WebSocket` that starts with
 //!    the bytes read past the head.
+//!
+//! Steps 3 to 5 share one [`Deadline`]: each connect, read and write may take only what is
+//! left of it (the socket's timeouts), so a peer answering a byte at a time cannot hold
+//! the thread past it.
 //!
 //! The outcome goes back to the loop through a callback (the loop's channel + `Waker`).
 //! Errors map to the core's `ConnectError`: `401` -> `Unauthorized { body }`, another
@@ -26,10 +29,12 @@ use std::sync::Arc;
 use std::thread;
 
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use std::time::Duration;
 use studio_core::worker::{ConnId, ConnectError};
+
 use studio_shell::connect::{
-    connect_failed, resolve_failed, server_name, tls_failed, transport, Exchange, READ_CHUNK,
-    STEP_TIMEOUT,
+    connect_failed, resolve_failed, server_name, tls_failed, transport, Deadline, Exchange,
+    READ_CHUNK,
 };
 use studio_shell::ws::websocket_config;
 use tungstenite::protocol::Role;
@@ -47,6 +52,7 @@ pub fn spawn(
     url: String,
     auth_token: studio_core::Secret,
     tls: Arc<ClientConfig>,
+    deadline: Duration,
     deliver: impl FnOnce(ConnId, Result<Ws, ConnectError>) + Send + 'static,
 ) {
     let slot = Arc::new(std::sync::Mutex::new(Some(deliver)));
@@ -54,7 +60,7 @@ pub fn spawn(
     let spawned = thread::Builder::new()
         .name(format!("ws-connect-{}", conn.0))
         .spawn(move || {
-            let result = connect(&url, auth_token.expose(), &tls);
+            let result = connect(&url, auth_token.expose(), &tls, deadline);
             if let Some(deliver) = take(&in_thread) {
                 deliver(conn, result);
             }
@@ -76,14 +82,18 @@ fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
 }
 
 /// Opens the studio session `url` with the bearer `auth_token` (blocking; see the module
-/// docs). The returned socket is non-blocking and not yet registered with any poll.
-pub fn connect(url: &str, auth_token: &str, tls: &Arc<ClientConfig>) -> Result<Ws, ConnectError> {
+/// docs), all of it within `deadline`. The returned socket is non-blocking and not yet
+/// registered with any poll.
+pub fn connect(
+    url: &str,
+    auth_token: &str,
+    tls: &Arc<ClientConfig>,
+    deadline: Duration,
+) -> Result<Ws, ConnectError> {
+    let deadline = Deadline::after(deadline);
     let mut exchange = Exchange::new(url, auth_token)?;
     let target = exchange.target().clone();
-    let tcp = tcp_connect(&target.host, target.port)?;
-    tcp.set_read_timeout(Some(STEP_TIMEOUT))
-        .and_then(|()| tcp.set_write_timeout(Some(STEP_TIMEOUT)))
-        .map_err(|e| transport(format!("cannot set socket timeouts: {e}")))?;
+    let tcp = tcp_connect(&target.host, target.port, &deadline)?;
     // Small frames (heartbeats, acks) should leave at once.
     let _ = tcp.set_nodelay(true);
 
@@ -93,16 +103,19 @@ pub fn connect(url: &str, auth_token: &str, tls: &Arc<ClientConfig>) -> Result<W
             &target.host,
             tls,
             exchange.at(),
+            &deadline,
         )?))
     } else {
         Transport::Plain(tcp)
     };
+    bound(stream.socket(), &deadline, exchange.at())?;
     stream
         .write_all(exchange.request())
         .and_then(|()| stream.flush())
         .map_err(|e| exchange.write_failed(&e))?;
     let mut chunk = [0u8; READ_CHUNK];
     let tail = loop {
+        bound(stream.socket(), &deadline, exchange.at())?;
         let read = stream.read(&mut chunk);
         if let Some(tail) = exchange.on_read(read, &chunk)? {
             break tail;
@@ -123,16 +136,25 @@ pub fn connect(url: &str, auth_token: &str, tls: &Arc<ClientConfig>) -> Result<W
     ))
 }
 
-/// Resolves `host` and connects to the first address that answers, [`STEP_TIMEOUT`] per
-/// address.
-fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+/// Gives the socket's next reads and writes what is left of `deadline`, or fails the
+/// attempt once it passed.
+fn bound(sock: &TcpStream, deadline: &Deadline, at: &str) -> Result<(), ConnectError> {
+    let left = deadline.left(at)?;
+    sock.set_read_timeout(Some(left))
+        .and_then(|()| sock.set_write_timeout(Some(left)))
+        .map_err(|e| transport(format!("cannot set socket timeouts: {e}")))
+}
+
+/// Resolves `host` and connects to the first address that answers, within `deadline`.
+fn tcp_connect(host: &str, port: u16, deadline: &Deadline) -> Result<TcpStream, ConnectError> {
+    let at = format!("{host}:{port}");
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| resolve_failed(host, &e))?
         .collect();
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, STEP_TIMEOUT) {
+        match TcpStream::connect_timeout(&addr, deadline.left(&at)?) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some((addr, e)),
         }
@@ -140,16 +162,19 @@ fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
     Err(connect_failed(host, port, last))
 }
 
-/// Runs the TLS handshake to completion so its failures read as TLS failures.
+/// Runs the TLS handshake to completion (within `deadline`) so its failures read as TLS
+/// failures.
 fn tls_handshake(
     mut tcp: TcpStream,
     host: &str,
     config: &Arc<ClientConfig>,
     at: &str,
+    deadline: &Deadline,
 ) -> Result<StreamOwned<ClientConnection, TcpStream>, ConnectError> {
     let mut conn = ClientConnection::new(Arc::clone(config), server_name(host)?)
         .map_err(|e| transport(format!("cannot start TLS with {at}: {e}")))?;
     while conn.is_handshaking() {
+        bound(&tcp, deadline, at)?;
         match conn.complete_io(&mut tcp) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

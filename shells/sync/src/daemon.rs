@@ -331,6 +331,7 @@ impl SocketIo for Sockets {
             url,
             auth_token,
             Arc::clone(&self.tls),
+            studio_shell::connect::CONNECT_DEADLINE,
             move |conn, r| {
                 notifier.send(LoopMsg::Connect {
                     conn,

@@ -19,9 +19,14 @@
 //! one frame and live). A half-open link silently drops both directions until the worker's
 //! read-idle timer and the studio's sweep close their sides; a partition cuts one
 //! direction. A studio restart drops every session and refuses connects and HTTP for
-//! 5-30 s; jobs survive. Hung engines never finish during chaos (the protocol has no engine
-//! timeout: the worker keeps the job and the studio keeps the claim, because the worker's
-//! heartbeats name it); at heal they finish normally.
+//! 5-30 s; jobs survive. A hung engine never finishes by itself: the worker's job deadline
+//! ([`crate::JOB_DEADLINE`] here) fails the job retryable and cancels the engine; one still
+//! hung at heal finishes then. A worker crash ([`World::crash`]) kills the process: its
+//! machine, engine, timers and sockets are gone (the studio sees its links reset), only the
+//! durable outbox survives; 1-10 s later a new machine starts on the same config and gets
+//! the outbox back (`Input::Restore`). A poison job's every `offer` names a task kind no
+//! build knows: the worker must answer it (taken: `accept` then a non-retryable `fail`) and
+//! keep its session.
 
 use std::time::Duration;
 
@@ -59,6 +64,12 @@ pub struct Faults {
     pub upload_failures: bool,
     /// A tenth of the fleet starts unregistered (the studio approves automatically).
     pub registration: bool,
+    /// Worker processes are killed (memory lost, the durable outbox kept) and started
+    /// again 1-10 s later.
+    pub crashes: bool,
+    /// Every offer of some jobs arrives undecodable (an unknown task kind; the job id
+    /// readable): answered, not looped.
+    pub poison_offers: bool,
 }
 
 impl Faults {
@@ -78,6 +89,8 @@ impl Faults {
             hung_engines: true,
             upload_failures: true,
             registration: true,
+            crashes: true,
+            poison_offers: true,
         }
     }
 
@@ -91,7 +104,7 @@ impl Faults {
     }
 
     /// The names of the fault classes, as `--without` takes them.
-    pub const NAMES: [&'static str; 13] = [
+    pub const NAMES: [&'static str; 15] = [
         "drops",
         "delays",
         "stalls",
@@ -105,6 +118,8 @@ impl Faults {
         "hung_engines",
         "upload_failures",
         "registration",
+        "crashes",
+        "poison_offers",
     ];
 
     /// The switch of a class, by name.
@@ -123,6 +138,8 @@ impl Faults {
             "hung_engines" => &mut self.hung_engines,
             "upload_failures" => &mut self.upload_failures,
             "registration" => &mut self.registration,
+            "crashes" => &mut self.crashes,
+            "poison_offers" => &mut self.poison_offers,
             _ => return None,
         })
     }
@@ -258,6 +275,8 @@ pub enum Sabotage {
     CrossWireOffers,
     /// Engine results of some jobs are never reported to the worker.
     LoseEngineResults,
+    /// The hosts keep no durable outbox: a crashed worker comes back with nothing.
+    NoOutbox,
 }
 
 /// A result frame: the only frames the protocol repeats (the worker re-sends unacked results
@@ -367,6 +386,28 @@ impl World {
         } else {
             HttpResult::Transport("reset".into())
         })
+    }
+
+    /// A worker process dies now and then (about once per `fault_mean` per ten workers):
+    /// the first crash is scheduled here, each one schedules the next.
+    pub(crate) fn schedule_crash(&mut self) {
+        let mean = self.cfg.fault_mean * 10 / self.cfg.workers.max(1) as u32;
+        let d = self.rng.exp(mean);
+        self.after(d, Event::Crash);
+    }
+
+    /// Whether a worker whose engine just finished is killed within 20 ms (10 % while the
+    /// class is on): mostly while its result is on the way, where only the durable outbox
+    /// saves it.
+    pub(crate) fn crash_after_result(&mut self) -> bool {
+        self.chaos() && self.cfg.faults.crashes && self.rng.chance(0.1)
+    }
+
+    /// Whether the job submitted now is poison: every offer of it arrives undecodable, as
+    /// a studio bug or a newer studio's task would (2 % of the jobs of chaos while the
+    /// class is on).
+    pub(crate) fn poison_job(&mut self) -> bool {
+        self.chaos() && self.cfg.faults.poison_offers && self.rng.chance(0.02)
     }
 
     /// Whether the first frame on a worker's new link is followed by a replay of the last

@@ -44,6 +44,9 @@ pub const STORM_LIMIT: u32 = 64;
 pub const UNSETTLED_TRACES: usize = 50;
 /// Fleets larger than this record traces only for the implicated workers.
 pub const TRACE_ALL_UP_TO: usize = 100;
+/// The simulated workers' default job deadline, every kind (the watchdog fails a hung job
+/// retryable after it): well past the slowest simulated engine (90 s), well inside chaos.
+pub const JOB_DEADLINE: Duration = Duration::from_secs(150);
 
 /// One simulation run.
 #[derive(Clone, Debug)]
@@ -66,6 +69,8 @@ pub struct SimConfig {
     pub record_only: Option<BTreeSet<usize>>,
     /// Hash every input and command of every machine into [`SimReport::hash`].
     pub hash: bool,
+    /// The workers' job deadline, every kind ([`JOB_DEADLINE`]).
+    pub job_deadline: Duration,
 }
 
 impl SimConfig {
@@ -83,6 +88,7 @@ impl SimConfig {
             record: false,
             record_only: None,
             hash: false,
+            job_deadline: JOB_DEADLINE,
         }
     }
 }

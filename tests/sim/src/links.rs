@@ -131,6 +131,19 @@ impl ConnLinks {
     fn remove(&mut self, conn: ConnId) {
         self.0.retain(|&(c, _)| c != conn);
     }
+
+    /// Forgets `conn` if it is still `link` (a restarted process may reuse the number).
+    fn remove_link(&mut self, conn: ConnId, link: usize) {
+        self.0.retain(|&(c, l)| !(c == conn && l == link));
+    }
+
+    /// Forgets every connection (the process died), returning their links.
+    pub fn take(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(_, link)| link)
+            .collect()
+    }
 }
 
 impl World {
@@ -142,7 +155,7 @@ impl World {
             let d = self.latency();
             let error = ConnectError::Transport(testing::REFUSED.into());
             let input = Input::ConnectFailed { conn, error };
-            self.after(d, Event::WorkerInput { worker: w, input });
+            self.input_later(w, d, input);
             return;
         }
         match testing::studio_upgrade(&self.studio, url, token) {
@@ -162,7 +175,7 @@ impl World {
             Err(error) => {
                 let d = self.latency();
                 let input = Input::ConnectFailed { conn, error };
-                self.after(d, Event::WorkerInput { worker: w, input });
+                self.input_later(w, d, input);
             }
         }
     }
@@ -238,8 +251,16 @@ impl World {
     pub(crate) fn studio_sends(&mut self, conn: StudioConnId, text: String) {
         let link = conn.0 as usize;
         let worker = self.links[link].worker;
+        let mut text = text;
         if text.starts_with(r#"{"type":"offer""#) {
             self.note_offer(worker, &text);
+            let offer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let job_id = offer["claim"]["jobId"].as_str().unwrap_or_default();
+            if self.poisoned.contains(job_id) {
+                // An unknown task kind: the frame no longer decodes, its job id still reads.
+                text = text.replacen(r#""kind":""#, r#""kind":"sculpt","was":""#, 1);
+                self.report.poison_offers += 1;
+            }
             if self.cross_wired() {
                 let other = (worker + 1) % self.cfg.workers;
                 if let Some(wrong) = self.current_link[other] {
@@ -276,6 +297,9 @@ impl World {
         if closed {
             self.links[link].studio_open = false;
         }
+        if let StudioInput::Frame { text, .. } = &input {
+            self.note_result_arrived(self.links[link].worker, text);
+        }
         self.studio_handle(input);
         if closed {
             self.retire_if_closed(link);
@@ -303,7 +327,7 @@ impl World {
         if !l.worker_open && !l.studio_open {
             self.live.remove(&link);
             let (w, conn) = (l.worker, l.ids.worker);
-            self.workers[w].conn_links.remove(conn);
+            self.workers[w].conn_links.remove_link(conn, link);
             if self.current_link[w] == Some(link) {
                 self.current_link[w] = None;
             }

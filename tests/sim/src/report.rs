@@ -36,8 +36,15 @@ pub struct SimReport {
     pub done: usize,
     /// Jobs failed for a non-retryable error or with their attempts spent.
     pub failed: usize,
-    /// Submitted jobs never finished.
+    /// Submitted jobs never finished, plus [`SimReport::lost_results`].
     pub lost: usize,
+    /// Results an engine finished that never reached the studio (neither as a frame nor
+    /// as an upload), whatever became of their jobs.
+    pub lost_results: usize,
+    /// Worker processes killed (and started again).
+    pub crashes: u32,
+    /// Offers that arrived undecodable (of poison jobs).
+    pub poison_offers: u32,
     /// Jobs completed more than once.
     pub doubled: usize,
     /// The fleet did not quiesce after heal.
@@ -122,6 +129,14 @@ impl World {
         let (mut done, mut failed, mut lost, mut doubled) = (0, 0, 0, 0);
         for id in &self.submitted {
             match self.studio.job(id).map(|j| (&j.state, j.completions)) {
+                // A poison job cannot run anywhere: done, it was decoded by mistake.
+                Some((JobState::Done { .. }, _)) if self.poisoned.contains(id) => {
+                    self.report.violation_count += 1;
+                    self.report
+                        .violations
+                        .push(format!("poison job {id} completed"));
+                    bad_jobs.push(id.clone());
+                }
                 Some((JobState::Done { .. }, c)) => {
                     done += 1;
                     if c > 1 {
@@ -136,12 +151,21 @@ impl World {
                 }
             }
         }
+        let mut never_arrived = std::mem::take(&mut self.results_lost);
+        never_arrived.extend(std::mem::take(&mut self.results_pending).into_keys());
+        for (job_id, w) in &never_arrived {
+            self.report.implicated.insert(*w);
+            let what = format!("worker {w}: the result of job {job_id} never reached the studio");
+            self.violation(what);
+        }
+        lost += never_arrived.len();
         for id in bad_jobs {
             self.implicate_job(&id);
         }
         let mut r = std::mem::take(&mut self.report);
         r.submitted = self.submitted.len();
         (r.done, r.failed, r.lost, r.doubled) = (done, failed, lost, doubled);
+        r.lost_results = never_arrived.len();
         let doubled_events = self.completions.values().filter(|n| **n > 1).count();
         r.doubled = r.doubled.max(doubled_events);
         r.stuck = !self.quiesced;
@@ -182,20 +206,24 @@ pub fn trace_selection(r: &SimReport) -> Option<BTreeSet<usize>> {
 /// A one-line description of a report.
 pub fn describe(r: &SimReport) -> String {
     format!(
-        "seed={} workers={} jobs={} done={} failed={} lost={} doubled={} stuck={} violations={} \
-         concurrent_runs={} faults={} restarts={} steps={} studio_steps={} end={} quiesced_at={}",
+        "seed={} workers={} jobs={} done={} failed={} lost={} lost_results={} doubled={} stuck={} \
+         violations={} concurrent_runs={} faults={} restarts={} crashes={} poison_offers={} \
+         steps={} studio_steps={} end={} quiesced_at={}",
         r.seed,
         r.workers,
         r.submitted,
         r.done,
         r.failed,
         r.lost,
+        r.lost_results,
         r.doubled,
         r.stuck,
         r.violation_count,
         r.concurrent_runs,
         r.faults_injected,
         r.studio_restarts,
+        r.crashes,
+        r.poison_offers,
         r.steps,
         r.studio_steps,
         r.end,

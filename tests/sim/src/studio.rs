@@ -90,6 +90,9 @@ impl World {
         // Whether the request reaches the studio machine (which then has commands to
         // drain) or a fault answers it first.
         let reached = fault.is_none();
+        if let (true, HttpRequest::Upload { job_id, .. }) = (reached, &request) {
+            self.results_pending.remove(&(job_id.clone(), w));
+        }
         let (status, body) = match fault {
             Some(HttpResult::Response { status, body }) => (status, body),
             Some(transport) => return self.respond(w, id, transport),
@@ -112,7 +115,7 @@ impl World {
     fn respond(&mut self, w: usize, id: HttpId, result: HttpResult) {
         let d = self.latency();
         let input = Input::Http { id, result };
-        self.after(d, Event::WorkerInput { worker: w, input });
+        self.input_later(w, d, input);
     }
 
     /// Submits the next job: a random kind, a synthetic task.
@@ -123,6 +126,9 @@ impl World {
         match self.studio.submit(self.time(), JobSpec::synthetic(task)) {
             Ok(id) => {
                 self.hash_str("submit", &id);
+                if self.poison_job() {
+                    self.poisoned.insert(id.clone());
+                }
                 self.submitted.push(id);
             }
             Err(e) => self.violation(format!("submit refused: {e}")),

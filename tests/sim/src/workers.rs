@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use studio_core::testing::{self, Driver};
-use studio_core::wire::{self, StudioFrame};
+use studio_core::wire::{self, StudioFrame, TaskKind};
 use studio_core::worker::{
-    Command, Credentials, Input, JobOutcome, RunId, SessionState, WorkerConfig,
+    Command, Credentials, Input, JobOutcome, KeptResult, RunId, SessionState, WorkerConfig,
 };
 use studio_core::Mono;
 
@@ -55,6 +55,14 @@ pub(crate) struct SimWorker {
     /// Its inputs and drains, when recorded.
     pub trace: Vec<TraceStep>,
     pub conn_links: ConnLinks,
+    /// Which process of this worker runs (0 at first, one more per restart); events for
+    /// an earlier one are dropped.
+    pub process: u32,
+    /// Crashed and not yet started again.
+    pub down: bool,
+    /// The durable outbox: what the machine asked to keep (`KeepResult`) and not yet
+    /// forgot, by job id. It survives a crash.
+    pub outbox: BTreeMap<String, KeptResult>,
 }
 
 impl SimWorker {
@@ -63,6 +71,7 @@ impl SimWorker {
     pub fn config(
         k: usize,
         unregistered: bool,
+        job_deadline: Duration,
         rng: &mut Rng,
     ) -> (WorkerConfig, Option<(String, String)>) {
         let mut wc = WorkerConfig::for_tests("http://studio.sim");
@@ -70,6 +79,9 @@ impl SimWorker {
         wc.host.machine_name = format!("sim-{k}");
         wc.limits.recent_jobs = 4;
         wc.limits.recent_logs = 4;
+        for kind in TaskKind::ALL {
+            *wc.timings.job_deadlines.for_kind_mut(kind) = job_deadline;
+        }
         if unregistered {
             return (wc, None);
         }
@@ -97,6 +109,9 @@ impl SimWorker {
             exited: false,
             trace: Vec::new(),
             conn_links: ConnLinks::default(),
+            process: 0,
+            down: false,
+            outbox: BTreeMap::new(),
         }
     }
 
@@ -115,7 +130,7 @@ impl World {
     /// Feeds `input` to worker `w` now, acting on each command as it is polled, then checks
     /// the worker.
     pub(crate) fn feed(&mut self, w: usize, input: Input) {
-        if self.workers[w].exited {
+        if self.workers[w].exited || self.workers[w].down {
             return;
         }
         self.report.steps += 1;
@@ -195,10 +210,12 @@ impl World {
                 let token = auth_token.expose().to_string();
                 let d = self.latency();
                 let worker = w;
+                let process = self.workers[w].process;
                 self.after(
                     d,
                     Event::ConnectArrives {
                         worker,
+                        process,
                         conn,
                         url,
                         token,
@@ -210,10 +227,12 @@ impl World {
             Command::Http { id, request } => {
                 let d = self.latency();
                 let worker = w;
+                let process = self.workers[w].process;
                 self.after(
                     d,
                     Event::HttpArrives {
                         worker,
+                        process,
                         id,
                         request,
                     },
@@ -227,12 +246,19 @@ impl World {
                         .then(|| format!("{:08x}-0000-4000-8000-{:012x}", w, a & 0xffff_ffff_ffff)),
                     secret: format!("{a:016x}{b:016x}{a:016x}{b:016x}").into(),
                 };
-                self.after(
-                    Duration::from_micros(100),
-                    Event::WorkerInput { worker: w, input },
-                );
+                self.input_later(w, Duration::from_micros(100), input);
             }
+            // The machine keeps its credentials in its config, which a restart reuses.
             Command::Persist(_) | Command::DiscardResult { .. } | Command::Report(_) => {}
+            Command::KeepResult(result) => {
+                if self.cfg.sabotage != Sabotage::NoOutbox {
+                    let result = *result;
+                    self.workers[w].outbox.insert(result.job_id.clone(), result);
+                }
+            }
+            Command::ForgetResult { job_id } => {
+                self.workers[w].outbox.remove(&job_id);
+            }
             Command::Dispatch { run, claim } => self.dispatch(w, run, &claim),
             Command::CancelJob { job_id } => {
                 let wk = &mut self.workers[w];
@@ -243,19 +269,13 @@ impl World {
             }
             Command::CheckUpdate => {
                 let input = Input::UpdateChecked { result: Ok(None) };
-                self.after(
-                    Duration::from_millis(5),
-                    Event::WorkerInput { worker: w, input },
-                );
+                self.input_later(w, Duration::from_millis(5), input);
             }
             Command::ApplyUpdate { .. } => {
                 let input = Input::UpdateApplied {
                     result: Err("no updates in the simulation".into()),
                 };
-                self.after(
-                    Duration::from_millis(5),
-                    Event::WorkerInput { worker: w, input },
-                );
+                self.input_later(w, Duration::from_millis(5), input);
             }
             Command::Exit { code, reason } => {
                 self.workers[w].exited = true;
@@ -346,12 +366,107 @@ impl World {
         if self.cfg.sabotage == Sabotage::LoseEngineResults && self.rng.chance(0.2) {
             return;
         }
+        let key = (e.job_id.clone(), w);
+        let process = self.workers[w].process;
+        if let Some(earlier) = self.results_pending.insert(key.clone(), process) {
+            if earlier != process {
+                // Offered again after a crash: the earlier result never reached the studio.
+                self.results_lost.push(key);
+            }
+        }
+        if self.crash_after_result() {
+            // The worst moment: the result is on its way (frame or upload), unacknowledged.
+            let d = self.rng.between(Duration::ZERO, Duration::from_millis(20));
+            let process = self.workers[w].process;
+            self.after(d, Event::CrashWorker { worker: w, process });
+        }
         let input = Input::JobFinished {
             job_id: e.job_id,
             run: e.run,
             outcome: e.outcome,
         };
         self.feed(w, input);
+    }
+
+    /// Feeds `input` to worker `w` `d` from now, unless its process dies first.
+    pub(crate) fn input_later(&mut self, w: usize, d: Duration, input: Input) {
+        let process = self.workers[w].process;
+        self.after(
+            d,
+            Event::WorkerInput {
+                worker: w,
+                process,
+                input,
+            },
+        );
+    }
+
+    /// Worker `w`'s process is killed, if it runs registered: its machine, engine,
+    /// timers and sockets are gone (the studio sees each link reset a latency later); its
+    /// durable outbox stays. It starts again 1-10 s later ([`World::restart`]).
+    pub(crate) fn crash(&mut self, w: usize) {
+        let wk = &self.workers[w];
+        if wk.down || wk.exited || wk.driver.worker.config().credentials.is_none() {
+            return;
+        }
+        self.report.crashes += 1;
+        self.hash_str("crash", &w.to_string());
+        if let Some(e) = self.workers[w].engine.take() {
+            unrun(&mut self.running, &e.job_id);
+        }
+        let wk = &mut self.workers[w];
+        wk.down = true;
+        wk.process += 1;
+        wk.timer_at = None;
+        wk.timer_version += 1;
+        wk.last_result_frame = None;
+        let links = wk.conn_links.take();
+        self.current_link[w] = None;
+        for link in links {
+            let l = &mut self.links[link];
+            l.worker_open = false;
+            if !l.dead {
+                l.dead = true;
+                let d = self.latency();
+                self.after(d, Event::StudioSeesReset { link });
+            }
+            self.retire_if_closed(link);
+        }
+        let d = self
+            .rng
+            .between(Duration::from_secs(1), Duration::from_secs(10));
+        let process = self.workers[w].process;
+        self.after(d, Event::Restart { worker: w, process });
+    }
+
+    /// Crashed worker `w` starts again: a new machine on the same config (a new seed),
+    /// handed the durable outbox (`Input::Restore`) before `Start`. Its trace restarts
+    /// too: a failing seed's trace of it covers the last process.
+    pub(crate) fn restart(&mut self, w: usize, process: u32) {
+        let wk = &mut self.workers[w];
+        if !wk.down || wk.process != process {
+            return;
+        }
+        let mut cfg = wk.driver.worker.config().clone();
+        cfg.seed = self.rng.next_u64();
+        wk.driver = Driver::new(cfg);
+        wk.down = false;
+        wk.trace.clear();
+        let results: Vec<KeptResult> = wk.outbox.values().cloned().collect();
+        if !results.is_empty() {
+            self.feed(w, Input::Restore { results });
+        }
+        self.feed(w, Input::Start);
+    }
+
+    /// A frame of worker `w` reached the studio: a result frame names its job.
+    pub(crate) fn note_result_arrived(&mut self, w: usize, text: &str) {
+        if faults::is_result_frame(text) {
+            let frame: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            if let Some(job_id) = frame["jobId"].as_str() {
+                self.results_pending.remove(&(job_id.to_string(), w));
+            }
+        }
     }
 
     /// Whether this offer is also delivered to another worker (the cross-wired sabotage).

@@ -61,22 +61,38 @@ pub(crate) enum Event {
     ResetLink {
         link: usize,
     },
-    /// A worker's WebSocket upgrade reaches the studio.
+    /// A worker's WebSocket upgrade reaches the studio (dropped if its process crashed).
     ConnectArrives {
         worker: usize,
+        process: u32,
         conn: ConnId,
         url: String,
         token: String,
     },
     /// An input for a worker that is not on a link (start, HTTP answers, minted secrets,
-    /// update results).
+    /// update results), for the process `process` of it (dropped if that one crashed).
     WorkerInput {
         worker: usize,
+        process: u32,
         input: Input,
     },
-    /// A worker's HTTP request reaches the studio.
+    /// A random worker's process is killed (and the next crash scheduled).
+    Crash,
+    /// Worker `worker`'s process `process` is killed (if it still runs).
+    CrashWorker {
+        worker: usize,
+        process: u32,
+    },
+    /// A crashed worker starts again (process `process`).
+    Restart {
+        worker: usize,
+        process: u32,
+    },
+    /// A worker's HTTP request reaches the studio (dropped if its process died on the
+    /// way: the connection died with it).
     HttpArrives {
         worker: usize,
+        process: u32,
         id: HttpId,
         request: Box<HttpRequest>,
     },
@@ -149,6 +165,16 @@ pub(crate) struct World {
     pub holders: BTreeMap<String, String>,
     /// Studio worker id -> simulated worker index.
     pub wid_index: BTreeMap<String, usize>,
+    /// Results an engine handed its worker that have not reached the studio yet (as a
+    /// frame or an upload), by (job, worker), with the worker's process then. One still
+    /// here at the end never reached the studio: it is lost. So is one still here when the
+    /// same worker finishes the job again in a later process (a crash ate it); in the same
+    /// process the studio asked for the job again and the new result replaces it.
+    pub results_pending: BTreeMap<(String, usize), u32>,
+    /// Those lost results.
+    pub results_lost: Vec<(String, usize)>,
+    /// Jobs whose every offer arrives undecodable (the `poison_offers` class).
+    pub poisoned: BTreeSet<String>,
 }
 
 impl World {
@@ -170,7 +196,7 @@ impl World {
         let mut workers = Vec::with_capacity(n);
         for k in 0..n {
             let unregistered = cfg.faults.registration && k % 10 == 9;
-            let (wc, credentials) = SimWorker::config(k, unregistered, &mut rng);
+            let (wc, credentials) = SimWorker::config(k, unregistered, cfg.job_deadline, &mut rng);
             if let Some((id, token)) = credentials {
                 studio.add_worker(&id, &token);
             }
@@ -212,6 +238,9 @@ impl World {
             touched_workers: Vec::new(),
             holders: BTreeMap::new(),
             wid_index: BTreeMap::new(),
+            results_pending: BTreeMap::new(),
+            results_lost: Vec::new(),
+            poisoned: BTreeSet::new(),
             cfg,
         }
     }
@@ -261,7 +290,15 @@ impl World {
         for w in 0..self.workers.len() {
             let d = self.rng.between(Duration::ZERO, Duration::from_secs(5));
             let input = Input::Start;
-            self.at(Mono::ZERO + d, Event::WorkerInput { worker: w, input });
+            let process = 0;
+            self.at(
+                Mono::ZERO + d,
+                Event::WorkerInput {
+                    worker: w,
+                    process,
+                    input,
+                },
+            );
         }
         for _ in 0..self.cfg.jobs {
             let d = self.rng.between(
@@ -282,6 +319,9 @@ impl World {
         }
         if !self.cfg.faults.link_classes().is_empty() && self.cfg.workers > 0 {
             self.schedule_link_fault();
+        }
+        if self.cfg.faults.crashes && self.cfg.workers > 0 {
+            self.schedule_crash();
         }
         self.at(Mono::ZERO + self.cfg.chaos, Event::Heal);
         self.at(Mono::ZERO + self.check_every, Event::Check);
@@ -309,16 +349,47 @@ impl World {
             Event::ResetLink { link } => self.reset(link),
             Event::ConnectArrives {
                 worker,
+                process,
                 conn,
                 url,
                 token,
-            } => self.connect_arrives(worker, conn, &url, &token),
-            Event::WorkerInput { worker, input } => self.feed(worker, input),
+            } => {
+                if self.workers[worker].process == process {
+                    self.connect_arrives(worker, conn, &url, &token);
+                }
+            }
+            Event::WorkerInput {
+                worker,
+                process,
+                input,
+            } => {
+                if self.workers[worker].process == process {
+                    self.feed(worker, input);
+                }
+            }
+            Event::Crash => {
+                if self.chaos() {
+                    let w = self.rng.below(self.cfg.workers as u64) as usize;
+                    self.crash(w);
+                    self.schedule_crash();
+                }
+            }
+            Event::CrashWorker { worker, process } => {
+                if self.workers[worker].process == process {
+                    self.crash(worker);
+                }
+            }
+            Event::Restart { worker, process } => self.restart(worker, process),
             Event::HttpArrives {
                 worker,
+                process,
                 id,
                 request,
-            } => self.http(worker, id, *request),
+            } => {
+                if self.workers[worker].process == process {
+                    self.http(worker, id, *request);
+                }
+            }
             Event::EngineDone { worker, attempt } => self.engine_done(worker, attempt),
             Event::Submit => self.submit(),
             Event::LinkFault => {

@@ -73,9 +73,77 @@ fn lost_engine_results_are_caught_as_stuck() {
     cfg.faults = Faults::none();
     cfg.sabotage = Sabotage::LoseEngineResults;
     cfg.settle_limit = std::time::Duration::from_secs(600);
+    // No watchdog within the run: nothing frees a slot whose result never comes.
+    cfg.job_deadline = std::time::Duration::from_secs(24 * 3600);
     let r = run(&cfg);
     assert!(r.stuck && r.lost > 0, "{}", studio_sim::describe(&r));
     assert!(!r.ok());
+}
+
+/// The same lost results with the job deadline: the watchdog fails each such job
+/// retryable, the studio offers it again, and everything finishes.
+#[test]
+fn the_job_deadline_recovers_lost_engine_results() {
+    let mut cfg = small(4);
+    cfg.faults = Faults::none();
+    cfg.sabotage = Sabotage::LoseEngineResults;
+    cfg.settle_limit = std::time::Duration::from_secs(600);
+    let r = run(&cfg);
+    assert!(r.ok(), "{} {:?}", studio_sim::describe(&r), r.violations);
+    assert_eq!(r.done, 40);
+}
+
+/// Only crashes: every crashed worker comes back, its kept results delivered.
+#[test]
+fn crashed_workers_come_back_and_lose_no_result() {
+    let mut failures = Vec::new();
+    let mut crashes = 0;
+    for seed in 1..=5 {
+        let mut cfg = small(seed);
+        cfg.faults = Faults::none();
+        cfg.faults.crashes = true;
+        let r = run(&cfg);
+        crashes += r.crashes;
+        if !r.ok() {
+            failures.push(format!("{}: {:?}", studio_sim::describe(&r), r.violations));
+        }
+    }
+    assert!(crashes > 5, "workers crashed: {crashes}");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Hosts that keep no outbox: a worker killed while its result is on the way loses it,
+/// and the run says so (`lost_results`).
+#[test]
+fn a_lost_outbox_is_caught_as_lost_results() {
+    let mut lost = 0;
+    for seed in 1..=10 {
+        let mut cfg = small(seed);
+        cfg.faults = Faults::none();
+        cfg.faults.crashes = true;
+        cfg.sabotage = Sabotage::NoOutbox;
+        let r = run(&cfg);
+        assert_eq!(r.lost_results > 0, !r.ok() && r.lost > 0);
+        lost += r.lost_results;
+    }
+    assert!(lost > 0, "no result was lost without the outbox");
+}
+
+/// Only poison jobs: each ends failed (answered, not looped), the rest done.
+#[test]
+fn poison_offers_fail_their_jobs_and_nothing_loops() {
+    let mut poisoned = 0;
+    for seed in 1..=5 {
+        let mut cfg = small(seed);
+        cfg.faults = Faults::none();
+        cfg.faults.poison_offers = true;
+        cfg.jobs = 200;
+        let r = run(&cfg);
+        assert!(r.ok(), "{} {:?}", studio_sim::describe(&r), r.violations);
+        poisoned += r.poison_offers;
+        assert_eq!(r.done + r.failed, 200);
+    }
+    assert!(poisoned > 0, "no offer was poisoned");
 }
 
 #[test]

@@ -76,6 +76,7 @@ macro_rules! connect_tests {
                 a_server_that_is_not_tls_fails_the_tls_handshake,
                 a_server_closing_mid_upgrade_is_a_transport_error,
                 a_bad_url_never_touches_the_network,
+                a_peer_answering_byte_by_byte_cannot_outlast_the_deadline,
             ]
         );
     };

@@ -128,6 +128,13 @@ impl Server {
             }
             "probe-offer" => {
                 let b: ProbeOfferBody = parse_json_body(body)?;
+                if let Some(claim) = b.claim {
+                    return self.inject(Fault::RawProbeOffer {
+                        worker_id: worker_id.into(),
+                        job_id: b.job_id,
+                        claim,
+                    });
+                }
                 Fault::ProbeOffer {
                     worker_id: worker_id.into(),
                     job_id: b.job_id,

@@ -1,6 +1,7 @@
-//! Fault injection (the end-to-end tests' hooks): failing uploads and upgrades, dropped,
-//! stalled and closed sessions, error frames, and probe offers (raw offers for a job the
-//! machine does not know, whose replies are intercepted and recorded, never fed to it).
+//! Fault injection (the end-to-end tests' hooks): failing and held uploads, failing
+//! upgrades, dropped result frames, dropped, stalled and closed sessions, error frames, and
+//! probe offers (raw offers for a job the machine does not know, maybe undecodable, whose
+//! replies are intercepted and recorded, never fed to it).
 
 use serde_json::Value;
 use studio_core::studio::HttpError;
@@ -43,14 +44,18 @@ impl Server {
         if let Some(n) = b.upgrade_failures {
             self.faults.upgrade_failures = n;
         }
+        if let Some(n) = b.hold_uploads {
+            self.faults.hold_uploads = n;
+        }
+        if let Some(n) = b.drop_results {
+            self.faults.drop_results = n;
+        }
         info!(target: "studio_local::faults", "faults armed: {:?}", self.faults);
         Ok(self.faults.clone())
     }
 
     /// Applies a fault; the number of connections it touched (0 for counting faults).
     pub(crate) fn inject(&mut self, fault: Fault) -> Result<usize, HttpError> {
-        let no_socket =
-            |w: &str| HttpError::new(404, format!("worker {w} has no open WebSocket here"));
         match fault {
             Fault::FailUploads { count, status } => {
                 self.set_faults(&FaultsBody {
@@ -64,6 +69,20 @@ impl Server {
                 self.set_faults(&FaultsBody {
                     upgrade_failures: Some(count),
                     upgrade_status: Some(status),
+                    ..FaultsBody::default()
+                })?;
+                Ok(0)
+            }
+            Fault::HoldUploads { count } => {
+                self.set_faults(&FaultsBody {
+                    hold_uploads: Some(count),
+                    ..FaultsBody::default()
+                })?;
+                Ok(0)
+            }
+            Fault::DropResults { count } => {
+                self.set_faults(&FaultsBody {
+                    drop_results: Some(count),
                     ..FaultsBody::default()
                 })?;
                 Ok(0)
@@ -143,30 +162,6 @@ impl Server {
                 job_id,
                 task,
             } => {
-                if !safe_name(&job_id) {
-                    return Err(HttpError::new(
-                        400,
-                        "jobId must be 1-128 ASCII letters, digits, `-`, `_` or `.`",
-                    ));
-                }
-                if self.studio.job(&job_id).is_some() {
-                    return Err(HttpError::new(
-                        409,
-                        format!("job {job_id} is a real job; a probe needs an id the studio does not know"),
-                    ));
-                }
-                if let Some(other) = self.probes.get(&job_id) {
-                    if *other != worker_id {
-                        return Err(HttpError::new(
-                            409,
-                            format!("job {job_id} was already probed on worker {other}"),
-                        ));
-                    }
-                }
-                let conns = self.worker_conns(&worker_id, false);
-                if conns.is_empty() {
-                    return Err(no_socket(&worker_id));
-                }
                 let kind = task.kind();
                 let claim = JobOfferClaim {
                     job_id: job_id.clone(),
@@ -177,17 +172,93 @@ impl Server {
                     task: *task,
                     model_source: ModelSource::synthetic(),
                 };
-                warn!(target: "studio_local::faults", worker_id, job_id, "sending a probe offer");
-                self.probes.insert(job_id, worker_id);
                 let text = wire::encode(&StudioFrame::Offer {
                     claim: Box::new(claim),
                 });
-                for id in &conns {
-                    self.ws_send(*id, text.clone());
-                }
-                Ok(conns.len())
+                self.send_probe(worker_id, job_id, text)
+            }
+            Fault::RawProbeOffer {
+                worker_id,
+                job_id,
+                mut claim,
+            } => {
+                let Some(fields) = claim.as_object_mut() else {
+                    return Err(HttpError::new(400, "claim must be a JSON object"));
+                };
+                fields.insert("jobId".into(), Value::String(job_id.clone()));
+                let text = serde_json::json!({"type": "offer", "claim": claim}).to_string();
+                self.send_probe(worker_id, job_id, text)
             }
         }
+    }
+
+    /// Sends a probe offer's `text` for `job_id` to the worker's open sockets (see
+    /// [`Fault::ProbeOffer`]).
+    fn send_probe(
+        &mut self,
+        worker_id: String,
+        job_id: String,
+        text: String,
+    ) -> Result<usize, HttpError> {
+        if !safe_name(&job_id) {
+            return Err(HttpError::new(
+                400,
+                "jobId must be 1-128 ASCII letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if self.studio.job(&job_id).is_some() {
+            return Err(HttpError::new(
+                409,
+                format!("job {job_id} is a real job; a probe needs an id the studio does not know"),
+            ));
+        }
+        if let Some(other) = self.probes.get(&job_id) {
+            if *other != worker_id {
+                return Err(HttpError::new(
+                    409,
+                    format!("job {job_id} was already probed on worker {other}"),
+                ));
+            }
+        }
+        let conns = self.worker_conns(&worker_id, false);
+        if conns.is_empty() {
+            return Err(no_socket(&worker_id));
+        }
+        warn!(target: "studio_local::faults", worker_id, job_id, "sending a probe offer");
+        self.probes.insert(job_id, worker_id);
+        for id in &conns {
+            self.ws_send(*id, text.clone());
+        }
+        Ok(conns.len())
+    }
+
+    /// The `dropResults` fault: whether this worker frame is a result to drop (never fed,
+    /// never acknowledged, as if lost on the way). Counts it down.
+    pub(super) fn drop_result_frame(&mut self, worker_id: &str, text: &str) -> bool {
+        if self.faults.drop_results == 0 {
+            return false;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return false;
+        };
+        if !matches!(v["type"].as_str(), Some("completeJson" | "fail")) {
+            return false;
+        }
+        self.faults.drop_results -= 1;
+        warn!(target: "studio_local::faults", worker_id, job_id = v["jobId"].as_str(), "result frame dropped");
+        true
+    }
+
+    /// The `holdUploads` fault: whether to hold this upload (never answered). Counts it
+    /// down and counts it held.
+    pub(super) fn hold_upload(&mut self, worker_id: &str, job_id: &str) -> bool {
+        if self.faults.hold_uploads == 0 {
+            return false;
+        }
+        self.faults.hold_uploads -= 1;
+        self.faults.uploads_held += 1;
+        warn!(target: "studio_local::faults", worker_id, job_id, "upload held (never answered)");
+        true
     }
 
     /// A frame of a probe job ([`Fault::ProbeOffer`]) from its worker: recorded (and
@@ -244,6 +315,13 @@ impl Server {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+fn no_socket(worker_id: &str) -> HttpError {
+    HttpError::new(
+        404,
+        format!("worker {worker_id} has no open WebSocket here"),
+    )
 }
 
 /// Close codes an endpoint may put on the wire (RFC 6455 §7.4).

@@ -13,7 +13,9 @@ use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
 use super::state::{After, Conn, HttpPhase, Kind, Outcome, ParsedHead, WsConn, WsState};
-use super::{is_would_block, ConnId, Server, HTTP_IDLE_TIMEOUT, LINGER, MAX_HEAD_BYTES};
+use super::{
+    is_would_block, ConnId, Server, HELD_UPLOAD_LIMIT, HTTP_IDLE_TIMEOUT, LINGER, MAX_HEAD_BYTES,
+};
 use crate::http::{self, HeadParse, Response};
 
 /// Most bytes reserved up front for a request body (a large announced body grows the
@@ -167,6 +169,23 @@ impl Server {
         let head_only = head.method == "HEAD";
         let outcome = self.route(id, &head, &body);
         match outcome {
+            Outcome::Hold => {
+                info!(
+                    target: "studio_local::http",
+                    "{peer} {} {} -> held (never answered)",
+                    head.method,
+                    head.path
+                );
+                if let Some(Conn {
+                    kind: Kind::Http(h),
+                    ..
+                }) = self.conns.get_mut(&id)
+                {
+                    h.held = true;
+                    // Until the peer hangs up (it reads EOF then), not the idle timeout.
+                    h.deadline = Instant::now() + HELD_UPLOAD_LIMIT;
+                }
+            }
             Outcome::Respond(r) => {
                 info!(
                     target: "studio_local::http",

@@ -77,6 +77,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 /// had started).
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An upload held by the `holdUploads` fault is dropped after this long at the latest (it
+/// normally goes when the worker hangs up).
+pub const HELD_UPLOAD_LIMIT: Duration = Duration::from_secs(600);
+
 /// After a response (or a close frame) the socket is kept this long at most so the peer
 /// can read what was sent before the TCP close.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -437,6 +441,7 @@ impl Server {
                                 deadline: Instant::now() + HTTP_IDLE_TIMEOUT,
                                 writable: false,
                                 continue_sent: false,
+                                held: false,
                             }),
                         },
                     );
@@ -473,7 +478,12 @@ impl Server {
             return;
         };
         let (stream, known) = match &mut conn.kind {
-            Kind::Http(h) => (&mut h.stream, false),
+            Kind::Http(h) => {
+                if h.held {
+                    self.faults.uploads_held = self.faults.uploads_held.saturating_sub(1);
+                }
+                (&mut h.stream, false)
+            }
             Kind::Ws(w) => {
                 let known = w.known;
                 (w.ws.get_mut(), known)

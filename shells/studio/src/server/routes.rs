@@ -30,7 +30,11 @@ impl Server {
                 }
                 ("GET", [wid, "connect"]) => self.route_upgrade(head, wid),
                 ("POST", [wid, "jobs", jid, "complete"]) => {
-                    respond(self.route_complete(id, head, body, wid, jid))
+                    if self.hold_upload(wid, jid) {
+                        Outcome::Hold
+                    } else {
+                        respond(self.route_complete(id, head, body, wid, jid))
+                    }
                 }
                 (_, ["register-request"]) => respond(method_not_allowed("POST")),
                 (_, ["register-requests", _]) | (_, [_, "connect"]) => {
@@ -102,12 +106,12 @@ pub(super) fn index() -> Value {
         ],
         "faults": [
             "GET  /local/faults",
-            "POST /local/faults                     {failUploads?, failUploadsStatus?, upgradeFailures?, upgradeStatus?}",
+            "POST /local/faults                     {failUploads?, failUploadsStatus?, upgradeFailures?, upgradeStatus?, holdUploads?, dropResults?}",
             "POST /local/workers/:id/drop",
             "POST /local/workers/:id/stall",
             "POST /local/workers/:id/close          {code?, reason?}",
             "POST /local/workers/:id/error          {code, message?}",
-            "POST /local/workers/:id/probe-offer    {jobId, task?}",
+            "POST /local/workers/:id/probe-offer    {jobId, task? | claim?}",
             "GET  /local/workers/:id/probe-replies",
             "GET  /local/workers/:id/connections"
         ]

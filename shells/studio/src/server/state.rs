@@ -43,6 +43,9 @@ pub(super) struct HttpConn {
     pub(super) deadline: Instant,
     pub(super) writable: bool,
     pub(super) continue_sent: bool,
+    /// The `holdUploads` fault holds this request: never answered, counted until the
+    /// connection goes.
+    pub(super) held: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub(super) struct Conn {
 /// What routing produced.
 pub(super) enum Outcome {
     Respond(Response),
+    /// Never answered (the `holdUploads` fault): the connection waits until the peer goes.
+    Hold,
     Upgrade {
         response: Vec<u8>,
         worker_id: String,

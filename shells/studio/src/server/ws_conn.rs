@@ -100,7 +100,9 @@ impl Server {
             if known {
                 for text in frames {
                     trace!(target: "studio_local::ws", conn = id, bytes = text.len(), "frame");
-                    if self.intercept_probe_reply(id, &worker_id, &text) {
+                    if self.intercept_probe_reply(id, &worker_id, &text)
+                        || self.drop_result_frame(&worker_id, &text)
+                    {
                         continue;
                     }
                     self.studio_input(StudioInput::Frame {
