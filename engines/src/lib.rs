@@ -59,7 +59,9 @@ pub use error::{EngineError, EngineErrorKind};
 pub use llm::LlmEngine;
 pub use models::ModelStore;
 pub use router::Router;
-pub use settings::{EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES};
+pub use settings::{
+    EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES, DEFAULT_MODEL_MEMORY_BUDGET_PERCENT,
+};
 pub use synthetic::SyntheticEngine;
 #[cfg(feature = "whisper")]
 pub use whisper::WhisperEngine;

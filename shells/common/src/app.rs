@@ -25,6 +25,9 @@ use crate::error::{RunError, ShellError, PROGRAM};
 pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
     let config = Config::load(config_path)?;
     tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
+    if let Some(warning) = config.insecure_url_warning() {
+        tracing::warn!("{warning}");
+    }
     let mut daemon = D::from_config(config, config_path.to_path_buf())?;
     daemon.set_record(record.map(Path::to_path_buf));
     crate::signals::forward_to(daemon.control())
