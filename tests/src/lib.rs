@@ -343,6 +343,8 @@ pub struct Setup {
     /// `models_root` in `config.toml`; `None`: [`Worker::start`] uses `models/` in the
     /// worker's own temp dir (never the user's `~/models`).
     pub models_root: Option<PathBuf>,
+    /// More `config.toml` lines (`key = value`), written after the others.
+    pub config_lines: Vec<String>,
 }
 
 /// When set, every worker a scenario starts without [`Setup::recording`] records its
@@ -419,6 +421,12 @@ impl Setup {
         self.models_root = Some(dir.into());
         self
     }
+
+    /// One more `config.toml` line (`key = value`).
+    pub fn with_config_line(mut self, line: &str) -> Setup {
+        self.config_lines.push(line.into());
+        self
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -437,7 +445,8 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Writes the minimal config: `api_base_url`, `vram_threshold_gb`,
-/// `auto_update_enabled = false`, and `worker_id` + `auth_token` and `models_root` when set.
+/// `auto_update_enabled = false`, `worker_id` + `auth_token` and `models_root` when set,
+/// then the setup's own lines.
 pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Result<()> {
     let mut text = format!(
         "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\nauto_update_enabled = false\n",
@@ -455,6 +464,10 @@ pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Resul
             toml_string(id),
             toml_string(token)
         ));
+    }
+    for line in &setup.config_lines {
+        text.push_str(line);
+        text.push('\n');
     }
     fs::write(path, text)
 }
