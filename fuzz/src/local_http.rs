@@ -128,17 +128,7 @@ mod tests {
     use super::*;
 
     fn head(headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: "POST".into(),
-            target: "/local/jobs".into(),
-            path: "/local/jobs".into(),
-            query: None,
-            minor_version: 1,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        RequestHead::new("POST", "/local/jobs", headers)
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use studio_core::wire::{ImageTask, LogEntry, ModelEngine, Task, TaskKind, WorkerErrorCode};
-use studio_e2e::files::{model_file, model_source, sha256_file};
+use studio_e2e::files::{model_file, model_source, sha256_file, whisper_job};
 use studio_e2e::{
     for_each_shell, is_png, is_rfc3339_utc_millis, is_wav, is_webp, wait_for, Bin, FileServer,
     Setup, Studio, Worker, WAIT,
@@ -722,23 +722,7 @@ fn a_crafted_wav_fails_its_job_and_the_worker_stays_up(bin: &Bin) {
     }
     let files = FileServer::serve_dir(served.path()).expect("the file server starts");
     let input = files.url("crafted.wav");
-    let task: Task = serde_json::from_value(serde_json::json!({
-        "kind": "audio_stt",
-        "inputUrl": input,
-    }))
-    .unwrap();
-    let job = studio.submit_job(JobSubmission {
-        task: Some(task),
-        model: Some("whisper-tiny".into()),
-        model_source: Some(model_source(
-            ModelEngine::Other("whisper".into()),
-            model_files
-                .iter()
-                .map(|(name, sha)| model_file(&files.url(name), name, Some(sha)))
-                .collect(),
-        )),
-        ..JobSubmission::new(TaskKind::AudioStt, &input)
-    });
+    let job = studio.submit_job(whisper_job(&files, &input, "whisper-tiny", &model_files));
     let failed = studio.wait_job_state(&job, "failed");
     assert_eq!(
         failed.summary.attempts, 1,

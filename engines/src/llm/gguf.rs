@@ -224,11 +224,11 @@ fn scan_metadata(r: &mut (impl Read + Seek)) -> Result<(), Scan> {
             ty: u32,
             depth: usize,
         ) -> Result<Option<i128>, Scan> {
-            let fixed = |n: usize, r: &mut (impl Read + Seek)| -> Result<[u8; 8], Scan> {
+            fn fixed(n: usize, r: &mut impl Read) -> Result<[u8; 8], Scan> {
                 let mut b = [0u8; 8];
                 r.read_exact(&mut b[..n])?;
                 Ok(b)
-            };
+            }
             Ok(match ty {
                 0 => Some(i128::from(fixed(1, r)?[0])),
                 1 => Some(i128::from(fixed(1, r)?[0] as i8)),

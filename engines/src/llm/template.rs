@@ -12,8 +12,6 @@
 //! What it cannot bound is a string doubled by concatenation in a short loop or recursion;
 //! SECURITY.md lists that residual risk.
 
-use std::io::Write as _;
-
 use minijinja::{Environment, ErrorKind, Value};
 
 /// minijinja's instruction budget for one rendering: far above what a chat template needs
@@ -121,7 +119,8 @@ impl ChatTemplate {
             bytes: Vec::new(),
             cap: MAX_RENDERED_PROMPT_BYTES,
         };
-        match tmpl.render_to_write(Value::from_serialize(&ctx), &mut out) {
+        let rendered = tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out);
+        match rendered {
             Ok(_) => String::from_utf8(out.bytes)
                 .map_err(|_| "the model's chat template rendered invalid UTF-8".to_string()),
             Err(_) if out.bytes.len() > MAX_RENDERED_PROMPT_BYTES => Err(format!(

@@ -186,7 +186,8 @@ pub fn check_config(config: &Config) -> Result<(), EngineError> {
         ("encoder_attention_heads", config.encoder_attention_heads),
         ("decoder_attention_heads", config.decoder_attention_heads),
     ] {
-        if heads == 0 || config.d_model % heads != 0 || config.d_model % 2 != 0 {
+        if heads == 0 || !config.d_model.is_multiple_of(heads) || !config.d_model.is_multiple_of(2)
+        {
             return Err(failed(format!(
                 "the checkpoint declares {what} = {heads} over d_model = {}: not a whole \
                  number of even-width heads",

@@ -18,6 +18,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use studio_core::secret::ct_eq;
+
 use crate::http::{HttpFault, RequestHead};
 
 /// Bytes of randomness in a generated admin token (hex-encoded: twice as many characters).
@@ -62,7 +64,7 @@ pub fn check_admin(head: &RequestHead, policy: &AdminPolicy<'_>) -> Result<(), H
         }
     }
     if let Some(token) = policy.token {
-        if !head.bearer().is_some_and(|t| same_secret(t, token)) {
+        if !head.bearer().is_some_and(|t| ct_eq(t, token)) {
             return Err(HttpFault::new(
                 401,
                 "the admin API needs `Authorization: Bearer <token>` with the admin token \
@@ -120,15 +122,6 @@ fn is_this_host(host: &str, bind: SocketAddr) -> bool {
     }
 }
 
-/// Compares two secrets without stopping at the first difference.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// A header value for a message: at most 80 characters, control characters escaped.
 fn clip(value: &str) -> String {
     value
@@ -145,17 +138,7 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
     fn head(headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: "POST".into(),
-            target: "/local/jobs".into(),
-            path: "/local/jobs".into(),
-            query: None,
-            minor_version: 1,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-        }
+        RequestHead::new("POST", "/local/jobs", headers)
     }
 
     fn policy() -> AdminPolicy<'static> {

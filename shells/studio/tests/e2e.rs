@@ -933,9 +933,22 @@ fn oversized_frames_are_a_protocol_violation() {
     assert_eq!(close.map(|c| c.0), Some(4002));
 }
 
+/// `bytes` with its `Host: x` line replaced by what the admin guard wants (a local host, the
+/// token, a JSON body), so the codec's own answers show through.
+fn as_admin(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes).replacen(
+        "Host: x\r\n",
+        &format!(
+            "Host: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+        ),
+        1,
+    );
+    text.into_bytes()
+}
+
 #[test]
 fn malformed_http_gets_clear_errors() {
-    let env = start_with(|c| c.max_body_bytes = 1024);
+    let env = start_with(|c| c.max_json_body_bytes = 1024);
     let addr = env.addr();
     let cases: &[(&[u8], u16)] = &[
         (b"GARBAGE\r\n\r\n", 400),
@@ -965,7 +978,7 @@ fn malformed_http_gets_clear_errors() {
         (b"GET /local/jobs/job-404 HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ];
     for (bytes, status) in cases {
-        let r = raw(addr, bytes);
+        let r = raw(addr, &as_admin(bytes));
         assert_eq!(r.status, *status, "{:?}", String::from_utf8_lossy(bytes));
         let body = r.json();
         assert!(
@@ -981,8 +994,10 @@ fn malformed_http_gets_clear_errors() {
     // A request cut short: 400 (the write half is closed, the answer still comes back).
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(b"POST /local/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
-        .unwrap();
+    s.write_all(&as_admin(
+        b"POST /local/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+    ))
+    .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
@@ -997,13 +1012,13 @@ fn expect_continue_is_honoured() {
     let mut s = TcpStream::connect(env.addr()).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let body = br#"{"kind":"video","prompt":"waves"}"#;
-    s.write_all(
+    s.write_all(&as_admin(
         format!(
             "POST /local/jobs HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),
-    )
+    ))
     .unwrap();
     let mut first = [0u8; 25];
     s.read_exact(&mut first).unwrap();
