@@ -60,6 +60,8 @@ impl Router {
             store.clone(),
             settings,
         )));
+        #[cfg(feature = "sd-cpp")]
+        engines.push(Box::new(crate::sdcpp::SdCppEngine::new(store.clone())));
         let _ = (&store, settings);
         engines.push(Box::new(SyntheticEngine::new()));
         Router::new(engines)

@@ -76,6 +76,9 @@ fn compiled_in() -> Vec<&'static str> {
     if cfg!(feature = "image-candle") {
         names.push("candle_image");
     }
+    if cfg!(feature = "sd-cpp") {
+        names.push("sdcpp");
+    }
     names.push("synthetic");
     names
 }
@@ -169,7 +172,11 @@ fn llama_cpp_source_is_not_available_and_not_retryable() {
 #[test]
 fn every_engine_not_compiled_in_fails_without_fallback() {
     let router = Router::new_default();
-    for engine in [ModelEngine::SdCpp, ModelEngine::Onnx, ModelEngine::Parakeet] {
+    let mut missing = vec![ModelEngine::Onnx, ModelEngine::Parakeet];
+    if !cfg!(feature = "sd-cpp") {
+        missing.push(ModelEngine::SdCpp);
+    }
+    for engine in missing {
         let job = JobRequest::new("j", "synthetic", image("x"), source(engine.clone()));
         let err = router.dispatch(&job).unwrap_err();
         assert_eq!(err.kind, EngineErrorKind::EngineNotAvailable, "{engine}");

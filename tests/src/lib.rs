@@ -13,6 +13,7 @@
 //! | [`Worker`] | the worker process: output captured to files, [`Worker::wait_exit`], [`Worker::sigterm`], killed on drop (output printed when the test failed, or always with `STUDIO_E2E_SHOW_OUTPUT=1`) |
 //! | [`wait_until`], [`is_rfc3339_utc_millis`], magic checks | small assertions |
 //! | [`files::FileServer`], [`files::model_source`], [`files::sha256_file`] | a loopback static file server (Range, request counts) for `modelSource.files[].url`, and model-source builders |
+//! | [`control::LocalApi`], [`control::cli`], [`control::SentrySink`] | a running worker's local control API, its CLI on the same config, and a loopback Sentry endpoint that keeps the envelopes |
 //!
 //! # Finding the binaries
 //!
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 use studio_core::wire::{TaskKind, WorkerErrorCode};
 use studio_local::{Fault, Handle, JobDetail, JobSubmission, LocalConfig, LocalStudio};
 
+pub mod control;
 pub mod files;
 pub use files::FileServer;
 
@@ -515,7 +517,12 @@ impl Worker {
         }
         cmd.arg("run")
             .env("RUST_LOG", "info")
-            .env_remove(studio_shell_delay_env());
+            .env_remove(studio_shell_delay_env())
+            // Workers of parallel tests must not fight over the default API port, and a
+            // developer's Sentry must not hear from the tests.
+            .env(LOCAL_API_PORT_ENV, "0")
+            .env_remove("SENTRY_DSN")
+            .env_remove("SENTRY_ENVIRONMENT");
         if let Some(delay) = setup.synthetic_delay {
             cmd.env(studio_shell_delay_env(), delay.as_millis().to_string());
         }
@@ -523,6 +530,27 @@ impl Worker {
             cmd.env(k, v);
         }
         Worker::spawn(bin, cmd, dir, models_root, config_path)
+    }
+
+    /// A second `bin --config <this worker's config> run`, with its output in a temp dir of
+    /// its own (the one-daemon-per-config scenario).
+    pub fn start_again(&self, bin: &Bin) -> Worker {
+        let dir = worker_dir();
+        let mut cmd = Command::new(&bin.path);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env_remove(studio_shell_delay_env())
+            .env(LOCAL_API_PORT_ENV, "0")
+            .env_remove("SENTRY_DSN");
+        Worker::spawn(
+            bin,
+            cmd,
+            dir,
+            self.models_root.clone(),
+            self.config_path.clone(),
+        )
     }
 
     /// `bin demo`, the README's command, in a fresh temp dir of its own (the demo brings its
@@ -747,6 +775,9 @@ impl Drop for Worker {
         }
     }
 }
+
+/// The environment variable that sets the local control API's port (`0`: ephemeral).
+pub const LOCAL_API_PORT_ENV: &str = "STUDIO_WORKER_LOCAL_API_PORT";
 
 /// The environment variable of the synthetic-delay test hook (read by the worker through
 /// `studio_shell::engine::engine_router`).
