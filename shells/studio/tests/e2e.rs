@@ -1126,6 +1126,7 @@ fn run_blocks_until_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let studio = LocalStudio::bind(LocalConfig {
         out_dir: dir.path().join("nested/out"),
+        admin: AdminAuth::Token(ADMIN_TOKEN.into()),
         ..LocalConfig::default()
     })
     .unwrap();
