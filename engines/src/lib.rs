@@ -76,7 +76,9 @@ pub use models::ModelStore;
 pub use router::Router;
 #[cfg(feature = "sd-cpp")]
 pub use sdcpp::SdCppEngine;
-pub use settings::{EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES};
+pub use settings::{
+    EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES, DEFAULT_MODEL_MEMORY_BUDGET_PERCENT,
+};
 pub use synthetic::SyntheticEngine;
 #[cfg(feature = "whisper")]
 pub use whisper::WhisperEngine;

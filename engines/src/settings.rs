@@ -3,10 +3,14 @@
 
 use std::path::PathBuf;
 
-/// The memory loaded models may keep between jobs when the config says nothing else:
-/// 8 GiB. A real engine keeps a model loaded for the next job while the sum of the loaded
-/// models' sizes stays within the budget, and unloads the least recently used ones first.
+/// The memory loaded models may keep between jobs when neither the config nor the
+/// machine's memory size says otherwise: 8 GiB. A real engine keeps a model loaded for the
+/// next job while the sum of the loaded models' sizes stays within the budget, and unloads
+/// the least recently used ones first.
 pub const DEFAULT_MODEL_MEMORY_BUDGET_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// The default budget on a machine whose memory size is known: this share of it (percent).
+pub const DEFAULT_MODEL_MEMORY_BUDGET_PERCENT: u64 = 50;
 
 /// The models root of [`EngineSettings::default`] (tests, `Router::new_default`):
 /// `$TMPDIR/studio-worker-models`, the config's own fallback (PROTOCOL.md §7.2).
@@ -24,6 +28,18 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
+    /// The default model memory budget on a machine with `total_ram` bytes of memory:
+    /// [`DEFAULT_MODEL_MEMORY_BUDGET_PERCENT`] of it, or
+    /// [`DEFAULT_MODEL_MEMORY_BUDGET_BYTES`] when the size is unknown.
+    pub fn default_budget(total_ram: Option<u64>) -> u64 {
+        match total_ram {
+            Some(bytes) if bytes > 0 => {
+                (u128::from(bytes) * u128::from(DEFAULT_MODEL_MEMORY_BUDGET_PERCENT) / 100) as u64
+            }
+            _ => DEFAULT_MODEL_MEMORY_BUDGET_BYTES,
+        }
+    }
+
     /// Settings with `models_root` and every other value at its default.
     pub fn with_models_root(models_root: impl Into<PathBuf>) -> EngineSettings {
         EngineSettings {
@@ -55,6 +71,15 @@ mod tests {
         assert_eq!(s.models_root, PathBuf::from("/m"));
         assert_eq!(
             s.model_memory_budget_bytes,
+            DEFAULT_MODEL_MEMORY_BUDGET_BYTES
+        );
+        assert_eq!(EngineSettings::default_budget(Some(64 << 30)), 32 << 30);
+        assert_eq!(
+            EngineSettings::default_budget(None),
+            DEFAULT_MODEL_MEMORY_BUDGET_BYTES
+        );
+        assert_eq!(
+            EngineSettings::default_budget(Some(0)),
             DEFAULT_MODEL_MEMORY_BUDGET_BYTES
         );
     }

@@ -26,6 +26,7 @@ use studio_engines::{EngineError, EngineErrorKind, ModelStore};
 struct Seen {
     path: String,
     range: Option<String>,
+    if_range: Option<String>,
 }
 
 /// What to answer.
@@ -38,6 +39,10 @@ struct Reply {
     length: Option<u64>,
     /// Write the headers and this many body bytes, then sleep this long before the rest.
     stall: Option<(usize, Duration)>,
+    /// Write the body this many bytes at a time, sleeping this long after each piece.
+    trickle: Option<(usize, Duration)>,
+    /// Send no `Content-Length` (the connection's close ends the body).
+    no_length: bool,
 }
 
 impl Reply {
@@ -155,7 +160,7 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
         return;
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut range = None;
+    let (mut range, mut if_range) = (None, None);
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -164,17 +169,23 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
         if let Some((k, v)) = h.split_once(':') {
             if k.eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("if-range") {
+                if_range = Some(v.trim().to_string());
             }
         }
     }
-    let req = Seen { path, range };
+    let req = Seen {
+        path,
+        range,
+        if_range,
+    };
     seen.lock().unwrap().push(req.clone());
     let reply = handler(&req);
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reply.status,
-        reply.length.unwrap_or(reply.body.len() as u64)
-    );
+    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+    if !reply.no_length {
+        let length = reply.length.unwrap_or(reply.body.len() as u64);
+        head.push_str(&format!("Content-Length: {length}\r\n"));
+    }
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -182,15 +193,23 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
     if conn.write_all(head.as_bytes()).is_err() {
         return;
     }
-    match reply.stall {
-        Some((first, pause)) => {
+    match (reply.stall, reply.trickle) {
+        (_, Some((piece, pause))) => {
+            for chunk in reply.body.chunks(piece.max(1)) {
+                if conn.write_all(chunk).and_then(|_| conn.flush()).is_err() {
+                    return;
+                }
+                thread::sleep(pause);
+            }
+        }
+        (Some((first, pause)), None) => {
             let first = first.min(reply.body.len());
             let _ = conn.write_all(&reply.body[..first]);
             let _ = conn.flush();
             thread::sleep(pause);
             let _ = conn.write_all(&reply.body[first..]);
         }
-        None => {
+        (None, None) => {
             let _ = conn.write_all(&reply.body);
         }
     }
@@ -729,6 +748,190 @@ fn an_announced_size_beyond_the_free_space_fails_before_writing() {
         .unwrap_err();
     assert_not_retryable(&e, "not enough free disk space");
     assert_eq!(listing(&root.path().join(MODEL)), ["m.bin.lock"]);
+}
+
+#[test]
+fn names_whose_siblings_would_not_fit_and_windows_device_names_are_refused() {
+    let server = Server::file(b"x".to_vec());
+    let root = tempfile::tempdir().unwrap();
+    let longest = "n".repeat(studio_engines::models::MAX_FILE_NAME_LEN);
+    for name in [
+        format!("{longest}x"),
+        "n".repeat(255),
+        "CON".to_string(),
+        "nul.gguf".to_string(),
+        "com1.bin".to_string(),
+        "model.".to_string(),
+    ] {
+        let e = store(root.path())
+            .ensure(MODEL, &[file(server.url("m"), &name, None)])
+            .unwrap_err();
+        assert_eq!(e.kind, EngineErrorKind::InvalidInput, "{name}: {e}");
+        assert_not_retryable(&e, "plain file name");
+    }
+    assert_eq!(server.requests(), 0);
+    // The longest accepted name downloads, with its `.lock` beside it.
+    store(root.path())
+        .ensure(MODEL, &[file(server.url("m"), &longest, None)])
+        .unwrap();
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn a_body_without_a_length_is_cut_off_past_its_approx_bytes() {
+    let data = body(3 << 20, 21);
+    let d2 = data.clone();
+    let server = Server::start(move |_| Reply {
+        no_length: true,
+        ..Reply::ok(&d2)
+    });
+    let root = tempfile::tempdir().unwrap();
+    let mut f = file(server.url("m"), "m.bin", None);
+    f.approx_bytes = Some(1000);
+    let e = store(root.path()).ensure(MODEL, &[f]).unwrap_err();
+    assert_not_retryable(&e, "without announcing a size");
+    assert!(e.message.contains("approxBytes"), "{e}");
+    assert_eq!(listing(&root.path().join(MODEL)), ["m.bin.lock"]);
+
+    // Without approxBytes the hard ceiling (here a small configured one) applies.
+    let s = ModelStore::new(root.path()).with_options(FetchOptions {
+        max_file_bytes: 2 << 20,
+        ..options()
+    });
+    let e = s
+        .ensure("other", &[file(server.url("m"), "m.bin", None)])
+        .unwrap_err();
+    assert_not_retryable(&e, "no model file may be larger");
+    // The same body within its approxBytes downloads.
+    let mut f = file(server.url("m"), "m.bin", Some(sha(&data)));
+    f.approx_bytes = Some(data.len() as u64);
+    store(root.path()).ensure("third", &[f]).unwrap();
+}
+
+#[test]
+fn an_announced_size_past_the_hard_ceiling_is_refused() {
+    let data = body(10_000, 22);
+    let server = Server::file(data);
+    let root = tempfile::tempdir().unwrap();
+    let s = ModelStore::new(root.path()).with_options(FetchOptions {
+        max_file_bytes: 5000,
+        ..options()
+    });
+    let e = s
+        .ensure(MODEL, &[file(server.url("m"), "m.bin", None)])
+        .unwrap_err();
+    assert_not_retryable(&e, "a model file may have");
+    assert_eq!(listing(&root.path().join(MODEL)), ["m.bin.lock"]);
+}
+
+#[test]
+fn a_trickling_server_fails_the_download_retryably() {
+    // One byte every 25 ms: every read arrives well within the read timeout, so only the
+    // minimum speed ends it (without it the download would finish after 10 s and pass).
+    let data = body(400, 23);
+    let d2 = data.clone();
+    let server = Server::start(move |_| Reply {
+        trickle: Some((1, Duration::from_millis(25))),
+        ..Reply::ok(&d2)
+    });
+    let root = tempfile::tempdir().unwrap();
+    let s = ModelStore::new(root.path()).with_options(FetchOptions {
+        min_speed_bytes: 10_000,
+        min_speed_window: Duration::from_millis(300),
+        ..options()
+    });
+    let e = s
+        .ensure(MODEL, &[file(server.url("m"), "m.bin", Some(sha(&data)))])
+        .unwrap_err();
+    assert_retryable(&e, "too slow");
+    let dest = root.path().join(MODEL).join("m.bin");
+    assert!(!dest.exists());
+    // The bytes received are kept for the resume.
+    let held = fs::metadata(part_of(&dest)).unwrap().len();
+    assert!(held > 0 && held < data.len() as u64, "{held}");
+}
+
+/// A file that changes on the server between two attempts: `v1` (ETag `"v1"`) broken off
+/// after `cut` bytes, then `v2` (ETag `"v2"`), honouring `If-Range`.
+fn changing_file_server(
+    v1: Vec<u8>,
+    v2: Vec<u8>,
+    cut: usize,
+    etags: bool,
+) -> (Server, Arc<AtomicBool>) {
+    let changed = Arc::new(AtomicBool::new(false));
+    let c2 = changed.clone();
+    let server = Server::start(move |req| {
+        let (data, tag) = if c2.load(Ordering::SeqCst) {
+            (&v2, "\"v2\"")
+        } else {
+            (&v1, "\"v1\"")
+        };
+        let headers = if etags {
+            vec![("ETag".to_string(), tag.to_string())]
+        } else {
+            Vec::new()
+        };
+        if !c2.load(Ordering::SeqCst) {
+            return Reply {
+                length: Some(data.len() as u64),
+                body: data[..cut].to_vec(),
+                headers,
+                ..Reply::ok(b"")
+            };
+        }
+        // If-Range with another validator: the whole (new) file.
+        let range = match &req.if_range {
+            Some(v) if v != tag => None,
+            _ => req.range.as_deref(),
+        };
+        let mut reply = Reply::ranged(data, range);
+        reply.headers.extend(headers);
+        reply
+    });
+    (server, changed)
+}
+
+#[test]
+fn a_file_changed_on_the_server_is_not_spliced_onto_the_old_part() {
+    let (v1, v2) = (body(100_000, 24), body(100_000, 25));
+    let cut = 60_000;
+    let (server, changed) = changing_file_server(v1, v2.clone(), cut, true);
+    let root = tempfile::tempdir().unwrap();
+    let s = store(root.path());
+    // No sha256: only If-Range keeps the old bytes out.
+    let files = [file(server.url("m"), "m.bin", None)];
+    assert_retryable(&s.ensure(MODEL, &files).unwrap_err(), "m.bin");
+    let dest = root.path().join(MODEL).join("m.bin");
+    assert_eq!(fs::metadata(part_of(&dest)).unwrap().len(), cut as u64);
+
+    changed.store(true, Ordering::SeqCst);
+    s.ensure(MODEL, &files).unwrap();
+    assert!(
+        fs::read(&dest).unwrap() == v2,
+        "the old part was spliced in"
+    );
+    let seen = server.seen();
+    assert_eq!(seen[1].range.as_deref(), Some(&*format!("bytes={cut}-")));
+    assert_eq!(seen[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(
+        listing(&root.path().join(MODEL)),
+        ["m.bin", "m.bin.lock", "m.bin.sha256"]
+    );
+}
+
+#[test]
+fn a_part_without_a_validator_or_a_hash_is_not_resumed() {
+    let (v1, v2) = (body(100_000, 26), body(100_000, 27));
+    let (server, changed) = changing_file_server(v1, v2.clone(), 50_000, false);
+    let root = tempfile::tempdir().unwrap();
+    let s = store(root.path());
+    let files = [file(server.url("m"), "m.bin", None)];
+    assert!(s.ensure(MODEL, &files).is_err());
+    changed.store(true, Ordering::SeqCst);
+    s.ensure(MODEL, &files).unwrap();
+    assert!(fs::read(root.path().join(MODEL).join("m.bin")).unwrap() == v2);
+    assert_eq!(server.seen()[1].range, None);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ fn resample_keeps_a_sine_frequency_and_the_length_ratio() {
         (48_000, 16_000, 3000.0),
     ] {
         let input = sine(freq, from, 1.0, 0.5);
-        let out = audio::resample(&input, from, to);
+        let out = audio::resample(&input, from, to).unwrap();
         let expected = (input.len() as u64 * u64::from(to)).div_ceil(u64::from(from)) as usize;
         assert_eq!(out.len(), expected, "{from}->{to}");
         // Away from the edges the tone is there at full strength, and nowhere else.
@@ -244,7 +244,7 @@ fn resample_keeps_a_sine_frequency_and_the_length_ratio() {
 fn resample_removes_tones_above_the_new_nyquist() {
     // 10 kHz cannot exist at 16 kHz; without a low-pass it would fold to 6 kHz.
     let input = sine(10_000.0, 44_100, 1.0, 0.5);
-    let out = audio::resample(&input, 44_100, 16_000);
+    let out = audio::resample(&input, 44_100, 16_000).unwrap();
     let mid = &out[out.len() / 10..out.len() * 9 / 10];
     assert!(rms(mid) < 0.5 * 1e-3, "alias rms {}", rms(mid));
 }
@@ -252,11 +252,11 @@ fn resample_removes_tones_above_the_new_nyquist() {
 #[test]
 fn resample_keeps_dc_and_passes_equal_rates_through() {
     let input = vec![0.25f32; 4410];
-    let out = audio::resample(&input, 44_100, 16_000);
+    let out = audio::resample(&input, 44_100, 16_000).unwrap();
     let mid = &out[200..out.len() - 200];
     assert!(mid.iter().all(|&v| (v - 0.25).abs() < 1e-4));
-    assert_eq!(audio::resample(&input, 16_000, 16_000), input);
-    assert!(audio::resample(&[], 44_100, 16_000).is_empty());
+    assert_eq!(audio::resample(&input, 16_000, 16_000).unwrap(), input);
+    assert!(audio::resample(&[], 44_100, 16_000).unwrap().is_empty());
 }
 
 // ------------------------------------------------------------------------------------------
@@ -518,6 +518,96 @@ fn bad_audio_fails_with_clear_not_retryable_errors() {
     });
     let e = audio::decode_wav(&bytes[..bytes.len() - 501]).unwrap_err();
     assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+}
+
+/// An 8-bit WAV of 64 bytes of samples (108 bytes in all) whose header claims `rate` Hz
+/// and `channels` channels (byte rate and block alignment made consistent with them, as
+/// the decoder checks).
+fn wav_claiming(rate: u32, channels: u16) -> Vec<u8> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 8,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut bytes = wav_bytes(spec, |w| {
+        for i in 0..64 {
+            w.write_sample((i * 4 - 128) as i8).unwrap();
+        }
+    });
+    let block_align = channels.max(1);
+    bytes[22..24].copy_from_slice(&channels.to_le_bytes());
+    bytes[24..28].copy_from_slice(&rate.to_le_bytes());
+    let byte_rate = rate.wrapping_mul(u32::from(block_align));
+    bytes[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    bytes[32..34].copy_from_slice(&block_align.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_crafted_sample_rate_fails_the_job_instead_of_aborting() {
+    // 4 294 967 291 Hz (a prime) would ask the resampler for a ~556 GiB table.
+    let bytes = wav_claiming(4_294_967_291, 1);
+    assert_eq!(bytes.len(), 108);
+    let e = audio::load_for_whisper(&bytes).unwrap_err();
+    assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+    assert!(!e.retryable());
+    assert!(e.message.contains("4294967291 Hz"), "{e}");
+    assert!(
+        e.message.contains(&audio::MAX_SAMPLE_RATE.to_string()),
+        "{e}"
+    );
+
+    // The bounds themselves are accepted, one past them not.
+    for (rate, ok) in [
+        (audio::MIN_SAMPLE_RATE - 1, false),
+        (audio::MIN_SAMPLE_RATE, true),
+        (audio::MAX_SAMPLE_RATE, true),
+        (audio::MAX_SAMPLE_RATE + 1, false),
+    ] {
+        assert_eq!(
+            audio::decode_wav(&wav_claiming(rate, 1)).is_ok(),
+            ok,
+            "{rate} Hz"
+        );
+    }
+    // The channel count: 0 and more than MAX_CHANNELS are refused (the 64 bytes make two
+    // frames of 32 channels, one of 64).
+    assert!(audio::decode_wav(&wav_claiming(16_000, audio::MAX_CHANNELS)).is_ok());
+    for channels in [0, 2 * audio::MAX_CHANNELS] {
+        let e = audio::decode_wav(&wav_claiming(16_000, channels)).unwrap_err();
+        assert_eq!(e.kind, EngineErrorKind::InvalidInput, "{channels} channels");
+        assert!(e.message.contains("channels"), "{e}");
+    }
+}
+
+#[test]
+fn the_resampler_refuses_a_table_past_its_limit() {
+    let input = vec![0.1f32; 64];
+    // The worst accepted rate (the largest prime below the top) fits.
+    let worst = (2..=audio::MAX_SAMPLE_RATE)
+        .rev()
+        .find(|n| (2..*n).take_while(|d| d * d <= *n).all(|d| n % d != 0))
+        .unwrap();
+    assert!(audio::resample(&input, worst, audio::WHISPER_SAMPLE_RATE).is_ok());
+    // Rates the decoder refuses are refused here too, before any allocation.
+    for from in [4_294_967_291, 10_000_019] {
+        let e = audio::resample(&input, from, audio::WHISPER_SAMPLE_RATE).unwrap_err();
+        assert_eq!(e.kind, EngineErrorKind::InvalidInput);
+        assert!(
+            e.message
+                .contains(&audio::RESAMPLE_MAX_TABLE_ENTRIES.to_string()),
+            "{e}"
+        );
+    }
+    assert!(audio::resample(&input, 0, 16_000).is_err());
+    // The output is bounded too: 64 samples at 1 Hz to 4 GHz would be 2.7e11 samples.
+    let e = audio::resample(&input, 1, 4_294_967_291).unwrap_err();
+    assert!(
+        e.message
+            .contains(&audio::RESAMPLE_MAX_OUTPUT_SAMPLES.to_string()),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1004,6 +1094,88 @@ fn ct2_whisper_dims_come_from_shapes() {
     assert!(e.message.contains("not a Whisper model"), "{e}");
 }
 
+/// A checkpoint directory: `config.json`, a minimal `tokenizer.json` and `weights_name`
+/// holding `weights`.
+fn checkpoint_dir(config: serde_json::Value, weights_name: &str, weights: &[u8]) -> PathBuf {
+    let dir = temp_path("checkpoint");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tokenizer = serde_json::json!({
+        "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+        "added_tokens": []
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(dir.join(weights_name), weights).unwrap();
+    dir
+}
+
+#[test]
+fn a_checkpoint_claiming_huge_tables_is_refused_before_they_are_built() {
+    use studio_engines::whisper::model::MAX_POSITIONS;
+    // config.json drives the safetensors layout's dimensions: candle would build a
+    // 2^32-square causal mask from this before looking at the weights.
+    let config = serde_json::json!({
+        "num_mel_bins": 80, "max_source_positions": 1500, "d_model": 384,
+        "encoder_attention_heads": 6, "encoder_layers": 4, "vocab_size": 51864,
+        "max_target_positions": 4_294_967_296u64, "decoder_attention_heads": 6,
+        "decoder_layers": 4, "suppress_tokens": []
+    });
+    let dir = checkpoint_dir(config, "model.safetensors", b"not safetensors");
+    let e = WhisperModel::load(&dir).unwrap_err();
+    assert!(!e.retryable());
+    assert!(e.message.contains("max_target_positions"), "{e}");
+    assert!(e.message.contains(&MAX_POSITIONS.to_string()), "{e}");
+
+    // In a CTranslate2 model.bin the positions come from a tensor's shape.
+    let d = 4u32;
+    let ctx = MAX_POSITIONS as u32 + 1;
+    let z = |n: u32| vec![0u8; n as usize * 2];
+    let bytes = write_model_bin(
+        "WhisperSpec",
+        3,
+        &[
+            ("encoder/conv1/weight", &[d, 80, 3], 4, &z(d * 80 * 3)),
+            ("encoder/layer_0/ffn/layer_norm/beta", &[1], 4, &z(1)),
+            ("decoder/embeddings/weight", &[8, d], 4, &z(8 * d)),
+            (
+                "decoder/position_encodings/encodings",
+                &[ctx, d],
+                4,
+                &z(ctx * d),
+            ),
+            ("decoder/layer_0/ffn/layer_norm/beta", &[1], 4, &z(1)),
+        ],
+        &[],
+    );
+    let dir = checkpoint_dir(serde_json::json!({}), "model.bin", &bytes);
+    let e = WhisperModel::load(&dir).unwrap_err();
+    assert!(e.message.contains("max_target_positions"), "{e}");
+    // A shape whose byte count overflows is refused, never wrapped.
+    let huge = write_model_bin(
+        "WhisperSpec",
+        3,
+        &[("x", &[u32::MAX, u32::MAX, 4], 0, &[])],
+        &[],
+    );
+    assert!(Ct2Model::parse(huge).unwrap_err().message.contains("needs"));
+}
+
+#[test]
+fn a_tokenizer_with_an_absurd_token_id_is_refused() {
+    use studio_engines::whisper::tokenizer::{Tokenizer, MAX_TOKEN_ID};
+    let json = |id: u64| serde_json::json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": id}, "merges": []}});
+    assert!(Tokenizer::from_json(&json(MAX_TOKEN_ID)).is_ok());
+    for id in [MAX_TOKEN_ID + 1, u64::from(u32::MAX), u64::MAX] {
+        let e = Tokenizer::from_json(&json(id)).unwrap_err();
+        assert!(e.contains("largest accepted"), "{id}: {e}");
+    }
+    let special = serde_json::json!({
+        "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+        "added_tokens": [{"content": "<|x|>", "id": 4_294_967_295u64}]
+    });
+    assert!(Tokenizer::from_json(&special).is_err());
+}
+
 // ------------------------------------------------------------------------------------------
 // Engine contract
 // ------------------------------------------------------------------------------------------
@@ -1128,7 +1300,8 @@ fn tiny_en_windows_audio_longer_than_30_seconds() {
     }
     let duration = samples.len() as f64 / f64::from(speech.sample_rate);
     assert!(duration > 45.0);
-    let resampled = audio::resample(&samples, speech.sample_rate, audio::WHISPER_SAMPLE_RATE);
+    let resampled =
+        audio::resample(&samples, speech.sample_rate, audio::WHISPER_SAMPLE_RATE).unwrap();
     let mut model = WhisperModel::load(&dir).unwrap();
     let t = model
         .transcribe(&resampled, &TranscribeOptions::default())

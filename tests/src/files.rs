@@ -314,6 +314,31 @@ pub fn model_source(engine: ModelEngine, files: Vec<ModelFile>) -> ModelSource {
     }
 }
 
+/// An `audio_stt` job for the whisper engine: `input_url` transcribed with `model`, whose
+/// files (`(name, sha256)`) `files` serves.
+pub fn whisper_job(
+    files: &FileServer,
+    input_url: &str,
+    model: &str,
+    model_files: &[(&str, String)],
+) -> studio_local::JobSubmission {
+    let task: studio_core::wire::Task =
+        serde_json::from_value(serde_json::json!({"kind": "audio_stt", "inputUrl": input_url}))
+            .expect("an audio_stt task");
+    studio_local::JobSubmission {
+        task: Some(task),
+        model: Some(model.into()),
+        model_source: Some(model_source(
+            ModelEngine::Other("whisper".into()),
+            model_files
+                .iter()
+                .map(|(name, sha)| model_file(&files.url(name), name, Some(sha)))
+                .collect(),
+        )),
+        ..studio_local::JobSubmission::new(studio_core::wire::TaskKind::AudioStt, input_url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

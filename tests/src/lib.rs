@@ -347,6 +347,8 @@ pub struct Setup {
     pub models_root: Option<PathBuf>,
     /// `auto_update_feed`: auto-update on, reading this feed; `None`: auto-update off.
     pub auto_update_feed: Option<String>,
+    /// More `config.toml` lines (`key = value`), written after the others.
+    pub config_lines: Vec<String>,
 }
 
 /// When set, every worker a scenario starts without [`Setup::recording`] records its
@@ -429,6 +431,12 @@ impl Setup {
         self.models_root = Some(dir.into());
         self
     }
+
+    /// One more `config.toml` line (`key = value`).
+    pub fn with_config_line(mut self, line: &str) -> Setup {
+        self.config_lines.push(line.into());
+        self
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -448,7 +456,8 @@ fn toml_string(s: &str) -> String {
 
 /// Writes the minimal config: `api_base_url`, `vram_threshold_gb`,
 /// `auto_update_enabled = false` (or `true` with the feed of [`Setup::with_auto_update`]),
-/// and `worker_id` + `auth_token` and `models_root` when set.
+/// and `worker_id` + `auth_token` and `models_root` when set,
+/// then the setup's own lines.
 pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Result<()> {
     let mut text = format!(
         "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\n",
@@ -473,6 +482,10 @@ pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Resul
             toml_string(id),
             toml_string(token)
         ));
+    }
+    for line in &setup.config_lines {
+        text.push_str(line);
+        text.push('\n');
     }
     fs::write(path, text)
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use studio_core::wire::{ImageTask, LogEntry, ModelEngine, Task, TaskKind, WorkerErrorCode};
-use studio_e2e::files::{model_file, model_source, sha256_file};
+use studio_e2e::files::{model_file, model_source, sha256_file, whisper_job};
 use studio_e2e::{
     for_each_shell, is_png, is_rfc3339_utc_millis, is_wav, is_webp, wait_for, Bin, FileServer,
     Setup, Studio, Worker, WAIT,
@@ -45,6 +45,8 @@ for_each_shell!(
     an_offer_during_a_held_upload_is_answered_busy_while_it_is_held,
     kill_9_during_a_held_upload_then_restart_delivers_without_a_second_run,
     kill_9_before_the_complete_ack_then_restart_resends_the_json_result,
+    a_crafted_wav_fails_its_job_and_the_worker_stays_up,
+    a_plain_text_studio_url_to_another_host_needs_the_opt_in,
 );
 
 const WORKER_ID: &str = "w-e2e";
@@ -806,4 +808,100 @@ fn kill_9_before_the_complete_ack_then_restart_resends_the_json_result(bin: &Bin
     wait_for("the outbox to be emptied", WAIT, || {
         (worker.outbox_entries() == 0).then_some(())
     });
+}
+
+// ------------------------------------------------------------------------------------------
+// Hostile input
+// ------------------------------------------------------------------------------------------
+
+/// 108 bytes: a RIFF/WAVE header (8-bit mono PCM) claiming 4 294 967 291 samples per
+/// second, and 64 samples. Resampled to 16 kHz as claimed, it would ask for a filter table
+/// of about 556 GiB, and the failed allocation aborts the process.
+fn crafted_wav() -> Vec<u8> {
+    let rate: u32 = 4_294_967_291;
+    let mut w = b"RIFF".to_vec();
+    w.extend((36u32 + 64).to_le_bytes());
+    w.extend(b"WAVEfmt ");
+    w.extend(16u32.to_le_bytes()); // fmt chunk size
+    w.extend(1u16.to_le_bytes()); // PCM
+    w.extend(1u16.to_le_bytes()); // mono
+    w.extend(rate.to_le_bytes());
+    w.extend(rate.to_le_bytes()); // byte rate: one byte per sample
+    w.extend(1u16.to_le_bytes()); // block align
+    w.extend(8u16.to_le_bytes()); // bits per sample
+    w.extend(b"data");
+    w.extend(64u32.to_le_bytes());
+    w.extend((0..64u8).map(|i| 96 + i));
+    assert_eq!(w.len(), 108);
+    w
+}
+
+/// A speech-to-text job whose input is [`crafted_wav`] fails at once, not retryable, with a
+/// message naming the sample rate; the worker process stays up and serves the next job. The
+/// model files are placeholders: the input is decoded before the model is loaded. A build
+/// without the whisper engine says so instead (and fetches nothing).
+fn a_crafted_wav_fails_its_job_and_the_worker_stays_up(bin: &Bin) {
+    let (studio, mut worker) = connected_worker(bin, provisioned());
+    let served = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(served.path().join("crafted.wav"), crafted_wav()).unwrap();
+    let mut model_files = Vec::new();
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let path = served.path().join(name);
+        std::fs::write(&path, format!("placeholder {name}")).unwrap();
+        model_files.push((name, sha256_file(&path).unwrap()));
+    }
+    let files = FileServer::serve_dir(served.path()).expect("the file server starts");
+    let input = files.url("crafted.wav");
+    let job = studio.submit_job(whisper_job(&files, &input, "whisper-tiny", &model_files));
+    let failed = studio.wait_job_state(&job, "failed");
+    assert_eq!(
+        failed.summary.attempts, 1,
+        "the job was retried: {failed:#?}"
+    );
+    let error = failed.summary.last_error.clone().unwrap_or_default();
+    if error.contains("not compiled into this worker") {
+        println!(
+            "note: {} carries no whisper engine: {error}",
+            bin.shell.name
+        );
+        assert_eq!(files.requests(), 0);
+    } else {
+        assert!(error.contains("4294967291 Hz"), "{error}");
+        assert_eq!(files.requests_for("crafted.wav"), 1, "{error}");
+    }
+    assert!(worker.is_running(), "the worker died on the crafted WAV");
+    let next = studio.submit_kind(TaskKind::Llm, "after the crafted WAV");
+    studio.expect_done(&next);
+    assert!(worker.is_running());
+}
+
+/// `http://0.0.0.0:<port>/` reaches the local studio, yet names no loopback host: the auth
+/// token would travel in clear to "another machine". Without the opt-in the worker refuses
+/// the config (exit 3, the key named) and never connects; with
+/// `allow_insecure_studio_url = true` it connects, serves, and says so at start.
+fn a_plain_text_studio_url_to_another_host_needs_the_opt_in(bin: &Bin) {
+    let studio = Studio::with_worker(WORKER_ID, TOKEN);
+    let url = format!("http://0.0.0.0:{}/", studio.local_addr().port());
+    let mut refused = Worker::start_at(bin, &url, &provisioned());
+    assert_eq!(refused.expect_exit_code(), 3);
+    let last = refused.last_stderr_line();
+    assert!(last.contains("allow_insecure_studio_url"), "{last}");
+    assert_eq!(studio.connection_stats(WORKER_ID).upgrade_attempts, 0);
+
+    let allowed = Worker::start_at(
+        bin,
+        &url,
+        &provisioned().with_config_line("allow_insecure_studio_url = true"),
+    );
+    studio.wait_connected(WORKER_ID);
+    assert!(
+        allowed
+            .stderr()
+            .contains("allow_insecure_studio_url = true"),
+        "no start-up warning: {}",
+        allowed.stderr()
+    );
+    let job = studio.submit_kind(TaskKind::Llm, "over plain text");
+    studio.expect_done(&job);
+    assert_no_secret(&allowed, TOKEN);
 }

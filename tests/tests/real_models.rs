@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use studio_core::wire::{ModelEngine, Task, TaskKind};
-use studio_e2e::files::{model_file, model_source, sha256_file};
+use studio_e2e::files::{model_file, model_source, sha256_file, whisper_job};
 use studio_e2e::{Bin, FileServer, Setup, Studio, Worker, ASYNC};
 use studio_local::{JobDetail, JobSubmission, ResultView};
 
@@ -330,23 +330,12 @@ fn a_speech_to_text_job_transcribes_a_spoken_wav() {
     let studio = Studio::with_worker(WORKER_ID, TOKEN);
     let (_bin, _worker) = async_worker(&studio);
 
-    let task: Task = serde_json::from_value(json!({
-        "kind": "audio_stt",
-        "inputUrl": files.url("fox.wav"),
-    }))
-    .unwrap();
-    let job = studio.submit_job(JobSubmission {
-        task: Some(task),
-        model: Some("whisper-tiny.en".into()),
-        model_source: Some(model_source(
-            ModelEngine::Other("whisper".into()),
-            model_files
-                .iter()
-                .map(|(name, sha)| model_file(&files.url(name), name, Some(sha)))
-                .collect(),
-        )),
-        ..JobSubmission::new(TaskKind::AudioStt, files.url("fox.wav"))
-    });
+    let job = studio.submit_job(whisper_job(
+        &files,
+        &files.url("fox.wav"),
+        "whisper-tiny.en",
+        &model_files,
+    ));
     let result = json_of(&wait_finished(&studio, &job));
     let text = result["text"].as_str().unwrap_or_default().to_lowercase();
     assert!(

@@ -11,6 +11,8 @@ use super::{HttpError, PendingRequest, Studio, StudioEvent, MAX_INSTALL_ID_BYTES
 
 /// Domain tag mixed into minted tokens.
 pub(super) const TOKEN_DOMAIN: &str = "studio-core/token/v1";
+/// Domain-separation prefix of the random part of registration request ids.
+pub(super) const REQUEST_ID_DOMAIN: &str = "studio-core/request-id/v1";
 
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum RegState {
@@ -82,7 +84,11 @@ impl Studio {
         }
         self.next_request += 1;
         let seq = self.next_request;
-        let id = format!("rr-{seq}");
+        // The sequence number keeps ids unique, the seeded hash makes them unguessable: an
+        // operator action names a request by an id only its requester was told.
+        let nonce =
+            sha256_hex(format!("{REQUEST_ID_DOMAIN}|{}|{seq}", self.cfg.token_seed).as_bytes());
+        let id = format!("rr-{seq}-{}", &nonce[..16]);
         self.requests.insert(
             id.clone(),
             RegRequest {

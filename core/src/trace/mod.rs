@@ -46,9 +46,12 @@
 //!   before they are hashed.
 //!
 //! [`redact`] replaces the string value of every key in [`MASKED_KEYS`] (tokens, bearer
-//! values, registration secrets and the secret's hash) by `"***"`, and passes every string
-//! under `text` or `body` (frame text, HTTP bodies, upgrade error bodies) through
-//! [`redact_json`], which masks the same kind of keys inside JSON text.
+//! values, registration secrets and the secret's hash) by `"***"`, and passes every other
+//! string (frame text, HTTP bodies, upgrade error bodies, a task's URLs) through
+//! [`redact_json`], which masks the same kind of keys inside JSON text however they are
+//! spelled, JSON quoted inside strings, and the query and fragment of every URL (signed
+//! URLs carry credentials there). A string the machine copies from a frame into a command
+//! (a task's `inputUrl` into a `Dispatch`) is thus masked the same way on both sides.
 //!
 //! So the replayed machine runs on `"***"` where the recorded one had a real token or
 //! secret. The machine never decides anything on the *value* of a secret: it only copies
@@ -105,9 +108,6 @@ pub const MASKED_KEYS: [&str; 8] = [
     "registration_secret_hash",
     "registrationSecretHash",
 ];
-/// Keys whose string values [`redact`] passes through [`redact_json`].
-pub const TEXT_KEYS: [&str; 2] = ["text", "body"];
-
 /// Redacts a serde JSON value in place (see the module docs). Idempotent.
 pub fn redact(value: &mut Value) {
     match value {
@@ -120,16 +120,17 @@ pub fn redact(value: &mut Value) {
                         }
                         continue;
                     }
-                } else if TEXT_KEYS.contains(&key.as_str()) {
-                    if let Value::String(s) = v {
-                        *s = redact_json(s);
-                        continue;
-                    }
                 }
                 redact(v);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) => {
+            let masked = redact_json(s);
+            if masked != *s {
+                *s = masked;
+            }
+        }
         _ => {}
     }
 }

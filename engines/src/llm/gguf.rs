@@ -4,7 +4,7 @@
 //! candle ([`rewrite_gguf`]).
 
 use std::fs::File;
-use std::io::Cursor;
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -130,20 +130,231 @@ pub struct GgufInfo {
     pub native: bool,
 }
 
+/// The longest array a GGUF's metadata may hold (elements): vocabularies and their merges
+/// have a few hundred thousand.
+pub const MAX_METADATA_ARRAY_LEN: u64 = 1 << 22;
+/// The most metadata values a GGUF may hold in all, array elements included. The reader
+/// keeps each as a value of tens of bytes, so a file of one-byte elements would otherwise
+/// take tens of times its size in memory.
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
+
 /// Reads the GGUF header of `path`.
 pub(super) fn read_header(path: &Path) -> Result<(File, gguf_file::Content), EngineError> {
     let mut file = File::open(path)
         .map_err(|e| EngineError::io(format!("cannot open model file {}: {e}", path.display())))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| {
-        not_retryable(format!(
-            "model file {} is not a readable GGUF file: {e}",
-            path.display()
-        ))
-    })?;
+    let content = read_header_from(&mut file, path)?;
     Ok((file, content))
 }
 
+/// Reads a GGUF header from `r` (named `shown` in errors) after [`check_metadata`].
+fn read_header_from<R: Read + Seek>(
+    r: &mut R,
+    shown: &Path,
+) -> Result<gguf_file::Content, EngineError> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        not_retryable(format!(
+            "model file {} is not a readable GGUF file: {e}",
+            shown.display()
+        ))
+    };
+    check_metadata(&mut BufReader::new(&mut *r)).map_err(|e| unreadable(&e))?;
+    r.seek(SeekFrom::Start(0)).map_err(|e| unreadable(&e))?;
+    gguf_file::Content::read(r).map_err(|e| unreadable(&e))
+}
+
+/// Checks a GGUF's metadata section before candle reads it: no array longer than
+/// [`MAX_METADATA_ARRAY_LEN`], at most [`MAX_METADATA_VALUES`] values, and a
+/// `general.alignment` that is a power of two (candle divides by it). A file that ends
+/// early or has an unknown type passes: candle's reader reports it.
+pub fn check_metadata(r: &mut (impl Read + Seek)) -> Result<(), String> {
+    match scan_metadata(r) {
+        Ok(()) | Err(Scan::Stop) => Ok(()),
+        Err(Scan::Refuse(why)) => Err(why),
+    }
+}
+
+enum Scan {
+    /// Not ours to judge (truncated, unknown type, too deep): candle reports it.
+    Stop,
+    Refuse(String),
+}
+
+impl From<std::io::Error> for Scan {
+    fn from(_: std::io::Error) -> Scan {
+        Scan::Stop
+    }
+}
+
+fn scan_metadata(r: &mut (impl Read + Seek)) -> Result<(), Scan> {
+    fn u32_of(r: &mut impl Read) -> Result<u32, Scan> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64_of(r: &mut impl Read) -> Result<u64, Scan> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    struct Meta {
+        wide: bool,
+        values: u64,
+    }
+    impl Meta {
+        fn len(&self, r: &mut impl Read) -> Result<u64, Scan> {
+            if self.wide {
+                u64_of(r)
+            } else {
+                u32_of(r).map(u64::from)
+            }
+        }
+        fn count(&mut self, n: u64) -> Result<(), Scan> {
+            self.values = self.values.saturating_add(n);
+            if self.values > MAX_METADATA_VALUES {
+                return Err(Scan::Refuse(format!(
+                    "its metadata holds more than {MAX_METADATA_VALUES} values"
+                )));
+            }
+            Ok(())
+        }
+        /// Skips a value of GGUF type `ty`; returns an integer value's number.
+        fn skip(
+            &mut self,
+            r: &mut (impl Read + Seek),
+            ty: u32,
+            depth: usize,
+        ) -> Result<Option<i128>, Scan> {
+            fn fixed(n: usize, r: &mut impl Read) -> Result<[u8; 8], Scan> {
+                let mut b = [0u8; 8];
+                r.read_exact(&mut b[..n])?;
+                Ok(b)
+            }
+            Ok(match ty {
+                0 => Some(i128::from(fixed(1, r)?[0])),
+                1 => Some(i128::from(fixed(1, r)?[0] as i8)),
+                2 | 3 => {
+                    let b = fixed(2, r)?;
+                    let v = u16::from_le_bytes([b[0], b[1]]);
+                    Some(if ty == 2 {
+                        i128::from(v)
+                    } else {
+                        i128::from(v as i16)
+                    })
+                }
+                6 | 7 | 11 | 12 => {
+                    fixed(
+                        if ty == 6 {
+                            4
+                        } else if ty == 7 {
+                            1
+                        } else {
+                            8
+                        },
+                        r,
+                    )?;
+                    None
+                }
+                4 => Some(i128::from(u32_of(r)?)),
+                5 => Some(i128::from(u32_of(r)? as i32)),
+                10 => Some(i128::from(u64_of(r)?)),
+                8 => {
+                    let n = self.len(r)?;
+                    r.seek(SeekFrom::Current(i64::try_from(n).map_err(|_| Scan::Stop)?))?;
+                    None
+                }
+                9 if depth < 8 => {
+                    let elem = u32_of(r)?;
+                    let n = self.len(r)?;
+                    if n > MAX_METADATA_ARRAY_LEN {
+                        return Err(Scan::Refuse(format!(
+                            "a metadata array of {n} elements (at most {MAX_METADATA_ARRAY_LEN})"
+                        )));
+                    }
+                    self.count(n)?;
+                    let size = match elem {
+                        0 | 1 | 7 => Some(1),
+                        2 | 3 => Some(2),
+                        4..=6 => Some(4),
+                        10..=12 => Some(8),
+                        _ => None,
+                    };
+                    match size {
+                        Some(size) => {
+                            r.seek(SeekFrom::Current((n * size) as i64))?;
+                        }
+                        None => {
+                            for _ in 0..n {
+                                self.skip(r, elem, depth + 1)?;
+                            }
+                        }
+                    }
+                    None
+                }
+                _ => return Err(Scan::Stop),
+            })
+        }
+    }
+    let magic = u32_of(r)?;
+    if magic != 0x4655_4747 && magic != 0x4747_5546 {
+        return Err(Scan::Stop);
+    }
+    let version = u32_of(r)?;
+    if !(1..=3).contains(&version) {
+        return Err(Scan::Stop);
+    }
+    let mut meta = Meta {
+        wide: version >= 2,
+        values: 0,
+    };
+    let _tensors = meta.len(r)?;
+    let kvs = meta.len(r)?;
+    for _ in 0..kvs {
+        meta.count(1)?;
+        let key_len = meta.len(r)?;
+        let mut key = Vec::new();
+        (&mut *r).take(key_len.min(64)).read_to_end(&mut key)?;
+        if key_len > 64 {
+            r.seek(SeekFrom::Current((key_len - 64) as i64))?;
+        }
+        let ty = u32_of(r)?;
+        let value = meta.skip(r, ty, 0)?;
+        // The integer types candle takes an alignment from (u8 to i32; others it ignores).
+        if key_len <= 64 && key == b"general.alignment" && ty <= 5 {
+            if let Some(v) = value {
+                // Negative signed values are ignored by candle (the default applies).
+                let signed = matches!(ty, 1 | 3 | 5);
+                if v == 0 || (v > 0 && (v as u128).count_ones() != 1) || (v < 0 && !signed) {
+                    return Err(Scan::Refuse(format!(
+                        "general.alignment is {v}, not a power of two"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything the engine reads from a GGUF header before loading weights (the header's
+/// facts, the tokenizer and the chat template), from `bytes` in memory: the fuzz target's
+/// way in, through the same checks as a model file's.
+pub fn inspect_bytes(bytes: &[u8]) -> Result<(GgufInfo, GgufTokenizer, ChatTemplate), EngineError> {
+    let shown = Path::new("<memory>");
+    let ct = read_header_from(&mut Cursor::new(bytes), shown)?;
+    let info = header_info_sized(shown, bytes.len() as u64, &ct)?;
+    let (tokenizer, template) = tokenizer_and_template(shown, &ct)?;
+    Ok((info, tokenizer, template))
+}
+
 pub(super) fn header_info(path: &Path, ct: &gguf_file::Content) -> Result<GgufInfo, EngineError> {
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    header_info_sized(path, file_bytes, ct)
+}
+
+fn header_info_sized(
+    path: &Path,
+    file_bytes: u64,
+    ct: &gguf_file::Content,
+) -> Result<GgufInfo, EngineError> {
     let md = &ct.metadata;
     let architecture = md
         .get("general.architecture")
@@ -163,23 +374,27 @@ pub(super) fn header_info(path: &Path, ct: &gguf_file::Content) -> Result<GgufIn
         .get(&format!("{architecture}.context_length"))
         .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
         .map(|v| v as usize);
-    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    // Element counts from the header's shapes, saturating: a crafted shape may overflow.
+    let elems = |dims: &[usize]| {
+        dims.iter()
+            .fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+    };
     let embedding_bytes = ct
         .tensor_infos
         .get("token_embd.weight")
-        .map(|t| t.shape.elem_count() as u64 * 4)
+        .map(|t| elems(t.shape.dims()).saturating_mul(4))
         .unwrap_or(0);
     let requantize_extra_bytes = ct
         .tensor_infos
         .values()
         .filter(|t| requantizable(t.ggml_dtype, t.shape.dims()))
         .map(|t| {
-            let blocks = (t.shape.elem_count() / 32) as u64;
+            let blocks = elems(t.shape.dims()) / 32;
             let q8 = GgmlDType::Q8_0.type_size() as u64;
             let now = (t.ggml_dtype.type_size() * 32 / t.ggml_dtype.block_size()) as u64;
-            blocks * q8.saturating_sub(now)
+            blocks.saturating_mul(q8.saturating_sub(now))
         })
-        .sum();
+        .fold(0u64, u64::saturating_add);
     Ok(GgufInfo {
         architecture,
         name,
@@ -222,4 +437,78 @@ pub(super) fn tokenizer_and_template(
         gemma_turns,
     );
     Ok((tokenizer, template))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 with no tensors and the given metadata: `(key, type, value bytes)`.
+    fn gguf(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend((kvs.len() as u64).to_le_bytes());
+        for (key, ty, value) in kvs {
+            out.extend((key.len() as u64).to_le_bytes());
+            out.extend(key.as_bytes());
+            out.extend(ty.to_le_bytes());
+            out.extend(value);
+        }
+        out
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn a_zero_alignment_is_an_error_not_a_division_by_zero() {
+        let arch = ("general.architecture", 8, string("llama"));
+        for (ty, value) in [
+            (4u32, 0u32.to_le_bytes().to_vec()),
+            (0, vec![0]),
+            (3, 0u16.to_le_bytes().to_vec()),
+            (4, 24u32.to_le_bytes().to_vec()),
+        ] {
+            let bytes = gguf(&[arch.clone(), ("general.alignment", ty, value)]);
+            let e = inspect_bytes(&bytes).unwrap_err();
+            assert!(!e.retryable());
+            assert!(e.message.contains("power of two"), "{e}");
+        }
+        // A good alignment passes this check (and fails later, for want of a tokenizer).
+        let bytes = gguf(&[arch, ("general.alignment", 4, 64u32.to_le_bytes().to_vec())]);
+        let e = inspect_bytes(&bytes).unwrap_err();
+        assert!(!e.message.contains("power of two"), "{e}");
+    }
+
+    #[test]
+    fn metadata_arrays_are_bounded() {
+        let array = |elem: u32, n: u64, bytes: usize| {
+            let mut v = elem.to_le_bytes().to_vec();
+            v.extend(n.to_le_bytes());
+            v.extend(vec![0u8; bytes]);
+            v
+        };
+        let n = MAX_METADATA_ARRAY_LEN + 1;
+        let big = gguf(&[("x", 9, array(0, n, n as usize))]);
+        let e = inspect_bytes(&big).unwrap_err();
+        assert!(e.message.contains("metadata array"), "{e}");
+        // Many arrays within the per-array limit still count against the total.
+        let per = MAX_METADATA_ARRAY_LEN;
+        let arrays: Vec<(String, u32, Vec<u8>)> = (0..=(MAX_METADATA_VALUES / per))
+            .map(|i| (format!("a{i}"), 9, array(0, per, per as usize)))
+            .collect();
+        let refs: Vec<(&str, u32, Vec<u8>)> = arrays
+            .iter()
+            .map(|(k, t, v)| (k.as_str(), *t, v.clone()))
+            .collect();
+        let e = inspect_bytes(&gguf(&refs)).unwrap_err();
+        assert!(e.message.contains("values"), "{e}");
+        // Truncated or unknown input is left to the reader's own errors.
+        assert!(check_metadata(&mut Cursor::new(&big[..40])).is_ok());
+        assert!(check_metadata(&mut Cursor::new(b"not a gguf")).is_ok());
+    }
 }

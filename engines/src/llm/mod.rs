@@ -109,7 +109,10 @@ use generate::generate;
 use gguf::{header_info, read_header, requantize_by_default, requantized, tokenizer_and_template};
 
 pub use generate::{completion_json, render_prompt, task_seed, Completion};
-pub use gguf::{inspect, load_tokenizer, rewrite_gguf, GgufInfo, MemoryCharge, SLOW_TYPES};
+pub use gguf::{
+    check_metadata, inspect, inspect_bytes, load_tokenizer, rewrite_gguf, GgufInfo, MemoryCharge,
+    MAX_METADATA_ARRAY_LEN, MAX_METADATA_VALUES, SLOW_TYPES,
+};
 
 /// The model id advertised for "any llama-cpp model": the wildcard `llama-cpp:*` a studio
 /// matches against any job whose `modelSource.engine` is `llama-cpp` (PROTOCOL.md §3.1).

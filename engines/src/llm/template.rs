@@ -6,10 +6,25 @@
 //! A GGUF without a template gets [`GEMMA_TEMPLATE`] when its vocabulary has Gemma's turn
 //! tokens (`<start_of_turn>`, `<end_of_turn>`; base Gemma GGUFs ship no template), else
 //! [`CHATML_TEMPLATE`].
+//!
+//! A template is code from a model file: its rendering is bounded by [`TEMPLATE_FUEL`]
+//! (minijinja's instruction budget: no endless loop) and [`MAX_RENDERED_PROMPT_BYTES`] (no
+//! endless output), and fails with a clear error past either. minijinja itself refuses
+//! ranges over 100 000 items, strings repeated past 100 MB and recursion deeper than 500.
+//! What it cannot bound is a string doubled by concatenation in a short loop or recursion;
+//! SECURITY.md lists that residual risk.
 
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
 use studio_core::wire::ChatMessage;
+
+/// minijinja's instruction budget for one rendering: far above what a chat template needs
+/// for a conversation that fits a frame, far below an endless loop.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// The longest prompt a template may render (bytes): four times the largest studio frame,
+/// so any conversation that fits an offer fits with room for the template's own text.
+pub const MAX_RENDERED_PROMPT_BYTES: usize = 4 * studio_core::wire::MAX_FRAME_BYTES;
 
 /// The fallback template (ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message, then
 /// `<|im_start|>assistant\n`), used when the GGUF carries no `tokenizer.chat_template`.
@@ -86,6 +101,7 @@ impl ChatTemplate {
     /// reported as text.
     pub fn render(&self, input: &TemplateInput<'_>) -> Result<String, String> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -121,8 +137,44 @@ impl ChatTemplate {
         ctx.insert("add_generation_prompt".into(), Json::Bool(true));
         ctx.insert("bos_token".into(), Json::String(input.bos_token.into()));
         ctx.insert("eos_token".into(), Json::String(input.eos_token.into()));
-        tmpl.render(Value::from_serialize(&ctx))
-            .map_err(|e| format!("the model's chat template failed: {e}"))
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            cap: MAX_RENDERED_PROMPT_BYTES,
+        };
+        let rendered = tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out);
+        match rendered {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| "the model's chat template rendered invalid UTF-8".to_string()),
+            Err(_) if out.bytes.len() > MAX_RENDERED_PROMPT_BYTES => Err(format!(
+                "the model's chat template rendered more than {MAX_RENDERED_PROMPT_BYTES} bytes"
+            )),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!(
+                "the model's chat template did not finish within {TEMPLATE_FUEL} steps"
+            )),
+            Err(e) => Err(format!("the model's chat template failed: {e}")),
+        }
+    }
+}
+
+/// Collects rendered output, failing once it passes `cap` bytes (the first byte past is
+/// kept so the caller can tell).
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = (self.cap + 1).saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&buf[..buf.len().min(room)]);
+        if self.bytes.len() > self.cap {
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -233,5 +285,30 @@ mod tests {
             .render(&input(&msgs, None))
             .unwrap_err();
         assert!(err.contains("does not parse"), "{err}");
+    }
+
+    #[test]
+    fn an_endless_template_runs_out_of_fuel_and_a_huge_one_of_room() {
+        let msgs = [msg("user", "x")];
+        // 10^10 iterations: without the fuel this would run for hours.
+        let endless =
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}";
+        let err = ChatTemplate::new(Some(endless))
+            .render(&input(&msgs, None))
+            .unwrap_err();
+        assert!(err.contains(&TEMPLATE_FUEL.to_string()), "{err}");
+        // 50 x 90 MB of output: stopped at the cap, long before it is all built.
+        let huge = "{% for a in range(50) %}{{ 'x' * 90000000 }}{% endfor %}";
+        let err = ChatTemplate::new(Some(huge))
+            .render(&input(&msgs, None))
+            .unwrap_err();
+        assert!(
+            err.contains(&MAX_RENDERED_PROMPT_BYTES.to_string()),
+            "{err}"
+        );
+        // A long but legitimate conversation renders.
+        let many: Vec<ChatMessage> = (0..2000).map(|i| msg("user", &format!("m{i}"))).collect();
+        let out = ChatTemplate::new(None).render(&input(&many, None)).unwrap();
+        assert!(out.contains("m1999"));
     }
 }

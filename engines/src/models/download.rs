@@ -1,5 +1,6 @@
-//! One file's download: redirects checked hop by hop, `Range` resume of a leftover
-//! `.part`, hashing and length checks while streaming, fsync and atomic rename.
+//! One file's download: redirects checked hop by hop ([`check_redirect`]), `Range` resume
+//! of a leftover `.part` guarded by `If-Range`, hashing, length, size-ceiling and
+//! minimum-speed checks while streaming, fsync and atomic rename.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -12,10 +13,13 @@ use ureq::http::{HeaderMap, Response, Uri};
 use ureq::Body;
 
 use super::disk::{self, human};
-use super::names::{check_url, is_loopback_host, redact, Plan};
+use super::names::{check_redirect, is_loopback_host, redact, Plan};
 use super::progress::Progress;
 use super::verify::{hash_reader, Sidecar};
-use super::{with_suffix, FetchOptions, PART_SUFFIX};
+use super::{
+    with_suffix, FetchOptions, APPROX_BYTES_MARGIN_PERCENT, APPROX_BYTES_MIN_MARGIN, PART_SUFFIX,
+    PART_VALIDATOR_SUFFIX,
+};
 use crate::error::EngineError;
 use crate::job_log;
 
@@ -53,6 +57,7 @@ pub(crate) fn fetch(
             Err(Failure::Restart(e)) if resume => {
                 job_log::warn(&format!("{e}; downloading it again from the start"));
                 remove(&part);
+                remove(&with_suffix(dest, PART_VALIDATOR_SUFFIX));
                 resume = false;
             }
             Err(Failure::Restart(e)) | Err(Failure::Fail(e)) => return Err(e),
@@ -79,15 +84,31 @@ fn attempt(
 ) -> Result<(), Failure> {
     let name = &plan.file.filename;
     let shown = redact(&plan.file.url);
-    let offset = if resume {
+    let validator_path = with_suffix(dest, PART_VALIDATOR_SUFFIX);
+    let held = if resume {
         fs::metadata(part).map(|m| m.len()).unwrap_or(0)
     } else {
-        remove(part);
         0
     };
-    let response = get(plan, offset, opts)?;
+    let validator = (held > 0)
+        .then(|| fs::read_to_string(&validator_path).ok())
+        .flatten()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    // Without the server's validator a resume could splice a file that changed on the
+    // server onto the old bytes; only a known hash would notice, so without one the old
+    // bytes are dropped.
+    let offset = if held > 0 && (validator.is_some() || plan.sha.is_some()) {
+        held
+    } else {
+        remove(part);
+        remove(&validator_path);
+        0
+    };
+    let response = get(plan, offset, validator.as_deref(), opts)?;
     let status = response.status().as_u16();
     let content_length = header_u64(response.headers(), "content-length");
+    record_validator(&validator_path, response.headers());
     let (start, total) = match status {
         200 => (0, content_length),
         206 => {
@@ -134,7 +155,22 @@ fn attempt(
             )));
         }
         disk::preflight(root, total - start, opts.disk_headroom_percent)?;
+        if total > opts.max_file_bytes {
+            remove(part);
+            remove(&validator_path);
+            return Err(Failure::Fail(EngineError::failed(
+                format!(
+                    "{shown} announced {} for {name}, more than the {} a model file may have",
+                    human(total),
+                    human(opts.max_file_bytes)
+                ),
+                false,
+            )));
+        }
     }
+    // Without an announced size the body is cut off past `approxBytes` (and a margin), or
+    // past the hard ceiling when the offer gives no size either.
+    let ceiling = total.unwrap_or_else(|| size_ceiling(plan.file.approx_bytes, opts));
     job_log::info(&format!(
         "downloading {name} of model {model_id} from {}: {}{}",
         plan.url.host().unwrap_or("?"),
@@ -176,6 +212,7 @@ fn attempt(
     let mut reader = response.into_body().into_reader();
     let mut buf = vec![0u8; CHUNK];
     let mut done = start;
+    let mut window = (Instant::now(), done);
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -199,9 +236,26 @@ fn attempt(
         if total.is_some_and(|t| done + n as u64 > t) {
             drop(file);
             remove(part);
+            remove(&validator_path);
             return Err(Failure::Fail(EngineError::failed(
                 format!("{shown} sent more bytes of {name} than it announced"),
                 true,
+            )));
+        }
+        if done + n as u64 > ceiling {
+            drop(file);
+            remove(part);
+            remove(&validator_path);
+            return Err(Failure::Fail(EngineError::failed(
+                format!(
+                    "{shown} sent more than {} of {name} without announcing a size; {}",
+                    human(ceiling),
+                    match plan.file.approx_bytes {
+                        Some(a) => format!("its approxBytes is {}", human(a)),
+                        None => "no model file may be larger".to_string(),
+                    }
+                ),
+                false,
             )));
         }
         hasher.update(&buf[..n]);
@@ -210,6 +264,16 @@ fn attempt(
         super::count_downloaded(n);
         done += n as u64;
         progress.update(done);
+        if let Some(slow) = too_slow(&mut window, done, opts) {
+            let _ = file.sync_data();
+            return Err(Failure::Fail(EngineError::failed(
+                format!(
+                    "the download of {name} from {shown} is too slow: {slow}; the bytes \
+                     received are kept and resumed next time"
+                ),
+                true,
+            )));
+        }
     }
     progress.finish(done);
     if let Some(t) = total.filter(|&t| done < t) {
@@ -229,6 +293,7 @@ fn attempt(
     let actual = hex(&hasher.finalize());
     if let Some(expected) = plan.sha.as_deref().filter(|&e| e != actual) {
         remove(part);
+        remove(&validator_path);
         let e = EngineError::failed(
             format!(
                 "SHA-256 mismatch for {name} from {shown}: expected {expected}, got {actual}; \
@@ -250,6 +315,7 @@ fn attempt(
             dest.display()
         ))
     })?;
+    remove(&validator_path);
     if let Some(dir) = dest.parent() {
         sync_dir(dir);
     }
@@ -265,6 +331,65 @@ fn attempt(
         human(done - start)
     ));
     Ok(())
+}
+
+/// The most bytes accepted without a `Content-Length`: `approxBytes` plus
+/// [`APPROX_BYTES_MARGIN_PERCENT`] (at least [`APPROX_BYTES_MIN_MARGIN`]), never more than
+/// the options' `max_file_bytes`.
+pub(crate) fn size_ceiling(approx_bytes: Option<u64>, opts: &FetchOptions) -> u64 {
+    approx_bytes
+        .map(|a| {
+            let margin = (a / 100)
+                .saturating_mul(APPROX_BYTES_MARGIN_PERCENT)
+                .max(APPROX_BYTES_MIN_MARGIN);
+            a.saturating_add(margin)
+        })
+        .unwrap_or(u64::MAX)
+        .min(opts.max_file_bytes)
+}
+
+/// The minimum-speed check after a read: once `window` (its start and the byte count
+/// then) is `min_speed_window` old, fewer than `min_speed_bytes` since its start is too
+/// slow (the description), else a new window starts.
+fn too_slow(window: &mut (Instant, u64), done: u64, opts: &FetchOptions) -> Option<String> {
+    if opts.min_speed_bytes == 0 || window.0.elapsed() < opts.min_speed_window {
+        return None;
+    }
+    let got = done - window.1;
+    if got < opts.min_speed_bytes {
+        return Some(format!(
+            "{} in {:.1} s, at least {} per {:.1} s expected",
+            human(got),
+            window.0.elapsed().as_secs_f64(),
+            human(opts.min_speed_bytes),
+            opts.min_speed_window.as_secs_f64()
+        ));
+    }
+    *window = (Instant::now(), done);
+    None
+}
+
+/// Records the response's validator for a later `If-Range` (a strong `ETag`, else
+/// `Last-Modified`; weak tags may not be used there), or forgets the old one.
+fn record_validator(path: &Path, headers: &HeaderMap) {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let validator = text("etag")
+        .filter(|t| !t.starts_with("W/"))
+        .or_else(|| text("last-modified"));
+    match validator {
+        Some(v) => {
+            if let Err(e) = fs::write(path, v) {
+                tracing::debug!("cannot record {}: {e}", path.display());
+            }
+        }
+        None => remove(path),
+    }
 }
 
 /// A local write failure (retryable). Disk-full removes the `.part` to give the space back.
@@ -309,8 +434,14 @@ fn agent(loopback: bool, opts: &FetchOptions) -> ureq::Agent {
     config.build().into()
 }
 
-/// GET with `Range: bytes=<offset>-` when `offset > 0`, redirects followed by hand.
-fn get(plan: &Plan<'_>, offset: u64, opts: &FetchOptions) -> Result<Response<Body>, Failure> {
+/// GET with `Range: bytes=<offset>-` when `offset > 0` (and `If-Range: <validator>` when
+/// one is known), redirects followed by hand and checked hop by hop ([`check_redirect`]).
+fn get(
+    plan: &Plan<'_>,
+    offset: u64,
+    validator: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<Response<Body>, Failure> {
     let name = &plan.file.filename;
     let mut url = plan.url.clone();
     for _ in 0..=opts.max_redirects {
@@ -318,6 +449,9 @@ fn get(plan: &Plan<'_>, offset: u64, opts: &FetchOptions) -> Result<Response<Bod
         let mut request = agent(loopback, opts).get(url.clone());
         if offset > 0 {
             request = request.header("Range", format!("bytes={offset}-"));
+            if let Some(v) = validator {
+                request = request.header("If-Range", v);
+            }
         }
         let shown = url.to_string();
         let shown = redact(&shown);
@@ -339,7 +473,8 @@ fn get(plan: &Plan<'_>, offset: u64, opts: &FetchOptions) -> Result<Response<Bod
                 )
             })?;
         let next = resolve(&url, location);
-        url = check_url(&next).map_err(|e| e.context(format!("redirect from {shown}")))?;
+        url = check_redirect(&plan.url, &url, &next)
+            .map_err(|e| e.context(format!("redirect from {shown}")))?;
     }
     Err(Failure::Fail(EngineError::failed(
         format!(
@@ -447,6 +582,27 @@ mod tests {
         ] {
             assert_eq!(status_error("f", "u", s).retryable(), retry, "{s}");
         }
+    }
+
+    #[test]
+    fn the_size_ceiling_follows_approx_bytes_within_the_hard_cap() {
+        let opts = FetchOptions::default();
+        // 10 % over approxBytes, at least 1 MiB over.
+        assert_eq!(size_ceiling(Some(1000 << 20), &opts), 1100 << 20);
+        assert_eq!(size_ceiling(Some(1000), &opts), 1000 + (1 << 20));
+        assert_eq!(
+            size_ceiling(None, &opts),
+            super::super::MAX_MODEL_FILE_BYTES
+        );
+        assert_eq!(
+            size_ceiling(Some(u64::MAX), &opts),
+            super::super::MAX_MODEL_FILE_BYTES
+        );
+        let small = FetchOptions {
+            max_file_bytes: 5000,
+            ..FetchOptions::default()
+        };
+        assert_eq!(size_ceiling(Some(1000), &small), 5000);
     }
 
     #[test]

@@ -92,7 +92,8 @@ use verify::cached;
 
 pub use disk::{available_space, needed_with_headroom};
 pub use names::{
-    check_file_name, check_url, check_url_for, is_loopback_host, model_dir_name, redact,
+    check_file_name, check_redirect, check_url, check_url_for, is_local_host, is_loopback_host,
+    is_windows_reserved_name, model_dir_name, redact,
 };
 pub use progress::{
     ProgressMode, PROGRESS_BAR_INTERVAL, PROGRESS_LOG_INTERVAL, PROGRESS_LOG_PERCENT_STEP,
@@ -128,8 +129,9 @@ pub const MAX_REDIRECTS: u32 = 5;
 /// The longest directory name a model id becomes (before the hash suffix of an id that
 /// had to be changed).
 pub const MAX_MODEL_DIR_LEN: usize = 96;
-/// The longest file name accepted.
-pub const MAX_FILE_NAME_LEN: usize = 255;
+/// The longest name a file system gives one path component (bytes): what every sibling
+/// the store writes next to a model file must fit in.
+pub const MAX_PATH_COMPONENT_LEN: usize = 255;
 /// Suffix of the file a download streams into.
 pub const PART_SUFFIX: &str = ".part";
 /// Suffix of the verification sidecar.
@@ -138,6 +140,46 @@ pub const SIDECAR_SUFFIX: &str = ".sha256";
 pub const LOCK_SUFFIX: &str = ".lock";
 /// Suffix of the sidecar while it is written (then renamed to [`SIDECAR_SUFFIX`]).
 pub const SIDECAR_TMP_SUFFIX: &str = ".sha256.tmp";
+/// Suffix of the record of the server's validator (strong `ETag` or `Last-Modified`) for
+/// a `.part`: a resume sends it as `If-Range`, so a file that changed on the server is
+/// downloaded whole instead of spliced onto the old bytes.
+pub const PART_VALIDATOR_SUFFIX: &str = ".part.etag";
+/// Every suffix the store appends to a model file's name for a file of its own.
+pub const STORE_SUFFIXES: [&str; 5] = [
+    PART_SUFFIX,
+    SIDECAR_SUFFIX,
+    SIDECAR_TMP_SUFFIX,
+    LOCK_SUFFIX,
+    PART_VALIDATOR_SUFFIX,
+];
+/// The longest file name accepted (bytes): [`MAX_PATH_COMPONENT_LEN`] less the longest of
+/// the [`STORE_SUFFIXES`] (`.sha256.tmp`), so every sibling of a model file is a valid name.
+pub const MAX_FILE_NAME_LEN: usize = MAX_PATH_COMPONENT_LEN - longest(&STORE_SUFFIXES);
+/// The hard ceiling of one model file (bytes), whatever the server announces: 512 GiB.
+pub const MAX_MODEL_FILE_BYTES: u64 = 512 << 30;
+/// Without a `Content-Length`, a body may pass the file's `approxBytes` by this many
+/// percent (or [`APPROX_BYTES_MIN_MARGIN`], whichever is more) before it is cut off.
+pub const APPROX_BYTES_MARGIN_PERCENT: u64 = 10;
+/// The least margin over `approxBytes` (bytes) allowed without a `Content-Length`.
+pub const APPROX_BYTES_MIN_MARGIN: u64 = 1 << 20;
+/// The slowest download kept going: at least this many bytes per
+/// [`DEFAULT_MIN_SPEED_WINDOW`] (64 KiB/s over a minute), or it fails (retryable), so a
+/// server that trickles a byte now and then cannot hold the job slot.
+pub const DEFAULT_MIN_SPEED_BYTES: u64 = (64 << 10) * 60;
+/// The window the minimum speed is measured over.
+pub const DEFAULT_MIN_SPEED_WINDOW: Duration = Duration::from_secs(60);
+
+const fn longest(suffixes: &[&str]) -> usize {
+    let mut i = 0;
+    let mut max = 0;
+    while i < suffixes.len() {
+        if suffixes[i].len() > max {
+            max = suffixes[i].len();
+        }
+        i += 1;
+    }
+    max
+}
 
 /// How downloads behave. [`FetchOptions::default`] holds the named defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +196,13 @@ pub struct FetchOptions {
     pub max_redirects: u32,
     /// How progress is shown ([`ProgressMode::Auto`]).
     pub progress: ProgressMode,
+    /// [`MAX_MODEL_FILE_BYTES`].
+    pub max_file_bytes: u64,
+    /// [`DEFAULT_MIN_SPEED_BYTES`]: fewer bytes than this in any [`Self::min_speed_window`]
+    /// fail the download (retryable); 0 turns the check off.
+    pub min_speed_bytes: u64,
+    /// [`DEFAULT_MIN_SPEED_WINDOW`].
+    pub min_speed_window: Duration,
 }
 
 impl Default for FetchOptions {
@@ -165,6 +214,9 @@ impl Default for FetchOptions {
             disk_headroom_percent: DISK_HEADROOM_PERCENT,
             max_redirects: MAX_REDIRECTS,
             progress: ProgressMode::Auto,
+            max_file_bytes: MAX_MODEL_FILE_BYTES,
+            min_speed_bytes: DEFAULT_MIN_SPEED_BYTES,
+            min_speed_window: DEFAULT_MIN_SPEED_WINDOW,
         }
     }
 }
@@ -346,6 +398,14 @@ mod tests {
         assert_eq!(o.disk_headroom_percent, 10);
         assert_eq!(o.max_redirects, MAX_REDIRECTS);
         assert_eq!(o.progress, ProgressMode::Auto);
+        assert_eq!(o.max_file_bytes, MAX_MODEL_FILE_BYTES);
+        assert_eq!(o.min_speed_bytes, DEFAULT_MIN_SPEED_BYTES);
+        assert_eq!(o.min_speed_window, DEFAULT_MIN_SPEED_WINDOW);
+        // 64 KiB/s.
+        assert_eq!(
+            DEFAULT_MIN_SPEED_BYTES / DEFAULT_MIN_SPEED_WINDOW.as_secs(),
+            64 << 10
+        );
         assert_eq!(DEFAULT_CONNECT_TIMEOUT, Duration::from_secs(15));
         assert_eq!(DEFAULT_READ_TIMEOUT, Duration::from_secs(30));
     }

@@ -5,9 +5,16 @@
 //!   local tools), at most [`MAX_INPUT_BYTES`] (checked against `Content-Length` first, then
 //!   while reading), redirects followed only over https.
 //! * [`decode_wav`]: RIFF/WAVE through `hound`: integer PCM of 8, 16, 24 or 32 bits and
-//!   32-bit float, any channel count (`WAVE_FORMAT_EXTENSIBLE` included), mixed to mono.
+//!   32-bit float, 1 to [`MAX_CHANNELS`] channels (`WAVE_FORMAT_EXTENSIBLE` included), mixed
+//!   to mono, at a sample rate from [`MIN_SAMPLE_RATE`] to [`MAX_SAMPLE_RATE`].
 //! * [`resample`]: a polyphase windowed-sinc (Kaiser) resampler with an anti-alias cutoff
-//!   below the lower of the two Nyquist frequencies.
+//!   below the lower of the two Nyquist frequencies; its filter table is at most
+//!   [`RESAMPLE_MAX_TABLE_ENTRIES`] weights.
+//!
+//! Every size that follows from the file's header (the rate, the channels, the length, the
+//! resampler's table) is checked against a named limit before anything is allocated for it,
+//! so a crafted header fails the job `InvalidInput` (not retryable) instead of asking the
+//! allocator for more memory than exists (which aborts the process).
 
 use std::io::Cursor;
 
@@ -25,6 +32,15 @@ pub use crate::input_url::FETCH_TIMEOUT;
 
 /// The sample rate Whisper's front end expects (Hz).
 pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
+
+/// The lowest sample rate accepted (Hz); below it there is no speech band left to hear.
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
+
+/// The highest sample rate accepted (Hz): 384 kHz, the highest rate audio interfaces record.
+pub const MAX_SAMPLE_RATE: u32 = 384_000;
+
+/// The most channels accepted (WAV allows 65 535; surround formats use at most 24).
+pub const MAX_CHANNELS: u16 = 32;
 
 /// Decoded audio: mono samples in `[-1, 1]` at `sample_rate`.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,11 +103,7 @@ pub fn decode_wav(bytes: &[u8]) -> Result<Audio, EngineError> {
     let reader = hound::WavReader::new(Cursor::new(bytes))
         .map_err(|e| EngineError::invalid_input(format!("input WAV is not readable: {e}")))?;
     let spec = reader.spec();
-    if spec.channels == 0 || spec.sample_rate == 0 {
-        return Err(EngineError::invalid_input(
-            "input WAV declares no channels or a zero sample rate",
-        ));
-    }
+    check_spec(spec.sample_rate, spec.channels)?;
     let channels = usize::from(spec.channels);
     let frames = reader.duration() as usize;
     if frames as f64 / f64::from(spec.sample_rate) > MAX_AUDIO_SECONDS {
@@ -125,6 +137,23 @@ pub fn decode_wav(bytes: &[u8]) -> Result<Audio, EngineError> {
     })
 }
 
+/// Checks a WAV header's sample rate and channel count against [`MIN_SAMPLE_RATE`],
+/// [`MAX_SAMPLE_RATE`] and [`MAX_CHANNELS`].
+pub fn check_spec(sample_rate: u32, channels: u16) -> Result<(), EngineError> {
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+        return Err(EngineError::invalid_input(format!(
+            "input WAV declares a sample rate of {sample_rate} Hz; accepted: \
+             {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz"
+        )));
+    }
+    if channels == 0 || channels > MAX_CHANNELS {
+        return Err(EngineError::invalid_input(format!(
+            "input WAV declares {channels} channels; accepted: 1 to {MAX_CHANNELS}"
+        )));
+    }
+    Ok(())
+}
+
 fn collect<T, I: Iterator<Item = hound::Result<T>>>(samples: I) -> Result<Vec<T>, EngineError> {
     samples
         .collect::<Result<Vec<T>, _>>()
@@ -156,6 +185,13 @@ pub const RESAMPLE_ZERO_CROSSINGS: usize = 16;
 pub const RESAMPLE_ROLLOFF: f64 = 0.92;
 /// Kaiser window shape (about 80 dB stop-band attenuation).
 pub const RESAMPLE_KAISER_BETA: f64 = 8.0;
+/// The most weights the resampler's filter table may hold (64 MiB of f32): every pair of
+/// rates in [`MIN_SAMPLE_RATE`]..=[`MAX_SAMPLE_RATE`] to 16 kHz fits (the worst, a prime
+/// rate near the top, needs about 13.4 million); a pair that does not is refused.
+pub const RESAMPLE_MAX_TABLE_ENTRIES: u64 = 16 * 1024 * 1024;
+/// The most samples the resampler writes (1 GiB of f32): the longest input accepted
+/// ([`MAX_AUDIO_SECONDS`]) at 16 kHz is 172.8 million.
+pub const RESAMPLE_MAX_OUTPUT_SAMPLES: u64 = 256 * 1024 * 1024;
 
 /// Resamples mono `input` from `from_hz` to `to_hz` with a polyphase windowed-sinc filter.
 ///
@@ -165,16 +201,42 @@ pub const RESAMPLE_KAISER_BETA: f64 = 8.0;
 /// with the cutoff at [`RESAMPLE_ROLLOFF`] of the lower Nyquist frequency and `W` chosen so
 /// the kernel spans [`RESAMPLE_ZERO_CROSSINGS`] cutoff periods on each side. Samples beyond
 /// either end count as silence. The output has `ceil(len*L/M)` samples.
-pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Vec<f32> {
-    if from_hz == to_hz || input.is_empty() || from_hz == 0 || to_hz == 0 {
-        return input.to_vec();
+///
+/// Errors (`InvalidInput`): a zero rate, a pair of rates whose table (`L * 2W` weights)
+/// would pass [`RESAMPLE_MAX_TABLE_ENTRIES`], or an output past
+/// [`RESAMPLE_MAX_OUTPUT_SAMPLES`].
+pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, EngineError> {
+    if from_hz == 0 || to_hz == 0 {
+        return Err(EngineError::invalid_input(format!(
+            "cannot resample from {from_hz} Hz to {to_hz} Hz"
+        )));
+    }
+    if from_hz == to_hz || input.is_empty() {
+        return Ok(input.to_vec());
     }
     let g = gcd(from_hz as u64, to_hz as u64);
     let up = to_hz as u64 / g; // L
     let down = from_hz as u64 / g; // M
                                    // Cutoff relative to the input Nyquist frequency.
     let cutoff = RESAMPLE_ROLLOFF * (to_hz as f64 / from_hz as f64).min(1.0);
-    let half = (RESAMPLE_ZERO_CROSSINGS as f64 / cutoff).ceil() as usize;
+    let out_len = (input.len() as u128 * u128::from(up)).div_ceil(u128::from(down));
+    if out_len > u128::from(RESAMPLE_MAX_OUTPUT_SAMPLES) {
+        return Err(EngineError::invalid_input(format!(
+            "resampling {} samples from {from_hz} Hz to {to_hz} Hz gives {out_len} samples; \
+             at most {RESAMPLE_MAX_OUTPUT_SAMPLES} are allowed",
+            input.len()
+        )));
+    }
+    let out_len = out_len as usize;
+    let half_f = (RESAMPLE_ZERO_CROSSINGS as f64 / cutoff).ceil();
+    let entries = up as f64 * 2.0 * half_f;
+    if entries > RESAMPLE_MAX_TABLE_ENTRIES as f64 {
+        return Err(EngineError::invalid_input(format!(
+            "resampling {from_hz} Hz to {to_hz} Hz needs a filter of {entries:.0} weights; \
+             at most {RESAMPLE_MAX_TABLE_ENTRIES} are allowed"
+        )));
+    }
+    let half = half_f as usize;
     let taps = 2 * half;
     let phases = up as usize;
     // table[p * taps + j] is the weight of input sample i0 - (half - 1) + j for phase p.
@@ -201,8 +263,6 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Vec<f32> {
             *dst = (w / sum) as f32;
         }
     }
-    let len = input.len() as u64;
-    let out_len = (len * up).div_ceil(down) as usize;
     let mut out = Vec::with_capacity(out_len);
     for n in 0..out_len as u64 {
         let pos = n * down;
@@ -226,7 +286,7 @@ pub fn resample(input: &[f32], from_hz: u32, to_hz: u32) -> Vec<f32> {
         }
         out.push(acc);
     }
-    out
+    Ok(out)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -265,6 +325,6 @@ fn bessel_i0(x: f64) -> f64 {
 pub fn load_for_whisper(bytes: &[u8]) -> Result<(Vec<f32>, f64), EngineError> {
     let audio = decode_wav(bytes)?;
     let duration = audio.duration();
-    let samples = resample(&audio.samples, audio.sample_rate, WHISPER_SAMPLE_RATE);
+    let samples = resample(&audio.samples, audio.sample_rate, WHISPER_SAMPLE_RATE)?;
     Ok((samples, duration))
 }

@@ -204,11 +204,13 @@ impl Ct2Model {
                 let n = r.u32(&format!("the size of `{name}`"))? as usize;
                 (dtype, n * size as usize)
             };
-            let elements: usize = shape.iter().product();
-            if elements * dtype.size() != num_bytes {
+            let needed = shape
+                .iter()
+                .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+            if needed != Some(num_bytes) {
                 return Err(bad(format!(
                     "`{name}`: shape {shape:?} of {dtype:?} needs {} bytes, the file says {num_bytes}",
-                    elements * dtype.size()
+                    needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
                 )));
             }
             let data = r.take(num_bytes, &format!("the data of `{name}`"))?;
@@ -375,14 +377,23 @@ impl Ct2Model {
             .collect())
     }
 
-    /// How many `<prefix>/layer_<i>/...` layers exist.
+    /// How many `<prefix>/layer_<i>/...` layers exist (consecutive from 0), found in one
+    /// pass over the variables.
     fn count_layers(&self, prefix: &str) -> usize {
-        (0..)
-            .take_while(|i| {
-                let p = format!("{prefix}/layer_{i}/");
-                self.variables.iter().any(|v| v.name.starts_with(&p))
+        let lead = format!("{prefix}/layer_");
+        let present: std::collections::BTreeSet<usize> = self
+            .variables
+            .iter()
+            .filter_map(|v| {
+                let rest = v.name.strip_prefix(&lead)?;
+                let (index, _) = rest.split_once('/')?;
+                index
+                    .parse()
+                    .ok()
+                    .filter(|n: &usize| n.to_string() == index)
             })
-            .count()
+            .collect();
+        (0..).take_while(|i| present.contains(i)).count()
     }
 
     /// The Whisper model dimensions, from the tensor shapes and `num_heads` scalars.
@@ -403,7 +414,8 @@ impl Ct2Model {
         let embed = shape("decoder/embeddings/weight")?; // [vocab, d]
         let dec_pos = shape("decoder/position_encodings/encodings")?; // [n_text_ctx, d]
         let enc_pos = shape("encoder/position_encodings/encodings")
-            .map(|s| s[0])
+            .ok()
+            .and_then(|s| s.first().copied())
             .unwrap_or(1500);
         if conv1.len() != 3 || embed.len() != 2 || dec_pos.len() != 2 {
             return Err(bad(

@@ -297,6 +297,65 @@ fn failed(message: impl std::fmt::Display) -> EngineError {
     EngineError::failed(message.to_string(), false)
 }
 
+/// The most mel bins a checkpoint may declare (Whisper uses 80 or 128).
+pub const MAX_MEL_BINS: usize = 512;
+/// The most audio or text positions a checkpoint may declare (Whisper: 1500 and 448).
+/// Candle builds tables of these sizes (the text causal mask is their square) before the
+/// weights are checked, so a `config.json` claiming billions would abort the process.
+pub const MAX_POSITIONS: usize = 8192;
+/// The widest model accepted (`d_model`; Whisper large: 1280).
+pub const MAX_D_MODEL: usize = 16_384;
+/// The most encoder or decoder layers accepted (Whisper large: 32).
+pub const MAX_LAYERS: usize = 256;
+/// The largest vocabulary accepted (Whisper: 51 865).
+pub const MAX_VOCAB: usize = 1 << 20;
+
+/// Checks the dimensions a checkpoint declares against the named limits above before
+/// anything is built from them: within the limits, `d_model` even and at least 4, and a
+/// whole number of heads.
+pub fn check_config(config: &Config) -> Result<(), EngineError> {
+    let limit = |what: &str, value: usize, min: usize, max: usize| {
+        if (min..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "the checkpoint declares {what} = {value}; accepted: {min} to {max}"
+            )))
+        }
+    };
+    limit("num_mel_bins", config.num_mel_bins, 1, MAX_MEL_BINS)?;
+    limit(
+        "max_source_positions",
+        config.max_source_positions,
+        1,
+        MAX_POSITIONS,
+    )?;
+    limit(
+        "max_target_positions",
+        config.max_target_positions,
+        1,
+        MAX_POSITIONS,
+    )?;
+    limit("d_model", config.d_model, 4, MAX_D_MODEL)?;
+    limit("encoder_layers", config.encoder_layers, 1, MAX_LAYERS)?;
+    limit("decoder_layers", config.decoder_layers, 1, MAX_LAYERS)?;
+    limit("vocab_size", config.vocab_size, 1, MAX_VOCAB)?;
+    for (what, heads) in [
+        ("encoder_attention_heads", config.encoder_attention_heads),
+        ("decoder_attention_heads", config.decoder_attention_heads),
+    ] {
+        if heads == 0 || !config.d_model.is_multiple_of(heads) || !config.d_model.is_multiple_of(2)
+        {
+            return Err(failed(format!(
+                "the checkpoint declares {what} = {heads} over d_model = {}: not a whole \
+                 number of even-width heads",
+                config.d_model
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn candle_err(e: candle_core::Error) -> EngineError {
     EngineError::failed(format!("whisper inference failed: {e}"), false)
 }
@@ -423,6 +482,7 @@ impl WhisperModel {
                         .map_err(|e| EngineError::io(format!("reading {}: {e}", path.display())))?;
                     let ct2 = Ct2Model::parse(bytes)?;
                     let mut config = ct2.whisper_config()?;
+                    check_config(&config)?;
                     let suppress = id_list(config_json, "suppress_ids");
                     config.suppress_tokens = suppress.clone();
                     (
@@ -435,6 +495,8 @@ impl WhisperModel {
                 WeightsFormat::Safetensors => {
                     let config: Config = serde_json::from_value(config_json.clone())
                         .map_err(|e| failed(format!("{}/config.json: {e}", dir.display())))?;
+                    check_config(&config)
+                        .map_err(|e| e.context(format!("{}/config.json", dir.display())))?;
                     let path = dir.join("model.safetensors");
                     let raw = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
                         .map_err(|e| failed(format!("{}: {e}", path.display())))?;

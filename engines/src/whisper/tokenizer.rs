@@ -18,6 +18,10 @@ use crate::error::EngineError;
 const PRE_TOKENIZER: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// The largest token id accepted (the table of token strings is sized by the largest id,
+/// so `{"vocab": {"a": 4294967295}}` would ask for about 100 GiB).
+pub const MAX_TOKEN_ID: u64 = (1 << 20) - 1;
+
 /// A loaded byte-level BPE tokenizer.
 pub struct Tokenizer {
     vocab: HashMap<String, u32>,
@@ -85,8 +89,16 @@ impl Tokenizer {
             .and_then(Value::as_object)
             .ok_or("no `model.vocab` object")?;
         let mut vocab = HashMap::with_capacity(vocab_json.len());
+        let check_id = |id: u64| -> Result<u32, String> {
+            if id > MAX_TOKEN_ID {
+                return Err(format!(
+                    "token id {id} is larger than the largest accepted ({MAX_TOKEN_ID})"
+                ));
+            }
+            Ok(id as u32)
+        };
         for (token, id) in vocab_json {
-            let id = id.as_u64().ok_or("a vocab id is not an integer")? as u32;
+            let id = check_id(id.as_u64().ok_or("a vocab id is not an integer")?)?;
             vocab.insert(token.clone(), id);
         }
         let mut merges = HashMap::new();
@@ -115,7 +127,7 @@ impl Tokenizer {
                     t.get("content").and_then(Value::as_str),
                     t.get("id").and_then(Value::as_u64),
                 ) {
-                    special.insert(content.to_string(), id as u32);
+                    special.insert(content.to_string(), check_id(id)?);
                 }
             }
         }

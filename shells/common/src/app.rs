@@ -72,6 +72,9 @@ pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result
         crate::telemetry::remember_secret(secret);
     }
     tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
+    if let Some(warning) = config.insecure_url_warning() {
+        tracing::warn!("{warning}");
+    }
     let mut daemon = D::from_config(config.clone(), config_path.to_path_buf())?;
     daemon.set_record(record.map(Path::to_path_buf));
     let control = daemon.control();

@@ -390,6 +390,10 @@ pub fn register(
         validate_api_base_url(url)
             .map_err(|e| ShellError::InvalidArgument(format!("--api-base-url: {e}")))?;
         config.api_base_url = url.trim().to_string();
+        // The plain-text rule depends on the file's `allow_insecure_studio_url`.
+        config
+            .validate()
+            .map_err(|e| ShellError::InvalidArgument(format!("--api-base-url: {e}")))?;
         report.push_str(&format!("api_base_url set to {}\n", config.api_base_url));
     }
     if reset || api_base_url.is_some() {

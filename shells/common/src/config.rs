@@ -10,8 +10,14 @@
 //!   quoted fragment of the file removed: a TOML error excerpt could otherwise echo a
 //!   secret from the neighbouring text.
 //! * **Save** ([`Config::save`]): atomic (temp file in the same directory, write, fsync,
-//!   rename, fsync the directory) and owner-only (`0600`) on Unix. A truncated write used to
-//!   wipe the registration, and `0644` leaked secrets (PROTOCOL.md §8).
+//!   rename, fsync the directory) and owner-only (`0600`) on Unix, in a directory created
+//!   `0700`. A truncated write used to wipe the registration, and `0644` leaked secrets
+//!   (PROTOCOL.md §8). A file found readable or writable by group or others is tightened to
+//!   owner-only on load, with a warning.
+//! * **Plain-text studio URLs**: an `http://` / `ws://` `api_base_url` to a host other than
+//!   this machine would send the auth token and the registration secret unencrypted; it is
+//!   refused unless `allow_insecure_studio_url = true`, and then warned about at start
+//!   ([`insecure_url_warning`]).
 //! * **Secrets** (`auth_token`, `registration_secret`, and unknown keys whose names look
 //!   secret) are masked by [`Config::redacted`], by `Display` and by `Debug`; only the
 //!   file itself holds them.
@@ -79,7 +85,7 @@ pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
 const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 20] = [
+pub const KNOWN_KEYS: [&str; 22] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -100,6 +106,8 @@ pub const KNOWN_KEYS: [&str; 20] = [
     "registration_request_id",
     "registration_secret",
     "job_deadline_secs",
+    "allow_insecure_studio_url",
+    "model_memory_budget_gb",
 ];
 
 fn default_true() -> bool {
@@ -188,6 +196,14 @@ pub struct Config {
     /// every plain key by [`Config::to_toml`].
     #[serde(default, skip_serializing)]
     pub job_deadline_secs: BTreeMap<TaskKind, u64>,
+    /// Accept an `http://` / `ws://` `api_base_url` to a host other than this machine (the
+    /// credentials then cross the network unencrypted; warned about at start).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_studio_url: bool,
+    /// How much memory (GB) each engine may keep in loaded models between jobs; unset:
+    /// [`studio_engines::DEFAULT_MODEL_MEMORY_BUDGET_PERCENT`] of this machine's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_memory_budget_gb: Option<f64>,
     /// Keys this build does not know, kept so a save writes them back unchanged.
     #[serde(skip)]
     pub extra: BTreeMap<String, toml::Value>,
@@ -218,6 +234,8 @@ impl Default for Config {
             registration_request_id: None,
             registration_secret: None,
             job_deadline_secs: BTreeMap::new(),
+            allow_insecure_studio_url: false,
+            model_memory_budget_gb: None,
             extra: BTreeMap::new(),
         }
     }
@@ -284,8 +302,12 @@ pub enum RegistrationView<'a> {
 }
 
 impl Config {
-    /// Loads `path`, creating it with [`Config::default`] when it does not exist.
+    /// Loads `path`, creating it with [`Config::default`] when it does not exist. A file
+    /// group or others may read or write is made owner-only first, with a warning.
     pub fn load(path: &Path) -> Result<Config, ShellError> {
+        if let Some(warning) = tighten_permissions(path) {
+            tracing::warn!("{warning}");
+        }
         match fs::read_to_string(path) {
             Ok(text) => {
                 let config = Config::parse(path, &text)?;
@@ -360,7 +382,40 @@ impl Config {
             studio_engines::models::check_url_for("auto_update_feed", feed)
                 .map_err(|e| e.message)?;
         }
+        if let (Some(host), false) = (
+            insecure_remote_host(&self.api_base_url),
+            self.allow_insecure_studio_url,
+        ) {
+            return Err(format!(
+                "api_base_url: `{}` is plain text to {host}, another machine: the auth token \
+                 and registration secret would cross the network unencrypted. Use https:// \
+                 (or wss://), or set allow_insecure_studio_url = true to accept that",
+                self.api_base_url.trim()
+            ));
+        }
+        if let Some(gb) = self.model_memory_budget_gb {
+            if !(gb.is_finite() && gb >= 0.0) {
+                return Err(format!(
+                    "model_memory_budget_gb: must be a number of GB >= 0, got {gb}"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The warning to log at start when the config accepts a plain-text studio URL to
+    /// another machine (`allow_insecure_studio_url = true`).
+    pub fn insecure_url_warning(&self) -> Option<String> {
+        insecure_url_warning(&self.api_base_url, self.allow_insecure_studio_url)
+    }
+
+    /// The model memory budget in bytes: `model_memory_budget_gb`, or the engines' default
+    /// for a machine with `total_ram` bytes of memory.
+    pub fn model_memory_budget_bytes(&self, total_ram: Option<u64>) -> u64 {
+        match self.model_memory_budget_gb {
+            Some(gb) => (gb * 1e9) as u64,
+            None => studio_engines::EngineSettings::default_budget(total_ram),
+        }
     }
 
     /// Writes the config to `path` atomically with owner-only permissions, creating the
@@ -609,6 +664,8 @@ impl fmt::Debug for Config {
             .field("install_id", &r.install_id)
             .field("registration_request_id", &r.registration_request_id)
             .field("registration_secret", &r.registration_secret)
+            .field("allow_insecure_studio_url", &r.allow_insecure_studio_url)
+            .field("model_memory_budget_gb", &r.model_memory_budget_gb)
             .field("extra", &r.extra)
             .finish()
     }
@@ -668,6 +725,70 @@ pub fn validate_api_base_url(url: &str) -> Result<(), String> {
         return Err(format!("`{url}` has no valid host"));
     }
     Ok(())
+}
+
+/// The host of a plain-text (`http://`, `ws://`) URL when it is not this machine (loopback
+/// hosts are fine: nothing leaves the box); `None` for https / wss or a loopback host.
+pub fn insecure_remote_host(url: &str) -> Option<String> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "ws") {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        hostport.split(':').next().unwrap_or("")
+    };
+    (!studio_engines::models::is_loopback_host(host)).then(|| host.to_string())
+}
+
+/// The start-up warning for a plain-text `url` to another machine that the config
+/// accepts (`allowed`); `None` otherwise.
+pub fn insecure_url_warning(url: &str, allowed: bool) -> Option<String> {
+    let host = insecure_remote_host(url).filter(|_| allowed)?;
+    Some(format!(
+        "allow_insecure_studio_url = true: the studio URL `{}` is plain text to {host}; the \
+         auth token and registration secret cross the network unencrypted",
+        url.trim()
+    ))
+}
+
+/// Makes the file at `path` owner-only when group or others may read or write it; the
+/// warning to log when it did (or could not). Nothing on other platforms, or when the file
+/// does not exist.
+#[cfg(unix)]
+pub fn tighten_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return None;
+    }
+    let tight = mode & 0o700;
+    Some(
+        match fs::set_permissions(path, fs::Permissions::from_mode(tight)) {
+            Ok(()) => format!(
+                "{} was open to other users (mode {:04o}); it holds secrets, so it is now \
+                 {:04o}",
+                path.display(),
+                mode & 0o7777,
+                tight
+            ),
+            Err(e) => format!(
+                "{} is open to other users (mode {:04o}) and could not be tightened ({e}): \
+                 it holds secrets; run `chmod 600` on it",
+                path.display(),
+                mode & 0o7777
+            ),
+        },
+    )
+}
+
+/// See the unix version: other platforms keep their own access control.
+#[cfg(not(unix))]
+pub fn tighten_permissions(_path: &Path) -> Option<String> {
+    None
 }
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ShellError {
@@ -765,7 +886,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, 
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).map_err(|e| ("create the directory of", e))?;
+    create_private_dir(&dir).map_err(|e| ("create the directory of", e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -784,6 +905,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, 
     }
     sync_dir(&dir);
     Ok(())
+}
+
+/// Creates `dir` and its missing parents; on Unix the directories created are owner-only
+/// (`0700`: the config directory holds secrets). Existing directories are left alone.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
@@ -905,6 +1039,118 @@ mod tests {
         // No temp files left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_config_open_to_others_is_tightened_on_load_and_its_dir_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        let path = dir.path().join("config.toml");
+        fs::write(
+            &path,
+            "api_base_url = \"https://s.example/\"\nvram_threshold_gb = 1.0\n",
+        )
+        .unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).unwrap();
+        let warning = tighten_permissions(&path).unwrap();
+        assert!(
+            warning.contains("0664") && warning.contains("0600"),
+            "{warning}"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(tighten_permissions(&path), None);
+        // Config::load does it too.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        Config::load(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // A config directory the worker creates is owner-only.
+        let nested = dir.path().join("a").join("b").join("config.toml");
+        Config::default().save(&nested).unwrap();
+        for d in [dir.path().join("a"), dir.path().join("a").join("b")] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+    }
+
+    #[test]
+    fn plain_text_studio_urls_to_other_hosts_need_the_opt_in() {
+        for remote in [
+            "http://studio.example/",
+            "ws://studio.example:80",
+            "http://10.0.0.5:9790/",
+            "http://0.0.0.0:9790/",
+            "HTTP://user:pw@studio.example/",
+            "http://[2001:db8::1]:9790/",
+        ] {
+            assert!(insecure_remote_host(remote).is_some(), "{remote}");
+            let text = format!("api_base_url = \"{remote}\"\nvram_threshold_gb = 1.0\n");
+            let e = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+            assert!(
+                e.to_string().contains("allow_insecure_studio_url"),
+                "{remote}: {e}"
+            );
+            let allowed = format!("{text}allow_insecure_studio_url = true\n");
+            let c = Config::parse(Path::new("c.toml"), &allowed).unwrap();
+            assert!(c.insecure_url_warning().unwrap().contains("unencrypted"));
+        }
+        for fine in [
+            "https://studio.example/",
+            "wss://studio.example/",
+            "http://127.0.0.1:9790/",
+            "http://localhost:9790",
+            "ws://[::1]:9790/",
+        ] {
+            assert_eq!(insecure_remote_host(fine), None, "{fine}");
+            let text = format!("api_base_url = \"{fine}\"\nvram_threshold_gb = 1.0\n");
+            let c = Config::parse(Path::new("c.toml"), &text).unwrap();
+            assert_eq!(c.insecure_url_warning(), None);
+        }
+        // The key round-trips and is not written when off.
+        let c = Config {
+            allow_insecure_studio_url: true,
+            api_base_url: "http://studio.example/".into(),
+            ..Config::default()
+        };
+        assert!(c.to_toml().contains("allow_insecure_studio_url = true"));
+        assert!(!Config::default().to_toml().contains("allow_insecure"));
+    }
+
+    #[test]
+    fn the_model_memory_budget_is_a_key_with_a_ram_default() {
+        let text = "api_base_url = \"https://s.example/\"\nvram_threshold_gb = 1.0\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.model_memory_budget_gb, None);
+        assert_eq!(
+            c.model_memory_budget_bytes(Some(32_000_000_000)),
+            studio_engines::EngineSettings::default_budget(Some(32_000_000_000))
+        );
+        let c = Config::parse(
+            Path::new("c.toml"),
+            &format!("{text}model_memory_budget_gb = 2.5\n"),
+        )
+        .unwrap();
+        assert_eq!(c.model_memory_budget_bytes(Some(1 << 40)), 2_500_000_000);
+        for bad in ["-1.0", "nan", "inf"] {
+            let e = Config::parse(
+                Path::new("c.toml"),
+                &format!("{text}model_memory_budget_gb = {bad}\n"),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("model_memory_budget_gb"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

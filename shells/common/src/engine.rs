@@ -20,9 +20,14 @@ use crate::config::Config;
 pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
 
 /// What the engines take from the config: `models_root` (verified model downloads go to
-/// `<models_root>/<model id>/`); the loaded-model memory budget keeps its default.
+/// `<models_root>/<model id>/`) and the loaded-model memory budget
+/// (`model_memory_budget_gb`, by default a share of this machine's memory).
 pub fn engine_settings(config: &Config) -> EngineSettings {
-    EngineSettings::with_models_root(config.models_root.clone())
+    EngineSettings {
+        model_memory_budget_bytes: config
+            .model_memory_budget_bytes(crate::host::total_memory_bytes()),
+        ..EngineSettings::with_models_root(config.models_root.clone())
+    }
 }
 
 /// The engines of `studio-worker run`: every compiled-in engine, set up from `config`
@@ -98,7 +103,15 @@ mod tests {
         assert_eq!(settings.models_root, config.models_root);
         assert_eq!(
             settings.model_memory_budget_bytes,
-            studio_engines::DEFAULT_MODEL_MEMORY_BUDGET_BYTES
+            EngineSettings::default_budget(crate::host::total_memory_bytes())
+        );
+        let config = Config {
+            model_memory_budget_gb: Some(3.0),
+            ..config
+        };
+        assert_eq!(
+            engine_settings(&config).model_memory_budget_bytes,
+            3_000_000_000
         );
     }
 }

@@ -38,6 +38,26 @@ fn clean(name: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_string())
 }
 
+/// The machine's physical memory in bytes, if the OS reports it (the default model memory
+/// budget is a share of it).
+#[cfg(unix)]
+pub fn total_memory_bytes() -> Option<u64> {
+    // SAFETY: sysconf only reads system values; it has no pointer arguments.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    (pages > 0 && page_size > 0).then(|| pages as u64 * page_size as u64)
+}
+
+/// Not probed on this platform: the engines' fixed default applies.
+#[cfg(not(unix))]
+pub fn total_memory_bytes() -> Option<u64> {
+    None
+}
+
 /// The machine's host name, if the OS reports one.
 pub fn hostname() -> Option<String> {
     os_hostname().or_else(|| {

@@ -99,6 +99,29 @@ impl RequestHead {
     }
 }
 
+impl RequestHead {
+    /// A head as a client sends it: `METHOD target HTTP/1.1` and `headers`, the target split
+    /// into path and query (tests and the fuzz harness build heads with it; the server gets
+    /// its heads from [`parse_head`]).
+    pub fn new(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHead {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.to_string(), None),
+        };
+        RequestHead {
+            method: method.to_string(),
+            target: target.to_string(),
+            path,
+            query,
+            minor_version: 1,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
 /// A request the codec refuses: the status to answer and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpFault {
@@ -233,17 +256,10 @@ pub fn parse_head(buf: &[u8], cap: usize) -> Result<HeadParse, HttpFault> {
         }
         headers.push((name.to_string(), value.to_string()));
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
     let head = RequestHead {
-        method: method.to_string(),
-        target: target.to_string(),
-        path,
-        query,
         minor_version,
         headers,
+        ..RequestHead::new(method, target, &[])
     };
     if head.minor_version == 1 && head.header("host").is_none() {
         return Err(HttpFault::new(

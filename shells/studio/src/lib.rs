@@ -21,7 +21,13 @@
 //!
 //! Errors of the studio machine answer its status with `{"error": message}`.
 //!
-//! # The local admin API (`/local/...`, JSON, no authentication: loopback only)
+//! # The local admin API (`/local/...`, JSON)
+//!
+//! Every `/local` request passes [`admin_auth::check_admin`] before its body is read: a
+//! `Host` of this machine, no foreign `Origin`, `Authorization: Bearer <admin token>` (a
+//! random token made at [`LocalStudio::bind`] and printed by the binary; see
+//! [`AdminAuth`]) and `Content-Type: application/json` on a body. Its bodies are capped at
+//! [`LocalConfig::max_json_body_bytes`].
 //!
 //! | Route | Body / answer |
 //! |---|---|
@@ -58,9 +64,11 @@
 //!
 //! # Decisions
 //!
-//! * Loopback only unless [`LocalConfig::allow_remote`]: there is no TLS and no admin auth.
+//! * Loopback only unless [`LocalConfig::allow_remote`]: there is no TLS.
 //! * Every HTTP response carries `Connection: close`; request heads are capped at 64 KiB
-//!   (431), bodies at [`LocalConfig::max_body_bytes`] (413); chunked request bodies get 411;
+//!   (431), result uploads at [`LocalConfig::max_body_bytes`] and every other body at
+//!   [`LocalConfig::max_json_body_bytes`] (413, answered from the head before the body is
+//!   read); chunked request bodies get 411;
 //!   a malformed request gets 400 with the reason in `{"error"}`.
 //! * A binary WebSocket frame, or one over the studio's `max_frame_bytes`, is fed to the
 //!   machine as non-JSON text: it answers `protocol_violation` and close 4002.
@@ -91,6 +99,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+pub mod admin_auth;
 pub mod api;
 pub mod http;
 pub mod server;
@@ -115,7 +124,7 @@ pub use api::{
     ConnectionStats, Fault, FaultState, FaultsBody, JobDetail, JobSubmission, JobSummary,
     PendingInfo, ResultView, Stats, WorkerInfo,
 };
-pub use server::{DEFAULT_MAX_BODY_BYTES, MAX_HEAD_BYTES};
+pub use server::{DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_JSON_BODY_BYTES, MAX_HEAD_BYTES};
 
 use server::{Call, Server, ServerSettings};
 
@@ -135,10 +144,15 @@ pub struct LocalConfig {
     pub studio: StudioConfig,
     /// Pre-provisioned workers: (worker id, auth token).
     pub workers: Vec<(String, String)>,
-    /// Allow a non-loopback `bind` (there is no TLS and no admin authentication).
+    /// Allow a non-loopback `bind` (there is no TLS).
     pub allow_remote: bool,
-    /// Largest request body (default [`DEFAULT_MAX_BODY_BYTES`]).
+    /// Who may use the `/local` admin API (default [`AdminAuth::Random`]).
+    pub admin: AdminAuth,
+    /// Largest result upload (default [`DEFAULT_MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
+    /// Largest body of every other request: the admin API, registration requests (default
+    /// [`DEFAULT_MAX_JSON_BODY_BYTES`]).
+    pub max_json_body_bytes: usize,
     /// After an accepted result upload, frames to that worker (typically its next offer)
     /// are held this long (default [`DEFAULT_UPLOAD_NUDGE_DELAY`]; zero: no hold). This
     /// mirrors the reference studio, whose upload handler nudges the session object
@@ -162,10 +176,25 @@ impl Default for LocalConfig {
             studio: StudioConfig::default(),
             workers: Vec::new(),
             allow_remote: false,
+            admin: AdminAuth::Random,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_json_body_bytes: DEFAULT_MAX_JSON_BODY_BYTES,
             upload_nudge_delay: DEFAULT_UPLOAD_NUDGE_DELAY,
         }
     }
+}
+
+/// The admin API's token ([`admin_auth`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AdminAuth {
+    /// A fresh random token ([`admin_auth::generate_token`]), made at bind: the default.
+    #[default]
+    Random,
+    /// This token.
+    Token(String),
+    /// No token (`--no-admin-token`, for scripts); the `Host`, `Origin` and content-type
+    /// checks still apply.
+    Disabled,
 }
 
 /// A bound, not yet running server.
@@ -174,6 +203,7 @@ pub struct LocalStudio {
     tx: Sender<Call>,
     waker: Arc<Waker>,
     addr: SocketAddr,
+    admin_token: Option<String>,
 }
 
 fn random_seed() -> u64 {
@@ -245,6 +275,11 @@ impl LocalStudio {
         for (id, token) in &cfg.workers {
             studio.add_worker(id, token);
         }
+        let admin_token = match &cfg.admin {
+            AdminAuth::Random => Some(admin_auth::generate_token()?),
+            AdminAuth::Token(t) => Some(t.clone()),
+            AdminAuth::Disabled => None,
+        };
         let server = Server::new(
             poll,
             listener,
@@ -254,6 +289,9 @@ impl LocalStudio {
             ServerSettings {
                 out_dir: cfg.out_dir.clone(),
                 max_body_bytes: cfg.max_body_bytes,
+                max_json_body_bytes: cfg.max_json_body_bytes,
+                admin_token: admin_token.clone(),
+                bind: addr,
                 upload_nudge_delay: cfg.upload_nudge_delay,
                 wall_origin,
             },
@@ -264,12 +302,18 @@ impl LocalStudio {
             tx,
             waker,
             addr,
+            admin_token,
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The token the `/local` admin API wants (`None` when [`AdminAuth::Disabled`]).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// `http://127.0.0.1:<port>/` (an unspecified bind address shows as loopback).
@@ -292,6 +336,7 @@ impl LocalStudio {
             tx,
             waker,
             addr,
+            admin_token,
         } = self;
         let thread = std::thread::Builder::new()
             .name("studio-local".into())
@@ -300,6 +345,7 @@ impl LocalStudio {
             addr,
             tx,
             waker,
+            admin_token,
             thread: Some(thread),
         })
     }
@@ -311,6 +357,7 @@ pub struct Handle {
     addr: SocketAddr,
     tx: Sender<Call>,
     waker: Arc<Waker>,
+    admin_token: Option<String>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -322,6 +369,11 @@ impl Handle {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The token the `/local` admin API wants (`None` when [`AdminAuth::Disabled`]).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// `http://127.0.0.1:<port>/`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use studio_local::{LocalConfig, LocalStudio, DEFAULT_BIND};
+use studio_local::{AdminAuth, LocalConfig, LocalStudio, DEFAULT_BIND};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 
 const LONG_ABOUT: &str = "\
@@ -15,13 +15,16 @@ reference studio machine. Uploaded results are written to --out as <jobId>.<ext>
 
 Point a worker at it with `studio-worker register --api-base-url http://127.0.0.1:9790/`, \
 then `studio-worker run`. Approve its registration with \
-`curl -X POST http://127.0.0.1:9790/local/requests/<requestId>/approve` (or start with \
---auto-approve), or pre-provision it with --worker ID:TOKEN.
+`curl -X POST -H \"Authorization: Bearer $ADMIN_TOKEN\" \
+http://127.0.0.1:9790/local/requests/<requestId>/approve` (or start with --auto-approve), \
+or pre-provision it with --worker ID:TOKEN. The admin token is printed at start.
 
 Set RUST_LOG (e.g. `RUST_LOG=debug`) for more log output on stderr.";
 
 const AFTER_HELP: &str = "\
-Admin API (JSON; no authentication, so loopback only):
+Admin API (JSON). Every request needs `Authorization: Bearer <admin token>` (printed at
+start; --no-admin-token turns that off), a Host of this machine, no foreign Origin, and
+`Content-Type: application/json` when it has a body (at most 1 MiB):
   GET    /local                           the route list
   POST   /local/jobs                      {\"kind\":\"image|llm|audio_stt|audio_tts|video\",
                                            \"prompt\"?, \"task\"?, \"model\"?, \"modelSource\"?,
@@ -58,7 +61,8 @@ Test hooks (fault injection):
   GET    /local/workers/:id/connections   upgrade attempts, connections, last close code
 
 Example:
-  curl -s -XPOST localhost:9790/local/jobs -d '{\"kind\":\"llm\",\"prompt\":\"hi\"}'";
+  curl -s -XPOST localhost:9790/local/jobs -H \"Authorization: Bearer $ADMIN_TOKEN\" \\
+       -H 'Content-Type: application/json' -d '{\"kind\":\"llm\",\"prompt\":\"hi\"}'";
 
 /// The `studio-local` command line.
 #[derive(Debug, Parser)]
@@ -82,10 +86,14 @@ struct Cli {
     /// Pre-provision a worker: ID:TOKEN (repeatable).
     #[arg(long = "worker", value_name = "ID:TOKEN", value_parser = parse_worker)]
     workers: Vec<(String, String)>,
-    /// Allow a non-loopback --bind (no TLS, no admin authentication: anyone who can reach
-    /// the port can submit jobs and approve workers).
+    /// Allow a non-loopback --bind (no TLS: the admin token and workers' tokens cross the
+    /// network in clear).
     #[arg(long)]
     allow_remote: bool,
+    /// Serve the admin API without a token (for scripts on a single-user machine; the Host,
+    /// Origin and content-type checks stay).
+    #[arg(long)]
+    no_admin_token: bool,
 }
 
 fn parse_worker(s: &str) -> Result<(String, String), String> {
@@ -113,6 +121,11 @@ fn main() -> ExitCode {
         auto_approve: cli.auto_approve,
         workers: cli.workers,
         allow_remote: cli.allow_remote,
+        admin: if cli.no_admin_token {
+            AdminAuth::Disabled
+        } else {
+            AdminAuth::Random
+        },
         ..LocalConfig::default()
     };
     let studio = match LocalStudio::bind(cfg) {
@@ -124,8 +137,14 @@ fn main() -> ExitCode {
     };
     if cli.allow_remote && !cli.bind.ip().is_loopback() {
         eprintln!(
-            "studio-local: WARNING: listening on {} with no TLS and no admin authentication",
+            "studio-local: WARNING: listening on {} with no TLS: tokens cross the network in \
+             clear",
             cli.bind
+        );
+    }
+    if studio.admin_token().is_none() {
+        eprintln!(
+            "studio-local: WARNING: --no-admin-token: any local program can drive the admin API"
         );
     }
     println!("studio-local listening on {}", studio.base_url());
@@ -135,6 +154,12 @@ fn main() -> ExitCode {
         studio.base_url(),
         if cli.auto_approve { "on" } else { "off" }
     );
+    if let Some(token) = studio.admin_token() {
+        println!("admin token: {token}");
+        println!(
+            "  export ADMIN_TOKEN={token}   # curl -H \"Authorization: Bearer $ADMIN_TOKEN\" ..."
+        );
+    }
     match studio.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -165,11 +190,19 @@ mod tests {
         assert_eq!(cli.workers.len(), 2);
         assert_eq!(cli.bind, DEFAULT_BIND.parse::<SocketAddr>().unwrap());
         assert!(Cli::try_parse_from(["studio-local", "--worker", "nocolon"]).is_err());
+        assert!(!cli.no_admin_token);
+        assert!(
+            Cli::try_parse_from(["studio-local", "--no-admin-token"])
+                .unwrap()
+                .no_admin_token
+        );
         let help = Cli::command().render_long_help().to_string();
         for needle in [
             "/local/jobs",
             "/local/faults",
             "--allow-remote",
+            "--no-admin-token",
+            "Authorization: Bearer",
             "/local/workers/:id/stall",
         ] {
             assert!(help.contains(needle), "{needle} missing in help");

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use studio_core::studio::StudioConfig;
 use studio_core::wire::{self, StudioFrame, TaskKind, WorkerCapabilities};
-use studio_local::{Fault, Handle, JobSubmission, LocalConfig, LocalStudio};
+use studio_local::{AdminAuth, Fault, Handle, JobSubmission, LocalConfig, LocalStudio};
 use tungstenite::client::ClientRequestBuilder;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// The admin token of every test server; [`request`] sends it with every `/local` request
+/// that does not bring its own `Authorization`.
+const ADMIN_TOKEN: &str = "test-admin-token-5f1e";
 const WAIT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------------------------------
@@ -42,6 +45,7 @@ fn start_with(tweak: impl FnOnce(&mut LocalConfig)) -> Env {
     let mut cfg = LocalConfig {
         out_dir: dir.path().to_path_buf(),
         workers: vec![("w-1".into(), "tok-1".into())],
+        admin: AdminAuth::Token(ADMIN_TOKEN.into()),
         ..LocalConfig::default()
     };
     tweak(&mut cfg);
@@ -121,6 +125,12 @@ fn request(
     );
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    let own_auth = headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+    if path.starts_with("/local") && !own_auth {
+        req.push_str(&format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"));
     }
     req.push_str("\r\n");
     let mut bytes = req.into_bytes();
@@ -478,6 +488,13 @@ fn registration_over_http_then_connect_with_the_issued_token() {
     assert_eq!(r.status, 200);
     let rid = r.json()["requestId"].as_str().unwrap().to_string();
     assert_eq!(r.json()["status"], "pending");
+    // The id carries 64 random bits after its sequence number: approving a request takes
+    // knowing its id, not counting.
+    let random = rid.strip_prefix("rr-1-").unwrap_or_else(|| panic!("{rid}"));
+    assert!(
+        random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rid}"
+    );
 
     let status_path = format!("/graphics/api/workers/register-requests/{rid}");
     let bearer = format!("Bearer {secret}");
@@ -916,9 +933,22 @@ fn oversized_frames_are_a_protocol_violation() {
     assert_eq!(close.map(|c| c.0), Some(4002));
 }
 
+/// `bytes` with its `Host: x` line replaced by what the admin guard wants (a local host, the
+/// token, a JSON body), so the codec's own answers show through.
+fn as_admin(bytes: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(bytes).replacen(
+        "Host: x\r\n",
+        &format!(
+            "Host: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+        ),
+        1,
+    );
+    text.into_bytes()
+}
+
 #[test]
 fn malformed_http_gets_clear_errors() {
-    let env = start_with(|c| c.max_body_bytes = 1024);
+    let env = start_with(|c| c.max_json_body_bytes = 1024);
     let addr = env.addr();
     let cases: &[(&[u8], u16)] = &[
         (b"GARBAGE\r\n\r\n", 400),
@@ -948,7 +978,7 @@ fn malformed_http_gets_clear_errors() {
         (b"GET /local/jobs/job-404 HTTP/1.1\r\nHost: x\r\n\r\n", 404),
     ];
     for (bytes, status) in cases {
-        let r = raw(addr, bytes);
+        let r = raw(addr, &as_admin(bytes));
         assert_eq!(r.status, *status, "{:?}", String::from_utf8_lossy(bytes));
         let body = r.json();
         assert!(
@@ -964,8 +994,10 @@ fn malformed_http_gets_clear_errors() {
     // A request cut short: 400 (the write half is closed, the answer still comes back).
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.write_all(b"POST /local/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{")
-        .unwrap();
+    s.write_all(&as_admin(
+        b"POST /local/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+    ))
+    .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
@@ -980,13 +1012,13 @@ fn expect_continue_is_honoured() {
     let mut s = TcpStream::connect(env.addr()).unwrap();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let body = br#"{"kind":"video","prompt":"waves"}"#;
-    s.write_all(
+    s.write_all(&as_admin(
         format!(
             "POST /local/jobs HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             body.len()
         )
         .as_bytes(),
-    )
+    ))
     .unwrap();
     let mut first = [0u8; 25];
     s.read_exact(&mut first).unwrap();
@@ -1094,6 +1126,7 @@ fn run_blocks_until_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let studio = LocalStudio::bind(LocalConfig {
         out_dir: dir.path().join("nested/out"),
+        admin: AdminAuth::Token(ADMIN_TOKEN.into()),
         ..LocalConfig::default()
     })
     .unwrap();
@@ -1397,4 +1430,115 @@ fn connection_stats_count_upgrades_and_the_workers_own_close() {
     let seen = env.studio.connection_stats("w-1");
     assert_eq!(seen.connections, 2);
     assert_eq!(seen.last_close_code, Some(1000), "{seen:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// The admin API's guard
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn the_admin_api_wants_its_token_a_local_host_no_foreign_origin_and_json() {
+    let env = start();
+    let addr = env.addr();
+    let job = br#"{"kind":"llm","prompt":"hi"}"#;
+    let json = ("Content-Type", "application/json");
+    let cases: [(&[(&str, &str)], u16); 6] = [
+        (&[json, ("Authorization", "Bearer nope")], 401),
+        (&[json, ("Authorization", "Basic x")], 401),
+        (&[json, ("Origin", "https://evil.example")], 403),
+        (&[json, ("Origin", "null")], 403),
+        (&[("Content-Type", "text/plain")], 415),
+        (
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            415,
+        ),
+    ];
+    for (headers, status) in cases {
+        let r = request(addr, "POST", "/local/jobs", headers, job);
+        assert_eq!(
+            r.status,
+            status,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.json()["error"].is_string());
+    }
+    assert_eq!(
+        request(
+            addr,
+            "GET",
+            "/local/jobs",
+            &[("Authorization", "Bearer x")],
+            b""
+        )
+        .header("www-authenticate"),
+        Some("Bearer")
+    );
+    // A name pointed at 127.0.0.1 (DNS rebinding) is not this server.
+    let rebound = format!(
+        "GET /local/jobs HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n",
+        addr.port()
+    );
+    assert_eq!(raw(addr, rebound.as_bytes()).status, 403);
+    // None of the refused submissions made a job; the right request does.
+    assert_eq!(get(addr, "/local/jobs").json().as_array().unwrap().len(), 0);
+    assert_eq!(
+        request(addr, "POST", "/local/jobs", &[json], job).status,
+        200
+    );
+    // The worker-facing routes take no admin token (their own bearer is the worker's).
+    let r = request(
+        addr,
+        "POST",
+        "/graphics/api/workers/register-request",
+        &[json],
+        b"{}",
+    );
+    assert_ne!(r.status, 401);
+}
+
+#[test]
+fn admin_bodies_are_capped_before_they_are_read() {
+    let env = start_with(|c| c.max_json_body_bytes = 1000);
+    let addr = env.addr();
+    // Announced past the cap: refused from the head, the body is never sent.
+    let head = format!(
+        "POST /local/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 1001\r\n\r\n"
+    );
+    let r = raw(addr, head.as_bytes());
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].as_str().unwrap().contains("1000"));
+    // So is a registration request; a result upload has its own, larger cap.
+    let r = request(
+        addr,
+        "POST",
+        "/graphics/api/workers/register-request",
+        &[("Content-Type", "application/json")],
+        &vec![b' '; 1001],
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(studio_local::DEFAULT_MAX_JSON_BODY_BYTES, 1 << 20);
+}
+
+#[test]
+fn the_admin_token_can_be_turned_off_and_a_random_one_is_the_default() {
+    let env = start_with(|c| c.admin = AdminAuth::Disabled);
+    assert_eq!(env.studio.admin_token(), None);
+    let r = request(
+        env.addr(),
+        "GET",
+        "/local/jobs",
+        &[("Authorization", "Bearer anything")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let a = start_with(|c| c.admin = AdminAuth::Random);
+    let b = start_with(|c| c.admin = AdminAuth::Random);
+    let (ta, tb) = (
+        a.studio.admin_token().unwrap(),
+        b.studio.admin_token().unwrap(),
+    );
+    assert_eq!(ta.len(), 32);
+    assert_ne!(ta, tb);
+    assert_eq!(get(a.addr(), "/local/jobs").status, 401);
 }

@@ -27,7 +27,6 @@ const READ_CHUNK: usize = 64 * 1024;
 
 impl Server {
     pub(super) fn http_read(&mut self, id: ConnId) {
-        let max_body = self.settings.max_body_bytes;
         let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             let Some(Conn {
@@ -93,13 +92,26 @@ impl Server {
                         match http::parse_head(&h.buf, MAX_HEAD_BYTES) {
                             Ok(HeadParse::Incomplete) => continue,
                             Ok(HeadParse::Done(head, head_len)) => {
-                                let body_len = match head.body_length() {
-                                    Ok(n) => n,
+                                let admitted = self
+                                    .admit(&head)
+                                    .and_then(|cap| head.body_length().map(|len| (cap, len)));
+                                let (max_body, body_len) = match admitted {
+                                    Ok(v) => v,
                                     Err(f) => {
-                                        let r = Response::error(f.status, &f.message);
+                                        let mut r = Response::error(f.status, &f.message);
+                                        if f.status == 401 {
+                                            r = r.with_header("WWW-Authenticate", "Bearer");
+                                        }
                                         self.respond(id, r, head.method == "HEAD");
                                         return;
                                     }
+                                };
+                                let Some(Conn {
+                                    kind: Kind::Http(h),
+                                    ..
+                                }) = self.conns.get_mut(&id)
+                                else {
+                                    return;
                                 };
                                 if body_len > max_body as u64 {
                                     let r = Response::error(

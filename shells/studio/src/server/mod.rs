@@ -70,8 +70,12 @@ const FIRST_CONN: u64 = 2;
 /// Largest request head; larger is a 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Default largest request body; larger is a 413.
+/// Default largest result upload; larger is a 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// Default largest body of every request but a result upload (the admin API's JSON, a
+/// registration request); larger is a 413.
+pub const DEFAULT_MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
 
 /// An HTTP connection that makes no progress for this long is dropped (408 when a request
 /// had started).
@@ -95,6 +99,11 @@ pub(crate) type Call = Box<dyn FnOnce(&mut Server) + Send>;
 pub(crate) struct ServerSettings {
     pub out_dir: PathBuf,
     pub max_body_bytes: usize,
+    pub max_json_body_bytes: usize,
+    /// The admin API's bearer token (`None`: not required).
+    pub admin_token: Option<String>,
+    /// The bound address (an accepted `Host` of admin requests).
+    pub bind: std::net::SocketAddr,
     pub upload_nudge_delay: Duration,
     /// The wall clock when the server's monotonic origin was taken.
     pub wall_origin: WallMs,

@@ -7,9 +7,33 @@ use studio_core::studio::HttpError;
 
 use super::state::Outcome;
 use super::{ConnId, Server};
-use crate::http::{self, RequestHead, Response};
+use crate::admin_auth::{check_admin, AdminPolicy};
+use crate::http::{self, HttpFault, RequestHead, Response};
 
 impl Server {
+    /// What a request head must pass before its body is read, by route: the `/local` admin
+    /// checks ([`check_admin`]); and the largest body it may have (a result upload
+    /// `max_body_bytes`, anything else `max_json_body_bytes`).
+    pub(super) fn admit(&self, head: &RequestHead) -> Result<usize, HttpFault> {
+        let segs = http::path_segments(&head.path)?;
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        if let ["local", ..] = segs.as_slice() {
+            check_admin(
+                head,
+                &AdminPolicy {
+                    token: self.settings.admin_token.as_deref(),
+                    bind: self.settings.bind,
+                },
+            )?;
+        }
+        Ok(match segs.as_slice() {
+            ["graphics", "api", "workers", _, "jobs", _, "complete"] => {
+                self.settings.max_body_bytes
+            }
+            _ => self.settings.max_json_body_bytes,
+        })
+    }
+
     pub(super) fn route(&mut self, id: ConnId, head: &RequestHead, body: &[u8]) -> Outcome {
         let segs = match http::path_segments(&head.path) {
             Ok(s) => s,
