@@ -28,8 +28,8 @@
 //!
 //! [`SyntheticEngine`] produces deterministic outputs keyed by SHA-256 of the prompt
 //! (PROTOCOL.md §9.3): a 512×512 ring pattern (WebP or PNG), a fixed-shape chat completion,
-//! a fixed-shape transcript, a one-second sine WAV and a single-frame WebP "video". It is
-//! pure (no I/O) and takes milliseconds.
+//! a fixed-shape transcript, a one-second sine WAV and an animated GIF "video" of the
+//! requested `seconds` x `fps` frames (capped). It is pure (no I/O) and fast.
 //!
 //! [`ModelEngine`]: studio_core::wire::ModelEngine
 //! [`TaskKind`]: studio_core::wire::TaskKind

@@ -205,6 +205,18 @@ fn json_result(studio: &Studio, job_id: &str) -> (Value, Option<String>) {
     }
 }
 
+/// The number of frames of a GIF file.
+fn gif_frames(bytes: &[u8]) -> usize {
+    let mut decoder = gif::DecodeOptions::new()
+        .read_info(bytes)
+        .unwrap_or_else(|e| panic!("not a GIF ({e}): {:?}", &bytes[..16.min(bytes.len())]));
+    let mut frames = 0;
+    while decoder.read_next_frame().expect("a decodable frame").is_some() {
+        frames += 1;
+    }
+    frames
+}
+
 /// Image (WebP and PNG), LLM, speech-to-text, text-to-speech and video jobs all complete:
 /// binary results are stored with their extension and real content, JSON results have the
 /// protocol's shapes, and the reported prompt is the full prompt, not a preview.
@@ -251,9 +263,11 @@ fn every_kind_completes_with_real_output(bin: &Bin) {
     assert!(data[44..].iter().any(|&b| b != 0), "silent audio");
     assert_eq!(reported, "hello from the worker");
 
+    // The video is an animated GIF of 2 s (the default) x 8 fps (the synthetic engine's
+    // default), uploaded as `gif` although the task's default ext is mp4.
     let (ext, data, _) = stored_file(&studio, &video);
-    assert_eq!(ext, "webp");
-    assert!(is_webp(&data));
+    assert_eq!(ext, "gif");
+    assert_eq!(gif_frames(&data), 16, "2 s x 8 fps");
 
     let (chat, reported) = json_result(&studio, &llm);
     assert_eq!(
