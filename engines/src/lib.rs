@@ -40,6 +40,7 @@ pub mod device;
 pub mod diffusion;
 mod engine;
 mod error;
+pub mod gradio;
 pub mod job_log;
 #[cfg(feature = "llm")]
 pub mod llm;
@@ -55,6 +56,7 @@ pub mod whisper;
 pub use diffusion::CandleImageEngine;
 pub use engine::{Engine, EngineOutput, JobRequest};
 pub use error::{EngineError, EngineErrorKind};
+pub use gradio::{GradioEngine, GradioSettings};
 #[cfg(feature = "llm")]
 pub use llm::LlmEngine;
 pub use models::ModelStore;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::gradio::GradioSettings;
+
 /// The memory loaded models may keep between jobs when the config says nothing else:
 /// 8 GiB. A real engine keeps a model loaded for the next job while the sum of the loaded
 /// models' sizes stays within the budget, and unloads the least recently used ones first.
@@ -21,6 +23,9 @@ pub struct EngineSettings {
     /// How many bytes of loaded models an engine may keep in memory between jobs
     /// ([`DEFAULT_MODEL_MEMORY_BUDGET_BYTES`] by default).
     pub model_memory_budget_bytes: u64,
+    /// The Gradio engine's app and the models it serves ([`GradioSettings::default`]:
+    /// `http://127.0.0.1:7860/`, no models listed).
+    pub gradio: GradioSettings,
 }
 
 impl EngineSettings {
@@ -38,6 +43,7 @@ impl Default for EngineSettings {
         EngineSettings {
             models_root: std::env::temp_dir().join(DEFAULT_MODELS_DIR_NAME),
             model_memory_budget_bytes: DEFAULT_MODEL_MEMORY_BUDGET_BYTES,
+            gradio: GradioSettings::default(),
         }
     }
 }

@@ -286,7 +286,8 @@ pub fn video_frames(t: &VideoTask) -> Result<(u32, u32), EngineError> {
         return Err(EngineError::invalid_input("video fps must be at least 1"));
     }
     let seconds = t.seconds();
-    if !(seconds > 0.0) {
+    // The wire reads only finite numbers.
+    if seconds <= 0.0 {
         return Err(EngineError::invalid_input(format!(
             "video seconds must be above zero, got {seconds}"
         )));

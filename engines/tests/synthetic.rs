@@ -298,7 +298,10 @@ fn video_is_an_animated_gif_of_seconds_times_fps_frames() {
     assert_eq!(gif.delays, vec![10; 15], "1/10 s per frame");
     assert_eq!(gif.repeat, gif::Repeat::Infinite);
     // Frame 0 is the still image; the pattern moves from frame to frame.
-    assert_eq!(gif.frames[0], rgba(&synthetic::render_rgb("a rolling wave")));
+    assert_eq!(
+        gif.frames[0],
+        rgba(&synthetic::render_rgb("a rolling wave"))
+    );
     for pair in gif.frames.windows(2) {
         assert_ne!(pair[0], pair[1], "consecutive frames are identical");
     }
@@ -329,7 +332,10 @@ fn video_defaults_are_two_seconds_at_the_default_fps() {
     let task = VideoTask::default();
     assert_eq!(
         synthetic::video_frames(&task).unwrap(),
-        (2 * synthetic::VIDEO_DEFAULT_FPS, synthetic::VIDEO_DEFAULT_FPS)
+        (
+            2 * synthetic::VIDEO_DEFAULT_FPS,
+            synthetic::VIDEO_DEFAULT_FPS
+        )
     );
 }
 
@@ -373,7 +379,11 @@ fn video_with_no_duration_or_no_frame_rate_is_invalid_input() {
         let err = SyntheticEngine::new()
             .dispatch(&job("synthetic", video_task("x", Some(seconds), fps)))
             .unwrap_err();
-        assert_eq!(err.kind, EngineErrorKind::InvalidInput, "{seconds} s, {fps:?}");
+        assert_eq!(
+            err.kind,
+            EngineErrorKind::InvalidInput,
+            "{seconds} s, {fps:?}"
+        );
         assert!(!err.retryable());
         assert!(err.message.contains(needle), "{}", err.message);
     }

@@ -175,26 +175,7 @@ fn registration_with_operator_approval(bin: &Bin) {
 // ------------------------------------------------------------------------------------------
 
 fn stored_file(studio: &Studio, job_id: &str) -> (String, Vec<u8>, String) {
-    let detail = studio.expect_done(job_id);
-    let Some(ResultView::File {
-        ext,
-        bytes,
-        prompt,
-        path,
-        ..
-    }) = detail.result
-    else {
-        panic!("job {job_id} has no stored file: {detail:#?}");
-    };
-    let path = path.expect("the upload was stored");
-    assert_eq!(path.parent(), Some(studio.out_dir()));
-    assert_eq!(
-        path.file_name().unwrap().to_string_lossy(),
-        format!("{job_id}.{ext}")
-    );
-    let data = std::fs::read(&path).expect("read the stored result");
-    assert_eq!(data.len() as u64, bytes);
-    (ext, data, prompt)
+    studio.stored_file(job_id)
 }
 
 fn json_result(studio: &Studio, job_id: &str) -> (Value, Option<String>) {
@@ -211,7 +192,11 @@ fn gif_frames(bytes: &[u8]) -> usize {
         .read_info(bytes)
         .unwrap_or_else(|e| panic!("not a GIF ({e}): {:?}", &bytes[..16.min(bytes.len())]));
     let mut frames = 0;
-    while decoder.read_next_frame().expect("a decodable frame").is_some() {
+    while decoder
+        .read_next_frame()
+        .expect("a decodable frame")
+        .is_some()
+    {
         frames += 1;
     }
     frames

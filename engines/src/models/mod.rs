@@ -90,6 +90,8 @@ use names::Plan;
 use verify::cached;
 
 pub use disk::{available_space, needed_with_headroom};
+pub(crate) use download::resolve;
+pub use download::USER_AGENT;
 pub use names::{check_file_name, check_url, is_loopback_host, model_dir_name, redact};
 pub use progress::{
     ProgressMode, PROGRESS_BAR_INTERVAL, PROGRESS_LOG_INTERVAL, PROGRESS_LOG_PERCENT_STEP,

@@ -28,6 +28,7 @@ use studio_core::worker::{
     Credentials, HostFacts, Limits, PersistedState, RegistrationState, Timings, WorkerConfig,
 };
 use studio_core::Secret;
+use studio_engines::gradio::{GradioApi, GradioSettings};
 
 use crate::error::ShellError;
 
@@ -52,7 +53,7 @@ pub const REDACTED: &str = "<redacted>";
 pub const SELF_UPDATE_AVAILABLE: bool = false;
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 15] = [
+pub const KNOWN_KEYS: [&str; 20] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -68,6 +69,11 @@ pub const KNOWN_KEYS: [&str; 15] = [
     "install_id",
     "registration_request_id",
     "registration_secret",
+    "gradio_endpoint_url",
+    "gradio_api",
+    "gradio_api_name",
+    "gradio_timeout_secs",
+    "supported_models_override",
 ];
 
 fn default_true() -> bool {
@@ -131,6 +137,23 @@ pub struct Config {
     /// The raw registration secret (the poll bearer). Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration_secret: Option<String>,
+    /// The Gradio engine's app; unset = `http://127.0.0.1:7860/` (loopback, Gradio's
+    /// default port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_endpoint_url: Option<String>,
+    /// Which Gradio API the app is called through: `call` (unset) or `legacy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_api: Option<String>,
+    /// The app function's API name; unset = `predict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_api_name: Option<String>,
+    /// A Gradio job's time limit in seconds; unset = 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_timeout_secs: Option<u64>,
+    /// The model ids the Gradio app serves (advertised for `image`); empty = none
+    /// advertised, any model of a `gradio` job served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_models_override: Vec<String>,
     /// Keys this build does not know, kept so a save writes them back unchanged.
     #[serde(skip)]
     pub extra: BTreeMap<String, toml::Value>,
@@ -156,6 +179,11 @@ impl Default for Config {
             install_id: None,
             registration_request_id: None,
             registration_secret: None,
+            gradio_endpoint_url: None,
+            gradio_api: None,
+            gradio_api_name: None,
+            gradio_timeout_secs: None,
+            supported_models_override: Vec::new(),
             extra: BTreeMap::new(),
         }
     }
@@ -281,7 +309,35 @@ impl Config {
         validate_threshold(self.vram_threshold_gb)
             .map_err(|e| format!("vram_threshold_gb: {e}"))?;
         validate_api_base_url(&self.api_base_url).map_err(|e| format!("api_base_url: {e}"))?;
+        if let Some(api) = &self.gradio_api {
+            GradioApi::parse(api).map_err(|e| format!("gradio_api: {e}"))?;
+        }
+        self.gradio_settings().validate()?;
         Ok(())
+    }
+
+    /// The Gradio engine's settings from the `gradio_*` keys and
+    /// `supported_models_override`, unset keys at the engine's defaults (an unknown
+    /// `gradio_api`, which [`Config::validate`] refuses, counts as unset).
+    pub fn gradio_settings(&self) -> GradioSettings {
+        let defaults = GradioSettings::default();
+        GradioSettings {
+            endpoint_url: self
+                .gradio_endpoint_url
+                .clone()
+                .unwrap_or(defaults.endpoint_url),
+            api: self
+                .gradio_api
+                .as_deref()
+                .and_then(|api| GradioApi::parse(api).ok())
+                .unwrap_or(defaults.api),
+            api_name: self.gradio_api_name.clone().unwrap_or(defaults.api_name),
+            models: self.supported_models_override.clone(),
+            timeout: self
+                .gradio_timeout_secs
+                .map_or(defaults.timeout, std::time::Duration::from_secs),
+            max_result_bytes: defaults.max_result_bytes,
+        }
     }
 
     /// Writes the config to `path` atomically with owner-only permissions, creating the
@@ -435,6 +491,11 @@ impl fmt::Debug for Config {
             .field("install_id", &r.install_id)
             .field("registration_request_id", &r.registration_request_id)
             .field("registration_secret", &r.registration_secret)
+            .field("gradio_endpoint_url", &r.gradio_endpoint_url)
+            .field("gradio_api", &r.gradio_api)
+            .field("gradio_api_name", &r.gradio_api_name)
+            .field("gradio_timeout_secs", &r.gradio_timeout_secs)
+            .field("supported_models_override", &r.supported_models_override)
             .field("extra", &r.extra)
             .finish()
     }
@@ -815,6 +876,43 @@ mod tests {
             let err = Config::parse(Path::new("c.toml"), text).unwrap_err();
             assert!(matches!(err, ShellError::ConfigInvalid { .. }), "{err}");
             assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn gradio_keys_configure_the_gradio_engine() {
+        // Unset: the engine's defaults, and nothing written to a new file.
+        let c = Config::default();
+        assert_eq!(c.gradio_settings(), GradioSettings::default());
+        assert!(!c.to_toml().contains("gradio"), "{}", c.to_toml());
+
+        let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n\
+                    gradio_endpoint_url = \"http://127.0.0.1:7861/gradio_api\"\n\
+                    gradio_api = \"legacy\"\ngradio_api_name = \"paint\"\n\
+                    gradio_timeout_secs = 90\n\
+                    supported_models_override = [\"my-sdxl\", \"my-flux\"]\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert!(c.extra.is_empty(), "{:?}", c.extra);
+        let g = c.gradio_settings();
+        assert_eq!(g.endpoint_url, "http://127.0.0.1:7861/gradio_api");
+        assert_eq!(g.api, GradioApi::Legacy);
+        assert_eq!(g.api_name, "paint");
+        assert_eq!(g.timeout, std::time::Duration::from_secs(90));
+        assert_eq!(g.models, ["my-sdxl", "my-flux"]);
+        // They survive a save and a load, and reach the engines.
+        assert_eq!(Config::parse(Path::new("c.toml"), &c.to_toml()).unwrap(), c);
+        assert_eq!(crate::engine::engine_settings(&c).gradio, g);
+
+        for (line, needle) in [
+            ("gradio_endpoint_url = \"ftp://x/\"", "gradio_endpoint_url"),
+            ("gradio_api = \"rest\"", "gradio_api"),
+            ("gradio_api_name = \"a/b\"", "gradio_api_name"),
+            ("gradio_timeout_secs = 0", "gradio_timeout_secs"),
+        ] {
+            let text = format!("api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n{line}\n");
+            let err = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+            assert!(matches!(err, ShellError::ConfigInvalid { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{line}: {err}");
         }
     }
 

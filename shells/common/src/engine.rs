@@ -20,9 +20,13 @@ use crate::config::Config;
 pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
 
 /// What the engines take from the config: `models_root` (verified model downloads go to
-/// `<models_root>/<model id>/`); the loaded-model memory budget keeps its default.
+/// `<models_root>/<model id>/`) and the Gradio engine's app and models
+/// ([`Config::gradio_settings`]); the loaded-model memory budget keeps its default.
 pub fn engine_settings(config: &Config) -> EngineSettings {
-    EngineSettings::with_models_root(config.models_root.clone())
+    EngineSettings {
+        gradio: config.gradio_settings(),
+        ..EngineSettings::with_models_root(config.models_root.clone())
+    }
 }
 
 /// The engines of `studio-worker run`: every compiled-in engine, set up from `config`
