@@ -113,12 +113,7 @@ impl Engine for SyntheticEngine {
     }
 
     fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
-        if job.source.engine != ModelEngine::Synthetic {
-            return Err(EngineError::source_mismatch(
-                self.name(),
-                &job.source.engine,
-            ));
-        }
+        self.ensure_source(job)?;
         self.ensure_supports(job.kind(), &job.model)?;
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
