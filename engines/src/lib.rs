@@ -46,6 +46,8 @@ pub mod job_log;
 pub mod llm;
 pub mod model_cache;
 pub mod models;
+#[cfg(feature = "tts")]
+pub mod piper;
 mod router;
 mod settings;
 pub mod synthetic;
@@ -60,6 +62,8 @@ pub use gradio::{GradioEngine, GradioSettings};
 #[cfg(feature = "llm")]
 pub use llm::LlmEngine;
 pub use models::ModelStore;
+#[cfg(feature = "tts")]
+pub use piper::PiperEngine;
 pub use router::Router;
 pub use settings::{EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES};
 pub use synthetic::SyntheticEngine;

@@ -59,6 +59,11 @@ impl Router {
             store.clone(),
             settings,
         )));
+        #[cfg(feature = "tts")]
+        engines.push(Box::new(crate::piper::PiperEngine::new(
+            store.clone(),
+            settings,
+        )));
         // The operator's Gradio app (no model files: the app has its own).
         engines.push(Box::new(crate::gradio::GradioEngine::new(
             settings.gradio.clone(),

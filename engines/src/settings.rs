@@ -26,6 +26,9 @@ pub struct EngineSettings {
     /// The Gradio engine's app and the models it serves ([`GradioSettings::default`]:
     /// `http://127.0.0.1:7860/`, no models listed).
     pub gradio: GradioSettings,
+    /// The ONNX Runtime library the Piper engine loads (config `onnxruntime_library`);
+    /// `None`: `ORT_DYLIB_PATH`, else the platform's default name (`libonnxruntime.so`).
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl EngineSettings {
@@ -44,6 +47,7 @@ impl Default for EngineSettings {
             models_root: std::env::temp_dir().join(DEFAULT_MODELS_DIR_NAME),
             model_memory_budget_bytes: DEFAULT_MODEL_MEMORY_BUDGET_BYTES,
             gradio: GradioSettings::default(),
+            onnxruntime_library: None,
         }
     }
 }

@@ -53,7 +53,7 @@ pub const REDACTED: &str = "<redacted>";
 pub const SELF_UPDATE_AVAILABLE: bool = false;
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 20] = [
+pub const KNOWN_KEYS: [&str; 21] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -74,6 +74,7 @@ pub const KNOWN_KEYS: [&str; 20] = [
     "gradio_api_name",
     "gradio_timeout_secs",
     "supported_models_override",
+    "onnxruntime_library",
 ];
 
 fn default_true() -> bool {
@@ -154,6 +155,14 @@ pub struct Config {
     /// advertised, any model of a `gradio` job served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supported_models_override: Vec<String>,
+    /// The ONNX Runtime library the Piper engine loads (`~` expanded); unset =
+    /// `$ORT_DYLIB_PATH`, else `libonnxruntime.so` found by the dynamic loader.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_path_lossy"
+    )]
+    pub onnxruntime_library: Option<PathBuf>,
     /// Keys this build does not know, kept so a save writes them back unchanged.
     #[serde(skip)]
     pub extra: BTreeMap<String, toml::Value>,
@@ -184,6 +193,7 @@ impl Default for Config {
             gradio_api_name: None,
             gradio_timeout_secs: None,
             supported_models_override: Vec::new(),
+            onnxruntime_library: None,
             extra: BTreeMap::new(),
         }
     }
@@ -193,6 +203,14 @@ impl Default for Config {
 /// whole save).
 fn path_lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
+}
+
+/// [`path_lossy`] for an optional path (only called when it is set).
+fn opt_path_lossy<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => path_lossy(path, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// The default config file: `<OS config dir>/minis-studio-worker/config.toml` (Linux
@@ -295,6 +313,7 @@ impl Config {
             }
         }
         config.models_root = expand_home(&config.models_root);
+        config.onnxruntime_library = config.onnxruntime_library.as_deref().map(expand_home);
         config
             .validate()
             .map_err(|message| ShellError::ConfigInvalid {
@@ -496,6 +515,7 @@ impl fmt::Debug for Config {
             .field("gradio_api_name", &r.gradio_api_name)
             .field("gradio_timeout_secs", &r.gradio_timeout_secs)
             .field("supported_models_override", &r.supported_models_override)
+            .field("onnxruntime_library", &r.onnxruntime_library)
             .field("extra", &r.extra)
             .finish()
     }

@@ -20,11 +20,13 @@ use crate::config::Config;
 pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
 
 /// What the engines take from the config: `models_root` (verified model downloads go to
-/// `<models_root>/<model id>/`) and the Gradio engine's app and models
-/// ([`Config::gradio_settings`]); the loaded-model memory budget keeps its default.
+/// `<models_root>/<model id>/`), the Gradio engine's app and models
+/// ([`Config::gradio_settings`]) and the ONNX Runtime library (`onnxruntime_library`); the
+/// loaded-model memory budget keeps its default.
 pub fn engine_settings(config: &Config) -> EngineSettings {
     EngineSettings {
         gradio: config.gradio_settings(),
+        onnxruntime_library: config.onnxruntime_library.clone(),
         ..EngineSettings::with_models_root(config.models_root.clone())
     }
 }
@@ -104,5 +106,24 @@ mod tests {
             settings.model_memory_budget_bytes,
             studio_engines::DEFAULT_MODEL_MEMORY_BUDGET_BYTES
         );
+        assert_eq!(settings.onnxruntime_library, None);
+    }
+
+    #[test]
+    fn the_engines_get_the_configured_onnx_runtime() {
+        let config = Config::parse(
+            std::path::Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n\
+             onnxruntime_library = \"/opt/ort/libonnxruntime.so.1.31.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            engine_settings(&config).onnxruntime_library.as_deref(),
+            Some(std::path::Path::new("/opt/ort/libonnxruntime.so.1.31.1"))
+        );
+        // Written back as it was read.
+        assert!(config
+            .to_toml()
+            .contains("onnxruntime_library = \"/opt/ort/libonnxruntime.so.1.31.1\""));
     }
 }
