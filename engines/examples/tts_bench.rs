@@ -11,7 +11,9 @@
 //! Reported: ONNX Runtime load time, voice load time (config + session), and per run the
 //! synthesis time (espeak-ng phonemes, the model, the WAV) and the real-time factor
 //! `audio seconds / processing seconds` (higher is faster), with the load average before
-//! and after.
+//! and after. On Linux each run also reports the CPU time this process used (all its
+//! threads, from /proc/self/stat; espeak-ng's own processes not counted) and audio seconds
+//! per CPU second, a figure other processes on a busy machine do not move much.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,6 +34,18 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// User + system CPU seconds of this process so far (Linux: /proc/self/stat, in USER_HZ =
+/// 100 ticks per second), `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) close with `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -101,7 +115,9 @@ fn main() {
     };
     println!("text:           {} characters", text.chars().count());
     let mut factors = Vec::new();
+    let mut per_cpu = Vec::new();
     for run in 1..=runs.max(1) {
+        let cpu = cpu_seconds();
         let t = Instant::now();
         let speech = match engine.speak(&onnx, &json, &task) {
             Ok(s) => s,
@@ -114,12 +130,26 @@ fn main() {
         let audio = speech.samples as f64 / f64::from(speech.sample_rate);
         let factor = audio / took;
         factors.push(factor);
+        let cpu = cpu.zip(cpu_seconds()).map(|(a, b)| b - a);
+        let cpu_text = match cpu {
+            Some(c) if c > 0.0 => {
+                per_cpu.push(audio / c);
+                format!(", {c:.2} CPU s: {:.1} audio s per CPU s", audio / c)
+            }
+            _ => String::new(),
+        };
         println!(
             "run {run}: {audio:.2} s of audio ({} sentences) in {took:.3} s: real-time factor \
-             {factor:.1}x",
+             {factor:.1}x{cpu_text}",
             speech.sentences
         );
     }
     println!("median real-time factor: {:.1}x", median(factors));
+    if !per_cpu.is_empty() {
+        println!(
+            "median audio seconds per CPU second: {:.1}",
+            median(per_cpu)
+        );
+    }
     println!("loadavg after:  {}", loadavg());
 }
