@@ -7,7 +7,7 @@
   --vectors PATH), written the way
   core/tests/vectors.rs feeds them to the codec (compact JSON), plus a few HTTP bodies.
 * worker_machine: one file per recorded trace in tests/traces/{sync,async}/, converted to
-  the input encoding of fuzz/src/machine.rs (Advance + RawFrame / Connected / Tick /
+  the input encoding of fuzz/src/machine/ (Advance + RawFrame / Connected / Tick /
   InputJson operations), plus a few hand-made sessions.
 * world: a few knob settings (fuzz/src/world.rs format).
 
@@ -28,13 +28,13 @@ ROOT = os.path.dirname(FUZZ)
 CORPUS = os.path.join(FUZZ, "corpus")
 OURS = ("v-", "http-", "trace-", "hand-", "knobs-")
 
-# Opcodes of fuzz/src/machine.rs (enum Op, in table order).
+# Opcodes of fuzz/src/machine/ops.rs (enum Op, in table order).
 OPS = [
     "Advance", "ToDeadline", "Tick", "Connected", "ConnectFailed", "Welcome", "Offer",
     "HeartbeatAck", "CompleteAck", "FailAck", "ErrorFrame", "RawFrame", "BinaryFrame",
     "Disconnected", "Http", "HttpTransport", "Minted", "JobFinished", "Log", "Pause",
     "Resume", "SetThreshold", "SetPresence", "Shutdown", "UpdateChecked", "UpdateApplied",
-    "Start", "InputJson", "WallSkew",
+    "Start", "InputJson", "WallSkew", "Enable", "Disable",
 ]
 OP = {name: i for i, name in enumerate(OPS)}
 MAX_OPS = 512
@@ -201,6 +201,12 @@ def hand_sessions():
             + op("Offer", 0, 0, 2, 0) + op("Offer", 0, 0, 6, 1) + op("Offer", 0, 1, 2, 0)
             + op("Pause") + op("Offer", 0, 0, 1, 0) + op("Resume") + op("Shutdown")
             + op("ToDeadline") + op("JobFinished", 0, 3) + op("ToDeadline"))
+    # started disabled (auto_enabled = false): offers rejected until enabled, then disabled
+    # again mid-job, paused on top, enabled and resumed.
+    disabled = (bytes([0x00, 0x20, 7]) + op("Connected", 0) + op("Welcome", 0)
+                + op("Offer", 0, 0, 1, 0) + op("Enable") + op("Offer", 0, 0, 1, 0)
+                + op("Disable") + op("Pause") + op("JobFinished", 0, 0) + op("Enable")
+                + op("Offer", 0, 0, 1, 0) + op("Resume") + op("Offer", 0, 0, 1, 0))
     # garbage from the studio and a stale connection.
     garbage = (bytes([0x00, 0, 6]) + op("Connected", 0) + op("RawFrame", 0, string("{"))
                + op("ToDeadline") + op("Connected", 0) + op("Connected", 1)
@@ -217,7 +223,7 @@ def hand_sessions():
     return {"regression-nan-threshold-recorded": nan_threshold,
             "regression-upload-error-body-echoed": echoed_body, "hand-job": job, "hand-upload-retry": upload, "hand-register": register,
             "hand-timer-storm": storm, "hand-busy-pause-shutdown": busy,
-            "hand-garbage": garbage}
+            "hand-garbage": garbage, "hand-disabled-enabled": disabled}
 
 
 def worker_machine_seeds():

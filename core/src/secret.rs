@@ -115,7 +115,7 @@ fn closing_quote(body: &str) -> Option<usize> {
 }
 
 /// Compares two strings in time that depends only on their lengths (tokens, hashes).
-pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
+pub fn ct_eq(a: &str, b: &str) -> bool {
     if a.len() != b.len() {
         return false;
     }

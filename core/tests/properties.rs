@@ -1,6 +1,8 @@
 //! quickcheck properties of the worker machine under arbitrary input sequences with
-//! arbitrary time steps: no panic, never two jobs in flight, queues within their caps,
-//! deadlines never at or before `now`, and determinism (same inputs, same outputs).
+//! arbitrary time steps: no panic, never two jobs in flight, no job dispatched while the
+//! operator paused or disabled the worker, heartbeats advertising `autoEnabled` as it is,
+//! queues within their caps, log sequence numbers without gaps, per-kind job counts that
+//! add up, deadlines never at or before `now`, and determinism (same inputs, same outputs).
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 use serde_json::json;
@@ -32,6 +34,8 @@ enum Op {
     Log(u8),
     Pause,
     Resume,
+    Enable,
+    Disable,
     Threshold(u8),
     Presence(u8),
     Shutdown,
@@ -41,7 +45,7 @@ enum Op {
 
 impl Arbitrary for Op {
     fn arbitrary(g: &mut Gen) -> Op {
-        let pick = u8::arbitrary(g) % 30;
+        let pick = u8::arbitrary(g) % 32;
         match pick {
             0..=4 => Op::Advance(u32::arbitrary(g) % 40_000_000),
             5 => Op::Tick,
@@ -74,13 +78,15 @@ impl Arbitrary for Op {
                     Op::Tick
                 }
             }
-            _ => {
+            29 => {
                 if bool::arbitrary(g) {
                     Op::UpdateChecked(u8::arbitrary(g))
                 } else {
                     Op::UpdateApplied(bool::arbitrary(g))
                 }
             }
+            30 => Op::Enable,
+            _ => Op::Disable,
         }
     }
 }
@@ -88,6 +94,8 @@ impl Arbitrary for Op {
 #[derive(Clone, Debug)]
 struct Scenario {
     registered: bool,
+    /// `auto_enabled` at start.
+    enabled: bool,
     auto_update: bool,
     only_when_idle: bool,
     ops: Vec<Op>,
@@ -97,6 +105,7 @@ impl Arbitrary for Scenario {
     fn arbitrary(g: &mut Gen) -> Scenario {
         Scenario {
             registered: u8::arbitrary(g) % 4 != 0,
+            enabled: u8::arbitrary(g) % 4 != 0,
             auto_update: bool::arbitrary(g),
             only_when_idle: u8::arbitrary(g) % 4 == 0,
             ops: Vec::arbitrary(g),
@@ -124,6 +133,7 @@ fn config(s: &Scenario) -> WorkerConfig {
             auth_token: "tok".into(),
         });
     }
+    cfg.auto_enabled = s.enabled;
     cfg.auto_update_enabled = s.auto_update;
     cfg.only_when_idle = s.only_when_idle;
     cfg.timings.update_interval = std::time::Duration::from_secs(60);
@@ -287,6 +297,8 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
         }),
         Op::Pause => Input::Pause,
         Op::Resume => Input::Resume,
+        Op::Enable => Input::Enable,
+        Op::Disable => Input::Disable,
         Op::Threshold(g) => Input::SetThreshold {
             gb: *g as f32 / 4.0,
         },
@@ -325,12 +337,26 @@ fn run_tampered(s: &Scenario, tamper: impl Fn(Command) -> Vec<Command>) -> Resul
     loop {
         for input in inputs.drain(..) {
             let now = d.now().mono;
+            // Paused or disabled before the input: nothing may be dispatched in its drain
+            // (neither resuming nor enabling takes an offer by itself).
+            let blocked = d.worker.status().exited || !d.worker.auto_enabled();
             // Usage errors are allowed (the drain then yields only the Wait); panics, and a
             // drain that never reaches Wait (the driver's bound), are not.
             let cmds = d.try_step(input).unwrap_or_else(|_| d.drain());
             for c in cmds.into_iter().flat_map(&tamper) {
                 trace.commands.push(format!("{c:?}"));
                 observe(&mut ctx, &c)?;
+                if blocked && matches!(c, Command::Dispatch { .. }) {
+                    return Err("a job was dispatched while paused or disabled".into());
+                }
+                if let Some(advertised) = advertised_auto_enabled(&c) {
+                    if advertised != d.worker.auto_enabled() {
+                        return Err(format!(
+                            "a heartbeat advertised autoEnabled={advertised}, the machine is {}",
+                            d.worker.auto_enabled()
+                        ));
+                    }
+                }
             }
             trace
                 .commands
@@ -347,6 +373,19 @@ fn run_tampered(s: &Scenario, tamper: impl Fn(Command) -> Vec<Command>) -> Resul
             if st.recent_jobs.len() > RECENT_JOBS || st.recent_logs.len() > RECENT_LOGS {
                 return Err("a ring exceeded its cap".into());
             }
+            let seqs: Vec<u64> = d.worker.logs_after(0).map(|(n, _)| n).collect();
+            let kept = st.log_seq.min(RECENT_LOGS as u64);
+            let want: Vec<u64> = (st.log_seq + 1 - kept..=st.log_seq).collect();
+            if seqs != want || st.recent_logs.len() as u64 != kept {
+                return Err(format!("log sequence {seqs:?}, want {want:?}"));
+            }
+            let by_kind: u64 = st.stats.jobs.values().map(|j| j.count()).sum();
+            if by_kind != st.stats.completed + st.stats.failed {
+                return Err(format!(
+                    "jobs by kind {by_kind} != completed {} + failed {}",
+                    st.stats.completed, st.stats.failed
+                ));
+            }
         }
         let Some(op) = ops.next() else { break };
         if let Op::Advance(us) = op {
@@ -362,6 +401,17 @@ fn run_tampered(s: &Scenario, tamper: impl Fn(Command) -> Vec<Command>) -> Resul
         }
     }
     Ok(trace)
+}
+
+/// The `autoEnabled` of a heartbeat the command sends, if it sends one.
+fn advertised_auto_enabled(c: &Command) -> Option<bool> {
+    let Command::Send { text, .. } = c else {
+        return None;
+    };
+    match wire::decode_worker_frame(text, usize::MAX).ok()? {
+        wire::WorkerFrame::Heartbeat { capabilities, .. } => Some(capabilities.auto_enabled),
+        _ => None,
+    }
 }
 
 /// The checks of one command, and what the shell learns from it.
@@ -414,6 +464,7 @@ fn same_inputs_give_the_same_outputs() {
 fn the_two_jobs_check_can_fail() {
     let s = Scenario {
         registered: true,
+        enabled: true,
         auto_update: false,
         only_when_idle: false,
         ops: vec![
@@ -444,5 +495,69 @@ fn the_two_jobs_check_can_fail() {
     match run_tampered(&s, twice) {
         Ok(_) => panic!("a machine that dispatches every job twice passed the checks"),
         Err(e) => assert!(e.starts_with("two jobs in flight"), "{e}"),
+    }
+}
+
+/// The pause checks can fail too: a machine that, disabled, dispatches the offer it rejects
+/// is caught; and one whose heartbeat says `autoEnabled: true` while disabled is caught.
+#[test]
+fn the_disabled_checks_can_fail() {
+    let s = Scenario {
+        registered: true,
+        enabled: true,
+        auto_update: false,
+        only_when_idle: false,
+        ops: vec![
+            Op::Connected(true),
+            Op::Welcome(true),
+            Op::Disable,
+            Op::Offer(1, false),
+            Op::Enable,
+            Op::Offer(2, false),
+        ],
+    };
+    let trace = run(&s).unwrap();
+    assert!(trace.commands.iter().any(|c| c.contains(REASON_DISABLED)));
+    assert_eq!(
+        trace
+            .commands
+            .iter()
+            .filter(|c| c.starts_with("Dispatch"))
+            .count(),
+        1,
+        "the offer after Enable is taken"
+    );
+
+    let claim = match wire::decode_studio_frame(&offer_text("sneaky")).unwrap() {
+        StudioFrame::Offer { claim } => claim,
+        other => panic!("{other:?}"),
+    };
+    let dispatch_rejected = move |c: Command| match &c {
+        Command::Send { text, .. } if text.contains(r#""type":"reject""#) => vec![
+            c.clone(),
+            Command::Dispatch {
+                run: RunId(99),
+                claim: claim.clone(),
+            },
+        ],
+        _ => vec![c],
+    };
+    match run_tampered(&s, dispatch_rejected) {
+        Ok(_) => panic!("a dispatch while disabled passed the checks"),
+        Err(e) => assert!(e.contains("while paused or disabled"), "{e}"),
+    }
+
+    let lie = |c: Command| match &c {
+        Command::Send { conn, text } if text.contains(r#""autoEnabled":false"#) => {
+            vec![Command::Send {
+                conn: *conn,
+                text: text.replace(r#""autoEnabled":false"#, r#""autoEnabled":true"#),
+            }]
+        }
+        _ => vec![c],
+    };
+    match run_tampered(&s, lie) {
+        Ok(_) => panic!("a heartbeat advertising the wrong autoEnabled passed the checks"),
+        Err(e) => assert!(e.contains("advertised autoEnabled=true"), "{e}"),
     }
 }

@@ -13,8 +13,8 @@ use studio_core::studio::{
 };
 use studio_core::wire::{
     self, close_code, sha256_hex, AutoRegisterRequest, ChatMessage, ImageTask, LlmTask, LogEntry,
-    RegisterStatus, RejectCode, StudioFrame, Task, TaskKind, UserPresence, WorkerCapabilities,
-    WorkerErrorCode, WorkerFrame,
+    ModelEngine, RegisterStatus, RejectCode, StudioFrame, Task, TaskKind, UserPresence,
+    WorkerCapabilities, WorkerErrorCode, WorkerFrame,
 };
 use studio_core::{Mono, Now, WallMs};
 
@@ -627,6 +627,110 @@ fn offers_go_to_a_worker_that_serves_the_kind_vram_and_is_enabled() {
     // An llm job goes to the earliest-connected idle llm-capable worker.
     let (j3, out) = h.submit(llm_job());
     assert_eq!(all_offers(&out), vec![(1, j3)]);
+}
+
+/// Capabilities advertising `models` for `kind` only (the per-kind lists of a current
+/// worker).
+fn caps_models(kind: TaskKind, models: &[&str]) -> WorkerCapabilities {
+    let mut c = caps();
+    c.supported_models_per_kind = BTreeMap::from([(
+        kind,
+        models.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+    )]);
+    c.derive_model_lists();
+    c
+}
+
+/// A job for `model`, run by `engine` (`modelSource.engine`).
+fn model_job(task: Task, model: &str, engine: ModelEngine) -> JobSpec {
+    let mut spec = JobSpec::synthetic(task);
+    spec.model = model.into();
+    spec.model_source.engine = engine;
+    spec
+}
+
+fn image_task() -> Task {
+    image_job(0.0).task
+}
+
+#[test]
+fn a_job_goes_to_a_worker_advertising_its_model_or_its_engines_wildcard() {
+    let mut h = Harness::new();
+    h.online(1, "exact", caps_models(TaskKind::Image, &["z-image-turbo"]));
+    h.online(2, "llama-any", caps_models(TaskKind::Llm, &["llama-cpp:*"]));
+    h.online(
+        3,
+        "sd-any",
+        caps_models(TaskKind::Image, &["sd-cpp:*", "flux-schnell"]),
+    );
+    h.online(4, "bare-star", caps_models(TaskKind::Image, &["*", ":*"]));
+
+    // The exact id wins the earliest-connected match, whatever the engine.
+    let (j1, out) = h.submit(model_job(image_task(), "z-image-turbo", ModelEngine::SdCpp));
+    assert_eq!(all_offers(&out), vec![(1, j1)]);
+    // Any sd-cpp model fits the sd-cpp wildcard.
+    let (j2, out) = h.submit(model_job(image_task(), "qwen-image", ModelEngine::SdCpp));
+    assert_eq!(all_offers(&out), vec![(3, j2)]);
+    // A model nobody advertises, of an engine nobody has a wildcard for, waits: neither the
+    // wildcard of another engine, nor the bare `*`, nor a kind-only match takes it.
+    let (j3, out) = h.submit(model_job(image_task(), "lama-inpaint", ModelEngine::Onnx));
+    assert!(all_offers(&out).is_empty(), "{out:?}");
+    assert_eq!(h.state(&j3), JobState::Queued);
+    // The llama wildcard is for llm jobs only.
+    let (j4, out) = h.submit(model_job(llm_job().task, "qwen3-4b", ModelEngine::LlamaCpp));
+    assert_eq!(all_offers(&out), vec![(2, j4)]);
+    // A worker that starts advertising the onnx wildcard takes the waiting job.
+    let out = h.heartbeat(4, caps_models(TaskKind::Image, &["onnx:*"]), None);
+    assert_eq!(all_offers(&out), vec![(4, j3)]);
+}
+
+#[test]
+fn a_freed_worker_takes_the_oldest_job_it_advertises_a_match_for() {
+    let mut h = Harness::new();
+    let (other, _) = h.submit(model_job(
+        image_task(),
+        "sdxl",
+        ModelEngine::Other("comfy".into()),
+    ));
+    let (mine, _) = h.submit(model_job(image_task(), "flux-dev", ModelEngine::SdCpp));
+    let (exact, _) = h.submit(model_job(image_task(), "sdxl", ModelEngine::SdCpp));
+    let out = h.online(1, "w", caps_models(TaskKind::Image, &["sd-cpp:*"]));
+    assert_eq!(
+        offers(&out, 1),
+        vec![mine.clone()],
+        "the older comfy job is skipped"
+    );
+    h.accept(1, &mine);
+    let out = h.complete_json(1, &mine);
+    assert_eq!(offers(&out, 1), vec![exact]);
+    assert_eq!(h.state(&other), JobState::Queued);
+    // A worker that advertises the model id itself takes it, whatever its engine.
+    let out = h.online(2, "v", caps_models(TaskKind::Image, &["sdxl"]));
+    assert_eq!(offers(&out, 2), vec![other]);
+}
+
+#[test]
+fn an_older_worker_without_per_kind_lists_is_matched_on_its_flat_list() {
+    let mut h = Harness::new();
+    let mut legacy = caps();
+    legacy.supported_models_per_kind.clear();
+    legacy.task_kinds.clear();
+    legacy.supported_models = vec!["sd-cpp:*".into()];
+    h.online(1, "old", legacy.clone());
+    let (j, out) = h.submit(model_job(llm_job().task, "any", ModelEngine::SdCpp));
+    assert_eq!(
+        all_offers(&out),
+        vec![(1, j)],
+        "every kind, by the flat list"
+    );
+    legacy.supported_models.clear();
+    h.online(2, "older", legacy);
+    let (j2, out) = h.submit(llm_job());
+    assert!(
+        all_offers(&out).is_empty(),
+        "advertising nothing fits nothing"
+    );
+    assert_eq!(h.state(&j2), JobState::Queued);
 }
 
 #[test]

@@ -42,6 +42,8 @@ enum In {
     Log,
     Pause,
     Resume,
+    Enable,
+    Disable,
     Threshold,
     Shutdown,
     UpdateAvailable,
@@ -49,7 +51,7 @@ enum In {
 }
 
 impl In {
-    const ALL: [In; 29] = [
+    const ALL: [In; 31] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -75,6 +77,8 @@ impl In {
         In::Log,
         In::Pause,
         In::Resume,
+        In::Enable,
+        In::Disable,
         In::Threshold,
         In::Shutdown,
         In::UpdateAvailable,
@@ -149,6 +153,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Minting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -159,6 +164,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Requesting: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -169,6 +175,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Polling: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -179,6 +186,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Connecting: {
         Start => Ignored, Tick => Ignored, Connected => Hello, ConnectFail401 => Exit(ExitCode::AuthFailed),
@@ -189,6 +197,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     AwaitWelcome: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -199,6 +208,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     LiveIdle: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -209,6 +219,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Heartbeat,
     }
     LiveBusy: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -219,6 +230,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Sends("completeJson"), DoneBinary => Http(HttpKind::Upload),
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Heartbeat,
     }
     Uploading: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -229,6 +241,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
         UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Heartbeat,
     }
     Updating: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -239,6 +252,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+        Enable => Ignored, Disable => Heartbeat,
     }
     Paused: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -249,6 +263,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Backoff: {
         Start => Ignored, Tick => Ignored, Connected => CloseStale, ConnectFail401 => Ignored,
@@ -259,6 +274,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
         UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Quiet,
     }
     Draining: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -269,6 +285,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Minted => Ignored, DoneJson => CleanExit, DoneBinary => Http(HttpKind::Upload),
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
         Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Heartbeat,
     }
     Exited: {
         Start => Ignored, Tick => Ignored, Connected => Ignored, ConnectFail401 => Ignored,
@@ -279,6 +296,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Ignored, Pause => Ignored,
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
         UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        Enable => Ignored, Disable => Ignored,
     }
 };
 
@@ -530,6 +548,8 @@ fn input_for(h: &Driver, i: In) -> Input {
         }),
         Pause => Input::Pause,
         Resume => Input::Resume,
+        Enable => Input::Enable,
+        Disable => Input::Disable,
         Threshold => Input::SetThreshold { gb: 8.0 },
         Shutdown => Input::Shutdown,
         UpdateAvailable => Input::UpdateChecked {

@@ -607,6 +607,10 @@ fn upload_is_retried_twice_on_5xx_then_fails_retryable() {
     assert!(c.contains(&Command::DiscardResult {
         job_id: "j-2".into()
     }));
+    let stats = h.worker.status().stats;
+    assert_eq!(stats.upload_retries, 2);
+    let image = &stats.jobs[&wire::TaskKind::Image];
+    assert_eq!((image.completed, image.failed), (0, 1));
 }
 
 /// A transport error (no answer at all) is retried like a 5xx, not failed at once.
@@ -643,7 +647,20 @@ fn upload_is_retried_after_a_transport_error() {
     assert!(c.contains(&Command::DiscardResult {
         job_id: "j-4".into()
     }));
-    assert_eq!(h.worker.status().stats.completed, 1);
+    let stats = h.worker.status().stats;
+    assert_eq!(stats.completed, 1);
+    assert_eq!(stats.upload_retries, 1);
+    // Dispatched at 0 s, delivered at 1 s: counted once, in the 1 s bucket.
+    let image = &stats.jobs[&wire::TaskKind::Image];
+    assert_eq!((image.completed, image.failed), (1, 0));
+    assert_eq!(image.duration_sum_us, 1_000_000);
+    let i = JOB_DURATION_BUCKETS_MS
+        .iter()
+        .position(|b| *b == 1_000)
+        .unwrap();
+    let mut want = [0; JOB_DURATION_BUCKETS_MS.len()];
+    want[i] = 1;
+    assert_eq!(image.duration_buckets, want);
 }
 
 /// The machine, not the shell, tells which run a result belongs to: the run in flight is
@@ -1086,6 +1103,214 @@ fn pause_and_resume_are_advertised_at_once_and_logged() {
     assert!(logs
         .iter()
         .any(|l| l.message.contains("resumed by operator")));
+}
+
+#[test]
+fn disable_and_enable_reject_offers_paused_and_are_advertised_at_once() {
+    let mut h = Driver::live(registered());
+    let c = h.step(Input::Disable);
+    let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
+        panic!("{c:?}")
+    };
+    assert!(!capabilities.auto_enabled);
+    assert_eq!(h.worker.phase(), Phase::Paused);
+    let c = h.frame(&offer("j-1", json!({"kind":"llm","messages":[]})));
+    assert!(
+        matches!(&frames(&c)[0], WorkerFrame::Reject { code: Some(wire::RejectCode::Paused), reason, .. }
+            if reason == REASON_DISABLED),
+        "{c:?}"
+    );
+    assert!(!c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
+    // Paused as well: the advertised value does not change, so no extra heartbeat; the
+    // pause takes precedence in the reject reason.
+    let c = h.step(Input::Pause);
+    assert!(frames(&c).is_empty(), "{c:?}");
+    let c = h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    assert!(
+        matches!(&frames(&c)[0], WorkerFrame::Reject { reason, .. } if reason == REASON_PAUSED)
+    );
+    // Enabled but still paused: nothing changes on the wire.
+    let c = h.step(Input::Enable);
+    assert!(frames(&c).is_empty(), "{c:?}");
+    let c = h.step(Input::Resume);
+    let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
+        panic!("{c:?}")
+    };
+    assert!(capabilities.auto_enabled);
+    let c = h.frame(&offer("j-3", json!({"kind":"llm","messages":[]})));
+    assert!(c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
+    // Repeating a request changes nothing.
+    let c = h.step(Input::Enable);
+    assert!(c.iter().all(|c| matches!(c, Command::Wait { .. })), "{c:?}");
+    let logs = h.worker.status().recent_logs;
+    for needle in ["disabled by operator", "enabled by operator"] {
+        assert!(logs.iter().any(|l| l.message.contains(needle)), "{needle}");
+    }
+}
+
+#[test]
+fn a_worker_started_disabled_rejects_until_enabled() {
+    let mut cfg = registered();
+    cfg.auto_enabled = false;
+    let mut h = Driver::new(cfg);
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    let c = h.frame(&welcome());
+    let WorkerFrame::Heartbeat { capabilities, .. } = frames(&c).pop().unwrap() else {
+        panic!("{c:?}")
+    };
+    assert!(!capabilities.auto_enabled, "the first heartbeat says so");
+    assert!(!h.worker.status().enabled);
+    let c = h.frame(&offer("j-1", json!({"kind":"llm","messages":[]})));
+    assert!(matches!(
+        &frames(&c)[0],
+        WorkerFrame::Reject {
+            code: Some(wire::RejectCode::Paused),
+            ..
+        }
+    ));
+    let c = h.step(Input::Enable);
+    let WorkerFrame::Heartbeat { capabilities, .. } = &frames(&c)[0] else {
+        panic!("{c:?}")
+    };
+    assert!(capabilities.auto_enabled);
+    let c = h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    assert!(c.iter().any(|c| matches!(c, Command::Dispatch { .. })));
+    assert!(h
+        .worker
+        .status()
+        .recent_logs
+        .iter()
+        .any(|l| l.message.contains("auto_enabled = false")));
+}
+
+/// What `status()` tells an operator: who the worker is, the job in the slot, whether it is
+/// stopping, and how often it reconnected.
+#[test]
+fn the_status_snapshot_names_the_job_the_worker_and_the_stop() {
+    let mut h = Driver::live(registered());
+    let st = h.worker.status();
+    assert_eq!(st.worker_id.as_deref(), Some("w-1"));
+    assert_eq!(st.registration_request_id, None);
+    assert!(st.enabled && !st.paused && !st.stopping);
+    assert_eq!(st.current_job, None);
+    h.at(2.0);
+    h.frame(&offer(
+        "j-1",
+        json!({"kind":"llm","messages":[{"role":"user","content":"hi"}]}),
+    ));
+    let job = h.worker.status().current_job.expect("a current job");
+    assert_eq!(
+        (job.job_id.as_str(), job.status),
+        ("j-1", JobStatus::Running)
+    );
+    assert_eq!(job.kind, wire::TaskKind::Llm);
+    assert_eq!(job.prompt_preview, "hi");
+    assert_eq!(job.started, Mono::from_secs(2));
+    h.step(Input::Shutdown);
+    assert!(h.worker.status().stopping, "draining for the running job");
+    h.disconnect();
+    assert!(
+        h.worker.status().stopping,
+        "still stopping while it reconnects"
+    );
+}
+
+#[test]
+fn reconnects_are_counted() {
+    let mut h = Driver::live(registered());
+    assert_eq!(h.worker.status().stats.reconnects, 0);
+    h.disconnect();
+    assert_eq!(h.worker.status().stats.reconnects, 1);
+    let c = h.to_deadline();
+    let conn = c
+        .iter()
+        .find_map(|c| match c {
+            Command::Connect { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .expect("a reconnect");
+    h.step(Input::ConnectFailed {
+        conn,
+        error: ConnectError::Transport("refused".into()),
+    });
+    assert_eq!(h.worker.status().stats.reconnects, 2);
+}
+
+/// Log entries are numbered from 1; `logs_after(n)` gives the kept ones after `n`, and the
+/// ring keeps only the newest `Limits::recent_logs`.
+#[test]
+fn logs_are_numbered_and_read_after_a_sequence_number() {
+    let mut cfg = registered();
+    cfg.limits.recent_logs = 3;
+    let mut h = Driver::new(cfg);
+    assert_eq!(h.worker.logs_after(0).count(), 0);
+    for i in 1..=5 {
+        h.step(Input::Log(wire::LogEntry {
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            level: "info".into(),
+            category: "engine".into(),
+            message: format!("line {i}"),
+            job_id: None,
+        }));
+    }
+    let all: Vec<(u64, String)> = h
+        .worker
+        .logs_after(0)
+        .map(|(n, e)| (n, e.message.clone()))
+        .collect();
+    assert_eq!(
+        all,
+        [
+            (3, "line 3".to_string()),
+            (4, "line 4".to_string()),
+            (5, "line 5".to_string())
+        ]
+    );
+    assert_eq!(h.worker.status().log_seq, 5);
+    let after: Vec<u64> = h.worker.logs_after(4).map(|(n, _)| n).collect();
+    assert_eq!(after, [5]);
+    assert_eq!(h.worker.logs_after(5).count(), 0);
+    assert_eq!(h.worker.logs_after(u64::MAX).count(), 0);
+}
+
+#[test]
+fn job_durations_fall_in_their_buckets_by_kind() {
+    let mut stats = JobStats::default();
+    stats.observe(JobStatus::Completed, Duration::from_millis(100));
+    stats.observe(JobStatus::Completed, Duration::from_micros(100_001));
+    stats.observe(JobStatus::Failed, Duration::from_secs(3600));
+    stats.observe(JobStatus::Running, Duration::from_secs(1));
+    assert_eq!((stats.completed, stats.failed, stats.count()), (2, 1, 3));
+    assert_eq!(
+        stats.duration_buckets[0], 1,
+        "100 ms is in the 100 ms bucket"
+    );
+    assert_eq!(stats.duration_buckets[1], 1, "just over goes to the next");
+    assert_eq!(
+        stats.duration_buckets.iter().sum::<u64>(),
+        2,
+        "an hour is past the last bound"
+    );
+    assert_eq!(stats.duration_sum_us, 100_000 + 100_001 + 3_600_000_000);
+
+    let mut h = Driver::live(registered());
+    h.frame(&offer("j-1", json!({"kind":"llm","messages":[]})));
+    h.at(0.3);
+    h.finish(JobOutcome::Json { result: json!({}) });
+    h.frame(&offer("j-2", json!({"kind":"llm","messages":[]})));
+    h.finish(JobOutcome::Failed {
+        error: "boom".into(),
+        retryable: false,
+    });
+    let llm = &h.worker.status().stats.jobs[&wire::TaskKind::Llm];
+    assert_eq!((llm.completed, llm.failed), (1, 1));
+    assert_eq!(llm.duration_buckets[2], 1, "300 ms");
+    assert_eq!(llm.duration_buckets[0], 1, "0 ms");
+    let recent = h.worker.status().recent_jobs;
+    assert_eq!(recent[0].status, JobStatus::Failed);
+    assert_eq!(recent[1].finished, Some(Mono::from_millis(300)));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p studio-engines --features llm --example llm_bench -- \
 //!     [--model PATH] [--decode-tokens N] [--prompt-words N] [--runs N] [--json PATH] \
-//!     [--weights native|converted|stored|both|all]
+//!     [--weights native|converted|stored|both|all] [--peer PYTHON]
 //! ```
 //!
 //! `--model` defaults to `$STUDIO_TEST_LLM_GGUF` (SmolLM2-135M-Instruct Q4_1 in CI).
@@ -25,6 +25,14 @@
 //! * **Threads**: the native path's pool has `STUDIO_LLM_THREADS` threads (default one per
 //!   core); candle's has `RAYON_NUM_THREADS` (default one per physical core).
 //!
+//! * **Peer** (`--peer PYTHON`, or `$STUDIO_LLAMA_CPP_PYTHON`): llama.cpp on the same file,
+//!   through llama-cpp-python (`PYTHON` is the venv's python that `.ci/llama-cpp-venv`
+//!   builds; the script is `engines/examples/llama_cpp_peer.py`), and the native forward
+//!   pass driven the same way: the prefill task's prompt ids evaluated in one batch, then
+//!   `--decode-tokens` greedy tokens one by one (end-of-generation tokens do not stop it),
+//!   each the best of `--runs`, the same thread count (`STUDIO_LLM_THREADS`, default one
+//!   per core); printed side by side with the ratio.
+//!
 //! `/proc/loadavg` is printed before and after: on a shared machine the figures are only as
 //! good as the quiet they were taken in.
 
@@ -42,6 +50,7 @@ struct Args {
     runs: usize,
     json: Option<PathBuf>,
     layouts: Vec<Layout>,
+    peer: Option<PathBuf>,
 }
 
 /// A weight layout / backend to measure.
@@ -61,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         runs: 3,
         json: None,
         layouts: vec![Layout::Native, Layout::Converted, Layout::Stored],
+        peer: std::env::var_os("STUDIO_LLAMA_CPP_PYTHON").map(PathBuf::from),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -78,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
                     .max(1)
             }
             "--json" => args.json = Some(PathBuf::from(value()?)),
+            "--peer" => args.peer = Some(PathBuf::from(value()?)),
             "--weights" => {
                 args.layouts = match value()?.as_str() {
                     "native" => vec![Layout::Native],
@@ -217,6 +228,23 @@ fn main() {
         );
         variants.push(v);
     }
+    let peer = args.peer.as_ref().map(|python| {
+        let (ours, theirs) = run_peer(&args, python, native_threads);
+        for (who, r) in [("native (ids)", &ours), ("llama.cpp", &theirs)] {
+            println!(
+                "[{who}] load {:.2} s | prefill {:.1} tok/s ({} tokens) | decode {:.1} tok/s \
+                 ({} tokens)",
+                r.load_secs, r.prefill_rate, r.prefill_tokens, r.decode_rate, r.decode_tokens
+            );
+        }
+        println!(
+            "[native / llama.cpp] prefill {:.2}x | decode {:.2}x ({}, {native_threads} threads)",
+            ours.prefill_rate / theirs.prefill_rate,
+            ours.decode_rate / theirs.decode_rate,
+            theirs.version,
+        );
+        (ours, theirs)
+    });
     let load_after = loadavg();
     println!("loadavg      before: {load_before} | after: {load_after}");
 
@@ -239,6 +267,14 @@ fn main() {
                 "decode_pct_of_limit": 100.0 * v.decode_rate / file_limit,
                 "weight_bytes_per_token": v.bytes_per_token,
             })).collect::<Vec<_>>(),
+            "peer": peer.as_ref().map(|(ours, theirs)| serde_json::json!({
+                "llama_cpp_python": theirs.version,
+                "threads": native_threads,
+                "native": ours.to_json(),
+                "llama_cpp": theirs.to_json(),
+                "prefill_ratio": ours.prefill_rate / theirs.prefill_rate,
+                "decode_ratio": ours.decode_rate / theirs.decode_rate,
+            })),
             "loadavg_before": load_before,
             "loadavg_after": load_after,
         });
@@ -288,20 +324,10 @@ fn run_variant(args: &Args, root: &std::path::Path, layout: Layout, file_bytes: 
         .backend;
     let load_secs = t0.elapsed().as_secs_f64();
 
-    let words = "the quick brown fox jumps over the lazy dog while the band plays on"
-        .split_whitespace()
-        .cycle()
-        .take(args.prompt_words)
-        .collect::<Vec<_>>()
-        .join(" ");
     let mut prefill = (0usize, f64::INFINITY);
     for _ in 0..args.runs {
         let c = engine
-            .complete(
-                &task(format!("Summarise: {words}"), 1),
-                &source,
-                &args.model,
-            )
+            .complete(&task(prefill_text(args), 1), &source, &args.model)
             .expect("prefill run");
         if c.prefill_secs < prefill.1 {
             prefill = (c.prompt_tokens, c.prefill_secs);
@@ -339,4 +365,122 @@ fn run_variant(args: &Args, root: &std::path::Path, layout: Layout, file_bytes: 
         decode_rate: decode.1,
         bytes_per_token,
     }
+}
+
+/// One side of the peer comparison.
+struct PeerRun {
+    version: String,
+    load_secs: f64,
+    prefill_tokens: usize,
+    prefill_rate: f64,
+    decode_tokens: usize,
+    decode_rate: f64,
+}
+
+impl PeerRun {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "load_secs": self.load_secs,
+            "prefill_tokens": self.prefill_tokens,
+            "prefill_tok_per_sec": self.prefill_rate,
+            "decode_tokens": self.decode_tokens,
+            "decode_tok_per_sec": self.decode_rate,
+        })
+    }
+}
+
+/// The prefill task's prompt ids (the engine's template and tokenizer).
+fn prompt_ids(args: &Args) -> Vec<u32> {
+    let (tok, template) = llm::load_tokenizer(&args.model).expect("the model's tokenizer");
+    let prompt = llm::render_prompt(&template, &tok, &task(prefill_text(args), 1), None)
+        .expect("the prompt renders");
+    tok.encode_prompt(&prompt).expect("the prompt tokenizes")
+}
+
+/// The native forward pass and llama.cpp (through `python`) on the same ids.
+fn run_peer(args: &Args, python: &std::path::Path, threads: usize) -> (PeerRun, PeerRun) {
+    use candle_core::quantized::gguf_file;
+    let ids = prompt_ids(args);
+    let n = args.decode_tokens as usize;
+
+    let t0 = Instant::now();
+    let mut f = std::fs::File::open(&args.model).expect("the model file");
+    let ct = gguf_file::Content::read(&mut f).expect("a readable GGUF");
+    let model = llm::cpu::Model::load(&ct, &mut f).expect("the native path runs this model");
+    let load_secs = t0.elapsed().as_secs_f64();
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    let (mut prefill, mut decode) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..args.runs {
+        let mut s = model.session(ids.len() + n);
+        let t = Instant::now();
+        let mut logits = model.forward(&mut s, &ids, 0).expect("prefill");
+        prefill = prefill.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for i in 0..n {
+            let next = argmax(&logits);
+            logits = model
+                .forward(&mut s, &[next], ids.len() + i)
+                .expect("decode");
+        }
+        decode = decode.min(t.elapsed().as_secs_f64());
+    }
+    let ours = PeerRun {
+        version: "native".into(),
+        load_secs,
+        prefill_tokens: ids.len(),
+        prefill_rate: ids.len() as f64 / prefill,
+        decode_tokens: n,
+        decode_rate: n as f64 / decode,
+    };
+    drop(model);
+
+    let job = std::env::temp_dir().join(format!("llm-bench-peer-{}.json", std::process::id()));
+    let spec = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "prompt_ids": ids,
+        "decode_tokens": n,
+        "runs": args.runs,
+        "threads": threads,
+    });
+    std::fs::write(&job, spec.to_string()).expect("the peer's job file");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/llama_cpp_peer.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&job)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    let _ = std::fs::remove_file(&job);
+    if !out.status.success() {
+        panic!(
+            "the llama.cpp peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the peer's JSON");
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let theirs = PeerRun {
+        version: format!("llama-cpp-python {}", v["version"].as_str().unwrap_or("?")),
+        load_secs: f("load_secs"),
+        prefill_tokens: f("prefill_tokens") as usize,
+        prefill_rate: f("prefill_tok_per_sec"),
+        decode_tokens: f("decode_tokens") as usize,
+        decode_rate: f("decode_tok_per_sec"),
+    };
+    (ours, theirs)
+}
+
+/// The prefill task's text: `--prompt-words` words to summarise.
+fn prefill_text(args: &Args) -> String {
+    let words = "the quick brown fox jumps over the lazy dog while the band plays on"
+        .split_whitespace()
+        .cycle()
+        .take(args.prompt_words)
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!("Summarise: {words}")
 }

@@ -96,7 +96,8 @@ pub trait Engine: Send + Sync {
     fn serves(&self) -> Vec<ModelEngine>;
 
     /// Advertised model ids per task kind (becomes `supportedModelsPerKind`). Kinds the
-    /// engine does not serve are absent. Must never contain the wildcard `"*"`.
+    /// engine does not serve are absent. May hold the engine's own wildcard
+    /// (`<modelSource.engine>:*`); never the bare wildcard `"*"`.
     fn capabilities(&self) -> BTreeMap<TaskKind, Vec<String>>;
 
     /// Runs one job to completion (blocking).

@@ -88,7 +88,10 @@ impl EngineError {
     /// message names the engine and how to get a worker that has it.
     pub fn engine_not_available(engine: &ModelEngine) -> EngineError {
         let fix = match engine {
-            ModelEngine::SdCpp => "install a build with the sd-cpp (stable-diffusion.cpp) engine",
+            ModelEngine::SdCpp => {
+                "install studio-worker or studio-worker-async (both carry the sd-cpp engine by \
+                 default) or a build with feature `sd-cpp`"
+            }
             ModelEngine::LlamaCpp => {
                 "install studio-worker-async (it carries the candle LLM engine) or a build with \
                  feature `llm`"

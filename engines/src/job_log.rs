@@ -42,16 +42,7 @@ thread_local! {
 /// Runs `f` with `sink` receiving this thread's job log lines; the previous sink (if any) is put
 /// back afterwards, also when `f` panics.
 pub fn with_sink<R>(sink: JobLogSink, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<JobLogSink>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let previous = self.0.take();
-            SINK.with(|s| *s.borrow_mut() = previous);
-        }
-    }
-    let previous = SINK.with(|s| s.borrow_mut().replace(sink));
-    let _restore = Restore(previous);
-    f()
+    crate::thread_scope::with_installed(&SINK, sink, f)
 }
 
 /// Hands `message` to this thread's sink only (no `tracing` event): for lines already

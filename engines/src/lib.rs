@@ -7,8 +7,10 @@
 //! * [`Engine::name`] is its static routing id (`synthetic`, `multi`, ...);
 //! * [`Engine::serves`] lists the `modelSource.engine` values ([`ModelEngine`]) it runs;
 //! * [`Engine::capabilities`] maps each [`TaskKind`] it serves to the model ids it
-//!   advertises (the worker's `supportedModelsPerKind`); the wildcard `"*"` is never
-//!   advertised;
+//!   advertises (the worker's `supportedModelsPerKind`): exact ids, and an engine that can
+//!   run any model its `modelSource.engine` names advertises that engine's wildcard
+//!   (`llama-cpp:*`, `sd-cpp:*`, PROTOCOL.md §3.1); the bare wildcard `"*"` is never
+//!   advertised, nor a wildcard for the synthetic engine;
 //! * [`Engine::dispatch`] runs one [`JobRequest`] and returns an [`EngineOutput`]: JSON for
 //!   `llm` and `audio_stt` (sent as `completeJson`), bytes plus an extension for `image`,
 //!   `audio_tts` and `video` (uploaded by multipart), or a typed [`EngineError`] whose
@@ -24,6 +26,12 @@
 //! retryable, with a message naming the engine and the fix. There is no fallback, least of
 //! all to the synthetic engine: it would "complete" real jobs with placeholder bytes.
 //!
+//! # Cancelling
+//!
+//! Whoever runs a job may give up on it: [`cancel`] gives the dispatching thread a
+//! [`cancel::CancelToken`]; an engine that runs a child process (the sd-cpp engine) kills
+//! it when the token is cancelled.
+//!
 //! # The synthetic engine
 //!
 //! [`SyntheticEngine`] produces deterministic outputs keyed by SHA-256 of the prompt
@@ -34,6 +42,7 @@
 //! [`ModelEngine`]: studio_core::wire::ModelEngine
 //! [`TaskKind`]: studio_core::wire::TaskKind
 
+pub mod cancel;
 #[cfg(feature = "candle")]
 pub mod device;
 #[cfg(feature = "image-candle")]
@@ -41,6 +50,7 @@ pub mod diffusion;
 mod engine;
 mod error;
 pub mod gradio;
+pub mod input_url;
 pub mod job_log;
 #[cfg(feature = "llm")]
 pub mod llm;
@@ -49,8 +59,11 @@ pub mod models;
 #[cfg(feature = "tts")]
 pub mod piper;
 mod router;
+#[cfg(feature = "sd-cpp")]
+pub mod sdcpp;
 mod settings;
 pub mod synthetic;
+mod thread_scope;
 #[cfg(feature = "whisper")]
 pub mod whisper;
 
@@ -65,6 +78,8 @@ pub use models::ModelStore;
 #[cfg(feature = "tts")]
 pub use piper::PiperEngine;
 pub use router::Router;
+#[cfg(feature = "sd-cpp")]
+pub use sdcpp::SdCppEngine;
 pub use settings::{EngineSettings, DEFAULT_MODEL_MEMORY_BUDGET_BYTES};
 pub use synthetic::SyntheticEngine;
 #[cfg(feature = "whisper")]

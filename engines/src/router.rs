@@ -64,6 +64,8 @@ impl Router {
             store.clone(),
             settings,
         )));
+        #[cfg(feature = "sd-cpp")]
+        engines.push(Box::new(crate::sdcpp::SdCppEngine::new(store.clone())));
         // The operator's Gradio app (no model files: the app has its own).
         engines.push(Box::new(crate::gradio::GradioEngine::new(
             settings.gradio.clone(),

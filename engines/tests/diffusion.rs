@@ -16,7 +16,7 @@
 #![cfg(feature = "image-candle")]
 
 mod support;
-use support::{hex, serve_files};
+use support::serve_files;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,10 +30,7 @@ use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModel;
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use studio_core::wire::{
-    AudioTtsTask, CliDefaults, ImageTask, ModelEngine, ModelFile, ModelSource, Task,
-};
+use studio_core::wire::{AudioTtsTask, CliDefaults, ImageTask, ModelEngine, ModelSource, Task};
 use studio_engines::diffusion::{
     self, config, CandleImageEngine, ModelPaths, Sampler, GENERIC_MODEL_ID, NAME, SOURCE_ENGINE,
 };
@@ -240,16 +237,7 @@ fn tiny_model() -> &'static TinyModel {
 fn source(base: &str, files: &[(&str, &str, Vec<u8>)]) -> ModelSource {
     ModelSource {
         engine: ModelEngine::Other(SOURCE_ENGINE.into()),
-        files: files
-            .iter()
-            .map(|(role, name, bytes)| ModelFile {
-                role: role.to_string(),
-                url: format!("{base}/{name}"),
-                filename: name.to_string(),
-                approx_bytes: Some(bytes.len() as u64),
-                sha256: Some(hex(&Sha256::digest(bytes))),
-            })
-            .collect(),
+        files: support::model_files(base, files),
         cli_defaults: CliDefaults {
             cfg_scale: 5.0,
             steps: 3,

@@ -117,6 +117,7 @@ fn identity_and_capabilities() {
     assert_eq!(engine.serves(), vec![ModelEngine::LlamaCpp]);
     assert_eq!(engine.kinds(), vec![TaskKind::Llm]);
     assert!(engine.supports(TaskKind::Llm, GENERIC_MODEL_ID));
+    assert_eq!(GENERIC_MODEL_ID, ModelEngine::LlamaCpp.wildcard());
     assert!(!engine.flat_models().iter().any(|m| m == "*"));
 }
 
@@ -128,7 +129,7 @@ fn advertises_models_cached_under_the_root() {
     std::fs::create_dir_all(root.path().join("not-a-model")).unwrap();
     std::fs::write(root.path().join("not-a-model/readme.txt"), b"").unwrap();
     let engine = LlmEngine::new(ModelStore::new(root.path()), GIB);
-    assert_eq!(engine.flat_models(), vec!["llama-cpp", "smollm2"]);
+    assert_eq!(engine.flat_models(), vec!["llama-cpp:*", "smollm2"]);
 }
 
 #[test]
@@ -204,8 +205,21 @@ fn other_architectures_and_corrupt_files_fail_clearly() {
     let err = engine.run_file(&job(user("hi")), &gpt2).unwrap_err();
     assert!(!err.retryable());
     assert!(err.message.contains("`gpt2` GGUF"), "{err}");
-    assert!(err.message.contains("llama-architecture"), "{err}");
+    assert!(
+        err.message.contains("llama, qwen2, qwen3 and gemma3"),
+        "{err}"
+    );
     assert_eq!(llm::inspect(&gpt2).unwrap().architecture, "gpt2");
+
+    // A supported family whose file the native path cannot run (no weights at all).
+    let qwen = dir.path().join("qwen3.gguf");
+    write_tiny_gguf(&qwen, &[("general.architecture", "qwen3")]);
+    let err = engine.run_file(&job(user("hi")), &qwen).unwrap_err();
+    assert!(!err.retryable());
+    assert!(
+        err.message.contains("native forward pass cannot run"),
+        "{err}"
+    );
 
     let garbage = dir.path().join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a model file at all").unwrap();
@@ -491,4 +505,101 @@ fn real_model_truncated_file_fails_clearly() {
     assert!(!err.retryable());
     assert!(err.message.contains("cannot load model file"), "{err}");
     assert_eq!(engine.loads(), 0);
+}
+
+// ------------------------------------------------------------------------------------------
+// jsonSchema
+// ------------------------------------------------------------------------------------------
+
+/// An object with typed fields, an enum and an array.
+fn person_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "color": {"enum": ["red", "green", "blue"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 3},
+        },
+        "required": ["name", "age", "color", "tags"],
+        "additionalProperties": false,
+    })
+}
+
+/// Checks `v` against [`person_schema`] by hand (every rule it states).
+pub fn assert_person(v: &Value) {
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["age", "color", "name", "tags"], "{v}");
+    let name = o["name"].as_str().unwrap_or_else(|| panic!("name: {v}"));
+    assert!(name.chars().count() <= 40, "{v}");
+    let age = o["age"].as_i64().unwrap_or_else(|| panic!("age: {v}"));
+    assert!((0..=150).contains(&age), "{v}");
+    assert!(
+        ["red", "green", "blue"].contains(&o["color"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    let tags = o["tags"].as_array().unwrap_or_else(|| panic!("tags: {v}"));
+    assert!(tags.len() <= 3, "{v}");
+    for t in tags {
+        assert!(t.as_str().is_some_and(|t| t.chars().count() <= 20), "{v}");
+    }
+}
+
+#[test]
+fn real_model_json_schema_output_parses_and_validates() {
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
+    let engine = shared_engine();
+    for (temperature, prompt) in [
+        (0.0, "Describe a fictional person as JSON."),
+        (0.8, "Invent a character for a story."),
+    ] {
+        let task = LlmTask {
+            temperature: Some(temperature),
+            max_tokens: Some(200),
+            json_schema: Some(person_schema()),
+            ..user(prompt)
+        };
+        let v = run(engine, &path, task);
+        let text = content(&v);
+        let parsed: Value =
+            serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+        assert_person(&parsed);
+        assert_eq!(finish(&v), "stop", "{v}");
+    }
+    // Without the schema the same request is free text, not this JSON.
+    let free = run(
+        engine,
+        &path,
+        greedy("Describe a fictional person as JSON.", 60),
+    );
+    assert!(
+        serde_json::from_str::<Value>(content(&free)).is_err(),
+        "{}",
+        content(&free)
+    );
+}
+
+#[test]
+fn real_model_json_schema_it_cannot_honour_fails_not_retryable() {
+    let Some(path) = support::llm_model_path() else {
+        return;
+    };
+    for schema in [
+        serde_json::json!({"type": "frobnicate"}),
+        serde_json::json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}),
+    ] {
+        let task = LlmTask {
+            json_schema: Some(schema.clone()),
+            ..greedy("hi", 10)
+        };
+        let err = shared_engine().run_file(&job(task), &path).unwrap_err();
+        assert!(!err.retryable(), "{schema}: {err}");
+        assert!(err.message.contains("jsonSchema"), "{schema}: {err}");
+    }
 }

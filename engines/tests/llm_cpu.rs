@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use studio_core::splitmix::SplitMix64;
 use studio_core::wire::{ChatMessage, LlmTask, ModelEngine, ModelSource};
-use studio_engines::llm::cpu::quant::Isa;
+use studio_engines::llm::cpu::quant::{self, Isa, WType};
 use studio_engines::llm::cpu::threads::ThreadPool;
 use studio_engines::llm::cpu::{self, Model};
 use studio_engines::llm::{self, Backend, LlmEngine};
@@ -61,27 +61,56 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 // Synthetic models
 // ------------------------------------------------------------------------------------------
 
+/// A small random model: its family, shape and weight types.
+#[derive(Clone, Copy)]
 struct Tiny {
+    arch: &'static str,
     dim: usize,
     heads: usize,
     kv_heads: usize,
+    /// Elements per head (written as `attention.key_length` when not `dim / heads`).
+    head_dim: usize,
     layers: usize,
     ff: usize,
     vocab: usize,
+    embd: GgmlDType,
+    mats: GgmlDType,
+    tied: bool,
+    /// Gemma 3's sliding window (gemma3 only).
+    window: usize,
 }
 
 const TINY: Tiny = Tiny {
+    arch: "llama",
     dim: 128,
     heads: 4,
     kv_heads: 2,
+    head_dim: 32,
     layers: 2,
     ff: 128,
     vocab: 200,
+    embd: GgmlDType::Q8_0,
+    mats: GgmlDType::Q4_1,
+    tied: true,
+    window: 0,
 };
 
 /// A random llama GGUF: the embeddings in `embd`, the matrices in `mats`.
 fn tiny_gguf(seed: u64, embd: GgmlDType, mats: GgmlDType, tied: bool) -> Vec<u8> {
-    let t = &TINY;
+    build_gguf(
+        seed,
+        &Tiny {
+            embd,
+            mats,
+            tied,
+            ..TINY
+        },
+    )
+}
+
+/// A random GGUF of `t`'s family (llama, qwen2, qwen3 or gemma3) with the tensors and
+/// metadata that family's readers (the native path, candle) expect.
+fn build_gguf(seed: u64, t: &Tiny) -> Vec<u8> {
     let mut rng = SplitMix64::new(seed);
     let mut rand = |rows: usize, cols: usize, scale: f64| -> Tensor {
         let v: Vec<f32> = (0..rows * cols)
@@ -90,84 +119,105 @@ fn tiny_gguf(seed: u64, embd: GgmlDType, mats: GgmlDType, tied: bool) -> Vec<u8>
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
     };
     let q = |t: Tensor, ty: GgmlDType| QTensor::quantize(&t, ty).unwrap();
-    let norm = |rng_t: Tensor| {
+    let vector = |t: Tensor, a: f64, b: f64| {
         QTensor::quantize(
-            &rng_t.flatten_all().unwrap().affine(0.2, 1.0).unwrap(),
+            &t.flatten_all().unwrap().affine(a, b).unwrap(),
             GgmlDType::F32,
         )
         .unwrap()
     };
-    let hd = t.dim / t.heads;
-    let kv = t.kv_heads * hd;
+    let (hd, mats) = (t.head_dim, t.mats);
+    let (qd, kv) = (t.heads * hd, t.kv_heads * hd);
     let mut tensors: Vec<(String, QTensor)> = vec![
         (
             "token_embd.weight".into(),
-            q(rand(t.vocab, t.dim, 1.0), embd),
+            q(rand(t.vocab, t.dim, 1.0), t.embd),
         ),
-        ("output_norm.weight".into(), norm(rand(1, t.dim, 1.0))),
+        (
+            "output_norm.weight".into(),
+            vector(rand(1, t.dim, 1.0), 0.2, 1.0),
+        ),
     ];
-    if !tied {
+    if !t.tied {
         tensors.push(("output.weight".into(), q(rand(t.vocab, t.dim, 0.2), mats)));
     }
     for l in 0..t.layers {
         let p = format!("blk.{l}");
         let s = 1.0 / (t.dim as f64).sqrt();
-        tensors.push((format!("{p}.attn_norm.weight"), norm(rand(1, t.dim, 1.0))));
-        tensors.push((format!("{p}.ffn_norm.weight"), norm(rand(1, t.dim, 1.0))));
-        tensors.push((
-            format!("{p}.attn_q.weight"),
-            q(rand(t.dim, t.dim, 4.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.attn_k.weight"),
-            q(rand(kv, t.dim, 4.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.attn_v.weight"),
-            q(rand(kv, t.dim, 2.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.attn_output.weight"),
-            q(rand(t.dim, t.dim, 2.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.ffn_gate.weight"),
-            q(rand(t.ff, t.dim, 2.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.ffn_up.weight"),
-            q(rand(t.ff, t.dim, 2.0 * s), mats),
-        ));
-        tensors.push((
-            format!("{p}.ffn_down.weight"),
+        let mut push = |name: &str, v: QTensor| tensors.push((format!("{p}.{name}"), v));
+        push("attn_norm.weight", vector(rand(1, t.dim, 1.0), 0.2, 1.0));
+        push("ffn_norm.weight", vector(rand(1, t.dim, 1.0), 0.2, 1.0));
+        push("attn_q.weight", q(rand(qd, t.dim, 4.0 * s), mats));
+        push("attn_k.weight", q(rand(kv, t.dim, 4.0 * s), mats));
+        push("attn_v.weight", q(rand(kv, t.dim, 2.0 * s), mats));
+        push("attn_output.weight", q(rand(t.dim, qd, 2.0 * s), mats));
+        push("ffn_gate.weight", q(rand(t.ff, t.dim, 2.0 * s), mats));
+        push("ffn_up.weight", q(rand(t.ff, t.dim, 2.0 * s), mats));
+        push(
+            "ffn_down.weight",
             q(rand(t.dim, t.ff, 2.0 / (t.ff as f64).sqrt()), mats),
-        ));
+        );
+        if t.arch == "qwen2" {
+            push("attn_q.bias", vector(rand(1, qd, 1.0), 0.5, 0.0));
+            push("attn_k.bias", vector(rand(1, kv, 1.0), 0.5, 0.0));
+            push("attn_v.bias", vector(rand(1, kv, 1.0), 0.5, 0.0));
+        }
+        if t.arch == "qwen3" || t.arch == "gemma3" {
+            push("attn_q_norm.weight", vector(rand(1, hd, 1.0), 0.2, 1.0));
+            push("attn_k_norm.weight", vector(rand(1, hd, 1.0), 0.2, 1.0));
+        }
+        if t.arch == "gemma3" {
+            push(
+                "post_attention_norm.weight",
+                vector(rand(1, t.dim, 1.0), 0.1, 0.5),
+            );
+            push(
+                "post_ffw_norm.weight",
+                vector(rand(1, t.dim, 1.0), 0.1, 0.5),
+            );
+        }
     }
     use gguf_file::Value;
-    let md: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("llama.embedding_length", Value::U32(t.dim as u32)),
-        ("llama.attention.head_count", Value::U32(t.heads as u32)),
+    let a = t.arch;
+    let key = |k: &str| format!("{a}.{k}");
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (key("embedding_length"), Value::U32(t.dim as u32)),
+        (key("attention.head_count"), Value::U32(t.heads as u32)),
         (
-            "llama.attention.head_count_kv",
+            key("attention.head_count_kv"),
             Value::U32(t.kv_heads as u32),
         ),
-        ("llama.block_count", Value::U32(t.layers as u32)),
-        ("llama.rope.dimension_count", Value::U32(hd as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.rope.freq_base", Value::F32(10000.0)),
+        (key("block_count"), Value::U32(t.layers as u32)),
+        (key("context_length"), Value::U32(256)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("rope.freq_base"), Value::F32(10000.0)),
     ];
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    if a == "llama" {
+        md.push((key("rope.dimension_count"), Value::U32(hd as u32)));
+    }
+    if hd * t.heads != t.dim || a == "qwen3" || a == "gemma3" {
+        md.push((key("attention.key_length"), Value::U32(hd as u32)));
+        md.push((key("attention.value_length"), Value::U32(hd as u32)));
+    }
+    if a == "gemma3" {
+        md.push((key("attention.sliding_window"), Value::U32(t.window as u32)));
+    }
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut buf = Cursor::new(Vec::new());
     gguf_file::write(&mut buf, &md_refs, &t_refs).unwrap();
     buf.into_inner()
 }
 
-fn load_both(bytes: &[u8]) -> (Model, ModelWeights) {
+fn load_native(bytes: &[u8]) -> Model {
     let mut c = Cursor::new(bytes);
     let ct = gguf_file::Content::read(&mut c).unwrap();
-    let native = Model::load(&ct, &mut c).unwrap();
+    Model::load(&ct, &mut c).unwrap()
+}
+
+fn load_both(bytes: &[u8]) -> (Model, ModelWeights) {
+    let native = load_native(bytes);
     let mut c = Cursor::new(bytes);
     let ct = gguf_file::Content::read(&mut c).unwrap();
     let candle = ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
@@ -283,6 +333,193 @@ fn unsupported_types_are_refused_by_check() {
         Model::load(&ct, &mut c),
         Err(cpu::LoadError::Unsupported(_))
     ));
+}
+
+/// The 5-bit and K-quant layouts read as candle (an independent implementation of the same
+/// GGML formats) reads them.
+#[test]
+fn k_quants_and_5_bit_types_dequantize_like_candle() {
+    let mut rng = SplitMix64::new(21);
+    for ty in [
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let (rows, cols) = (3, 512);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+            .collect();
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&t, ty).unwrap();
+        let want: Vec<f32> = qt
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let data = qt.data().unwrap();
+        let wty = WType::from_ggml(ty).unwrap();
+        let row_bytes = wty.row_bytes(cols);
+        assert_eq!(data.len(), rows * row_bytes, "{ty:?}");
+        let mut got = vec![0f32; rows * cols];
+        for r in 0..rows {
+            quant::dequantize_row(
+                wty,
+                &data[r * row_bytes..][..row_bytes],
+                &mut got[r * cols..][..cols],
+            );
+        }
+        assert_eq!(got, want, "{ty:?}");
+    }
+}
+
+/// The K-quant and 5-bit kernels in a whole forward pass, against candle's llama.
+#[test]
+fn synthetic_k_quant_models_match_candle() {
+    let prompt = tokens(4, 19);
+    for (i, mats) in [
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = Tiny {
+            dim: 256,
+            head_dim: 64,
+            ff: 512,
+            mats,
+            tied: i % 2 == 0,
+            ..TINY
+        };
+        let bytes = build_gguf(300 + i as u64, &spec);
+        let (native, mut candle) = load_both(&bytes);
+        let mut sess = native.session(24);
+        let a = native.forward(&mut sess, &prompt, 0).unwrap();
+        let b = candle_logits(&mut candle, &prompt, 0);
+        let d = rel_diff(&a, &b);
+        assert!(d < 0.03, "{mats:?} prompt: {d}");
+        let a = native.forward(&mut sess, &[7], prompt.len()).unwrap();
+        let b = candle_logits(&mut candle, &[7], prompt.len());
+        let d = rel_diff(&a, &b);
+        assert!(d < 0.03, "{mats:?} token: {d}");
+    }
+}
+
+/// A reference model's forward pass: tokens at a position -> the last logits.
+type Forward = dyn FnMut(&[u32], usize) -> Vec<f32>;
+
+/// qwen2 (q/k/v biases, NeoX rope) and qwen3 (q/k norms, a head width apart from
+/// dim / heads) against candle's quantized_qwen2 / quantized_qwen3 on the same file.
+#[test]
+fn synthetic_qwen_models_match_candle() {
+    use candle_transformers::models::{quantized_qwen2, quantized_qwen3};
+    let prompt = tokens(5, 21);
+    for (arch, head_dim) in [("qwen2", 32), ("qwen3", 48)] {
+        let spec = Tiny {
+            arch,
+            head_dim,
+            mats: GgmlDType::Q8_0,
+            tied: arch == "qwen2",
+            ..TINY
+        };
+        let bytes = build_gguf(77, &spec);
+        let native = load_native(&bytes);
+        assert_eq!(native.config().arch.name(), arch);
+        assert_eq!(native.config().head_dim, head_dim);
+        let mut forward: Box<Forward> = {
+            let mut c = Cursor::new(bytes.clone());
+            let ct = gguf_file::Content::read(&mut c).unwrap();
+            let to_vec = |t: Tensor| t.squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+            if arch == "qwen2" {
+                let mut m =
+                    quantized_qwen2::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
+                Box::new(move |toks, pos| {
+                    let x = Tensor::new(toks, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap();
+                    to_vec(m.forward(&x, pos).unwrap())
+                })
+            } else {
+                let mut m =
+                    quantized_qwen3::ModelWeights::from_gguf(ct, &mut c, &Device::Cpu).unwrap();
+                Box::new(move |toks, pos| {
+                    let x = Tensor::new(toks, &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap();
+                    to_vec(m.forward(&x, pos).unwrap())
+                })
+            }
+        };
+        let mut sess = native.session(32);
+        let a = native.forward(&mut sess, &prompt, 0).unwrap();
+        let b = forward(&prompt, 0);
+        let d = rel_diff(&a, &b);
+        assert!(d < 0.03, "{arch} prompt: {d}");
+        for (k, tok) in [3u32, 150].into_iter().enumerate() {
+            let pos = prompt.len() + k;
+            let a = native.forward(&mut sess, &[tok], pos).unwrap();
+            let b = forward(&[tok], pos);
+            let d = rel_diff(&a, &b);
+            assert!(d < 0.03, "{arch} token at {pos}: {d}");
+            assert_eq!(argmax(&a), argmax(&b), "{arch} token at {pos}");
+        }
+    }
+}
+
+/// Gemma 3's sliding window: with two sliding layers of window 3, the last position sees
+/// back 2 x (3 - 1) = 4 positions, so the first token of a 12-token prompt changes
+/// nothing there (bit for bit), while it does on a llama-style model; and the whole pass
+/// is consistent across chunking and kernels.
+#[test]
+fn synthetic_gemma3_window_chunks_and_kernels() {
+    let spec = Tiny {
+        arch: "gemma3",
+        dim: 256,
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 64,
+        ff: 512,
+        embd: GgmlDType::Q8_0,
+        mats: GgmlDType::Q4K,
+        window: 3,
+        ..TINY
+    };
+    let mut native = load_native(&build_gguf(91, &spec));
+    let cfg = native.config().clone();
+    assert_eq!(cfg.window(0), Some(3));
+    assert_eq!(cfg.window(5), None);
+    assert_eq!(cfg.embed_scale, Some(16.0));
+    let a = tokens(8, 12);
+    let mut b = a.clone();
+    b[0] = (a[0] + 1) % TINY.vocab as u32;
+    let run = |m: &Model, p: &[u32]| m.forward(&mut m.session(p.len()), p, 0).unwrap();
+    assert_eq!(run(&native, &a), run(&native, &b));
+    // The window is what hides it: 4 positions in, token 0 is still seen.
+    assert_ne!(run(&native, &a[..4]), run(&native, &b[..4]));
+
+    // Chunked prefill and single tokens give the whole pass's bits.
+    let whole = run(&native, &a);
+    let mut s = native.session(12);
+    native.forward(&mut s, &a[..5], 0).unwrap();
+    let mut last = Vec::new();
+    for (i, &t) in a.iter().enumerate().skip(5) {
+        last = native.forward(&mut s, &[t], i).unwrap();
+    }
+    assert_eq!(whole, last);
+    if Isa::detect() != Isa::Scalar {
+        native.set_isa(Isa::Scalar);
+        let d = rel_diff(&run(&native, &a), &whole);
+        assert!(d < 1e-4, "{d}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------

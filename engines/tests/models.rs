@@ -290,7 +290,12 @@ fn good_files_are_downloaded_verified_and_returned_in_order() {
         file(server.url("b.json"), "b.json", Some(sha(&b))),
         file(server.url("a.gguf"), "a.gguf", Some(sha(&a))),
     ];
+    let counted = studio_engines::models::downloaded_bytes_total();
     let paths = store(root.path()).ensure(MODEL, &files).unwrap();
+    // Counted for the worker's metrics (other tests download in parallel: at least these).
+    assert!(
+        studio_engines::models::downloaded_bytes_total() - counted >= (a.len() + b.len()) as u64
+    );
     let dir = root.path().join(MODEL);
     assert_eq!(paths, [dir.join("b.json"), dir.join("a.gguf")]);
     assert_eq!(fs::read(&paths[0]).unwrap(), b);

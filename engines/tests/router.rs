@@ -79,6 +79,9 @@ fn compiled_in() -> Vec<&'static str> {
     if cfg!(feature = "tts") {
         names.push("piper");
     }
+    if cfg!(feature = "sd-cpp") {
+        names.push("sdcpp");
+    }
     names.push("gradio");
     names.push("synthetic");
     names
@@ -177,9 +180,12 @@ fn llama_cpp_source_is_not_available_and_not_retryable() {
 #[test]
 fn every_engine_not_compiled_in_fails_without_fallback() {
     let router = Router::new_default();
-    let mut missing = vec![ModelEngine::SdCpp, ModelEngine::Parakeet];
+    let mut missing = vec![ModelEngine::Parakeet];
     if !cfg!(feature = "tts") {
         missing.push(ModelEngine::Onnx);
+    }
+    if !cfg!(feature = "sd-cpp") {
+        missing.push(ModelEngine::SdCpp);
     }
     for engine in missing {
         let job = JobRequest::new("j", "synthetic", image("x"), source(engine.clone()));

@@ -14,6 +14,7 @@
 //! | [`wait_until`], [`is_rfc3339_utc_millis`], magic checks | small assertions |
 //! | [`files::FileServer`], [`files::model_source`], [`files::sha256_file`] | a loopback static file server (Range, request counts) for `modelSource.files[].url`, and model-source builders |
 //! | [`gradio::app`] | a real Gradio app (`tests/gradio/app.py`) for the Gradio engine's tests |
+//! | [`control::LocalApi`], [`control::cli`], [`control::SentrySink`] | a running worker's local control API, its CLI on the same config, and a loopback Sentry endpoint that keeps the envelopes |
 //!
 //! # Finding the binaries
 //!
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 use studio_core::wire::{TaskKind, WorkerErrorCode};
 use studio_local::{Fault, Handle, JobDetail, JobSubmission, LocalConfig, LocalStudio, ResultView};
 
+pub mod control;
 pub mod files;
 pub mod gradio;
 pub use files::FileServer;
@@ -544,7 +546,12 @@ impl Worker {
         }
         cmd.arg("run")
             .env("RUST_LOG", "info")
-            .env_remove(studio_shell_delay_env());
+            .env_remove(studio_shell_delay_env())
+            // Workers of parallel tests must not fight over the default API port, and a
+            // developer's Sentry must not hear from the tests.
+            .env(LOCAL_API_PORT_ENV, "0")
+            .env_remove("SENTRY_DSN")
+            .env_remove("SENTRY_ENVIRONMENT");
         if let Some(delay) = setup.synthetic_delay {
             cmd.env(studio_shell_delay_env(), delay.as_millis().to_string());
         }
@@ -552,6 +559,27 @@ impl Worker {
             cmd.env(k, v);
         }
         Worker::spawn(bin, cmd, dir, models_root, config_path)
+    }
+
+    /// A second `bin --config <this worker's config> run`, with its output in a temp dir of
+    /// its own (the one-daemon-per-config scenario).
+    pub fn start_again(&self, bin: &Bin) -> Worker {
+        let dir = worker_dir();
+        let mut cmd = Command::new(&bin.path);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env_remove(studio_shell_delay_env())
+            .env(LOCAL_API_PORT_ENV, "0")
+            .env_remove("SENTRY_DSN");
+        Worker::spawn(
+            bin,
+            cmd,
+            dir,
+            self.models_root.clone(),
+            self.config_path.clone(),
+        )
     }
 
     /// `bin demo`, the README's command, in a fresh temp dir of its own (the demo brings its
@@ -776,6 +804,9 @@ impl Drop for Worker {
         }
     }
 }
+
+/// The environment variable that sets the local control API's port (`0`: ephemeral).
+pub const LOCAL_API_PORT_ENV: &str = "STUDIO_WORKER_LOCAL_API_PORT";
 
 /// The environment variable of the synthetic-delay test hook (read by the worker through
 /// `studio_shell::engine::engine_router`).

@@ -623,9 +623,11 @@ fn a_recorded_session_replays_exactly(bin: &Bin) {
 /// Routing is strict (PROTOCOL.md §3.6, §9.1): a job whose `modelSource.engine` this build
 /// does not carry fails at once, not retryable (one attempt, no requeue), with a message
 /// naming the engine and the fix; the worker stays connected and serves the next job. The
-/// `onnx` job is an `llm` one: a build without the `tts` feature says the engine is not
-/// compiled in, a build with it (the Piper engine serves `onnx` for speech only) that the
-/// engine cannot serve `llm`, both without a retry; the `llama-cpp` job points at a loopback
+/// studio offers by model id (§3.1), so the jobs name the model `synthetic`, which every
+/// worker advertises, while their model source names another engine. The `onnx` job is an
+/// `llm` one: a build without the `tts` feature says the engine is not compiled in, a build
+/// with it (the Piper engine serves `onnx` for speech only) that the engine cannot serve
+/// `llm`, both without a retry; the `llama-cpp` job points at a loopback
 /// file server holding a (fake) model file: a build without the `llm` feature must say the
 /// engine is not compiled in and never touch the file; a build with it would fetch and
 /// verify the file and fail on its content, still without a retry.
@@ -640,7 +642,7 @@ fn a_job_for_an_engine_this_build_lacks_fails_without_retry(bin: &Bin) {
     let submit = |engine: ModelEngine| {
         let file = model_file(&files.url("model.gguf"), "model.gguf", Some(&sha));
         studio.submit_job(JobSubmission {
-            model: Some("smollm2-135m".into()),
+            model: Some("synthetic".into()),
             model_source: Some(model_source(engine, vec![file])),
             ..JobSubmission::new(TaskKind::Llm, "hello")
         })

@@ -4,10 +4,11 @@
 //! verifies, runs and returns real output.
 //!
 //! The models are the tiny ones PyPI packages ship (never committed):
-//! `STUDIO_TEST_LLM_GGUF` (SmolLM2-135M-Instruct, Q4_1 GGUF), `STUDIO_TEST_WHISPER_DIR`
-//! (Whisper tiny.en, CTranslate2 layout), `STUDIO_TEST_PIPER_VOICE_DIR` (the Piper voice
-//! en_US-joe-medium) and `STUDIO_TEST_ONNXRUNTIME` (ONNX Runtime 1.31.1's library);
-//! `eval "$(.ci/fetch-test-models)"` downloads, verifies and exports them all. Without them these tests fail with that instruction, unless
+//! `STUDIO_TEST_LLM_GGUF` (SmolLM2-135M-Instruct, Q4_1 GGUF), `STUDIO_TEST_GEMMA3_GGUF`
+//! (gemma-3-270m, Q4_K_M GGUF), `STUDIO_TEST_WHISPER_DIR` (Whisper tiny.en, CTranslate2
+//! layout), `STUDIO_TEST_PIPER_VOICE_DIR` (the Piper voice en_US-joe-medium) and
+//! `STUDIO_TEST_ONNXRUNTIME` (ONNX Runtime 1.31.1's library); `eval "$(.ci/fetch-test-models)"`
+//! downloads, verifies and exports them all. Without them these tests fail with that instruction, unless
 //! `STUDIO_SKIP_MODEL_TESTS=1` (then they pass with a printed note). The spoken input is
 //! made at test time by `espeak-ng`.
 
@@ -69,16 +70,31 @@ fn json_of(detail: &JobDetail) -> Value {
 }
 
 fn llm_job(studio: &Studio, files: &FileServer, name: &str, sha: &str, question: &str) -> String {
-    let task: Task = serde_json::from_value(json!({
+    let task = json!({
         "kind": "llm",
         "messages": [{"role": "user", "content": question}],
         "maxTokens": 24,
         "temperature": 0.0,
-    }))
-    .unwrap();
+    });
+    submit_llm(studio, files, "smollm2-135m-instruct", name, sha, task)
+}
+
+fn submit_llm(
+    studio: &Studio,
+    files: &FileServer,
+    model: &str,
+    name: &str,
+    sha: &str,
+    task: Value,
+) -> String {
+    let question = task["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let task: Task = serde_json::from_value(task).unwrap();
     studio.submit_job(JobSubmission {
         task: Some(task),
-        model: Some("smollm2-135m-instruct".into()),
+        model: Some(model.into()),
         model_source: Some(model_source(
             ModelEngine::LlamaCpp,
             vec![model_file(&files.url(name), name, Some(sha))],
@@ -191,6 +207,100 @@ fn an_llm_job_downloads_verifies_and_runs_a_real_gguf() {
     assert!(
         leftovers.is_empty(),
         "a file with the wrong hash was kept: {leftovers:?}"
+    );
+}
+
+/// Gemma 3 270M in Q4_K_M (K-quants, Q5_0, a SentencePiece vocabulary, sliding-window
+/// layers) runs on the native forward pass end to end, and `jsonSchema` is honoured.
+#[test]
+fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
+    let Some(gguf) = model_path("STUDIO_TEST_GEMMA3_GGUF") else {
+        return;
+    };
+    let served = tempfile::tempdir().unwrap();
+    let name = link_into(served.path(), &gguf);
+    let files = FileServer::serve_dir(served.path()).expect("file server");
+    let sha = sha256_file(&gguf).unwrap();
+    let studio = Studio::with_worker(WORKER_ID, TOKEN);
+    let (_bin, _worker) = async_worker(&studio);
+
+    let task = json!({
+        "kind": "llm",
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "maxTokens": 24,
+        "temperature": 0.0,
+    });
+    let job = submit_llm(&studio, &files, "gemma-3-270m", &name, &sha, task);
+    let result = json_of(&wait_finished(&studio, &job));
+    let text = result["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("Paris"),
+        "the model said: {text:?} ({result:#})"
+    );
+    let usage = &result["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 5, "{usage}");
+    assert_eq!(files.requests_for(&name), 1);
+
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"enum": ["France", "Germany", "Italy"]},
+            "population_millions": {"type": "number"},
+        },
+        "required": ["city", "country", "population_millions"],
+        "additionalProperties": false,
+    });
+    let task = json!({
+        "kind": "llm",
+        "messages": [{"role": "user", "content": "Give the capital of France as JSON."}],
+        "maxTokens": 80,
+        "temperature": 0.0,
+        "jsonSchema": schema,
+    });
+    let job = submit_llm(&studio, &files, "gemma-3-270m", &name, &sha, task);
+    let result = json_of(&wait_finished(&studio, &job));
+    let text = result["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    let v: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    assert_eq!(o.len(), 3, "{v}");
+    assert!(
+        o["city"].as_str().is_some_and(|c| c.chars().count() <= 30),
+        "{v}"
+    );
+    assert!(
+        ["France", "Germany", "Italy"].contains(&o["country"].as_str().unwrap_or("")),
+        "{v}"
+    );
+    assert!(o["population_millions"].is_number(), "{v}");
+
+    // A schema the engine cannot compile: failed once, not retried.
+    let task = json!({
+        "kind": "llm",
+        "messages": [{"role": "user", "content": "hi"}],
+        "jsonSchema": {"type": "frobnicate"},
+    });
+    let detail = wait_finished(
+        &studio,
+        &submit_llm(&studio, &files, "gemma-3-270m", &name, &sha, task),
+    );
+    assert_eq!(detail.summary.state, "failed", "{detail:#?}");
+    assert_eq!(detail.summary.attempts, 1, "{detail:#?}");
+    assert!(
+        detail
+            .summary
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("jsonSchema"),
+        "{detail:#?}"
     );
 }
 

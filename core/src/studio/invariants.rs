@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::queue::{compatible, eligible, job_fit, worker_fits};
+use super::queue::{compatible, eligible, job_fits, worker_fits};
 use super::state::ConnPhase;
 use super::{JobState, Studio};
 
@@ -38,13 +38,11 @@ impl Studio {
             }
             if job.state == JobState::Queued {
                 queued += 1;
-                let in_bucket = self
-                    .queue
-                    .by_fit
-                    .get(&job_fit(&job.spec))
-                    .is_some_and(|b| b.contains(seq));
-                if !in_bucket {
-                    return Err(format!("job {id}: queued but not in its fit bucket"));
+                let in_buckets = job_fits(&job.spec)
+                    .iter()
+                    .all(|fit| self.queue.by_fit.get(fit).is_some_and(|b| b.contains(seq)));
+                if !in_buckets {
+                    return Err(format!("job {id}: queued but not in its fit buckets"));
                 }
             }
             match (&job.state, job.offer_deadline) {
@@ -82,8 +80,9 @@ impl Studio {
             }
         }
         let bucketed: usize = self.queue.by_fit.values().map(BTreeSet::len).sum();
+        // Each queued job sits in two buckets: its model's and its engine's.
         if queued != self.queue.fifo.len()
-            || queued != bucketed
+            || 2 * queued != bucketed
             || offered != self.offer_deadlines.len()
         {
             return Err("queue or offer-deadline index has stray entries".into());

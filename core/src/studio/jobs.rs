@@ -7,7 +7,7 @@ use crate::time::Now;
 use crate::wire::{self, StudioFrame};
 
 use super::offers::{claim_for, Claim};
-use super::queue::job_fit;
+use super::queue::job_fits;
 use super::{
     HttpError, JobRecord, JobResult, JobSpec, JobState, RequeueReason, Studio, StudioEvent,
     StudioStats, Upload,
@@ -72,9 +72,9 @@ impl Studio {
             },
         );
         self.job_index.insert(id.clone(), seq);
-        let fit = self.jobs.get(&seq).map(|j| job_fit(&j.spec));
-        if let Some(fit) = fit {
-            self.queue.insert(seq, fit);
+        let fits = self.jobs.get(&seq).map(|j| job_fits(&j.spec));
+        if let Some(fits) = fits {
+            self.queue.insert(seq, &fits);
         }
         self.dirty_jobs.insert(seq);
         self.event(StudioEvent::JobSubmitted { job_id: id.clone() });
@@ -226,7 +226,7 @@ impl Studio {
         job.state = JobState::Queued;
         job.updated_at = now;
         let (job_id, attempts) = (job.id.clone(), job.attempts);
-        self.queue.insert(seq, job_fit(&job.spec));
+        self.queue.insert(seq, &job_fits(&job.spec));
         self.dirty_jobs.insert(seq);
         self.event(StudioEvent::JobRequeued {
             job_id,
@@ -246,7 +246,7 @@ impl Studio {
         if let Some(d) = job.offer_deadline.take() {
             self.offer_deadlines.remove(&(d, seq));
         }
-        self.queue.remove(seq, job_fit(&job.spec));
+        self.queue.remove(seq, &job_fits(&job.spec));
         job.state = JobState::Failed {
             error: error.clone(),
         };
@@ -270,7 +270,7 @@ impl Studio {
             job.attempts = job.attempts.saturating_add(1);
         }
         let held_here = job.state.holder() == Some(worker_id);
-        self.queue.remove(seq, job_fit(&job.spec));
+        self.queue.remove(seq, &job_fits(&job.spec));
         job.state = JobState::Done {
             worker_id: worker_id.to_string(),
             result,

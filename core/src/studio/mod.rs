@@ -83,6 +83,7 @@
 //! | HTTP `/complete` | 401 bad worker or token; 409 for an unknown job, a job not held by this worker, or one already finished (including a repeated upload); 200 otherwise. The kind is not checked (any job may be delivered by upload). |
 //! | A second `hello` on a welcomed session, a `reject` of an accepted job | `protocol_violation`. |
 //! | `readyForMore` | Ignored with an event (offers are always studio-driven; the slot bookkeeping makes a second nudge harmless anyway). |
+//! | Which worker can serve a job | One that is enabled and idle, serves the job's kind (`taskKinds`; a worker without it serves every kind), advertises `vramThresholdGb` at least the job's estimate, and advertises for that kind (`supportedModelsPerKind`; a worker without per-kind lists: its flat `supportedModels`) the job's `model` or the wildcard of its `modelSource.engine`, `<engine>:*` (PROTOCOL.md §3.1). The bare `*` matches nothing. |
 //! | Offer order | FIFO by submission (a requeued job keeps its place). A freed worker takes the oldest queued job it can serve; a newly queued job goes to the earliest-connected idle worker that can serve it. After every call no idle worker can serve any queued job. |
 //! | Registration dedup | A repeat `register-request` with the same `installId` while its request is pending returns the same `requestId` and replaces the secret hash and capabilities (the worker may have re-minted its secret after a failed POST). Once decided, the same `installId` opens a fresh request; approving it re-uses the worker id bound to that install. |
 //! | Register POST response | Always `status: "pending"` (the only value the contract shows); an auto-approved request reports `approved` on its first poll. |
@@ -99,10 +100,13 @@
 //! | Forgotten jobs | Beyond `max_finished_jobs` the oldest finished records are dropped; a frame that later names one is about an unknown job (violation), an upload gets 409. |
 //!
 //! Complexity: every frame, heartbeat, HTTP call and timer costs `O(log n)` in workers,
-//! connections and jobs. The offer step uses two indexes: the queue by (kind, VRAM
-//! estimate) and the idle workers by (kind, VRAM threshold), so "the oldest queued job this
-//! worker can serve" and "the earliest idle worker that can serve this job" each cost one
-//! range lookup per distinct estimate/threshold value, never a scan of unservable entries.
+//! connections and jobs. The offer step uses two indexes: the queue by (kind, model key,
+//! VRAM estimate), each job under two model keys (its model id and its engine), and the
+//! idle workers by (kind, model key, VRAM threshold), one entry per model id or wildcard
+//! they advertise, so "the oldest queued job this worker can serve" costs one range lookup
+//! per (kind, model key) the worker advertises and "the earliest idle worker that can
+//! serve this job" two, each visiting one bucket per distinct estimate or threshold, never
+//! a scan of unservable entries.
 //! Only [`Studio::check_invariants`] (for tests and the simulation) is linear, plus a
 //! brute-force idle x queued cross-check that does not trust the indexes.
 //!

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::wire::{JobOfferClaim, RejectCode, StudioFrame};
 
-use super::queue::job_fit;
+use super::queue::job_fits;
 use super::{ConnId, JobResult, JobSpec, JobState, RequeueReason, Studio, StudioEvent};
 
 /// How a completion-like message relates to the sender.
@@ -49,7 +49,7 @@ impl Studio {
             let Some(job) = self.jobs.get(&seq) else {
                 continue;
             };
-            if let Some((_, id)) = self.idle.first_fit(job_fit(&job.spec)).cloned() {
+            if let Some((_, id)) = self.idle.first_fit(&job_fits(&job.spec)).cloned() {
                 self.offer(seq, &id);
             }
         }
@@ -67,7 +67,7 @@ impl Studio {
         if job.state != JobState::Queued {
             return;
         }
-        self.queue.remove(seq, job_fit(&job.spec));
+        self.queue.remove(seq, &job_fits(&job.spec));
         job.state = JobState::Offered {
             worker_id: worker_id.to_string(),
         };
@@ -96,7 +96,7 @@ impl Studio {
         let Some(job) = self.jobs.get_mut(&seq) else {
             return;
         };
-        self.queue.remove(seq, job_fit(&job.spec));
+        self.queue.remove(seq, &job_fits(&job.spec));
         job.state = JobState::Running {
             worker_id: worker_id.to_string(),
         };

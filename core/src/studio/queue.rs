@@ -1,11 +1,17 @@
-//! The job queue and the idle pool, both indexed by fit (task kind, VRAM), and the
+//! The job queue and the idle pool, both indexed by fit (task kind, model, VRAM), and the
 //! bookkeeping that keeps a worker in the pool exactly while it may get an offer.
+//!
+//! A job fits a worker that serves its kind, whose VRAM threshold is at least the job's
+//! estimate, and that advertises for that kind either the job's model id or the wildcard of
+//! the job's `modelSource.engine` (`<engine>:*`, PROTOCOL.md §3.1). So a job is indexed
+//! under two keys, its model and its engine, and a worker under one key per model id or
+//! wildcard it advertises per kind.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::wire::{TaskKind, UserPresence, WorkerCapabilities};
+use crate::wire::{ModelEngine, TaskKind, UserPresence, WorkerCapabilities};
 
-use super::state::{Fit, WorkerRec};
+use super::state::{Fit, ModelKey, WorkerRec};
 use super::{JobSpec, Studio};
 
 pub(super) fn vram_bits(v: f32) -> u32 {
@@ -17,22 +23,49 @@ pub(super) fn vram_bits(v: f32) -> u32 {
     }
 }
 
-pub(super) fn job_fit(spec: &JobSpec) -> Fit {
-    (spec.task.kind(), vram_bits(spec.vram_gb_estimate))
+/// A job's two index keys: its model id and its engine, with its kind and estimate.
+pub(super) fn job_fits(spec: &JobSpec) -> [Fit; 2] {
+    let (kind, v) = (spec.task.kind(), vram_bits(spec.vram_gb_estimate));
+    [
+        (kind, ModelKey::Model(spec.model.clone()), v),
+        (
+            kind,
+            ModelKey::Engine(spec.model_source.engine.as_str().to_string()),
+            v,
+        ),
+    ]
 }
 
-/// The index keys of a worker: one per kind it serves, with its threshold. A threshold that
-/// is negative or NaN serves nothing.
+/// The model ids a worker advertises for `kind`: its `supportedModelsPerKind` entry, or,
+/// from a worker that sends no per-kind lists (older workers), its flat `supportedModels`.
+pub(super) fn advertised(caps: &WorkerCapabilities, kind: TaskKind) -> &[String] {
+    if caps.supported_models_per_kind.is_empty() {
+        &caps.supported_models
+    } else {
+        caps.supported_models_per_kind
+            .get(&kind)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The index keys of a worker: one per kind it serves and model key it advertises for it,
+/// with its threshold, sorted. A threshold that is negative or NaN serves nothing.
 pub(super) fn worker_fits(caps: &WorkerCapabilities) -> Vec<Fit> {
     let t = caps.vram_threshold_gb;
     if t.is_nan() || t < 0.0 {
         return Vec::new();
     }
-    TaskKind::ALL
+    let t = vram_bits(t);
+    let fits: BTreeSet<Fit> = TaskKind::ALL
         .into_iter()
         .filter(|k| caps.serves_kind(*k))
-        .map(|k| (k, vram_bits(t)))
-        .collect()
+        .flat_map(|k| {
+            advertised(caps, k)
+                .iter()
+                .map(move |m| (k, ModelKey::advertised(m), t))
+        })
+        .collect();
+    fits.into_iter().collect()
 }
 
 /// The FIFO queue, indexed by fit so that "the oldest job this worker can serve" costs a
@@ -44,18 +77,23 @@ pub(super) struct JobQueue {
 }
 
 impl JobQueue {
-    pub(super) fn insert(&mut self, seq: u64, fit: Fit) {
+    /// Queues `seq` under each of its fits ([`job_fits`]).
+    pub(super) fn insert(&mut self, seq: u64, fits: &[Fit]) {
         if self.fifo.insert(seq) {
-            self.by_fit.entry(fit).or_default().insert(seq);
+            for fit in fits {
+                self.by_fit.entry(fit.clone()).or_default().insert(seq);
+            }
         }
     }
 
-    pub(super) fn remove(&mut self, seq: u64, fit: Fit) {
+    pub(super) fn remove(&mut self, seq: u64, fits: &[Fit]) {
         if self.fifo.remove(&seq) {
-            if let Some(b) = self.by_fit.get_mut(&fit) {
-                b.remove(&seq);
-                if b.is_empty() {
-                    self.by_fit.remove(&fit);
+            for fit in fits {
+                if let Some(b) = self.by_fit.get_mut(fit) {
+                    b.remove(&seq);
+                    if b.is_empty() {
+                        self.by_fit.remove(fit);
+                    }
                 }
             }
         }
@@ -65,13 +103,13 @@ impl JobQueue {
         self.fifo.contains(&seq)
     }
 
-    /// The oldest queued job whose kind is served and whose estimate is within the
-    /// threshold (`compatible`), over the worker's fits.
+    /// The oldest queued job this worker can serve (`compatible`), over the worker's fits:
+    /// one range lookup per fit.
     pub(super) fn first_fit(&self, fits: &[Fit]) -> Option<u64> {
         fits.iter()
-            .flat_map(|&(kind, t)| {
+            .flat_map(|(kind, key, t)| {
                 self.by_fit
-                    .range((kind, 0)..=(kind, t))
+                    .range((*kind, key.clone(), 0)..=(*kind, key.clone(), *t))
                     .filter_map(|(_, b)| b.first().copied())
             })
             .min()
@@ -88,7 +126,10 @@ pub(super) struct IdlePool {
 impl IdlePool {
     pub(super) fn insert(&mut self, key: (u64, String), fits: &[Fit]) {
         for f in fits {
-            self.by_fit.entry(*f).or_default().insert(key.clone());
+            self.by_fit
+                .entry(f.clone())
+                .or_default()
+                .insert(key.clone());
         }
         self.set.insert(key);
     }
@@ -105,12 +146,15 @@ impl IdlePool {
         self.set.remove(key);
     }
 
-    /// The earliest-connected idle worker that serves `kind` with a threshold at or above
-    /// the estimate.
-    pub(super) fn first_fit(&self, (kind, v): Fit) -> Option<&(u64, String)> {
-        self.by_fit
-            .range((kind, v)..=(kind, u32::MAX))
-            .filter_map(|(_, b)| b.first())
+    /// The earliest-connected idle worker that can serve a job with these fits
+    /// ([`job_fits`]): one range lookup per fit.
+    pub(super) fn first_fit(&self, fits: &[Fit]) -> Option<&(u64, String)> {
+        fits.iter()
+            .flat_map(|(kind, key, v)| {
+                self.by_fit
+                    .range((*kind, key.clone(), *v)..=(*kind, key.clone(), u32::MAX))
+                    .filter_map(|(_, b)| b.first())
+            })
             .min()
     }
 }
@@ -126,8 +170,17 @@ pub(super) fn eligible(w: &WorkerRec) -> bool {
         })
 }
 
+/// Whether the worker can serve the job, decided without the indexes (the invariants'
+/// cross-check): the kind, the VRAM, and the job's model id or its engine's wildcard among
+/// the models it advertises for the kind.
 pub(super) fn compatible(caps: &WorkerCapabilities, spec: &JobSpec) -> bool {
-    caps.serves_kind(spec.task.kind()) && caps.vram_threshold_gb >= spec.vram_gb_estimate
+    let kind = spec.task.kind();
+    let engine = spec.model_source.engine.as_str();
+    caps.serves_kind(kind)
+        && caps.vram_threshold_gb >= spec.vram_gb_estimate
+        && advertised(caps, kind)
+            .iter()
+            .any(|m| *m == spec.model || ModelEngine::of_wildcard(m) == Some(engine))
 }
 
 impl Studio {

@@ -6,13 +6,33 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::time::Mono;
-use crate::wire::{LogEntry, TaskKind, WorkerCapabilities};
+use crate::wire::{LogEntry, ModelEngine, TaskKind, WorkerCapabilities};
 
 use super::ConnId;
 
-/// A queued job's index key: its kind and the bit pattern of its (finite, non-negative)
-/// VRAM estimate, which orders like the number.
-pub(super) type Fit = (TaskKind, u32);
+/// What matches a job to a worker besides kind and VRAM: an exact model id, or the
+/// wildcard of an engine (the `modelSource.engine` wire name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum ModelKey {
+    /// `model` of the job; a model id the worker advertises.
+    Model(String),
+    /// `modelSource.engine` of the job; a worker advertising `<engine>:*`.
+    Engine(String),
+}
+
+impl ModelKey {
+    /// The key of one advertised model id.
+    pub(super) fn advertised(model: &str) -> ModelKey {
+        match ModelEngine::of_wildcard(model) {
+            Some(engine) => ModelKey::Engine(engine.to_string()),
+            None => ModelKey::Model(model.to_string()),
+        }
+    }
+}
+
+/// An index key: a kind, a model key and the bit pattern of a (finite, non-negative) VRAM
+/// value, which orders like the number (a job's estimate, a worker's threshold).
+pub(super) type Fit = (TaskKind, ModelKey, u32);
 
 /// Where a socket stands: authenticated by `hello` or not yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,11 +15,19 @@ pub const MAX_DRAIN: usize = 10_000;
 /// Drives one [`Worker`] the way a shell does, with time passed in: every input is followed
 /// by a drain to the final `Wait`. It remembers what the machine asked for last (the
 /// connection, the HTTP request, the dispatched job) so a test can answer it.
+///
+/// [`Driver::step`] feeds and drains in one call; a caller that acts on each command as it
+/// comes (the simulation, which turns commands into events without buffering them) uses
+/// [`Driver::feed`] and then [`Driver::poll`] until the `Wait`.
 #[derive(Clone, Debug)]
 pub struct Driver {
     pub worker: Worker,
-    /// The clock, in microseconds from `Mono::ZERO` (the wall clock is [`WALL0`] plus it).
+    /// The clock, in microseconds from `Mono::ZERO` (the wall clock is [`WALL0`] plus it,
+    /// plus `wall_offset_ms`).
     pub micros: u64,
+    /// Milliseconds added to the wall clock: a wall clock may step (backwards too) where the
+    /// monotonic one never does.
+    pub wall_offset_ms: i64,
     /// The connection of the last `Connect`.
     pub conn: Option<ConnId>,
     /// The last HTTP request.
@@ -30,6 +38,8 @@ pub struct Driver {
     pub run: Option<RunId>,
     /// The deadline of the `Wait` that ended the last drain.
     pub until: Option<Mono>,
+    /// Commands polled since the last `Wait` (the runaway guard).
+    polled: usize,
 }
 
 impl Driver {
@@ -38,11 +48,13 @@ impl Driver {
         Driver {
             worker: Worker::new(cfg),
             micros: 0,
+            wall_offset_ms: 0,
             conn: None,
             http: None,
             job: None,
             run: None,
             until: None,
+            polled: 0,
         }
     }
 
@@ -58,12 +70,19 @@ impl Driver {
 
     /// The time the next input is fed at.
     pub fn now(&self) -> Now {
-        Now::new(Mono(self.micros), WallMs(WALL0 + self.micros / 1000))
+        let wall = (WALL0 + self.micros / 1000).saturating_add_signed(self.wall_offset_ms);
+        Now::new(Mono(self.micros), WallMs(wall))
+    }
+
+    /// Feeds an input at [`Driver::now`] without draining: drain with [`Driver::poll`] (or
+    /// [`Driver::drain`]) next, also after an `Err` (the drain is then the previous `Wait`).
+    pub fn feed(&mut self, input: Input) -> Result<(), UsageError> {
+        self.worker.handle(self.now(), input)
     }
 
     /// Feeds an input and drains to `Wait` (excluded from the commands returned).
     pub fn try_step(&mut self, input: Input) -> Result<Vec<Command>, UsageError> {
-        self.worker.handle(self.now(), input)?;
+        self.feed(input)?;
         Ok(self.drain())
     }
 
@@ -72,28 +91,41 @@ impl Driver {
         self.try_step(input).expect("valid input")
     }
 
-    /// Drains to the final `Wait`, remembering the ids the commands carry.
+    /// The machine's next command, remembering the ids it carries; a `Wait` ends the drain
+    /// (its deadline goes to `until`). Panics when a drain runs past [`MAX_DRAIN`] commands.
+    pub fn poll(&mut self) -> Command {
+        let c = self.worker.poll();
+        match &c {
+            Command::Wait { until } => {
+                self.until = *until;
+                self.polled = 0;
+                return c;
+            }
+            Command::Connect { conn, .. } => self.conn = Some(*conn),
+            Command::Http { id, request } => self.http = Some((*id, (**request).clone())),
+            Command::Dispatch { run, claim } => {
+                self.job = Some(claim.job_id.clone());
+                self.run = Some(*run);
+            }
+            _ => {}
+        }
+        self.polled += 1;
+        assert!(
+            self.polled < MAX_DRAIN,
+            "a drain must end in Wait: {MAX_DRAIN} commands, the last {c:?}"
+        );
+        c
+    }
+
+    /// Drains to the final `Wait` (excluded), remembering the ids the commands carry.
     pub fn drain(&mut self) -> Vec<Command> {
         let mut out = Vec::new();
         loop {
-            assert!(out.len() < MAX_DRAIN, "a drain must end in Wait: {out:?}");
-            let c = self.worker.poll();
-            match &c {
-                Command::Wait { until } => {
-                    self.until = *until;
-                    break;
-                }
-                Command::Connect { conn, .. } => self.conn = Some(*conn),
-                Command::Http { id, request } => self.http = Some((*id, (**request).clone())),
-                Command::Dispatch { run, claim } => {
-                    self.job = Some(claim.job_id.clone());
-                    self.run = Some(*run);
-                }
-                _ => {}
+            match self.poll() {
+                Command::Wait { .. } => return out,
+                c => out.push(c),
             }
-            out.push(c);
         }
-        out
     }
 
     /// Moves time to `secs` after the origin and ticks.

@@ -15,6 +15,17 @@ pub struct Link {
 }
 
 impl Link {
+    /// The studio accepted the upgrade for `worker_id`: what each side is told.
+    pub fn opened(&self, worker_id: String) -> (Input, StudioInput) {
+        (
+            Input::Connected { conn: self.worker },
+            StudioInput::Connected {
+                conn: self.studio,
+                worker_id,
+            },
+        )
+    }
+
     /// The worker sent `text` on `conn`: the studio receives it.
     pub fn worker_sent(&self, conn: worker::ConnId, text: String) -> Option<StudioInput> {
         (conn == self.worker).then_some(StudioInput::Frame {

@@ -13,7 +13,8 @@
 //! * [`Pair`]: a worker and the studio wired together over a link and the bridge, with a
 //!   simulated engine and fault switches, stepped to the next deadline (quinn-proto's
 //!   `Pair` idea).
-//! * Fixtures: [`WALL0`], [`registered`], [`welcome`], [`offer`], [`task`].
+//! * Fixtures: [`WALL0`], [`registered`], [`welcome`], [`offer`], [`task`],
+//!   [`job_success`].
 
 mod driver;
 mod link;
@@ -24,7 +25,7 @@ use serde_json::{json, Value};
 use crate::studio::{HttpError, Studio, Upload};
 use crate::time::Now;
 use crate::wire::{self, StudioFrame, Task, TaskKind};
-use crate::worker::{ConnectError, Credentials, HttpRequest, WorkerConfig};
+use crate::worker::{ConnectError, Credentials, HttpRequest, JobOutcome, WorkerConfig};
 
 pub use driver::{Driver, MAX_DRAIN};
 pub use link::Link;
@@ -76,6 +77,22 @@ pub fn task(kind: TaskKind, prompt: &str) -> Task {
         TaskKind::Video => json!({"kind":"video","prompt":prompt}),
     };
     serde_json::from_value(v).expect("a valid task")
+}
+
+/// What a simulated engine returns for a `kind` job that succeeds: [`RESULT_BYTES`] of
+/// output with the kind's extension for the binary kinds, else the JSON `result`.
+pub fn job_success(kind: TaskKind, result: Value) -> JobOutcome {
+    if kind.is_binary() {
+        JobOutcome::Binary {
+            ext: match kind {
+                TaskKind::AudioTts => "wav".into(),
+                _ => "webp".into(),
+            },
+            bytes_len: RESULT_BYTES,
+        }
+    } else {
+        JobOutcome::Json { result }
+    }
 }
 
 /// The worker id in a studio URL (`.../workers/<id>/...`), empty when there is none.

@@ -9,13 +9,15 @@ use crate::studio::{
     self, JobSpec, JobState, Studio, StudioCommand, StudioConfig, StudioEvent, StudioInput,
 };
 use crate::time::{Mono, WallMs};
-use crate::wire::{self, Task, TaskKind};
+use crate::wire::{self, Task};
 use crate::worker::{
     Command, ConnectError, ExitCode, HttpRequest, HttpResult, Input, JobOutcome, Now,
     PersistedState, RunId, SessionState, Worker, WorkerConfig,
 };
 
-use super::{registered, studio_http, studio_upgrade, Link, REFUSED, RESULT_BYTES, WALL0};
+use super::{
+    job_success, registered, studio_http, studio_upgrade, Link, REFUSED, RESULT_BYTES, WALL0,
+};
 
 /// How the simulated engine answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,11 +188,9 @@ impl Pair {
                             };
                             self.next_studio_conn += 1;
                             self.link = Some(link);
-                            self.to_studio.push_back(StudioInput::Connected {
-                                conn: link.studio,
-                                worker_id,
-                            });
-                            self.to_worker.push_back(Input::Connected { conn });
+                            let (to_worker, to_studio) = link.opened(worker_id);
+                            self.to_studio.push_back(to_studio);
+                            self.to_worker.push_back(to_worker);
                         }
                         Err(error) => self
                             .to_worker
@@ -232,16 +232,10 @@ impl Pair {
                             error: "engine exploded".into(),
                             retryable,
                         },
-                        EngineMode::Ok if kind.is_binary() => JobOutcome::Binary {
-                            ext: match kind {
-                                TaskKind::AudioTts => "wav".into(),
-                                _ => "webp".into(),
-                            },
-                            bytes_len: RESULT_BYTES,
-                        },
-                        EngineMode::Ok => JobOutcome::Json {
-                            result: json!({"kind": kind.as_str(), "prompt": claim.task.prompt()}),
-                        },
+                        EngineMode::Ok => job_success(
+                            kind,
+                            json!({"kind": kind.as_str(), "prompt": claim.task.prompt()}),
+                        ),
                     };
                     self.engine = Some(EngineRun {
                         job_id: claim.job_id.clone(),

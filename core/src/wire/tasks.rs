@@ -35,6 +35,20 @@ impl ModelEngine {
         }
     }
 
+    /// The model id a worker advertises for "any model of this engine" (`llama-cpp:*`,
+    /// `sd-cpp:*`; PROTOCOL.md §3.1): the wire name followed by [`WILDCARD_SUFFIX`].
+    pub fn wildcard(&self) -> String {
+        format!("{}{WILDCARD_SUFFIX}", self.as_str())
+    }
+
+    /// The engine an advertised model id is the wildcard of (`sd-cpp:*` -> `sd-cpp`), or
+    /// `None` for an exact id (the bare `*` included: it names no engine).
+    pub fn of_wildcard(model: &str) -> Option<&str> {
+        model
+            .strip_suffix(WILDCARD_SUFFIX)
+            .filter(|engine| !engine.is_empty())
+    }
+
     /// Parses a wire name; unknown names become [`ModelEngine::Other`].
     pub fn parse(s: &str) -> ModelEngine {
         match s {
@@ -47,6 +61,9 @@ impl ModelEngine {
         }
     }
 }
+
+/// What follows an engine's wire name in its wildcard model id ([`ModelEngine::wildcard`]).
+pub const WILDCARD_SUFFIX: &str = ":*";
 
 impl fmt::Display for ModelEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -225,3 +225,17 @@ fn derive_model_lists_sorts_and_dedups() {
     assert_eq!(caps.supported_models, vec!["a", "b"]);
     assert_eq!(caps.task_kinds, vec![TaskKind::Image, TaskKind::Video]);
 }
+
+#[test]
+fn engine_wildcards_name_their_engine() {
+    assert_eq!(ModelEngine::SdCpp.wildcard(), "sd-cpp:*");
+    assert_eq!(ModelEngine::LlamaCpp.wildcard(), "llama-cpp:*");
+    assert_eq!(ModelEngine::of_wildcard("sd-cpp:*"), Some("sd-cpp"));
+    assert_eq!(
+        ModelEngine::of_wildcard(&ModelEngine::Other("comfy".into()).wildcard()),
+        Some("comfy")
+    );
+    for exact in ["*", ":*", "sd-cpp", "z-image-turbo", "sd-cpp:q4"] {
+        assert_eq!(ModelEngine::of_wildcard(exact), None, "{exact}");
+    }
+}

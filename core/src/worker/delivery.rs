@@ -76,9 +76,8 @@ impl Worker {
                 self.emit(Command::DiscardResult {
                     job_id: job_id.clone(),
                 });
+                self.job_ended(&job_id, JobStatus::Completed);
                 self.slot = Slot::Free;
-                self.stats.completed += 1;
-                self.update_recent(&job_id, JobStatus::Completed);
                 self.after_slot_freed();
                 return;
             }
@@ -88,6 +87,7 @@ impl Worker {
         let retries = &self.cfg.timings.upload_retries;
         if transient && (attempt as usize) < retries.len() {
             let pause = retries[attempt as usize];
+            self.stats.upload_retries += 1;
             self.log(
                 LogLevel::Warn,
                 LogCategory::Ws,
@@ -128,12 +128,7 @@ impl Worker {
     /// Frees the slot after a job's final frame is ready; sends it now if a session is
     /// live, otherwise keeps it for the next session.
     pub(super) fn finish_job(&mut self, job_id: String, frame: WorkerFrame, status: JobStatus) {
-        match status {
-            JobStatus::Completed => self.stats.completed += 1,
-            JobStatus::Failed => self.stats.failed += 1,
-            _ => {}
-        }
-        self.update_recent(&job_id, status);
+        self.job_ended(&job_id, status);
         let text = wire::encode(&frame);
         self.slot = Slot::Free;
         self.timers.clear(Timer::UploadRetry);

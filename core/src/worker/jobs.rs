@@ -8,6 +8,8 @@ use super::{Command, JobOutcome, JobStatus, JobSummary, LogCategory, LogLevel, R
 
 /// Reject reason sent while the operator paused the worker.
 pub const REASON_PAUSED: &str = "worker paused by operator";
+/// Reject reason sent while the operator disabled the worker (`auto_enabled = false`).
+pub const REASON_DISABLED: &str = "worker disabled by operator";
 /// Reject reason sent while `only_when_idle` is on and the person is using the computer.
 pub const REASON_NOT_IDLE: &str = "only when idle: the person is using this computer";
 /// Reject reason sent while the one-job slot is taken.
@@ -92,6 +94,8 @@ impl Worker {
             Some((REASON_SHUTTING_DOWN, RejectCode::Busy))
         } else if self.paused {
             Some((REASON_PAUSED, RejectCode::Paused))
+        } else if !self.enabled {
+            Some((REASON_DISABLED, RejectCode::Paused))
         } else if self.cfg.only_when_idle && self.presence != Some(UserPresence::Idle) {
             Some((REASON_NOT_IDLE, RejectCode::Paused))
         } else if self.slot != Slot::Free {
@@ -217,8 +221,26 @@ impl Worker {
         });
     }
 
-    pub(super) fn update_recent(&mut self, job_id: &str, status: JobStatus) {
+    /// A job reached its final outcome: counted (by kind, with its duration since
+    /// dispatch) and marked in the recent-jobs ring.
+    pub(super) fn job_ended(&mut self, job_id: &str, status: JobStatus) {
         let now = self.now.mono;
+        match status {
+            JobStatus::Completed => self.stats.completed += 1,
+            JobStatus::Failed => self.stats.failed += 1,
+            JobStatus::Running => {}
+        }
+        if let Slot::Job(job) = &self.slot {
+            if job.claim.job_id == job_id {
+                let kind = job.claim.task.kind();
+                let took = now.saturating_since(job.started);
+                self.stats
+                    .jobs
+                    .entry(kind)
+                    .or_default()
+                    .observe(status, took);
+            }
+        }
         if let Some(j) = self.recent_jobs.iter_mut().find(|j| j.job_id == job_id) {
             j.status = status;
             j.finished = Some(now);

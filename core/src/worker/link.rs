@@ -206,6 +206,7 @@ impl Worker {
             return;
         }
         let delay = self.backoff.delay(self.attempt);
+        self.stats.reconnects += 1;
         self.session_state = SessionState::Reconnecting {
             attempt: self.attempt,
         };

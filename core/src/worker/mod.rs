@@ -77,7 +77,9 @@ use std::collections::VecDeque;
 
 pub use backoff::Backoff;
 pub use delivery::MAX_RESULT_RESENDS;
-pub use jobs::{REASON_BUSY, REASON_NOT_IDLE, REASON_PAUSED, REASON_SHUTTING_DOWN};
+pub use jobs::{
+    REASON_BUSY, REASON_DISABLED, REASON_NOT_IDLE, REASON_PAUSED, REASON_SHUTTING_DOWN,
+};
 pub use link::vram_threshold_warning;
 pub use logs::LogQueue;
 pub use phase::Phase;
@@ -114,6 +116,8 @@ pub struct Worker {
     registration: Registration,
     slot: Slot,
     paused: bool,
+    /// `auto_enabled` (config, then `Enable` / `Disable`).
+    enabled: bool,
     presence: Option<UserPresence>,
     timers: Timers,
     logs: LogQueue,
@@ -134,6 +138,8 @@ pub struct Worker {
     session_state: SessionState,
     recent_jobs: VecDeque<JobSummary>,
     recent_logs: VecDeque<LogEntry>,
+    /// How many log entries were ever pushed: the sequence number of the newest one.
+    log_seq: u64,
     stats: Stats,
     /// The last heartbeat encoded (performance only; see [`HeartbeatCache`]).
     hb_cache: Option<HeartbeatCache>,
@@ -145,6 +151,7 @@ impl Worker {
         cfg.timings.sanitize();
         let backoff = Backoff::new(cfg.timings.backoff_base, cfg.timings.backoff_cap, cfg.seed);
         let logs = LogQueue::new(cfg.limits.log_queue_cap);
+        let enabled = cfg.auto_enabled;
         Worker {
             cfg,
             out: VecDeque::new(),
@@ -161,6 +168,7 @@ impl Worker {
             registration: Registration::Done,
             slot: Slot::Free,
             paused: false,
+            enabled,
             presence: None,
             timers: Timers::default(),
             logs,
@@ -175,6 +183,7 @@ impl Worker {
             session_state: SessionState::Stopped,
             recent_jobs: VecDeque::new(),
             recent_logs: VecDeque::new(),
+            log_seq: 0,
             stats: Stats::default(),
             hb_cache: None,
         }
@@ -237,11 +246,20 @@ impl Worker {
 
     /// A read-only snapshot for `status`, the UI and tests.
     pub fn status(&self) -> StatusSnapshot {
+        let current_job_id = self.current_job_id().map(str::to_string);
         StatusSnapshot {
             session: self.session_state.clone(),
+            stopping: self.stop != Stop::Running,
+            worker_id: self.cfg.credentials.as_ref().map(|c| c.worker_id.clone()),
+            registration_request_id: self.cfg.registration.request_id.clone(),
             paused: self.paused,
+            enabled: self.enabled,
             vram_threshold_gb: self.cfg.vram_threshold_gb,
-            current_job_id: self.current_job_id().map(str::to_string),
+            current_job: current_job_id
+                .as_deref()
+                .and_then(|id| self.recent_jobs.iter().find(|j| j.job_id == id))
+                .cloned(),
+            current_job_id,
             updating: match &self.slot {
                 Slot::Updating { version } => Some(version.clone()),
                 _ => None,
@@ -250,11 +268,37 @@ impl Worker {
             log_dropped_total: self.logs.dropped_total(),
             recent_jobs: self.recent_jobs.iter().cloned().collect(),
             recent_logs: self.recent_logs.iter().cloned().collect(),
+            log_seq: self.log_seq,
             last_heartbeat_ack: self.last_heartbeat_ack,
             reconnect_attempt: self.attempt,
             stats: self.stats.clone(),
             exited: self.stop == Stop::Exited,
         }
+    }
+
+    /// The kept log entries (the last [`Limits::recent_logs`]) numbered after `after`,
+    /// oldest first, each with its sequence number (numbered from 1 in the order they were
+    /// logged, so a reader passes the last number it saw to get only newer ones). Entries
+    /// that fell out of the ring are skipped.
+    pub fn logs_after(&self, after: u64) -> impl Iterator<Item = (u64, &LogEntry)> + '_ {
+        let first = self.log_seq + 1 - self.recent_logs.len() as u64;
+        let skip = after.saturating_add(1).saturating_sub(first);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.recent_logs
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, e)| (first + i as u64, e))
+    }
+
+    /// The sequence number of the newest log entry (0 before the first).
+    pub fn log_seq(&self) -> u64 {
+        self.log_seq
+    }
+
+    /// Whether the worker advertises `autoEnabled`: enabled and not paused.
+    pub fn auto_enabled(&self) -> bool {
+        self.enabled && !self.paused
     }
 
     /// The capability snapshot the next heartbeat will carry.
@@ -267,7 +311,7 @@ impl Worker {
             engine: host.engine.clone(),
             vram_total_gb: host.vram_total_gb,
             vram_threshold_gb: self.cfg.vram_threshold_gb,
-            auto_enabled: !self.paused,
+            auto_enabled: self.auto_enabled(),
             auto_start: host.auto_start,
             auto_update: Some(self.cfg.auto_update_enabled),
             start_minimised: Some(self.cfg.start_minimised),
@@ -333,6 +377,8 @@ impl Worker {
             Input::Log(entry) => self.push_log_entry(entry),
             Input::Pause => self.set_paused(true),
             Input::Resume => self.set_paused(false),
+            Input::Enable => self.set_enabled(true),
+            Input::Disable => self.set_enabled(false),
             Input::SetThreshold { gb } => {
                 self.cfg.vram_threshold_gb = gb;
                 self.log(
@@ -354,6 +400,15 @@ impl Worker {
             return;
         }
         self.started = true;
+        if !self.enabled {
+            self.log(
+                LogLevel::Info,
+                LogCategory::Ws,
+                "disabled (auto_enabled = false): offers are rejected until the worker is enabled"
+                    .into(),
+                None,
+            );
+        }
         if self.cfg.auto_update_enabled {
             let at = self.now.mono + self.cfg.timings.update_interval;
             self.timers.set(Timer::UpdateCheck, at);
@@ -403,15 +458,40 @@ impl Worker {
         if self.paused == paused {
             return;
         }
+        let advertised = self.auto_enabled();
         self.paused = paused;
         let msg = if paused {
             "paused by operator; new offers are rejected"
-        } else {
+        } else if self.enabled {
             "resumed by operator; accepting offers"
+        } else {
+            "resumed by operator; still disabled (auto_enabled = false), offers are rejected"
         };
         self.log(LogLevel::Info, LogCategory::Ws, msg.into(), None);
-        // Advertise the change now rather than at the next heartbeat.
-        if matches!(self.link, Link::Live { .. }) {
+        self.advertise_if_changed(advertised);
+    }
+
+    fn set_enabled(&mut self, enabled: bool) {
+        if self.enabled == enabled {
+            return;
+        }
+        let advertised = self.auto_enabled();
+        self.enabled = enabled;
+        let msg = if !enabled {
+            "disabled by operator (auto_enabled = false); new offers are rejected"
+        } else if self.paused {
+            "enabled by operator (auto_enabled = true); still paused, offers are rejected"
+        } else {
+            "enabled by operator (auto_enabled = true); accepting offers"
+        };
+        self.log(LogLevel::Info, LogCategory::Ws, msg.into(), None);
+        self.advertise_if_changed(advertised);
+    }
+
+    /// After an operator request: when `autoEnabled` changed from `before`, a live session
+    /// hears of it now rather than at the next heartbeat.
+    fn advertise_if_changed(&mut self, before: bool) {
+        if self.auto_enabled() != before && matches!(self.link, Link::Live { .. }) {
             self.send_heartbeat();
         }
     }

@@ -47,7 +47,7 @@ phases! {
     LiveBusy => "welcomed, job dispatched",
     Uploading => "binary result upload in flight",
     Updating => "welcomed, installing an update",
-    Paused => "welcomed, paused by operator",
+    Paused => "welcomed, paused or disabled by operator",
     Backoff => "waiting to reconnect",
     Draining => "shutdown asked, job still running",
     Exited => "Exit emitted",
@@ -77,7 +77,7 @@ impl Worker {
                 Slot::Updating { .. } => Phase::Updating,
                 Slot::Job(job) if job.stage == JobStage::Running => Phase::LiveBusy,
                 Slot::Job(_) => Phase::Uploading,
-                Slot::Free if self.paused => Phase::Paused,
+                Slot::Free if !self.auto_enabled() => Phase::Paused,
                 Slot::Free => Phase::LiveIdle,
             },
         }

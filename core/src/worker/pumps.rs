@@ -11,8 +11,8 @@ use super::{Command, LogCategory, LogLevel, Notice, Worker};
 /// Performance only: most heartbeats repeat the previous one, so while that state is
 /// unchanged the text is reused rather than rebuilt and re-serialised. The capabilities
 /// come from the configuration (fixed once the machine is built: `cfg` is private and
-/// never handed out mutably) plus three inputs the machine changes: pause, user presence
-/// and the VRAM threshold. Those and the current job are the key, compared each time, so
+/// never handed out mutably) plus the inputs the machine changes: pause and enable (as the
+/// `autoEnabled` they give), user presence and the VRAM threshold. Those and the current job are the key, compared each time, so
 /// no code path needs to invalidate the cache. A debug assertion in `send_heartbeat`
 /// re-encodes every heartbeat and compares, so a capability that starts depending on
 /// other state fails every core test until it joins the key.
@@ -25,7 +25,7 @@ pub(super) struct HeartbeatCache {
 /// What a cached heartbeat was encoded from, besides the fixed configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct HeartbeatKey {
-    pub(super) paused: bool,
+    pub(super) auto_enabled: bool,
     pub(super) presence: Option<UserPresence>,
     /// By bits: the encoding tells -0.0 from 0.0.
     pub(super) vram_threshold_bits: u32,
@@ -35,7 +35,7 @@ pub(super) struct HeartbeatKey {
 impl Worker {
     pub(super) fn send_heartbeat(&mut self) {
         let fresh = self.hb_cache.as_ref().is_some_and(|c| {
-            c.key.paused == self.paused
+            c.key.auto_enabled == self.auto_enabled()
                 && c.key.presence == self.presence
                 && c.key.vram_threshold_bits == self.cfg.vram_threshold_gb.to_bits()
                 && c.key.current_job_id.as_deref() == self.current_job_id()
@@ -48,7 +48,7 @@ impl Worker {
             });
             self.hb_cache = Some(HeartbeatCache {
                 key: HeartbeatKey {
-                    paused: self.paused,
+                    auto_enabled: self.auto_enabled(),
                     presence: self.presence,
                     vram_threshold_bits: self.cfg.vram_threshold_gb.to_bits(),
                     current_job_id,
@@ -141,6 +141,7 @@ impl Worker {
     }
 
     pub(super) fn push_log_entry(&mut self, entry: LogEntry) {
+        self.log_seq += 1;
         if self.cfg.limits.recent_logs > 0 {
             if self.recent_logs.len() >= self.cfg.limits.recent_logs {
                 self.recent_logs.pop_front();

@@ -174,6 +174,12 @@ pub struct WorkerConfig {
     pub credentials: Option<Credentials>,
     pub registration: RegistrationState,
     pub vram_threshold_gb: f32,
+    /// Whether the operator lets the worker take jobs (config `auto_enabled`; changed at
+    /// run time by [`Input::Enable`] / [`Input::Disable`]). While `false` offers are
+    /// rejected `paused` and heartbeats say `autoEnabled: false`. Default `true` (also for
+    /// traces recorded before the setting existed).
+    #[serde(default = "enabled_by_default")]
+    pub auto_enabled: bool,
     pub auto_update_enabled: bool,
     pub start_minimised: bool,
     pub only_when_idle: bool,
@@ -213,6 +219,7 @@ impl WorkerConfig {
             credentials: None,
             registration: RegistrationState::default(),
             vram_threshold_gb: 12.0,
+            auto_enabled: true,
             auto_update_enabled: false,
             start_minimised: true,
             only_when_idle: false,
@@ -231,6 +238,10 @@ impl WorkerConfig {
             limits: Limits::default(),
         }
     }
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 /// Why a connection attempt failed.
@@ -309,6 +320,11 @@ pub enum Input {
     Pause,
     /// Operator: accept offers again.
     Resume,
+    /// Operator: let the worker take jobs (`auto_enabled = true`; the shell persists it).
+    Enable,
+    /// Operator: stop taking jobs until enabled again (`auto_enabled = false`; the shell
+    /// persists it, so unlike a pause it survives a restart).
+    Disable,
     /// Operator: change the advertised VRAM threshold (advertised by the next heartbeat).
     /// A non-finite value is refused by `handle`, but still recorded: it is written as the
     /// string `"NaN"`, `"inf"` or `"-inf"` so the trace parses back (JSON has no such
@@ -557,31 +573,92 @@ pub struct JobSummary {
     pub finished: Option<Mono>,
 }
 
-/// Counters.
+/// Counters, since the machine was built.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub inputs: u64,
     pub frames_in: u64,
     pub frames_out: u64,
+    /// Welcomed sessions.
     pub sessions: u64,
+    /// Reconnects scheduled (after a lost session or a failed attempt).
+    pub reconnects: u64,
     pub accepted: u64,
     pub rejected: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Upload attempts after the first (5xx and transport errors).
+    pub upload_retries: u64,
+    /// Finished jobs per kind: outcomes and durations (the shell's metrics read them).
+    pub jobs: BTreeMap<TaskKind, JobStats>,
+}
+
+/// Upper bounds, in milliseconds, of the buckets of [`JobStats::duration_buckets`]: a job's
+/// time from dispatch to its final outcome (delivered or failed). Longer jobs count only
+/// in [`JobStats::count`].
+pub const JOB_DURATION_BUCKETS_MS: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000,
+];
+
+/// Outcomes and durations of the finished jobs of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStats {
+    pub completed: u64,
+    pub failed: u64,
+    /// Jobs whose duration fell in each bucket of [`JOB_DURATION_BUCKETS_MS`] (the first
+    /// bound at or above it; not cumulative).
+    pub duration_buckets: [u64; JOB_DURATION_BUCKETS_MS.len()],
+    /// The sum of all durations, in microseconds.
+    pub duration_sum_us: u64,
+}
+
+impl JobStats {
+    /// Jobs finished, either way.
+    pub fn count(&self) -> u64 {
+        self.completed + self.failed
+    }
+
+    /// Counts one finished job that took `duration`.
+    pub fn observe(&mut self, status: JobStatus, duration: Duration) {
+        match status {
+            JobStatus::Completed => self.completed += 1,
+            JobStatus::Failed => self.failed += 1,
+            JobStatus::Running => return,
+        }
+        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.duration_sum_us = self.duration_sum_us.saturating_add(us);
+        let ms = us / 1_000 + u64::from(us % 1_000 != 0);
+        if let Some(i) = JOB_DURATION_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            self.duration_buckets[i] += 1;
+        }
+    }
 }
 
 /// A read-only view of the machine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusSnapshot {
     pub session: SessionState,
+    /// A graceful shutdown is under way (the session may still be up to deliver a job).
+    pub stopping: bool,
+    /// The worker id, once approved.
+    pub worker_id: Option<String>,
+    /// The registration request the operator has to approve, while one is pending.
+    pub registration_request_id: Option<String>,
     pub paused: bool,
+    /// `auto_enabled`: the operator lets the worker take jobs.
+    pub enabled: bool,
     pub vram_threshold_gb: f32,
     pub current_job_id: Option<String>,
+    /// The job in the slot (running or being delivered), as the recent-jobs ring has it.
+    pub current_job: Option<JobSummary>,
     pub updating: Option<String>,
     pub log_queue_len: usize,
     pub log_dropped_total: u64,
     pub recent_jobs: Vec<JobSummary>,
     pub recent_logs: Vec<LogEntry>,
+    /// The sequence number of the last entry of `recent_logs` (entries are numbered from 1
+    /// in the order they were logged; see [`crate::worker::Worker::logs_after`]).
+    pub log_seq: u64,
     pub last_heartbeat_ack: Option<Mono>,
     pub reconnect_attempt: u32,
     pub stats: Stats,

@@ -90,9 +90,9 @@
 //!
 //! # Advertised models
 //!
-//! As for the LLM engine, the model list is advisory (offers are matched by task kind and
-//! routed by `modelSource.engine`): `image` advertises [`GENERIC_MODEL_ID`] plus every
-//! model id this engine has run. Any model id is run.
+//! `image` advertises [`GENERIC_MODEL_ID`] plus every model id this engine has run; a
+//! studio offers a job to a worker advertising its model id (or its engine's wildcard,
+//! PROTOCOL.md §3.1), and jobs are routed by `modelSource.engine`. Any model id is run.
 //!
 //! [`ModelEngine::Other`]: studio_core::wire::ModelEngine::Other
 

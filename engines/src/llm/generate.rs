@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use studio_core::wire::{LlmTask, ModelSource};
 
+use super::grammar::Grammars;
 use super::sampling::{Sampler, SamplingParams};
 use super::template::{ChatTemplate, TemplateInput};
 use super::tokenizer::GgufTokenizer;
@@ -119,6 +120,22 @@ pub(super) fn generate(
         .collect();
     let longest_stop = stops.iter().map(|s| s.len()).max().unwrap_or(0);
     let max_new = (task.max_tokens() as usize).min(n_ctx - prompt_ids.len());
+    let mut constraint = match task.json_schema.as_ref().filter(|s| !s.is_null()) {
+        Some(schema) => {
+            let grammars = match &model.grammars {
+                Some(g) => g.clone(),
+                None => {
+                    let g = std::sync::Arc::new(
+                        Grammars::new(&model.tokenizer).map_err(not_retryable)?,
+                    );
+                    model.grammars = Some(g.clone());
+                    g
+                }
+            };
+            Some(grammars.constraint(schema).map_err(not_retryable)?)
+        }
+        None => None,
+    };
 
     let mut runner = match &mut model.weights {
         Weights::Candle { weights, device } => Runner::Candle { weights, device },
@@ -149,11 +166,18 @@ pub(super) fn generate(
     let mut finish_reason = "length";
     let mut cut: Option<usize> = None;
     while generated < max_new {
+        if let Some(c) = &mut constraint {
+            c.mask(&mut logits, model.tokenizer.end_of_generation_ids())
+                .map_err(not_retryable)?;
+        }
         let next = sampler.sample(&logits);
         generated += 1;
         if model.tokenizer.is_end_of_generation(next) {
             finish_reason = "stop";
             break;
+        }
+        if let Some(c) = &mut constraint {
+            c.accept(next).map_err(not_retryable)?;
         }
         let before = bytes.len();
         bytes.extend_from_slice(model.tokenizer.piece(next));
@@ -166,6 +190,11 @@ pub(super) fn generate(
                 finish_reason = "stop";
                 break;
             }
+        }
+        if constraint.as_ref().is_some_and(|c| c.is_done()) {
+            // The JSON value is complete.
+            finish_reason = "stop";
+            break;
         }
         if generated == max_new {
             break;

@@ -212,11 +212,14 @@ pub(super) fn tokenizer_and_template(
 ) -> Result<(GgufTokenizer, ChatTemplate), EngineError> {
     let tokenizer = GgufTokenizer::from_gguf(ct)
         .map_err(|e| not_retryable(format!("model file {}: {e}", path.display())))?;
-    let template = ChatTemplate::new(
+    let gemma_turns = tokenizer.token_id("<start_of_turn>").is_some()
+        && tokenizer.token_id("<end_of_turn>").is_some();
+    let template = ChatTemplate::for_vocabulary(
         ct.metadata
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .map(String::as_str),
+        gemma_turns,
     );
     Ok((tokenizer, template))
 }

@@ -1,6 +1,7 @@
 //! The LLM engine (`llama`, feature `llm`): runs `llm` tasks whose `modelSource.engine` is
-//! `llama-cpp` on a llama-architecture GGUF, in process: with its own CPU forward pass
-//! ([`cpu`], the default on the CPU) or candle's quantized llama (see [`Backend`]).
+//! `llama-cpp` on a llama, qwen2, qwen3 or gemma3 GGUF, in process: with its own CPU
+//! forward pass ([`cpu`], the default on the CPU, and the only one for the families other
+//! than llama) or candle's quantized llama (see [`Backend`]).
 //!
 //! # What it does with a job
 //!
@@ -8,9 +9,10 @@
 //!    [`ModelStore::ensure`] makes it present and verified.
 //! 2. The file is loaded (or found in the cache of loaded models, keyed by path and checked
 //!    against the file's size and modification time). Its `general.architecture` must be
-//!    `llama`; other architectures and unreadable files fail, not retryable.
-//! 3. The prompt is the GGUF's chat template (`tokenizer.chat_template`, Jinja; ChatML when
-//!    absent, see [`template`]) rendered with the task's `messages` (with `system` prepended
+//!    `llama`, `qwen2`, `qwen3` or `gemma3` (the last three on the native path only); other
+//!    architectures and unreadable files fail, not retryable.
+//! 3. The prompt is the GGUF's chat template (`tokenizer.chat_template`, Jinja; Gemma's turn
+//!    format or ChatML when absent, see [`template`]) rendered with the task's `messages` (with `system` prepended
 //!    as a system message), `add_generation_prompt = true`, the bos/eos token texts and the
 //!    `chatTemplateKwargs` of the source's `cliDefaults` overridden by the task's. It is
 //!    tokenized with the GGUF's own vocabulary ([`tokenizer`]).
@@ -31,13 +33,16 @@
 //! `finish_reason`) and `usage` (`prompt_tokens`, `completion_tokens`, `total_tokens`, the
 //! real token counts). There is no `created` field: the output depends on the request only.
 //!
-//! `jsonSchema` and `reasoning` are not acted upon (no grammar-constrained decoding yet).
+//! `jsonSchema` constrains the output to JSON valid against the schema ([`grammar`]:
+//! llguidance masks the tokens that cannot continue such a value; generation stops when the
+//! value is complete); a schema that cannot be compiled fails, not retryable. `reasoning`
+//! is not acted upon.
 //!
 //! # Backends
 //!
 //! [`Backend::Native`] (the default when models run on the CPU) runs a model with
-//! [`cpu`] when [`cpu::check`] accepts it (llama layout; every tensor F32, F16, Q4_0,
-//! Q4_1 or Q8_0; no mixture of experts), keeping the weights as stored and multiplying them
+//! [`cpu`] when [`cpu::check`] accepts it (llama, qwen2, qwen3 or gemma3 layout; every
+//! matrix F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K; no mixture of experts), keeping the weights as stored and multiplying them
 //! with SIMD kernels on a persistent thread pool. Other models, and every model under
 //! [`Backend::Candle`] (the default on a GPU), run on candle's quantized llama on
 //! [`crate::device::compute_device`]. [`LlmEngine::with_backend`] overrides the choice;
@@ -59,12 +64,12 @@
 //!
 //! # Advertised models
 //!
-//! The reference studio matches offers to workers by task kind only (`taskKinds`); the model
-//! list is advisory and routing is by `modelSource.engine`. The engine therefore advertises,
-//! for `llm`, the id [`GENERIC_MODEL_ID`] (`llama-cpp`, "any llama GGUF") plus the name of
-//! every directory under the models root that held a `.gguf` file when the engine was built,
-//! plus the model id of every job it has run since. It runs any job whose source is
-//! `llama-cpp`, whatever its model id.
+//! A studio offers a job only to a worker that advertises the job's model id or the wildcard
+//! of its engine (PROTOCOL.md §3.1); routing is by `modelSource.engine`. The engine
+//! therefore advertises, for `llm`, the wildcard [`GENERIC_MODEL_ID`] (`llama-cpp:*`, any
+//! llama-cpp model) plus the name of every directory under the models root that held a
+//! `.gguf` file when the engine was built, plus the model id of every job it has run since.
+//! It runs any job whose source is `llama-cpp`, whatever its model id.
 //!
 //! # Device and threads
 //!
@@ -77,7 +82,9 @@
 pub mod cpu;
 mod generate;
 mod gguf;
+mod grammar;
 pub mod sampling;
+mod spm;
 pub mod template;
 pub mod tokenizer;
 
@@ -104,8 +111,9 @@ use gguf::{header_info, read_header, requantize_by_default, requantized, tokeniz
 pub use generate::{completion_json, render_prompt, task_seed, Completion};
 pub use gguf::{inspect, load_tokenizer, rewrite_gguf, GgufInfo, MemoryCharge, SLOW_TYPES};
 
-/// The model id advertised for "any llama-architecture GGUF".
-pub const GENERIC_MODEL_ID: &str = "llama-cpp";
+/// The model id advertised for "any llama-cpp model": the wildcard `llama-cpp:*` a studio
+/// matches against any job whose `modelSource.engine` is `llama-cpp` (PROTOCOL.md §3.1).
+pub const GENERIC_MODEL_ID: &str = "llama-cpp:*";
 
 /// The longest context candle's quantized llama supports (its rope tables' length).
 pub const MAX_CONTEXT: usize = MAX_SEQ_LEN;
@@ -165,6 +173,8 @@ struct LoadedModel {
     tokenizer: GgufTokenizer,
     template: ChatTemplate,
     context_length: usize,
+    /// The vocabulary compiled for `jsonSchema`, built on the first job that has one.
+    grammars: Option<Arc<grammar::Grammars>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,9 +236,11 @@ impl LlmEngine {
         self.backend
     }
 
-    /// The backend that runs a model with header `info`.
+    /// The backend that runs a model with header `info`: architectures other than llama
+    /// run natively whatever the engine's backend (candle's quantized llama cannot run
+    /// them).
     pub fn backend_for(&self, info: &GgufInfo) -> Backend {
-        if self.backend == Backend::Native && info.native {
+        if info.native && (self.backend == Backend::Native || info.architecture != "llama") {
             Backend::Native
         } else {
             Backend::Candle
@@ -329,12 +341,22 @@ impl LlmEngine {
             let (mut file, ct) = read_header(&key)?;
             let info = header_info(&key, &ct)?;
             if info.architecture != "llama" {
-                return Err(not_retryable(format!(
-                    "model file {} is a `{}` GGUF; the llama engine runs llama-architecture \
-                     GGUFs only",
-                    key.display(),
-                    info.architecture
-                )));
+                if cpu::Arch::from_name(&info.architecture).is_none() {
+                    return Err(not_retryable(format!(
+                        "model file {} is a `{}` GGUF; the llama engine runs llama, qwen2, \
+                         qwen3 and gemma3 GGUFs",
+                        key.display(),
+                        info.architecture
+                    )));
+                }
+                if let Err(why) = cpu::check(&ct) {
+                    return Err(not_retryable(format!(
+                        "model file {}: the native forward pass cannot run this `{}` GGUF \
+                         ({why}), and candle runs llama GGUFs only",
+                        key.display(),
+                        info.architecture
+                    )));
+                }
             }
             let charge = self.charge(&info);
             room.reserve(charge, &format!("model file {}", key.display()))?;
@@ -363,6 +385,7 @@ impl LlmEngine {
                 tokenizer,
                 template,
                 context_length,
+                grammars: None,
             };
             Ok((Arc::new(Mutex::new(model)), charge))
         })?;

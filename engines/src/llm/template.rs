@@ -3,7 +3,9 @@
 //! controls, Python string methods), with `messages`, `add_generation_prompt = true`,
 //! `bos_token`, `eos_token` and the request's `chatTemplateKwargs`.
 //!
-//! A GGUF without a template gets [`CHATML_TEMPLATE`].
+//! A GGUF without a template gets [`GEMMA_TEMPLATE`] when its vocabulary has Gemma's turn
+//! tokens (`<start_of_turn>`, `<end_of_turn>`; base Gemma GGUFs ship no template), else
+//! [`CHATML_TEMPLATE`].
 
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
@@ -12,6 +14,12 @@ use studio_core::wire::ChatMessage;
 /// The fallback template (ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message, then
 /// `<|im_start|>assistant\n`), used when the GGUF carries no `tokenizer.chat_template`.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// The fallback for vocabularies with Gemma's turn tokens: `<start_of_turn>user\n...
+/// <end_of_turn>\n` per message (the assistant's role is `model`), then
+/// `<start_of_turn>model\n`. Gemma has no system role: system messages are put before the
+/// first user message's text, followed by a blank line.
+pub const GEMMA_TEMPLATE: &str = "{% set system = namespace(text='') %}{% for message in messages %}{% if message.role == 'system' %}{% set system.text = system.text + message.content + '\n\n' %}{% endif %}{% endfor %}{% set first = namespace(done=false) %}{% for message in messages %}{% if message.role != 'system' %}<start_of_turn>{{ 'model' if message.role == 'assistant' else message.role }}\n{% if not first.done and message.role == 'user' %}{{ system.text }}{% endif %}{% set first.done = true %}{{ message.content | trim }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
 /// A chat template and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +58,21 @@ impl ChatTemplate {
         }
     }
 
-    /// Whether this is the ChatML fallback.
+    /// The template `source`, or when `None` or blank the fallback for a vocabulary that
+    /// has (`gemma_turns`) or lacks Gemma's turn tokens.
+    pub fn for_vocabulary(source: Option<&str>, gemma_turns: bool) -> ChatTemplate {
+        let t = ChatTemplate::new(source);
+        if t.fallback && gemma_turns {
+            ChatTemplate {
+                source: GEMMA_TEMPLATE.to_string(),
+                fallback: true,
+            }
+        } else {
+            t
+        }
+    }
+
+    /// Whether this is a fallback (the GGUF has no template).
     pub fn is_fallback(&self) -> bool {
         self.fallback
     }
@@ -136,6 +158,27 @@ mod tests {
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(ChatTemplate::new(Some("  ")).is_fallback());
+    }
+
+    #[test]
+    fn gemma_fallback() {
+        let t = ChatTemplate::for_vocabulary(None, true);
+        assert!(t.is_fallback());
+        let msgs = [
+            msg("user", " Hi "),
+            msg("assistant", "Hello."),
+            msg("user", "More"),
+        ];
+        assert_eq!(
+            t.render(&input(&msgs, Some("Be brief."))).unwrap(),
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nMore<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // A template in the file wins; without turn tokens the fallback is ChatML.
+        assert_eq!(ChatTemplate::for_vocabulary(Some("x"), true).source(), "x");
+        assert_eq!(
+            ChatTemplate::for_vocabulary(None, false).source(),
+            CHATML_TEMPLATE
+        );
     }
 
     /// SmolLM2-Instruct's template (from its GGUF): a default system prompt unless the first

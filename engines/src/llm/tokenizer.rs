@@ -1,15 +1,19 @@
 //! The tokenizer of a GGUF file (`tokenizer.ggml.*` metadata).
 //!
-//! Only byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`, what llama.cpp calls
-//! `LLAMA_VOCAB_TYPE_BPE`) are supported: SmolLM, Llama 3 and most recent llama-architecture
-//! models. Encoding goes through the `tokenizers` crate (a BPE model built from the GGUF's
-//! vocabulary and merges, the pre-tokenizer named by `tokenizer.ggml.pre`, and every control
-//! or user-defined token as an added token, so `<|im_start|>` in a rendered chat template
-//! becomes its single id). Decoding is done here, token by token, from each token's bytes,
-//! so generated text can be checked for stop strings as it grows.
+//! Two kinds of vocabulary are read:
 //!
-//! SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`, Llama 2 / TinyLlama) are
-//! refused with a clear error.
+//! * byte-level BPE (`tokenizer.ggml.model = "gpt2"`, what llama.cpp calls
+//!   `LLAMA_VOCAB_TYPE_BPE`): SmolLM, Llama 3, Qwen and most recent models. Encoding goes
+//!   through the `tokenizers` crate (a BPE model built from the GGUF's vocabulary and
+//!   merges, the pre-tokenizer named by `tokenizer.ggml.pre`, and every control or
+//!   user-defined token as an added token, so `<|im_start|>` in a rendered chat template
+//!   becomes its single id).
+//! * SentencePiece (`tokenizer.ggml.model = "llama"`, with `tokenizer.ggml.scores`): Llama 2,
+//!   TinyLlama, Gemma; encoded by [`super::spm`] the way llama.cpp does it, byte fallback
+//!   included.
+//!
+//! Decoding is done here, token by token, from each token's bytes, so generated text can be
+//! checked for stop strings as it grows.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +48,7 @@ const PATTERN_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 /// file's metadata, tests fill it by hand.
 #[derive(Clone, Debug, Default)]
 pub struct TokenizerSpec {
-    /// `tokenizer.ggml.model` (only `gpt2` is supported).
+    /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
     pub model: String,
     /// `tokenizer.ggml.pre` (`smollm`, `gpt2`, `llama3`, ...; empty = `default`).
     pub pre: String,
@@ -62,11 +66,24 @@ pub struct TokenizerSpec {
     pub eot: Option<u32>,
     /// Whether prompts start with `bos` (`tokenizer.ggml.add_bos_token`).
     pub add_bos: bool,
+    /// SentencePiece: the token scores (`tokenizer.ggml.scores`), one per token.
+    pub scores: Vec<f32>,
+    /// SentencePiece: the unknown token (`tokenizer.ggml.unknown_token_id`).
+    pub unk: Option<u32>,
+    /// SentencePiece: whether text starts with a space (`tokenizer.ggml.add_space_prefix`,
+    /// default true).
+    pub add_space_prefix: bool,
 }
 
-/// A byte-level BPE tokenizer built from GGUF metadata.
+/// How text becomes ids.
+enum Encoder {
+    Bpe(Box<Tokenizer>),
+    Spm(Box<super::spm::Spm>),
+}
+
+/// A tokenizer built from GGUF metadata.
 pub struct GgufTokenizer {
-    inner: Tokenizer,
+    inner: Encoder,
     /// The bytes each token decodes to (empty for control tokens).
     pieces: Vec<Vec<u8>>,
     tokens: Vec<String>,
@@ -74,6 +91,8 @@ pub struct GgufTokenizer {
     eos: Option<u32>,
     /// Tokens that end generation (eos, eot, and control tokens named like an end of turn).
     end_of_generation: Vec<u32>,
+    /// Control tokens, sorted.
+    control: Vec<u32>,
     add_bos: bool,
 }
 
@@ -117,11 +136,10 @@ fn byte_level_bytes(token: &str, char_to_byte: &BTreeMap<char, u8>) -> Option<Ve
 impl GgufTokenizer {
     /// Builds the tokenizer from `spec`.
     pub fn new(spec: TokenizerSpec) -> Result<GgufTokenizer, String> {
-        if spec.model != "gpt2" {
+        if spec.model != "gpt2" && spec.model != "llama" {
             return Err(format!(
-                "unsupported tokenizer `tokenizer.ggml.model = {}`: the candle llama engine reads \
-                 byte-level BPE (`gpt2`) vocabularies only (SentencePiece `llama` vocabularies \
-                 such as Llama 2 / TinyLlama are not supported yet)",
+                "unsupported tokenizer `tokenizer.ggml.model = {}`: the llama engine reads \
+                 byte-level BPE (`gpt2`) and SentencePiece (`llama`) vocabularies",
                 spec.model
             ));
         }
@@ -139,7 +157,12 @@ impl GgufTokenizer {
                 spec.token_types.len()
             ));
         };
-        for (name, id) in [("bos", spec.bos), ("eos", spec.eos), ("eot", spec.eot)] {
+        for (name, id) in [
+            ("bos", spec.bos),
+            ("eos", spec.eos),
+            ("eot", spec.eot),
+            ("unknown", spec.unk),
+        ] {
             if let Some(id) = id {
                 if id as usize >= n {
                     return Err(format!(
@@ -148,67 +171,39 @@ impl GgufTokenizer {
                 }
             }
         }
-
-        let pre: PreTokenizerWrapper = match spec.pre.as_str() {
-            "" | "default" | "gpt2" => ByteLevel::new(false, true, true).into(),
-            // llama.cpp's `smollm`: every digit on its own, then GPT-2's pattern (the same as
-            // SmolLM's tokenizer.json: Digits(individual) + ByteLevel).
-            "smollm" => Sequence::new(vec![
-                Digits::new(true).into(),
-                ByteLevel::new(false, true, true).into(),
-            ])
-            .into(),
-            "llama3" | "llama-bpe" | "smaug-bpe" => {
-                let split = Split::new(
-                    SplitPattern::Regex(PATTERN_LLAMA3.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| format!("pre-tokenizer pattern: {e}"))?;
-                Sequence::new(vec![
-                    split.into(),
-                    ByteLevel::new(false, true, false).into(),
-                ])
-                .into()
-            }
-            other => {
+        let spm = spec.model == "llama";
+        let inner = if spm {
+            if spec.scores.len() != n {
                 return Err(format!(
-                    "unsupported pre-tokenizer `tokenizer.ggml.pre = {other}` (supported: \
-                     default, gpt2, smollm, llama3, llama-bpe, smaug-bpe)"
-                ))
+                    "tokenizer.ggml.scores has {} entries for {n} tokens",
+                    spec.scores.len()
+                ));
             }
+            let specials: Vec<u32> = types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| matches!(**t, token_type::CONTROL | token_type::USER_DEFINED))
+                .map(|(id, _)| id as u32)
+                .collect();
+            let mut bytes = [None; 256];
+            for (id, (tok, ty)) in spec.tokens.iter().zip(&types).enumerate() {
+                if *ty == token_type::BYTE {
+                    if let Some(b) = parse_byte_token(tok) {
+                        bytes[b as usize].get_or_insert(id as u32);
+                    }
+                }
+            }
+            Encoder::Spm(Box::new(super::spm::Spm::new(
+                &spec.tokens,
+                &spec.scores,
+                &specials,
+                bytes,
+                spec.unk,
+                spec.add_space_prefix,
+            )))
+        } else {
+            Encoder::Bpe(Box::new(bpe_encoder(&spec, &types)?))
         };
-
-        let vocab: Vocab = spec
-            .tokens
-            .iter()
-            .enumerate()
-            .map(|(id, t)| (t.clone(), id as u32))
-            .collect();
-        let merges = spec
-            .merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| format!("malformed merge `{m}`"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| format!("cannot build the BPE model: {e}"))?;
-        let mut inner = Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre));
-        let added: Vec<AddedToken> = types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| matches!(**t, token_type::CONTROL | token_type::USER_DEFINED))
-            .map(|(id, t)| AddedToken::from(spec.tokens[id].clone(), *t == token_type::CONTROL))
-            .collect();
-        inner
-            .add_special_tokens(added)
-            .map_err(|e| format!("cannot add special tokens: {e}"))?;
 
         let table = byte_to_char_table();
         let char_to_byte: BTreeMap<char, u8> =
@@ -221,6 +216,7 @@ impl GgufTokenizer {
                 token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED => Vec::new(),
                 token_type::USER_DEFINED => tok.as_bytes().to_vec(),
                 token_type::BYTE => parse_byte_token(tok).map(|b| vec![b]).unwrap_or_default(),
+                _ if spm => tok.replace(super::spm::SPACE, " ").into_bytes(),
                 _ => byte_level_bytes(tok, &char_to_byte).unwrap_or_else(|| tok.as_bytes().into()),
             })
             .collect();
@@ -241,6 +237,12 @@ impl GgufTokenizer {
         end_of_generation.sort_unstable();
         end_of_generation.dedup();
 
+        let control = types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == token_type::CONTROL)
+            .map(|(id, _)| id as u32)
+            .collect();
         Ok(GgufTokenizer {
             inner,
             pieces,
@@ -248,6 +250,7 @@ impl GgufTokenizer {
             bos: spec.bos,
             eos: spec.eos,
             end_of_generation,
+            control,
             add_bos: spec.add_bos,
         })
     }
@@ -287,6 +290,11 @@ impl GgufTokenizer {
         self.eos.and_then(|id| self.token(id)).unwrap_or("")
     }
 
+    /// The tokens that end a completion, sorted.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
     /// Whether generating `id` ends the completion.
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.end_of_generation.binary_search(&id).is_ok()
@@ -294,11 +302,25 @@ impl GgufTokenizer {
 
     /// Encodes `text` (control and user-defined token strings in it become their ids).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| format!("tokenizer: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.inner {
+            Encoder::Bpe(t) => {
+                let enc = t
+                    .encode(text, false)
+                    .map_err(|e| format!("tokenizer: {e}"))?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Encoder::Spm(s) => Ok(s.encode(text)),
+        }
+    }
+
+    /// Whether this is a SentencePiece vocabulary (`tokenizer.ggml.model = llama`).
+    pub fn is_sentencepiece(&self) -> bool {
+        matches!(self.inner, Encoder::Spm(_))
+    }
+
+    /// Whether `id` is a control token (never shown in text).
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.binary_search(&id).is_ok()
     }
 
     /// Encodes a rendered prompt: [`encode`](Self::encode), with `bos` put first when the
@@ -328,6 +350,71 @@ impl GgufTokenizer {
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.piece(id)).copied().collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The `tokenizers` BPE model of a byte-level vocabulary.
+fn bpe_encoder(spec: &TokenizerSpec, types: &[i32]) -> Result<Tokenizer, String> {
+    let pre: PreTokenizerWrapper = match spec.pre.as_str() {
+        "" | "default" | "gpt2" => ByteLevel::new(false, true, true).into(),
+        // llama.cpp's `smollm`: every digit on its own, then GPT-2's pattern (the same as
+        // SmolLM's tokenizer.json: Digits(individual) + ByteLevel).
+        "smollm" => Sequence::new(vec![
+            Digits::new(true).into(),
+            ByteLevel::new(false, true, true).into(),
+        ])
+        .into(),
+        "llama3" | "llama-bpe" | "smaug-bpe" => {
+            let split = Split::new(
+                SplitPattern::Regex(PATTERN_LLAMA3.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| format!("pre-tokenizer pattern: {e}"))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        other => {
+            return Err(format!(
+                "unsupported pre-tokenizer `tokenizer.ggml.pre = {other}` (supported: \
+                 default, gpt2, smollm, llama3, llama-bpe, smaug-bpe)"
+            ))
+        }
+    };
+
+    let vocab: Vocab = spec
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), id as u32))
+        .collect();
+    let merges = spec
+        .merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("malformed merge `{m}`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| format!("cannot build the BPE model: {e}"))?;
+    let mut inner = Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre));
+    let added: Vec<AddedToken> = types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(**t, token_type::CONTROL | token_type::USER_DEFINED))
+        .map(|(id, t)| AddedToken::from(spec.tokens[id].clone(), *t == token_type::CONTROL))
+        .collect();
+    inner
+        .add_special_tokens(added)
+        .map_err(|e| format!("cannot add special tokens: {e}"))?;
+    Ok(inner)
 }
 
 /// `<0x0A>` -> 0x0A.
@@ -370,6 +457,16 @@ fn spec_from_gguf(
     };
     let model = string("tokenizer.ggml.model")
         .ok_or("the GGUF has no tokenizer (tokenizer.ggml.model is missing)")?;
+    let scores = match md.get("tokenizer.ggml.scores") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.to_f32()
+                    .map_err(|_| "tokenizer.ggml.scores holds a non-float entry".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
     let token_types = match md.get("tokenizer.ggml.token_type") {
         Some(Value::Array(items)) => items
             .iter()
@@ -396,6 +493,12 @@ fn spec_from_gguf(
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false),
+        scores,
+        unk: id("tokenizer.ggml.unknown_token_id"),
+        add_space_prefix: md
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(true),
     })
 }
 
@@ -436,6 +539,7 @@ mod tests {
             eos: Some(2),
             eot: None,
             add_bos: false,
+            ..TokenizerSpec::default()
         })
         .unwrap()
     }
@@ -488,14 +592,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_sentencepiece_and_unknown_pre() {
+    fn refuses_unknown_models_and_pre_tokenizers() {
+        let spec = TokenizerSpec {
+            model: "rwkv".into(),
+            tokens: vec!["a".into()],
+            ..TokenizerSpec::default()
+        };
+        let err = GgufTokenizer::new(spec).unwrap_err();
+        assert!(err.contains("rwkv"), "{err}");
+        // SentencePiece needs a score per token.
         let spec = TokenizerSpec {
             model: "llama".into(),
             tokens: vec!["a".into()],
             ..TokenizerSpec::default()
         };
         let err = GgufTokenizer::new(spec).unwrap_err();
-        assert!(err.contains("SentencePiece"), "{err}");
+        assert!(err.contains("scores"), "{err}");
         let spec = TokenizerSpec {
             model: "gpt2".into(),
             pre: "mystery".into(),

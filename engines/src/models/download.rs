@@ -207,6 +207,7 @@ fn attempt(
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n])
             .map_err(|e| write_error(e, part))?;
+        super::count_downloaded(n);
         done += n as u64;
         progress.update(done);
     }

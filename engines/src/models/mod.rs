@@ -72,6 +72,7 @@ mod download;
 mod lock;
 mod names;
 mod progress;
+mod record;
 mod verify;
 
 use std::collections::BTreeSet;
@@ -80,7 +81,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use studio_core::wire::ModelFile;
+use studio_core::wire::{ModelEngine, ModelFile, TaskKind};
 
 use crate::error::EngineError;
 use crate::job_log;
@@ -92,10 +93,26 @@ use verify::cached;
 pub use disk::{available_space, needed_with_headroom};
 pub(crate) use download::resolve;
 pub use download::USER_AGENT;
-pub use names::{check_file_name, check_url, is_loopback_host, model_dir_name, redact};
+pub use names::{
+    check_file_name, check_url, check_url_for, is_loopback_host, model_dir_name, redact,
+};
 pub use progress::{
     ProgressMode, PROGRESS_BAR_INTERVAL, PROGRESS_LOG_INTERVAL, PROGRESS_LOG_PERCENT_STEP,
 };
+pub use record::RECORD_FILE;
+
+/// Model bytes received from the network by this process (every download, resumed ones
+/// included), for the worker's metrics.
+static DOWNLOADED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many model bytes this process has received from the network so far.
+pub fn downloaded_bytes_total() -> u64 {
+    DOWNLOADED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn count_downloaded(n: usize) {
+    DOWNLOADED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// How long establishing a connection (DNS, TCP, TLS handshake) may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -211,6 +228,30 @@ impl ModelStore {
             .iter()
             .map(|plan| self.ensure_one(model_id, &dir, plan))
             .collect()
+    }
+
+    /// Records in the model's directory that `model_id` is a model of `engine` for `kind`
+    /// (after a job ran on it), for [`ModelStore::cached_models`].
+    pub fn record(
+        &self,
+        model_id: &str,
+        engine: &ModelEngine,
+        kind: TaskKind,
+    ) -> Result<(), EngineError> {
+        let dir = self.model_dir(model_id)?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            EngineError::io(format!(
+                "cannot create model directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        record::write(&dir, model_id, engine, kind)
+    }
+
+    /// The `(kind, model id)` of every model recorded ([`ModelStore::record`]) for
+    /// `engine` under the root, sorted.
+    pub fn cached_models(&self, engine: &ModelEngine) -> Vec<(TaskKind, String)> {
+        record::cached(&self.root, engine)
     }
 
     /// The free-disk check before any request: the `approxBytes` of the files not yet

@@ -87,27 +87,33 @@ pub fn check_file_name(name: &str) -> Result<(), EngineError> {
 /// Checks a model URL: `https`, or plain `http` to a loopback host (`127.0.0.0/8`, `::1`,
 /// `localhost`) for tests. Returns the parsed URL.
 pub fn check_url(url: &str) -> Result<ureq::http::Uri, EngineError> {
-    let uri: ureq::http::Uri = url.parse().map_err(|e| {
-        EngineError::invalid_input(format!("model URL `{}` is not a URL: {e}", redact(url)))
-    })?;
+    check_url_for("model URL", url)
+}
+
+/// The URL rule of every download (model files and a task's input files): `https`, or plain
+/// `http` to a loopback host. `what` names the URL in messages (`model URL`, `inputUrl`,
+/// ...); the URL is shown without its query. Returns the parsed URL.
+pub fn check_url_for(what: &str, url: &str) -> Result<ureq::http::Uri, EngineError> {
+    let shown = redact(url);
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| EngineError::invalid_input(format!("{what} `{shown}` is not a URL: {e}")))?;
     let host = uri.host().unwrap_or("");
     if host.is_empty() {
         return Err(EngineError::invalid_input(format!(
-            "model URL `{}` has no host",
-            redact(url)
+            "{what} `{shown}` has no host"
         )));
     }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if is_loopback_host(host) => Ok(uri),
         Some("http") => Err(EngineError::invalid_input(format!(
-            "model URL `{}` uses plain http: model files are fetched over https only \
-             (plain http is allowed to loopback hosts only)",
-            redact(url)
+            "{what} `{shown}` uses plain http: files are fetched over https only (plain http \
+             is allowed to loopback hosts only)"
         ))),
-        _ => Err(EngineError::invalid_input(format!(
-            "model URL `{}` is not an https URL",
-            redact(url)
+        other => Err(EngineError::invalid_input(format!(
+            "{what} `{shown}` is not an https URL (scheme `{}`)",
+            other.unwrap_or("")
         ))),
     }
 }

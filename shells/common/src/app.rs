@@ -3,8 +3,10 @@
 //!
 //! * [`main`]: CLI, logging, the crypto provider, admin subcommands, `run`, `demo`, exit
 //!   codes and the last line on stderr;
-//! * [`run`]: `studio-worker run` (load the config, start the daemon, forward SIGINT /
-//!   SIGTERM, run until the core exits);
+//! * [`run`]: `studio-worker run` (take the config's `daemon.lock`, load the config and
+//!   mint its local API token on the first run, start the daemon, forward SIGINT /
+//!   SIGTERM, serve the local control API, run until the core exits, then close the API
+//!   and release the lock);
 //! * `demo` runs the daemon against the loopback studio (`crate::demo`, feature `demo`);
 //!   a build without it answers with a usage error naming the command that builds one
 //!   ([`demo_not_built`]).
@@ -19,33 +21,96 @@ use crate::config::Config;
 use crate::control::Exit;
 use crate::daemon::WorkerDaemon;
 use crate::error::{RunError, ShellError, PROGRAM};
+use crate::lock::{DaemonLock, Lock};
+use studio_core::worker::ExitCode;
 
-/// `studio-worker run`: loads (or creates) the config, installs the signal handler and
-/// runs the daemon until the core exits. Returns the core's exit.
+/// `studio-worker run`: takes the config's `daemon.lock` (another worker holding it: a
+/// message naming its pid and a clean exit, so a service manager does not restart-loop),
+/// loads (or creates) the config, mints the local control API token on the first run,
+/// installs the signal handler, serves the local control API and runs the daemon until
+/// the core exits. Returns the core's exit. The API and the lock are released on every
+/// way out of here (they are dropped).
 pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result<Exit, RunError> {
-    let config = Config::load(config_path)?;
+    let lock = match DaemonLock::acquire(config_path)? {
+        Lock::Acquired(lock) => lock,
+        Lock::HeldBy { pid, path } => {
+            let who = match pid {
+                Some(pid) => format!("another worker (pid {pid})"),
+                None => "another worker".to_string(),
+            };
+            let reason = format!(
+                "{who} is already running for {} (it holds {}); not starting a second one",
+                config_path.display(),
+                path.display()
+            );
+            tracing::warn!("{reason}");
+            eprintln!("{PROGRAM}: {reason}");
+            return Ok(Exit {
+                code: ExitCode::Clean,
+                reason,
+            });
+        }
+    };
+    let mut config = Config::load(config_path)?;
+    if config.local_api_token.is_none() {
+        config.local_api_token = Some(crate::entropy::random_hex(32)?);
+        config.save(config_path)?;
+        tracing::info!("minted the local control API token (local_api_token in the config)");
+    }
+    for secret in [
+        &config.auth_token,
+        &config.registration_secret,
+        &config.local_api_token,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        crate::telemetry::remember_secret(secret);
+    }
     tracing::info!(config = %config_path.display(), studio = %config.api_base_url, "starting");
-    let mut daemon = D::from_config(config, config_path.to_path_buf())?;
+    let mut daemon = D::from_config(config.clone(), config_path.to_path_buf())?;
     daemon.set_record(record.map(Path::to_path_buf));
-    crate::signals::forward_to(daemon.control())
+    let control = daemon.control();
+    crate::signals::forward_to(control.clone())
         .map_err(RunError::io("install the SIGINT/SIGTERM handler"))?;
-    Ok(daemon.run())
+    let api = crate::api::serve(&config, config_path, control);
+    let exit = daemon.run();
+    // The API goes first (local-api.json removed, port closed), then the lock.
+    drop(api);
+    lock.release();
+    Ok(exit)
 }
 
-/// The whole `main` of a worker binary: parse the command line, set up logging (`warn` by
-/// default for `demo`, so its table stands out; `info` otherwise) and the crypto provider,
-/// carry the command out, and return the process exit code.
+/// The whole `main` of a worker binary: parse the command line, set up Sentry (`run` only,
+/// when `SENTRY_DSN` is set), logging (`warn` by default for `demo`, so its table stands
+/// out; `info` otherwise) and the crypto provider, carry the command out, flush Sentry,
+/// and return the process exit code.
 pub fn main<D: WorkerDaemon>() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, CliCommand::Demo { .. });
-    crate::logging::init_with_default(if quiet {
-        LevelFilter::WARN
+    let (telemetry, warning) = if cli.command == CliCommand::Run {
+        let name = crate::host::hostname().unwrap_or_else(|| "unknown-host".into());
+        crate::telemetry::init_from_env(&name)
     } else {
-        LevelFilter::INFO
-    });
+        (None, None)
+    };
+    crate::logging::init_with(
+        if quiet {
+            LevelFilter::WARN
+        } else {
+            LevelFilter::INFO
+        },
+        telemetry.is_some(),
+    );
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     // Before any TLS use (see crate::tls).
     crate::tls::install_crypto_provider();
-    std::process::ExitCode::from(u8::try_from(run_cli::<D>(&cli)).unwrap_or(1))
+    let code = run_cli::<D>(&cli);
+    // Sends what is queued (at most 2 s) before the process exits.
+    drop(telemetry);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 /// Carries out the command line; returns the process exit code. An error exit ends with

@@ -2,10 +2,12 @@
 //! binaries share.
 //!
 //! [`Cli`] is parsed with clap. `run` (the daemon) and `demo` are carried out by the
-//! binary; `register`, `status`, `set-threshold` and `config` only touch the config file,
-//! `replay` only reads (and with `--bless` rewrites) a trace; they are implemented here
-//! ([`run_admin_command`]), so both binaries behave identically. None of them uses the
-//! network.
+//! binary; `register` and `config` only touch the config file, `replay` only reads (and
+//! with `--bless` rewrites) a trace; `status`, `set-threshold`, `enable` and `disable` touch
+//! the config file and, when a worker runs for it, ask that worker through its local
+//! control API (found through `local-api.json`, loopback only); `pause` and `resume` only
+//! ask the running worker. They are implemented here ([`run_admin_command`]), so both
+//! binaries behave identically. None of them talks to the studio.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,9 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use studio_core::worker::vram_threshold_warning;
 
+use serde_json::Value;
+
+use crate::api::client::{Client, ClientError};
 use crate::config::{
     default_config_path, validate_api_base_url, validate_threshold, Config, RegistrationView,
 };
@@ -107,21 +112,59 @@ resetting: a running daemon keeps its credentials in memory.")]
         reset: bool,
     },
 
-    /// Show the config path, registration state, VRAM threshold and models directory
+    /// Show the config, the registration and, when a worker runs, its live state
     #[command(long_about = "\
 Show the config file path, the studio URL, the registration state (approved, pending \
-operator approval, or not registered), the VRAM threshold, the models directory and the \
-auto-update setting. Secrets are never shown.")]
+operator approval, or not registered), the VRAM threshold, the models directory, the \
+auto-update and auto_enabled settings. When a worker runs for this config (found through \
+local-api.json beside it), also its live state: the session, the current job and its \
+elapsed time, paused and enabled, the last heartbeat acknowledgement and the recent \
+outcomes. Secrets are never shown.
+
+With --json: one object; its \"daemon\" key holds the running worker's /daemon/status, or \
+null when none answers.")]
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
 
+    /// Pause the running worker: it rejects offers until resumed (not saved)
+    #[command(long_about = "\
+Pause the worker running for this config: it rejects every offer (code paused) and \
+advertises autoEnabled: false until `studio-worker resume`. A job in flight finishes. The \
+pause is not saved: a restarted worker is never paused (see `disable` for that).
+
+Exit codes: 0 paused, 3 no running worker for this config.")]
+    Pause,
+
+    /// Resume the running worker after `pause`
+    #[command(long_about = "\
+Resume the worker running for this config after `studio-worker pause`: it takes offers \
+again (unless it is disabled).
+
+Exit codes: 0 resumed, 3 no running worker for this config.")]
+    Resume,
+
+    /// Disable the worker: reject offers until enabled (saved: auto_enabled = false)
+    #[command(long_about = "\
+Disable the worker: save auto_enabled = false in config.toml and, when a worker runs for \
+this config, apply it at once. A disabled worker stays connected but rejects every offer \
+(code paused) and advertises autoEnabled: false, across restarts, until \
+`studio-worker enable`.")]
+    Disable,
+
+    /// Enable the worker again (saved: auto_enabled = true)
+    #[command(long_about = "\
+Enable the worker: save auto_enabled = true in config.toml and, when a worker runs for \
+this config, apply it at once (unless it is paused, it takes offers again).")]
+    Enable,
+
     /// Set the VRAM threshold in GB advertised to the studio
     #[command(long_about = "\
 Set vram_threshold_gb: the studio only offers jobs whose VRAM estimate is at most this \
-many GB. Must be a number >= 0. A running daemon picks the new value up when it restarts.")]
+many GB. Must be a number >= 0. A worker running for this config applies it at once (and \
+advertises it with its next heartbeat); otherwise it is saved for the next start.")]
     SetThreshold {
         /// Gigabytes, a number >= 0 (e.g. 8 or 10.5).
         #[arg(
@@ -198,8 +241,8 @@ fn parse_api_base_url(s: &str) -> Result<String, String> {
     Ok(s.trim().to_string())
 }
 
-/// Carries out an admin subcommand (`register`, `status`, `set-threshold`, `config`,
-/// `replay`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
+/// Carries out an admin subcommand (`register`, `status`, `pause`, `resume`, `enable`,
+/// `disable`, `set-threshold`, `config`, `replay`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
 /// here, `Ok(None)` for `run` and `demo`, which the binary carries out itself.
 pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, ShellError> {
     let text = match &cli.command {
@@ -209,6 +252,10 @@ pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, 
             reset,
         } => register(&cli.config_path()?, api_base_url.as_deref(), *reset)?,
         CliCommand::Status { json } => status(&cli.config_path()?, *json)?,
+        CliCommand::Pause => pause(&cli.config_path()?, true)?,
+        CliCommand::Resume => pause(&cli.config_path()?, false)?,
+        CliCommand::Enable => set_enabled(&cli.config_path()?, true)?,
+        CliCommand::Disable => set_enabled(&cli.config_path()?, false)?,
         CliCommand::SetThreshold { gb } => set_threshold(&cli.config_path()?, *gb)?,
         CliCommand::Config => show_config(&cli.config_path()?)?,
         CliCommand::Replay {
@@ -281,9 +328,149 @@ pub fn registration_line(view: &RegistrationView<'_>) -> String {
     }
 }
 
+/// The running worker of `path`, when one answers `route` (a `GET`).
+fn live(path: &Path, route: &str) -> Option<Value> {
+    Client::for_config(path)?.get(route).ok()
+}
+
+/// What a call to the running worker's API became, for a command that needs a worker.
+fn worker_answer(path: &Path, answer: Result<Value, ClientError>) -> Result<Value, ShellError> {
+    answer.map_err(|e| match e {
+        ClientError::NotRunning => ShellError::NotRunning {
+            config: path.to_path_buf(),
+        },
+        ClientError::Failed { status, message } => {
+            ShellError::Worker(format!("{message} (HTTP {status})"))
+        }
+    })
+}
+
+/// `pause` (`paused`) / `resume`: asks the running worker. Returns the report.
+pub fn pause(path: &Path, paused: bool) -> Result<String, ShellError> {
+    let route = if paused {
+        "/daemon/pause"
+    } else {
+        "/daemon/resume"
+    };
+    let client = Client::for_config(path).ok_or_else(|| ShellError::NotRunning {
+        config: path.to_path_buf(),
+    })?;
+    let answer = worker_answer(path, client.post(route))?;
+    Ok(if answer["paused"] == Value::Bool(true) {
+        "paused: the worker rejects offers until `studio-worker resume` (a running job finishes)\n"
+            .to_string()
+    } else {
+        "resumed: the worker takes offers again (unless it is disabled)\n".to_string()
+    })
+}
+
+/// `enable` / `disable`: saves `auto_enabled` and, when a worker answers, applies it there
+/// (the worker saves the file itself then). Returns the report.
+pub fn set_enabled(path: &Path, enabled: bool) -> Result<String, ShellError> {
+    let route = if enabled {
+        "/daemon/enable"
+    } else {
+        "/daemon/disable"
+    };
+    let what = if enabled {
+        "enabled (auto_enabled = true)"
+    } else {
+        "disabled (auto_enabled = false): offers are rejected until `studio-worker enable`"
+    };
+    match Client::for_config(path).map(|c| c.post(route)) {
+        Some(Ok(_)) => Ok(format!(
+            "{what}; saved in {} and applied to the running worker\n",
+            path.display()
+        )),
+        Some(Err(e @ ClientError::Failed { .. })) => {
+            worker_answer(path, Err(e)).map(|_| String::new())
+        }
+        None | Some(Err(ClientError::NotRunning)) => {
+            let mut config = Config::load(path)?;
+            config.auto_enabled = enabled;
+            config.save(path)?;
+            Ok(format!(
+                "{what}; saved in {} (no running worker for it: applies when it starts)\n",
+                path.display()
+            ))
+        }
+    }
+}
+
+/// The live lines of `status` from a running worker's `/daemon/status`.
+fn live_lines(d: &Value) -> String {
+    let yes_no = |v: &Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    let mut out = format!(
+        "worker:          running (pid {}), session {}\n\
+         paused:          {}\n\
+         enabled:         {}\n",
+        d["pid"],
+        d["session"].as_str().unwrap_or("?"),
+        yes_no(&d["paused"]),
+        yes_no(&d["enabled"]),
+    );
+    if let Some(request) = d["registrationRequestId"].as_str() {
+        out.push_str(&format!(
+            "awaiting:        operator approval of request {request}\n"
+        ));
+    }
+    let job = &d["currentJob"];
+    if job.is_object() {
+        out.push_str(&format!(
+            "current job:     {} ({}, {}) for {}\n",
+            job["jobId"].as_str().unwrap_or("?"),
+            job["kind"].as_str().unwrap_or("?"),
+            job["model"].as_str().unwrap_or("?"),
+            seconds(&job["elapsedMs"]),
+        ));
+    } else {
+        out.push_str("current job:     none\n");
+    }
+    match d["lastHeartbeatAckMsAgo"].as_u64() {
+        Some(_) => out.push_str(&format!(
+            "last heartbeat:  acknowledged {} ago\n",
+            seconds(&d["lastHeartbeatAckMsAgo"])
+        )),
+        None => out.push_str("last heartbeat:  not acknowledged yet\n"),
+    }
+    let recent = d["recentJobs"].as_array().cloned().unwrap_or_default();
+    let count = |o: &str| recent.iter().filter(|j| j["outcome"] == o).count();
+    let mut line = format!(
+        "recent jobs:     {} completed, {} failed",
+        count("completed"),
+        count("failed")
+    );
+    if let Some(last) = recent.first() {
+        line.push_str(&format!(
+            "; last {} {} in {}",
+            last["jobId"].as_str().unwrap_or("?"),
+            last["outcome"].as_str().unwrap_or("?"),
+            seconds(&last["ms"]),
+        ));
+    }
+    out.push_str(&line);
+    out.push_str(&format!("\nreconnects:      {}\n", d["reconnects"]));
+    out
+}
+
+/// Milliseconds as seconds for people (`1.2 s`).
+fn seconds(ms: &Value) -> String {
+    match ms.as_u64() {
+        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+        None => "?".to_string(),
+    }
+}
+
 /// `status [--json]`. Returns the report.
 pub fn status(path: &Path, json: bool) -> Result<String, ShellError> {
     let config = Config::load(path)?;
+    let daemon = live(path, "/daemon/status");
     let view = config.registration();
     if json {
         let registration = match view {
@@ -306,6 +493,8 @@ pub fn status(path: &Path, json: bool) -> Result<String, ShellError> {
                 "interval_secs": config.auto_update_interval_secs,
             },
             "only_when_idle": config.only_when_idle,
+            "auto_enabled": config.auto_enabled,
+            "daemon": daemon,
         });
         return Ok(format!("{value}\n"));
     }
@@ -314,33 +503,54 @@ pub fn status(path: &Path, json: bool) -> Result<String, ShellError> {
     } else {
         "disabled".to_string()
     };
-    Ok(format!(
+    let mut report = format!(
         "config:          {}\n\
          studio:          {}\n\
          registration:    {}\n\
          vram threshold:  {} GB\n\
          models root:     {}\n\
-         auto-update:     {}\n",
+         auto-update:     {}\n\
+         auto_enabled:    {}\n",
         path.display(),
         config.api_base_url,
         registration_line(&view),
         config.vram_threshold_gb,
         config.models_root.display(),
         auto_update,
-    ))
+        config.auto_enabled,
+    );
+    match &daemon {
+        Some(d) => report.push_str(&live_lines(d)),
+        None => report.push_str("worker:          not running\n"),
+    }
+    Ok(report)
 }
 
-/// `set-threshold <gb>`: validates and persists `vram_threshold_gb`. Returns the report.
+/// `set-threshold <gb>`: validates and persists `vram_threshold_gb`, and applies it to the
+/// running worker when one answers (which saves it itself). Returns the report.
 pub fn set_threshold(path: &Path, gb: f32) -> Result<String, ShellError> {
     validate_threshold(gb)
         .map_err(|e| ShellError::InvalidArgument(format!("vram threshold {e}")))?;
-    let mut config = Config::load(path)?;
-    config.vram_threshold_gb = gb;
-    config.save(path)?;
-    let mut report = format!(
-        "vram threshold set to {gb} GB in {} (a running worker picks it up when it restarts)\n",
-        path.display()
-    );
+    let body = serde_json::json!({ "vramThresholdGb": gb });
+    let mut report = match Client::for_config(path).map(|c| c.patch("/daemon/config", &body)) {
+        Some(Ok(_)) => format!(
+            "vram threshold set to {gb} GB in {} and applied to the running worker\n",
+            path.display()
+        ),
+        Some(Err(e @ ClientError::Failed { .. })) => {
+            return worker_answer(path, Err(e)).map(|_| String::new())
+        }
+        None | Some(Err(ClientError::NotRunning)) => {
+            let mut config = Config::load(path)?;
+            config.vram_threshold_gb = gb;
+            config.save(path)?;
+            format!(
+                "vram threshold set to {gb} GB in {} (no running worker for it: applies when it \
+                 starts)\n",
+                path.display()
+            )
+        }
+    };
     if let Some(warning) = vram_threshold_warning(gb, crate::gpu::vram().total_gb) {
         report.push_str(&format!("warning: {warning}\n"));
     }
@@ -407,6 +617,14 @@ mod tests {
             CliCommand::SetThreshold { gb: 10.5 }
         );
         assert_eq!(parse(&["config"]).unwrap().command, CliCommand::Config);
+        for (arg, command) in [
+            ("pause", CliCommand::Pause),
+            ("resume", CliCommand::Resume),
+            ("enable", CliCommand::Enable),
+            ("disable", CliCommand::Disable),
+        ] {
+            assert_eq!(parse(&[arg]).unwrap().command, command);
+        }
         assert_eq!(
             parse(&["demo", "--out", "/tmp/d", "--keep-running"])
                 .unwrap()
@@ -456,6 +674,10 @@ mod tests {
             "run",
             "register",
             "status",
+            "pause",
+            "resume",
+            "enable",
+            "disable",
             "set-threshold",
             "config",
             "demo",
@@ -614,6 +836,85 @@ mod tests {
         assert!(!text.contains(&"a".repeat(64)));
         // The printed TOML parses back (comment and all).
         let _: toml::Table = toml::from_str(&text).unwrap();
+    }
+
+    #[test]
+    fn without_a_running_worker_pause_fails_and_enable_is_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        for cmd in ["pause", "resume"] {
+            let err = run(&["--config", &arg, cmd]).unwrap_err();
+            assert_eq!(err.exit_code(), 3, "{cmd}");
+            assert_eq!(err.to_string(), format!("no running worker for {arg}"));
+        }
+        let (code, text) = run(&["--config", &arg, "disable"]).unwrap();
+        assert_eq!(code, Some(0));
+        assert!(text.contains("no running worker"), "{text}");
+        assert!(!Config::load(&path).unwrap().auto_enabled);
+        let (_, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert!(text.contains("auto_enabled:    false"), "{text}");
+        assert!(text.contains("worker:          not running"), "{text}");
+        let (_, json) = run(&["--config", &arg, "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["daemon"], serde_json::Value::Null);
+        assert_eq!(v["auto_enabled"], false);
+        run(&["--config", &arg, "enable"]).unwrap();
+        assert!(Config::load(&path).unwrap().auto_enabled);
+    }
+
+    #[test]
+    fn with_a_running_worker_the_commands_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        Config::load(&path).unwrap();
+        let token = studio_core::Secret::from("lat-cli-0123456789");
+        let mut server = crate::api::ApiServer::start(
+            crate::api::bind(0).unwrap(),
+            token.clone(),
+            crate::api::test_loop::start(),
+            &path,
+        )
+        .unwrap();
+        server.publish(&path, &token).unwrap();
+
+        let (_, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert!(text.contains("session connected"), "{text}");
+        assert!(text.contains("paused:          no"), "{text}");
+        assert!(text.contains("current job:     none"), "{text}");
+        assert!(
+            text.contains("recent jobs:     0 completed, 0 failed"),
+            "{text}"
+        );
+        assert!(!text.contains("lat-cli-0123456789"), "{text}");
+        let (_, json) = run(&["--config", &arg, "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["daemon"]["workerId"], "w-1");
+        assert_eq!(v["daemon"]["session"], "connected");
+
+        let (code, text) = run(&["--config", &arg, "pause"]).unwrap();
+        assert_eq!(code, Some(0));
+        assert!(text.starts_with("paused"), "{text}");
+        let (_, text) = run(&["--config", &arg, "status"]).unwrap();
+        assert!(text.contains("paused:          yes"), "{text}");
+        let (_, text) = run(&["--config", &arg, "resume"]).unwrap();
+        assert!(text.starts_with("resumed"), "{text}");
+
+        let (_, text) = run(&["--config", &arg, "disable"]).unwrap();
+        assert!(text.contains("applied to the running worker"), "{text}");
+        let (_, json) = run(&["--config", &arg, "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["daemon"]["enabled"], false);
+
+        let (_, text) = run(&["--config", &arg, "set-threshold", "5"]).unwrap();
+        assert!(text.contains("applied to the running worker"), "{text}");
+        let (_, json) = run(&["--config", &arg, "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["daemon"]["vramThresholdGb"], 5.0);
+
+        // Gone: back to the file alone.
+        server.stop();
+        let err = run(&["--config", &arg, "pause"]).unwrap_err();
+        assert!(matches!(err, ShellError::NotRunning { .. }), "{err}");
     }
 
     #[test]

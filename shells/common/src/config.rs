@@ -45,6 +45,9 @@ pub const CONFIG_FILE_NAME: &str = "config.toml";
 /// What [`Config::redacted`] writes in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
+/// The local control API's port on 127.0.0.1 unless configured otherwise.
+pub const DEFAULT_LOCAL_API_PORT: u16 = 4787;
+
 /// Whether this build can replace itself with a newer release. While it cannot, the
 /// first-run config written by [`Config::default`] has `auto_update_enabled = false` so the
 /// worker does not advertise `autoUpdate: true` to the studio; a file without the key still
@@ -53,7 +56,7 @@ pub const REDACTED: &str = "<redacted>";
 pub const SELF_UPDATE_AVAILABLE: bool = false;
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 21] = [
+pub const KNOWN_KEYS: [&str; 24] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -66,6 +69,9 @@ pub const KNOWN_KEYS: [&str; 21] = [
     "models_root",
     "ws_reconnect_attempts",
     "only_when_idle",
+    "auto_enabled",
+    "local_api_port",
+    "local_api_token",
     "install_id",
     "registration_request_id",
     "registration_secret",
@@ -83,6 +89,10 @@ fn default_true() -> bool {
 
 fn default_interval() -> u64 {
     DEFAULT_AUTO_UPDATE_INTERVAL_SECS
+}
+
+fn default_local_api_port() -> u16 {
+    DEFAULT_LOCAL_API_PORT
 }
 
 fn default_models_root() -> PathBuf {
@@ -129,6 +139,17 @@ pub struct Config {
     /// Reject offers (code `paused`) while the person uses the computer.
     #[serde(default)]
     pub only_when_idle: bool,
+    /// Take jobs at all: `false` rejects every offer (code `paused`) until enabled again
+    /// (`studio-worker enable`). Unlike a pause it survives a restart.
+    #[serde(default = "default_true")]
+    pub auto_enabled: bool,
+    /// The local control API's port on 127.0.0.1; `0`: an ephemeral one.
+    /// `STUDIO_WORKER_LOCAL_API_PORT` overrides it.
+    #[serde(default = "default_local_api_port")]
+    pub local_api_port: u16,
+    /// The local control API's bearer token, minted on the first `run`. Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_api_token: Option<String>,
     /// Minted on first registration; stable across re-requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_id: Option<String>,
@@ -185,6 +206,9 @@ impl Default for Config {
             models_root: expand_home(Path::new(DEFAULT_MODELS_ROOT)),
             ws_reconnect_attempts: None,
             only_when_idle: false,
+            auto_enabled: true,
+            local_api_port: DEFAULT_LOCAL_API_PORT,
+            local_api_token: None,
             install_id: None,
             registration_request_id: None,
             registration_secret: None,
@@ -307,6 +331,7 @@ impl Config {
             &mut config.install_id,
             &mut config.registration_request_id,
             &mut config.registration_secret,
+            &mut config.local_api_token,
         ] {
             if field.as_deref().is_some_and(|s| s.trim().is_empty()) {
                 *field = None;
@@ -388,11 +413,15 @@ impl Config {
     }
 
     /// A copy with every secret replaced by [`REDACTED`]: `auth_token`,
-    /// `registration_secret`, and unknown keys whose names contain `token`, `secret`,
-    /// `password`, `dsn` or `key` (at any depth).
+    /// `registration_secret`, `local_api_token`, and unknown keys whose names contain
+    /// `token`, `secret`, `password`, `dsn` or `key` (at any depth).
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
-        for field in [&mut c.auth_token, &mut c.registration_secret] {
+        for field in [
+            &mut c.auth_token,
+            &mut c.registration_secret,
+            &mut c.local_api_token,
+        ] {
             if field.is_some() {
                 *field = Some(REDACTED.to_string());
             }
@@ -445,6 +474,7 @@ impl Config {
                 secret: non_empty(&self.registration_secret).map(Secret::from),
             },
             vram_threshold_gb: self.vram_threshold_gb,
+            auto_enabled: self.auto_enabled,
             auto_update_enabled: self.auto_update_enabled,
             start_minimised: self.start_minimised,
             only_when_idle: self.only_when_idle,
@@ -507,6 +537,9 @@ impl fmt::Debug for Config {
             .field("models_root", &r.models_root)
             .field("ws_reconnect_attempts", &r.ws_reconnect_attempts)
             .field("only_when_idle", &r.only_when_idle)
+            .field("auto_enabled", &r.auto_enabled)
+            .field("local_api_port", &r.local_api_port)
+            .field("local_api_token", &r.local_api_token)
             .field("install_id", &r.install_id)
             .field("registration_request_id", &r.registration_request_id)
             .field("registration_secret", &r.registration_secret)
@@ -805,7 +838,7 @@ mod tests {
         let dir = tmp();
         let path = dir.path().join("config.toml");
         let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 4.0\n\
-                    local_api_port = 4787\nlocal_api_token = \"lat-secret\"\nengine = \"gradio\"\n\
+                    tray_port = 4787\ntray_token = \"lat-secret\"\nengine = \"gradio\"\n\
                     auto_update_prerelease = true\n\
                     [sentry]\ndsn = \"https://k@sentry/1\"\nenv = \"prod\"\n";
         fs::write(&path, text).unwrap();
@@ -815,14 +848,55 @@ mod tests {
         let back = Config::load(&path).unwrap();
         assert_eq!(back, c);
         let saved = fs::read_to_string(&path).unwrap();
-        assert!(saved.contains("local_api_port = 4787"));
+        assert!(saved.contains("tray_port = 4787"));
         assert!(saved.contains("auto_update_prerelease = true"));
         // Redaction reaches unknown secret-looking keys, nested too.
         let shown = c.to_string();
         assert!(!shown.contains("lat-secret"));
         assert!(!shown.contains("sentry/1"));
         assert!(shown.contains("env = \"prod\""));
-        assert!(shown.contains("local_api_port = 4787"));
+        assert!(shown.contains("tray_port = 4787"));
+    }
+
+    #[test]
+    fn the_control_keys_have_defaults_and_the_token_is_a_secret() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 12\n",
+        )
+        .unwrap();
+        assert!(c.auto_enabled);
+        assert_eq!(c.local_api_port, DEFAULT_LOCAL_API_PORT);
+        assert_eq!(c.local_api_token, None);
+        let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 12\nauto_enabled = false\n\
+                    local_api_port = 0\nlocal_api_token = \"lat-0123456789\"\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert!(!c.auto_enabled);
+        assert_eq!(c.local_api_port, 0);
+        assert_eq!(c.local_api_token.as_deref(), Some("lat-0123456789"));
+        assert!(c.extra.is_empty());
+        assert!(
+            !c.to_worker_config(crate::host::probe(), BTreeMap::new(), 1)
+                .auto_enabled
+        );
+        for shown in [c.to_string(), format!("{c:?}")] {
+            assert!(!shown.contains("lat-0123456789"), "{shown}");
+            assert!(shown.contains("auto_enabled"), "{shown}");
+        }
+        // An empty token counts as none (minted on the next run); a port out of range is
+        // a parse error.
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nlocal_api_token = \" \"\n",
+        )
+        .unwrap();
+        assert_eq!(c.local_api_token, None);
+        let err = Config::parse(
+            Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\nlocal_api_port = 70000\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ use studio_engines::Engine;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::error::ShellError;
 use crate::pool::{EnginePool, EventSink, HttpRunner};
 use crate::record::Recorder;
 
@@ -121,6 +122,17 @@ impl CommandRouter {
         &self.config_path
     }
 
+    /// Changes a setting of the config and saves it (atomically), for an operator's change
+    /// to a running worker. The config is the one `Persist` saves too, so neither write
+    /// undoes the other. On a failed save nothing changes.
+    pub fn update_config(&mut self, change: impl FnOnce(&mut Config)) -> Result<(), ShellError> {
+        let mut config = self.config.clone();
+        change(&mut config);
+        config.save(&self.config_path)?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The engine pool.
     pub fn pool(&self) -> &EnginePool {
         &self.pool
@@ -160,6 +172,12 @@ impl CommandRouter {
             }
             Command::MintSecret { need_install_id } => self.mint(need_install_id),
             Command::Persist(state) => {
+                for secret in [&state.auth_token, &state.registration_secret]
+                    .into_iter()
+                    .flatten()
+                {
+                    crate::telemetry::remember_secret(secret.expose());
+                }
                 self.config.apply_persist(&state);
                 match self.config.save(&self.config_path) {
                     Ok(()) => Effect::None,

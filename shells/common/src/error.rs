@@ -55,6 +55,10 @@ pub enum ShellError {
     Entropy(String),
     /// Writing a command's output (stdout) failed.
     Output(io::Error),
+    /// A command that needs a running worker found none answering for this config.
+    NotRunning { config: PathBuf },
+    /// The running worker answered a command with an error.
+    Worker(String),
 }
 
 impl ShellError {
@@ -105,6 +109,10 @@ impl fmt::Display for ShellError {
             ShellError::InvalidArgument(message) => f.write_str(message),
             ShellError::Entropy(message) => write!(f, "the OS random source failed: {message}"),
             ShellError::Output(e) => write!(f, "cannot write output: {e}"),
+            ShellError::NotRunning { config } => {
+                write!(f, "no running worker for {}", config.display())
+            }
+            ShellError::Worker(message) => write!(f, "the running worker refused: {message}"),
         }
     }
 }

@@ -11,14 +11,15 @@
 //! | module | what it does |
 //! |---|---|
 //! | [`error`] | [`ShellError`] (config, CLI, entropy), [`RunError`] (a daemon that could not start), the `studio-worker:` prefix of the last stderr line |
-//! | [`control`] | [`Control`] (ask a running daemon to shut down, from any thread) and [`Exit`] (how it ended) |
+//! | [`control`] | [`Control`] (from any thread: ask a running daemon to shut down, apply an operator's change, read its core) and [`Exit`] (how it ended) |
+//! | [`telemetry`] | Sentry, opt-in through `SENTRY_DSN`: release, environment, panics, `tracing` errors and warnings, every secret scrubbed |
 //! | [`clock`] | [`Clock`], the only place the shells read time, and [`wait_duration`] (a deadline as a sleep, rounded up) |
 //! | [`gpu`] | GPU memory (CUDA driver, NVIDIA sysfs, nvidia-smi) and the VRAM threshold warning |
 //! | [`host`] | the host probe (`HostFacts`) |
 //! | [`entropy`] | the OS CSPRNG: install ids, registration secrets, the jitter seed |
 //! | [`config`] | `config.toml`: load (created on first run), validate, atomic `0600` save, redaction, mapping to the core's `WorkerConfig` |
+//! | [`lock`] | one daemon per config: the exclusive `daemon.lock` beside `config.toml` ([`lock::DaemonLock`]) |
 //! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
-//! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`, `replay`) |
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | the engine pool and the HTTP runner: engine jobs and HTTP requests on background threads, completions through a callback ([`EventSink`]) |
 //! | [`driver`] | the [`CommandRouter`]: performs every non-socket `Command` of the core |
@@ -28,8 +29,10 @@
 //! | [`connect`] | the runtime-agnostic steps of `Command::Connect`: the upgrade read loop as a state machine ([`connect::Exchange`]), the failure messages |
 //! | [`session`] | the runtime-agnostic half of the loop: the core, its router, the connection bookkeeping (connecting / open / closing, the 5 s close linger), driven through a shell's [`SocketIo`] |
 //! | [`daemon`] | [`WorkerDaemon`]: what a shell provides (a daemon built from a [`session::Setup`], its [`Control`], `run` to the [`Exit`]) |
+//! | [`api`] | the local control API on 127.0.0.1 (status, pause/resume, enable/disable, shutdown, logs, live settings, Prometheus metrics; token, Host/Origin and size checks) and the CLI's client of it |
+//! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`, `replay`, and, against a running worker, `pause`, `resume`, `enable`, `disable`) |
 //! | [`signals`] | SIGINT / SIGTERM -> [`Control::shutdown`] on a signal-hook thread |
-//! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr) |
+//! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr, the Sentry layer) |
 //! | `demo` | (feature `demo`) `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
 //! | [`app`] | the application entry: the shared `main` of both binaries and `studio-worker run` |
 //! | `test_support` | (feature `test-support`) the scenarios every shell's tests instantiate: daemon loop, connect, CLI, demo |
@@ -55,6 +58,7 @@
 //! Under the [`Session`], [`CommandRouter::feed`] is the core's whole driving contract in
 //! one call (handle, drain to `Wait`, perform every non-socket command).
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;
@@ -71,11 +75,13 @@ pub mod error;
 pub mod gpu;
 pub mod host;
 pub mod http;
+pub mod lock;
 pub mod logging;
 pub mod pool;
 pub mod record;
 pub mod session;
 pub mod signals;
+pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod tls;
@@ -84,7 +90,7 @@ pub mod ws;
 pub use cli::{run_admin_command, Cli, CliCommand};
 pub use clock::{wait_duration, Clock};
 pub use config::{default_config_path, Config};
-pub use control::{Control, Exit};
+pub use control::{Change, Control, ControlError, Exit};
 pub use daemon::WorkerDaemon;
 pub use driver::{CommandRouter, Drained, Effect};
 pub use engine::{engine_router, engine_settings};

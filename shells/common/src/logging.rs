@@ -1,10 +1,14 @@
 //! `tracing` setup shared by both binaries: human-readable lines on stderr, filtered by
-//! `RUST_LOG` (default `info`; invalid directives are ignored rather than fatal).
+//! `RUST_LOG` (default `info`; invalid directives are ignored rather than fatal), and, for
+//! `run`, the Sentry layer ([`crate::telemetry::layer`], a no-op unless `SENTRY_DSN` is
+//! set).
 //!
 //! Nothing logged by the shells carries a secret: bearer tokens and registration secrets
 //! never appear in events, and configs log through their redacting `Display`/`Debug`.
 
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// The `RUST_LOG` filter, defaulting to `info`.
 pub fn env_filter() -> EnvFilter {
@@ -27,10 +31,19 @@ pub fn init() -> bool {
 /// [`init`] with another level for when `RUST_LOG` is unset (the demo uses `warn` so its
 /// table is not buried in session logs).
 pub fn init_with_default(default: LevelFilter) -> bool {
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter_with_default(default))
+    init_with(default, false)
+}
+
+/// [`init_with_default`], with the Sentry layer when `sentry` is set (errors become
+/// events, warnings breadcrumbs, while Sentry is on).
+pub fn init_with(default: LevelFilter, sentry: bool) -> bool {
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(true)
+        .with_target(true);
+    tracing_subscriber::registry()
+        .with(env_filter_with_default(default))
+        .with(stderr)
+        .with(sentry.then(crate::telemetry::layer))
         .try_init()
         .is_ok()
 }

@@ -27,10 +27,13 @@
 //! `Input::Log` entries (category `engine`, the job's id), which the core ships to the
 //! studio with the other log lines.
 //!
-//! [`EnginePool::cancel`] (`Command::CancelJob`) drops the job's held bytes. A Rust thread
-//! cannot be killed: the engine finishes in the background and its result still arrives,
-//! under its run, for the core to drop. (The core cancels only as it stops, so the bytes
-//! such a late result leaves behind live only until the process ends.)
+//! [`EnginePool::cancel`] (`Command::CancelJob`) drops the job's held bytes and cancels the
+//! job's [`CancelToken`] (installed for the engine thread, `studio_engines::cancel`): an
+//! engine running a child process kills it at once, one that polls the token stops early.
+//! A Rust thread cannot be killed: an engine that does neither finishes in the background
+//! and its result still arrives, under its run, for the core to drop. (The core cancels
+//! only as it stops, so the bytes such a late result leaves behind live only until the
+//! process ends.) Dispatching a job id again cancels the earlier run's token.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,6 +42,7 @@ use std::thread;
 
 use studio_core::wire::{JobOfferClaim, LogEntry};
 use studio_core::worker::{HttpId, HttpRequest, HttpResult, Input, JobOutcome, RunId};
+use studio_engines::cancel::{self, CancelToken};
 use studio_engines::job_log::{self, JobLogLevel, JobLogSink};
 use studio_engines::{Engine, EngineOutput, JobRequest};
 
@@ -91,6 +95,8 @@ pub fn sink(f: impl Fn(PoolEvent) + Send + Sync + 'static) -> EventSink {
 
 #[derive(Default)]
 struct State {
+    /// The cancel token of each job's current run, until the run ends.
+    tokens: BTreeMap<String, (RunId, CancelToken)>,
     /// Binary results awaiting upload.
     results: BTreeMap<String, Arc<Vec<u8>>>,
 }
@@ -134,7 +140,15 @@ impl EnginePool {
             claim.model_source.clone(),
         );
         let job_id = claim.job_id.clone();
-        lock(&self.state).results.remove(&job_id);
+        let token = CancelToken::new();
+        let superseded = {
+            let mut st = lock(&self.state);
+            st.results.remove(&job_id);
+            st.tokens.insert(job_id.clone(), (run, token.clone()))
+        };
+        if let Some((_, earlier)) = superseded {
+            earlier.cancel();
+        }
         tracing::debug!(%job_id, %run, model = %claim.model, kind = %claim.task.kind(), "job dispatched");
         let engine = Arc::clone(&self.engine);
         let state = Arc::clone(&self.state);
@@ -143,7 +157,9 @@ impl EnginePool {
             .name(format!("engine-job-{}", run.0))
             .spawn(move || {
                 let notices = notice_sink(&sink, &request.job_id);
-                let outcome = job_log::with_sink(notices, || run_engine(engine.as_ref(), &request));
+                let outcome = cancel::with_token(token, || {
+                    job_log::with_sink(notices, || run_engine(engine.as_ref(), &request))
+                });
                 finish(&state, &sink, request.job_id, run, outcome);
             });
         if let Err(e) = spawned {
@@ -156,9 +172,18 @@ impl EnginePool {
         }
     }
 
-    /// `Command::CancelJob`: drops the held bytes of `job_id` (its result still arrives).
+    /// `Command::CancelJob`: drops the held bytes of `job_id` and cancels its running
+    /// engine's token (its result still arrives).
     pub fn cancel(&self, job_id: &str) {
-        lock(&self.state).results.remove(job_id);
+        let token = {
+            let mut st = lock(&self.state);
+            st.results.remove(job_id);
+            st.tokens.remove(job_id)
+        };
+        // Outside the state lock: the token's hooks may take a moment (a kill signal).
+        if let Some((_, token)) = token {
+            token.cancel();
+        }
     }
 
     /// Drops the held binary result of `job_id` (`Command::DiscardResult`).
@@ -237,6 +262,12 @@ fn finish(
     run: RunId,
     result: Result<EngineOutput, Failure>,
 ) {
+    {
+        let mut st = lock(state);
+        if st.tokens.get(&job_id).is_some_and(|(r, _)| *r == run) {
+            st.tokens.remove(&job_id);
+        }
+    }
     let outcome = match result {
         Ok(EngineOutput::Json(result)) => JobOutcome::Json { result },
         Ok(EngineOutput::Binary { bytes, ext }) => {
@@ -370,6 +401,16 @@ pub(crate) mod tests {
             }
             match prompt {
                 "panic" => panic!("boom"),
+                "until-cancelled" => {
+                    // Like an engine running a child process: a hook fires on cancel.
+                    let (tx, rx) = mpsc::channel();
+                    let tx = Mutex::new(tx);
+                    let _hook = cancel::current().on_cancel(move || {
+                        let _ = tx.lock().unwrap().send(());
+                    });
+                    let cancelled = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+                    Ok(EngineOutput::Json(json!({"cancelled": cancelled})))
+                }
                 "notice" => {
                     job_log::info("fetching model.gguf: 50% of 1.0 KiB");
                     job_log::warn("a cached copy was bad");
@@ -396,6 +437,34 @@ pub(crate) mod tests {
 
     fn image(prompt: &str) -> serde_json::Value {
         json!({"kind": "image", "prompt": prompt})
+    }
+
+    #[test]
+    fn cancel_and_a_new_run_trip_the_engines_cancel_token() {
+        let (pool, rx) = test_pool(None);
+        let cancelled = |run: u64| PoolEvent::Job {
+            job_id: "j-c".into(),
+            run: RunId(run),
+            outcome: JobOutcome::Json {
+                result: json!({"cancelled": true}),
+            },
+        };
+        pool.dispatch(&claim("j-c", image("until-cancelled")), RunId(1));
+        pool.cancel("j-c");
+        assert_eq!(recv(&rx), cancelled(1));
+        // A new run of the same job cancels the earlier one; its own runs on.
+        pool.dispatch(&claim("j-c", image("until-cancelled")), RunId(2));
+        pool.dispatch(&claim("j-c", image("hello")), RunId(3));
+        let mut got = vec![recv(&rx), recv(&rx)];
+        got.sort_by_key(|e| match e {
+            PoolEvent::Job { run, .. } => run.0,
+            _ => 0,
+        });
+        assert_eq!(got[0], cancelled(2));
+        assert!(
+            matches!(&got[1], PoolEvent::Job { run: RunId(3), outcome: JobOutcome::Json { result }, .. } if result == &json!({"ok": true})),
+            "{got:?}"
+        );
     }
 
     #[test]

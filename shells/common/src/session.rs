@@ -59,7 +59,7 @@ use tungstenite::Message;
 
 use crate::clock::{wait_duration, Clock};
 use crate::config::Config;
-use crate::control::{Control, Exit};
+use crate::control::{Change, Control, Exit, Request};
 use crate::driver::CommandRouter;
 use crate::error::ShellError;
 use crate::pool::{EventSink, PoolEvent};
@@ -75,19 +75,22 @@ pub enum LoopMsg<S> {
         conn: ConnId,
         result: Result<Box<S>, ConnectError>,
     },
-    /// SIGINT / SIGTERM / [`Control::shutdown`].
-    Shutdown,
+    /// A [`Control`] request: SIGINT / SIGTERM, the local control API, the demo, tests.
+    Control(Request),
 }
 
 /// The two ways into a loop from other threads, built on one `post` (a channel send that
 /// wakes the loop): the [`EventSink`] of the engine pool and HTTP runner, and the
-/// [`Control`] of the signal thread, the demo and tests.
+/// [`Control`] of the signal thread, the local control API, the demo and tests.
 pub fn mailbox<S: 'static>(
     post: impl Fn(LoopMsg<S>) + Clone + Send + Sync + 'static,
 ) -> (EventSink, Control) {
     let to_sink = post.clone();
     let sink = crate::pool::sink(move |event| to_sink(LoopMsg::Pool(event)));
-    (sink, Control::new(move || post(LoopMsg::Shutdown)))
+    (
+        sink,
+        Control::new(move |request| post(LoopMsg::Control(request))),
+    )
 }
 
 /// The socket IO of one runtime. The [`Session`] calls it while performing the core's
@@ -324,7 +327,7 @@ impl Session {
     }
 
     /// A message from another thread or task: a pool completion, a connect result (the
-    /// socket adopted first), a shutdown request.
+    /// socket adopted first), a [`Control`] request.
     pub fn on_loop_msg<IO: SocketIo>(&mut self, msg: LoopMsg<IO::Socket>, io: &mut IO) {
         match msg {
             LoopMsg::Pool(event) => self.on_pool_event(event, io),
@@ -332,8 +335,51 @@ impl Session {
                 let result = result.and_then(|socket| io.adopt(conn, *socket));
                 self.on_connected(conn, result, io);
             }
-            LoopMsg::Shutdown => self.on_shutdown(io),
+            LoopMsg::Control(request) => self.on_request(request, io),
         }
+    }
+
+    /// A [`Control`] request: a shutdown, an operator's change (saved first when it is a
+    /// setting, then fed to the core as its input), or a query answered from the core
+    /// itself.
+    pub fn on_request(&mut self, request: Request, io: &mut impl SocketIo) {
+        match request {
+            Request::Shutdown => self.on_shutdown(io),
+            Request::Query(read) => read(&self.worker, self.clock().mono()),
+            Request::Change { change, reply } => {
+                let outcome = self.apply(change, io);
+                if let Err(why) = &outcome {
+                    tracing::warn!("{change:?} refused: {why}");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+    }
+
+    /// Carries out an operator's change (see [`Change`]).
+    fn apply(&mut self, change: Change, io: &mut impl SocketIo) -> Result<(), String> {
+        if self.exit.is_some() {
+            return Err("the worker is stopping".into());
+        }
+        // A setting is saved first: a change the file does not keep is not made.
+        match change {
+            Change::Pause | Change::Resume => {}
+            Change::Enabled(enabled) => self
+                .router
+                .update_config(|c| c.auto_enabled = enabled)
+                .map_err(|e| e.to_string())?,
+            Change::Threshold(gb) => {
+                crate::config::validate_threshold(gb).map_err(|e| format!("vram threshold {e}"))?;
+                self.router
+                    .update_config(|c| c.vram_threshold_gb = gb)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        tracing::info!("operator: {change:?}");
+        self.feed(change.input(), io);
+        Ok(())
     }
 
     /// A completion from an engine or HTTP thread (a result of a run the core cancelled is

@@ -106,3 +106,18 @@ fn a_job_for_an_engine_not_compiled_in_fails_not_retryable_and_says_where_to_get
     // The synthetic engine is always carried and always last.
     assert_eq!(carried.last(), Some(&"synthetic"));
 }
+
+#[test]
+fn the_sd_cpp_engine_is_carried_by_default() {
+    // A child-process runner, cheap enough for the small binary (feature `sd-cpp`, default).
+    let router = engine_router(&Config::default());
+    let job = offer(r#"{"kind":"image","prompt":"a fox"}"#, "sd-cpp");
+    if cfg!(feature = "sd-cpp") {
+        let routed = router.route(&job.source.engine).expect("sd-cpp routes");
+        assert_eq!(routed.name(), "sdcpp");
+    } else {
+        let err = router.dispatch(&job).expect_err("not compiled in");
+        assert_eq!(err.kind, EngineErrorKind::EngineNotAvailable, "{err:?}");
+        assert!(err.message.contains("feature `sd-cpp`"), "{err:?}");
+    }
+}

@@ -1,18 +1,20 @@
-//! The engine's own CPU forward pass for llama GGUFs ([`Backend::Native`], the default on
-//! the CPU; candle is the other backend).
+//! The engine's own CPU forward pass for llama, qwen2, qwen3 and gemma3 GGUFs
+//! ([`Backend::Native`], the default on the CPU; candle is the other backend, for llama
+//! GGUFs).
 //!
 //! [`Backend::Native`]: super::Backend::Native
 //!
 //! # Weights
 //!
 //! [`Model::load`] reads every tensor's bytes from the file into an owned buffer and keeps
-//! them in the file's format: matrices in F32, F16, Q4_0, Q4_1 or Q8_0 ([`quant::WType`]),
-//! the norm vectors as f32. A GGUF holding any other type in a tensor the forward pass
-//! uses, a mixture of experts, or a rope over part of the head only is refused by
-//! [`check`] (the engine then runs it with candle). The token embeddings stay quantized
-//! too: each looked-up token's row is dequantized when it is needed. Without an
-//! `output.weight` the embedding matrix is also the output projection (tied weights). The
-//! memory held is therefore the tensor bytes of the file, about its size.
+//! them in the file's format: matrices in F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//! Q5_K or Q6_K ([`quant::WType`]), the norm vectors and biases as f32. A GGUF holding any
+//! other type in a tensor the forward pass uses, a mixture of experts, a rope over part of
+//! the head only or a rope scaling other than linear is refused by [`check`]. The token
+//! embeddings stay quantized too: each looked-up token's row is dequantized when it is
+//! needed. Without an `output.weight` the embedding matrix is also the output projection
+//! (tied weights). The memory held is therefore the tensor bytes of the file, about its
+//! size.
 //!
 //! # Kernels
 //!
@@ -33,12 +35,18 @@
 //!
 //! # Forward pass
 //!
-//! Per layer: RMSNorm; q, k, v projections; rope on q and k (interleaved pairs `(2i,
-//! 2i+1)`, angle `pos / base^(2i / head_dim)`, the GGUF llama layout); k and v appended to
-//! the job's KV cache ([`Session`]: f32, allocated for the job's context up front, touched
-//! as it fills); causal grouped-query attention with a softmax over scaled scores; the
-//! output projection and the residual; RMSNorm; the SwiGLU FFN (`down(silu(gate x) * up
-//! x)`) and the residual. Then the final RMSNorm and the logits of the last token.
+//! The token embeddings (gemma3: times sqrt(dim)), then per layer: RMSNorm; q, k, v
+//! projections (qwen2: plus their biases); qwen3 and gemma3: a per-head RMSNorm of q and k;
+//! rope on q and k (llama: interleaved pairs `(2i, 2i+1)`; the others: pairs `(i, i +
+//! head_dim / 2)`; angle `pos / base^(2i / head_dim)`); k and v appended to the job's KV
+//! cache ([`Session`]: f32, allocated for the job's context up front, touched as it fills);
+//! causal grouped-query attention with a softmax over scores scaled by 1 / sqrt(head_dim)
+//! (gemma3's sliding-window layers, five of every six, see only the last
+//! `attention.sliding_window` positions and use rope base 10 000; the global layers use
+//! `rope.freq_base`); the output projection (gemma3: RMSNorm after it) and the residual;
+//! RMSNorm; the gated FFN (`down(act(gate x) * up x)`, SiLU, gemma3 GELU; gemma3: RMSNorm
+//! after it) and the residual. Then the final RMSNorm and the logits of the last token
+//! (soft-capped when the file gives `final_logit_softcapping`).
 
 pub mod quant;
 pub mod threads;
@@ -101,16 +109,55 @@ impl Matrix {
     }
 }
 
-/// The hyper-parameters of a llama GGUF.
+/// The model families the native path runs (`general.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// `llama` (and SmolLM, Mistral-style models written as llama): interleaved rope.
+    Llama,
+    /// `qwen2`: rope over halves (NeoX), biases on q, k and v.
+    Qwen2,
+    /// `qwen3`: rope over halves, a per-head RMSNorm of q and k before it.
+    Qwen3,
+    /// `gemma3`: embeddings scaled by sqrt(dim), q/k norms, norms after attention and FFN,
+    /// GeGLU, sliding-window layers (5 of 6) with their own rope base, tied embeddings.
+    Gemma3,
+}
+
+impl Arch {
+    /// The architecture named `name`, if the native path runs it.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+
+    /// The `general.architecture` value (and metadata key prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// The hyper-parameters of a GGUF the native path runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The model family.
+    pub arch: Arch,
     /// Embedding width.
     pub dim: usize,
     /// Query heads.
     pub n_head: usize,
     /// Key / value heads.
     pub n_kv_head: usize,
-    /// Elements per head.
+    /// Elements per head (`attention.key_length` when given, else `dim / n_head`).
     pub head_dim: usize,
     /// Transformer blocks.
     pub n_layer: usize,
@@ -120,8 +167,61 @@ pub struct Config {
     pub vocab: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// Rope frequency base.
+    /// Rope frequency base (of the global layers where some use a sliding window).
     pub rope_base: f32,
+    /// Positions are divided by this before rope on the global layers (linear rope
+    /// scaling; 1 without).
+    pub rope_scale: f32,
+    /// Rope pairs: `(i, i + head_dim / 2)` (NeoX) instead of `(2i, 2i + 1)`.
+    pub rope_neox: bool,
+    /// Sliding-window attention: `(window, base, pattern)`: layer `l` attends to the last
+    /// `window` positions only, with rope base `base`, unless `(l + 1) % pattern == 0`.
+    pub sliding: Option<(usize, f32, usize)>,
+    /// Embeddings are multiplied by this (gemma: sqrt(dim)).
+    pub embed_scale: Option<f32>,
+    /// Logits are soft-capped: `cap * tanh(logit / cap)`.
+    pub final_softcap: Option<f32>,
+    /// The FFN's gate activation is GELU (tanh form) instead of SiLU.
+    pub gelu: bool,
+}
+
+impl Config {
+    /// Query width (`n_head * head_dim`).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Key / value width (`n_kv_head * head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+
+    /// Whether layer `l` uses the sliding window, and its window.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        match self.sliding {
+            Some((w, _, pattern)) if pattern == 0 || !(l + 1).is_multiple_of(pattern) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The rope base and position scale of layer `l`.
+    fn rope_of(&self, l: usize) -> (f32, f32) {
+        match (self.window(l), self.sliding) {
+            (Some(_), Some((_, base, _))) => (base, 1.0),
+            _ => (self.rope_base, self.rope_scale),
+        }
+    }
+}
+
+/// Optional per-layer vectors.
+struct Extras {
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
 struct Layer {
@@ -134,16 +234,16 @@ struct Layer {
     gate: Matrix,
     up: Matrix,
     down: Matrix,
+    extras: Extras,
 }
 
-/// A llama model held for the native forward pass.
+/// A model held for the native forward pass.
 pub struct Model {
     cfg: Config,
     embd: Matrix,
     output: Option<Matrix>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
-    inv_freq: Vec<f32>,
     isa: Isa,
     pool: &'static ThreadPool,
 }
@@ -166,6 +266,7 @@ fn md_u32(ct: &gguf_file::Content, key: &str) -> Result<usize, String> {
     v.to_u32()
         .map(|v| v as usize)
         .or_else(|_| v.to_u64().map(|v| v as usize))
+        .or_else(|_| v.to_i32().map(|v| v.max(0) as usize))
         .map_err(|e| format!("{key}: {e}"))
 }
 
@@ -218,41 +319,101 @@ fn vector_type(ct: &gguf_file::Content, name: &str, n: usize) -> Result<WType, S
     Ok(ty)
 }
 
-/// Whether the native path can run the llama GGUF with header `ct`: its configuration,
-/// or why not.
+/// The per-layer vectors an architecture needs (`true`) or may have (`false`), with their
+/// length: `(name, length, required)`.
+fn layer_vectors(cfg: &Config) -> Vec<(&'static str, usize, bool)> {
+    let (dim, hd) = (cfg.dim, cfg.head_dim);
+    let mut v = vec![
+        ("attn_norm", dim, true),
+        ("ffn_norm", dim, true),
+        ("attn_q.bias", cfg.q_dim(), cfg.arch == Arch::Qwen2),
+        ("attn_k.bias", cfg.kv_dim(), cfg.arch == Arch::Qwen2),
+        ("attn_v.bias", cfg.kv_dim(), cfg.arch == Arch::Qwen2),
+    ];
+    let qk_norm = matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3);
+    v.push(("attn_q_norm", hd, qk_norm));
+    v.push(("attn_k_norm", hd, qk_norm));
+    let post = cfg.arch == Arch::Gemma3;
+    v.push(("post_attention_norm", dim, post));
+    v.push(("post_ffw_norm", dim, post));
+    v
+}
+
+/// The GGUF name of a layer vector (`attn_norm` -> `blk.3.attn_norm.weight`, biases as
+/// named).
+fn vector_name(layer: usize, name: &str) -> String {
+    if name.ends_with(".bias") {
+        format!("blk.{layer}.{name}")
+    } else {
+        format!("blk.{layer}.{name}.weight")
+    }
+}
+
+/// Whether the native path can run the GGUF with header `ct`: its configuration, or why
+/// not.
 pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
-    let arch = ct
+    let arch_name = ct
         .metadata
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
         .map(String::as_str);
-    if arch != Some("llama") {
-        return Err(format!("architecture {arch:?} is not llama"));
-    }
-    if md_u32(ct, "llama.expert_count").unwrap_or(0) > 1 {
+    let arch = arch_name.and_then(Arch::from_name).ok_or_else(|| {
+        format!("architecture {arch_name:?} is not one of llama, qwen2, qwen3, gemma3")
+    })?;
+    let a = arch.name();
+    let key = |k: &str| format!("{a}.{k}");
+    if md_u32(ct, &key("expert_count")).unwrap_or(0) > 1 {
         return Err("mixtures of experts are not supported".into());
     }
-    let dim = md_u32(ct, "llama.embedding_length")?;
-    let n_head = md_u32(ct, "llama.attention.head_count")?;
-    let n_kv_head = md_u32(ct, "llama.attention.head_count_kv")?;
-    let n_layer = md_u32(ct, "llama.block_count")?;
-    if n_head == 0
-        || n_kv_head == 0
-        || !dim.is_multiple_of(n_head)
-        || !n_head.is_multiple_of(n_kv_head)
-    {
-        return Err(format!("{n_head} heads / {n_kv_head} kv heads over {dim}"));
+    let dim = md_u32(ct, &key("embedding_length"))?;
+    let n_head = md_u32(ct, &key("attention.head_count"))?;
+    let n_kv_head = md_u32(ct, &key("attention.head_count_kv")).unwrap_or(n_head);
+    let n_layer = md_u32(ct, &key("block_count"))?;
+    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
+        return Err(format!("{n_head} heads / {n_kv_head} kv heads"));
     }
-    let head_dim = dim / n_head;
-    let rope_dim = md_u32(ct, "llama.rope.dimension_count")?;
-    if rope_dim != head_dim || !head_dim.is_multiple_of(2) {
+    let head_dim = match md_u32(ct, &key("attention.key_length")) {
+        Ok(k) => k,
+        Err(_) if dim.is_multiple_of(n_head) => dim / n_head,
+        Err(_) => return Err(format!("{n_head} heads over {dim}")),
+    };
+    if let Ok(v) = md_u32(ct, &key("attention.value_length")) {
+        if v != head_dim {
+            return Err(format!(
+                "value length {v} differs from key length {head_dim}"
+            ));
+        }
+    }
+    let rope_dim = md_u32(ct, &key("rope.dimension_count")).unwrap_or(head_dim);
+    if rope_dim != head_dim || head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(format!(
             "rope over {rope_dim} of {head_dim} head dimensions"
         ));
     }
-    let eps = md_f32(ct, "llama.attention.layer_norm_rms_epsilon")
-        .ok_or("no llama.attention.layer_norm_rms_epsilon metadata")?;
-    let rope_base = md_f32(ct, "llama.rope.freq_base").unwrap_or(10000.0);
+    let eps = md_f32(ct, &key("attention.layer_norm_rms_epsilon"))
+        .ok_or_else(|| format!("no {a}.attention.layer_norm_rms_epsilon metadata"))?;
+    let rope_base = md_f32(ct, &key("rope.freq_base")).unwrap_or(10000.0);
+    let scaling = ct
+        .metadata
+        .get(&key("rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str);
+    let factor = md_f32(ct, &key("rope.scaling.factor")).unwrap_or(1.0);
+    let rope_scale = match scaling {
+        None | Some("none") => 1.0,
+        Some("linear") if factor > 0.0 => 1.0 / factor,
+        Some(other) => return Err(format!("rope scaling `{other}` is not supported")),
+    };
+    let sliding = if arch == Arch::Gemma3 {
+        // Gemma 3: five sliding-window layers, then a global one; the local rope base is
+        // 10 000 unless the file says otherwise.
+        let window = md_u32(ct, &key("attention.sliding_window"))?;
+        let base = md_f32(ct, &key("rope.local_freq_base")).unwrap_or(10000.0);
+        Some((window, base, 6))
+    } else {
+        None
+    };
+    let softcap = md_f32(ct, &key("final_logit_softcapping")).filter(|c| *c > 0.0);
     let embd = ct
         .tensor_infos
         .get("token_embd.weight")
@@ -268,6 +429,7 @@ pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
         .copied()
         .unwrap_or(0);
     let cfg = Config {
+        arch,
         dim,
         n_head,
         n_kv_head,
@@ -277,8 +439,14 @@ pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
         vocab,
         eps,
         rope_base,
+        rope_scale,
+        rope_neox: arch != Arch::Llama,
+        sliding,
+        embed_scale: (arch == Arch::Gemma3).then(|| (dim as f32).sqrt()),
+        final_softcap: softcap,
+        gelu: arch == Arch::Gemma3,
     };
-    let kv = n_kv_head * head_dim;
+    let (qd, kv) = (cfg.q_dim(), cfg.kv_dim());
     let mut quantized_cols = vec![];
     let t = tensor_shape(ct, "token_embd.weight", vocab, dim)?;
     quantized_cols.push((t, dim));
@@ -287,19 +455,22 @@ pub fn check(ct: &gguf_file::Content) -> Result<Config, String> {
     }
     vector_type(ct, "output_norm.weight", dim)?;
     for l in 0..n_layer {
-        let p = format!("blk.{l}");
-        vector_type(ct, &format!("{p}.attn_norm.weight"), dim)?;
-        vector_type(ct, &format!("{p}.ffn_norm.weight"), dim)?;
+        for (name, n, required) in layer_vectors(&cfg) {
+            let name = vector_name(l, name);
+            if required || ct.tensor_infos.contains_key(&name) {
+                vector_type(ct, &name, n)?;
+            }
+        }
         for (name, rows, cols) in [
-            ("attn_q", dim, dim),
+            ("attn_q", qd, dim),
             ("attn_k", kv, dim),
             ("attn_v", kv, dim),
-            ("attn_output", dim, dim),
+            ("attn_output", dim, qd),
             ("ffn_gate", ff, dim),
             ("ffn_up", ff, dim),
             ("ffn_down", dim, ff),
         ] {
-            let t = tensor_shape(ct, &format!("{p}.{name}.weight"), rows, cols)?;
+            let t = tensor_shape(ct, &format!("blk.{l}.{name}.weight"), rows, cols)?;
             quantized_cols.push((t, cols));
         }
     }
@@ -359,7 +530,7 @@ fn read_bytes<R: Read + Seek>(
 }
 
 impl Model {
-    /// Loads the llama GGUF with header `ct` from `r` (the file it was read from).
+    /// Loads the GGUF with header `ct` from `r` (the file it was read from).
     pub fn load<R: Read + Seek>(ct: &gguf_file::Content, r: &mut R) -> Result<Model, LoadError> {
         let cfg = check(ct).map_err(LoadError::Unsupported)?;
         let file_len = r
@@ -399,9 +570,26 @@ impl Model {
         let norm = vector("output_norm.weight")?;
         let mut built = Vec::with_capacity(cfg.n_layer);
         for (l, (wq, wk, wv, wo, gate, up, down)) in layers.into_iter().enumerate() {
+            let mut opt = |name: &str| -> Result<Option<Vec<f32>>, LoadError> {
+                let name = vector_name(l, name);
+                if ct.tensor_infos.contains_key(&name) {
+                    vector(&name).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let extras = Extras {
+                q_bias: opt("attn_q.bias")?,
+                k_bias: opt("attn_k.bias")?,
+                v_bias: opt("attn_v.bias")?,
+                q_norm: opt("attn_q_norm")?,
+                k_norm: opt("attn_k_norm")?,
+                post_attn_norm: opt("post_attention_norm")?,
+                post_ffn_norm: opt("post_ffw_norm")?,
+            };
             built.push(Layer {
-                attn_norm: vector(&format!("blk.{l}.attn_norm.weight"))?,
-                ffn_norm: vector(&format!("blk.{l}.ffn_norm.weight"))?,
+                attn_norm: vector(&vector_name(l, "attn_norm"))?,
+                ffn_norm: vector(&vector_name(l, "ffn_norm"))?,
                 wq,
                 wk,
                 wv,
@@ -409,19 +597,15 @@ impl Model {
                 gate,
                 up,
                 down,
+                extras,
             });
         }
-        let inv_freq = (0..cfg.head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / cfg.rope_base.powf(i as f32 / cfg.head_dim as f32))
-            .collect();
         Ok(Model {
             cfg,
             embd,
             output,
             norm,
             layers: built,
-            inv_freq,
             isa: Isa::detect(),
             pool: ThreadPool::global(),
         })
@@ -457,6 +641,21 @@ impl Model {
         n += self.output.as_ref().map_or(0, Matrix::bytes);
         for l in &self.layers {
             n += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
+            let e = &l.extras;
+            for v in [
+                &e.q_bias,
+                &e.k_bias,
+                &e.v_bias,
+                &e.q_norm,
+                &e.k_norm,
+                &e.post_attn_norm,
+                &e.post_ffn_norm,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                n += v.len() * 4;
+            }
             for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
                 n += m.bytes();
             }
@@ -467,8 +666,7 @@ impl Model {
     /// A job's state for a context of `ctx` tokens (the KV cache; its memory is touched
     /// only as positions are filled).
     pub fn session(&self, ctx: usize) -> Session {
-        let kv = self.cfg.n_kv_head * self.cfg.head_dim;
-        let n = self.cfg.n_layer * ctx * kv;
+        let n = self.cfg.n_layer * ctx * self.cfg.kv_dim();
         Session {
             ctx,
             k: vec![0f32; n],
@@ -503,35 +701,47 @@ impl Model {
             ));
         }
         let (dim, hd, ff) = (cfg.dim, cfg.head_dim, cfg.ff);
-        let kv = cfg.n_kv_head * hd;
+        let (qd, kv) = (cfg.q_dim(), cfg.kv_dim());
         let isa = self.isa;
         let pool = self.pool;
 
         let mut x = vec![0f32; b * dim];
         for (t, &tok) in tokens.iter().enumerate() {
-            quant::dequantize_row(
-                self.embd.ty,
-                self.embd.row(tok as usize),
-                &mut x[t * dim..][..dim],
-            );
-        }
-        // Rope angles of the chunk's positions.
-        let half = hd / 2;
-        let mut rope = vec![(0f32, 0f32); b * half];
-        for t in 0..b {
-            let p = (pos + t) as f32;
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let a = p * f;
-                rope[t * half + i] = (a.cos(), a.sin());
+            let row = &mut x[t * dim..][..dim];
+            quant::dequantize_row(self.embd.ty, self.embd.row(tok as usize), row);
+            if let Some(scale) = cfg.embed_scale {
+                row.iter_mut().for_each(|v| *v *= scale);
             }
+        }
+        // Rope angles of the chunk's positions, per distinct (base, scale) of the layers.
+        let half = hd / 2;
+        let mut ropes: Vec<(RopeKey, Vec<(f32, f32)>)> = Vec::new();
+        for l in 0..cfg.n_layer {
+            let key = cfg.rope_of(l);
+            if ropes.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let (base, scale) = key;
+            let inv_freq: Vec<f32> = (0..half)
+                .map(|i| 1f32 / base.powf((2 * i) as f32 / hd as f32))
+                .collect();
+            let mut table = vec![(0f32, 0f32); b * half];
+            for t in 0..b {
+                let p = (pos + t) as f32 * scale;
+                for (i, f) in inv_freq.iter().enumerate() {
+                    let a = p * f;
+                    table[t * half + i] = (a.cos(), a.sin());
+                }
+            }
+            ropes.push((key, table));
         }
 
         let mut acts = Acts::default();
         let mut xn = vec![0f32; b * dim];
-        let mut q = vec![0f32; b * dim];
+        let mut q = vec![0f32; b * qd];
         let mut k = vec![0f32; b * kv];
         let mut v = vec![0f32; b * kv];
-        let mut att = vec![0f32; b * dim];
+        let mut att = vec![0f32; b * qd];
         let mut o = vec![0f32; b * dim];
         let mut g = vec![0f32; b * ff];
         let mut u = vec![0f32; b * ff];
@@ -540,6 +750,7 @@ impl Model {
             .collect();
 
         for (li, l) in self.layers.iter().enumerate() {
+            let e = &l.extras;
             rms_norm(&x, &l.attn_norm, cfg.eps, &mut xn);
             acts.set(
                 &xn,
@@ -554,13 +765,36 @@ impl Model {
                 &[&l.wq, &l.wk, &l.wv],
                 &mut [&mut q, &mut k, &mut v],
             );
+            for (out, bias) in [
+                (&mut q, &e.q_bias),
+                (&mut k, &e.k_bias),
+                (&mut v, &e.v_bias),
+            ] {
+                if let Some(bias) = bias {
+                    for row in out.chunks_exact_mut(bias.len()) {
+                        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                    }
+                }
+            }
+            // Per-head norms of q and k (qwen3, gemma3), in place.
+            for (out, w) in [(&mut q, &e.q_norm), (&mut k, &e.k_norm)] {
+                if let Some(w) = w {
+                    let normed: Vec<f32> = out.clone();
+                    rms_norm(&normed, w, cfg.eps, out);
+                }
+            }
+            let rope = &ropes
+                .iter()
+                .find(|(key, _)| *key == cfg.rope_of(li))
+                .expect("a table per rope of the layers")
+                .1;
             for t in 0..b {
                 let r = &rope[t * half..][..half];
-                for h in q[t * dim..][..dim].chunks_exact_mut(hd) {
-                    rotate(h, r);
+                for h in q[t * qd..][..qd].chunks_exact_mut(hd) {
+                    rotate(h, r, cfg.rope_neox);
                 }
                 for h in k[t * kv..][..kv].chunks_exact_mut(hd) {
-                    rotate(h, r);
+                    rotate(h, r, cfg.rope_neox);
                 }
                 let at = (li * sess.ctx + pos + t) * kv;
                 sess.k[at..at + kv].copy_from_slice(&k[t * kv..][..kv]);
@@ -569,10 +803,24 @@ impl Model {
             let layer_k = &sess.k[li * sess.ctx * kv..][..(pos + b) * kv];
             let layer_v = &sess.v[li * sess.ctx * kv..][..(pos + b) * kv];
             attention(
-                pool, isa, cfg, &q, layer_k, layer_v, pos, b, &scratch, &mut att,
+                pool,
+                isa,
+                cfg,
+                cfg.window(li),
+                &q,
+                layer_k,
+                layer_v,
+                pos,
+                b,
+                &scratch,
+                &mut att,
             );
-            acts.set(&att, dim, b, l.wo.ty.quantized());
+            acts.set(&att, qd, b, l.wo.ty.quantized());
             matmul(pool, isa, &acts, &[&l.wo], &mut [&mut o]);
+            if let Some(w) = &e.post_attn_norm {
+                let raw = o.clone();
+                rms_norm(&raw, w, cfg.eps, &mut o);
+            }
             for (x, o) in x.iter_mut().zip(&o) {
                 *x += o;
             }
@@ -580,11 +828,21 @@ impl Model {
             rms_norm(&x, &l.ffn_norm, cfg.eps, &mut xn);
             acts.set(&xn, dim, b, l.gate.ty.quantized() || l.up.ty.quantized());
             matmul(pool, isa, &acts, &[&l.gate, &l.up], &mut [&mut g, &mut u]);
-            for (g, u) in g.iter_mut().zip(&u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            if cfg.gelu {
+                for (g, u) in g.iter_mut().zip(&u) {
+                    *g = gelu(*g) * u;
+                }
+            } else {
+                for (g, u) in g.iter_mut().zip(&u) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
             }
             acts.set(&g, ff, b, l.down.ty.quantized());
             matmul(pool, isa, &acts, &[&l.down], &mut [&mut o]);
+            if let Some(w) = &e.post_ffn_norm {
+                let raw = o.clone();
+                rms_norm(&raw, w, cfg.eps, &mut o);
+            }
             for (x, o) in x.iter_mut().zip(&o) {
                 *x += o;
             }
@@ -596,8 +854,20 @@ impl Model {
         acts.set(&xl, dim, 1, out.ty.quantized());
         let mut logits = vec![0f32; cfg.vocab];
         matmul(pool, isa, &acts, &[out], &mut [&mut logits]);
+        if let Some(cap) = cfg.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
+}
+
+/// A layer's rope: (base, position scale).
+type RopeKey = (f32, f32);
+
+/// GELU, tanh form (what llama.cpp and Gemma's `gelu_pytorch_tanh` use).
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// A job's KV cache: per layer, `ctx` positions of `n_kv_head * head_dim` keys (values).
@@ -626,12 +896,22 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Rotates the interleaved pairs of one head by the angles `r` (cos, sin).
-fn rotate(h: &mut [f32], r: &[(f32, f32)]) {
-    for (p, &(c, s)) in h.chunks_exact_mut(2).zip(r) {
-        let (a, b) = (p[0], p[1]);
-        p[0] = a * c - b * s;
-        p[1] = a * s + b * c;
+/// Rotates one head by the angles `r` (cos, sin): the pairs `(2i, 2i + 1)`, or with `neox`
+/// the pairs `(i, i + head_dim / 2)`.
+fn rotate(h: &mut [f32], r: &[(f32, f32)], neox: bool) {
+    if neox {
+        let (a, b) = h.split_at_mut(h.len() / 2);
+        for ((a, b), &(c, s)) in a.iter_mut().zip(b.iter_mut()).zip(r) {
+            let (x, y) = (*a, *b);
+            *a = x * c - y * s;
+            *b = x * s + y * c;
+        }
+    } else {
+        for (p, &(c, s)) in h.chunks_exact_mut(2).zip(r) {
+            let (a, b) = (p[0], p[1]);
+            p[0] = a * c - b * s;
+            p[1] = a * s + b * c;
+        }
     }
 }
 
@@ -751,12 +1031,14 @@ fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [
 }
 
 /// Causal grouped-query attention of the chunk's `b` queries (at `pos..pos + b`) over the
-/// layer's cached keys / values `k`, `v` (positions `0..pos + b`), into `out`.
+/// layer's cached keys / values `k`, `v` (positions `0..pos + b`), into `out`; with a
+/// `window`, a query at `p` sees the positions `p - window + 1..=p` only.
 #[allow(clippy::too_many_arguments)]
 fn attention(
     pool: &ThreadPool,
     isa: Isa,
     cfg: &Config,
+    window: Option<usize>,
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -766,7 +1048,7 @@ fn attention(
     out: &mut [f32],
 ) {
     let (hd, nh) = (cfg.head_dim, cfg.n_head);
-    let kv = cfg.n_kv_head * hd;
+    let kv = cfg.kv_dim();
     let group = nh / cfg.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     let pieces: Vec<Mutex<&mut [f32]>> = out.chunks_mut(hd).map(Mutex::new).collect();
@@ -777,11 +1059,12 @@ fn attention(
         for idx in range {
             let (t, h) = (idx / nh, idx % nh);
             let n = pos + t + 1;
+            let first = window.map_or(0, |w| n.saturating_sub(w));
             let qh = &q[t * nh * hd + h * hd..][..hd];
             let off = (h / group) * hd;
-            let s = &mut scores[..n];
+            let s = &mut scores[first..n];
             let mut max = f32::NEG_INFINITY;
-            for (p, s) in s.iter_mut().enumerate() {
+            for (p, s) in (first..n).zip(s.iter_mut()) {
                 *s = quant::dot_f32(isa, qh, &k[p * kv + off..][..hd]) * scale;
                 max = max.max(*s);
             }
@@ -793,7 +1076,7 @@ fn attention(
             let mut o = pieces[idx].lock().unwrap_or_else(|p| p.into_inner());
             o.fill(0.0);
             let inv = 1.0 / sum;
-            for (p, &s) in s.iter().enumerate() {
+            for (p, &s) in (first..n).zip(s.iter()) {
                 quant::axpy(isa, &mut o, s * inv, &v[p * kv + off..][..hd]);
             }
         }
@@ -816,8 +1099,17 @@ mod tests {
         assert_eq!(out, [1.0, -2.0, 3.0, -4.0]);
         let mut h = [1.0f32, 0.0, 0.0, 2.0];
         let half_pi = std::f32::consts::FRAC_PI_2;
-        rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)]);
+        rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)], false);
         assert!((h[0]).abs() < 1e-6 && (h[1] - 1.0).abs() < 1e-6);
         assert_eq!(&h[2..], &[0.0, 2.0]);
+        // NeoX pairs: (0, 2) rotated by pi/2, (1, 3) not at all.
+        let mut h = [1.0f32, 0.0, 0.0, 2.0];
+        rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)], true);
+        assert!(h[0].abs() < 1e-6 && (h[2] - 1.0).abs() < 1e-6);
+        assert_eq!((h[1], h[3]), (0.0, 2.0));
+        // GELU (tanh form) at a few points.
+        assert_eq!(gelu(0.0), 0.0);
+        assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu(-3.0) + 0.003_637_4).abs() < 1e-5);
     }
 }

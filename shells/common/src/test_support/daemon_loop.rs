@@ -38,6 +38,7 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Running {
     control: Control,
     exit: Receiver<Exit>,
+    config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -61,7 +62,7 @@ impl Running {
         let worker_config = config.to_worker_config(host::probe(), engine.capabilities(), 7);
         let mut daemon = D::new(Setup {
             config,
-            config_path: path,
+            config_path: path.clone(),
             worker_config,
             engine: Arc::new(engine),
         })
@@ -77,6 +78,7 @@ impl Running {
         Running {
             control,
             exit,
+            config_path: path,
             _dir: dir,
         }
     }
@@ -577,4 +579,110 @@ pub fn an_oversized_frame_closes_with_protocol_violation_and_reconnects<D: Worke
     let ((code, reason), (last_code, _)) = server.join().unwrap();
     assert_eq!((code, reason.as_str()), (1000, "protocol violation"));
     assert_eq!(last_code, 1000);
+}
+
+/// An operator's changes through the daemon's [`Control`] (what the local control API and
+/// the CLI use): a pause is advertised at once and read back from the core; `enable` /
+/// `disable` and the threshold are saved in config.toml before they apply; a refused value
+/// changes nothing; the worker's session goes on throughout.
+pub fn operator_changes_reach_the_studio_and_are_saved<D: WorkerDaemon>() {
+    use crate::control::{Change, ControlError};
+    let (listener, base) = listen();
+    let seen = Arc::new(Mutex::new(SeenRequest::default()));
+    let (to_test, heartbeats) = mpsc::channel();
+    let server = serve(listener, move |listener| {
+        let mut ws = welcomed_session(&listener, &seen);
+        loop {
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "heartbeat" {
+                        let _ = to_test.send(v["capabilities"]["autoEnabled"].clone());
+                        ws.send(Message::text(r#"{"type":"heartbeatAck"}"#))
+                            .unwrap();
+                    }
+                }
+                Ok(Message::Close(_)) => {
+                    let _ = ws.flush();
+                    return;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let running = Running::start::<D>(&base);
+    let next_advertised = || heartbeats.recv_timeout(WAIT).expect("a heartbeat");
+    let control = &running.control;
+    let saved = || Config::load(&running.config_path).unwrap();
+    let read = |f: fn(&studio_core::worker::StatusSnapshot) -> Value| {
+        control
+            .query(move |w, _| f(&w.status()), WAIT)
+            .expect("the loop answers")
+    };
+    wait_for_session(control);
+
+    control.change(Change::Pause, WAIT).unwrap();
+    assert_eq!(read(|s| json!(s.paused)), json!(true));
+    assert_eq!(until_advertised(&next_advertised, false), json!(false));
+
+    control.change(Change::Enabled(false), WAIT).unwrap();
+    assert!(!saved().auto_enabled, "disable is saved");
+    control.change(Change::Resume, WAIT).unwrap();
+    assert_eq!(
+        read(|s| json!([s.paused, s.enabled])),
+        json!([false, false])
+    );
+    control.change(Change::Enabled(true), WAIT).unwrap();
+    assert!(saved().auto_enabled);
+    assert_eq!(until_advertised(&next_advertised, true), json!(true));
+
+    match control.change(Change::Threshold(-1.0), WAIT) {
+        Err(ControlError::Refused(why)) => assert!(why.contains(">= 0"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        saved().vram_threshold_gb,
+        Config::default().vram_threshold_gb
+    );
+    control.change(Change::Threshold(6.0), WAIT).unwrap();
+    assert_eq!(saved().vram_threshold_gb, 6.0);
+    assert_eq!(read(|s| json!(s.vram_threshold_gb)), json!(6.0));
+
+    running.control.shutdown();
+    assert_eq!(running.exit().code, ExitCode::Clean);
+    server.join().unwrap();
+    // The loop is gone: requests get no answer, without hanging.
+    assert_eq!(
+        running.control.change(Change::Pause, WAIT),
+        Err(ControlError::Stopped)
+    );
+}
+
+/// Waits until the core says its session is welcomed.
+fn wait_for_session(control: &Control) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let connected = control
+            .query(
+                |w, _| w.status().session == studio_core::worker::SessionState::Connected,
+                WAIT,
+            )
+            .unwrap();
+        if connected {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no welcomed session within {WAIT:?}");
+}
+
+/// Heartbeats until one advertises `autoEnabled: want`.
+fn until_advertised(next: &dyn Fn() -> Value, want: bool) -> Value {
+    loop {
+        let v = next();
+        if v == json!(want) {
+            return v;
+        }
+    }
 }

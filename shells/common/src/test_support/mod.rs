@@ -3,7 +3,7 @@
 //!
 //! | macro | scenarios | parameter |
 //! |---|---|---|
-//! | [`crate::daemon_loop_tests!`] | [`daemon_loop`]: the loop against an in-test WebSocket server (welcome, heartbeat, pongs, closes, 401 / 503 upgrades, wss, oversized frames) | the daemon type |
+//! | [`crate::daemon_loop_tests!`] | [`daemon_loop`]: the loop against an in-test WebSocket server (welcome, heartbeat, pongs, closes, 401 / 503 upgrades, wss, oversized frames, an operator's changes through the daemon's control) | the daemon type |
 //! | [`crate::connect_tests!`] | [`connect`]: connection attempts that fail before a session exists | the shell's connect, as `fn(url) -> Result<(), ConnectError>` |
 //! | [`crate::cli_tests!`] | [`cli`]: the binary's exit codes and last stderr line (and, in a build without the `demo` feature, what `demo` answers) | the binary's path |
 //! | `demo_tests!` | `demo` (feature `demo`): `demo` in-process, every job done, results left; expands to nothing in a build without the demo | the daemon type |
@@ -35,6 +35,7 @@ macro_rules! daemon_loop_tests {
                 wss_session_with_large_frames_and_pongs,
                 wss_with_an_untrusted_certificate_is_a_transport_error_and_retried,
                 an_oversized_frame_closes_with_protocol_violation_and_reconnects,
+                operator_changes_reach_the_studio_and_are_saved,
             ]
         );
     };

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Act, WType, QK};
+use super::{Act, WType, QK, QK_K};
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -71,8 +71,13 @@ pub unsafe fn dot(ty: WType, row: &[u8], x: Act<'_>) -> f32 {
         WType::F32 => dot_row_f32(row, x.f),
         WType::F16 => dot_f16(row, x.f),
         WType::Q8_0 => dot_q8_0(row, x),
-        WType::Q4_0 => dot_q4::<18, 2, false>(row, x),
-        WType::Q4_1 => dot_q4::<20, 4, true>(row, x),
+        WType::Q4_0 => dot_small::<18, 2, 0, false, 8>(row, x),
+        WType::Q4_1 => dot_small::<20, 4, 0, true, 0>(row, x),
+        WType::Q5_0 => dot_small::<22, 6, 2, false, 16>(row, x),
+        WType::Q5_1 => dot_small::<24, 8, 4, true, 0>(row, x),
+        WType::Q4K => dot_q45k::<144, false>(row, x),
+        WType::Q5K => dot_q45k::<176, true>(row, x),
+        WType::Q6K => dot_q6k(row, x),
     }
 }
 
@@ -115,12 +120,22 @@ fn q8_block(b: &[u8], q: &[i8], dx: f32, ones: __m256i, acc: __m256) -> __m256 {
     _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(p), acc)
 }
 
-/// Q4_0 (`BYTES` 18, nibbles at 2, no minimum: `m = -8 d`) and Q4_1 (20, 4, `m`).
+/// Q4_0 / Q4_1 / Q5_0 / Q5_1: `BYTES` per block, nibbles at `NIB`, the fifth bits at `QH`
+/// (0: none), a stored minimum (`MIN`) or the offset `OFF` (`m = -OFF d`).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q4<const BYTES: usize, const NIB: usize, const MIN: bool>(row: &[u8], x: Act<'_>) -> f32 {
+fn dot_small<
+    const BYTES: usize,
+    const NIB: usize,
+    const QH: usize,
+    const MIN: bool,
+    const OFF: i32,
+>(
+    row: &[u8],
+    x: Act<'_>,
+) -> f32 {
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
-    // Lane 0: sum of d dx isum (unused); lane 1: sum of m s (Q4_1) or d s (Q4_0).
+    // Lane 0: sum of d dx isum (unused); lane 1: sum of m s (MIN) or d s (offset types).
     let mut macc = _mm_setzero_ps();
     let pairs = row.len() / (2 * BYTES);
     for ((b, q), ds) in row
@@ -128,24 +143,44 @@ fn dot_q4<const BYTES: usize, const NIB: usize, const MIN: bool>(row: &[u8], x: 
         .zip(x.qs.chunks_exact(2 * QK))
         .zip(x.ds.chunks_exact(2))
     {
-        (acc0, macc) = q4_block::<NIB, MIN>(&b[..BYTES], &q[..QK], &ds[0], acc0, macc);
-        (acc1, macc) = q4_block::<NIB, MIN>(&b[BYTES..], &q[QK..], &ds[1], acc1, macc);
+        (acc0, macc) = small_block::<NIB, QH, MIN>(&b[..BYTES], &q[..QK], &ds[0], acc0, macc);
+        (acc1, macc) = small_block::<NIB, QH, MIN>(&b[BYTES..], &q[QK..], &ds[1], acc1, macc);
     }
     for ((b, q), ds) in row[pairs * 2 * BYTES..]
         .chunks_exact(BYTES)
         .zip(x.qs[pairs * 2 * QK..].chunks_exact(QK))
         .zip(&x.ds[pairs * 2..])
     {
-        (acc0, macc) = q4_block::<NIB, MIN>(b, q, ds, acc0, macc);
+        (acc0, macc) = small_block::<NIB, QH, MIN>(b, q, ds, acc0, macc);
     }
     let m = _mm_cvtss_f32(_mm_movehdup_ps(macc));
-    let m = if MIN { m } else { -8.0 * m };
+    let m = if MIN { m } else { -(OFF as f32) * m };
     hsum(_mm256_add_ps(acc0, acc1)) + m
+}
+
+/// 32 bytes, byte `i` 0x10 where bit `i` of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth_bits(bits: u32) -> __m256i {
+    let x = _mm256_set1_epi32(bits as i32);
+    // Byte i takes byte i / 8 of `bits`, then keeps bit i % 8.
+    let spread = _mm256_shuffle_epi8(
+        x,
+        _mm256_setr_epi64x(
+            0,
+            0x0101_0101_0101_0101,
+            0x0202_0202_0202_0202,
+            0x0303_0303_0303_0303,
+        ),
+    );
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_block<const NIB: usize, const MIN: bool>(
+fn small_block<const NIB: usize, const QH: usize, const MIN: bool>(
     b: &[u8],
     q: &[i8],
     ds: &[f32; 2],
@@ -158,16 +193,137 @@ fn q4_block<const NIB: usize, const MIN: bool>(
         let d = u32::from(u16::from_le_bytes([b[0], b[1]]));
         d | (d << 16)
     };
-    // [d, m] * [dx, s] = [d dx, m s] (Q4_0: [d dx, d s]).
+    // [d, m] * [dx, s] = [d dx, m s] (offset types: [d dx, d s]).
     let scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32)), load_pair(ds));
     // The 16 bytes in both halves; the upper half shifted by 4: low nibbles (elements
     // 0..16) below, high nibbles (16..32) above.
     let raw = load128_twice(&b[NIB..NIB + 16]);
     let shifted = _mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    let w = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+    let mut w = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+    if QH > 0 {
+        let bits = u32::from_le_bytes([b[QH], b[QH + 1], b[QH + 2], b[QH + 3]]);
+        w = _mm256_or_si256(w, fifth_bits(bits));
+    }
     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load256_i8(q)), _mm256_set1_epi16(1));
     let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(p), acc);
     (acc, _mm_add_ps(macc, scales))
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn half(b: &[u8], at: usize) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
+        u16::from_le_bytes([b[at], b[at + 1]]),
+    ))))
+}
+
+/// Q4_K (`BYTES` 144) and Q5_K (176, `HIGH`): each sub-block of 32 is a block with scale
+/// `d sc` and minimum `-dmin m` against its activation block.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q45k<const BYTES: usize, const HIGH: bool>(row: &[u8], x: Act<'_>) -> f32 {
+    const SUB: usize = QK_K / QK;
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    let low4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    for ((b, q), ds) in row
+        .chunks_exact(BYTES)
+        .zip(x.qs.chunks_exact(QK_K))
+        .zip(x.ds.chunks_exact(SUB))
+    {
+        let (d, dmin) = (half(b, 0), half(b, 2));
+        let scales = &b[4..16];
+        let (qh, qs) = if HIGH {
+            (load256(&b[16..48]), &b[48..176])
+        } else {
+            (_mm256_setzero_si256(), &b[16..144])
+        };
+        let mut msum = 0f32;
+        for c in 0..SUB / 2 {
+            let (s0, m0) = super::k_scale_min(scales, 2 * c);
+            let (s1, m1) = super::k_scale_min(scales, 2 * c + 1);
+            msum += f32::from(m0) * ds[2 * c][1] + f32::from(m1) * ds[2 * c + 1][1];
+            let raw = load256(&qs[c * 32..]);
+            let mut lo = _mm256_and_si256(raw, low4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            if HIGH {
+                // Bits 2c and 2c + 1 of each qh byte, moved to bit 4 (the 16-bit shift
+                // right brings the upper byte's low bits into the lower byte's high bits,
+                // which the mask drops).
+                let one = _mm256_set1_epi8(1);
+                let bit = |b: i32| {
+                    let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(b));
+                    _mm256_slli_epi16(_mm256_and_si256(v, one), 4)
+                };
+                lo = _mm256_or_si256(lo, bit(2 * c as i32));
+                hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
+            }
+            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load256_i8(&q[c * 64..])), ones);
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, load256_i8(&q[c * 64 + 32..])),
+                ones,
+            );
+            let f0 = _mm256_set1_ps(d * f32::from(s0) * ds[2 * c][0]);
+            let f1 = _mm256_set1_ps(d * f32::from(s1) * ds[2 * c + 1][0]);
+            acc0 = _mm256_fmadd_ps(f0, _mm256_cvtepi32_ps(p0), acc0);
+            acc1 = _mm256_fmadd_ps(f1, _mm256_cvtepi32_ps(p1), acc1);
+        }
+        mins += dmin * msum;
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) - mins
+}
+
+/// Q6_K: 6-bit values offset by 32 (signed after the subtraction), one `i8` scale per 16.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q6k(row: &[u8], x: Act<'_>) -> f32 {
+    const SUB: usize = QK_K / QK;
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let low4 = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let off = _mm256_set1_epi8(32);
+    for ((b, q), ds) in row
+        .chunks_exact(210)
+        .zip(x.qs.chunks_exact(QK_K))
+        .zip(x.ds.chunks_exact(SUB))
+    {
+        let d = half(b, 208);
+        let sc = &b[192..208];
+        for h in 0..2 {
+            let ql0 = load256(&b[h * 64..]);
+            let ql1 = load256(&b[h * 64 + 32..]);
+            let qh = load256(&b[128 + h * 32..]);
+            let top = |shift: i32| {
+                let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift));
+                _mm256_slli_epi16(_mm256_and_si256(v, three), 4)
+            };
+            let quarters = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low4), top(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low4), top(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), top(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), top(6)),
+            ];
+            for (k, w) in quarters.into_iter().enumerate() {
+                let s = h * 4 + k;
+                let w = _mm256_sub_epi8(w, off);
+                let xq = load256_i8(&q[s * 32..]);
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
+                let scale = _mm256_setr_m128i(
+                    _mm_set1_epi16(i16::from(sc[2 * s] as i8)),
+                    _mm_set1_epi16(i16::from(sc[2 * s + 1] as i8)),
+                );
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scale));
+                let f = _mm256_set1_ps(d * ds[s][0]);
+                if k % 2 == 0 {
+                    acc0 = _mm256_fmadd_ps(f, p, acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(f, p, acc1);
+                }
+            }
+        }
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -9,7 +9,27 @@
 //! Block layouts (public GGML facts): Q8_0 = f16 scale `d` + 32 `i8` (`w = d q`); Q4_0 =
 //! f16 `d` + 16 bytes of nibbles (`w = d (q - 8)`); Q4_1 = f16 `d`, f16 `m` + 16 bytes of
 //! nibbles (`w = d q + m`). In both 4-bit formats byte `j`'s low nibble is element `j` and
-//! its high nibble element `j + 16`.
+//! its high nibble element `j + 16`. Q5_0 = f16 `d`, 4 bytes `qh` (bit `j` is element `j`'s
+//! fifth bit), 16 bytes of nibbles as in Q4_0 (`w = d (q - 16)`); Q5_1 = f16 `d`, f16 `m`,
+//! `qh`, nibbles (`w = d q + m`).
+//!
+//! The K-quants pack 256 elements in a super-block ([`QK_K`]):
+//! * Q4_K (144 bytes): f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minimums for eight
+//!   sub-blocks of 32 ([`k_scale_min`]), 128 bytes of nibbles: bytes `32 c..32 c + 32` hold
+//!   sub-block `2c` in their low nibbles and `2c + 1` in their high nibbles;
+//!   `w = d sc q - dmin m`.
+//! * Q5_K (176 bytes): as Q4_K with 32 bytes `qh` after the scales: bit `s` of `qh[l]` is the
+//!   fifth bit of element `l` of sub-block `s`.
+//! * Q6_K (210 bytes): 128 bytes `ql` (low 4 bits), 64 bytes `qh` (high 2 bits), 16 `i8`
+//!   scales (one per 16 elements), f16 `d`; `w = d sc (q - 32)`. Each half of 128 elements
+//!   takes 64 bytes of `ql` and 32 of `qh`: element `l` (of 32) of its four quarters is
+//!   `ql[l]` low, `ql[l + 32]` low, `ql[l]` high, `ql[l + 32]` high nibble, with bits
+//!   `0-1`, `2-3`, `4-5`, `6-7` of `qh[l]` on top.
+//!
+//! llama.cpp dots the K-quants with activations quantized per super-block (Q8_K); here every
+//! quantized type is dotted with the same per-32 activation blocks ([`QActs`]): a K-quant
+//! sub-block of 32 is a block with scale `d sc` and minimum `-dmin m` (Q6_K: two scales of
+//! 16), so one activation format serves every matrix and keeps a finer activation scale.
 //!
 //! Every kernel has a portable scalar form, always compiled (and the reference the tests
 //! hold the SIMD forms to), and an AVX2 + FMA + F16C form chosen at run time ([`Isa`]).
@@ -30,6 +50,9 @@ mod tests;
 /// Elements per quantized block.
 pub const QK: usize = 32;
 
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
+
 /// A weight storage type the native path multiplies with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WType {
@@ -43,6 +66,16 @@ pub enum WType {
     Q4_1,
     /// 8-bit, scale only.
     Q8_0,
+    /// 5-bit, scale only.
+    Q5_0,
+    /// 5-bit, scale and minimum.
+    Q5_1,
+    /// 4-bit K-quant (super-blocks of 256).
+    Q4K,
+    /// 5-bit K-quant.
+    Q5K,
+    /// 6-bit K-quant.
+    Q6K,
 }
 
 impl WType {
@@ -54,6 +87,11 @@ impl WType {
             GgmlDType::Q4_0 => WType::Q4_0,
             GgmlDType::Q4_1 => WType::Q4_1,
             GgmlDType::Q8_0 => WType::Q8_0,
+            GgmlDType::Q5_0 => WType::Q5_0,
+            GgmlDType::Q5_1 => WType::Q5_1,
+            GgmlDType::Q4K => WType::Q4K,
+            GgmlDType::Q5K => WType::Q5K,
+            GgmlDType::Q6K => WType::Q6K,
             _ => return None,
         })
     }
@@ -62,6 +100,7 @@ impl WType {
     pub fn block_elems(self) -> usize {
         match self {
             WType::F32 | WType::F16 => 1,
+            WType::Q4K | WType::Q5K | WType::Q6K => QK_K,
             _ => QK,
         }
     }
@@ -74,6 +113,11 @@ impl WType {
             WType::Q4_0 => 18,
             WType::Q4_1 => 20,
             WType::Q8_0 => 34,
+            WType::Q5_0 => 22,
+            WType::Q5_1 => 24,
+            WType::Q4K => 144,
+            WType::Q5K => 176,
+            WType::Q6K => 210,
         }
     }
 
@@ -190,23 +234,125 @@ pub fn dequantize_row(ty: WType, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
-        WType::Q4_0 | WType::Q4_1 => {
-            let (bytes, nib) = if ty == WType::Q4_0 { (18, 2) } else { (20, 4) };
+        WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 => {
+            let bytes = ty.block_bytes();
             for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(bytes)) {
-                let d = half_at(b, 0);
-                let (m, off) = if ty == WType::Q4_0 {
-                    (0.0, 8)
-                } else {
-                    (half_at(b, 2), 0)
-                };
-                for j in 0..16 {
-                    let q = b[nib + j];
-                    o[j] = d * f32::from(i16::from(q & 0x0f) - off) + m;
-                    o[j + 16] = d * f32::from(i16::from(q >> 4) - off) + m;
+                let (d, m, q) = small_block(ty, b);
+                for (o, q) in o.iter_mut().zip(q) {
+                    *o = d * f32::from(q) + m;
+                }
+            }
+        }
+        WType::Q4K | WType::Q5K | WType::Q6K => {
+            for (o, b) in out
+                .chunks_exact_mut(QK_K)
+                .zip(row.chunks_exact(ty.block_bytes()))
+            {
+                let (scales, q) = k_block(ty, b);
+                for (s, (o, q)) in o.chunks_exact_mut(QK).zip(q.chunks_exact(QK)).enumerate() {
+                    let [a, b, m] = scales[s];
+                    for (j, (o, &q)) in o.iter_mut().zip(q).enumerate() {
+                        *o = if j < 16 { a } else { b } * f32::from(q) + m;
+                    }
                 }
             }
         }
     }
+}
+
+/// A Q4_0 / Q4_1 / Q5_0 / Q5_1 block: `(d, m, q)` with `w = d q + m` (`q` unsigned).
+pub(crate) fn small_block(ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
+    let d = half_at(b, 0);
+    let (m, qh, nib) = match ty {
+        WType::Q4_0 => (-8.0 * d, 0, 2),
+        WType::Q4_1 => (half_at(b, 2), 0, 4),
+        WType::Q5_0 => (-16.0 * d, u32::from_le_bytes([b[2], b[3], b[4], b[5]]), 6),
+        WType::Q5_1 => (
+            half_at(b, 2),
+            u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            8,
+        ),
+        _ => unreachable!("{ty:?} is not a 32-element block type"),
+    };
+    let mut q = [0u8; QK];
+    for j in 0..16 {
+        let v = b[nib + j];
+        q[j] = (v & 0x0f) | (((qh >> j) & 1) as u8) << 4;
+        q[j + 16] = (v >> 4) | (((qh >> (j + 16)) & 1) as u8) << 4;
+    }
+    (d, m, q)
+}
+
+/// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K / Q5_K super-block, from
+/// its 12 scale bytes: sub-blocks 0-3 keep theirs in the low 6 bits of bytes `j` (scale)
+/// and `j + 4` (minimum); sub-blocks 4-7 in the nibbles of bytes `j + 4` with their top two
+/// bits in the top bits of bytes `j - 4` (scale) and `j` (minimum).
+pub fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        (
+            (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
+            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+        )
+    }
+}
+
+/// A K-quant super-block as eight blocks of 32: per block `[scale of elements 0..16, scale
+/// of 16..32, minimum]` (`w = scale q + minimum`) and the 256 `q` (Q6_K: signed, `q - 32`).
+pub(crate) fn k_block(ty: WType, b: &[u8]) -> ([[f32; 3]; 8], [i8; QK_K]) {
+    let mut out = [[0f32; 3]; 8];
+    let mut q = [0i8; QK_K];
+    match ty {
+        WType::Q4K | WType::Q5K => {
+            let (d, dmin) = (half_at(b, 0), half_at(b, 2));
+            let scales = &b[4..16];
+            let (qh, qs) = if ty == WType::Q5K {
+                (Some(&b[16..48]), &b[48..176])
+            } else {
+                (None, &b[16..144])
+            };
+            for (s, o) in out.iter_mut().enumerate() {
+                let (sc, m) = k_scale_min(scales, s);
+                let sc = d * f32::from(sc);
+                *o = [sc, sc, -dmin * f32::from(m)];
+                let bytes = &qs[s / 2 * 32..][..32];
+                for l in 0..32 {
+                    let nib = if s % 2 == 0 {
+                        bytes[l] & 0x0f
+                    } else {
+                        bytes[l] >> 4
+                    };
+                    let hi = qh.map_or(0, |qh| ((qh[l] >> s) & 1) << 4);
+                    q[s * 32 + l] = (nib | hi) as i8;
+                }
+            }
+        }
+        WType::Q6K => {
+            let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+            let d = half_at(b, 208);
+            for half in 0..2 {
+                let (ql, qh) = (&ql[half * 64..], &qh[half * 32..]);
+                for l in 0..32 {
+                    let quarters = [
+                        (ql[l] & 0x0f) | ((qh[l] & 3) << 4),
+                        (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4),
+                        (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                        (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                    ];
+                    for (k, v) in quarters.into_iter().enumerate() {
+                        q[half * 128 + k * 32 + l] = v as i8 - 32;
+                    }
+                }
+            }
+            for (s, o) in out.iter_mut().enumerate() {
+                let sc = |i: usize| d * f32::from(sc[i] as i8);
+                *o = [sc(2 * s), sc(2 * s + 1), 0.0];
+            }
+        }
+        _ => unreachable!("{ty:?} is not a K-quant"),
+    }
+    (out, q)
 }
 
 /// Activations quantized to 8-bit blocks of 32, for `tokens` vectors of `n` elements.

@@ -1,6 +1,6 @@
 //! The portable kernels.
 
-use super::{half_at, Act, WType, QK};
+use super::{half_at, k_block, small_block, Act, WType, QK, QK_K};
 
 /// The dot product of a weight row of type `ty` with `x`.
 pub fn dot(ty: WType, row: &[u8], x: Act<'_>) -> f32 {
@@ -30,21 +30,36 @@ pub fn dot(ty: WType, row: &[u8], x: Act<'_>) -> f32 {
             }
             acc
         }
-        WType::Q4_0 | WType::Q4_1 => {
-            let q4_1 = ty == WType::Q4_1;
-            let (bytes, nib) = if q4_1 { (20, 4) } else { (18, 2) };
+        WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 => {
             let mut acc = 0f32;
-            for ((b, q), ds) in row.chunks_exact(bytes).zip(x.qs.chunks_exact(QK)).zip(x.ds) {
+            let blocks = row.chunks_exact(ty.block_bytes());
+            for ((b, q), ds) in blocks.zip(x.qs.chunks_exact(QK)).zip(x.ds) {
+                let (d, m, w) = small_block(ty, b);
                 let mut isum = 0i32;
-                for j in 0..16 {
-                    let w = b[nib + j];
-                    isum += i32::from(w & 0x0f) * i32::from(q[j]);
-                    isum += i32::from(w >> 4) * i32::from(q[j + 16]);
+                for (&w, &q) in w.iter().zip(q) {
+                    isum += i32::from(w) * i32::from(q);
                 }
-                let d = half_at(b, 0);
-                // sum((d q + m) * dx qx) = d dx sum(q qx) + m s; Q4_0's m is -8 d.
-                let m = if q4_1 { half_at(b, 2) } else { -8.0 * d };
+                // sum((d w + m) * dx qx) = d dx sum(w qx) + m s.
                 acc += d * ds[0] * isum as f32 + m * ds[1];
+            }
+            acc
+        }
+        WType::Q4K | WType::Q5K | WType::Q6K => {
+            let mut acc = 0f32;
+            let blocks = row.chunks_exact(ty.block_bytes());
+            for ((b, q), ds) in blocks
+                .zip(x.qs.chunks_exact(QK_K))
+                .zip(x.ds.chunks_exact(QK_K / QK))
+            {
+                let (scales, w) = k_block(ty, b);
+                for (s, [a, bs, m]) in scales.into_iter().enumerate() {
+                    let (w, q) = (&w[s * QK..][..QK], &q[s * QK..][..QK]);
+                    let half = |r: std::ops::Range<usize>| -> i32 {
+                        r.map(|j| i32::from(w[j]) * i32::from(q[j])).sum()
+                    };
+                    let (lo, hi) = (half(0..16), half(16..32));
+                    acc += ds[s][0] * (a * lo as f32 + bs * hi as f32) + m * ds[s][1];
+                }
             }
             acc
         }

@@ -33,16 +33,33 @@ pub(crate) fn rand_row(rng: &mut SplitMix64, ty: WType, cols: usize) -> Vec<u8> 
                 half(rng, &mut out);
             }
         }
-        WType::Q8_0 | WType::Q4_0 | WType::Q4_1 => {
+        WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 => {
             for _ in 0..cols / QK {
                 half(rng, &mut out);
-                if ty == WType::Q4_1 {
+                if matches!(ty, WType::Q4_1 | WType::Q5_1) {
                     half(rng, &mut out);
                 }
-                let n = if ty == WType::Q8_0 { 32 } else { 16 };
+                let n = ty.block_bytes() - out.len() % ty.block_bytes();
                 for _ in 0..n {
                     out.push(rng.next_u64() as u8);
                 }
+            }
+        }
+        WType::Q4K | WType::Q5K => {
+            for _ in 0..cols / QK_K {
+                half(rng, &mut out);
+                half(rng, &mut out);
+                for _ in 4..ty.block_bytes() {
+                    out.push(rng.next_u64() as u8);
+                }
+            }
+        }
+        WType::Q6K => {
+            for _ in 0..cols / QK_K {
+                for _ in 0..208 {
+                    out.push(rng.next_u64() as u8);
+                }
+                half(rng, &mut out);
             }
         }
     }
@@ -50,13 +67,24 @@ pub(crate) fn rand_row(rng: &mut SplitMix64, ty: WType, cols: usize) -> Vec<u8> 
     out
 }
 
-const TYPES: [WType; 5] = [
+const TYPES: [WType; 10] = [
     WType::F32,
     WType::F16,
     WType::Q4_0,
     WType::Q4_1,
     WType::Q8_0,
+    WType::Q5_0,
+    WType::Q5_1,
+    WType::Q4K,
+    WType::Q5K,
+    WType::Q6K,
 ];
+
+/// Block counts of 32 for a type: whole super-blocks for the K-quants.
+fn block_counts(ty: WType, counts: &[usize]) -> Vec<usize> {
+    let per = ty.block_elems().max(QK) / QK;
+    counts.iter().map(|c| c * per).collect()
+}
 
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
@@ -108,6 +136,75 @@ fn dequantize_follows_the_block_layouts() {
 }
 
 #[test]
+fn dequantize_follows_the_5_bit_and_k_quant_layouts() {
+    let mut out = vec![0f32; QK_K];
+    // Q5_0: d = 0.5, qh bit 0 and bit 17 set, byte 0 = 0x3a, byte 1 = 0x00:
+    // element 0 = 0.5 * (10 + 16 - 16), element 16 = 0.5 * (3 - 16),
+    // element 17 = 0.5 * (0 + 16 - 16), element 1 = 0.5 * (0 - 16).
+    let mut row = vec![0x00, 0x38, 0x01, 0x00, 0x02, 0x00, 0x3a];
+    row.extend_from_slice(&[0; 15]);
+    dequantize_row(WType::Q5_0, &row, &mut out[..32]);
+    assert_eq!((out[0], out[16], out[17], out[1]), (5.0, -6.5, 0.0, -8.0));
+    // Q5_1: d = 1, m = -1, qh bit 1 set, byte 1 = 0x21: element 1 = 1 + 16 - 1, element 17 = 2 - 1.
+    let mut row = vec![0x00, 0x3c, 0x00, 0xbc, 0x02, 0x00, 0x00, 0x00, 0x00, 0x21];
+    row.extend_from_slice(&[0; 14]);
+    dequantize_row(WType::Q5_1, &row, &mut out[..32]);
+    assert_eq!((out[0], out[1], out[17]), (-1.0, 16.0, 1.0));
+    // Q4_K: d = 1, dmin = 0.5; sub-block 0: scale 2, min 4; sub-block 1: scale 3, min 1;
+    // sub-block 5: scale 0x25 = 5 | (0 << 4)... set through the packed high bits.
+    let mut row = vec![0x00, 0x3c, 0x00, 0x38];
+    let mut scales = [0u8; 12];
+    scales[0] = 2;
+    scales[1] = 3;
+    scales[4] = 4;
+    scales[5] = 1;
+    // Sub-block 5: scale = (scales[9] & 15) | (scales[1] >> 6) << 4 = 5 | 1 << 4 = 21,
+    // min = (scales[9] >> 4) | (scales[5] >> 6) << 4 = 2 | 0 = 2.
+    scales[9] = 0x25;
+    scales[1] |= 0x40;
+    row.extend_from_slice(&scales);
+    let mut qs = [0u8; 128];
+    qs[0] = 0x7a; // sub-block 0 element 0 = 10, sub-block 1 element 0 = 7
+    qs[64 + 3] = 0x90; // sub-block 5 element 3 = 9
+    row.extend_from_slice(&qs);
+    assert_eq!(row.len(), 144);
+    dequantize_row(WType::Q4K, &row, &mut out);
+    assert_eq!(out[0], 2.0 * 10.0 - 0.5 * 4.0);
+    assert_eq!(out[1], -2.0);
+    assert_eq!(out[32], 3.0 * 7.0 - 0.5);
+    assert_eq!(out[5 * 32 + 3], 21.0 * 9.0 - 0.5 * 2.0);
+    assert_eq!(k_scale_min(&scales, 5), (21, 2));
+    // Q5_K: the same with qh bit 1 of byte 0 (sub-block 1, element 0) set: 7 + 16.
+    let mut row5 = row[..16].to_vec();
+    let mut qh = [0u8; 32];
+    qh[0] = 0b10;
+    row5.extend_from_slice(&qh);
+    row5.extend_from_slice(&qs);
+    dequantize_row(WType::Q5K, &row5, &mut out);
+    assert_eq!(out[0], 2.0 * 10.0 - 0.5 * 4.0);
+    assert_eq!(out[32], 3.0 * 23.0 - 0.5);
+    // Q6_K: d = 0.5; element 0 = ql[0] low | qh[0] bits 0-1, element 64 = ql[0] high |
+    // qh[0] bits 4-5, element 32 = ql[32] low | qh[0] bits 2-3, element 128 (second half)
+    // = ql[64] low | qh[32] bits 0-1; scales 2, 3 (elements 0..16, 16..32), ...
+    let mut row = vec![0u8; 210];
+    row[0] = 0x53; // 3, 5
+    row[32] = 0x01;
+    row[64] = 0x0f;
+    row[128] = 0b0001_1110; // bits 0-1: 2, 2-3: 3, 4-5: 1
+    row[160] = 0b11;
+    for (i, s) in row[192..208].iter_mut().enumerate() {
+        *s = (i as i8 - 3) as u8;
+    }
+    row[208..].copy_from_slice(&[0x00, 0x38]);
+    dequantize_row(WType::Q6K, &row, &mut out);
+    assert_eq!(out[0], -1.5 * (3.0 + 32.0 - 32.0));
+    assert_eq!(out[32], -0.5 * (1.0 + 48.0 - 32.0));
+    assert_eq!(out[64], 0.5 * (5.0 + 16.0 - 32.0));
+    assert_eq!(out[16], 32.0); // 0.5 * -2 * (0 - 32)
+    assert_eq!(out[128], 0.5 * 5.0 * (15.0 + 48.0 - 32.0));
+}
+
+#[test]
 #[allow(clippy::needless_range_loop)]
 fn quantize_round_trips_within_half_a_step() {
     let mut rng = SplitMix64::new(7);
@@ -139,7 +236,7 @@ fn kernels_match_the_reference() {
     let mut rng = SplitMix64::new(42);
     for isa in isas() {
         for ty in TYPES {
-            for blocks in [1usize, 2, 3, 7, 18, 48] {
+            for blocks in block_counts(ty, &[1, 2, 3, 7, 18, 48]) {
                 let cols = blocks * QK;
                 let row = rand_row(&mut rng, ty, cols);
                 let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng)).collect();
@@ -203,7 +300,7 @@ fn row_groups_match_single_rows() {
     let mut rng = SplitMix64::new(11);
     for isa in isas() {
         for ty in TYPES {
-            for blocks in [1usize, 2, 3, 5, 18, 48] {
+            for blocks in block_counts(ty, &[1, 2, 3, 5, 18, 48]) {
                 let cols = blocks * QK;
                 let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng) * 2.0).collect();
                 let mut qs = vec![0i8; cols];
@@ -256,7 +353,7 @@ fn row_groups_match_single_rows() {
     }
 }
 
-/// Kernel timings (best of `KS_REPS` passes, default 200, over a `KS_ROWS` x 576
+/// Kernel timings (best of `KS_REPS` passes, default 200, over a `KS_ROWS` x 768
 /// matrix, default 1536 rows, in cache; 131072 rows stream it from memory), one thread:
 /// `cargo test --release -p studio-engines --features llm --lib kernel_speed --
 /// --ignored --nocapture`.
@@ -265,7 +362,7 @@ fn row_groups_match_single_rows() {
 fn kernel_speed() {
     let mut rng = SplitMix64::new(5);
     let (rows, cols): (usize, usize) =
-        std::env::var("KS_ROWS").map_or((1536, 576), |r| (r.parse().unwrap(), 576));
+        std::env::var("KS_ROWS").map_or((1536, 768), |r| (r.parse().unwrap(), 768));
     let x: Vec<f32> = (0..cols).map(|_| rand_f32(&mut rng)).collect();
     let mut qs = vec![0i8; cols];
     let mut ds = vec![[0f32; 2]; cols / QK];
@@ -275,7 +372,13 @@ fn kernel_speed() {
         qs: &qs,
         ds: &ds,
     };
-    for ty in [WType::Q4_1, WType::Q8_0] {
+    for ty in [
+        WType::Q4_1,
+        WType::Q8_0,
+        WType::Q5_0,
+        WType::Q4K,
+        WType::Q6K,
+    ] {
         let m: Vec<u8> = (0..rows)
             .flat_map(|_| rand_row(&mut rng, ty, cols))
             .collect();
