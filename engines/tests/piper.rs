@@ -18,11 +18,10 @@ mod support;
 use support::{hex, serve_files};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 use studio_core::wire::{
-    AudioTtsTask, CliDefaults, ImageTask, ModelEngine, ModelFile, ModelSource, Task,
+    AudioTtsTask, CliDefaults, ImageTask, ModelEngine, ModelFile, ModelSource, Task, TaskKind,
 };
 use studio_engines::piper::{PiperEngine, Speech};
 use studio_engines::whisper::audio;
@@ -83,15 +82,9 @@ fn models() -> Option<Models> {
     })
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "studio-piper-test-{}-{}-{name}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when the test ends.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir")
 }
 
 fn settings(models: &Models, root: &Path) -> EngineSettings {
@@ -191,10 +184,8 @@ fn word_errors_count_edits() {
 }
 
 fn speak(models: &Models, task: &AudioTtsTask) -> Speech {
-    let engine = PiperEngine::new(
-        ModelStore::new(temp_dir("unused")),
-        &settings(models, &temp_dir("root")),
-    );
+    let root = temp_dir();
+    let engine = PiperEngine::new(ModelStore::new(root.path()), &settings(models, root.path()));
     engine
         .speak(
             &models.voice.join(format!("{VOICE}.onnx")),
@@ -207,8 +198,9 @@ fn speak(models: &Models, task: &AudioTtsTask) -> Speech {
 #[test]
 fn a_tts_job_says_the_words_whisper_hears() {
     let Some(models) = models() else { return };
-    let root = temp_dir("models");
-    let router = Router::with_settings(&settings(&models, &root));
+    let dir = temp_dir();
+    let root = dir.path();
+    let router = Router::with_settings(&settings(&models, root));
     let job = JobRequest::new(
         "job-tts",
         "joe-medium",
@@ -286,8 +278,9 @@ fn speed_scales_the_length() {
 #[test]
 fn bad_text_fails_before_anything_is_downloaded() {
     let Some(models) = models() else { return };
-    let root = temp_dir("models");
-    let router = Router::with_settings(&settings(&models, &root));
+    let dir = temp_dir();
+    let root = dir.path();
+    let router = Router::with_settings(&settings(&models, root));
     for (text, speed, needle) in [
         ("   ", None, "empty"),
         (&*"word ".repeat(1001), None, "at most 5000"),
@@ -309,7 +302,7 @@ fn bad_text_fails_before_anything_is_downloaded() {
         "a voice was downloaded for a bad job"
     );
     // Text with no words to say is refused by the phonemizer step.
-    let engine = PiperEngine::new(ModelStore::new(&root), &settings(&models, &root));
+    let engine = PiperEngine::new(ModelStore::new(root), &settings(&models, root));
     let err = engine
         .speak(
             &models.voice.join(format!("{VOICE}.onnx")),
@@ -323,7 +316,8 @@ fn bad_text_fails_before_anything_is_downloaded() {
 #[test]
 fn routing_onnx_jobs() {
     let Some(models) = models() else { return };
-    let router = Router::with_settings(&settings(&models, &temp_dir("models")));
+    let root = temp_dir();
+    let router = Router::with_settings(&settings(&models, root.path()));
     assert_eq!(router.route(&ModelEngine::Onnx).unwrap().name(), "piper");
     // An onnx job of another kind is not this engine's.
     let job = JobRequest::new(
@@ -338,4 +332,22 @@ fn routing_onnx_jobs() {
     let err = router.dispatch(&job).unwrap_err();
     assert_eq!(err.kind, EngineErrorKind::UnsupportedKind, "{err}");
     assert_eq!(err.message, "piper engine cannot serve image tasks");
+}
+
+/// The engine runs any voice the offer brings, so it advertises the `onnx` wildcard for
+/// speech only (a studio matching model ids then offers it `onnx` speech jobs whatever
+/// their model id, and no other kind). Needs no model: advertising loads nothing.
+#[test]
+fn advertises_the_onnx_wildcard_for_speech_only() {
+    let root = temp_dir();
+    let engine = PiperEngine::new(
+        ModelStore::new(root.path()),
+        &EngineSettings::with_models_root(root.path()),
+    );
+    let advertised = engine.capabilities();
+    assert_eq!(
+        advertised.into_iter().collect::<Vec<_>>(),
+        vec![(TaskKind::AudioTts, vec!["onnx:*".to_string()])]
+    );
+    assert_eq!(ModelEngine::of_wildcard("onnx:*"), Some("onnx"));
 }

@@ -6,7 +6,9 @@
 //! `onnx` is the protocol's value for models run by ONNX Runtime (PROTOCOL.md §3.6). This
 //! engine serves it for `audio_tts`; an `onnx` job of another kind (the reference's ONNX
 //! image inpainting) fails "cannot serve <kind> tasks", not retryable. The model id is free
-//! text (advertised: [`ADVERTISED_MODELS`], advisory like every model id); the voice comes
+//! text: the engine advertises the wildcard `onnx:*` for `audio_tts` (any voice: the files
+//! come with the offer; PROTOCOL.md §3.1), so a studio matching model ids offers it every
+//! `onnx` speech job whatever its model id; the voice comes
 //! from `modelSource.files`: two files with role `model`, the VITS `<name>.onnx` and its
 //! config `<name>.onnx.json`, told apart by name, fetched and verified into
 //! `<models_root>/<model id>/` like every model file.
@@ -61,8 +63,6 @@ use crate::settings::EngineSettings;
 use text::Ending;
 pub use voice::{Voice, VoiceConfig};
 
-/// Model ids advertised for `audio_tts` (advisory: any model id of an `onnx` job is run).
-pub const ADVERTISED_MODELS: [&str; 1] = ["piper"];
 /// The longest text spoken, in characters.
 pub const MAX_TEXT_CHARS: usize = 5_000;
 /// The slowest `speed` accepted.
@@ -274,10 +274,7 @@ impl Engine for PiperEngine {
     }
 
     fn capabilities(&self) -> BTreeMap<TaskKind, Vec<String>> {
-        BTreeMap::from([(
-            TaskKind::AudioTts,
-            ADVERTISED_MODELS.iter().map(|m| m.to_string()).collect(),
-        )])
+        BTreeMap::from([(TaskKind::AudioTts, vec![ModelEngine::Onnx.wildcard()])])
     }
 
     fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
