@@ -229,23 +229,12 @@ fn head_of(request: &httparse::Request<'_, '_>) -> Result<(Head, usize), Reply> 
     Ok((head, body_len))
 }
 
+/// The standard reason phrase of a status (the `http` crate's table, through tungstenite).
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
+    tungstenite::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("")
 }
 
 fn write_reply(stream: &mut impl Write, reply: &Reply) -> io::Result<()> {
