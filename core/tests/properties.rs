@@ -41,6 +41,7 @@ enum Op {
     Shutdown,
     UpdateChecked(u8),
     UpdateApplied(bool),
+    CheckUpdateNow,
 }
 
 impl Arbitrary for Op {
@@ -78,13 +79,11 @@ impl Arbitrary for Op {
                     Op::Tick
                 }
             }
-            29 => {
-                if bool::arbitrary(g) {
-                    Op::UpdateChecked(u8::arbitrary(g))
-                } else {
-                    Op::UpdateApplied(bool::arbitrary(g))
-                }
-            }
+            29 => match u8::arbitrary(g) % 3 {
+                0 => Op::UpdateChecked(u8::arbitrary(g)),
+                1 => Op::UpdateApplied(bool::arbitrary(g)),
+                _ => Op::CheckUpdateNow,
+            },
             30 => Op::Enable,
             _ => Op::Disable,
         }
@@ -308,6 +307,7 @@ fn to_input(op: &Op, ctx: &mut Ctx) -> Option<Input> {
             _ => Some(wire::UserPresence::Active),
         }),
         Op::Shutdown => Input::Shutdown,
+        Op::CheckUpdateNow => Input::CheckUpdateNow,
         Op::UpdateChecked(k) => Input::UpdateChecked {
             result: match k % 3 {
                 0 => Ok(None),

@@ -46,12 +46,13 @@ enum In {
     Disable,
     Threshold,
     Shutdown,
+    CheckNow,
     UpdateAvailable,
     UpdateApplied,
 }
 
 impl In {
-    const ALL: [In; 31] = [
+    const ALL: [In; 32] = [
         In::Start,
         In::Tick,
         In::Connected,
@@ -81,6 +82,7 @@ impl In {
         In::Disable,
         In::Threshold,
         In::Shutdown,
+        In::CheckNow,
         In::UpdateAvailable,
         In::UpdateApplied,
     ];
@@ -118,6 +120,8 @@ enum Ex {
     Exit(ExitCode),
     /// Close 1000 + Exit(Clean), after flushing.
     CleanExit,
+    /// `CheckUpdate` issued (an update check).
+    Check,
     /// `ApplyUpdate` issued.
     ApplyUpdate,
     /// Upload succeeded: the result bytes are discarded and the slot is free.
@@ -152,7 +156,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Minting: {
@@ -163,7 +167,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Http(HttpKind::Register),
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Requesting: {
@@ -174,7 +178,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Quiet, Http500 => Quiet, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Polling: {
@@ -185,7 +189,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Mint, Http500 => Quiet, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Connecting: {
@@ -196,7 +200,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     AwaitWelcome: {
@@ -207,7 +211,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Quiet, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     LiveIdle: {
@@ -218,7 +222,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Heartbeat,
     }
     LiveBusy: {
@@ -229,7 +233,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Sends("completeJson"), DoneBinary => Http(HttpKind::Upload),
         DoneFail => Sends("fail"), Log => Quiet, Pause => Heartbeat, Resume => Ignored,
-        Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Threshold => Quiet, Shutdown => Quiet, UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Heartbeat,
     }
     Uploading: {
@@ -240,7 +244,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Uploaded, Http404 => Sends("fail"), Http500 => Quiet,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => Quiet,
-        UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        UpdateAvailable => Quiet, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Heartbeat,
     }
     Updating: {
@@ -251,7 +255,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Heartbeat, Resume => Ignored, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => Ignored, UpdateApplied => Exit(ExitCode::Restart),
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Exit(ExitCode::Restart),
         Enable => Ignored, Disable => Heartbeat,
     }
     Paused: {
@@ -262,7 +266,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet,
         Pause => Ignored, Resume => Heartbeat, Threshold => Quiet, Shutdown => CleanExit,
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Backoff: {
@@ -273,7 +277,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Quiet, Pause => Quiet,
         Resume => Ignored, Threshold => Quiet, Shutdown => Exit(ExitCode::Clean),
-        UpdateAvailable => ApplyUpdate, UpdateApplied => Ignored,
+        UpdateAvailable => ApplyUpdate, CheckNow => Check, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Quiet,
     }
     Draining: {
@@ -284,7 +288,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Close1000 => Reconnect, HttpOk => Ignored, Http404 => Ignored, Http500 => Ignored,
         Minted => Ignored, DoneJson => CleanExit, DoneBinary => Http(HttpKind::Upload),
         DoneFail => CleanExit, Log => Quiet, Pause => Heartbeat, Resume => Ignored,
-        Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, UpdateApplied => Ignored,
+        Threshold => Quiet, Shutdown => Ignored, UpdateAvailable => Quiet, CheckNow => Ignored, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Heartbeat,
     }
     Exited: {
@@ -295,7 +299,7 @@ const TABLE: &[(Phase, In, Ex)] = rows! {
         Http404 => Ignored, Http500 => Ignored, Minted => Ignored,
         DoneJson => Usage, DoneBinary => Usage, DoneFail => Usage, Log => Ignored, Pause => Ignored,
         Resume => Ignored, Threshold => Ignored, Shutdown => Ignored,
-        UpdateAvailable => Ignored, UpdateApplied => Ignored,
+        UpdateAvailable => Ignored, CheckNow => Ignored, UpdateApplied => Ignored,
         Enable => Ignored, Disable => Ignored,
     }
 };
@@ -552,6 +556,7 @@ fn input_for(h: &Driver, i: In) -> Input {
         Disable => Input::Disable,
         Threshold => Input::SetThreshold { gb: 8.0 },
         Shutdown => Input::Shutdown,
+        CheckNow => Input::CheckUpdateNow,
         UpdateAvailable => Input::UpdateChecked {
             result: Ok(Some("9.9.9".into())),
         },
@@ -704,6 +709,10 @@ fn check(st: Phase, i: In, ex: Ex) {
             );
             assert_eq!(h.worker.phase(), Exited, "{ctx}");
         }
+        Check => {
+            assert_eq!(io, [&Command::CheckUpdate], "{ctx}: only the check");
+            assert_eq!(h.worker.phase(), st, "{ctx}: the phase must not change");
+        }
         ApplyUpdate => assert!(
             cmds.iter()
                 .any(|c| matches!(c, Command::ApplyUpdate { .. })),
@@ -779,7 +788,9 @@ fn reach_with_update(st: Phase) -> Driver {
     h.step(Input::Start);
     let conn = h.conn.unwrap();
     h.step(Input::Connected { conn });
-    h.frame(&welcome());
+    // The first check goes out right after the first welcome.
+    let cmds = h.frame(&welcome());
+    let mut check_seen = cmds.contains(&Command::CheckUpdate);
     match st {
         LiveIdle => {}
         Paused => {
@@ -795,9 +806,11 @@ fn reach_with_update(st: Phase) -> Driver {
         LiveBusy => {}
         _ => unreachable!(),
     }
-    // Keep the session alive across the hour: ack heartbeats as they come.
-    let mut check_seen = false;
+    // (Otherwise, keep the session alive across the hour: ack heartbeats as they come.)
     for _ in 0..(3600 / 5 + 1) {
+        if check_seen {
+            break;
+        }
         let cmds = h.advance(5.0);
         if cmds.iter().any(|c| matches!(c, Command::CheckUpdate)) {
             check_seen = true;

@@ -1314,44 +1314,6 @@ fn job_durations_fall_in_their_buckets_by_kind() {
 }
 
 #[test]
-fn update_is_checked_when_due_and_applied_only_when_idle_holding_the_slot() {
-    let mut cfg = registered();
-    cfg.auto_update_enabled = true;
-    cfg.timings.update_interval = Duration::from_secs(10);
-    cfg.timings.read_idle = Duration::from_secs(3600);
-    let mut h = Driver::live(cfg);
-    h.frame(&offer("j", json!({"kind":"llm","messages":[]})));
-    let c = h.at(10.0);
-    assert!(
-        !c.contains(&Command::CheckUpdate),
-        "never checks during a job"
-    );
-    h.step(Input::JobFinished {
-        job_id: "j".into(),
-        run: h.run.unwrap(),
-        outcome: JobOutcome::Json { result: json!({}) },
-    });
-    let c = h.at(20.0);
-    assert!(c.contains(&Command::CheckUpdate));
-    let c = h.step(Input::UpdateChecked {
-        result: Ok(Some("1.2.3".into())),
-    });
-    assert!(c.contains(&Command::ApplyUpdate {
-        version: "1.2.3".into()
-    }));
-    let c = h.frame(&offer("k", json!({"kind":"llm","messages":[]})));
-    assert!(matches!(
-        &frames(&c)[0],
-        WorkerFrame::Reject {
-            code: Some(wire::RejectCode::Busy),
-            ..
-        }
-    ));
-    let c = h.step(Input::UpdateApplied { result: Ok(()) });
-    assert_eq!(exit_of(&c).unwrap().0, ExitCode::Restart);
-}
-
-#[test]
 fn time_going_backwards_is_a_usage_error_and_changes_nothing() {
     let mut h = Driver::live(registered());
     h.at(3.0);

@@ -375,6 +375,8 @@ pub struct Setup {
     pub models_root: Option<PathBuf>,
     /// More `config.toml` lines (`key = <TOML value>`), written after the others.
     pub config_lines: Vec<String>,
+    /// `auto_update_feed`: auto-update on, reading this feed; `None`: auto-update off.
+    pub auto_update_feed: Option<String>,
 }
 
 /// When set, every worker a scenario starts without [`Setup::recording`] records its
@@ -452,6 +454,12 @@ impl Setup {
         self
     }
 
+    /// Turn auto-update on, reading the release feed at `url` (a loopback test feed).
+    pub fn with_auto_update(mut self, url: &str) -> Setup {
+        self.auto_update_feed = Some(url.into());
+        self
+    }
+
     /// Keep model files in `dir` (shared by several workers, or inspected by the test).
     pub fn with_models_root(mut self, dir: impl Into<PathBuf>) -> Setup {
         self.models_root = Some(dir.into());
@@ -476,13 +484,20 @@ pub fn toml_string(s: &str) -> String {
 }
 
 /// Writes the minimal config: `api_base_url`, `vram_threshold_gb`,
-/// `auto_update_enabled = false`, and `worker_id` + `auth_token` and `models_root` when set,
-/// then [`Setup::config_lines`].
+/// `auto_update_enabled = false` (or `true` with the feed of [`Setup::with_auto_update`]),
+/// and `worker_id` + `auth_token` and `models_root` when set, then [`Setup::config_lines`].
 pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Result<()> {
     let mut text = format!(
-        "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\nauto_update_enabled = false\n",
+        "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\n",
         toml_string(api_base_url)
     );
+    match &setup.auto_update_feed {
+        None => text.push_str("auto_update_enabled = false\n"),
+        Some(feed) => text.push_str(&format!(
+            "auto_update_enabled = true\nauto_update_feed = {}\n",
+            toml_string(feed)
+        )),
+    }
     if let Some(root) = &setup.models_root {
         text.push_str(&format!(
             "models_root = {}\n",

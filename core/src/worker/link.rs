@@ -286,6 +286,7 @@ impl Worker {
                 self.redeliver();
                 self.send_heartbeat();
                 self.arm_log_flush();
+                self.on_welcomed_for_update();
                 if self.stop == Stop::Draining {
                     self.maybe_finish_shutdown();
                 }

@@ -93,7 +93,7 @@ use delivery::Unacked;
 use pumps::HeartbeatCache;
 use registration::Registration;
 use state::{JobStage, Link, Slot, Stop};
-use timers::{Timer, Timers};
+use timers::Timers;
 
 /// The worker session machine. See the module docs for the driving contract.
 #[derive(Clone, Debug)]
@@ -134,6 +134,8 @@ pub struct Worker {
     parked_offer: Option<JobOfferClaim>,
     pending_update: Option<String>,
     update_check_in_flight: bool,
+    /// The last update check's answer (see [`UpdateCheck`]).
+    last_update_check: Option<UpdateCheck>,
     last_heartbeat_ack: Option<Mono>,
     session_state: SessionState,
     recent_jobs: VecDeque<JobSummary>,
@@ -179,6 +181,7 @@ impl Worker {
             parked_offer: None,
             pending_update: None,
             update_check_in_flight: false,
+            last_update_check: None,
             last_heartbeat_ack: None,
             session_state: SessionState::Stopped,
             recent_jobs: VecDeque::new(),
@@ -264,6 +267,7 @@ impl Worker {
                 Slot::Updating { version } => Some(version.clone()),
                 _ => None,
             },
+            last_update_check: self.last_update_check.clone(),
             log_queue_len: self.logs.len(),
             log_dropped_total: self.logs.dropped_total(),
             recent_jobs: self.recent_jobs.iter().cloned().collect(),
@@ -390,6 +394,7 @@ impl Worker {
             }
             Input::SetPresence(p) => self.presence = p,
             Input::Shutdown => self.on_shutdown(),
+            Input::CheckUpdateNow => self.on_check_update_now(),
             Input::UpdateChecked { result } => self.on_update_checked(result),
             Input::UpdateApplied { result } => self.on_update_applied(result),
         }
@@ -408,10 +413,6 @@ impl Worker {
                     .into(),
                 None,
             );
-        }
-        if self.cfg.auto_update_enabled {
-            let at = self.now.mono + self.cfg.timings.update_interval;
-            self.timers.set(Timer::UpdateCheck, at);
         }
         if self.cfg.credentials.is_some() {
             self.registration = Registration::Done;

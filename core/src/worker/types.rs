@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::secret::{redact_json, Secret};
 pub use crate::time::Now;
-use crate::time::{Mono, TimeWentBackwards};
+use crate::time::{Mono, TimeWentBackwards, WallMs};
 use crate::wire::{AutoRegisterRequest, JobOfferClaim, LogEntry, TaskKind, UserPresence};
 
 /// Identifies one WebSocket connection attempt. Inputs naming an older connection are
@@ -337,6 +337,10 @@ pub enum Input {
     SetPresence(Option<UserPresence>),
     /// SIGINT / SIGTERM / quit: finish gracefully.
     Shutdown,
+    /// Operator: check the update feed now (the local API's `POST /daemon/check-update`),
+    /// whatever the interval; ignored while installing, stopping or before `Start`, and
+    /// while a check is already out (its answer serves both).
+    CheckUpdateNow,
     /// Answer to [`Command::CheckUpdate`]: `Ok(Some(version))` when newer exists.
     UpdateChecked {
         result: Result<Option<String>, String>,
@@ -560,6 +564,31 @@ pub enum JobStatus {
     Failed,
 }
 
+/// The outcome of one update check, as the core recorded it (`StatusSnapshot`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateCheck {
+    /// Checks finished so far (this one included): a reader waiting for a check it asked
+    /// for compares it with the number it saw before asking.
+    pub seq: u64,
+    /// When the answer arrived (wall clock).
+    pub at: WallMs,
+    /// The running version.
+    pub current: String,
+    pub outcome: UpdateOutcome,
+}
+
+/// What one update check found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOutcome {
+    /// No newer release.
+    UpToDate,
+    /// A newer release (its version).
+    Available(String),
+    /// The feed could not be read or understood (why).
+    Failed(String),
+}
+
 /// One entry of the recent-jobs ring.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSummary {
@@ -652,6 +681,8 @@ pub struct StatusSnapshot {
     /// The job in the slot (running or being delivered), as the recent-jobs ring has it.
     pub current_job: Option<JobSummary>,
     pub updating: Option<String>,
+    /// The last answer of the update feed, if any check has finished.
+    pub last_update_check: Option<UpdateCheck>,
     pub log_queue_len: usize,
     pub log_dropped_total: u64,
     pub recent_jobs: Vec<JobSummary>,

@@ -68,10 +68,11 @@ pub enum Op {
     WallSkew,
     Enable,
     Disable,
+    CheckUpdateNow,
 }
 
 /// Number of opcodes.
-pub const OPS: u8 = Op::Disable as u8 + 1;
+pub const OPS: u8 = Op::CheckUpdateNow as u8 + 1;
 
 impl Op {
     /// The opcode of a byte.
@@ -108,6 +109,7 @@ impl Op {
             Op::WallSkew,
             Op::Enable,
             Op::Disable,
+            Op::CheckUpdateNow,
         ];
         TABLE[usize::from(b % OPS)]
     }
@@ -395,6 +397,7 @@ impl Harness {
                 _ => Some(UserPresence::Active),
             }),
             Op::Shutdown => Input::Shutdown,
+            Op::CheckUpdateNow => Input::CheckUpdateNow,
             Op::UpdateChecked => Input::UpdateChecked {
                 result: match r.u8() % 3 {
                     0 => Ok(None),

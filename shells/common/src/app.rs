@@ -74,11 +74,48 @@ pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result
     crate::signals::forward_to(control.clone())
         .map_err(RunError::io("install the SIGINT/SIGTERM handler"))?;
     let api = crate::api::serve(&config, config_path, control);
+    // Resolved now: once an update has replaced the file, the OS names the running image
+    // "(deleted)".
+    let exe = std::env::current_exe();
     let exit = daemon.run();
     // The API goes first (local-api.json removed, port closed), then the lock.
+    release(api, lock);
+    if exit.code == ExitCode::Restart {
+        return Ok(restart(exit, exe));
+    }
+    Ok(exit)
+}
+
+/// Gives up what the next process (a restarted worker) must be able to take: the control
+/// API (local-api.json removed, port closed) first, then `daemon.lock`.
+fn release(api: Option<crate::api::ApiServer>, lock: DaemonLock) {
     drop(api);
     lock.release();
-    Ok(exit)
+}
+
+/// After an installed update: executes the new binary with this process's arguments and
+/// environment. Returns only when that failed: then the exit is an error (so a service
+/// manager starts the worker again, on the new binary, which is already in place).
+fn restart(exit: Exit, exe: std::io::Result<std::path::PathBuf>) -> Exit {
+    let exe = match exe {
+        Ok(exe) => exe,
+        Err(e) => {
+            return Exit {
+                code: ExitCode::Fatal,
+                reason: format!(
+                    "{}; cannot find the executable to restart: {e}",
+                    exit.reason
+                ),
+            }
+        }
+    };
+    tracing::info!(exe = %exe.display(), "{}", exit.reason);
+    crate::telemetry::flush();
+    let e = crate::update::reexec(&exe);
+    Exit {
+        code: ExitCode::Fatal,
+        reason: format!("{}; executing {} failed: {e}", exit.reason, exe.display()),
+    }
 }
 
 /// The whole `main` of a worker binary: parse the command line, set up Sentry (`run` only,

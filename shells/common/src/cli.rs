@@ -202,6 +202,37 @@ the trace is unreadable or malformed.")]
         bless: bool,
     },
 
+    /// Check the release feed for a newer version of this binary (installs nothing)
+    #[command(long_about = "\
+Check the release feed (auto_update_feed, default: this project's GitHub releases) for a \
+newer release of this binary for this platform. Prints `up to date: X` or `update \
+available: X -> Y`; installs nothing (a running worker with auto_update_enabled installs \
+updates itself, between jobs).
+
+Exit codes: 0 the feed answered, 3 the feed could not be read or understood.")]
+    CheckUpdate,
+
+    /// Start this worker at login: a systemd user unit, a LaunchAgent or a scheduled task
+    #[command(long_about = "\
+Install the worker as a service that starts at login and restarts on failure, running \
+`<this executable> --config <this config> run`: on Linux a systemd user unit \
+($XDG_CONFIG_HOME/systemd/user/<bin>.service, then `systemctl --user daemon-reload` and \
+`systemctl --user enable --now <bin>.service`), on macOS a LaunchAgent \
+(~/Library/LaunchAgents/gg.minis.<bin>.plist, loaded with `launchctl bootstrap`), on \
+Windows a Task Scheduler task (registered with `schtasks /Create /XML`). When the service \
+manager does not answer, the file is written and the commands to run are printed.")]
+    InstallService {
+        /// Print the file and the commands instead of changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Stop and remove the service `install-service` installed
+    #[command(long_about = "\
+Stop and disable the service when the service manager answers, remove its file and \
+reload the manager. Exits 0 when nothing is installed.")]
+    UninstallService,
+
     /// Run a self-contained demo: a local studio, this worker and a few jobs
     #[command(long_about = "\
 Run a self-contained demo: start a local loopback studio, connect this worker to it, \
@@ -242,7 +273,8 @@ fn parse_api_base_url(s: &str) -> Result<String, String> {
 }
 
 /// Carries out an admin subcommand (`register`, `status`, `pause`, `resume`, `enable`,
-/// `disable`, `set-threshold`, `config`, `replay`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
+/// `disable`, `set-threshold`, `config`, `replay`, `check-update`, `install-service`,
+/// `uninstall-service`), writing its report to `out`. Returns `Ok(Some(exit_code))` when the command was handled
 /// here, `Ok(None)` for `run` and `demo`, which the binary carries out itself.
 pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, ShellError> {
     let text = match &cli.command {
@@ -258,6 +290,16 @@ pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, 
         CliCommand::Disable => set_enabled(&cli.config_path()?, false)?,
         CliCommand::SetThreshold { gb } => set_threshold(&cli.config_path()?, *gb)?,
         CliCommand::Config => show_config(&cli.config_path()?)?,
+        CliCommand::CheckUpdate => check_update(&cli.config_path()?)?,
+        CliCommand::InstallService { dry_run } => {
+            let path = cli.config_path()?;
+            let plan = service_plan(&path)?;
+            crate::service::install(&plan, *dry_run, &mut crate::service::System)?
+        }
+        CliCommand::UninstallService => {
+            let plan = service_plan(&cli.config_path()?)?;
+            crate::service::uninstall(&plan, &mut crate::service::System)?
+        }
         CliCommand::Replay {
             path,
             explain,
@@ -272,6 +314,35 @@ pub fn run_admin_command(cli: &Cli, out: &mut dyn Write) -> Result<Option<i32>, 
         .and_then(|()| out.flush())
         .map_err(ShellError::Output)?;
     Ok(Some(0))
+}
+
+/// `check-update`: reads the feed with this config's `auto_update_feed` and
+/// `auto_update_prerelease`. Returns the line to print; a feed error is
+/// [`ShellError::UpdateCheck`] (exit 3).
+pub fn check_update(path: &Path) -> Result<String, ShellError> {
+    let config = Config::load(path)?;
+    let updater = crate::update::Updater::from_config(&config);
+    match updater.check().map_err(ShellError::UpdateCheck)? {
+        crate::update::Checked::UpToDate { current } => Ok(format!("up to date: {current}\n")),
+        crate::update::Checked::Available { current, release } => Ok(format!(
+            "update available: {current} -> {}\n",
+            release.version
+        )),
+    }
+}
+
+/// The service plan of this executable and config on this OS.
+fn service_plan(config: &Path) -> Result<crate::service::Plan, ShellError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ShellError::Service(format!("cannot find the running executable: {e}")))?;
+    // The config must exist for the service to run with it.
+    Config::load(config)?;
+    let service = crate::service::Service::new(&exe, config)?;
+    crate::service::plan(
+        crate::service::Manager::current(),
+        &service,
+        &crate::service::Dirs::from_env(config),
+    )
 }
 
 /// `register [--api-base-url URL] [--reset]`: persists the URL and/or clears the
@@ -456,6 +527,14 @@ fn live_lines(d: &Value) -> String {
     }
     out.push_str(&line);
     out.push_str(&format!("\nreconnects:      {}\n", d["reconnects"]));
+    let check = &d["lastUpdateCheck"];
+    match check["text"].as_str() {
+        Some(text) => out.push_str(&format!(
+            "update check:    {text} (at {})\n",
+            check["at"].as_str().unwrap_or("?")
+        )),
+        None => out.push_str("update check:    none yet\n"),
+    }
     out
 }
 
@@ -705,6 +784,51 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_running_workers_last_update_check() {
+        let mut d = serde_json::json!({"pid": 7, "session": "connected", "lastUpdateCheck": null});
+        assert!(live_lines(&d).contains("update check:    none yet\n"));
+        d["lastUpdateCheck"] = serde_json::json!({
+            "at": "2026-05-25T12:00:00.000Z", "text": "update available: 0.1.0 -> 0.2.0"
+        });
+        assert!(live_lines(&d).contains(
+            "update check:    update available: 0.1.0 -> 0.2.0 (at 2026-05-25T12:00:00.000Z)\n"
+        ));
+    }
+
+    #[test]
+    fn check_update_reads_the_configured_feed_and_a_feed_error_exits_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, arg) = cfg_arg(&dir);
+        // A loopback port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut c = Config::load(&path).unwrap();
+        c.auto_update_feed = Some(format!("http://127.0.0.1:{port}/releases"));
+        c.save(&path).unwrap();
+        let e = run(&["--config", &arg, "check-update"]).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        let message = e.to_string();
+        assert!(
+            message.starts_with("update check failed: cannot fetch the update feed"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn install_service_dry_run_shows_the_file_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_path, arg) = cfg_arg(&dir);
+        let (code, text) = run(&["--config", &arg, "install-service", "--dry-run"]).unwrap();
+        assert_eq!(code, Some(0));
+        assert!(text.starts_with("would write "), "{text}");
+        assert!(text.contains(&arg), "the config it runs with: {text}");
+        assert!(text.contains("then run:"), "{text}");
+    }
+
+    #[test]
     fn status_reports_each_registration_state() {
         let dir = tempfile::tempdir().unwrap();
         let (path, arg) = cfg_arg(&dir);
@@ -715,7 +839,10 @@ mod tests {
         assert!(text.contains("not registered"), "{text}");
         assert!(text.contains("12 GB"), "{text}");
         assert!(text.contains("models root:"), "{text}");
-        assert!(text.contains("auto-update:     disabled"), "{text}");
+        assert!(
+            text.contains("auto-update:     enabled (every 1800 s)"),
+            "{text}"
+        );
 
         let mut c = Config::load(&path).unwrap();
         c.registration_request_id = Some("rr-7".into());

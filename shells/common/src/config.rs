@@ -38,6 +38,8 @@ pub const DEFAULT_API_BASE_URL: &str = "https://studio.minis.gg/";
 pub const DEFAULT_VRAM_THRESHOLD_GB: f32 = 12.0;
 /// Default auto-update check interval in seconds.
 pub const DEFAULT_AUTO_UPDATE_INTERVAL_SECS: u64 = 1800;
+/// The shortest auto-update check interval a config may ask for, in seconds.
+pub const MIN_AUTO_UPDATE_INTERVAL_SECS: u64 = 60;
 /// Default models directory, before `~` expansion.
 pub const DEFAULT_MODELS_ROOT: &str = "~/models";
 /// The config file's name inside the config directory.
@@ -48,15 +50,12 @@ pub const REDACTED: &str = "<redacted>";
 /// The local control API's port on 127.0.0.1 unless configured otherwise.
 pub const DEFAULT_LOCAL_API_PORT: u16 = 4787;
 
-/// Whether this build can replace itself with a newer release. While it cannot, the
-/// first-run config written by [`Config::default`] has `auto_update_enabled = false` so the
-/// worker does not advertise `autoUpdate: true` to the studio; a file without the key still
-/// gets the protocol's default (`true`), which is harmless (every check answers "up to
-/// date").
-pub const SELF_UPDATE_AVAILABLE: bool = false;
+/// Whether the first-run config written by [`Config::default`] checks for and installs
+/// updates (`auto_update_enabled`).
+pub const SELF_UPDATE_AVAILABLE: bool = true;
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 24] = [
+pub const KNOWN_KEYS: [&str; 25] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -66,6 +65,7 @@ pub const KNOWN_KEYS: [&str; 24] = [
     "auto_update_enabled",
     "auto_update_interval_secs",
     "auto_update_feed",
+    "auto_update_prerelease",
     "models_root",
     "ws_reconnect_attempts",
     "only_when_idle",
@@ -127,9 +127,13 @@ pub struct Config {
     /// Seconds between update checks.
     #[serde(default = "default_interval")]
     pub auto_update_interval_secs: u64,
-    /// The release feed; unset = this project's own feed.
+    /// The release feed (a GitHub releases API URL; https, or http to loopback); unset =
+    /// this project's own feed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_update_feed: Option<String>,
+    /// Also install pre-releases.
+    #[serde(default)]
+    pub auto_update_prerelease: bool,
     /// Where models are stored (`~` expanded on load).
     #[serde(default = "default_models_root", serialize_with = "path_lossy")]
     pub models_root: PathBuf,
@@ -203,6 +207,7 @@ impl Default for Config {
             auto_update_enabled: SELF_UPDATE_AVAILABLE,
             auto_update_interval_secs: DEFAULT_AUTO_UPDATE_INTERVAL_SECS,
             auto_update_feed: None,
+            auto_update_prerelease: false,
             models_root: expand_home(Path::new(DEFAULT_MODELS_ROOT)),
             ws_reconnect_attempts: None,
             only_when_idle: false,
@@ -357,6 +362,17 @@ impl Config {
             GradioApi::parse(api).map_err(|e| format!("gradio_api: {e}"))?;
         }
         self.gradio_settings().validate()?;
+        if self.auto_update_interval_secs < MIN_AUTO_UPDATE_INTERVAL_SECS {
+            return Err(format!(
+                "auto_update_interval_secs: {} is below the minimum of \
+                 {MIN_AUTO_UPDATE_INTERVAL_SECS} seconds",
+                self.auto_update_interval_secs
+            ));
+        }
+        if let Some(feed) = &self.auto_update_feed {
+            studio_engines::models::check_url_for("auto_update_feed", feed)
+                .map_err(|e| e.message)?;
+        }
         Ok(())
     }
 
@@ -534,6 +550,7 @@ impl fmt::Debug for Config {
             .field("auto_update_enabled", &r.auto_update_enabled)
             .field("auto_update_interval_secs", &r.auto_update_interval_secs)
             .field("auto_update_feed", &r.auto_update_feed)
+            .field("auto_update_prerelease", &r.auto_update_prerelease)
             .field("models_root", &r.models_root)
             .field("ws_reconnect_attempts", &r.ws_reconnect_attempts)
             .field("only_when_idle", &r.only_when_idle)
@@ -820,6 +837,31 @@ mod tests {
     }
 
     #[test]
+    fn auto_update_keys_are_validated() {
+        let base = "api_base_url = \"https://s/\"\nvram_threshold_gb = 12\n";
+        let parse = |more: &str| Config::parse(Path::new("c.toml"), &format!("{base}{more}"));
+        let c = parse("").unwrap();
+        assert_eq!(c.auto_update_feed, None);
+        assert!(!c.auto_update_prerelease);
+        let c = parse("auto_update_interval_secs = 60\nauto_update_prerelease = true\n").unwrap();
+        assert_eq!(c.auto_update_interval_secs, MIN_AUTO_UPDATE_INTERVAL_SECS);
+        assert!(c.auto_update_prerelease);
+        let e = parse("auto_update_interval_secs = 59\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("below the minimum of 60 seconds"), "{e}");
+        let c = parse("auto_update_feed = \"http://127.0.0.1:8/releases\"\n").unwrap();
+        assert_eq!(
+            c.auto_update_feed.as_deref(),
+            Some("http://127.0.0.1:8/releases")
+        );
+        let e = parse("auto_update_feed = \"http://example.com/releases\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain http"), "{e}");
+    }
+
+    #[test]
     fn serde_defaults_follow_the_protocol() {
         let c = Config::parse(
             Path::new("c.toml"),
@@ -839,7 +881,7 @@ mod tests {
         let path = dir.path().join("config.toml");
         let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 4.0\n\
                     tray_port = 4787\ntray_token = \"lat-secret\"\nengine = \"gradio\"\n\
-                    auto_update_prerelease = true\n\
+                    auto_update_channel = \"beta\"\n\
                     [sentry]\ndsn = \"https://k@sentry/1\"\nenv = \"prod\"\n";
         fs::write(&path, text).unwrap();
         let c = Config::load(&path).unwrap();
@@ -849,7 +891,7 @@ mod tests {
         assert_eq!(back, c);
         let saved = fs::read_to_string(&path).unwrap();
         assert!(saved.contains("tray_port = 4787"));
-        assert!(saved.contains("auto_update_prerelease = true"));
+        assert!(saved.contains("auto_update_channel = \"beta\""));
         // Redaction reaches unknown secret-looking keys, nested too.
         let shown = c.to_string();
         assert!(!shown.contains("lat-secret"));

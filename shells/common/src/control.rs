@@ -38,6 +38,8 @@ pub enum Change {
     /// `vram_threshold_gb`: validated, saved in config.toml, then applied
     /// (`Input::SetThreshold`, advertised by the next heartbeat).
     Threshold(f32),
+    /// Check the update feed now (`Input::CheckUpdateNow`; runtime only).
+    CheckUpdate,
 }
 
 impl Change {
@@ -49,6 +51,7 @@ impl Change {
             Change::Enabled(true) => Input::Enable,
             Change::Enabled(false) => Input::Disable,
             Change::Threshold(gb) => Input::SetThreshold { gb },
+            Change::CheckUpdate => Input::CheckUpdateNow,
         }
     }
 }

@@ -12,8 +12,9 @@
 //!     running;
 //!   * `Report` -> a `tracing` event (target `studio_core`) at the notice's level with
 //!     `category` and `job_id` fields;
-//!   * `CheckUpdate` / `ApplyUpdate` -> answered at once: this build cannot replace itself,
-//!     so a check finds nothing and an apply fails with a clear message;
+//!   * `CheckUpdate` / `ApplyUpdate` -> the self-updater ([`crate::update`]) on a background
+//!     thread; the answer (`Input::UpdateChecked` / `Input::UpdateApplied`) arrives via the
+//!     sink;
 //!   * `Connect` / `Send` / `Close` -> returned as [`Effect::Socket`] for the shell;
 //!   * `Exit` and `Wait` -> returned as [`Effect::Exit`] / [`Effect::Wait`].
 //! * [`CommandRouter::feed`] is the whole driving contract of the core in one call: hand
@@ -39,11 +40,8 @@ use studio_engines::Engine;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ShellError;
-use crate::pool::{EnginePool, EventSink, HttpRunner};
+use crate::pool::{EnginePool, EventSink, HttpRunner, PoolEvent};
 use crate::record::Recorder;
-
-/// The message `ApplyUpdate` is answered with.
-pub const SELF_UPDATE_UNAVAILABLE: &str = "self-update is not available in this build";
 
 /// What the shell must do after [`CommandRouter::perform`].
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +74,8 @@ pub struct CommandRouter {
     config_path: PathBuf,
     pool: EnginePool,
     http: HttpRunner,
+    updater: crate::update::Background,
+    sink: EventSink,
     clock: Clock,
     recorder: Option<Recorder>,
 }
@@ -92,10 +92,12 @@ impl CommandRouter {
         clock: Clock,
     ) -> CommandRouter {
         CommandRouter {
+            updater: crate::update::Background::new(crate::update::Updater::from_config(&config)),
             config,
             config_path,
             pool: EnginePool::new(engine, Arc::clone(&sink)),
-            http: HttpRunner::new(agent, sink),
+            http: HttpRunner::new(agent, Arc::clone(&sink)),
+            sink,
             clock,
             recorder: None,
         }
@@ -206,12 +208,18 @@ impl CommandRouter {
                 self.pool.discard(&job_id);
                 Effect::None
             }
-            Command::CheckUpdate => Effect::Input(Input::UpdateChecked { result: Ok(None) }),
+            Command::CheckUpdate => {
+                let sink = Arc::clone(&self.sink);
+                self.updater
+                    .check(move |result| sink(PoolEvent::UpdateChecked { result }));
+                Effect::None
+            }
             Command::ApplyUpdate { version } => {
-                tracing::warn!(%version, "{SELF_UPDATE_UNAVAILABLE}");
-                Effect::Input(Input::UpdateApplied {
-                    result: Err(SELF_UPDATE_UNAVAILABLE.to_string()),
-                })
+                let sink = Arc::clone(&self.sink);
+                self.updater.install(version, move |result| {
+                    sink(PoolEvent::UpdateApplied { result })
+                });
+                Effect::None
             }
             Command::Report(notice) => {
                 report(&notice);
@@ -469,21 +477,74 @@ mod tests {
     }
 
     #[test]
-    fn updates_are_answered_at_once() {
+    fn updates_run_in_the_background_and_answer_through_the_sink() {
+        // A one-shot feed on loopback: one release, not newer than this build.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = String::new();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let body = r#"[{"tag_name":"v0.0.1","assets":[]}]"#;
+            write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            head
+        });
         let dir = tempfile::tempdir().unwrap();
-        let (mut r, _rx) = router(&dir);
-        assert_eq!(
-            r.perform(Command::CheckUpdate),
-            Effect::Input(Input::UpdateChecked { result: Ok(None) })
+        let (sink, rx) = channel_sink();
+        let config = Config {
+            auto_update_feed: Some(format!("http://127.0.0.1:{port}/releases")),
+            ..Config::default()
+        };
+        let mut r = CommandRouter::new(
+            config,
+            dir.path().join("config.toml"),
+            Arc::new(Router::new_default()),
+            crate::http::agent(),
+            sink,
+            Clock::new(),
         );
+        assert_eq!(r.perform(Command::CheckUpdate), Effect::None);
+        let event = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(event, PoolEvent::UpdateChecked { result: Ok(None) });
+        let head = server.join().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /releases "), "{head}");
+        assert!(
+            head.contains(&format!(
+                "user-agent: studio-worker/{}",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{head}"
+        );
+        assert!(
+            head.contains("accept: application/vnd.github+json"),
+            "{head}"
+        );
+        // Nothing was found, so there is nothing to install.
         assert_eq!(
             r.perform(Command::ApplyUpdate {
                 version: "9.9.9".into()
             }),
-            Effect::Input(Input::UpdateApplied {
-                result: Err(SELF_UPDATE_UNAVAILABLE.into())
-            })
+            Effect::None
         );
+        match rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            PoolEvent::UpdateApplied { result: Err(e) } => {
+                assert!(e.contains("9.9.9 is no longer known"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

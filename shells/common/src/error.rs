@@ -59,6 +59,10 @@ pub enum ShellError {
     NotRunning { config: PathBuf },
     /// The running worker answered a command with an error.
     Worker(String),
+    /// `check-update` could not read or understand the release feed.
+    UpdateCheck(String),
+    /// `install-service` / `uninstall-service` failed (what and why).
+    Service(String),
 }
 
 impl ShellError {
@@ -113,6 +117,8 @@ impl fmt::Display for ShellError {
                 write!(f, "no running worker for {}", config.display())
             }
             ShellError::Worker(message) => write!(f, "the running worker refused: {message}"),
+            ShellError::UpdateCheck(message) => write!(f, "update check failed: {message}"),
+            ShellError::Service(message) => f.write_str(message),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
 //! | [`pool`] | the engine pool and the HTTP runner: engine jobs and HTTP requests on background threads, completions through a callback ([`EventSink`]) |
+//! | [`update`] | self-update: the release feed, verified download, in-process unpack, `--version` check, atomic replace, re-exec |
 //! | [`driver`] | the [`CommandRouter`]: performs every non-socket `Command` of the core |
 //! | [`engine`] | the engine roster ([`engine_router`]), with the `STUDIO_WORKER_SYNTHETIC_DELAY_MS` test/demo hook |
 //! | [`tls`] | the rustls client configuration for `wss://` (ring, webpki roots) and the process-default provider |
@@ -31,6 +32,7 @@
 //! | [`daemon`] | [`WorkerDaemon`]: what a shell provides (a daemon built from a [`session::Setup`], its [`Control`], `run` to the [`Exit`]) |
 //! | [`api`] | the local control API on 127.0.0.1 (status, pause/resume, enable/disable, shutdown, logs, live settings, Prometheus metrics; token, Host/Origin and size checks) and the CLI's client of it |
 //! | [`cli`] | the `studio-worker` command line (clap) and the admin subcommands (`register`, `status`, `set-threshold`, `config`, `replay`, and, against a running worker, `pause`, `resume`, `enable`, `disable`) |
+//! | [`service`] | `install-service` / `uninstall-service`: one service description rendered as a systemd user unit, a launchd LaunchAgent and a Task Scheduler task |
 //! | [`signals`] | SIGINT / SIGTERM -> [`Control::shutdown`] on a signal-hook thread |
 //! | [`logging`] | `tracing` subscriber setup (`RUST_LOG`, stderr, the Sentry layer) |
 //! | `demo` | (feature `demo`) `studio-worker demo` on any [`WorkerDaemon`], against the loopback studio (`studio-local`) |
@@ -79,12 +81,14 @@ pub mod lock;
 pub mod logging;
 pub mod pool;
 pub mod record;
+pub mod service;
 pub mod session;
 pub mod signals;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod tls;
+pub mod update;
 pub mod ws;
 
 pub use cli::{run_admin_command, Cli, CliCommand};

@@ -153,6 +153,18 @@ mod tests {
     }
 
     #[test]
+    fn a_leftover_lock_file_is_not_a_lock() {
+        // What a process restarting into an update (or one that crashed) leaves behind.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(lock_path(&config), "4194304\n").unwrap();
+        let Lock::Acquired(lock) = DaemonLock::acquire(&config).unwrap() else {
+            panic!("a file nobody holds locked is free")
+        };
+        assert_eq!(holder_pid(lock.path()), Some(std::process::id()));
+    }
+
+    #[test]
     fn a_config_in_the_current_directory_locks_beside_it() {
         assert_eq!(
             lock_path(Path::new("config.toml")),

@@ -62,6 +62,12 @@ pub enum PoolEvent {
     Http { id: HttpId, result: HttpResult },
     /// A running engine's notice, as the log entry to ship.
     Log(LogEntry),
+    /// An update check ended (`Ok(Some(version))`: a newer release).
+    UpdateChecked {
+        result: Result<Option<String>, String>,
+    },
+    /// An update install ended.
+    UpdateApplied { result: Result<(), String> },
 }
 
 impl PoolEvent {
@@ -79,6 +85,8 @@ impl PoolEvent {
             },
             PoolEvent::Http { id, result } => Input::Http { id, result },
             PoolEvent::Log(entry) => Input::Log(entry),
+            PoolEvent::UpdateChecked { result } => Input::UpdateChecked { result },
+            PoolEvent::UpdateApplied { result } => Input::UpdateApplied { result },
         }
     }
 }

@@ -365,7 +365,7 @@ impl Session {
         }
         // A setting is saved first: a change the file does not keep is not made.
         match change {
-            Change::Pause | Change::Resume => {}
+            Change::Pause | Change::Resume | Change::CheckUpdate => {}
             Change::Enabled(enabled) => self
                 .router
                 .update_config(|c| c.auto_enabled = enabled)

@@ -87,6 +87,14 @@ pub fn init_from_env(server_name: &str) -> (Option<Telemetry>, Option<String>) {
     }
 }
 
+/// Sends what is queued (waiting at most the flush timeout), for a process about to be
+/// replaced by `exec` (no destructor runs then). A no-op while Sentry is off.
+pub fn flush() {
+    if let Some(client) = sentry::Hub::current().client() {
+        client.flush(Some(FLUSH_TIMEOUT));
+    }
+}
+
 /// Turns Sentry on with `dsn`.
 pub fn init(dsn: &str, environment: &str, server_name: &str) -> Result<Telemetry, String> {
     let dsn: sentry::types::Dsn = dsn.parse().map_err(|e| format!("{e}"))?;

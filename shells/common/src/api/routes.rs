@@ -2,6 +2,8 @@
 //! body size, token) and the routes. [`handle`] is the whole decision, independent of the
 //! connection handling ([`super::server`]).
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Map, Value};
 use studio_core::Secret;
 
@@ -119,7 +121,7 @@ fn authorized(head: &Head, token: &Secret) -> bool {
 }
 
 /// The routes and the methods each takes.
-const ROUTES: [(&str, &[&str]); 10] = [
+const ROUTES: [(&str, &[&str]); 11] = [
     ("/healthz", &["GET"]),
     ("/daemon/status", &["GET"]),
     ("/daemon/pause", &["POST"]),
@@ -127,6 +129,7 @@ const ROUTES: [(&str, &[&str]); 10] = [
     ("/daemon/enable", &["POST"]),
     ("/daemon/disable", &["POST"]),
     ("/daemon/shutdown", &["POST"]),
+    ("/daemon/check-update", &["POST"]),
     ("/daemon/logs", &["GET"]),
     ("/daemon/config", &["GET", "PATCH"]),
     ("/metrics", &["GET"]),
@@ -211,6 +214,7 @@ fn route(head: &Head, body: &[u8], ctx: &Ctx) -> Reply {
             ctx.control.shutdown();
             Reply::json(202, &json!({"stopping": true}))
         }
+        ("POST", "/daemon/check-update") => check_update(ctx),
         ("GET", "/daemon/logs") => logs(ctx, query),
         ("GET", "/daemon/config") => match live() {
             Ok(live) => Reply::json(200, &views::settings(&live.status)),
@@ -245,9 +249,48 @@ fn change(ctx: &Ctx, change: Change) -> Reply {
             Reply::json(200, &json!({"enabled": live.status.enabled}))
         }
         (Change::Threshold(_), Ok(live)) => Reply::json(200, &views::settings(&live.status)),
+        (Change::CheckUpdate, Ok(_)) => Reply::json(202, &json!({"checking": true})),
         (_, Err(e)) => Reply::unavailable(&e),
     }
 }
+
+/// How long `POST /daemon/check-update` waits for the feed's answer.
+pub const CHECK_UPDATE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `POST /daemon/check-update`: asks the core for a check now and answers with what it
+/// found once the core has it (200, the `lastUpdateCheck` object); 409 while an update
+/// installs or the worker stops, 504 when no answer came in time.
+fn check_update(ctx: &Ctx) -> Reply {
+    let seq = |live: &Live| live.status.last_update_check.as_ref().map_or(0, |c| c.seq);
+    let before = match ctx.control.query(Live::of, LOOP_TIMEOUT) {
+        Ok(live) if live.status.updating.is_some() || live.status.stopping => {
+            return Reply::error(
+                409,
+                "an update is being installed or the worker is stopping",
+            )
+        }
+        Ok(live) => seq(&live),
+        Err(e) => return Reply::unavailable(&e),
+    };
+    if let Err(e) = ctx.control.change(Change::CheckUpdate, LOOP_TIMEOUT) {
+        return Reply::unavailable(&e);
+    }
+    let started = Instant::now();
+    while started.elapsed() < CHECK_UPDATE_TIMEOUT {
+        match ctx.control.query(Live::of, LOOP_TIMEOUT) {
+            Ok(live) if seq(&live) > before => {
+                let check = live.status.last_update_check.as_ref().expect("seq > 0");
+                return Reply::json(200, &views::update_check(check));
+            }
+            Ok(_) => std::thread::sleep(CHECK_UPDATE_POLL),
+            Err(e) => return Reply::unavailable(&e),
+        }
+    }
+    Reply::error(504, "the update feed did not answer in time")
+}
+
+/// How often `POST /daemon/check-update` looks for the answer.
+const CHECK_UPDATE_POLL: Duration = Duration::from_millis(50);
 
 fn logs(ctx: &Ctx, query: &str) -> Reply {
     let mut after = 0;

@@ -10,7 +10,8 @@ use prometheus::{Encoder, TextEncoder};
 use serde_json::{json, Value};
 use studio_core::wire::{LogEntry, TaskKind};
 use studio_core::worker::{
-    JobStats, JobStatus, JobSummary, SessionState, StatusSnapshot, Worker, JOB_DURATION_BUCKETS_MS,
+    JobStats, JobStatus, JobSummary, SessionState, StatusSnapshot, UpdateCheck, UpdateOutcome,
+    Worker, JOB_DURATION_BUCKETS_MS,
 };
 use studio_core::Mono;
 
@@ -140,8 +141,37 @@ pub fn status(live: &Live, config_path: &str) -> Value {
         "jobsFailed": st.stats.failed,
         "vramTotalGb": live.vram_total_gb,
         "vramThresholdGb": st.vram_threshold_gb,
-        "lastUpdateCheck": Value::Null,
+        "lastUpdateCheck": st.last_update_check.as_ref().map(update_check),
     })
+}
+
+/// The last update check (`lastUpdateCheck`, `POST /daemon/check-update`): when, the
+/// running version, `result` (`up_to_date`, `available` or `failed`), `latest` (when one is
+/// available), `error` (when it failed) and `text`, the line `check-update` prints.
+pub fn update_check(check: &UpdateCheck) -> Value {
+    let (result, latest, error) = match &check.outcome {
+        UpdateOutcome::UpToDate => ("up_to_date", None, None),
+        UpdateOutcome::Available(v) => ("available", Some(v.clone()), None),
+        UpdateOutcome::Failed(e) => ("failed", None, Some(e.clone())),
+    };
+    json!({
+        "at": check.at.to_rfc3339(),
+        "current": check.current,
+        "result": result,
+        "latest": latest,
+        "error": error,
+        "text": update_check_text(check),
+    })
+}
+
+/// One line for a person: `up to date: X`, `update available: X -> Y` or `update check
+/// failed: ...`.
+pub fn update_check_text(check: &UpdateCheck) -> String {
+    match &check.outcome {
+        UpdateOutcome::UpToDate => format!("up to date: {}", check.current),
+        UpdateOutcome::Available(v) => format!("update available: {} -> {v}", check.current),
+        UpdateOutcome::Failed(e) => format!("update check failed: {e}"),
+    }
 }
 
 /// `GET /daemon/config`: the settings a running worker applies at once (and saves).
@@ -360,6 +390,31 @@ mod tests {
     use serde_json::json;
     use studio_core::worker::{Credentials, Input, Now, WorkerConfig};
     use studio_core::WallMs;
+
+    #[test]
+    fn an_update_check_reads_as_json_and_as_a_line() {
+        let check = |outcome| UpdateCheck {
+            seq: 1,
+            at: WallMs(1_779_710_400_000),
+            current: "0.1.0".into(),
+            outcome,
+        };
+        let v = update_check(&check(UpdateOutcome::Available("0.2.0".into())));
+        assert_eq!(
+            v,
+            json!({"at": "2026-05-25T12:00:00.000Z", "current": "0.1.0", "result": "available",
+                   "latest": "0.2.0", "error": null, "text": "update available: 0.1.0 -> 0.2.0"})
+        );
+        let v = update_check(&check(UpdateOutcome::UpToDate));
+        assert_eq!(
+            (&v["result"], &v["text"]),
+            (&json!("up_to_date"), &json!("up to date: 0.1.0"))
+        );
+        let v = update_check(&check(UpdateOutcome::Failed("HTTP 500".into())));
+        assert_eq!(v["result"], "failed");
+        assert_eq!(v["error"], "HTTP 500");
+        assert_eq!(v["text"], "update check failed: HTTP 500");
+    }
 
     fn live_worker() -> (Worker, Mono) {
         let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9");
