@@ -103,6 +103,21 @@ pub trait Engine: Send + Sync {
     /// Runs one job to completion (blocking).
     fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError>;
 
+    /// `Ok` when this engine serves the job's `modelSource.engine`; otherwise the typed
+    /// [`SourceMismatch`](crate::EngineErrorKind::SourceMismatch) error. Engines check it
+    /// first in [`Engine::dispatch`]: a job routed to the wrong engine is a bug, and must
+    /// never be answered with another engine's output.
+    fn ensure_source(&self, job: &JobRequest) -> Result<(), EngineError> {
+        if self.serves().contains(&job.source.engine) {
+            Ok(())
+        } else {
+            Err(EngineError::source_mismatch(
+                self.name(),
+                &job.source.engine,
+            ))
+        }
+    }
+
     /// Whether `model` is advertised for `kind` (exact match, no wildcard).
     fn supports(&self, kind: TaskKind, model: &str) -> bool {
         self.capabilities()

@@ -96,7 +96,10 @@ impl EngineError {
                 "install studio-worker-async (it carries the candle LLM engine) or a build with \
                  feature `llm`"
             }
-            ModelEngine::Onnx => "install a build with the onnx engine (feature `image-onnx`)",
+            ModelEngine::Onnx => {
+                "install studio-worker-async (it carries the Piper text-to-speech engine) or a \
+                 build with feature `tts`"
+            }
             ModelEngine::Parakeet => {
                 "parakeet is a local-only streaming engine and never serves studio jobs"
             }

@@ -36,8 +36,8 @@
 //!
 //! [`SyntheticEngine`] produces deterministic outputs keyed by SHA-256 of the prompt
 //! (PROTOCOL.md §9.3): a 512×512 ring pattern (WebP or PNG), a fixed-shape chat completion,
-//! a fixed-shape transcript, a one-second sine WAV and a single-frame WebP "video". It is
-//! pure (no I/O) and takes milliseconds.
+//! a fixed-shape transcript, a one-second sine WAV and an animated GIF "video" of the
+//! requested `seconds` x `fps` frames (capped). It is pure (no I/O) and fast.
 //!
 //! [`ModelEngine`]: studio_core::wire::ModelEngine
 //! [`TaskKind`]: studio_core::wire::TaskKind
@@ -49,12 +49,15 @@ pub mod device;
 pub mod diffusion;
 mod engine;
 mod error;
+pub mod gradio;
 pub mod input_url;
 pub mod job_log;
 #[cfg(feature = "llm")]
 pub mod llm;
 pub mod model_cache;
 pub mod models;
+#[cfg(feature = "tts")]
+pub mod piper;
 mod router;
 #[cfg(feature = "sd-cpp")]
 pub mod sdcpp;
@@ -70,9 +73,12 @@ pub mod whisper;
 pub use diffusion::CandleImageEngine;
 pub use engine::{Engine, EngineOutput, JobRequest};
 pub use error::{EngineError, EngineErrorKind};
+pub use gradio::{GradioEngine, GradioSettings};
 #[cfg(feature = "llm")]
 pub use llm::LlmEngine;
 pub use models::ModelStore;
+#[cfg(feature = "tts")]
+pub use piper::PiperEngine;
 pub use router::Router;
 #[cfg(feature = "sd-cpp")]
 pub use sdcpp::SdCppEngine;

@@ -41,7 +41,6 @@ impl Router {
     #[allow(clippy::vec_init_then_push)]
     pub fn with_settings(settings: &EngineSettings) -> Router {
         let store = ModelStore::new(settings.models_root.clone());
-        #[allow(unused_mut)]
         let mut engines: Vec<Box<dyn Engine>> = Vec::new();
         // Real engines go here, each behind its feature, in routing priority order, each
         // given a clone of `store` (verified downloads) and what it needs of `settings`.
@@ -60,9 +59,18 @@ impl Router {
             store.clone(),
             settings,
         )));
+        #[cfg(feature = "tts")]
+        engines.push(Box::new(crate::piper::PiperEngine::new(
+            store.clone(),
+            settings,
+        )));
         #[cfg(feature = "sd-cpp")]
         engines.push(Box::new(crate::sdcpp::SdCppEngine::new(store.clone())));
-        let _ = (&store, settings);
+        // The operator's Gradio app (no model files: the app has its own).
+        engines.push(Box::new(crate::gradio::GradioEngine::new(
+            settings.gradio.clone(),
+        )));
+        let _ = &store;
         engines.push(Box::new(SyntheticEngine::new()));
         Router::new(engines)
     }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::gradio::GradioSettings;
+
 /// The memory loaded models may keep between jobs when neither the config nor the
 /// machine's memory size says otherwise: 8 GiB. A real engine keeps a model loaded for the
 /// next job while the sum of the loaded models' sizes stays within the budget, and unloads
@@ -25,6 +27,12 @@ pub struct EngineSettings {
     /// How many bytes of loaded models an engine may keep in memory between jobs
     /// ([`DEFAULT_MODEL_MEMORY_BUDGET_BYTES`] by default).
     pub model_memory_budget_bytes: u64,
+    /// The Gradio engine's app and the models it serves ([`GradioSettings::default`]:
+    /// `http://127.0.0.1:7860/`, no models listed).
+    pub gradio: GradioSettings,
+    /// The ONNX Runtime library the Piper engine loads (config `onnxruntime_library`);
+    /// `None`: `ORT_DYLIB_PATH`, else the platform's default name (`libonnxruntime.so`).
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl EngineSettings {
@@ -54,6 +62,8 @@ impl Default for EngineSettings {
         EngineSettings {
             models_root: std::env::temp_dir().join(DEFAULT_MODELS_DIR_NAME),
             model_memory_budget_bytes: DEFAULT_MODEL_MEMORY_BUDGET_BYTES,
+            gradio: GradioSettings::default(),
+            onnxruntime_library: None,
         }
     }
 }

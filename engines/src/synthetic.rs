@@ -29,6 +29,14 @@ pub const TTS_SAMPLE_RATE: u32 = 22_050;
 pub const TTS_SAMPLES: u32 = 22_050;
 /// Peak amplitude of the synthetic speech as a fraction of full scale.
 pub const TTS_AMPLITUDE: f64 = 0.4;
+/// Frames per second of the synthetic video when the task names none.
+pub const VIDEO_DEFAULT_FPS: u32 = 8;
+/// The highest frame rate a synthetic video gets; a higher `fps` is lowered to it. (A GIF
+/// counts frame delays in hundredths of a second, and viewers slow down delays under
+/// 2/100 s.)
+pub const VIDEO_MAX_FPS: u32 = 30;
+/// The most frames a synthetic video holds; `seconds` x `fps` beyond it is cut to it.
+pub const VIDEO_MAX_FRAMES: u32 = 120;
 
 /// The model ids advertised for `kind`: `synthetic` and `synthetic-<kind>`.
 pub fn advertised_models(kind: TaskKind) -> [&'static str; 2] {
@@ -105,29 +113,25 @@ impl Engine for SyntheticEngine {
     }
 
     fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
-        if job.source.engine != ModelEngine::Synthetic {
-            return Err(EngineError::source_mismatch(
-                self.name(),
-                &job.source.engine,
-            ));
-        }
+        self.ensure_source(job)?;
         self.ensure_supports(job.kind(), &job.model)?;
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
-        Ok(render(&job.task))
+        render(&job.task)
     }
 }
 
-/// The synthetic output for `task`, without any routing or model checks.
-pub fn render(task: &Task) -> EngineOutput {
-    match task {
+/// The synthetic output for `task`, without any routing or model checks. Only a video
+/// task can be refused (`InvalidInput`: `seconds` not above zero, `fps` zero).
+pub fn render(task: &Task) -> Result<EngineOutput, EngineError> {
+    Ok(match task {
         Task::Image(t) => render_image_task(t),
         Task::Llm(t) => EngineOutput::Json(llm_result(t)),
         Task::AudioStt(t) => EngineOutput::Json(stt_result(t)),
         Task::AudioTts(t) => tts_output(t),
-        Task::Video(t) => video_output(t),
-    }
+        Task::Video(t) => video_output(t)?,
+    })
 }
 
 // ------------------------------------------------------------------------------------------
@@ -181,14 +185,28 @@ fn det_cos(x: f64) -> f64 {
 /// frequencies and phases come from digest bytes 12..16; band `b` gets colour `b mod 4`.
 pub fn render_rgb(prompt: &str) -> Vec<u8> {
     let d = digest(prompt);
-    let palette: [[u8; 3]; 4] = std::array::from_fn(|i| [d[3 * i], d[3 * i + 1], d[3 * i + 2]]);
+    let palette = palette(&d);
+    let mut rgb = Vec::with_capacity((IMAGE_SIZE * IMAGE_SIZE * 3) as usize);
+    for index in render_indices(&d, 0.0) {
+        rgb.extend_from_slice(&palette[usize::from(index)]);
+    }
+    rgb
+}
 
+/// The four colours of the pattern: digest bytes 0..12, three bytes each.
+fn palette(d: &[u8; 32]) -> [[u8; 3]; 4] {
+    std::array::from_fn(|i| [d[3 * i], d[3 * i + 1], d[3 * i + 2]])
+}
+
+/// The palette index (band mod 4) of every pixel of the pattern for digest `d`, row by
+/// row, with both ripple phases advanced by `shift` radians (0: the still image).
+fn render_indices(d: &[u8; 32], shift: f64) -> Vec<u8> {
     let size = IMAGE_SIZE as usize;
     let amplitude = 8.0;
     let fx = TAU * f64::from(3 + d[12] % 5) / f64::from(IMAGE_SIZE);
     let fy = TAU * f64::from(3 + d[13] % 5) / f64::from(IMAGE_SIZE);
-    let px = TAU * f64::from(d[14]) / 256.0;
-    let py = TAU * f64::from(d[15]) / 256.0;
+    let px = TAU * f64::from(d[14]) / 256.0 + shift;
+    let py = TAU * f64::from(d[15]) / 256.0 + shift;
     let ripple_x: Vec<f64> = (0..size)
         .map(|x| amplitude * det_sin(fx * x as f64 + px))
         .collect();
@@ -199,17 +217,17 @@ pub fn render_rgb(prompt: &str) -> Vec<u8> {
     let band_width = f64::from(IMAGE_SIZE) / 2.0 / f64::from(IMAGE_BANDS);
     let max_band = f64::from(IMAGE_BANDS - 1);
 
-    let mut rgb = Vec::with_capacity(size * size * 3);
+    let mut indices = Vec::with_capacity(size * size);
     for (y, ry) in ripple_y.iter().enumerate() {
         let dy = half(y);
         for (x, rx) in ripple_x.iter().enumerate() {
             let chebyshev = half(x).max(dy);
             let r = chebyshev + rx * ry;
-            let band = (r / band_width).floor().clamp(0.0, max_band) as usize;
-            rgb.extend_from_slice(&palette[band % 4]);
+            let band = (r / band_width).floor().clamp(0.0, max_band) as u8;
+            indices.push(band % 4);
         }
     }
-    rgb
+    indices
 }
 
 fn encode_png(rgb: &[u8]) -> Vec<u8> {
@@ -253,12 +271,71 @@ fn render_image_task(t: &ImageTask) -> EngineOutput {
     }
 }
 
-fn video_output(t: &VideoTask) -> EngineOutput {
-    // One still frame as WebP; the requested ext (default mp4) is ignored.
-    EngineOutput::Binary {
-        bytes: render_webp(&t.prompt),
-        ext: "webp".to_string(),
+/// How many frames a video task gets, and at what rate: `fps` (default
+/// [`VIDEO_DEFAULT_FPS`], at most [`VIDEO_MAX_FPS`]) and `seconds` x `fps` rounded, at least
+/// one and at most [`VIDEO_MAX_FRAMES`]. `seconds` not above zero or `fps` zero is
+/// `InvalidInput`.
+pub fn video_frames(t: &VideoTask) -> Result<(u32, u32), EngineError> {
+    let fps = t.fps.unwrap_or(VIDEO_DEFAULT_FPS);
+    if fps == 0 {
+        return Err(EngineError::invalid_input("video fps must be at least 1"));
     }
+    let seconds = t.seconds();
+    // The wire reads only finite numbers.
+    if seconds <= 0.0 {
+        return Err(EngineError::invalid_input(format!(
+            "video seconds must be above zero, got {seconds}"
+        )));
+    }
+    let fps = fps.min(VIDEO_MAX_FPS);
+    let frames = (f64::from(seconds) * f64::from(fps)).round();
+    let frames = frames.clamp(1.0, f64::from(VIDEO_MAX_FRAMES)) as u32;
+    Ok((frames, fps))
+}
+
+/// The synthetic video for `prompt`: an endlessly looping animated GIF of `frames` frames,
+/// [`IMAGE_SIZE`] square, shown `100 / fps` hundredths of a second each (rounded; GIF's
+/// unit). Frame `i` is the image pattern with its ripple's phases advanced by
+/// `2π·i / frames` (frame 0 is the still image, and the loop is seamless); every frame is
+/// indexed over the image's four colours, so no quantizer touches them.
+pub fn render_gif(prompt: &str, frames: u32, fps: u32) -> Vec<u8> {
+    let d = digest(prompt);
+    let palette: Vec<u8> = palette(&d).concat();
+    let side = IMAGE_SIZE as u16;
+    let delay = ((100 + fps.max(1) / 2) / fps.max(1)).max(1) as u16;
+    let mut out = Vec::new();
+    {
+        let mut encoder = gif::Encoder::new(&mut out, side, side, &palette)
+            .expect("writing a GIF header into memory cannot fail");
+        encoder
+            .set_repeat(gif::Repeat::Infinite)
+            .expect("writing into memory cannot fail");
+        for i in 0..frames {
+            let shift = TAU * f64::from(i) / f64::from(frames);
+            let frame = gif::Frame {
+                width: side,
+                height: side,
+                delay,
+                dispose: gif::DisposalMethod::Keep,
+                buffer: std::borrow::Cow::Owned(render_indices(&d, shift)),
+                ..gif::Frame::default()
+            };
+            encoder
+                .write_frame(&frame)
+                .expect("encoding an indexed frame into memory cannot fail");
+        }
+    }
+    out
+}
+
+fn video_output(t: &VideoTask) -> Result<EngineOutput, EngineError> {
+    // An animated GIF whatever `ext` was asked for (default mp4): the bytes are reported
+    // as what they are (PROTOCOL.md §9.3).
+    let (frames, fps) = video_frames(t)?;
+    Ok(EngineOutput::Binary {
+        bytes: render_gif(&t.prompt, frames, fps),
+        ext: "gif".to_string(),
+    })
 }
 
 // ------------------------------------------------------------------------------------------

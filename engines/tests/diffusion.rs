@@ -856,6 +856,7 @@ fn the_memory_budget_bounds_image_size_and_caching() {
             &EngineSettings {
                 models_root: root.clone(),
                 model_memory_budget_bytes: bytes,
+                ..EngineSettings::default()
             },
         )
     };

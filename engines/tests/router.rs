@@ -64,7 +64,7 @@ impl Engine for Shadow {
 }
 
 /// The engines this build compiles in, in routing order: real ones first (by feature),
-/// the synthetic engine always and last.
+/// then the Gradio engine and the synthetic engine, always, the synthetic one last.
 fn compiled_in() -> Vec<&'static str> {
     let mut names = Vec::new();
     if cfg!(feature = "llm") {
@@ -76,9 +76,13 @@ fn compiled_in() -> Vec<&'static str> {
     if cfg!(feature = "image-candle") {
         names.push("candle_image");
     }
+    if cfg!(feature = "tts") {
+        names.push("piper");
+    }
     if cfg!(feature = "sd-cpp") {
         names.push("sdcpp");
     }
+    names.push("gradio");
     names.push("synthetic");
     names
 }
@@ -93,8 +97,12 @@ fn default_router_is_multi_over_the_compiled_in_engines_synthetic_last() {
         format!("Router {{ engines: {:?} }}", compiled_in())
     );
     assert!(router.serves().contains(&ModelEngine::Synthetic));
-    if compiled_in() == ["synthetic"] {
-        assert_eq!(router.serves(), vec![ModelEngine::Synthetic]);
+    if compiled_in() == ["gradio", "synthetic"] {
+        assert_eq!(
+            router.serves(),
+            vec![ModelEngine::Other("gradio".into()), ModelEngine::Synthetic]
+        );
+        // The Gradio engine advertises nothing until the operator lists models.
         assert_eq!(router.capabilities(), SyntheticEngine::new().capabilities());
     }
 }
@@ -172,7 +180,10 @@ fn llama_cpp_source_is_not_available_and_not_retryable() {
 #[test]
 fn every_engine_not_compiled_in_fails_without_fallback() {
     let router = Router::new_default();
-    let mut missing = vec![ModelEngine::Onnx, ModelEngine::Parakeet];
+    let mut missing = vec![ModelEngine::Parakeet];
+    if !cfg!(feature = "tts") {
+        missing.push(ModelEngine::Onnx);
+    }
     if !cfg!(feature = "sd-cpp") {
         missing.push(ModelEngine::SdCpp);
     }

@@ -240,29 +240,153 @@ fn image_is_deterministic_and_keyed_by_prompt_only() {
     );
 }
 
+fn video_task(prompt: &str, seconds: Option<f32>, fps: Option<u32>) -> Task {
+    Task::Video(VideoTask {
+        prompt: prompt.into(),
+        ext: Some("mp4".into()),
+        seconds,
+        fps,
+        ..VideoTask::default()
+    })
+}
+
+/// Decodes a GIF: its size, loop setting and every frame's delay and RGBA pixels.
+struct DecodedGif {
+    size: (u16, u16),
+    repeat: gif::Repeat,
+    delays: Vec<u16>,
+    frames: Vec<Vec<u8>>,
+}
+
+fn decode_gif(bytes: &[u8]) -> DecodedGif {
+    assert_eq!(&bytes[..6], b"GIF89a", "not a GIF89a file");
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::RGBA);
+    let mut decoder = options.read_info(bytes).expect("a GIF header");
+    let size = (decoder.width(), decoder.height());
+    let (mut delays, mut frames) = (Vec::new(), Vec::new());
+    while let Some(frame) = decoder.read_next_frame().expect("a decodable frame") {
+        assert_eq!((frame.width, frame.height), size, "every frame is whole");
+        delays.push(frame.delay);
+        frames.push(frame.buffer.to_vec());
+    }
+    DecodedGif {
+        size,
+        repeat: decoder.repeat(),
+        delays,
+        frames,
+    }
+}
+
+fn rgba(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3)
+        .flat_map(|p| [p[0], p[1], p[2], 255])
+        .collect()
+}
+
 #[test]
-fn video_is_a_single_webp_frame_of_the_image_renderer() {
+fn video_is_an_animated_gif_of_seconds_times_fps_frames() {
     let (bytes, ext) = binary(run(
         "synthetic-video",
-        Task::Video(VideoTask {
-            prompt: "a rolling wave".into(),
-            ext: Some("mp4".into()),
-            seconds: Some(4.0),
-            ..VideoTask::default()
-        }),
+        video_task("a rolling wave", Some(1.5), Some(10)),
     ));
-    assert_eq!(ext, "webp");
-    assert_eq!(bytes, synthetic::render_webp("a rolling wave"));
-    let img = decode(&bytes, image::ImageFormat::WebP);
-    assert_eq!((img.width(), img.height()), (512, 512));
+    // The bytes are a GIF, and are reported as one whatever `ext` asked for.
+    assert_eq!(ext, "gif");
+    let gif = decode_gif(&bytes);
+    assert_eq!(gif.size, (512, 512));
+    assert_eq!(gif.frames.len(), 15, "1.5 s x 10 fps");
+    assert_eq!(gif.delays, vec![10; 15], "1/10 s per frame");
+    assert_eq!(gif.repeat, gif::Repeat::Infinite);
+    // Frame 0 is the still image; the pattern moves from frame to frame.
+    assert_eq!(
+        gif.frames[0],
+        rgba(&synthetic::render_rgb("a rolling wave"))
+    );
+    for pair in gif.frames.windows(2) {
+        assert_ne!(pair[0], pair[1], "consecutive frames are identical");
+    }
+    // Deterministic: the same task gives the same bytes.
     let (again, _) = binary(run(
         "synthetic",
+        video_task("a rolling wave", Some(1.5), Some(10)),
+    ));
+    assert_eq!(bytes, again);
+}
+
+#[test]
+fn video_defaults_are_two_seconds_at_the_default_fps() {
+    let (bytes, ext) = binary(run(
+        "synthetic",
         Task::Video(VideoTask {
-            prompt: "a rolling wave".into(),
+            prompt: "defaults".into(),
             ..VideoTask::default()
         }),
     ));
-    assert_eq!(bytes, again);
+    assert_eq!(ext, "gif");
+    let gif = decode_gif(&bytes);
+    assert_eq!(
+        gif.frames.len() as u32,
+        2 * synthetic::VIDEO_DEFAULT_FPS,
+        "2 s at the default fps"
+    );
+    let task = VideoTask::default();
+    assert_eq!(
+        synthetic::video_frames(&task).unwrap(),
+        (
+            2 * synthetic::VIDEO_DEFAULT_FPS,
+            synthetic::VIDEO_DEFAULT_FPS
+        )
+    );
+}
+
+#[test]
+fn video_frames_are_capped() {
+    let frames = |seconds: f32, fps: Option<u32>| {
+        let Task::Video(t) = video_task("x", Some(seconds), fps) else {
+            unreachable!()
+        };
+        synthetic::video_frames(&t)
+    };
+    // A frame rate above the cap is lowered to it.
+    assert_eq!(
+        frames(1.0, Some(1000)).unwrap(),
+        (synthetic::VIDEO_MAX_FPS, synthetic::VIDEO_MAX_FPS)
+    );
+    // seconds x fps above the frame cap is cut to it.
+    assert_eq!(
+        frames(3600.0, Some(24)).unwrap(),
+        (synthetic::VIDEO_MAX_FRAMES, 24)
+    );
+    // A clip shorter than one frame still has one.
+    assert_eq!(frames(0.01, Some(8)).unwrap(), (1, 8));
+    // Rounded to the nearest whole frame.
+    assert_eq!(frames(1.3, Some(10)).unwrap(), (13, 10));
+    // The cap holds for the encoded file too.
+    let (bytes, _) = binary(run("synthetic", video_task("long", Some(3600.0), Some(30))));
+    assert_eq!(
+        decode_gif(&bytes).frames.len() as u32,
+        synthetic::VIDEO_MAX_FRAMES
+    );
+}
+
+#[test]
+fn video_with_no_duration_or_no_frame_rate_is_invalid_input() {
+    for (seconds, fps, needle) in [
+        (0.0, Some(8), "seconds"),
+        (-2.0, Some(8), "seconds"),
+        (2.0, Some(0), "fps"),
+    ] {
+        let err = SyntheticEngine::new()
+            .dispatch(&job("synthetic", video_task("x", Some(seconds), fps)))
+            .unwrap_err();
+        assert_eq!(
+            err.kind,
+            EngineErrorKind::InvalidInput,
+            "{seconds} s, {fps:?}"
+        );
+        assert!(!err.retryable());
+        assert!(err.message.contains(needle), "{}", err.message);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

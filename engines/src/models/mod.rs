@@ -91,6 +91,8 @@ use names::Plan;
 use verify::cached;
 
 pub use disk::{available_space, needed_with_headroom};
+pub(crate) use download::resolve;
+pub use download::USER_AGENT;
 pub use names::{
     check_file_name, check_redirect, check_url, check_url_for, is_local_host, is_loopback_host,
     is_windows_reserved_name, model_dir_name, redact,

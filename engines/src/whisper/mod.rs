@@ -237,12 +237,7 @@ impl Engine for WhisperEngine {
     }
 
     fn dispatch(&self, job: &JobRequest) -> Result<EngineOutput, EngineError> {
-        if !self.serves().contains(&job.source.engine) {
-            return Err(EngineError::source_mismatch(
-                self.name(),
-                &job.source.engine,
-            ));
-        }
+        self.ensure_source(job)?;
         let Task::AudioStt(task) = &job.task else {
             return Err(EngineError::unsupported_kind(self.name(), job.kind()));
         };

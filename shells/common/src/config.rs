@@ -34,6 +34,7 @@ use studio_core::worker::{
     Credentials, HostFacts, Limits, PersistedState, RegistrationState, Timings, WorkerConfig,
 };
 use studio_core::Secret;
+use studio_engines::gradio::{GradioApi, GradioSettings};
 
 use crate::error::ShellError;
 
@@ -85,7 +86,7 @@ pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
 const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
-pub const KNOWN_KEYS: [&str; 22] = [
+pub const KNOWN_KEYS: [&str; 28] = [
     "api_base_url",
     "worker_id",
     "auth_token",
@@ -108,6 +109,12 @@ pub const KNOWN_KEYS: [&str; 22] = [
     "job_deadline_secs",
     "allow_insecure_studio_url",
     "model_memory_budget_gb",
+    "gradio_endpoint_url",
+    "gradio_api",
+    "gradio_api_name",
+    "gradio_timeout_secs",
+    "supported_models_override",
+    "onnxruntime_library",
 ];
 
 fn default_true() -> bool {
@@ -204,6 +211,31 @@ pub struct Config {
     /// [`studio_engines::DEFAULT_MODEL_MEMORY_BUDGET_PERCENT`] of this machine's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_memory_budget_gb: Option<f64>,
+    /// The Gradio engine's app; unset = `http://127.0.0.1:7860/` (loopback, Gradio's
+    /// default port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_endpoint_url: Option<String>,
+    /// Which Gradio API the app is called through: `call` (unset) or `legacy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_api: Option<String>,
+    /// The app function's API name; unset = `predict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_api_name: Option<String>,
+    /// A Gradio job's time limit in seconds; unset = 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradio_timeout_secs: Option<u64>,
+    /// The model ids the Gradio app serves (advertised for `image`); empty = none
+    /// advertised, any model of a `gradio` job served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_models_override: Vec<String>,
+    /// The ONNX Runtime library the Piper engine loads (`~` expanded); unset =
+    /// `$ORT_DYLIB_PATH`, else `libonnxruntime.so` found by the dynamic loader.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_path_lossy"
+    )]
+    pub onnxruntime_library: Option<PathBuf>,
     /// Keys this build does not know, kept so a save writes them back unchanged.
     #[serde(skip)]
     pub extra: BTreeMap<String, toml::Value>,
@@ -236,6 +268,12 @@ impl Default for Config {
             job_deadline_secs: BTreeMap::new(),
             allow_insecure_studio_url: false,
             model_memory_budget_gb: None,
+            gradio_endpoint_url: None,
+            gradio_api: None,
+            gradio_api_name: None,
+            gradio_timeout_secs: None,
+            supported_models_override: Vec::new(),
+            onnxruntime_library: None,
             extra: BTreeMap::new(),
         }
     }
@@ -245,6 +283,14 @@ impl Default for Config {
 /// whole save).
 fn path_lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
+}
+
+/// [`path_lossy`] for an optional path (only called when it is set).
+fn opt_path_lossy<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => path_lossy(path, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// The default config file: `<OS config dir>/minis-studio-worker/config.toml` (Linux
@@ -352,6 +398,7 @@ impl Config {
             }
         }
         config.models_root = expand_home(&config.models_root);
+        config.onnxruntime_library = config.onnxruntime_library.as_deref().map(expand_home);
         config
             .validate()
             .map_err(|message| ShellError::ConfigInvalid {
@@ -371,6 +418,10 @@ impl Config {
                 "job_deadline_secs.{kind}: must be at least 1 (seconds)"
             ));
         }
+        if let Some(api) = &self.gradio_api {
+            GradioApi::parse(api).map_err(|e| format!("gradio_api: {e}"))?;
+        }
+        self.gradio_settings().validate()?;
         if self.auto_update_interval_secs < MIN_AUTO_UPDATE_INTERVAL_SECS {
             return Err(format!(
                 "auto_update_interval_secs: {} is below the minimum of \
@@ -415,6 +466,30 @@ impl Config {
         match self.model_memory_budget_gb {
             Some(gb) => (gb * 1e9) as u64,
             None => studio_engines::EngineSettings::default_budget(total_ram),
+        }
+    }
+
+    /// The Gradio engine's settings from the `gradio_*` keys and
+    /// `supported_models_override`, unset keys at the engine's defaults (an unknown
+    /// `gradio_api`, which [`Config::validate`] refuses, counts as unset).
+    pub fn gradio_settings(&self) -> GradioSettings {
+        let defaults = GradioSettings::default();
+        GradioSettings {
+            endpoint_url: self
+                .gradio_endpoint_url
+                .clone()
+                .unwrap_or(defaults.endpoint_url),
+            api: self
+                .gradio_api
+                .as_deref()
+                .and_then(|api| GradioApi::parse(api).ok())
+                .unwrap_or(defaults.api),
+            api_name: self.gradio_api_name.clone().unwrap_or(defaults.api_name),
+            models: self.supported_models_override.clone(),
+            timeout: self
+                .gradio_timeout_secs
+                .map_or(defaults.timeout, std::time::Duration::from_secs),
+            max_result_bytes: defaults.max_result_bytes,
         }
     }
 
@@ -666,6 +741,12 @@ impl fmt::Debug for Config {
             .field("registration_secret", &r.registration_secret)
             .field("allow_insecure_studio_url", &r.allow_insecure_studio_url)
             .field("model_memory_budget_gb", &r.model_memory_budget_gb)
+            .field("gradio_endpoint_url", &r.gradio_endpoint_url)
+            .field("gradio_api", &r.gradio_api)
+            .field("gradio_api_name", &r.gradio_api_name)
+            .field("gradio_timeout_secs", &r.gradio_timeout_secs)
+            .field("supported_models_override", &r.supported_models_override)
+            .field("onnxruntime_library", &r.onnxruntime_library)
             .field("extra", &r.extra)
             .finish()
     }
@@ -1347,6 +1428,43 @@ mod tests {
             let err = Config::parse(Path::new("c.toml"), text).unwrap_err();
             assert!(matches!(err, ShellError::ConfigInvalid { .. }), "{err}");
             assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn gradio_keys_configure_the_gradio_engine() {
+        // Unset: the engine's defaults, and nothing written to a new file.
+        let c = Config::default();
+        assert_eq!(c.gradio_settings(), GradioSettings::default());
+        assert!(!c.to_toml().contains("gradio"), "{}", c.to_toml());
+
+        let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n\
+                    gradio_endpoint_url = \"http://127.0.0.1:7861/gradio_api\"\n\
+                    gradio_api = \"legacy\"\ngradio_api_name = \"paint\"\n\
+                    gradio_timeout_secs = 90\n\
+                    supported_models_override = [\"my-sdxl\", \"my-flux\"]\n";
+        let c = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert!(c.extra.is_empty(), "{:?}", c.extra);
+        let g = c.gradio_settings();
+        assert_eq!(g.endpoint_url, "http://127.0.0.1:7861/gradio_api");
+        assert_eq!(g.api, GradioApi::Legacy);
+        assert_eq!(g.api_name, "paint");
+        assert_eq!(g.timeout, std::time::Duration::from_secs(90));
+        assert_eq!(g.models, ["my-sdxl", "my-flux"]);
+        // They survive a save and a load, and reach the engines.
+        assert_eq!(Config::parse(Path::new("c.toml"), &c.to_toml()).unwrap(), c);
+        assert_eq!(crate::engine::engine_settings(&c).gradio, g);
+
+        for (line, needle) in [
+            ("gradio_endpoint_url = \"ftp://x/\"", "gradio_endpoint_url"),
+            ("gradio_api = \"rest\"", "gradio_api"),
+            ("gradio_api_name = \"a/b\"", "gradio_api_name"),
+            ("gradio_timeout_secs = 0", "gradio_timeout_secs"),
+        ] {
+            let text = format!("api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n{line}\n");
+            let err = Config::parse(Path::new("c.toml"), &text).unwrap_err();
+            assert!(matches!(err, ShellError::ConfigInvalid { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{line}: {err}");
         }
     }
 

@@ -20,12 +20,15 @@ use crate::config::Config;
 pub const SYNTHETIC_DELAY_ENV: &str = "STUDIO_WORKER_SYNTHETIC_DELAY_MS";
 
 /// What the engines take from the config: `models_root` (verified model downloads go to
-/// `<models_root>/<model id>/`) and the loaded-model memory budget
-/// (`model_memory_budget_gb`, by default a share of this machine's memory).
+/// `<models_root>/<model id>/`), the loaded-model memory budget (`model_memory_budget_gb`,
+/// by default a share of this machine's memory), the Gradio engine's app and models
+/// ([`Config::gradio_settings`]) and the ONNX Runtime library (`onnxruntime_library`).
 pub fn engine_settings(config: &Config) -> EngineSettings {
     EngineSettings {
         model_memory_budget_bytes: config
             .model_memory_budget_bytes(crate::host::total_memory_bytes()),
+        gradio: config.gradio_settings(),
+        onnxruntime_library: config.onnxruntime_library.clone(),
         ..EngineSettings::with_models_root(config.models_root.clone())
     }
 }
@@ -113,5 +116,24 @@ mod tests {
             engine_settings(&config).model_memory_budget_bytes,
             3_000_000_000
         );
+        assert_eq!(settings.onnxruntime_library, None);
+    }
+
+    #[test]
+    fn the_engines_get_the_configured_onnx_runtime() {
+        let config = Config::parse(
+            std::path::Path::new("c.toml"),
+            "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n\
+             onnxruntime_library = \"/opt/ort/libonnxruntime.so.1.31.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            engine_settings(&config).onnxruntime_library.as_deref(),
+            Some(std::path::Path::new("/opt/ort/libonnxruntime.so.1.31.1"))
+        );
+        // Written back as it was read.
+        assert!(config
+            .to_toml()
+            .contains("onnxruntime_library = \"/opt/ort/libonnxruntime.so.1.31.1\""));
     }
 }

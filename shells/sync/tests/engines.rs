@@ -1,5 +1,5 @@
 //! The engines the small-box binary carries in its own feature set: by default none of the
-//! candle engines, so an offer for one of them fails, not retryable, with the message that
+//! candle engines nor the Piper text-to-speech engine, so an offer for one of them fails, not retryable, with the message that
 //! names the missing engine and where to get it (docs/PROTOCOL.md §9.1, §10).
 //!
 //! `cargo test --workspace` builds this crate with the features of every workspace member
@@ -26,7 +26,7 @@ fn offer(task: &str, engine: &str) -> JobRequest {
 }
 
 /// (own feature, routing id of the engine, `modelSource.engine`, task, the fix named).
-const CANDLE_ENGINES: [(bool, &str, &str, &str, &str); 3] = [
+const OPTIONAL_ENGINES: [(bool, &str, &str, &str, &str); 4] = [
     (
         cfg!(feature = "llm"),
         "llama",
@@ -51,6 +51,14 @@ const CANDLE_ENGINES: [(bool, &str, &str, &str, &str); 3] = [
         "install studio-worker-async (it carries the candle Stable Diffusion engine) or a \
          build with feature `image-candle`",
     ),
+    (
+        cfg!(feature = "tts"),
+        "piper",
+        "onnx",
+        r#"{"kind":"audio_tts","text":"hello"}"#,
+        "install studio-worker-async (it carries the Piper text-to-speech engine) or a build \
+         with feature `tts`",
+    ),
 ];
 
 #[test]
@@ -59,7 +67,7 @@ fn a_job_for_an_engine_not_compiled_in_fails_not_retryable_and_says_where_to_get
     let router = engine_router(&Config::default());
     let carried = router.engine_names();
     let mut asserted = 0;
-    for (own_feature, name, engine, task, fix) in CANDLE_ENGINES {
+    for (own_feature, name, engine, task, fix) in OPTIONAL_ENGINES {
         let job = offer(task, engine);
         if carried.contains(&name) {
             // Asked for by this crate's feature, or unified in from another member.
@@ -84,12 +92,14 @@ fn a_job_for_an_engine_not_compiled_in_fails_not_retryable_and_says_where_to_get
         );
         asserted += 1;
     }
-    // The package's own default build carries none of the candle engines.
-    let own_default =
-        !cfg!(feature = "llm") && !cfg!(feature = "whisper") && !cfg!(feature = "image-candle");
+    // The package's own default build carries none of these engines.
+    let own_default = !cfg!(feature = "llm")
+        && !cfg!(feature = "whisper")
+        && !cfg!(feature = "image-candle")
+        && !cfg!(feature = "tts");
     if own_default && asserted == 0 {
         eprintln!(
-            "features unified with other workspace members (every candle engine is carried): \
+            "features unified with other workspace members (every optional engine is carried): \
              run `cargo test -p studio-worker` to check this binary's own configuration"
         );
     }

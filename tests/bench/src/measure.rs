@@ -459,7 +459,7 @@ pub fn engine_baseline(kind: TaskKind, n: usize) -> Result<Vec<Duration>, BenchE
         let t0 = Instant::now();
         let output = studio_engines::synthetic::render(&spec.task);
         out.push(t0.elapsed());
-        std::hint::black_box(output);
+        std::hint::black_box(output).map_err(|e| BenchError::new(e.message))?;
     }
     Ok(out)
 }
