@@ -5,36 +5,33 @@
 //! Where things are (VOPR-style, one concern per module):
 //!
 //! * `rng`: the seeded random source (the core's SplitMix64);
-//! * `faults`: the fault classes ([`Faults`]), their decisions and their undoing at heal,
-//!   and the deliberate bugs that prove the checks can fail ([`Sabotage`]);
 //! * `queue`: the event queue (a monotone radix heap);
-//! * `links`: the simulated WebSockets (the core's test [`Link`](studio_core::testing::Link)
-//!   plus latency, order and faults);
-//! * `world`: the fleet, the studio, the clock and the loop (phases: chaos, heal, settle);
-//!   `workers` and `studio` host the two kinds of machine (the workers on the core's test
-//!   [`Driver`](studio_core::testing::Driver), the HTTP bridge of the core's test peer);
-//! * `checks`: the invariants checked after every step and the violations;
-//! * `report`: what a run found ([`SimReport`]), its hash, and the traces of a failing
-//!   seed ([`trace_out`] writes them in the core's replay format);
+//! * `world`: the fleet, the studio, the clock and the loop (phases: chaos, heal, settle),
+//!   with the rooms that act on the world as its children (each imports the world; none
+//!   imports a sibling that imports it back):
+//!   * `world::faults`: the fault classes ([`Faults`]), their decisions and their undoing at
+//!     heal, and the deliberate bugs that prove the checks can fail ([`Sabotage`]);
+//!   * `world::links`: the simulated WebSockets (the core's test
+//!     [`Link`](studio_core::testing::Link) plus latency, order and faults);
+//!   * `world::workers` and `world::studio` host the two kinds of machine (the workers on
+//!     the core's test [`Driver`](studio_core::testing::Driver), the HTTP bridge of the
+//!     core's test peer);
+//!   * `world::checks`: the invariants checked after every step and the violations;
+//!   * `world::report`: what a run found ([`SimReport`]), its hash, and the traces of a
+//!     failing seed ([`trace_out`] writes them in the core's replay format);
 //! * the CLI is `src/main.rs`.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-mod checks;
-mod faults;
-mod links;
 mod queue;
-mod report;
 mod rng;
-mod studio;
 pub mod trace_out;
-mod workers;
 mod world;
 
-pub use faults::{Faults, Sabotage};
-pub use report::{describe, trace_selection, SimReport, TraceStep, WorkerTrace};
 pub use rng::Rng;
+pub use world::faults::{Faults, Sabotage};
+pub use world::report::{describe, trace_selection, SimReport, TraceStep, WorkerTrace};
 
 /// Wall clock at `Mono::ZERO` (2026-05-25T12:00:00Z), the test peer's.
 pub const WALL0: u64 = studio_core::testing::WALL0;

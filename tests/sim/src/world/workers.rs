@@ -15,10 +15,10 @@ use studio_core::worker::{
 };
 use studio_core::Mono;
 
-use crate::faults::{self, EngineProfile, Sabotage};
-use crate::links::ConnLinks;
-use crate::report::{Hashed, TraceStep};
 use crate::rng::Rng;
+use crate::world::faults::{self, EngineProfile, Sabotage};
+use crate::world::links::ConnLinks;
+use crate::world::report::{Hashed, TraceStep};
 use crate::world::{Event, World};
 use crate::STORM_LIMIT;
 

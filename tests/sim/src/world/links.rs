@@ -1,6 +1,6 @@
 //! The simulated network: one [`Link`] per WebSocket a worker opened, carrying frames and
 //! closes between a worker machine and the studio machine with latency, in order, and
-//! under the link faults of [`crate::faults`].
+//! under the link faults of [`crate::world::faults`].
 //!
 //! A link is the core's [`testing::Link`] (the socket's id on each side, and the input each
 //! side's action becomes on the other) plus what the network does to it: whether each side
@@ -14,7 +14,7 @@ use studio_core::testing;
 use studio_core::worker::{ConnId, ConnectError, Input};
 use studio_core::Mono;
 
-use crate::faults::is_result_frame;
+use crate::world::faults::is_result_frame;
 use crate::world::{Event, World};
 
 /// One simulated WebSocket.

@@ -11,6 +11,13 @@
 //! `handle` with a version number so stale entries are skipped: no per-step scan of the
 //! fleet.
 
+pub(crate) mod checks;
+pub(crate) mod faults;
+pub(crate) mod links;
+pub(crate) mod report;
+pub(crate) mod studio;
+pub(crate) mod workers;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -19,12 +26,12 @@ use studio_core::studio::{Studio, StudioConfig, StudioInput};
 use studio_core::worker::{ConnId, HttpId, HttpRequest, Input, Now};
 use studio_core::{Mono, WallMs};
 
-use crate::faults::EngineProfile;
-use crate::links::Link;
 use crate::queue::Queue;
-use crate::report::SimReport;
 use crate::rng::Rng;
-use crate::workers::SimWorker;
+use crate::world::faults::EngineProfile;
+use crate::world::links::Link;
+use crate::world::report::SimReport;
+use crate::world::workers::SimWorker;
 use crate::{SimConfig, WALL0};
 
 /// Something that happens at an instant.
