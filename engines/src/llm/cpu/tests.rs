@@ -1,0 +1,27 @@
+use super::*;
+
+#[test]
+fn rms_norm_and_rope_follow_their_definitions() {
+    let mut out = [0f32; 4];
+    rms_norm(
+        &[1.0, -1.0, 1.0, -1.0],
+        &[1.0, 2.0, 3.0, 4.0],
+        0.0,
+        &mut out,
+    );
+    assert_eq!(out, [1.0, -2.0, 3.0, -4.0]);
+    let mut h = [1.0f32, 0.0, 0.0, 2.0];
+    let half_pi = std::f32::consts::FRAC_PI_2;
+    rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)], false);
+    assert!((h[0]).abs() < 1e-6 && (h[1] - 1.0).abs() < 1e-6);
+    assert_eq!(&h[2..], &[0.0, 2.0]);
+    // NeoX pairs: (0, 2) rotated by pi/2, (1, 3) not at all.
+    let mut h = [1.0f32, 0.0, 0.0, 2.0];
+    rotate(&mut h, &[(half_pi.cos(), half_pi.sin()), (1.0, 0.0)], true);
+    assert!(h[0].abs() < 1e-6 && (h[2] - 1.0).abs() < 1e-6);
+    assert_eq!((h[1], h[3]), (0.0, 2.0));
+    // GELU (tanh form) at a few points.
+    assert_eq!(gelu(0.0), 0.0);
+    assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
+    assert!((gelu(-3.0) + 0.003_637_4).abs() < 1e-5);
+}
