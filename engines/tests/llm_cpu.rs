@@ -324,15 +324,34 @@ fn synthetic_model_is_consistent_across_chunks_threads_and_kernels() {
 
 #[test]
 fn unsupported_types_are_refused_by_check() {
-    let bytes = tiny_gguf(9, GgmlDType::Q8_0, GgmlDType::Q5_0, true);
-    let mut c = Cursor::new(&bytes[..]);
-    let ct = gguf_file::Content::read(&mut c).unwrap();
-    let err = cpu::check(&ct).unwrap_err();
-    assert!(err.contains("Q5_0"), "{err}");
-    assert!(matches!(
-        Model::load(&ct, &mut c),
-        Err(cpu::LoadError::Unsupported(_))
-    ));
+    // Q2_K and Q3_K have no native kernel; the same model in Q4_K (which has one) passes, so
+    // the refusal is the weight type's.
+    for (mats, supported) in [
+        (GgmlDType::Q2K, false),
+        (GgmlDType::Q3K, false),
+        (GgmlDType::Q4K, true),
+    ] {
+        let spec = Tiny {
+            dim: 256,
+            head_dim: 64,
+            ff: 256,
+            mats,
+            ..TINY
+        };
+        let bytes = build_gguf(9, &spec);
+        let mut c = Cursor::new(&bytes[..]);
+        let ct = gguf_file::Content::read(&mut c).unwrap();
+        let loaded = Model::load(&ct, &mut c);
+        if supported {
+            cpu::check(&ct).unwrap();
+            loaded.unwrap();
+            continue;
+        }
+        let err = cpu::check(&ct).unwrap_err();
+        assert!(err.contains(&format!("{mats:?}")), "{err}");
+        assert!(err.contains("no kernel"), "{err}");
+        assert!(matches!(loaded, Err(cpu::LoadError::Unsupported(_))));
+    }
 }
 
 /// The 5-bit and K-quant layouts read as candle (an independent implementation of the same
@@ -376,7 +395,36 @@ fn k_quants_and_5_bit_types_dequantize_like_candle() {
     }
 }
 
+/// `bytes` with every tensor dequantized (by candle) to F32: the same weights, exactly.
+fn dequantized_copy(bytes: &[u8]) -> Vec<u8> {
+    let mut c = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut c).unwrap();
+    let tensors: Vec<(String, QTensor)> = ct
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = ct.tensor(&mut c, name, &Device::Cpu).unwrap();
+            let f = t.dequantize(&Device::Cpu).unwrap();
+            (name.clone(), QTensor::quantize(&f, GgmlDType::F32).unwrap())
+        })
+        .collect();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &md, &t_refs).unwrap();
+    buf.into_inner()
+}
+
 /// The K-quant and 5-bit kernels in a whole forward pass, against candle's llama.
+///
+/// The reference is candle on the same weights dequantized to F32 (candle reads the block
+/// layouts independently), so the only approximation left is the native path's own 8-bit
+/// activation blocks of 32. Candle's quantized matmul is no exact reference for the
+/// K-quants: it quantizes the activations per super-block of 256 (Q8_K), a coarser scale;
+/// on these models that alone puts candle's Q5_K logits 0.024 of the logit range away from
+/// the exact ones (the native Q5_K logits: 0.0095), and the two errors add up to more
+/// than the limit.
 #[test]
 fn synthetic_k_quant_models_match_candle() {
     let prompt = tokens(4, 19);
@@ -399,7 +447,8 @@ fn synthetic_k_quant_models_match_candle() {
             ..TINY
         };
         let bytes = build_gguf(300 + i as u64, &spec);
-        let (native, mut candle) = load_both(&bytes);
+        let native = load_native(&bytes);
+        let (_, mut candle) = load_both(&dequantized_copy(&bytes));
         let mut sess = native.session(24);
         let a = native.forward(&mut sess, &prompt, 0).unwrap();
         let b = candle_logits(&mut candle, &prompt, 0);

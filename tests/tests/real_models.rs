@@ -224,9 +224,21 @@ fn a_gemma3_q4_k_m_job_runs_natively_and_honours_json_schema() {
     let studio = Studio::with_worker(WORKER_ID, TOKEN);
     let (_bin, _worker) = async_worker(&studio);
 
+    // gemma-3-270m is the pretrained checkpoint, not the instruction-tuned one (the GGUF
+    // has no chat template; the Gemma turn fallback renders the conversation): asked one
+    // question alone it continues the text by repeating the question, and llama.cpp
+    // (llama-cpp-python 0.3.36, greedy, the same prompt tokens) does the same ("What is the
+    // capital of France? wnętr\nWhat is..."). Two earlier turns show it the pattern; the
+    // answer to the last question (llama.cpp's too: "Paris.") must come from the model.
     let task = json!({
         "kind": "llm",
-        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "messages": [
+            {"role": "user", "content": "What is the capital of Germany?"},
+            {"role": "assistant", "content": "Berlin."},
+            {"role": "user", "content": "What is the capital of Italy?"},
+            {"role": "assistant", "content": "Rome."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
         "maxTokens": 24,
         "temperature": 0.0,
     });
