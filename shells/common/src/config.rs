@@ -61,12 +61,9 @@ pub const DEFAULT_LOCAL_API_PORT: u16 = 4787;
 pub const SELF_UPDATE_AVAILABLE: bool = true;
 
 /// The keys an operator edits (the desktop window's Config tab, `PATCH /daemon/settings`):
-/// every key but the registration (`worker_id`, `install_id`, `registration_request_id`),
-/// the secrets (`auth_token`, `registration_secret`, `local_api_token`), the two structured
-/// ones (the `[job_deadline_secs]` table and the `supported_models_override` list) and the
-/// plain-text studio URL opt-in (`allow_insecure_studio_url`, a security decision left to
-/// the file).
-pub const SETTING_KEYS: [&str; 19] = [
+/// every key but the registration (`worker_id`, `install_id`, `registration_request_id`) and
+/// the secrets (`auth_token`, `registration_secret`, `local_api_token`).
+pub const SETTING_KEYS: [&str; 12] = [
     "api_base_url",
     "vram_threshold_gb",
     "auto_enabled",
@@ -79,13 +76,6 @@ pub const SETTING_KEYS: [&str; 19] = [
     "auto_update_interval_secs",
     "auto_update_feed",
     "local_api_port",
-    "auto_update_prerelease",
-    "model_memory_budget_gb",
-    "onnxruntime_library",
-    "gradio_endpoint_url",
-    "gradio_api",
-    "gradio_api_name",
-    "gradio_timeout_secs",
 ];
 
 /// The settings a running worker applies at once; a change to any other setting takes
@@ -93,16 +83,7 @@ pub const SETTING_KEYS: [&str; 19] = [
 pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
 
 /// The settings that may be absent (`null` in [`Config::settings`] clears them).
-pub const OPTIONAL_SETTING_KEYS: [&str; 8] = [
-    "ws_reconnect_attempts",
-    "auto_update_feed",
-    "model_memory_budget_gb",
-    "onnxruntime_library",
-    "gradio_endpoint_url",
-    "gradio_api",
-    "gradio_api_name",
-    "gradio_timeout_secs",
-];
+const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
 pub const KNOWN_KEYS: [&str; 28] = [

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use studio_shell::config::{OPTIONAL_SETTING_KEYS, SETTING_KEYS};
+use studio_shell::config::SETTING_KEYS;
 use studio_shell::Config;
 
 /// The groups of the form, each with its settings (every [`SETTING_KEYS`] entry once).
-pub const GROUPS: [(&str, &[&str]); 6] = [
+pub const GROUPS: [(&str, &[&str]); 5] = [
     ("Connection", &["api_base_url", "ws_reconnect_attempts"]),
     (
         "Worker",
@@ -20,30 +20,13 @@ pub const GROUPS: [(&str, &[&str]); 6] = [
             "start_minimised",
         ],
     ),
-    (
-        "Engines and models",
-        &[
-            "models_root",
-            "model_memory_budget_gb",
-            "onnxruntime_library",
-        ],
-    ),
-    (
-        "Gradio app",
-        &[
-            "gradio_endpoint_url",
-            "gradio_api",
-            "gradio_api_name",
-            "gradio_timeout_secs",
-        ],
-    ),
+    ("Engines and models", &["models_root"]),
     (
         "Auto-update",
         &[
             "auto_update_enabled",
             "auto_update_interval_secs",
             "auto_update_feed",
-            "auto_update_prerelease",
         ],
     ),
     ("Local API", &["local_api_port"]),
@@ -64,15 +47,6 @@ pub fn help(key: &str) -> &'static str {
         "auto_update_interval_secs" => "seconds between update checks",
         "auto_update_feed" => "the release feed (empty: this project's own)",
         "local_api_port" => "the local control API's port on 127.0.0.1 (0: any free port)",
-        "auto_update_prerelease" => "also install pre-releases",
-        "model_memory_budget_gb" => {
-            "memory (GB) each engine may keep in loaded models (empty: half of this machine's)"
-        }
-        "onnxruntime_library" => "the ONNX Runtime library for speech (empty: found by the loader)",
-        "gradio_endpoint_url" => "your Gradio app's URL (empty: http://127.0.0.1:7860/)",
-        "gradio_api" => "`call` (Gradio 4 and later) or `legacy` (empty: call)",
-        "gradio_api_name" => "the app function's API name (empty: predict)",
-        "gradio_timeout_secs" => "seconds one Gradio job may take (empty: 600)",
         _ => "",
     }
 }
@@ -158,19 +132,17 @@ fn field_value(key: &str, field: &Field) -> Result<Value, String> {
     let numeric = matches!(
         key,
         "vram_threshold_gb"
-            | "model_memory_budget_gb"
             | "ws_reconnect_attempts"
             | "auto_update_interval_secs"
             | "local_api_port"
-            | "gradio_timeout_secs"
     );
-    if text.is_empty() && OPTIONAL_SETTING_KEYS.contains(&key) {
+    if text.is_empty() && matches!(key, "ws_reconnect_attempts" | "auto_update_feed") {
         return Ok(Value::Null);
     }
     if !numeric {
         return Ok(Value::String(text.to_string()));
     }
-    if matches!(key, "vram_threshold_gb" | "model_memory_budget_gb") {
+    if key == "vram_threshold_gb" {
         return match text.parse::<f64>() {
             Ok(f) => Ok(serde_json::json!(f)),
             Err(_) => Err(format!("{key}: `{text}` is not a number")),
