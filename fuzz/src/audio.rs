@@ -129,8 +129,10 @@ mod tests {
         ] {
             assert!(check_audio(&bad).is_err(), "{bad:?}");
         }
-        assert!(check_resampled(441, 44_100, 16_000, 161).is_ok());
-        assert!(check_resampled(441, 44_100, 16_000, 160).is_err());
+        assert!(check_resampled(440, 44_100, 16_000, 160).is_ok());
+        assert!(check_resampled(440, 44_100, 16_000, 159).is_err());
+        assert!(check_resampled(441, 44_100, 16_000, 160).is_ok());
+        assert!(check_resampled(441, 44_100, 16_000, 161).is_err());
         assert!(refusal(&EngineError::io("x"), "t").is_err());
         assert!(refusal(&EngineError::invalid_input("x"), "t").is_ok());
     }
