@@ -113,8 +113,9 @@ fn systemd_arg(arg: &str) -> String {
     out
 }
 
-/// XML character data / attribute text.
-fn xml(text: &str) -> String {
+/// XML character data / attribute text (the service files here, the window's autostart
+/// LaunchAgent).
+pub fn xml(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

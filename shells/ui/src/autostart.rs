@@ -72,7 +72,7 @@ impl Autostart {
         let args: String = self
             .command
             .iter()
-            .map(|a| format!("    <string>{}</string>\n", xml_escape(a)))
+            .map(|a| format!("    <string>{}</string>\n", studio_shell::service::xml(a)))
             .collect();
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
@@ -81,7 +81,7 @@ impl Autostart {
              <plist version=\"1.0\">\n<dict>\n  <key>Label</key>\n  <string>{}</string>\n  \
              <key>ProgramArguments</key>\n  <array>\n{args}  </array>\n  \
              <key>RunAtLoad</key>\n  <true/>\n</dict>\n</plist>\n",
-            xml_escape(&self.launch_agent_label())
+            studio_shell::service::xml(&self.launch_agent_label())
         )
     }
 
@@ -117,13 +117,6 @@ fn desktop_quote(arg: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// Writes `text` to `path` (creating the directory), or removes `path`.
