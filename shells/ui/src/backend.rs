@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use studio_shell::api::client::{Client, ClientError};
+use studio_shell::lock::{DaemonLock, Lock};
 use studio_shell::Config;
 
 use crate::model::{DaemonStatus, LogPage, SettingsReply};
@@ -387,27 +388,43 @@ impl Poller {
         }
     }
 
+    /// Stops the worker, forgets the registration, starts the worker again. The API going
+    /// quiet is not the end of the process (it still drains and writes its state), so the
+    /// config is edited only once the daemon lock is ours: the old worker is gone, and no
+    /// other can start until the edit is saved. The lock is let go just before the new
+    /// worker starts, or it would find the config taken and leave.
     fn reset_registration(&mut self) -> Result<String, String> {
         let was_running = self.get("/daemon/status").is_ok();
         if was_running {
             self.post("/daemon/shutdown")?;
-            let deadline = Instant::now() + RESET_STOP_TIMEOUT;
-            while self.get("/healthz").is_ok() {
-                if Instant::now() > deadline {
-                    return Err("the worker did not stop; try again".into());
-                }
-                std::thread::sleep(POLL_INTERVAL);
-            }
         }
+        let deadline = Instant::now() + RESET_STOP_TIMEOUT;
+        let lock = loop {
+            match DaemonLock::acquire(&self.config_path).map_err(|e| e.to_string())? {
+                Lock::Acquired(lock) => break lock,
+                Lock::HeldBy { pid, .. } if Instant::now() > deadline => {
+                    let who = pid.map_or_else(|| "a worker".into(), |p| format!("worker {p}"));
+                    return Err(format!(
+                        "{who} still runs for this config and did not stop; try again"
+                    ));
+                }
+                Lock::HeldBy { .. } => std::thread::sleep(RESET_LOCK_RETRY),
+            }
+        };
+        self.client = None;
         let mut config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
         config.clear_registration();
         config.save(&self.config_path).map_err(|e| e.to_string())?;
+        lock.release();
         if was_running {
             start_daemon(&self.program, &self.config_path)?;
         }
         Ok("registration forgotten; the worker asks the studio for approval again".into())
     }
 }
+
+/// How often a reset looks whether the stopping worker has let go of the config.
+pub const RESET_LOCK_RETRY: Duration = Duration::from_millis(100);
 
 /// How long "Check for updates" waits for the worker (which waits up to 90 s for the feed).
 pub const CHECK_UPDATE_TIMEOUT: Duration = Duration::from_secs(100);

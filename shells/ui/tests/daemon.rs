@@ -116,18 +116,25 @@ fn pause_resume_save_and_logs(bin: &Bin) {
     // A job: its log lines reach the Logs tail, its outcome the recent jobs.
     let job = studio.submit_kind(TaskKind::Llm, "hello from the window test");
     studio.expect_done(&job);
-    let st = status_where(&backend, "the finished job", |s| {
-        s.recent_jobs.iter().any(|j| j.job_id == job)
+    // Status and log pages arrive in turn: the job's lines may come a poll before the
+    // status that lists it, so both are watched in one pass.
+    let (mut finished, mut logged) = (None, false);
+    until(&backend, "the finished job and its log lines", |e| {
+        match e {
+            Event::Status(st) if st.recent_jobs.iter().any(|j| j.job_id == job) => {
+                finished = Some(st)
+            }
+            Event::Logs(page) => {
+                logged |= page
+                    .entries
+                    .iter()
+                    .any(|l| l.job_id.as_deref() == Some(job.as_str()))
+            }
+            _ => {}
+        }
+        (finished.is_some() && logged).then_some(())
     });
-    assert_eq!(st.recent_jobs[0].outcome, "completed");
-    until(&backend, "the job's log lines", |e| match e {
-        Event::Logs(page) => page
-            .entries
-            .iter()
-            .any(|l| l.job_id.as_deref() == Some(job.as_str()))
-            .then_some(()),
-        _ => None,
-    });
+    assert_eq!(finished.unwrap().recent_jobs[0].outcome, "completed");
 
     // The worker goes away: the window says so.
     worker.kill();
