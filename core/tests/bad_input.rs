@@ -96,6 +96,10 @@ fn an_undecodable_offer_is_answered_and_the_session_kept(#[case] task: serde_jso
         .iter()
         .any(|c| matches!(c, Command::Close { .. } | Command::Dispatch { .. })));
     assert_eq!(h.worker.phase(), Phase::LiveIdle, "session and slot kept");
+    // Counted as failed, under no kind (the metrics' jobs by kind add up without it).
+    let stats = h.worker.status().stats;
+    assert_eq!((stats.failed, stats.undecodable_offers), (1, 1));
+    assert!(stats.jobs.is_empty(), "{:?}", stats.jobs);
     // The fail is held like any result until its ack...
     assert_eq!(kept(&c).len(), 1);
     let c = h.frame(&StudioFrame::FailAck {

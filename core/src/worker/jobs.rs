@@ -182,6 +182,7 @@ impl Worker {
             Some(job_id.clone()),
         );
         self.stats.failed += 1;
+        self.stats.undecodable_offers += 1;
         let frame = WorkerFrame::Fail {
             job_id: job_id.clone(),
             error: clip_bytes(

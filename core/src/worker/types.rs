@@ -808,7 +808,12 @@ pub struct Stats {
     pub accepted: u64,
     pub rejected: u64,
     pub completed: u64,
+    /// Jobs failed, undecodable offers included.
     pub failed: u64,
+    /// Offers taken and failed at once because they could not be decoded (counted in
+    /// `failed`; no kind, so not in `jobs`).
+    #[serde(default)]
+    pub undecodable_offers: u64,
     /// Upload attempts after the first (5xx and transport errors).
     pub upload_retries: u64,
     /// Finished jobs per kind: outcomes and durations (the shell's metrics read them).

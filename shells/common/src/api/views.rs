@@ -333,6 +333,12 @@ pub fn metrics(live: &Live, download_bytes: u64) -> String {
             vec![counter(st.stats.upload_retries, &[])],
         ),
         family(
+            "studio_worker_undecodable_offers_total",
+            "Offers failed at once (not retryable) because they could not be decoded; not in studio_worker_jobs_total, having no kind.",
+            MetricType::COUNTER,
+            vec![counter(st.stats.undecodable_offers, &[])],
+        ),
+        family(
             "studio_worker_log_entries_dropped_total",
             "Log entries dropped because the ship queue was full.",
             MetricType::COUNTER,
@@ -577,6 +583,7 @@ mod tests {
             "studio_worker_session_connected 1",
             "studio_worker_reconnects_total 0",
             "studio_worker_upload_retries_total 0",
+            "studio_worker_undecodable_offers_total 0",
             "studio_worker_log_entries_dropped_total 0",
             "studio_worker_busy 0",
             "studio_worker_paused 0",
