@@ -350,7 +350,12 @@ mod tests {
     fn idle_workers_block() {
         let pool = ThreadPool::new(2);
         pool.run(&|_| {});
-        std::thread::sleep(SPIN * 20);
+        // The worker spins for SPIN, then sleeps; on a loaded machine it may be scheduled
+        // late, so wait (generously) for it rather than for a fixed time.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while lock(&pool.shared.state).sleepers != 1 && std::time::Instant::now() < end {
+            std::thread::sleep(SPIN);
+        }
         assert_eq!(lock(&pool.shared.state).sleepers, 1);
         // And wake up again.
         let n = AtomicUsize::new(0);
