@@ -61,9 +61,14 @@ pub const DEFAULT_LOCAL_API_PORT: u16 = 4787;
 pub const SELF_UPDATE_AVAILABLE: bool = true;
 
 /// The keys an operator edits (the desktop window's Config tab, `PATCH /daemon/settings`):
-/// every key but the registration (`worker_id`, `install_id`, `registration_request_id`) and
-/// the secrets (`auth_token`, `registration_secret`, `local_api_token`).
-pub const SETTING_KEYS: [&str; 12] = [
+/// every key but the registration (`worker_id`, `install_id`, `registration_request_id`)
+/// and the secrets (`auth_token`, `registration_secret`, `local_api_token`). The
+/// `[job_deadline_secs]` table is a JSON object of kind to seconds, `supported_models_override`
+/// a list of model ids.
+pub const SETTING_KEYS: [&str; 22] = concat_keys(REQUIRED_SETTING_KEYS, OPTIONAL_SETTING_KEYS);
+
+/// The settings that always have a value.
+const REQUIRED_SETTING_KEYS: [&str; 14] = [
     "api_base_url",
     "vram_threshold_gb",
     "auto_enabled",
@@ -71,19 +76,45 @@ pub const SETTING_KEYS: [&str; 12] = [
     "start_minimised",
     "only_when_idle",
     "models_root",
-    "ws_reconnect_attempts",
     "auto_update_enabled",
     "auto_update_interval_secs",
-    "auto_update_feed",
+    "auto_update_prerelease",
     "local_api_port",
+    "allow_insecure_studio_url",
+    "job_deadline_secs",
+    "supported_models_override",
 ];
+
+/// `a` then `b` (`N` must be their lengths added; a wrong one fails the build).
+const fn concat_keys<const A: usize, const B: usize, const N: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + B == N);
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < A { a[i] } else { b[i - A] };
+        i += 1;
+    }
+    out
+}
 
 /// The settings a running worker applies at once; a change to any other setting takes
 /// effect when the worker restarts.
 pub const LIVE_SETTING_KEYS: [&str; 2] = ["vram_threshold_gb", "auto_enabled"];
 
 /// The settings that may be absent (`null` in [`Config::settings`] clears them).
-const OPTIONAL_SETTING_KEYS: [&str; 2] = ["ws_reconnect_attempts", "auto_update_feed"];
+pub const OPTIONAL_SETTING_KEYS: [&str; 8] = [
+    "ws_reconnect_attempts",
+    "auto_update_feed",
+    "model_memory_budget_gb",
+    "onnxruntime_library",
+    "gradio_endpoint_url",
+    "gradio_api",
+    "gradio_api_name",
+    "gradio_timeout_secs",
+];
 
 /// The keys this build reads (everything else is kept verbatim in [`Config::extra`]).
 pub const KNOWN_KEYS: [&str; 28] = [
@@ -644,11 +675,32 @@ impl Config {
     /// The settings ([`SETTING_KEYS`]) as a JSON object of config.toml's keys and values
     /// (an unset optional setting is `null`).
     pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
-        let all = serde_json::to_value(self).expect("config values always serialise");
+        let all = self.as_json();
         SETTING_KEYS
             .iter()
             .map(|k| (k.to_string(), all.get(*k).cloned().unwrap_or_default()))
             .collect()
+    }
+
+    /// Every key as JSON, including those config.toml leaves out when they hold their
+    /// default (an empty list, `false`) or writes on its own (the deadline table): an edit
+    /// must see and keep them.
+    fn as_json(&self) -> serde_json::Value {
+        let mut all = serde_json::to_value(self).expect("config values always serialise");
+        let object = all.as_object_mut().expect("a config is an object");
+        object.insert(
+            "job_deadline_secs".into(),
+            serde_json::to_value(&self.job_deadline_secs).expect("kinds and numbers serialise"),
+        );
+        object.insert(
+            "supported_models_override".into(),
+            serde_json::json!(self.supported_models_override),
+        );
+        object.insert(
+            "allow_insecure_studio_url".into(),
+            serde_json::json!(self.allow_insecure_studio_url),
+        );
+        all
     }
 
     /// This config with `edits` applied: a JSON object of settings ([`SETTING_KEYS`];
@@ -658,7 +710,7 @@ impl Config {
         &self,
         edits: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Config, String> {
-        let base = serde_json::to_value(self).expect("config values always serialise");
+        let base = self.as_json();
         let edit_one = |mut value: serde_json::Value, key: &str, new: &serde_json::Value| {
             let object = value.as_object_mut().expect("a config is an object");
             if new.is_null() && OPTIONAL_SETTING_KEYS.contains(&key) {

@@ -425,7 +425,17 @@ impl StudioApp {
             ui.label("Loading the settings...");
             return;
         }
-        ui.label(format!("File: {}", self.config_path.display()));
+        // Save and its verdict above the fields, so they stay in view however long the
+        // form grows.
+        ui.horizontal(|ui| {
+            if ui.button("Save").clicked() {
+                self.save();
+            }
+            ui.label(format!("File: {}", self.config_path.display()));
+        });
+        if let Some(e) = &self.form_error {
+            ui.colored_label(Color32::from_rgb(220, 60, 60), e);
+        }
         for (group, keys) in form::GROUPS {
             ui.add_space(6.0);
             ui.strong(group);
@@ -458,13 +468,6 @@ impl StudioApp {
                     ui.end_row();
                 }
             });
-        }
-        ui.add_space(8.0);
-        if let Some(e) = &self.form_error {
-            ui.colored_label(Color32::from_rgb(220, 60, 60), e);
-        }
-        if ui.button("Save").clicked() {
-            self.save();
         }
     }
 

@@ -4,12 +4,19 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use studio_shell::config::SETTING_KEYS;
+use studio_shell::config::{OPTIONAL_SETTING_KEYS, SETTING_KEYS};
 use studio_shell::Config;
 
 /// The groups of the form, each with its settings (every [`SETTING_KEYS`] entry once).
-pub const GROUPS: [(&str, &[&str]); 5] = [
-    ("Connection", &["api_base_url", "ws_reconnect_attempts"]),
+pub const GROUPS: [(&str, &[&str]); 6] = [
+    (
+        "Connection",
+        &[
+            "api_base_url",
+            "allow_insecure_studio_url",
+            "ws_reconnect_attempts",
+        ],
+    ),
     (
         "Worker",
         &[
@@ -18,15 +25,34 @@ pub const GROUPS: [(&str, &[&str]); 5] = [
             "only_when_idle",
             "auto_start",
             "start_minimised",
+            "job_deadline_secs",
         ],
     ),
-    ("Engines and models", &["models_root"]),
+    (
+        "Engines and models",
+        &[
+            "models_root",
+            "model_memory_budget_gb",
+            "onnxruntime_library",
+        ],
+    ),
+    (
+        "Gradio app",
+        &[
+            "gradio_endpoint_url",
+            "gradio_api",
+            "gradio_api_name",
+            "gradio_timeout_secs",
+            "supported_models_override",
+        ],
+    ),
     (
         "Auto-update",
         &[
             "auto_update_enabled",
             "auto_update_interval_secs",
             "auto_update_feed",
+            "auto_update_prerelease",
         ],
     ),
     ("Local API", &["local_api_port"]),
@@ -47,6 +73,24 @@ pub fn help(key: &str) -> &'static str {
         "auto_update_interval_secs" => "seconds between update checks",
         "auto_update_feed" => "the release feed (empty: this project's own)",
         "local_api_port" => "the local control API's port on 127.0.0.1 (0: any free port)",
+        "auto_update_prerelease" => "also install pre-releases",
+        "model_memory_budget_gb" => {
+            "memory (GB) each engine may keep in loaded models (empty: half of this machine's)"
+        }
+        "onnxruntime_library" => "the ONNX Runtime library for speech (empty: found by the loader)",
+        "gradio_endpoint_url" => "your Gradio app's URL (empty: http://127.0.0.1:7860/)",
+        "gradio_api" => "`call` (Gradio 4 and later) or `legacy` (empty: call)",
+        "gradio_api_name" => "the app function's API name (empty: predict)",
+        "gradio_timeout_secs" => "seconds one Gradio job may take (empty: 600)",
+        "allow_insecure_studio_url" => {
+            "accept an http:// studio on another machine (the token then crosses the network unencrypted)"
+        }
+        "job_deadline_secs" => {
+            "per kind, seconds a job may run: `image=1800, video=3600` (empty: the defaults)"
+        }
+        "supported_models_override" => {
+            "the model ids the Gradio app serves, comma-separated (empty: none advertised)"
+        }
         _ => "",
     }
 }
@@ -77,6 +121,8 @@ impl Form {
                     Some(Value::Bool(b)) => Field::Bool(*b),
                     Some(Value::String(s)) => Field::Text(s.clone()),
                     Some(Value::Null) | None => Field::Text(String::new()),
+                    Some(Value::Array(items)) => Field::Text(list_text(items)),
+                    Some(Value::Object(pairs)) => Field::Text(table_text(pairs)),
                     Some(other) => Field::Text(number_text(other)),
                 };
                 (k.to_string(), field)
@@ -122,6 +168,49 @@ fn number_text(value: &Value) -> String {
     }
 }
 
+/// A list as the person types it: `a, b`.
+fn list_text(items: &[Value]) -> String {
+    let texts: Vec<String> = items
+        .iter()
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+        .collect();
+    texts.join(", ")
+}
+
+/// A table as the person types it: `image=1800, video=3600`.
+fn table_text(pairs: &Map<String, Value>) -> String {
+    let texts: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    texts.join(", ")
+}
+
+/// `a, b` as a JSON list of strings (empty: an empty list).
+fn list_value(text: &str) -> Value {
+    Value::Array(
+        text.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Value::String(t.to_string()))
+            .collect(),
+    )
+}
+
+/// `image=1800, video=3600` as a JSON object of whole numbers (empty: an empty object);
+/// what each key may be is the config module's to say.
+fn table_value(key: &str, text: &str) -> Result<Value, String> {
+    let mut object = Map::new();
+    for pair in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some((name, number)) = pair.split_once('=') else {
+            return Err(format!("{key}: `{pair}` is not name=seconds"));
+        };
+        let number: u64 = number
+            .trim()
+            .parse()
+            .map_err(|_| format!("{key}: `{}` is not a whole number", number.trim()))?;
+        object.insert(name.trim().to_string(), Value::from(number));
+    }
+    Ok(Value::Object(object))
+}
+
 /// The JSON value of a field: booleans as they are; the numeric settings parsed (empty is
 /// `null`, which unsets an optional one); text as text (empty unsets an optional one).
 fn field_value(key: &str, field: &Field) -> Result<Value, String> {
@@ -132,17 +221,24 @@ fn field_value(key: &str, field: &Field) -> Result<Value, String> {
     let numeric = matches!(
         key,
         "vram_threshold_gb"
+            | "model_memory_budget_gb"
             | "ws_reconnect_attempts"
             | "auto_update_interval_secs"
             | "local_api_port"
+            | "gradio_timeout_secs"
     );
-    if text.is_empty() && matches!(key, "ws_reconnect_attempts" | "auto_update_feed") {
+    if text.is_empty() && OPTIONAL_SETTING_KEYS.contains(&key) {
         return Ok(Value::Null);
+    }
+    match key {
+        "supported_models_override" => return Ok(list_value(text)),
+        "job_deadline_secs" => return table_value(key, text),
+        _ => {}
     }
     if !numeric {
         return Ok(Value::String(text.to_string()));
     }
-    if key == "vram_threshold_gb" {
+    if matches!(key, "vram_threshold_gb" | "model_memory_budget_gb") {
         return match text.parse::<f64>() {
             Ok(f) => Ok(serde_json::json!(f)),
             Err(_) => Err(format!("{key}: `{text}` is not a number")),
@@ -195,6 +291,51 @@ mod tests {
             form.fields.insert(key.into(), Field::Text(bad.into()));
             let e = form.edits().unwrap_err();
             assert!(e.contains(key), "{key}={bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_table_and_the_list_are_typed_as_text() {
+        let mut config = Config::default();
+        config
+            .job_deadline_secs
+            .insert(studio_core::wire::TaskKind::Image, 60);
+        config.supported_models_override = vec!["sdxl".into(), "flux".into()];
+        let mut form = Form::load(&config.settings());
+        let text = |form: &Form, key: &str| form.fields[key].clone();
+        assert_eq!(
+            text(&form, "job_deadline_secs"),
+            Field::Text("image=60".into())
+        );
+        assert_eq!(
+            text(&form, "supported_models_override"),
+            Field::Text("sdxl, flux".into())
+        );
+        assert_eq!(
+            form.edits(),
+            Ok(Map::new()),
+            "loaded as typed, nothing changed"
+        );
+        form.fields.insert(
+            "job_deadline_secs".into(),
+            Field::Text(" image = 60, video=7200 ".into()),
+        );
+        form.fields.insert(
+            "supported_models_override".into(),
+            Field::Text(String::new()),
+        );
+        assert_eq!(
+            Value::Object(form.edits().unwrap()),
+            serde_json::json!({
+                "job_deadline_secs": {"image": 60, "video": 7200},
+                "supported_models_override": [],
+            })
+        );
+        for bad in ["image", "image=soon", "sculpt=5", "llm=0"] {
+            form.fields
+                .insert("job_deadline_secs".into(), Field::Text(bad.into()));
+            let e = form.edits().unwrap_err();
+            assert!(e.contains("job_deadline_secs"), "{bad}: {e}");
         }
     }
 

@@ -563,6 +563,56 @@ fn job_deadlines_are_configurable_per_kind_and_written_back() {
 }
 
 #[test]
+fn the_structured_settings_are_edited_and_kept_by_other_edits() {
+    let text = "api_base_url = \"https://s/\"\nvram_threshold_gb = 1\n\
+                supported_models_override = [\"sdxl\"]\n\n[job_deadline_secs]\nimage = 60\n";
+    let c = Config::parse(Path::new("c.toml"), text).unwrap();
+    let settings = c.settings();
+    assert_eq!(
+        settings["job_deadline_secs"],
+        serde_json::json!({"image": 60})
+    );
+    assert_eq!(
+        settings["supported_models_override"],
+        serde_json::json!(["sdxl"])
+    );
+    let edits = |v: serde_json::Value| v.as_object().unwrap().clone();
+    // Another setting edited: the table and the list stay as they were.
+    let other = c
+        .with_settings(&edits(serde_json::json!({"vram_threshold_gb": 2})))
+        .unwrap();
+    assert_eq!(other.job_deadline_secs, c.job_deadline_secs);
+    assert_eq!(other.supported_models_override, ["sdxl"]);
+    assert!(c.changed_settings(&other) == ["vram_threshold_gb"]);
+    // Edited themselves: replaced whole; empty clears.
+    let edited = c
+        .with_settings(&edits(serde_json::json!({
+            "job_deadline_secs": {"llm": 90, "video": 7200},
+            "supported_models_override": [],
+        })))
+        .unwrap();
+    assert_eq!(
+        edited.job_deadline_secs,
+        BTreeMap::from([(TaskKind::Llm, 90), (TaskKind::Video, 7200)])
+    );
+    assert!(edited.supported_models_override.is_empty());
+    let again = Config::parse(Path::new("c.toml"), &edited.to_toml()).unwrap();
+    assert_eq!(again.job_deadline_secs, edited.job_deadline_secs);
+    // Zero seconds and unknown kinds are refused, naming the setting.
+    for bad in [
+        serde_json::json!({"job_deadline_secs": {"llm": 0}}),
+        serde_json::json!({"job_deadline_secs": {"sculpt": 5}}),
+        serde_json::json!({"supported_models_override": "sdxl"}),
+    ] {
+        let e = c.with_settings(&edits(bad.clone())).unwrap_err();
+        assert!(
+            e.contains("job_deadline_secs") || e.contains("supported_models_override"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn apply_persist_sets_and_clears_every_field() {
     let mut c = Config {
         worker_id: Some("old".into()),
