@@ -85,6 +85,14 @@ impl LevelFilter {
     }
 }
 
+/// What the person chose in the tray menu (or a left click on the icon: Open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrayAction {
+    Open,
+    TogglePause,
+    Quit,
+}
+
 /// What the person chose when quitting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuitChoice {
@@ -165,6 +173,29 @@ impl StudioApp {
     /// Opens the quit dialog (the tray's Quit shows the window with it).
     pub fn ask_quit(&mut self) {
         self.quitting = true;
+    }
+
+    /// Carries out what the person chose in the tray menu; `true` when the window is to be
+    /// shown (Open, and Quit, whose dialog asks whether to stop the worker too).
+    pub fn on_tray(&mut self, action: TrayAction) -> bool {
+        match action {
+            TrayAction::Open => true,
+            TrayAction::TogglePause => {
+                let paused = self.status().is_some_and(|s| s.paused);
+                self.backend
+                    .send(if paused { Call::Resume } else { Call::Pause });
+                false
+            }
+            TrayAction::Quit => {
+                self.ask_quit();
+                true
+            }
+        }
+    }
+
+    /// Whether the quit dialog is open.
+    pub fn is_quitting(&self) -> bool {
+        self.quitting
     }
 
     /// Takes every event the backend has sent.

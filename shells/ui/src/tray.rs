@@ -18,13 +18,7 @@ use crate::model::Health;
 /// The icon's size in pixels.
 pub const ICON_PX: u32 = 32;
 
-/// What the person asked of the tray.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrayAction {
-    Open,
-    TogglePause,
-    Quit,
-}
+use crate::app::TrayAction;
 
 /// The tray icon and its menu.
 pub struct Tray {

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use eframe::egui::{self, ViewportCommand};
 
 use crate::app::{StudioApp, Tab};
-use crate::backend::Call;
-use crate::tray::{Tray, TrayAction};
+use crate::tray::Tray;
 
 /// How long the screenshot run waits for the daemon's first status before it shoots anyway.
 pub const SCREENSHOT_WAIT: Duration = Duration::from_secs(15);
@@ -68,22 +67,9 @@ impl Window {
             self.app.status().is_some_and(|s| s.paused),
         );
         while let Some(action) = tray.next_action() {
-            match action {
-                TrayAction::Open => {
-                    ctx.send_viewport_cmd(ViewportCommand::Visible(true));
-                    ctx.send_viewport_cmd(ViewportCommand::Focus);
-                }
-                TrayAction::TogglePause => {
-                    let paused = self.app.status().is_some_and(|s| s.paused);
-                    self.app
-                        .backend()
-                        .send(if paused { Call::Resume } else { Call::Pause });
-                }
-                TrayAction::Quit => {
-                    ctx.send_viewport_cmd(ViewportCommand::Visible(true));
-                    ctx.send_viewport_cmd(ViewportCommand::Focus);
-                    self.app.ask_quit();
-                }
+            if self.app.on_tray(action) {
+                ctx.send_viewport_cmd(ViewportCommand::Visible(true));
+                ctx.send_viewport_cmd(ViewportCommand::Focus);
             }
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use serde_json::{json, Value};
-use studio_ui::app::{QuitChoice, StudioApp, Tab};
+use studio_ui::app::{QuitChoice, StudioApp, Tab, TrayAction};
 use studio_ui::backend::{Backend, Call, Event, FakeDaemon};
 use studio_ui::form::Field;
 use studio_ui::model::{DaemonStatus, Health, LogEntry, LogPage, SettingsReply};
@@ -294,4 +294,37 @@ fn quit_offers_to_stop_the_worker() {
     harness.get_by_label("Stop the worker too").click();
     harness.run();
     assert_eq!(harness.state().quit, Some(QuitChoice::StopWorker));
+}
+
+/// The tray menu's entries, as the window carries them out (the tray itself only delivers
+/// them: .ci/ui-screenshots checks it comes up on a real session bus).
+#[test]
+fn the_tray_menu_pauses_resumes_opens_and_quits() {
+    let (mut harness, daemon) = window();
+    calls(&daemon);
+    let app = harness.state_mut();
+    assert!(app.on_tray(TrayAction::Open), "Open shows the window");
+    assert!(
+        !app.on_tray(TrayAction::TogglePause),
+        "Pause works from the tray alone"
+    );
+    assert_eq!(calls(&daemon), [Call::Pause], "not paused: Pause");
+    // Once the daemon says it is paused, the same entry resumes.
+    let mut paused = recorded_status();
+    paused.paused = true;
+    daemon.events.send(Event::Status(Box::new(paused))).unwrap();
+    harness.run();
+    harness.state_mut().on_tray(TrayAction::TogglePause);
+    assert_eq!(calls(&daemon), [Call::Resume]);
+    // Quit shows the window with its question (stop the worker too?).
+    assert!(!harness.state().is_quitting());
+    assert!(harness.state_mut().on_tray(TrayAction::Quit));
+    harness.run();
+    assert!(harness.state().is_quitting());
+    assert!(has(&harness, "Stop the worker too"), "the quit dialog asks");
+    assert_eq!(
+        calls(&daemon),
+        [],
+        "nothing is stopped before the person answers"
+    );
 }
