@@ -145,9 +145,13 @@ pub fn mask_url_queries(text: &str) -> std::borrow::Cow<'_, str> {
     while let Some(found) = text[search..].find("://") {
         let sep = search + found;
         search = sep + 3;
+        // The scheme is the ASCII letters before `://`; what precedes them may be any
+        // character, so step over it by its own width.
         let scheme_start = text[..sep]
-            .rfind(|c: char| !c.is_ascii_alphabetic())
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !c.is_ascii_alphabetic())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let scheme = &text[scheme_start..sep];
         if !URL_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
             continue;
@@ -312,6 +316,21 @@ mod tests {
         for text in [escaped, nested, &deeper] {
             let once = redact_json(text);
             assert_eq!(redact_json(&once), once, "not idempotent on {text}");
+        }
+    }
+
+    #[test]
+    fn a_multibyte_character_before_a_scheme_is_stepped_over() {
+        // Found by the decode_frame fuzz target: a character of several bytes right before
+        // the scheme's letters (the split once landed inside it and panicked).
+        for (text, want) in [
+            ("é://x?q=1", "é://x?q=1"),
+            ("\u{fffd}https://h/p?sig=1", "\u{fffd}https://h/p?***"),
+            // The scheme is `ps` here: not a URL, kept.
+            ("htt\u{fffd}ps://h/p?sig=1", "htt\u{fffd}ps://h/p?sig=1"),
+            ("日本http://h/?a=b", "日本http://h/?***"),
+        ] {
+            assert_eq!(mask_url_queries(text), want, "{text}");
         }
     }
 
