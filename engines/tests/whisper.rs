@@ -750,6 +750,20 @@ fn ct2_header_variables_and_aliases_parse() {
         .unwrap_err()
         .message
         .contains("needs 12 bytes"));
+    // An empty tensor whose other dimensions multiply past 2^64 (its strides would
+    // overflow): refused, not parsed.
+    let huge = 1u32 << 31;
+    let empty = write_model_bin(
+        "WhisperSpec",
+        3,
+        &[("x", &[0, huge, huge, huge], 0, &[])],
+        &[],
+    );
+    let e = Ct2Model::parse(empty).unwrap_err();
+    assert!(e.message.contains("more than 2^64"), "{e}");
+    // A plain empty one is fine.
+    let fine = write_model_bin("WhisperSpec", 3, &[("x", &[0, 4], 0, &[])], &[]);
+    assert_eq!(Ct2Model::parse(fine).unwrap().variables.len(), 1);
 }
 
 #[test]

@@ -204,9 +204,13 @@ impl Ct2Model {
                 let n = r.u32(&format!("the size of `{name}`"))? as usize;
                 (dtype, n * size as usize)
             };
+            // Every dimension's size counts, even beside a zero one: an empty tensor of
+            // shape [0, 2^40, 2^40] holds no bytes, but its strides overflow.
             let needed = shape
                 .iter()
-                .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+                .filter(|&&d| d != 0)
+                .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d))
+                .map(|n| if shape.contains(&0) { 0 } else { n });
             if needed != Some(num_bytes) {
                 return Err(bad(format!(
                     "`{name}`: shape {shape:?} of {dtype:?} needs {} bytes, the file says {num_bytes}",
