@@ -137,12 +137,27 @@ fn write_or_remove(path: &Path, on: bool, text: &str) -> Result<(), String> {
     }
 }
 
-#[cfg(not(any(windows, target_os = "macos")))]
+/// Linux, the BSDs and macOS: the entry is a file, written or removed.
+#[cfg(not(windows))]
 mod imp {
     use super::*;
 
+    pub fn describe(a: &Autostart) -> String {
+        entry_path(a).map_or("no home directory".into(), |p| p.display().to_string())
+    }
+
+    pub fn is_enabled(a: &Autostart) -> bool {
+        entry_path(a).is_some_and(|p| p.is_file())
+    }
+
+    pub fn set(a: &Autostart, on: bool) -> Result<(), String> {
+        let path = entry_path(a).ok_or("no home directory")?;
+        write_or_remove(&path, on, &entry_text(a))
+    }
+
     /// `$XDG_CONFIG_HOME/autostart/<name>-ui.desktop` (`~/.config` without it).
-    pub fn path(a: &Autostart) -> Option<PathBuf> {
+    #[cfg(not(target_os = "macos"))]
+    fn entry_path(a: &Autostart) -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
@@ -153,25 +168,14 @@ mod imp {
         )
     }
 
-    pub fn describe(a: &Autostart) -> String {
-        path(a).map_or("no home directory".into(), |p| p.display().to_string())
+    #[cfg(not(target_os = "macos"))]
+    fn entry_text(a: &Autostart) -> String {
+        a.desktop_entry()
     }
 
-    pub fn is_enabled(a: &Autostart) -> bool {
-        path(a).is_some_and(|p| p.is_file())
-    }
-
-    pub fn set(a: &Autostart, on: bool) -> Result<(), String> {
-        let path = path(a).ok_or("no home directory")?;
-        write_or_remove(&path, on, &a.desktop_entry())
-    }
-}
-
-#[cfg(target_os = "macos")]
-mod imp {
-    use super::*;
-
-    pub fn path(a: &Autostart) -> Option<PathBuf> {
+    /// `~/Library/LaunchAgents/<label>.plist`.
+    #[cfg(target_os = "macos")]
+    fn entry_path(a: &Autostart) -> Option<PathBuf> {
         let home = studio_shell::config::home_dir()?;
         Some(
             home.join("Library/LaunchAgents")
@@ -179,17 +183,9 @@ mod imp {
         )
     }
 
-    pub fn describe(a: &Autostart) -> String {
-        path(a).map_or("no home directory".into(), |p| p.display().to_string())
-    }
-
-    pub fn is_enabled(a: &Autostart) -> bool {
-        path(a).is_some_and(|p| p.is_file())
-    }
-
-    pub fn set(a: &Autostart, on: bool) -> Result<(), String> {
-        let path = path(a).ok_or("no home directory")?;
-        write_or_remove(&path, on, &a.launch_agent())
+    #[cfg(target_os = "macos")]
+    fn entry_text(a: &Autostart) -> String {
+        a.launch_agent()
     }
 }
 
