@@ -822,16 +822,21 @@ mod tests {
         assert!(!format!("{saved}").contains(saved.registration_secret.as_deref().unwrap()));
     }
 
-    #[test]
-    fn an_offers_accept_reaches_the_shell_before_its_job_starts() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut r, rx) = router(&dir);
+    /// A worker with credentials (`w-1`), for the loopback studio's address.
+    fn registered_worker() -> Worker {
         let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9790");
         cfg.credentials = Some(Credentials {
             worker_id: "w-1".into(),
             auth_token: "tok".into(),
         });
-        let mut worker = Worker::new(cfg);
+        Worker::new(cfg)
+    }
+
+    #[test]
+    fn an_offers_accept_reaches_the_shell_before_its_job_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, rx) = router(&dir);
+        let mut worker = registered_worker();
         let mut socket_cmds = Vec::new();
         let mut feed = |r: &mut CommandRouter, worker: &mut Worker, input| {
             socket_cmds.clear();
@@ -880,12 +885,7 @@ mod tests {
     fn feed_passes_socket_commands_to_the_shell() {
         let dir = tempfile::tempdir().unwrap();
         let (mut r, _rx) = router(&dir);
-        let mut cfg = WorkerConfig::for_tests("http://127.0.0.1:9790");
-        cfg.credentials = Some(Credentials {
-            worker_id: "w-1".into(),
-            auth_token: "tok".into(),
-        });
-        let mut worker = Worker::new(cfg);
+        let mut worker = registered_worker();
         let mut socket_cmds = Vec::new();
         let drained = r.feed(&mut worker, Input::Start, &mut |c| socket_cmds.push(c));
         assert!(
