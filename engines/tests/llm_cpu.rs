@@ -288,15 +288,26 @@ fn synthetic_model_is_consistent_across_chunks_threads_and_kernels() {
         let mut s = native.session(31);
         native.forward(&mut s, &prompt, 0).unwrap()
     };
+    // Chunks of several tokens run each row and token through the same arithmetic as the
+    // whole pass, whatever the chunking: equal bits.
     let mut s = native.session(31);
     native.forward(&mut s, &prompt[..4], 0).unwrap();
     native.forward(&mut s, &prompt[4..17], 4).unwrap();
+    let chunked = native.forward(&mut s, &prompt[17..], 17).unwrap();
+    assert_eq!(whole, chunked);
+    // Single tokens go through the one-token kernels (on AVX-512 CPUs the chunks above used
+    // the many-token ones): the same within float rounding.
+    let mut s = native.session(31);
+    native.forward(&mut s, &prompt[..17], 0).unwrap();
     let mut last = Vec::new();
     for (i, &t) in prompt.iter().enumerate().skip(17) {
         last = native.forward(&mut s, &[t], i).unwrap();
     }
-    // Every output is computed by the same code whatever the chunking: equal bits.
-    assert_eq!(whole, last);
+    assert!(
+        rel_diff(&last, &whole) < 1e-4,
+        "{}",
+        rel_diff(&last, &whole)
+    );
     for threads in [1, 3] {
         native.set_pool(leaked_pool(threads));
         let mut s = native.session(31);
@@ -555,15 +566,23 @@ fn synthetic_gemma3_window_chunks_and_kernels() {
     // The window is what hides it: 4 positions in, token 0 is still seen.
     assert_ne!(run(&native, &a[..4]), run(&native, &b[..4]));
 
-    // Chunked prefill and single tokens give the whole pass's bits.
+    // Chunked prefill gives the whole pass's bits; single tokens (the one-token kernels)
+    // the same within float rounding.
     let whole = run(&native, &a);
+    let mut s = native.session(12);
+    native.forward(&mut s, &a[..5], 0).unwrap();
+    assert_eq!(native.forward(&mut s, &a[5..], 5).unwrap(), whole);
     let mut s = native.session(12);
     native.forward(&mut s, &a[..5], 0).unwrap();
     let mut last = Vec::new();
     for (i, &t) in a.iter().enumerate().skip(5) {
         last = native.forward(&mut s, &[t], i).unwrap();
     }
-    assert_eq!(whole, last);
+    assert!(
+        rel_diff(&last, &whole) < 1e-4,
+        "{}",
+        rel_diff(&last, &whole)
+    );
     if Isa::detect() != Isa::Scalar {
         native.set_isa(Isa::Scalar);
         let d = rel_diff(&run(&native, &a), &whole);
@@ -659,9 +678,13 @@ fn real_model_native_logits_match_candle() {
             "{text:?}: max |diff| / range against f32 activations: native {dn:.4}, candle \
              {dc:.4}; native against candle {dnc:.4}"
         );
-        // Both quantize the activations to 8 bits; native is no further from the f32
-        // computation than candle (measured: 0.015 vs 0.031 and 0.019 vs 0.022).
-        assert!(dn < 0.03, "{dn}");
+        // Both quantize the activations to 8 bits, so a rounding difference anywhere can
+        // move an activation by a quantization step, and that spreads through 30 layers:
+        // the native path's own kernels (scalar, AVX2, AVX-512) differ from one another by
+        // up to 0.03 of the range on these prompts. Native stays within that of the f32
+        // computation, as candle does (measured 2026-12-05: native 0.024-0.031 across its
+        // kernels, candle 0.024-0.031).
+        assert!(dn < 0.04, "{dn}");
         assert!(dnc < 0.05, "{dnc}");
         assert_eq!(argmax(&a), argmax(&r));
         assert_eq!(argmax(&a), argmax(&b));

@@ -58,6 +58,7 @@ use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file;
 
+use quant::panel::{Panel, PanelActs, PANEL_MIN_TOKENS, PANEL_ROWS};
 use quant::{Act, Isa, QActs, WType, QK, ROWS};
 use threads::ThreadPool;
 
@@ -470,7 +471,7 @@ impl Model {
             ropes.push((key, table));
         }
 
-        let mut acts = Acts::default();
+        let mut acts = Acts::new(isa);
         let mut xn = vec![0f32; b * dim];
         let mut q = vec![0f32; b * qd];
         let mut k = vec![0f32; b * kv];
@@ -562,15 +563,7 @@ impl Model {
             rms_norm(&x, &l.ffn_norm, cfg.eps, &mut xn);
             acts.set(&xn, dim, b, l.gate.ty.quantized() || l.up.ty.quantized());
             matmul(pool, isa, &acts, &[&l.gate, &l.up], &mut [&mut g, &mut u]);
-            if cfg.gelu {
-                for (g, u) in g.iter_mut().zip(&u) {
-                    *g = gelu(*g) * u;
-                }
-            } else {
-                for (g, u) in g.iter_mut().zip(&u) {
-                    *g = *g / (1.0 + (-*g).exp()) * u;
-                }
-            }
+            quant::gated(isa, cfg.gelu, &mut g, &u);
             acts.set(&g, ff, b, l.down.ty.quantized());
             matmul(pool, isa, &acts, &[&l.down], &mut [&mut o]);
             if let Some(w) = &e.post_ffn_norm {
@@ -597,12 +590,6 @@ impl Model {
 
 /// A layer's rope: (base, position scale).
 type RopeKey = (f32, f32);
-
-/// GELU, tanh form (what llama.cpp and Gemma's `gelu_pytorch_tanh` use).
-fn gelu(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
-}
 
 /// A job's KV cache: per layer, `ctx` positions of `n_kv_head * head_dim` keys (values).
 pub struct Session {
@@ -651,6 +638,8 @@ fn rotate(h: &mut [f32], r: &[(f32, f32)], neox: bool) {
 
 /// Activations as the matrix products read them: `b` vectors of `n`, and when needed their
 /// 8-bit quantization.
+/// With `panels` (the CPU has the panel kernels), a quantization of [`PANEL_MIN_TOKENS`] or
+/// more tokens is also laid out for the panel product ([`quant::panel`]).
 #[derive(Default)]
 struct Acts {
     n: usize,
@@ -658,19 +647,33 @@ struct Acts {
     f: Vec<f32>,
     q: QActs,
     quantized: bool,
+    panels: bool,
+    p: PanelActs,
+    in_panels: bool,
 }
 
 impl Acts {
+    fn new(isa: Isa) -> Acts {
+        Acts {
+            panels: isa == Isa::Avx512,
+            ..Acts::default()
+        }
+    }
+
     fn set(&mut self, x: &[f32], n: usize, b: usize, quantize: bool) {
         self.n = n;
         self.b = b;
         self.f.clear();
         self.f.extend_from_slice(&x[..n * b]);
         self.quantized = quantize;
+        self.in_panels = quantize && self.panels && b >= PANEL_MIN_TOKENS;
         if quantize {
             self.q.qs.resize(n * b, 0);
             self.q.ds.resize(n * b / QK, [0.0; 2]);
             quant::quantize(&self.f, &mut self.q.qs, &mut self.q.ds);
+        }
+        if self.in_panels {
+            self.p.set(&self.q, n, b);
         }
     }
 
@@ -700,35 +703,52 @@ fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [
     let total: usize = ws.iter().map(|w| w.bytes()).sum();
     // About 8 chunks per thread, none tiny.
     let target = (total / (threads * 8)).max(4096);
-    // Several tokens: rows are computed into row-major scratch (row r's outputs for all
-    // tokens together), transposed afterwards.
+    // Several tokens: each chunk of rows computes into its own token-major scratch (the
+    // chunk's outputs of token 0, then of token 1, ...), copied into place afterwards.
     let mut tmp: Vec<Vec<f32>> = if b > 1 {
         ws.iter().map(|w| vec![0f32; w.rows * b]).collect()
     } else {
         Vec::new()
     };
+    // (matrix, first row, rows) of each chunk.
+    let mut spans = Vec::new();
     {
+        let mut chunks = Vec::new();
         let dests: Vec<&mut [f32]> = if b > 1 {
             tmp.iter_mut().map(|v| v.as_mut_slice()).collect()
         } else {
             outs.iter_mut().map(|v| v.as_mut_slice()).collect()
         };
-        let mut chunks = Vec::new();
         for (j, dest) in dests.into_iter().enumerate() {
             let w = ws[j];
             // Whole groups of `ROWS` rows per chunk where the matrix has them.
             let rows = (target / w.row_bytes.max(1)).div_ceil(ROWS) * ROWS;
             let rows = rows.clamp(1, w.rows.max(1));
             for (c, piece) in dest[..w.rows * b].chunks_mut(rows * b).enumerate() {
+                spans.push((j, c * rows, piece.len() / b));
                 chunks.push(Mutex::new((j, c * rows, piece)));
             }
         }
         pool.for_each_chunk(chunks.len(), 1, &|_, range| {
+            let mut panel = Panel::default();
             for c in range {
                 let mut guard = chunks[c].lock().unwrap_or_else(|p| p.into_inner());
                 let (j, r0, ref mut piece) = *guard;
                 let w = ws[j];
                 let n = piece.len() / b;
+                if acts.in_panels && w.ty.quantized() {
+                    // Unpacked a few rows at a time, each group against every token.
+                    for g in (0..n).step_by(PANEL_ROWS) {
+                        let k = (n - g).min(PANEL_ROWS);
+                        let mut rows = [&[][..]; PANEL_ROWS];
+                        for (i, row) in rows[..k].iter_mut().enumerate() {
+                            *row = w.row(r0 + g + i);
+                        }
+                        panel.fill(isa, w.ty, w.cols, &rows[..k]);
+                        quant::panel_gemm(isa, &panel, &acts.p, &mut piece[g..], 1, n);
+                    }
+                    continue;
+                }
                 let mut i = 0;
                 // Row groups only for several tokens: one token streams the matrix from
                 // memory, and several interleaved row streams measured slower than one.
@@ -736,29 +756,25 @@ fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [
                     let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + i + k));
                     for t in 0..b {
                         let o = quant::dot_rows(isa, w.ty, rows, acts.act(t));
-                        for (k, o) in o.into_iter().enumerate() {
-                            piece[(i + k) * b + t] = o;
-                        }
+                        piece[t * n + i..][..ROWS].copy_from_slice(&o);
                     }
                     i += ROWS;
                 }
-                for (i, o) in piece.chunks_exact_mut(b).enumerate().skip(i) {
+                for i in i..n {
                     let row = w.row(r0 + i);
-                    for (t, o) in o.iter_mut().enumerate() {
-                        *o = quant::dot(isa, w.ty, row, acts.act(t));
+                    for t in 0..b {
+                        piece[t * n + i] = quant::dot(isa, w.ty, row, acts.act(t));
                     }
                 }
             }
         });
     }
     if b > 1 {
-        for (j, t) in tmp.iter().enumerate() {
+        for (j, r0, n) in spans {
             let rows = ws[j].rows;
-            let out = &mut outs[j];
-            for r in 0..rows {
-                for tok in 0..b {
-                    out[tok * rows + r] = t[r * b + tok];
-                }
+            let piece = &tmp[j][r0 * b..][..n * b];
+            for (t, src) in piece.chunks_exact(n).enumerate() {
+                outs[j][t * rows + r0..][..n].copy_from_slice(src);
             }
         }
     }
@@ -802,11 +818,7 @@ fn attention(
                 *s = quant::dot_f32(isa, qh, &k[p * kv + off..][..hd]) * scale;
                 max = max.max(*s);
             }
-            let mut sum = 0f32;
-            for s in s.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
+            let sum = quant::exp_sub(isa, s, max);
             let mut o = pieces[idx].lock().unwrap_or_else(|p| p.into_inner());
             o.fill(0.0);
             let inv = 1.0 / sum;

@@ -21,6 +21,7 @@ fn rms_norm_and_rope_follow_their_definitions() {
     assert!(h[0].abs() < 1e-6 && (h[2] - 1.0).abs() < 1e-6);
     assert_eq!((h[1], h[3]), (0.0, 2.0));
     // GELU (tanh form) at a few points.
+    let gelu = quant::scalar::gelu;
     assert_eq!(gelu(0.0), 0.0);
     assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
     assert!((gelu(-3.0) + 0.003_637_4).abs() < 1e-5);

@@ -178,6 +178,23 @@ fn fifth_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// A Q4_0 / Q4_1 / Q5_0 / Q5_1 block's 32 unsigned values: nibbles at `nib`, the fifth
+/// bits at `qh` (0: none).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn small_q(b: &[u8], nib: usize, qh: usize) -> __m256i {
+    // The 16 bytes in both halves; the upper half shifted by 4: low nibbles (elements
+    // 0..16) below, high nibbles (16..32) above.
+    let raw = load128_twice(&b[nib..nib + 16]);
+    let shifted = _mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    let w = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
+    if qh > 0 {
+        let bits = u32::from_le_bytes([b[qh], b[qh + 1], b[qh + 2], b[qh + 3]]);
+        return _mm256_or_si256(w, fifth_bits(bits));
+    }
+    w
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn small_block<const NIB: usize, const QH: usize, const MIN: bool>(
@@ -195,15 +212,7 @@ fn small_block<const NIB: usize, const QH: usize, const MIN: bool>(
     };
     // [d, m] * [dx, s] = [d dx, m s] (offset types: [d dx, d s]).
     let scales = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32)), load_pair(ds));
-    // The 16 bytes in both halves; the upper half shifted by 4: low nibbles (elements
-    // 0..16) below, high nibbles (16..32) above.
-    let raw = load128_twice(&b[NIB..NIB + 16]);
-    let shifted = _mm256_srlv_epi32(raw, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-    let mut w = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f));
-    if QH > 0 {
-        let bits = u32::from_le_bytes([b[QH], b[QH + 1], b[QH + 2], b[QH + 3]]);
-        w = _mm256_or_si256(w, fifth_bits(bits));
-    }
+    let w = small_q(b, NIB, QH);
     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, load256_i8(q)), _mm256_set1_epi16(1));
     let acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), _mm256_cvtepi32_ps(p), acc);
     (acc, _mm_add_ps(macc, scales))
@@ -399,4 +408,104 @@ pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for i in full..n {
         y[i] += a * x[i];
     }
+}
+
+/// `e^x` of 8 lanes (inputs clamped to [-87, 88]): `2^n e^r` with `n = round(x / ln 2)`,
+/// `r = x - n ln 2` (ln 2 in two parts) and a degree-6 Taylor polynomial for `e^r`
+/// (|r| <= ln 2 / 2: relative error about 1e-7).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(e))
+}
+
+/// `g[i] = act(g[i]) * u[i]`, `act` GELU (tanh form, as `x / (1 + e^(-2y))`) or SiLU.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gated(gelu: bool, g: &mut [f32], u: &[f32]) {
+    let n = g.len().min(u.len());
+    let full = n / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    for (g, u) in g[..full].chunks_exact_mut(8).zip(u.chunks_exact(8)) {
+        let x = load_f32x8(g);
+        // The exponent: -2y for GELU (y = sqrt(2 / pi) (x + 0.044715 x^3)), -x for SiLU.
+        let e = if gelu {
+            let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+            let y = _mm256_fmadd_ps(_mm256_set1_ps(0.044_715), x3, x);
+            _mm256_mul_ps(y, _mm256_set1_ps(-2.0 * 0.797_884_6))
+        } else {
+            _mm256_sub_ps(_mm256_setzero_ps(), x)
+        };
+        let a = _mm256_div_ps(x, _mm256_add_ps(one, exp8(e)));
+        // SAFETY: `g` is a chunk of exactly 8 writable floats.
+        unsafe { _mm256_storeu_ps(g.as_mut_ptr(), _mm256_mul_ps(a, load_f32x8(u))) };
+    }
+    super::scalar::gated(gelu, &mut g[full..n], &u[full..n]);
+}
+
+/// `s[i] = e^(s[i] - max)`, returning their sum.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_sub(s: &mut [f32], max: f32) -> f32 {
+    let full = s.len() / 8 * 8;
+    let m = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    for c in s[..full].chunks_exact_mut(8) {
+        let e = exp8(_mm256_sub_ps(load_f32x8(c), m));
+        acc = _mm256_add_ps(acc, e);
+        // SAFETY: `c` is a chunk of exactly 8 writable floats.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), e) };
+    }
+    hsum(acc) + super::scalar::exp_sub(&mut s[full..], max)
+}
+
+/// [`super::small_block`] (`(d, m, q)`, `w = d q + m`) with the nibbles and fifth bits
+/// spread by vector instructions.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn small_block_q(ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
+    let (nib, qh, d) = match ty {
+        WType::Q4_0 => (2, 0, half(b, 0)),
+        WType::Q4_1 => (4, 0, half(b, 0)),
+        WType::Q5_0 => (6, 2, half(b, 0)),
+        WType::Q5_1 => (8, 4, half(b, 0)),
+        _ => unreachable!("{ty:?} is not a 32-element block type"),
+    };
+    let m = match ty {
+        WType::Q4_0 => -8.0 * d,
+        WType::Q5_0 => -16.0 * d,
+        _ => half(b, 2),
+    };
+    let w = small_q(b, nib, qh);
+    let mut q = [0u8; QK];
+    // SAFETY: `q` is 32 writable bytes; the store is unaligned.
+    unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), w) };
+    (d, m, q)
 }

@@ -1,8 +1,10 @@
-//! The AVX-512 (F, BW, VL, VNNI) kernel of Q8_0: two 32-element blocks
-//! per 512-bit register, products summed by `vpdpbusd` (unsigned x signed bytes).
+//! The AVX-512 (F, BW, VL, VNNI) kernels: Q8_0's, two 32-element blocks per 512-bit
+//! register, products summed by `vpdpbusd` (unsigned x signed bytes); and the panel
+//! product's register tiles ([`panel_gemm`]).
 
 use std::arch::x86_64::*;
 
+use super::panel::{Panel, PanelActs, PANEL_ROWS};
 use super::{Act, WType, QK};
 
 #[inline]
@@ -126,4 +128,83 @@ fn dot_q8_0<const R: usize>(rows: &[&[u8]; R], x: Act<'_>) -> [f32; R] {
         }
     }
     acc.map(|a| _mm512_reduce_add_ps(a))
+}
+
+/// Tokens per register tile of [`panel_gemm`].
+const TILE_TOKENS: usize = 4;
+
+/// [`super::panel::gemm`]: `out[r * rs + t * ts] = row r . token t`, in tiles of up to
+/// [`PANEL_ROWS`] rows x [`TILE_TOKENS`] tokens, two blocks per register.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn panel_gemm(p: &Panel, a: &PanelActs, out: &mut [f32], rs: usize, ts: usize) {
+    assert!(p.pairs == a.pairs && p.rows <= PANEL_ROWS);
+    let mut t = 0;
+    while t < a.tokens {
+        let n = (a.tokens - t).min(TILE_TOKENS);
+        macro_rules! tiles {
+            ($($r:literal $t:literal),*) => {
+                match (p.rows, n) {
+                    $(($r, $t) => tile::<$r, $t>(p, a, t, out, rs, ts),)*
+                    _ => unreachable!("a tile of {} rows x {n} tokens", p.rows),
+                }
+            };
+        }
+        tiles!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4);
+        t += n;
+    }
+}
+
+/// `R` rows x `T` tokens from token `t0`: per pair of blocks, each token's bytes and scales
+/// are loaded once for the `R` rows and each row's once for the `T` tokens.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn tile<const R: usize, const T: usize>(
+    p: &Panel,
+    a: &PanelActs,
+    t0: usize,
+    out: &mut [f32],
+    rs: usize,
+    ts: usize,
+) {
+    let pairs = p.pairs;
+    assert!(p.rows == R && p.w.len() >= pairs * R && p.sc.len() >= pairs * R);
+    let toks: [_; T] = std::array::from_fn(|t| a.token(t0 + t));
+    for (aq, da, _) in &toks {
+        assert!(aq.len() >= pairs && da.len() >= pairs);
+    }
+    let (w, sc) = (p.w.as_ptr(), p.sc.as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    for i in 0..pairs {
+        // SAFETY: every index is below `pairs` (tokens) or `pairs * R` (the panel), checked
+        // above; `Line` and `Lanes` are 64 bytes aligned to 64, as the loads want.
+        unsafe {
+            let av: [__m512i; T] =
+                std::array::from_fn(|t| _mm512_load_si512(toks[t].0.as_ptr().add(i).cast()));
+            let dv: [__m512; T] =
+                std::array::from_fn(|t| _mm512_load_ps(toks[t].1.as_ptr().add(i).cast()));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm512_load_si512(w.add(i * R + r).cast());
+                let s = _mm512_load_ps(sc.add(i * R + r).cast());
+                for ((acc, &a), &d) in acc.iter_mut().zip(&av).zip(&dv) {
+                    let pr = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv, a);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pr), _mm512_mul_ps(s, d), *acc);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter_mut().enumerate() {
+        let ex = p.extras(r);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            for (x, y) in ex.iter().zip(toks[t].2) {
+                // SAFETY: `Lanes` are 64 bytes aligned to 64.
+                let (x, y) =
+                    unsafe { (_mm512_load_ps(x.0.as_ptr()), _mm512_load_ps(y.0.as_ptr())) };
+                *acc = _mm512_fmadd_ps(x, y, *acc);
+            }
+            out[r * rs + (t0 + t) * ts] = _mm512_reduce_add_ps(*acc);
+        }
+    }
 }

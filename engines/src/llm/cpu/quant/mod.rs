@@ -36,6 +36,11 @@
 //! On CPUs with AVX-512 (F, BW, VL and VNNI) the Q8_0 kernel has a third form,
 //! two blocks per 512-bit register with `vpdpbusd`, also in a several-rows-at-once
 //! variant ([`dot_rows`]) that loads each activation block once for [`ROWS`] rows.
+//!
+//! A product over several tokens (a prompt) goes through [`panel`] instead on those CPUs:
+//! a few rows are unpacked once into one byte format for every quantized type and
+//! multiplied with all the tokens in register tiles ([`panel_gemm`]). The activation
+//! functions and the softmax's exponentials have AVX2 forms too ([`gated`], [`exp_sub`]).
 
 use candle_core::quantized::GgmlDType;
 
@@ -43,6 +48,7 @@ use candle_core::quantized::GgmlDType;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod panel;
 pub mod scalar;
 #[cfg(test)]
 mod tests;
@@ -283,6 +289,17 @@ pub(crate) fn small_block(ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
     (d, m, q)
 }
 
+/// [`small_block`] with `isa`'s instructions.
+pub(crate) fn small_block_isa(isa: Isa, ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and F16C were detected.
+        return unsafe { avx2::small_block_q(ty, b) };
+    }
+    let _ = isa;
+    small_block(ty, b)
+}
+
 /// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K / Q5_K super-block, from
 /// its 12 scale bytes: sub-blocks 0-3 keep theirs in the low 6 bits of bytes `j` (scale)
 /// and `j + 4` (minimum); sub-blocks 4-7 in the nibbles of bytes `j + 4` with their top two
@@ -430,6 +447,25 @@ pub fn dot_rows(isa: Isa, ty: WType, rows: [&[u8]; ROWS], x: Act<'_>) -> [f32; R
     rows.map(|row| dot(isa, ty, row, x))
 }
 
+/// [`panel::gemm`] with `isa`'s kernels: `out[r * rs + t * ts] = row r . token t` for every
+/// row of `p` and token of `a`.
+pub fn panel_gemm(
+    isa: Isa,
+    p: &panel::Panel,
+    a: &panel::PanelActs,
+    out: &mut [f32],
+    rs: usize,
+    ts: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: as in `dot`: AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C were detected.
+        return unsafe { avx512::panel_gemm(p, a, out, rs, ts) };
+    }
+    let _ = isa;
+    panel::gemm(p, a, out, rs, ts)
+}
+
 /// `sum(a[i] * b[i])` over f32 slices of equal length.
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -439,6 +475,28 @@ pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
     let _ = isa;
     scalar::dot_f32(a, b)
+}
+
+/// `g[i] = act(g[i]) * u[i]`, `act` GELU (tanh form) when `gelu`, else SiLU.
+pub fn gated(isa: Isa, gelu: bool, g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and FMA were detected.
+        return unsafe { avx2::gated(gelu, g, u) };
+    }
+    let _ = isa;
+    scalar::gated(gelu, g, u)
+}
+
+/// `s[i] = e^(s[i] - max)`, returning their sum.
+pub fn exp_sub(isa: Isa, s: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and FMA were detected.
+        return unsafe { avx2::exp_sub(s, max) };
+    }
+    let _ = isa;
+    scalar::exp_sub(s, max)
 }
 
 /// `y[i] += a * x[i]`.

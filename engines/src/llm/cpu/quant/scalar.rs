@@ -91,3 +91,31 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         *y += a * x;
     }
 }
+
+/// GELU, tanh form.
+pub fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// `g[i] = act(g[i]) * u[i]`, `act` [`gelu`] or SiLU (`x / (1 + e^-x)`).
+pub fn gated(gelu_act: bool, g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        let a = if gelu_act {
+            gelu(*g)
+        } else {
+            *g / (1.0 + (-*g).exp())
+        };
+        *g = a * u;
+    }
+}
+
+/// `s[i] = e^(s[i] - max)`, returning their sum.
+pub fn exp_sub(s: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0f32;
+    for s in s.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    sum
+}

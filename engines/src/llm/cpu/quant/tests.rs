@@ -293,6 +293,44 @@ fn f32_helpers_match_the_reference() {
     }
 }
 
+/// The gated activations and the softmax's exponentials against the scalar forms, over
+/// the range a layer sees (and past the exponential's clamps).
+#[test]
+fn activations_match_the_reference() {
+    let mut rng = SplitMix64::new(23);
+    for isa in isas() {
+        for n in [0usize, 1, 7, 8, 9, 64, 67] {
+            let x: Vec<f32> = (0..n).map(|_| rand_f32(&mut rng) * 12.0).collect();
+            let u: Vec<f32> = (0..n).map(|_| rand_f32(&mut rng)).collect();
+            for gelu in [true, false] {
+                let (mut got, mut want) = (x.clone(), x.clone());
+                gated(isa, gelu, &mut got, &u);
+                scalar::gated(gelu, &mut want, &u);
+                // Absolute near zero: the tanh form's `1 + tanh(y)` loses digits there.
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 2e-6 * w.abs().max(1.0),
+                        "{isa:?} {gelu} {g} {w}"
+                    );
+                }
+            }
+            let max = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let (mut got, mut want) = (x.clone(), x.clone());
+            let (sg, sw) = (exp_sub(isa, &mut got, max), scalar::exp_sub(&mut want, max));
+            assert!((sg - sw).abs() <= 1e-6 * sw.max(1.0), "{isa:?} {sg} {sw}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6 * w.max(1e-30), "{isa:?} {g} {w}");
+            }
+        }
+    }
+    // Far outside: the clamped exponential still gives 0 and x.
+    if Isa::Avx2.available() {
+        let mut g = vec![-200.0f32, 200.0, -90.0, 90.0, 0.0, 1.0, -1.0, 3.0];
+        gated(Isa::Avx2, false, &mut g, &[1.0; 8]);
+        assert!(g[0].abs() < 1e-30 && g[1] == 200.0 && g[3] == 90.0, "{g:?}");
+    }
+}
+
 /// The multi-row kernels: every row as the single-row kernel gives it (bit for bit)
 /// and as the scalar reference does (within rounding), for block counts odd and even.
 #[test]
@@ -347,6 +385,73 @@ fn row_groups_match_single_rows() {
                         f64::from((single - want).abs()) <= 1e-5 * scale + 1e-6,
                         "{isa:?} {ty:?} {cols} row {r}: {single} vs {want}"
                     );
+                }
+            }
+        }
+    }
+}
+
+/// The panel product (every quantized type, 1-4 rows, 1-9 tokens, odd and even block
+/// counts): each output as the one-token kernel gives it, within float rounding.
+#[test]
+fn panels_match_the_one_token_kernels() {
+    use panel::{Panel, PanelActs, PANEL_ROWS};
+    let mut rng = SplitMix64::new(17);
+    for isa in isas() {
+        for ty in TYPES.into_iter().filter(|t| t.quantized()) {
+            for blocks in block_counts(ty, &[1, 3, 20]) {
+                let cols = blocks * QK;
+                for tokens in [1, 3, 4, 9] {
+                    let x: Vec<f32> = (0..cols * tokens)
+                        .map(|_| rand_f32(&mut rng) * 2.0)
+                        .collect();
+                    let mut q = QActs {
+                        qs: vec![0i8; cols * tokens],
+                        ds: vec![[0f32; 2]; blocks * tokens],
+                    };
+                    quantize(&x, &mut q.qs, &mut q.ds);
+                    let mut acts = PanelActs::default();
+                    acts.set(&q, cols, tokens);
+                    for nrows in 1..=PANEL_ROWS {
+                        let rows: Vec<Vec<u8>> =
+                            (0..nrows).map(|_| rand_row(&mut rng, ty, cols)).collect();
+                        let refs: Vec<&[u8]> = rows.iter().map(|r| r.as_slice()).collect();
+                        let mut p = Panel::default();
+                        p.fill(isa, ty, cols, &refs);
+                        // Row-major with a gap after each row's tokens.
+                        let stride = tokens + 2;
+                        let mut out = vec![f32::NAN; nrows * stride];
+                        panel_gemm(isa, &p, &acts, &mut out, stride, 1);
+                        let mut tm = vec![f32::NAN; tokens * nrows];
+                        panel_gemm(isa, &p, &acts, &mut tm, 1, nrows);
+                        for (r, row) in rows.iter().enumerate() {
+                            for t in 0..tokens {
+                                let act = Act {
+                                    f: &x[t * cols..][..cols],
+                                    qs: &q.qs[t * cols..][..cols],
+                                    ds: &q.ds[t * blocks..][..blocks],
+                                };
+                                let want = scalar::dot(ty, row, act);
+                                let got = out[r * stride + t];
+                                assert_eq!(got.to_bits(), tm[t * nrows + r].to_bits());
+                                let mut w = vec![0f32; cols];
+                                dequantize_row(ty, row, &mut w);
+                                let scale: f64 = (0..cols)
+                                    .map(|i| {
+                                        let xq = f32::from(act.qs[i]) * act.ds[i / QK][0];
+                                        f64::from((w[i] * xq).abs())
+                                    })
+                                    .sum();
+                                assert!(
+                                    f64::from((got - want).abs()) <= 1e-5 * scale + 1e-6,
+                                    "{isa:?} {ty:?} {cols} cols, {nrows} rows, row {r}, \
+                                     token {t}: {got} vs {want}"
+                                );
+                            }
+                            // Columns past the tokens are left alone.
+                            assert!(out[r * stride + tokens].is_nan());
+                        }
+                    }
                 }
             }
         }
