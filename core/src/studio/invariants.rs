@@ -98,7 +98,7 @@ impl Studio {
         let mut idle = 0;
         let mut idle_fits = 0;
         let mut orphans = 0;
-        for (id, w) in &self.workers {
+        for (id, w) in self.workers.iter() {
             if let Some(seq) = w.slot {
                 if !slots.insert(seq) {
                     return Err(format!("job seq {seq} held by two workers"));
@@ -163,11 +163,11 @@ impl Studio {
             return Err("session index has stray entries".into());
         }
         for (c, rec) in &self.conns {
-            if !self.session_index.contains(&(rec.last_frame, *c)) {
+            if rec.indexed > rec.last_frame || !self.session_index.contains(&(rec.indexed, *c)) {
                 return Err(format!("conn {c}: not in the session index"));
             }
             if rec.phase == ConnPhase::Welcomed
-                && self.workers.get(&*rec.worker_id).and_then(|w| w.session) != Some(*c)
+                && self.workers.get(&rec.worker_id).and_then(|w| w.session) != Some(*c)
             {
                 return Err(format!("conn {c}: welcomed but not its worker's session"));
             }

@@ -138,7 +138,7 @@ pub use types::*;
 
 use queue::{IdlePool, JobQueue};
 use registration::RegRequest;
-use state::{ConnRec, WorkerRec};
+use state::{ConnRec, Workers};
 
 /// The reference studio machine. See the module docs for the driving contract.
 #[derive(Clone, Debug)]
@@ -160,7 +160,7 @@ pub struct Studio {
     token_counter: u64,
 
     // sessions
-    workers: BTreeMap<String, WorkerRec>,
+    workers: Workers,
     conns: BTreeMap<ConnId, ConnRec>,
     session_index: BTreeSet<(Mono, ConnId)>,
     orphans: BTreeSet<(Mono, String)>,
@@ -202,7 +202,7 @@ impl Studio {
             next_request: 0,
             next_worker: 0,
             token_counter: 0,
-            workers: BTreeMap::new(),
+            workers: Workers::default(),
             conns: BTreeMap::new(),
             session_index: BTreeSet::new(),
             orphans: BTreeSet::new(),
