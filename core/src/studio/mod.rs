@@ -136,7 +136,7 @@ use crate::wire::{self, StudioFrame};
 
 pub use types::*;
 
-use queue::{IdlePool, JobQueue};
+use queue::{IdleKey, IdlePool, JobQueue};
 use registration::RegRequest;
 use state::{ConnRec, Workers};
 
@@ -178,7 +178,7 @@ pub struct Studio {
     finished: BTreeMap<u64, u64>,
     next_job: u64,
     next_finish: u64,
-    dirty_workers: BTreeSet<(u64, String)>,
+    dirty_workers: BTreeSet<IdleKey>,
     dirty_jobs: BTreeSet<u64>,
 }
 

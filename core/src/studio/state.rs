@@ -103,7 +103,7 @@ pub(super) struct HeartbeatMemo {
 /// A worker record's place in [`Workers`]: its slot and the slot's generation when the
 /// handle was taken. A handle outlives its record harmlessly: the slot's generation moves
 /// on when the record is removed, and the handle then finds nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct WorkerHandle {
     slot: u32,
     generation: u32,
