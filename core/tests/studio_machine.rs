@@ -1115,6 +1115,63 @@ fn heartbeats_keep_a_session_alive() {
     }
 }
 
+/// Silent sessions expire in the order of their last frames, not of their connects: a
+/// frame after connect moves a session behind one that connected later and stayed quiet.
+#[test]
+fn silent_sessions_expire_in_the_order_of_their_last_frames() {
+    let mut h = Harness::new();
+    h.online(1, "a", caps());
+    h.at(2);
+    h.online(2, "b", caps());
+    h.at(4);
+    h.heartbeat(1, caps(), None);
+    for s in [10, 20, 30] {
+        h.at(s);
+        assert!(closes(&h.tick()).is_empty(), "at {s} s");
+    }
+    h.at(40);
+    let out = h.tick();
+    assert_eq!(
+        closes(&out),
+        vec![(2, close_code::NORMAL), (1, close_code::NORMAL)]
+    );
+}
+
+/// A socket connected for a worker id the studio learns only afterwards is that worker's
+/// session once it says hello: its frames find the record by id.
+#[test]
+fn a_connection_opened_before_its_worker_was_added_serves_it() {
+    let mut h = Harness::new();
+    h.connect(1, "w");
+    h.s.add_worker("w", &token("w"));
+    h.drain();
+    h.frame(
+        1,
+        &WorkerFrame::Hello {
+            auth_token: token("w").into(),
+            capabilities: caps(),
+        },
+    );
+    assert_eq!(h.s.worker("w").unwrap().conn, Some(ConnId(1)));
+    h.at(5);
+    h.heartbeat(1, caps(), None);
+    h.at(6);
+    // Repeated (not decoded again): still the record of "w".
+    h.heartbeat(1, caps(), None);
+    assert_eq!(
+        h.s.worker("w").unwrap().last_heartbeat,
+        Some(Mono::from_secs(6))
+    );
+    let (j, out) = h.submit(llm_job());
+    assert_eq!(offers(&out, 1), vec![j.clone()]);
+    h.s.check_invariants().unwrap();
+    // Its end detaches the worker and requeues the offer.
+    h.disconnect(1);
+    assert!(!h.s.worker("w").unwrap().connected);
+    assert_eq!(h.state(&j), JobState::Queued);
+    h.s.check_invariants().unwrap();
+}
+
 #[test]
 fn a_connection_that_never_says_hello_is_swept() {
     let mut h = Harness::new();

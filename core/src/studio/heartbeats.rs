@@ -4,20 +4,25 @@
 use crate::wire::{self, StudioFrame, WorkerCapabilities, WorkerFrame};
 
 use super::queue::eligible;
-use super::state::{ConnPhase, ConnRec, HeartbeatMemo};
+use super::state::{ConnPhase, ConnRec, HeartbeatMemo, WorkerHandle};
 use super::{ConnId, JobState, RequeueReason, Studio};
 
 impl Studio {
     /// The current job id of a heartbeat `text` that repeats the last one handled on `c`
     /// while the worker record still holds the capabilities it carried (see
     /// [`HeartbeatMemo`]); `None` when it must be decoded.
-    pub(super) fn repeated_heartbeat(&self, c: &ConnRec, text: &str) -> Option<Option<String>> {
+    pub(super) fn repeated_heartbeat(
+        &self,
+        c: &ConnRec,
+        text: &str,
+    ) -> Option<(WorkerHandle, Option<String>)> {
         let m = c.last_heartbeat.as_ref()?;
         if c.phase != ConnPhase::Welcomed || text.len() > self.cfg.max_frame_bytes || m.text != text
         {
             return None;
         }
-        let w = self.workers.get(&*c.worker_id)?;
+        let worker = self.conn_worker(c)?;
+        let w = self.workers.at(worker)?;
         if w.caps_gen != m.caps_gen {
             return None;
         }
@@ -31,7 +36,7 @@ impl Studio {
                 }),
             "a repeated heartbeat decodes to the remembered one"
         );
-        Some(m.current_job_id.clone())
+        Some((worker, m.current_job_id.clone()))
     }
 
     /// Remembers a heartbeat just handled on `conn` (see [`HeartbeatMemo`]).
@@ -74,14 +79,17 @@ impl Studio {
     pub(super) fn on_heartbeat(
         &mut self,
         conn: ConnId,
-        worker_id: &str,
+        worker: Option<WorkerHandle>,
         capabilities: Option<WorkerCapabilities>,
         current: Option<String>,
     ) {
         self.send(conn, &StudioFrame::HeartbeatAck);
         let now = self.now;
         let grace = self.cfg.idle_claim_grace;
-        let Some(w) = self.workers.get_mut(worker_id) else {
+        let Some(worker) = worker else {
+            return;
+        };
+        let Some(w) = self.workers.at_mut(worker) else {
             return;
         };
         // Equal capabilities are kept as they are (same value, same generation).
@@ -128,7 +136,16 @@ impl Studio {
         // (nothing below touches the worker) it is decided on the record in hand; otherwise
         // after the release or reclaim, on the record as they leave it.
         let untouched = release.is_none() && reported.is_none();
+        if untouched && !caps_changed && !w.in_idle && !eligible(w) {
+            // Neither idle nor becoming idle (a busy worker's heartbeat): `refresh` would
+            // change nothing.
+            return;
+        }
         let decided = untouched.then(|| !caps_changed && w.in_idle && eligible(w));
+        let Some(worker_id) = self.workers.id(worker).cloned() else {
+            return;
+        };
+        let worker_id = &*worker_id;
         if let Some(cur) = reported {
             let reclaim = self.job_index.get(&cur).copied().filter(|s| {
                 self.jobs.get(s).is_some_and(|j| {

@@ -98,7 +98,7 @@ impl Studio {
         let mut idle = 0;
         let mut idle_fits = 0;
         let mut orphans = 0;
-        for (id, w) in &self.workers {
+        for (id, w) in self.workers.iter() {
             if let Some(seq) = w.slot {
                 if !slots.insert(seq) {
                     return Err(format!("job seq {seq} held by two workers"));
@@ -117,9 +117,9 @@ impl Studio {
                     _ => return Err(format!("worker {id}: session {c} is not its welcomed conn")),
                 }
             }
-            if w.in_idle != eligible(w)
-                || w.in_idle != self.idle.set.contains(&(w.connect_seq, id.clone()))
-            {
+            let handle = self.workers.handle(id);
+            let indexed = handle.is_some_and(|h| self.idle.set.contains(&(w.connect_seq, h)));
+            if w.in_idle != eligible(w) || w.in_idle != indexed {
                 return Err(format!("worker {id}: idle index disagrees"));
             }
             if w.in_idle {
@@ -128,9 +128,10 @@ impl Studio {
                 if fits != w.idle_fits {
                     return Err(format!("worker {id}: indexed under stale capabilities"));
                 }
-                let key = (w.connect_seq, id.clone());
+                let key = handle.map(|h| (w.connect_seq, h));
                 for f in &w.idle_fits {
-                    if !self.idle.by_fit.get(f).is_some_and(|b| b.contains(&key)) {
+                    let bucket = self.idle.by_fit.get(f);
+                    if !key.is_some_and(|k| bucket.is_some_and(|b| b.contains(&k))) {
                         return Err(format!("worker {id}: missing from its fit bucket"));
                     }
                 }
@@ -163,11 +164,11 @@ impl Studio {
             return Err("session index has stray entries".into());
         }
         for (c, rec) in &self.conns {
-            if !self.session_index.contains(&(rec.last_frame, *c)) {
+            if rec.indexed > rec.last_frame || !self.session_index.contains(&(rec.indexed, *c)) {
                 return Err(format!("conn {c}: not in the session index"));
             }
             if rec.phase == ConnPhase::Welcomed
-                && self.workers.get(&*rec.worker_id).and_then(|w| w.session) != Some(*c)
+                && self.workers.get(&rec.worker_id).and_then(|w| w.session) != Some(*c)
             {
                 return Err(format!("conn {c}: welcomed but not its worker's session"));
             }
@@ -175,10 +176,11 @@ impl Studio {
         if (!self.conns.is_empty() || !self.orphans.is_empty()) && self.next_sweep.is_none() {
             return Err("sessions to watch but no sweep armed".into());
         }
-        for (_, wid) in &self.idle.set {
-            let Some(caps) = self.workers.get(wid).and_then(|w| w.capabilities.as_ref()) else {
+        for (_, h) in &self.idle.set {
+            let Some(caps) = self.workers.at(*h).and_then(|w| w.capabilities.as_ref()) else {
                 continue;
             };
+            let wid = self.workers.id(*h).map_or("", |id| id);
             for seq in &self.queue.fifo {
                 if self
                     .jobs

@@ -136,9 +136,9 @@ use crate::wire::{self, StudioFrame};
 
 pub use types::*;
 
-use queue::{IdlePool, JobQueue};
+use queue::{IdleKey, IdlePool, JobQueue};
 use registration::RegRequest;
-use state::{ConnRec, WorkerRec};
+use state::{ConnRec, Workers};
 
 /// The reference studio machine. See the module docs for the driving contract.
 #[derive(Clone, Debug)]
@@ -160,7 +160,7 @@ pub struct Studio {
     token_counter: u64,
 
     // sessions
-    workers: BTreeMap<String, WorkerRec>,
+    workers: Workers,
     conns: BTreeMap<ConnId, ConnRec>,
     session_index: BTreeSet<(Mono, ConnId)>,
     orphans: BTreeSet<(Mono, String)>,
@@ -178,7 +178,7 @@ pub struct Studio {
     finished: BTreeMap<u64, u64>,
     next_job: u64,
     next_finish: u64,
-    dirty_workers: BTreeSet<(u64, String)>,
+    dirty_workers: BTreeSet<IdleKey>,
     dirty_jobs: BTreeSet<u64>,
 }
 
@@ -202,7 +202,7 @@ impl Studio {
             next_request: 0,
             next_worker: 0,
             token_counter: 0,
-            workers: BTreeMap::new(),
+            workers: Workers::default(),
             conns: BTreeMap::new(),
             session_index: BTreeSet::new(),
             orphans: BTreeSet::new(),

@@ -30,15 +30,17 @@ impl Studio {
     /// worker never skips an older job for a newer one.
     pub(super) fn dispatch(&mut self) {
         let workers = std::mem::take(&mut self.dirty_workers);
-        for key in workers {
-            let Some(w) = self.workers.get(&key.1) else {
+        for (connect_seq, h) in workers {
+            let Some(w) = self.workers.at(h) else {
                 continue;
             };
-            if !w.in_idle || w.connect_seq != key.0 {
+            if !w.in_idle || w.connect_seq != connect_seq {
                 continue;
             }
             if let Some(seq) = self.queue.first_fit(&w.idle_fits) {
-                self.offer(seq, &key.1);
+                if let Some(id) = self.workers.id(h).cloned() {
+                    self.offer(seq, &id);
+                }
             }
         }
         let jobs = std::mem::take(&mut self.dirty_jobs);
@@ -49,7 +51,8 @@ impl Studio {
             let Some(job) = self.jobs.get(&seq) else {
                 continue;
             };
-            if let Some((_, id)) = self.idle.first_fit(&job_fits(&job.spec)).cloned() {
+            let idle = self.idle.first_fit(&job_fits(&job.spec));
+            if let Some(id) = idle.and_then(|(_, h)| self.workers.id(h).cloned()) {
                 self.offer(seq, &id);
             }
         }

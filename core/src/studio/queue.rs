@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::wire::{ModelEngine, TaskKind, UserPresence, WorkerCapabilities};
 
-use super::state::{Fit, ModelKey, WorkerRec};
+use super::state::{Fit, ModelKey, WorkerHandle, WorkerRec};
 use super::{JobSpec, Studio};
 
 pub(super) fn vram_bits(v: f32) -> u32 {
@@ -116,25 +116,26 @@ impl JobQueue {
     }
 }
 
+/// An idle worker's key: its connect order (`connect_seq`, never shared by two workers,
+/// so it alone decides the order) and its record.
+pub(super) type IdleKey = (u64, WorkerHandle);
+
 /// Idle-eligible workers by connect order, indexed by fit.
 #[derive(Clone, Debug, Default)]
 pub(super) struct IdlePool {
-    pub(super) set: BTreeSet<(u64, String)>,
-    pub(super) by_fit: BTreeMap<Fit, BTreeSet<(u64, String)>>,
+    pub(super) set: BTreeSet<IdleKey>,
+    pub(super) by_fit: BTreeMap<Fit, BTreeSet<IdleKey>>,
 }
 
 impl IdlePool {
-    pub(super) fn insert(&mut self, key: (u64, String), fits: &[Fit]) {
+    pub(super) fn insert(&mut self, key: IdleKey, fits: &[Fit]) {
         for f in fits {
-            self.by_fit
-                .entry(f.clone())
-                .or_default()
-                .insert(key.clone());
+            self.by_fit.entry(f.clone()).or_default().insert(key);
         }
         self.set.insert(key);
     }
 
-    pub(super) fn remove(&mut self, key: &(u64, String), fits: &[Fit]) {
+    pub(super) fn remove(&mut self, key: &IdleKey, fits: &[Fit]) {
         for f in fits {
             if let Some(b) = self.by_fit.get_mut(f) {
                 b.remove(key);
@@ -148,12 +149,12 @@ impl IdlePool {
 
     /// The earliest-connected idle worker that can serve a job with these fits
     /// ([`job_fits`]): one range lookup per fit.
-    pub(super) fn first_fit(&self, fits: &[Fit]) -> Option<&(u64, String)> {
+    pub(super) fn first_fit(&self, fits: &[Fit]) -> Option<IdleKey> {
         fits.iter()
             .flat_map(|(kind, key, v)| {
                 self.by_fit
                     .range((*kind, key.clone(), *v)..=(*kind, key.clone(), u32::MAX))
-                    .filter_map(|(_, b)| b.first())
+                    .filter_map(|(_, b)| b.first().copied())
             })
             .min()
     }
@@ -185,12 +186,14 @@ pub(super) fn compatible(caps: &WorkerCapabilities, spec: &JobSpec) -> bool {
 
 impl Studio {
     pub(super) fn idle_remove(&mut self, worker_id: &str) {
-        if let Some(w) = self.workers.get_mut(worker_id) {
+        let Some(h) = self.workers.handle(worker_id) else {
+            return;
+        };
+        if let Some(w) = self.workers.at_mut(h) {
             if w.in_idle {
                 w.in_idle = false;
                 let fits = std::mem::take(&mut w.idle_fits);
-                self.idle
-                    .remove(&(w.connect_seq, worker_id.to_string()), &fits);
+                self.idle.remove(&(w.connect_seq, h), &fits);
             }
         }
     }
@@ -207,10 +210,13 @@ impl Studio {
     /// capabilities); a worker that becomes eligible, or whose capabilities changed
     /// (`force`), is looked at by the next dispatch.
     pub(super) fn refresh(&mut self, worker_id: &str, force: bool) {
-        let Some(w) = self.workers.get(worker_id) else {
+        let Some(h) = self.workers.handle(worker_id) else {
             return;
         };
-        let key = (w.connect_seq, worker_id.to_string());
+        let Some(w) = self.workers.at(h) else {
+            return;
+        };
+        let key = (w.connect_seq, h);
         let was_idle = w.in_idle;
         // Still idle (every heartbeat of an idle worker): when it stays indexed under the
         // same fits, removing and re-inserting would leave the index as it is.
@@ -220,7 +226,7 @@ impl Studio {
             }
             return;
         }
-        let Some(w) = self.workers.get_mut(worker_id) else {
+        let Some(w) = self.workers.at_mut(h) else {
             return;
         };
         if was_idle {
@@ -230,7 +236,7 @@ impl Studio {
         }
         if eligible(w) {
             let fits = w.capabilities.as_ref().map(worker_fits).unwrap_or_default();
-            self.idle.insert(key.clone(), &fits);
+            self.idle.insert(key, &fits);
             w.idle_fits = fits;
             w.in_idle = true;
             if !was_idle || force {
@@ -241,10 +247,13 @@ impl Studio {
 
     /// Whether an idle worker is indexed under the fits of its current capabilities.
     pub(super) fn idle_indexed(&self, worker_id: &str) -> bool {
-        let Some(w) = self.workers.get(worker_id) else {
+        let Some(h) = self.workers.handle(worker_id) else {
             return false;
         };
-        let key = (w.connect_seq, worker_id.to_string());
+        let Some(w) = self.workers.at(h) else {
+            return false;
+        };
+        let key = (w.connect_seq, h);
         let fits = w.capabilities.as_ref().map(worker_fits).unwrap_or_default();
         fits == w.idle_fits
             && self.idle.set.contains(&key)

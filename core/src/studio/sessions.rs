@@ -7,7 +7,7 @@ use crate::wire::{
     self, sha256_hex, LogEntry, StudioFrame, WorkerCapabilities, WorkerErrorCode, WorkerFrame,
 };
 
-use super::state::{ConnPhase, ConnRec, WorkerRec};
+use super::state::{ConnPhase, ConnRec, WorkerHandle, WorkerRec};
 use super::{ConnId, HttpError, RequeueReason, Studio, StudioCommand, StudioEvent, WorkerView};
 use crate::secret::ct_eq;
 
@@ -16,10 +16,7 @@ impl Studio {
     /// worker is re-keyed; a live session is not cut.
     pub fn add_worker(&mut self, worker_id: &str, auth_token: &str) {
         let hash = sha256_hex(auth_token.as_bytes());
-        self.workers
-            .entry(worker_id.to_string())
-            .or_default()
-            .token_hash = Some(hash);
+        self.workers.or_default(worker_id).token_hash = Some(hash);
         self.finish();
     }
 
@@ -139,14 +136,24 @@ impl Studio {
             conn,
             ConnRec {
                 worker_id: Arc::from(worker_id.as_str()),
+                worker: self.workers.handle(&worker_id),
                 phase: ConnPhase::AwaitingHello,
                 last_frame: now,
+                indexed: now,
                 opened: self.next_conn_seq,
                 last_heartbeat: None,
             },
         );
         self.session_index.insert((now, conn));
         self.event(StudioEvent::ConnOpened { conn, worker_id });
+    }
+
+    /// The record of a connection's worker: by the handle taken at connect, or by id for a
+    /// connection opened for an id the studio did not know then.
+    pub(super) fn conn_worker(&self, c: &ConnRec) -> Option<WorkerHandle> {
+        c.worker
+            .filter(|h| self.workers.at(*h).is_some())
+            .or_else(|| self.workers.handle(&c.worker_id))
     }
 
     pub(super) fn on_disconnected(&mut self, conn: ConnId) {
@@ -165,10 +172,10 @@ impl Studio {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        self.session_index.remove(&(c.last_frame, conn));
+        self.session_index.remove(&(c.indexed, conn));
         let is_session = self
-            .workers
-            .get(&*c.worker_id)
+            .conn_worker(&c)
+            .and_then(|h| self.workers.at(h))
             .is_some_and(|w| w.session == Some(conn));
         if is_session {
             self.detach(&c.worker_id);
@@ -231,16 +238,16 @@ impl Studio {
             });
             return;
         };
-        let worker_id = c.worker_id.clone();
-        let phase = c.phase;
-        if let Some(current) = self.repeated_heartbeat(c, text) {
+        if let Some((worker, current)) = self.repeated_heartbeat(c, text) {
             // Exactly the previous heartbeat on this connection, whose capabilities are
             // still the record's: what decoding would give, without decoding.
             // (`on_heartbeat` records `last_seen`.)
             self.touch(conn);
-            self.on_heartbeat(conn, &worker_id, None, current);
+            self.on_heartbeat(conn, Some(worker), None, current);
             return;
         }
+        let worker_id = c.worker_id.clone();
+        let phase = c.phase;
         let frame = match wire::decode_worker_frame(text, self.cfg.max_frame_bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -259,7 +266,7 @@ impl Studio {
             }
             return;
         }
-        if let Some(w) = self.workers.get_mut(&*worker_id) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
             w.last_seen = Some(self.now);
         }
         match frame {
@@ -269,7 +276,8 @@ impl Studio {
                 current_job_id,
             } => {
                 let memo_current = current_job_id.clone();
-                self.on_heartbeat(conn, &worker_id, Some(capabilities), current_job_id);
+                let worker = self.workers.handle(&worker_id);
+                self.on_heartbeat(conn, worker, Some(capabilities), current_job_id);
                 self.remember_heartbeat(conn, &worker_id, text, memo_current);
             }
             WorkerFrame::Accept { job_id } => self.on_accept(conn, &worker_id, &job_id),
@@ -295,12 +303,12 @@ impl Studio {
         }
     }
 
+    /// A frame arrived on `conn`: its session lives on. The index entry stays where it is
+    /// (at or before `last_frame`); the sweep re-files it when it comes up.
     pub(super) fn touch(&mut self, conn: ConnId) {
         let now = self.now;
         if let Some(c) = self.conns.get_mut(&conn) {
-            self.session_index.remove(&(c.last_frame, conn));
             c.last_frame = now;
-            self.session_index.insert((now, conn));
         }
     }
 

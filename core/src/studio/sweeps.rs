@@ -29,9 +29,26 @@ impl Studio {
         let timeout = self.cfg.session_timeout;
         let mut expired = 0;
         let mut released = 0;
+        // Entries sit at or before their connection's last frame. The first entry is
+        // re-filed at the last frame until it is exact, so a session is closed only when it
+        // is the earliest by `(last_frame, conn)`: the order an index kept exact on every
+        // frame gives.
         while let Some(&(last, conn)) = self.session_index.first() {
             if now.saturating_since(last) < timeout {
                 break;
+            }
+            let refile = self
+                .conns
+                .get_mut(&conn)
+                .filter(|c| c.last_frame > last)
+                .map(|c| {
+                    c.indexed = c.last_frame;
+                    c.last_frame
+                });
+            if let Some(at) = refile {
+                self.session_index.remove(&(last, conn));
+                self.session_index.insert((at, conn));
+                continue;
             }
             let worker_id = self
                 .conns

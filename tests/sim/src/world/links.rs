@@ -215,7 +215,13 @@ impl World {
         }
         let first = !self.links[link].first_sent;
         self.links[link].first_sent = true;
-        let previous = self.workers[w].last_result_frame.clone();
+        // Only the first frame on a link may repeat the last result (a copy per frame was
+        // an allocation per heartbeat of every worker that had finished a job).
+        let previous = if first {
+            self.workers[w].last_result_frame.clone()
+        } else {
+            None
+        };
         if is_result_frame(&text) {
             self.workers[w].last_result_frame = Some((link, text.clone()));
         }
