@@ -137,6 +137,7 @@ impl Panel {
     }
 
     /// Row `r`'s `[min_lo, min_hi]` lines.
+    #[inline]
     pub fn extras(&self, r: usize) -> &[Lanes] {
         let per = self.ex.len() / self.rows.max(1);
         &self.ex[r * per..][..per]
@@ -193,6 +194,7 @@ impl PanelActs {
     }
 
     /// Token `t`'s pairs (bytes, lane scales) and its half sums.
+    #[inline]
     pub fn token(&self, t: usize) -> (&[Line], &[Lanes], &[Lanes]) {
         let (p, l) = (self.pairs, self.ex.len() / self.tokens.max(1));
         (
