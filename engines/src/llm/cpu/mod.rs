@@ -812,19 +812,17 @@ fn attention(
             let first = window.map_or(0, |w| n.saturating_sub(w));
             let qh = &q[t * nh * hd + h * hd..][..hd];
             let off = (h / group) * hd;
-            let s = &mut scores[first..n];
-            let mut max = f32::NEG_INFINITY;
-            for (p, s) in (first..n).zip(s.iter_mut()) {
-                *s = quant::dot_f32(isa, qh, &k[p * kv + off..][..hd]) * scale;
-                max = max.max(*s);
-            }
-            let sum = quant::exp_sub(isa, s, max);
             let mut o = pieces[idx].lock().unwrap_or_else(|p| p.into_inner());
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for (p, &s) in (first..n).zip(s.iter()) {
-                quant::axpy(isa, &mut o, s * inv, &v[p * kv + off..][..hd]);
-            }
+            quant::attend(
+                isa,
+                qh,
+                (k, v),
+                (kv, off),
+                (first, n),
+                scale,
+                &mut scores,
+                &mut o,
+            );
         }
     });
 }

@@ -373,6 +373,7 @@ fn dot_row_f32(row: &[u8], x: &[f32]) -> f32 {
 /// # Safety
 ///
 /// The CPU must support AVX2 and FMA.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -395,6 +396,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// # Safety
 ///
 /// The CPU must support AVX2 and FMA.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     let n = y.len().min(x.len());
@@ -469,6 +471,7 @@ pub unsafe fn gated(gelu: bool, g: &mut [f32], u: &[f32]) {
 /// # Safety
 ///
 /// The CPU must support AVX2 and FMA.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_sub(s: &mut [f32], max: f32) -> f32 {
     let full = s.len() / 8 * 8;
@@ -508,4 +511,34 @@ pub unsafe fn small_block_q(ty: WType, b: &[u8]) -> (f32, f32, [u8; QK]) {
     // SAFETY: `q` is 32 writable bytes; the store is unaligned.
     unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), w) };
     (d, m, q)
+}
+
+/// [`super::attend`] with the AVX2 kernels, inlined.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend(
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    at: (usize, usize),
+    span: (usize, usize),
+    scale: f32,
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    // SAFETY (the three closures): AVX2 and FMA are enabled here, as the caller promised.
+    super::attend_with(
+        |a, b| unsafe { dot_f32(a, b) },
+        |s, m| unsafe { exp_sub(s, m) },
+        |y, a, x| unsafe { axpy(y, a, x) },
+        q,
+        kv,
+        at,
+        span,
+        scale,
+        s,
+        out,
+    )
 }

@@ -499,6 +499,69 @@ pub fn exp_sub(isa: Isa, s: &mut [f32], max: f32) -> f32 {
     scalar::exp_sub(s, max)
 }
 
+/// One query's attention: over the positions `first..n` of a cache whose rows are `stride`
+/// floats apart (this head's keys and values at `off` in each row), the scores
+/// `q . k_p * scale` into `s[first..n]`, their softmax, and `out = sum_p softmax_p v_p`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    (stride, off): (usize, usize),
+    (first, n): (usize, usize),
+    scale: f32,
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 and FMA were detected.
+        return unsafe { avx2::attend(q, (k, v), (stride, off), (first, n), scale, s, out) };
+    }
+    let _ = isa;
+    attend_with(
+        scalar::dot_f32,
+        scalar::exp_sub,
+        scalar::axpy,
+        q,
+        (k, v),
+        (stride, off),
+        (first, n),
+        scale,
+        s,
+        out,
+    )
+}
+
+/// [`attend`] with the given kernels (inlined into each instruction set's caller).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_with(
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    exp_sub: impl Fn(&mut [f32], f32) -> f32,
+    axpy: impl Fn(&mut [f32], f32, &[f32]),
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    (stride, off): (usize, usize),
+    (first, n): (usize, usize),
+    scale: f32,
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let s = &mut s[first..n];
+    let mut max = f32::NEG_INFINITY;
+    for (p, s) in (first..n).zip(s.iter_mut()) {
+        *s = dot(q, &k[p * stride + off..][..hd]) * scale;
+        max = max.max(*s);
+    }
+    let inv = 1.0 / exp_sub(s, max);
+    out.fill(0.0);
+    for (p, &s) in (first..n).zip(s.iter()) {
+        axpy(out, s * inv, &v[p * stride + off..][..hd]);
+    }
+}
+
 /// `y[i] += a * x[i]`.
 pub fn axpy(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]

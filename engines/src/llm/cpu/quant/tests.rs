@@ -323,6 +323,43 @@ fn activations_match_the_reference() {
             }
         }
     }
+    // One query's attention over a cache of 9 rows of 3 heads of 16 (the second head, a
+    // window of positions 2..9) against its definition.
+    let (hd, stride, off, first, n) = (16, 48, 16, 2, 9);
+    let k: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+    let v: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+    let q: Vec<f32> = (0..hd).map(|_| rand_f32(&mut rng) * 3.0).collect();
+    let scores: Vec<f64> = (first..n)
+        .map(|p| {
+            let d: f64 = (0..hd)
+                .map(|i| f64::from(q[i]) * f64::from(k[p * stride + off + i]))
+                .sum();
+            (d * 0.25).exp()
+        })
+        .collect();
+    let total: f64 = scores.iter().sum();
+    for isa in isas() {
+        let (mut s, mut out) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+        attend(
+            isa,
+            &q,
+            (&k, &v),
+            (stride, off),
+            (first, n),
+            0.25,
+            &mut s,
+            &mut out,
+        );
+        for (i, o) in out.iter().enumerate() {
+            let want: f64 = (first..n)
+                .map(|p| scores[p - first] / total * f64::from(v[p * stride + off + i]))
+                .sum();
+            assert!(
+                (f64::from(*o) - want).abs() < 1e-5,
+                "{isa:?} {i}: {o} vs {want}"
+            );
+        }
+    }
     // Far outside: the clamped exponential still gives 0 and x.
     if Isa::Avx2.available() {
         let mut g = vec![-200.0f32, 200.0, -90.0, 90.0, 0.0, 1.0, -1.0, 3.0];
