@@ -638,25 +638,36 @@ fn rotate(h: &mut [f32], r: &[(f32, f32)], neox: bool) {
 
 /// Activations as the matrix products read them: `b` vectors of `n`, and when needed their
 /// 8-bit quantization.
-/// With `panels` (the CPU has the panel kernels), a quantization of [`PANEL_MIN_TOKENS`] or
-/// more tokens is also laid out for the panel product ([`quant::panel`]).
-#[derive(Default)]
+/// With AVX-512 (the panel kernels), a quantization of [`PANEL_MIN_TOKENS`] or more tokens
+/// is also laid out for the panel product ([`quant::panel`]).
 struct Acts {
     n: usize,
     b: usize,
     f: Vec<f32>,
     q: QActs,
     quantized: bool,
-    panels: bool,
+    isa: Isa,
     p: PanelActs,
     in_panels: bool,
+}
+
+impl Default for Acts {
+    fn default() -> Acts {
+        Acts::new(Isa::Scalar)
+    }
 }
 
 impl Acts {
     fn new(isa: Isa) -> Acts {
         Acts {
-            panels: isa == Isa::Avx512,
-            ..Acts::default()
+            n: 0,
+            b: 0,
+            f: Vec::new(),
+            q: QActs::default(),
+            quantized: false,
+            isa,
+            p: PanelActs::default(),
+            in_panels: false,
         }
     }
 
@@ -666,11 +677,11 @@ impl Acts {
         self.f.clear();
         self.f.extend_from_slice(&x[..n * b]);
         self.quantized = quantize;
-        self.in_panels = quantize && self.panels && b >= PANEL_MIN_TOKENS;
+        self.in_panels = quantize && self.isa == Isa::Avx512 && b >= PANEL_MIN_TOKENS;
         if quantize {
             self.q.qs.resize(n * b, 0);
             self.q.ds.resize(n * b / QK, [0.0; 2]);
-            quant::quantize(&self.f, &mut self.q.qs, &mut self.q.ds);
+            quant::quantize_isa(self.isa, &self.f, &mut self.q.qs, &mut self.q.ds);
         }
         if self.in_panels {
             self.p.set(&self.q, n, b);

@@ -542,3 +542,49 @@ pub unsafe fn attend(
         out,
     )
 }
+
+/// [`super::quantize`], bit for bit: per block of 32 the largest magnitude gives
+/// `d = amax / 127`, each element `x / d` rounded half away from zero.
+///
+/// # Safety
+///
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let half = _mm256_set1_ps(0.5);
+    for ((x, q), ds) in x
+        .chunks_exact(QK)
+        .zip(qs.chunks_exact_mut(QK))
+        .zip(ds.iter_mut())
+    {
+        let v: [__m256; 4] = std::array::from_fn(|i| load_f32x8(&x[i * 8..]));
+        let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+        let m = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        // v * id, plus 0.5 with v's sign, truncated: the scalar form's rounding.
+        let r = v.map(|v| {
+            let v = _mm256_mul_ps(v, id);
+            _mm256_cvttps_epi32(_mm256_add_ps(v, _mm256_or_ps(half, _mm256_and_ps(v, sign))))
+        });
+        let sum = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let sum = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b0100_1110));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0b1011_0001)));
+        // i32 -> i16 -> i8 packs work per 128-bit lane: put the 32 bytes back in order.
+        let w = _mm256_packs_epi32(r[0], r[1]);
+        let z = _mm256_packs_epi32(r[2], r[3]);
+        let b = _mm256_packs_epi16(w, z);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `q` is a chunk of exactly 32 writable bytes; the store is unaligned.
+        unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), b) };
+        *ds = [d, d * sum as f32];
+    }
+}

@@ -414,6 +414,17 @@ pub fn quantize(x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
     }
 }
 
+/// [`quantize`] with `isa`'s instructions (the same bits).
+pub fn quantize_isa(isa: Isa, x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: as in `dot`: AVX2 was detected.
+        return unsafe { avx2::quantize(x, qs, ds) };
+    }
+    let _ = isa;
+    quantize(x, qs, ds)
+}
+
 /// The dot product of a weight row of type `ty` with `x`, using `isa`'s kernels.
 pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]

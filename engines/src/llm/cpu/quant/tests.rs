@@ -204,6 +204,31 @@ fn dequantize_follows_the_5_bit_and_k_quant_layouts() {
     assert_eq!(out[128], 0.5 * 5.0 * (15.0 + 48.0 - 32.0));
 }
 
+/// The AVX2 quantization gives the portable one's bits, ties and zeros included.
+#[test]
+fn quantize_kernels_agree() {
+    let mut rng = SplitMix64::new(29);
+    let mut x: Vec<f32> = (0..QK * 40).map(|_| rand_f32(&mut rng) * 9.0).collect();
+    // A block of zeros, and a block whose steps fall exactly on halves.
+    x[QK..2 * QK].fill(0.0);
+    for (i, v) in x[2 * QK..3 * QK].iter_mut().enumerate() {
+        *v = (i as f32 - 15.5) * 0.5;
+    }
+    x[3 * QK] = 127.0;
+    for isa in isas() {
+        let (mut qs, mut ds) = (vec![0i8; x.len()], vec![[0f32; 2]; x.len() / QK]);
+        quantize_isa(isa, &x, &mut qs, &mut ds);
+        let (mut wq, mut wd) = (vec![0i8; x.len()], vec![[0f32; 2]; x.len() / QK]);
+        quantize(&x, &mut wq, &mut wd);
+        assert_eq!(qs, wq, "{isa:?}");
+        assert_eq!(
+            ds.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            wd.iter().flatten().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{isa:?}"
+        );
+    }
+}
+
 #[test]
 #[allow(clippy::needless_range_loop)]
 fn quantize_round_trips_within_half_a_step() {
