@@ -249,8 +249,33 @@ pub fn decode_studio_frame_limited(text: &str, limit: usize) -> Result<StudioFra
     if text == HEARTBEAT_ACK_TEXT && text.len() <= limit {
         return Ok(StudioFrame::HeartbeatAck);
     }
-    decode(text, limit)
+    decode_with_fast_path(text, limit, decode_studio_frame_fast)
 }
+
+/// The fast path of [`decode_studio_frame_limited`] for the frames of every job (`offer`,
+/// `completeAck`, `failAck`; see [`HeartbeatFrame`] for why and how); `None` for any other
+/// frame and for any error.
+pub(super) fn decode_studio_frame_fast(text: &str) -> Option<StudioFrame> {
+    if text.starts_with(OFFER_PREFIX) {
+        let f = serde_json::from_str::<OfferFrame>(text).ok()?;
+        Some(StudioFrame::Offer { claim: f.claim })
+    } else if text.starts_with(COMPLETE_ACK_PREFIX) {
+        let f = serde_json::from_str::<AckFrame>(text).ok()?;
+        Some(StudioFrame::CompleteAck { job_id: f.job_id })
+    } else if text.starts_with(FAIL_ACK_PREFIX) {
+        let f = serde_json::from_str::<AckFrame>(text).ok()?;
+        Some(StudioFrame::FailAck { job_id: f.job_id })
+    } else {
+        None
+    }
+}
+
+/// How an `offer` begins when its tag comes first (as this crate and the studio encode it).
+const OFFER_PREFIX: &str = r#"{"type":"offer","#;
+/// How a `completeAck` begins when its tag comes first.
+const COMPLETE_ACK_PREFIX: &str = r#"{"type":"completeAck","#;
+/// How a `failAck` begins when its tag comes first.
+const FAIL_ACK_PREFIX: &str = r#"{"type":"failAck","#;
 
 /// The `claim.jobId` of a studio frame that is an `offer` but does not decode as a whole
 /// (a bad task parameter, an unknown kind, a missing field): `Some` when the frame is a JSON
@@ -277,10 +302,23 @@ pub(crate) const HEARTBEAT_ACK_TEXT: &str = r#"{"type":"heartbeatAck"}"#;
 
 /// Decodes a worker -> studio text frame with the given size limit.
 pub fn decode_worker_frame(text: &str, limit: usize) -> Result<WorkerFrame, DecodeError> {
+    decode_with_fast_path(text, limit, decode_worker_frame_fast)
+}
+
+/// [`decode`], through `fast` first (a fast path: `None` whenever it does not apply or
+/// fails, and then the enum decides, errors included).
+fn decode_with_fast_path<T>(
+    text: &str,
+    limit: usize,
+    fast: fn(&str) -> Option<T>,
+) -> Result<T, DecodeError>
+where
+    T: for<'de> Deserialize<'de> + PartialEq + fmt::Debug,
+{
     if text.len() <= limit {
-        if let Some(frame) = decode_worker_frame_fast(text) {
+        if let Some(frame) = fast(text) {
             debug_assert_eq!(
-                serde_json::from_str::<WorkerFrame>(text).ok().as_ref(),
+                serde_json::from_str::<T>(text).ok().as_ref(),
                 Some(&frame),
                 "the fast path decodes as the enum does"
             );
@@ -355,6 +393,23 @@ struct HelloFrame {
     _tag: serde::de::IgnoredAny,
     auth_token: Secret,
     capabilities: WorkerCapabilities,
+}
+
+/// `offer` decoded directly (see [`HeartbeatFrame`]).
+#[derive(Deserialize)]
+struct OfferFrame {
+    #[serde(rename = "type")]
+    _tag: serde::de::IgnoredAny,
+    claim: Box<JobOfferClaim>,
+}
+
+/// `completeAck` and `failAck` decoded directly (see [`HeartbeatFrame`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AckFrame {
+    #[serde(rename = "type")]
+    _tag: serde::de::IgnoredAny,
+    job_id: String,
 }
 
 /// Encodes any wire value as compact JSON text. Serialising these types cannot fail (all

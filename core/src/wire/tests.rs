@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::frames::{decode, decode_worker_frame_fast};
+use super::frames::{decode, decode_studio_frame_fast, decode_worker_frame_fast};
 use super::*;
 
 #[test]
@@ -125,6 +125,77 @@ fn heartbeat_ack_fast_paths_match_the_codec() {
     );
     assert!(matches!(
         decode_studio_frame_limited(HEARTBEAT_ACK_TEXT, 5),
+        Err(DecodeError::TooLarge { .. })
+    ));
+}
+
+/// A studio frame's text with its `type` first, as the studio writes it (a JSON object's
+/// keys come out sorted otherwise).
+fn tag_first(frame: &serde_json::Value) -> String {
+    let mut rest = frame.clone();
+    let tag = rest["type"].as_str().unwrap().to_string();
+    rest.as_object_mut().unwrap().remove("type");
+    let rest = serde_json::to_string(&rest).unwrap();
+    match rest.as_str() {
+        "{}" => format!(r#"{{"type":"{tag}"}}"#),
+        _ => format!(r#"{{"type":"{tag}",{}"#, &rest[1..]),
+    }
+}
+
+#[test]
+fn studio_frame_fast_paths_decode_as_the_enum_does() {
+    let vectors = include_str!("../../../docs/protocol-vectors.jsonl");
+    let mut fast = 0;
+    for line in vectors.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["dir"] != "studio_to_worker" {
+            continue;
+        }
+        let text = tag_first(&v["frame"]);
+        let name = v["name"].as_str().unwrap();
+        let by_enum = decode::<StudioFrame>(&text, MAX_FRAME_BYTES).ok();
+        let by_fast = decode_studio_frame_fast(&text);
+        if by_fast.is_some() {
+            fast += 1;
+            assert_eq!(by_fast, by_enum, "{name}");
+        }
+        // Invalid or not: the codec's answer is the enum's.
+        assert_eq!(decode_studio_frame(&text).ok(), by_enum, "{name}: {text}");
+    }
+    assert!(fast >= 15, "only {fast} vectors took the fast path");
+    // The acks, and anything odd, which falls back to the enum (errors included).
+    for (text, expected) in [
+        (
+            r#"{"type":"completeAck","jobId":"j-1","extra":1}"#,
+            Some(StudioFrame::CompleteAck {
+                job_id: "j-1".into(),
+            }),
+        ),
+        (
+            r#"{"type":"failAck","jobId":"j-\u00e9"}"#,
+            Some(StudioFrame::FailAck {
+                job_id: "j-\u{e9}".into(),
+            }),
+        ),
+        (
+            r#"{"type":"completeAck","type":"failAck","jobId":"j"}"#,
+            None,
+        ),
+        (r#"{"type":"failAck","jobId":7}"#, None),
+        (r#"{"type":"offer","claim":{}}"#, None),
+        (r#"{"type":"offer","claim":{"jobId":"j"},"claim":{}}"#, None),
+    ] {
+        assert_eq!(decode_studio_frame_fast(text), expected, "{text}");
+        assert_eq!(
+            decode_studio_frame(text).ok(),
+            decode::<StudioFrame>(text, MAX_FRAME_BYTES).ok(),
+            "{text}"
+        );
+    }
+    // The size limit holds on the fast path too.
+    let ack = r#"{"type":"completeAck","jobId":"j-1"}"#;
+    assert!(matches!(
+        decode_studio_frame_limited(ack, ack.len() - 1),
         Err(DecodeError::TooLarge { .. })
     ));
 }

@@ -27,7 +27,9 @@
 //!   holds the drain's `Dispatch`es back: the shell starts them with
 //!   [`CommandRouter::start_held_jobs`] once it has written the drain's socket commands,
 //!   so the job's `accept` (sent in the same drain, before the `Dispatch`) is on the wire
-//!   before the engine takes a CPU.
+//!   before the engine takes a CPU. The drain's `Report`s wait too, and are logged right
+//!   after those jobs start: formatting a log line never delays an `accept` or a result,
+//!   and a short job runs while its lines are written.
 //!   With a [`Recorder`] set (`--record`), each input it hands the core, at the exact
 //!   `Now` it used, and the commands of that input's drain become one trace step.
 //!
@@ -89,6 +91,8 @@ pub struct CommandRouter {
     recorder: Option<Recorder>,
     /// `Dispatch`es of the last [`CommandRouter::feed`], not started yet.
     held_jobs: Vec<(RunId, Box<JobOfferClaim>)>,
+    /// `Report`s of the last [`CommandRouter::feed`], not logged yet.
+    held_reports: Vec<Notice>,
 }
 
 impl CommandRouter {
@@ -114,6 +118,7 @@ impl CommandRouter {
             clock,
             recorder: None,
             held_jobs: Vec::new(),
+            held_reports: Vec::new(),
         }
     }
 
@@ -293,6 +298,8 @@ impl CommandRouter {
                 Effect::None
             }
             Command::Exit { code, reason } => {
+                // The drain's lines before the last one.
+                self.report_held();
                 if code.is_error() {
                     tracing::error!(code = code.code(), "exiting: {reason}");
                 } else {
@@ -321,18 +328,26 @@ impl CommandRouter {
         }
     }
 
-    /// Starts the jobs the last [`CommandRouter::feed`] held back, in order. A shell calls
-    /// it right after writing that feed's socket commands.
+    /// Starts the jobs the last [`CommandRouter::feed`] held back, in order, then logs the
+    /// notices it held. A shell calls it right after writing that feed's socket commands.
     pub fn start_held_jobs(&mut self) {
         for (run, claim) in std::mem::take(&mut self.held_jobs) {
             self.pool.dispatch(&claim, run);
+        }
+        self.report_held();
+    }
+
+    /// Logs the notices held back so far, in order.
+    fn report_held(&mut self) {
+        for notice in self.held_reports.drain(..) {
+            report(&notice);
         }
     }
 
     /// Feeds `input` to `worker` and drives it to rest: handle, drain to `Wait`, perform
     /// every command (socket commands go to `socket`, in order), feed immediate answers back
-    /// and drain again. Returns the final deadline and any exit request. A `Dispatch` is
-    /// held back for [`CommandRouter::start_held_jobs`] (see the module docs).
+    /// and drain again. Returns the final deadline and any exit request. A `Dispatch` and a
+    /// `Report` are held back for [`CommandRouter::start_held_jobs`] (see the module docs).
     ///
     /// A `UsageError` (e.g. a job result racing a cancellation) leaves the core unchanged;
     /// it is logged and the drain goes on.
@@ -366,9 +381,16 @@ impl CommandRouter {
                 if let Some((_, cmds)) = &mut record {
                     cmds.push(cmd.clone());
                 }
-                if let Command::Dispatch { run, claim } = cmd {
-                    self.held_jobs.push((run, claim));
-                    continue;
+                match cmd {
+                    Command::Dispatch { run, claim } => {
+                        self.held_jobs.push((run, claim));
+                        continue;
+                    }
+                    Command::Report(notice) => {
+                        self.held_reports.push(notice);
+                        continue;
+                    }
+                    _ => {}
                 }
                 match self.perform(cmd) {
                     Effect::Socket(cmd) => socket(cmd),
@@ -870,11 +892,20 @@ mod tests {
             ),
             "{sent:?}"
         );
-        // The job waits for the shell to have written the accept.
+        // The job waits for the shell to have written the accept, and so does the offer's
+        // log line.
         assert_eq!(r.held_jobs.len(), 1);
+        assert!(
+            r.held_reports
+                .iter()
+                .any(|n| n.message.starts_with("offer j-a ")),
+            "{:?}",
+            r.held_reports
+        );
         assert!(matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty)));
         r.start_held_jobs();
         assert!(r.held_jobs.is_empty());
+        assert!(r.held_reports.is_empty());
         assert!(matches!(
             recv(&rx).into_input(),
             Input::JobFinished { run: RunId(_), .. }

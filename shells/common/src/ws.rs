@@ -19,7 +19,7 @@
 //! * [`close_frame`]: the core's `Close { code, reason }` as a close frame (the reason
 //!   clipped to the 123 bytes a control frame can carry).
 //! * [`websocket_config`]: tungstenite's limits (message and frame size =
-//!   `wire::MAX_FRAME_BYTES`).
+//!   `wire::MAX_FRAME_BYTES`) and its read buffer ([`READ_BUFFER_BYTES`]).
 
 use std::time::Duration;
 
@@ -54,10 +54,18 @@ pub const MAX_REFUSAL_BODY_BYTES: usize = 8 * 1024;
 /// The longest close reason a close frame can carry (125-byte control payload - 2-byte code).
 pub const MAX_CLOSE_REASON_BYTES: usize = 123;
 
+/// The most bytes one read of the session socket asks for. tungstenite zero-fills that much
+/// of its read buffer before every `read` (its default, 128 KiB, cost the loop thread more
+/// than decoding the offer did: a job takes six reads). Studio frames are small (an offer
+/// is a few hundred bytes); a larger one is read in several reads of this size.
+pub const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// tungstenite's limits for the studio session: messages and frames up to
-/// [`MAX_FRAME_BYTES`] (larger ones are a read error, never a buffer without bound).
+/// [`MAX_FRAME_BYTES`] (larger ones are a read error, never a buffer without bound), read
+/// [`READ_BUFFER_BYTES`] at a time.
 pub fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
 }
@@ -744,5 +752,23 @@ mod tests {
         let c = websocket_config();
         assert_eq!(c.max_message_size, Some(MAX_FRAME_BYTES));
         assert_eq!(c.max_frame_size, Some(MAX_FRAME_BYTES));
+        assert_eq!(c.read_buffer_size, READ_BUFFER_BYTES);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_read_buffer_is_read_whole() {
+        use tungstenite::protocol::{Role, WebSocket};
+        // What a studio sends (unmasked, server role), in bytes.
+        let text = "x".repeat(5 * READ_BUFFER_BYTES + 17);
+        let mut server =
+            WebSocket::from_raw_socket(std::io::Cursor::new(Vec::new()), Role::Server, None);
+        server.send(Message::text(text.clone())).unwrap();
+        let wire = server.get_ref().get_ref().clone();
+        let mut client = WebSocket::from_raw_socket(
+            std::io::Cursor::new(wire),
+            Role::Client,
+            Some(websocket_config()),
+        );
+        assert_eq!(client.read().unwrap(), Message::text(text));
     }
 }

@@ -40,10 +40,10 @@ use studio_shell::ws::websocket_config;
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
-use crate::transport::Transport;
+use crate::transport::{ShortReads, Transport};
 
 /// The session socket as the loop owns it.
-pub type Ws = WebSocket<Transport<mio::net::TcpStream>>;
+pub type Ws = WebSocket<Transport<ShortReads<mio::net::TcpStream>>>;
 
 /// Runs [`connect`] on a new thread and calls `deliver` with the outcome (exactly once;
 /// inline when no thread can be started).
@@ -127,7 +127,7 @@ pub fn connect(
         .and_then(|()| sock.set_write_timeout(None))
         .and_then(|()| sock.set_nonblocking(true))
         .map_err(|e| transport(format!("cannot make the socket non-blocking: {e}")))?;
-    let stream = stream.map_socket(mio::net::TcpStream::from_std);
+    let stream = stream.map_socket(|s| ShortReads::new(mio::net::TcpStream::from_std(s)));
     Ok(WebSocket::from_partially_read(
         stream,
         tail,

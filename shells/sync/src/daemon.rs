@@ -171,6 +171,12 @@ impl Daemon {
         let Some(conn) = self.io.conn_of(token) else {
             return;
         };
+        if readable {
+            if let Some(socket) = self.io.socket(conn) {
+                // New bytes (or the end): the next read must reach the socket.
+                socket.ws.get_mut().socket_mut().rearm();
+            }
+        }
         if !self.session.is_open(conn) {
             self.drive_closing(conn);
             return;

@@ -55,7 +55,9 @@
 //!   `READABLE`, plus `WRITABLE` only while tungstenite holds output the socket would not
 //!   take (the rustls mio example's pattern). Reads are edge-triggered: every readable
 //!   event reads until `WouldBlock`, then flushes, so the pongs tungstenite queues for
-//!   pings actually leave.
+//!   pings actually leave. On unix a short read stands for that `WouldBlock`
+//!   ([`transport::ShortReads`]: the read after it is answered without a system call
+//!   until the next readable event).
 //! * **`Send`** writes and flushes; a `WouldBlock` keeps the frame in tungstenite and
 //!   raises `WRITABLE` interest. A frame for a connection that is gone is dropped.
 //! * **`Close`** queues the close frame and moves the socket to the *closing* list: the
