@@ -4,25 +4,25 @@
 //! shell's connect thread; only the IO is async here:
 //!
 //! 1. build the upgrade ([`Exchange`]: bearer header, subprotocol);
-//! 2. resolve the host on a short-lived thread (`ToSocketAddrs`, as the sync shell);
-//! 3. TCP connect (`Async<TcpStream>`) to each address in turn;
-//! 4. for `wss`, the TLS handshake (futures-rustls with [`studio_shell::tls::client_config`]);
-//! 5. write the upgrade request, then read until [`Exchange::on_read`] has the verdict (a
+//! 2. resolve the host and TCP-connect to each address in turn, on a short-lived thread
+//!    ([`studio_shell::connect::tcp_connect`], blocking, as the sync shell), then register
+//!    the socket with the session thread's [`Reactor`] ([`Tcp`]);
+//! 3. for `wss`, the TLS handshake (futures-rustls with [`studio_shell::tls::client_config`]);
+//! 4. write the upgrade request, then read until [`Exchange::on_read`] has the verdict (a
 //!    refusal's body included);
-//! 6. on `101`: wrap the stream in an async-tungstenite `WebSocketStream` that starts with
+//! 5. on `101`: wrap the stream in an async-tungstenite `WebSocketStream` that starts with
 //!    the bytes read past the head.
 //!
-//! The whole attempt (the lookup too) races one timer, the attempt's [`Deadline`]: a peer
-//! answering a byte at a time cannot stretch it. Losing the race drops the attempt (the
-//! lookup thread, which cannot be interrupted, finishes on its own).
+//! The whole attempt races one timer of the reactor, the attempt's deadline (the connects
+//! on the thread are bounded by the same [`Deadline`]): a peer answering a byte at a time
+//! cannot stretch it. Losing the race drops the attempt (the thread, whose lookup cannot be
+//! interrupted, finishes on its own).
 
-use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_io::{Async, Timer};
 use async_tungstenite::WebSocketStream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -30,10 +30,12 @@ use futures_rustls::TlsConnector;
 use rustls::ClientConfig;
 use studio_core::worker::ConnectError;
 use studio_shell::connect::{
-    connect_failed, resolve_failed, server_name, tls_failed, Deadline, Exchange, READ_CHUNK,
+    server_name, tcp_connect, tls_failed, transport, Deadline, Exchange, READ_CHUNK,
 };
 use studio_shell::ws::websocket_config;
 use tungstenite::protocol::Role;
+
+use crate::reactor::{Reactor, Tcp};
 
 /// The byte stream under the WebSocket: a TCP socket, plain or under TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -44,26 +46,36 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 pub type Ws = WebSocketStream<Box<dyn Stream>>;
 
 /// Opens the studio session `url` with the bearer `auth_token`, all of it within
-/// `deadline` (see the module docs).
+/// `deadline` (see the module docs), its socket registered with `reactor`: the reactor of
+/// the thread that runs this future.
 pub async fn connect(
     url: &str,
     auth_token: &str,
     tls: &Arc<ClientConfig>,
     deadline: Duration,
+    reactor: &Arc<Reactor>,
 ) -> Result<Ws, ConnectError> {
     let exchange = Exchange::new(url, auth_token)?;
     let at = exchange.at().to_string();
     let limit = Deadline::after(deadline);
-    future::or(attempt(exchange, tls), async move {
-        Timer::after(deadline).await;
+    let timer = reactor.sleep_until(Instant::now() + deadline);
+    future::or(attempt(exchange, tls, limit, reactor), async move {
+        timer.await;
         Err(limit.expired(&at))
     })
     .await
 }
 
-async fn attempt(mut exchange: Exchange, tls: &Arc<ClientConfig>) -> Result<Ws, ConnectError> {
+async fn attempt(
+    mut exchange: Exchange,
+    tls: &Arc<ClientConfig>,
+    limit: Deadline,
+    reactor: &Arc<Reactor>,
+) -> Result<Ws, ConnectError> {
     let target = exchange.target().clone();
-    let tcp = tcp_connect(&target.host, target.port).await?;
+    let tcp = connect_thread(&target.host, target.port, limit).await?;
+    let tcp = Tcp::new(reactor, tcp)
+        .map_err(|e| transport(format!("cannot make the socket non-blocking: {e}")))?;
     // Small frames (heartbeats, acks) should leave at once.
     let _ = tcp.get_ref().set_nodelay(true);
 
@@ -95,37 +107,21 @@ async fn attempt(mut exchange: Exchange, tls: &Arc<ClientConfig>) -> Result<Ws, 
     )
 }
 
-/// Resolves `host` and connects to the first address that answers.
-async fn tcp_connect(host: &str, port: u16) -> Result<Async<TcpStream>, ConnectError> {
-    let addrs = resolve(host, port)
-        .await
-        .map_err(|e| resolve_failed(host, &e))?;
-    let mut last = None;
-    for addr in addrs {
-        match Async::<TcpStream>::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some((addr, e)),
-        }
-    }
-    Err(connect_failed(host, port, last))
-}
-
-/// The OS resolver (blocking, as the sync shell's) on a short-lived thread of its own. Not
-/// a thread pool: an idle pool thread would wake the process twice a second forever.
-async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+/// [`tcp_connect`] (the OS resolver, then a blocking connect to each address, within
+/// `limit`) on a short-lived thread of its own. Not a thread pool: an idle pool thread would
+/// wake the process twice a second forever.
+async fn connect_thread(host: &str, port: u16, limit: Deadline) -> Result<TcpStream, ConnectError> {
     let (tx, rx) = async_channel::bounded(1);
     let name = host.to_string();
     thread::Builder::new()
-        .name("ws-resolve".into())
+        .name("ws-connect".into())
         .spawn(move || {
-            let addrs = (name.as_str(), port)
-                .to_socket_addrs()
-                .map(Iterator::collect);
-            let _ = tx.send_blocking(addrs);
-        })?;
+            let _ = tx.send_blocking(tcp_connect(&name, port, &limit));
+        })
+        .map_err(|e| transport(format!("cannot start the connect thread: {e}")))?;
     rx.recv().await.unwrap_or_else(|_| {
-        Err(io::Error::other(
-            "the resolver thread ended without an answer",
+        Err(transport(
+            "the connect thread ended without an answer".to_string(),
         ))
     })
 }

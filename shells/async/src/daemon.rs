@@ -1,18 +1,18 @@
 //! The async loop that drives the worker core (see the crate docs for the whole picture).
 //! The session logic (feeding, connection bookkeeping, close timeouts, exit) is
 //! `studio_shell::Session`, the same as the sync shell's; this file is the async half: one
-//! session task racing cancel-safe futures, a reader and a writer task per socket, connect
-//! tasks, and one reusable timer.
+//! session task racing cancel-safe futures, a reader and a writer task per socket, and
+//! connect tasks, all on one thread that waits on its own reactor ([`crate::reactor`]).
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
@@ -28,6 +28,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 use crate::connect::{self, Stream, Ws};
+use crate::reactor::Reactor;
 
 /// How many received messages (of all sockets together) may wait for the session task
 /// before the reader tasks stop reading: backpressure instead of an unbounded read-ahead.
@@ -55,6 +56,7 @@ pub struct Daemon {
     rx: Receiver<LoopMsg<Ws>>,
     control: Control,
     tls: Arc<ClientConfig>,
+    reactor: Arc<Reactor>,
 }
 
 impl fmt::Debug for Daemon {
@@ -70,6 +72,7 @@ impl WorkerDaemon for Daemon {
     const PACKAGE: &'static str = "studio-worker-async";
 
     fn new(setup: Setup) -> Result<Daemon, RunError> {
+        let reactor = Reactor::new().map_err(RunError::io("create the event loop"))?;
         let (tx, rx) = async_channel::unbounded();
         let post = tx.clone();
         // Called on engine / HTTP / signal threads: never blocks (unbounded), and wakes the
@@ -83,6 +86,7 @@ impl WorkerDaemon for Daemon {
             rx,
             control,
             tls: studio_shell::tls::client_config(),
+            reactor,
         })
     }
 
@@ -104,22 +108,24 @@ impl WorkerDaemon for Daemon {
             tx,
             rx,
             tls,
+            reactor,
             ..
         } = self;
         let ex = LocalExecutor::new();
         let (io_tx, io_rx) = async_channel::bounded(IO_QUEUE);
         let mut io = Sockets {
             ex: &ex,
+            reactor: Arc::clone(&reactor),
             tx,
             io_tx,
             tls,
             conns: BTreeMap::new(),
         };
-        // Parks between events until the session's deadline; async-io's own thread drives
-        // the reactor (see the crate docs for why not `async_io::block_on`).
+        // The thread waits on its own poller between events, until the session's deadline
+        // (see the crate docs for why not async-io's reactor and its thread).
         let deadline = Cell::new(None);
-        block_on_until(
-            &deadline,
+        reactor.block_on_until(
+            || deadline.get(),
             ex.run(session_task(&mut session, &mut io, &rx, &io_rx, &deadline)),
         );
         // The sockets (and with them their tasks) go before the executor; connect attempts
@@ -137,8 +143,8 @@ impl Daemon {
 }
 
 /// The session task: race, feed, perform, until the core has exited and the sockets are
-/// gone (see the crate docs). `deadline` is where it tells [`block_on_until`] when to wake
-/// it if nothing else does.
+/// gone (see the crate docs). `deadline` is where it tells [`Reactor::block_on_until`] when
+/// to wake it if nothing else does.
 async fn session_task(
     session: &mut Session,
     io: &mut Sockets<'_>,
@@ -179,7 +185,7 @@ async fn session_task(
 }
 
 /// Ready once the instant in the cell has passed (never while it is `None`). It registers
-/// no waker: [`block_on_until`] wakes at that instant and polls again.
+/// no waker: [`Reactor::block_on_until`] wakes at that instant and polls again.
 struct Passed<'a>(&'a Cell<Option<Instant>>);
 
 impl Future for Passed<'_> {
@@ -189,41 +195,6 @@ impl Future for Passed<'_> {
         match self.0.get() {
             Some(at) if Instant::now() >= at => Poll::Ready(()),
             _ => Poll::Pending,
-        }
-    }
-}
-
-/// Wakes the parked session thread.
-struct Unpark(parking::Unparker);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs `future` on this thread, parking it between polls until a waker fires or the
-/// instant in `deadline` (read before each park) comes. The deadline is the thread's own
-/// park timeout, not a timer of async-io's reactor: arming it costs no wake-up of the
-/// reactor's thread, and it fires by waking this thread alone.
-fn block_on_until<T>(deadline: &Cell<Option<Instant>>, future: impl Future<Output = T>) -> T {
-    let (parker, unparker) = parking::pair();
-    let waker = Waker::from(Arc::new(Unpark(unparker)));
-    let cx = &mut Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
-            return out;
-        }
-        match deadline.get() {
-            Some(at) => {
-                parker.park_deadline(at);
-            }
-            None => parker.park(),
         }
     }
 }
@@ -250,6 +221,8 @@ struct Connection {
 struct Sockets<'a> {
     /// Every task is `'static` (it owns what it uses), so the executor is too.
     ex: &'a LocalExecutor<'static>,
+    /// The session thread's reactor, which connect tasks register their sockets with.
+    reactor: Arc<Reactor>,
     /// For connect tasks' results.
     tx: Sender<LoopMsg<Ws>>,
     /// For reader / writer tasks' events.
@@ -303,6 +276,7 @@ impl SocketIo for Sockets<'_> {
     fn connect(&mut self, conn: ConnId, url: String, auth_token: Secret) {
         let tx = self.tx.clone();
         let tls = Arc::clone(&self.tls);
+        let reactor = Arc::clone(&self.reactor);
         self.ex
             .spawn(async move {
                 let result = connect::connect(
@@ -310,6 +284,7 @@ impl SocketIo for Sockets<'_> {
                     auth_token.expose(),
                     &tls,
                     studio_shell::connect::CONNECT_DEADLINE,
+                    &reactor,
                 )
                 .await;
                 let result = result.map(Box::new);

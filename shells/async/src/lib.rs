@@ -1,7 +1,7 @@
 //! `studio-worker-async`, the async shell: the worker core driven by one async session task
-//! on smol's parts (async-io's reactor and timers, async-executor, async-channel), with
-//! async-tungstenite for the WebSocket and futures-rustls for `wss`. The binary for GPU
-//! rigs.
+//! on smol's parts (the `polling` poller under a small reactor of its own, async-executor,
+//! async-channel), with async-tungstenite for the WebSocket and futures-rustls for `wss`.
+//! The binary for GPU rigs.
 //!
 //! To a studio it is indistinguishable from the sync shell (`studio-worker`): the same core,
 //! and the same shell code for everything that is not about the runtime, from
@@ -10,7 +10,8 @@
 //! linger, exit), the upgrade exchange with its refused-body reading and every connect
 //! failure message (`studio_shell::connect`), message mapping, TLS config, signals and the
 //! demo. Both shells pass the same test scenarios (`studio_shell::test_support`). What is
-//! here: the session task ([`daemon`]) and the async connect ([`connect`]).
+//! here: the session task ([`daemon`]), the async connect ([`connect`]) and the session
+//! thread's reactor ([`reactor`]).
 //!
 //! # The loop ([`Daemon`]'s `run`)
 //!
@@ -20,26 +21,28 @@
 //!  connect tasks ──────── send ─────────────────┘──┐
 //!  reader tasks (one per socket) ─ IoEvent (bounded) ┤   race ──► Session::on_* (feed,
 //!  writer tasks (one per socket) ─ IoEvent ──────────┤            perform Connect / Send /
-//!  one Timer, set_at(core deadline or close timeout) ┘            Close) ──► after_wake
+//!  the deadline (core deadline or close timeout) ────┘            Close) ──► after_wake
 //! ```
 //!
-//! One thread runs `LocalExecutor::run(session task)` under the daemon's own `block_on`
-//! (`block_on_until`), which parks the thread until a waker fires or the session's deadline
-//! comes; everything below is a task of that executor, except engine jobs and HTTP requests
-//! (their own threads, via the shared `EnginePool` / `HttpRunner`), the signal thread, and
-//! async-io's reactor, which its own `async-io` thread drives (epoll / kqueue) and which
-//! wakes the session thread through its parker.
+//! One thread runs `LocalExecutor::run(session task)` under its own reactor's
+//! `block_on_until` ([`reactor`]), which waits on the poller (epoll / kqueue / IOCP) itself
+//! until a socket a task waits on is ready, a waker fires (from another thread through
+//! `Poller::notify`), or the session's deadline comes; everything below is a task of that
+//! executor, except engine jobs and HTTP requests (their own threads, via the shared
+//! `EnginePool` / `HttpRunner`), the signal thread, and each connection attempt's
+//! short-lived DNS + TCP thread. No other thread stands between a socket and the session:
+//! an incoming frame wakes the session thread once, as in the sync shell.
 //!
-//! *Why not `async_io::block_on` (smol's `block_on`), which lets the session thread drive
-//! the reactor itself:* async-io's driver thread then polls with a backoff (50 µs up to
-//! 10 ms, about ten wake-ups) after every reactor tick, to take over while the `block_on`
-//! thread is busy. Counted idle on the demo studio (a tick a second), that was about 6
-//! wake-ups per tick against about 3 with the reactor on its own thread. *Why not an
-//! `async_io::Timer` for the deadline:* arming one pushes a timer into the reactor and
-//! wakes its thread to recompute its sleep, and when it fires the reactor's thread wakes
-//! first and then wakes the session thread: three wake-ups per deadline where the park
-//! timeout costs one. A frame still costs two (the reactor's thread, then the session
-//! thread); the sync shell needs one.
+//! *Why not async-io (smol's reactor):* its `Async` and `Timer` start a global reactor
+//! that its own `async-io` thread drives; that thread wakes with every socket event and
+//! then wakes the session thread, two wake-ups per incoming frame (idle: 36 a minute
+//! against the protocol's 24, the heartbeat and the ack of each 5 s). `async_io::block_on`
+//! lets the calling thread drive the reactor, but the driver thread stays and polls with a
+//! backoff (50 µs up to 10 ms, about ten wake-ups) after every reactor tick, to take over
+//! while the `block_on` thread is busy. The reactor here is only what the session needs:
+//! sockets registered with oneshot interest, armed in a direction only while a task waits
+//! on it (write interest only while a write is pending), a timer for the connect deadline,
+//! and the wait, whose timeout is the session's deadline (one wake-up per deadline).
 //!
 //! 1. `Input::Start` is fed; then, until the core has exited and its sockets are gone: set
 //!    the deadline, **race**, feed what won, perform the socket commands of that drain, check
@@ -65,16 +68,18 @@
 //!    loop: the core's read-idle timer still fires and closes the session.
 //! 4. **One deadline.** The core's deadline (or the earliest close timeout,
 //!    `Session::wake_at`) is set before each race; the race's third future is ready once
-//!    it has passed, and `block_on_until` parks the thread until exactly then (an absolute
-//!    park deadline: nothing to round, no early zero-length wait to spin on). Idle costs
+//!    it has passed, and `block_on_until` waits on the poller until exactly then (an
+//!    absolute deadline: nothing to round, no early zero-length wait to spin on). Idle costs
 //!    nothing: the thread sleeps until the deadline or an event.
 //! 5. **Engine work** runs on dedicated threads (the shared `EnginePool`); the completion
-//!    callback (`EventSink`) is an `async_channel` `try_send`, which wakes the session task.
+//!    callback (`EventSink`) is an `async_channel` `try_send`, which wakes the session task
+//!    (its waker notifies the poller when the thread waits in it).
 //!
 //! # Sockets
 //!
-//! * **`Connect`** is a task ([`connect`]): DNS (on a short-lived thread), TCP, TLS and the
-//!   upgrade, each step bounded by 15 s, with `studio_shell::connect::Exchange` reading the
+//! * **`Connect`** is a task ([`connect`]): DNS and TCP (blocking, on a short-lived
+//!   thread, as in the sync shell), then the socket registered with the reactor, TLS and
+//!   the upgrade, the whole attempt bounded by 15 s, with `studio_shell::connect::Exchange` reading the
 //!   response (a refused upgrade's body is read to its end: `401` ->
 //!   `ConnectError::Unauthorized { body }`, another status -> `Status`, anything else ->
 //!   `Transport`). The result goes back to the session task; a result for a connection
@@ -101,6 +106,7 @@
 
 pub mod connect;
 pub mod daemon;
+pub mod reactor;
 
 pub use daemon::Daemon;
 pub use studio_shell::{Control, Exit, RunError, WorkerDaemon};

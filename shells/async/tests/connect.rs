@@ -3,8 +3,10 @@
 
 studio_shell::connect_tests!(|url: &str, deadline| {
     let tls = studio_shell::tls::client_config();
-    async_io::block_on(studio_worker_async::connect::connect(
-        url, "t", &tls, deadline,
-    ))
-    .map(drop)
+    let reactor = studio_worker_async::reactor::Reactor::new().expect("a poller");
+    reactor
+        .block_on(studio_worker_async::connect::connect(
+            url, "t", &tls, deadline, &reactor,
+        ))
+        .map(drop)
 });

@@ -6,8 +6,8 @@
 //!
 //! 1. [`Exchange::new`]: build the upgrade ([`crate::ws::Upgrade`]: bearer header,
 //!    subprotocol) and learn the target; a bad URL fails here, before any IO;
-//! 2. resolve the host and TCP-connect to each address in turn ([`resolve_failed`],
-//!    [`connect_failed`] name the failure);
+//! 2. resolve the host and TCP-connect to each address in turn ([`tcp_connect`], blocking,
+//!    in both shells; [`resolve_failed`], [`connect_failed`] name the failure);
 //! 3. for `wss`, the TLS handshake with [`crate::tls::client_config`]
 //!    ([`server_name`], [`tls_failed`]);
 //! 4. write [`Exchange::request`] ([`Exchange::write_failed`]), then hand every read to
@@ -21,7 +21,7 @@
 //! attempt against it; past it the attempt fails with [`Deadline::expired`]'s message.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -169,6 +169,25 @@ impl Exchange {
             }
         }
     }
+}
+
+/// Step 2, blocking (on the sync shell's connect thread, and on a short-lived thread of the
+/// async shell's connect task): resolves `host` (the OS resolver) and connects to the first
+/// address that answers, each connect within what is left of `deadline`.
+pub fn tcp_connect(host: &str, port: u16, deadline: &Deadline) -> Result<TcpStream, ConnectError> {
+    let at = format!("{host}:{port}");
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| resolve_failed(host, &e))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, deadline.left(&at)?) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    Err(connect_failed(host, port, last))
 }
 
 /// The error when `host` cannot be resolved.

@@ -24,7 +24,7 @@
 //! status -> `Status { status, body }`, anything else -> `Transport(message)`.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::thread;
 
@@ -33,8 +33,7 @@ use std::time::Duration;
 use studio_core::worker::{ConnId, ConnectError};
 
 use studio_shell::connect::{
-    connect_failed, resolve_failed, server_name, tls_failed, transport, Deadline, Exchange,
-    READ_CHUNK,
+    server_name, tcp_connect, tls_failed, transport, Deadline, Exchange, READ_CHUNK,
 };
 use studio_shell::ws::websocket_config;
 use tungstenite::protocol::Role;
@@ -143,23 +142,6 @@ fn bound(sock: &TcpStream, deadline: &Deadline, at: &str) -> Result<(), ConnectE
     sock.set_read_timeout(Some(left))
         .and_then(|()| sock.set_write_timeout(Some(left)))
         .map_err(|e| transport(format!("cannot set socket timeouts: {e}")))
-}
-
-/// Resolves `host` and connects to the first address that answers, within `deadline`.
-fn tcp_connect(host: &str, port: u16, deadline: &Deadline) -> Result<TcpStream, ConnectError> {
-    let at = format!("{host}:{port}");
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| resolve_failed(host, &e))?
-        .collect();
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, deadline.left(&at)?) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some((addr, e)),
-        }
-    }
-    Err(connect_failed(host, port, last))
 }
 
 /// Runs the TLS handshake to completion (within `deadline`) so its failures read as TLS
