@@ -93,7 +93,12 @@ fn the_local_api_answers_its_token_on_loopback_only(bin: &Bin) {
     );
     assert!(api.token.len() >= 32);
 
-    let health = api.call("GET", "/healthz", false, "", "");
+    // The studio counts the session connected once it has sent the welcome; the worker, once
+    // it has read it: the health check may see "connecting" for that moment.
+    let health = wait_for("the worker to read the welcome", WAIT, || {
+        let h = api.call("GET", "/healthz", false, "", "");
+        (h.status != 200 || h.json()["session"] == "connected").then_some(h)
+    });
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.json()["ok"], true);
     assert_eq!(health.json()["session"], "connected");
