@@ -651,12 +651,6 @@ struct Acts {
     in_panels: bool,
 }
 
-impl Default for Acts {
-    fn default() -> Acts {
-        Acts::new(Isa::Scalar)
-    }
-}
-
 impl Acts {
     fn new(isa: Isa) -> Acts {
         Acts {

@@ -478,6 +478,8 @@ pub fn panel_gemm(
 }
 
 /// `sum(a[i] * b[i])` over f32 slices of equal length.
+/// (The forward pass reaches these kernels through [`attend`]; this is the tests' entry.)
+#[cfg(test)]
 pub fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
@@ -500,6 +502,8 @@ pub fn gated(isa: Isa, gelu: bool, g: &mut [f32], u: &[f32]) {
 }
 
 /// `s[i] = e^(s[i] - max)`, returning their sum.
+/// (The forward pass reaches these kernels through [`attend`]; this is the tests' entry.)
+#[cfg(test)]
 pub fn exp_sub(isa: Isa, s: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
@@ -574,6 +578,8 @@ pub(crate) fn attend_with(
 }
 
 /// `y[i] += a * x[i]`.
+/// (The forward pass reaches these kernels through [`attend`]; this is the tests' entry.)
+#[cfg(test)]
 pub fn axpy(isa: Isa, y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
