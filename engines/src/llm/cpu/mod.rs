@@ -59,7 +59,7 @@ use std::sync::Mutex;
 use candle_core::quantized::gguf_file;
 
 use quant::panel::{Panel, PanelActs, PANEL_MIN_TOKENS, PANEL_ROWS};
-use quant::{Act, Isa, QActs, WType, QK, ROWS};
+use quant::{Act, Isa, QActs, WType, PREFETCH_AHEAD, QK, ROWS};
 use threads::ThreadPool;
 
 pub use load::{check, LoadError};
@@ -112,6 +112,18 @@ impl Matrix {
     /// The bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len()
+    }
+
+    /// [`quant::prefetch`] of `rows` rows' worth of bytes `ahead` bytes past the start of row
+    /// `r`, as much of them as the matrix holds.
+    fn prefetch(&self, r: usize, rows: usize, ahead: usize) {
+        let from = (r * self.row_bytes)
+            .saturating_add(ahead)
+            .min(self.data.len());
+        let to = from
+            .saturating_add(rows * self.row_bytes)
+            .min(self.data.len());
+        quant::prefetch(&self.data[from..to]);
     }
 }
 
@@ -758,6 +770,7 @@ fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [
                 // Row groups only for several tokens: one token streams the matrix from
                 // memory, and several interleaved row streams measured slower than one.
                 while b > 1 && i + ROWS <= n {
+                    w.prefetch(r0 + i, ROWS, PREFETCH_AHEAD);
                     let rows: [&[u8]; ROWS] = std::array::from_fn(|k| w.row(r0 + i + k));
                     for t in 0..b {
                         let o = quant::dot_rows(isa, w.ty, rows, acts.act(t));
@@ -766,6 +779,7 @@ fn matmul(pool: &ThreadPool, isa: Isa, acts: &Acts, ws: &[&Matrix], outs: &mut [
                     i += ROWS;
                 }
                 for i in i..n {
+                    w.prefetch(r0 + i, 1, PREFETCH_AHEAD);
                     let row = w.row(r0 + i);
                     for t in 0..b {
                         piece[t * n + i] = quant::dot(isa, w.ty, row, acts.act(t));

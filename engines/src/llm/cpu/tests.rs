@@ -26,3 +26,19 @@ fn rms_norm_and_rope_follow_their_definitions() {
     assert!((gelu(1.0) - 0.841_192).abs() < 1e-5);
     assert!((gelu(-3.0) + 0.003_637_4).abs() < 1e-5);
 }
+
+/// The one-token product's prefetch hint stays inside the matrix whatever the row and the
+/// distance (it slices the matrix's bytes, so a range past the end would panic).
+#[test]
+fn prefetch_hints_stay_inside_the_matrix() {
+    let ty = WType::Q8_0;
+    let rows = 3;
+    let m = Matrix::new(ty, rows, 64, vec![0u8; rows * ty.row_bytes(64)]).unwrap();
+    for r in 0..rows {
+        for ahead in [0, 1, ty.row_bytes(64), PREFETCH_AHEAD, usize::MAX / 2, usize::MAX] {
+            for n in [1, ROWS] {
+                m.prefetch(r, n, ahead);
+            }
+        }
+    }
+}

@@ -428,7 +428,7 @@ pub fn quantize_isa(isa: Isa, x: &[f32], qs: &mut [i8], ds: &mut [[f32; 2]]) {
 /// The dot product of a weight row of type `ty` with `x`, using `isa`'s kernels.
 pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+    if isa == Isa::Avx512 && ty.quantized() {
         // SAFETY: `Isa::Avx512` is only ever used once `Isa::detect` (or a test checking
         // `available`) found AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C on this CPU;
         // the kernels check lengths.
@@ -444,6 +444,30 @@ pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
     scalar::dot(ty, row, x)
 }
 
+/// How far ahead of the row being multiplied the one-token product asks the CPU to fetch
+/// a matrix, in bytes. One token reads each weight once, straight from memory; without the
+/// hint the hardware prefetcher alone left decode at about two thirds of the measured
+/// bandwidth (BENCHMARKS.md, "Software prefetch in the one-token product").
+pub const PREFETCH_AHEAD: usize = 4096;
+
+/// Asks the CPU to start bringing `bytes` into its caches, a line at a time: a hint, with no
+/// effect on any result (none at all on architectures without the instruction).
+#[inline]
+pub fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch reads nothing architecturally and cannot fault; the address
+        // lies in `bytes`. SSE, which has the instruction, is part of x86-64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// Rows per call of [`dot_rows`].
 pub const ROWS: usize = 4;
 
@@ -451,7 +475,7 @@ pub const ROWS: usize = 4;
 /// loaded once for all the rows where `isa` has a multi-row kernel).
 pub fn dot_rows(isa: Isa, ty: WType, rows: [&[u8]; ROWS], x: Act<'_>) -> [f32; ROWS] {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && ty == WType::Q8_0 {
+    if isa == Isa::Avx512 && ty.quantized() {
         // SAFETY: as in `dot`: AVX-512 F / BW / VL / VNNI, AVX2, FMA and F16C were detected.
         return unsafe { avx512::dot_rows::<ROWS>(ty, &rows, x) };
     }
