@@ -11,7 +11,9 @@ use studio_core::worker::*;
 use studio_core::WallMs;
 
 mod support;
-use support::{frames, llm_task, log_entry, offer, registered, types, welcome, Driver, WALL0};
+use support::{
+    frames, llm_task, log_entry, offer, registered, studio_reads_all, types, welcome, Driver, WALL0,
+};
 
 fn image_task() -> serde_json::Value {
     json!({"kind":"image","prompt":"a fox"})
@@ -513,13 +515,16 @@ fn results_past_the_resend_limit_or_superseded_are_forgotten() {
     let mut h = Driver::live(registered());
     h.frame(&offer("j-1", llm_task()));
     h.finish(JobOutcome::Json { result: json!({}) });
-    // Sent once, then re-sent on the next sessions up to the limit in all.
+    // Sent once, then re-sent on the next sessions up to the limit in all, each read by a
+    // studio that never acknowledges it.
     let mut all = Vec::new();
     for _ in 1..MAX_RESULT_RESENDS {
+        all.extend(studio_reads_all(&mut h));
         h.disconnect();
         all.extend(h.reconnect());
     }
     assert!(forgotten(&all).is_empty());
+    studio_reads_all(&mut h);
     h.disconnect();
     let c = h.reconnect();
     assert_eq!(forgotten(&c), ["j-1"], "given up on: forgotten");

@@ -8,7 +8,7 @@ use studio_core::worker::*;
 use studio_core::Mono;
 
 mod support;
-use support::{llm_task, log_entry, offer, registered as cfg, Driver};
+use support::{llm_task, log_entry, offer, registered as cfg, studio_reads_all, Driver};
 
 #[test]
 fn defaults_are_the_documented_values() {
@@ -103,25 +103,69 @@ fn a_frame_over_the_size_limit_drops_the_session() {
     );
 }
 
-#[test]
-fn an_unacknowledged_result_is_resent_on_at_most_3_sessions() {
+/// Result frames sent by a session, counted.
+fn result_sends(cmds: &[Command]) -> usize {
+    cmds.iter()
+        .filter(|c| matches!(c, Command::Send { text, .. } if text.contains("completeJson")))
+        .count()
+}
+
+/// A live session on which job j-1 finished: its result frame sent once.
+fn live_with_a_sent_result() -> (Driver, usize) {
     let mut h = Driver::live(cfg());
     h.frame(&offer("j-1", llm_task()));
-    h.step(Input::JobFinished {
-        job_id: "j-1".into(),
-        run: h.run.unwrap(),
-        outcome: JobOutcome::Json { result: json!({}) },
-    });
-    let mut sends = 1;
+    let sends = result_sends(&h.finish(JobOutcome::Json { result: json!({}) }));
+    assert_eq!(sends, 1);
+    (h, sends)
+}
+
+/// A studio that reads the result and stays alive but never acknowledges it: the worker
+/// stops re-sending after MAX_RESULT_RESENDS such sessions.
+#[test]
+fn a_result_read_but_never_acknowledged_is_sent_on_at_most_3_sessions() {
+    let (mut h, mut sends) = live_with_a_sent_result();
     for _ in 0..5 {
+        studio_reads_all(&mut h);
         h.disconnect();
-        let cmds = h.reconnect();
-        sends += cmds
-            .iter()
-            .filter(|c| matches!(c, Command::Send { text, .. } if text.contains("completeJson")))
-            .count();
+        sends += result_sends(&h.reconnect());
     }
     assert_eq!(sends as u32, MAX_RESULT_RESENDS);
+    let notes = h.worker.status().recent_logs;
+    assert!(
+        notes.iter().any(|l| l.message.contains(
+            "giving up on the studio's acknowledgement of job j-1 after 3 sessions read it"
+        )),
+        "{notes:?}"
+    );
+}
+
+/// A session that dies before the studio is seen to read the result (a flaky network, not
+/// a studio ignoring it) does not count toward the limit, however many there are.
+#[test]
+fn a_result_whose_sessions_die_before_the_studio_reads_it_is_never_given_up() {
+    let (mut h, mut sends) = live_with_a_sent_result();
+    // A frame read after the result proves nothing by itself: this ack answers the
+    // welcome's heartbeat, sent before the result.
+    h.frame(&StudioFrame::HeartbeatAck);
+    let sessions = MAX_RESULT_RESENDS + 3;
+    for _ in 1..sessions {
+        h.disconnect();
+        sends += result_sends(&h.reconnect());
+    }
+    assert_eq!(sends as u32, sessions, "sent on every session");
+    // Once a session carries it, the studio's ack settles it.
+    let cmds = h.frame(&StudioFrame::CompleteAck {
+        job_id: "j-1".into(),
+    });
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::ForgetResult { job_id } if job_id == "j-1")));
+    h.disconnect();
+    assert_eq!(
+        result_sends(&h.reconnect()),
+        0,
+        "acknowledged: not sent again"
+    );
 }
 
 #[test]

@@ -17,10 +17,40 @@ pub(super) struct Unacked {
     pub(super) frame: String,
     /// How many sessions it has been sent on.
     pub(super) sends: u32,
+    /// How many of those sessions the studio read it on and ended without acknowledging
+    /// it: what [`MAX_RESULT_RESENDS`] bounds.
+    pub(super) ignored: u32,
+    /// On the session it was last sent on: how many heartbeats that session had sent
+    /// before it (see [`Unacked::was_read`]).
+    pub(super) heartbeats_before: u64,
 }
 
-/// Most sessions a result frame is re-sent on before the worker gives up waiting for its
-/// acknowledgement (a studio that never acks must not make us resend forever).
+impl Unacked {
+    /// A result frame not sent yet.
+    pub(super) fn new(job_id: String, frame: String) -> Unacked {
+        Unacked {
+            job_id,
+            frame,
+            sends: 0,
+            ignored: 0,
+            heartbeats_before: 0,
+        }
+    }
+
+    /// Whether the studio has read it, on a session whose studio acknowledged
+    /// `heartbeats_acked` heartbeats: it reads a session's frames in order and answers every
+    /// heartbeat, so the ack of a heartbeat sent after this frame proves it read this one.
+    fn was_read(&self, heartbeats_acked: u64) -> bool {
+        heartbeats_acked > self.heartbeats_before
+    }
+}
+
+/// Most sessions that read a result frame and ended without acknowledging it before the
+/// worker gives up waiting for the acknowledgement (a studio that never acks must not make
+/// us resend forever). A session that ended before the studio was seen to read the frame
+/// (it acknowledged no heartbeat sent after it) does not count: the frame may have been
+/// lost with the connection, and a run of such sessions under a flaky network must not
+/// lose the result.
 pub const MAX_RESULT_RESENDS: u32 = 3;
 
 impl Worker {
@@ -148,11 +178,7 @@ impl Worker {
     /// welcome.
     pub(super) fn deliver_result(&mut self, job_id: String, text: String) {
         self.keep_result(&job_id, KeptBody::Frame { text: text.clone() });
-        let u = Unacked {
-            job_id,
-            frame: text,
-            sends: 0,
-        };
+        let u = Unacked::new(job_id, text);
         if matches!(self.link, Link::Live { .. }) {
             self.send_unacked(u);
         } else {
@@ -176,6 +202,7 @@ impl Worker {
             return;
         };
         u.sends += 1;
+        u.heartbeats_before = self.heartbeats_sent;
         self.emit(Command::Send {
             conn,
             text: u.frame.clone(),
@@ -184,17 +211,29 @@ impl Worker {
         self.unacked.push(u);
     }
 
+    /// At the end of a session: its unacknowledged results wait for the next one, each
+    /// counted as ignored where the studio read it (see [`MAX_RESULT_RESENDS`]).
+    pub(super) fn requeue_unacked(&mut self) {
+        for mut u in self.unacked.drain(..) {
+            if u.was_read(self.heartbeats_acked) {
+                u.ignored += 1;
+            }
+            self.undelivered.push_back(u);
+        }
+    }
+
     /// After a welcome: re-send results the previous session may have lost.
     pub(super) fn redeliver(&mut self) {
         let pending: Vec<Unacked> = self.undelivered.drain(..).collect();
         for u in pending {
-            if u.sends >= MAX_RESULT_RESENDS {
+            if u.ignored >= MAX_RESULT_RESENDS {
                 self.log(
                     LogLevel::Warn,
                     LogCategory::Ws,
                     format!(
-                        "giving up on the studio's acknowledgement of job {} after {} sends",
-                        u.job_id, u.sends
+                        "giving up on the studio's acknowledgement of job {} after {} \
+                         sessions read it without acknowledging it ({} sends)",
+                        u.job_id, u.ignored, u.sends
                     ),
                     Some(u.job_id.clone()),
                 );

@@ -176,15 +176,16 @@ impl Worker {
             self.timers.clear(t);
         }
         self.hb_outstanding.clear();
+        // Before the counts reset: they tell which results this session's studio read.
+        self.requeue_unacked();
+        self.heartbeats_sent = 0;
+        self.heartbeats_acked = 0;
         // A parked offer dies with its session; the studio requeues it on disconnect.
         self.parked_offer = None;
         self.timers.clear(Timer::ParkedOffer);
         let batches: Vec<Vec<LogEntry>> = self.logs_unconfirmed.drain(..).collect();
         for batch in batches.into_iter().rev() {
             self.logs.restore_front(batch);
-        }
-        for u in self.unacked.drain(..) {
-            self.undelivered.push_back(u);
         }
         if was_welcomed {
             self.attempt = 0;
@@ -357,6 +358,7 @@ impl Worker {
             }
             StudioFrame::HeartbeatAck => {
                 self.last_heartbeat_ack = Some(self.now.mono);
+                self.heartbeats_acked = (self.heartbeats_acked + 1).min(self.heartbeats_sent);
                 if let Some(batches_before) = self.hb_outstanding.pop_front() {
                     for _ in 0..batches_before.min(self.logs_unconfirmed.len()) {
                         self.logs_unconfirmed.pop_front();

@@ -128,6 +128,11 @@ pub struct Worker {
     /// Heartbeats sent on the live session and not yet acked, each with the number of log
     /// batches sent before it (acks arrive in order).
     hb_outstanding: VecDeque<usize>,
+    /// Heartbeats sent on the live session, and how many of them the studio acknowledged
+    /// (never more than were sent): what tells a result frame the studio read from one
+    /// that may have been lost (see [`MAX_RESULT_RESENDS`]).
+    heartbeats_sent: u64,
+    heartbeats_acked: u64,
     /// Log batches sent on the live session and not yet confirmed by a later heartbeatAck.
     logs_unconfirmed: VecDeque<Vec<LogEntry>>,
     /// Result frames awaiting the studio's ack.
@@ -184,6 +189,8 @@ impl Worker {
             timers: Timers::default(),
             logs,
             hb_outstanding: VecDeque::new(),
+            heartbeats_sent: 0,
+            heartbeats_acked: 0,
             logs_unconfirmed: VecDeque::new(),
             unacked: Vec::new(),
             undelivered: VecDeque::new(),

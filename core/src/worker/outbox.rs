@@ -5,9 +5,9 @@
 //!
 //! A result is kept from the moment it exists (the engine finished, or a `fail` was
 //! decided) until the studio acknowledges it (`completeAck` / `failAck`, a 2xx or 4xx
-//! answer to its upload), the machine stops waiting for it (re-sent on
-//! [`super::MAX_RESULT_RESENDS`] sessions) or a re-offer of its job supersedes it. The
-//! outbox is bounded in entries and bytes (`Limits::outbox_max_entries`,
+//! answer to its upload), the machine stops waiting for it ([`super::MAX_RESULT_RESENDS`]
+//! sessions read it and ended without acknowledging it) or a re-offer of its job supersedes
+//! it. The outbox is bounded in entries and bytes (`Limits::outbox_max_entries`,
 //! `Limits::outbox_max_bytes`): past a bound the oldest entry is forgotten from disk (the
 //! machine still holds it in memory), and a result larger than the byte bound alone is
 //! kept in memory only. Each drop is a log line.
@@ -178,11 +178,7 @@ impl Worker {
             match r.body {
                 KeptBody::Frame { text } => {
                     frames += 1;
-                    self.undelivered.push_back(Unacked {
-                        job_id: r.job_id,
-                        frame: text,
-                        sends: 0,
-                    });
+                    self.undelivered.push_back(Unacked::new(r.job_id, text));
                 }
                 KeptBody::Upload { claim, ext, .. } => {
                     uploads += 1;

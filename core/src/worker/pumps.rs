@@ -70,6 +70,7 @@ impl Worker {
             "the cached heartbeat is the one encoding now would give"
         );
         self.send_text(text);
+        self.heartbeats_sent += 1;
         if self.hb_outstanding.len() >= MAX_OUTSTANDING_HEARTBEATS {
             // The studio stopped acking; the read-idle timer will end this session. Keep
             // the bookkeeping bounded meanwhile.

@@ -51,3 +51,20 @@ pub fn exit_of(cmds: &[Command]) -> Option<(ExitCode, String)> {
         _ => None,
     })
 }
+
+/// A studio that reads everything the live session has sent so far, stays connected and
+/// acknowledges no result: a heartbeat interval after a welcome it answers both heartbeats
+/// sent by then (the welcome's and the interval's, which follows every earlier frame).
+/// Returns the commands of the interval.
+pub fn studio_reads_all(h: &mut Driver) -> Vec<Command> {
+    let interval = h.worker.config().timings.heartbeat.as_secs_f64();
+    let mut cmds = h.advance(interval);
+    assert!(
+        types(&cmds).contains(&"heartbeat"),
+        "a heartbeat a full interval later: {cmds:?}"
+    );
+    for _ in 0..2 {
+        cmds.extend(h.frame(&wire::StudioFrame::HeartbeatAck));
+    }
+    cmds
+}

@@ -201,3 +201,24 @@ fn a_failing_large_fleet_traces_only_the_implicated_workers() {
         "{traced:?} not within {only:?}"
     );
 }
+
+/// Regression: under dense link faults a worker sent a result on three sessions that each
+/// died before the studio read it, then gave up on its acknowledgement as if the studio had
+/// ignored it, and the result was lost. (The fuzz corpus keeps the same world as
+/// `corpus/world/regression-resends-on-dying-sessions.bin`.)
+#[test]
+fn a_result_sent_on_sessions_that_die_unread_is_not_given_up() {
+    let mut cfg = SimConfig::new(13_572_767_776, 2);
+    cfg.jobs = 6;
+    cfg.chaos = std::time::Duration::from_secs(120);
+    cfg.fault_mean = std::time::Duration::from_secs(2);
+    // The link fault classes only: the first six (the fuzz input's class mask 0x3f).
+    let (link, rest) = Faults::NAMES.split_at(6);
+    assert_eq!(link.last(), Some(&"partitions"));
+    for class in rest {
+        cfg.faults.disable(class);
+    }
+    let r = run(&cfg);
+    assert!(r.ok(), "{} {:?}", studio_sim::describe(&r), r.violations);
+    assert_eq!(r.lost, 0);
+}
