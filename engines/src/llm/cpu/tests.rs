@@ -35,7 +35,14 @@ fn prefetch_hints_stay_inside_the_matrix() {
     let rows = 3;
     let m = Matrix::new(ty, rows, 64, vec![0u8; rows * ty.row_bytes(64)]).unwrap();
     for r in 0..rows {
-        for ahead in [0, 1, ty.row_bytes(64), PREFETCH_AHEAD, usize::MAX / 2, usize::MAX] {
+        for ahead in [
+            0,
+            1,
+            ty.row_bytes(64),
+            PREFETCH_AHEAD,
+            usize::MAX / 2,
+            usize::MAX,
+        ] {
             for n in [1, ROWS] {
                 m.prefetch(r, n, ahead);
             }

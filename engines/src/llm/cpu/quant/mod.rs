@@ -445,9 +445,10 @@ pub fn dot(isa: Isa, ty: WType, row: &[u8], x: Act<'_>) -> f32 {
 }
 
 /// How far ahead of the row being multiplied the one-token product asks the CPU to fetch
-/// a matrix, in bytes. One token reads each weight once, straight from memory; without the
-/// hint the hardware prefetcher alone left decode at about two thirds of the measured
-/// bandwidth (BENCHMARKS.md, "Software prefetch in the one-token product").
+/// a matrix, in bytes. One token reads each weight once, straight from memory; with the
+/// hardware prefetcher alone decode read the matrices well below the measured bandwidth,
+/// and this hint made it 1.3-1.5x faster (BENCHMARKS.md, "LLM decode: software prefetch
+/// and AVX-512 one-token kernels").
 pub const PREFETCH_AHEAD: usize = 4096;
 
 /// Asks the CPU to start bringing `bytes` into its caches, a line at a time: a hint, with no
