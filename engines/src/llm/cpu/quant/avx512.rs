@@ -138,8 +138,8 @@ fn dot_q8_0<const R: usize>(rows: &[&[u8]; R], x: Act<'_>) -> [f32; R] {
     acc.map(|a| _mm512_reduce_add_ps(a))
 }
 
-/// Two blocks' 16-bit halves at `at` of `b0` and `b1` as `[b0, b0 + 2, b1, b1 + 2]`'s
-/// halves when `pair` (a scale and a minimum each), else `[b0, b0, b1, b1]`.
+/// The halves (f16 bits) that open blocks `b0` and `b1`, four to a word: `[d0, m0, d1, m1]`
+/// when `pair` (each block starts with a scale and a minimum), else `[d0, d0, d1, d1]`.
 #[inline]
 fn halves2(b0: &[u8], b1: &[u8], pair: bool) -> u64 {
     let one = |b: &[u8]| {
