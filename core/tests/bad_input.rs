@@ -529,8 +529,13 @@ fn results_past_the_resend_limit_or_superseded_are_forgotten() {
     let c = h.reconnect();
     assert_eq!(forgotten(&c), ["j-1"], "given up on: forgotten");
 
+    // A kept `fail` is superseded by a re-offer of its job (a kept completion answers it:
+    // `a_re_offer_of_a_job_whose_completion_is_kept_is_answered_with_it`).
     h.frame(&offer("j-2", llm_task()));
-    h.finish(JobOutcome::Json { result: json!({}) });
+    h.finish(JobOutcome::Failed {
+        error: "engine failure".into(),
+        retryable: true,
+    });
     let c = h.frame(&offer("j-2", llm_task()));
     assert_eq!(forgotten(&c), ["j-2"], "superseded by a re-offer");
 }
@@ -614,6 +619,86 @@ fn a_restored_result_frame_is_resent_after_the_welcome() {
         job_id: "j-old".into(),
     });
     assert_eq!(forgotten(&c), ["j-old"]);
+}
+
+/// A machine restarted with `kept` in its outbox, connected and welcomed (the kept frame
+/// re-sent on that welcome).
+fn restored_and_welcomed(kept: KeptResult) -> Driver {
+    let mut h = Driver::new(registered());
+    h.step(Input::Restore {
+        results: vec![kept],
+    });
+    h.step(Input::Start);
+    let conn = h.conn.unwrap();
+    h.step(Input::Connected { conn });
+    let c = h.frame(&welcome());
+    assert!(frames(&c).iter().any(|f| matches!(
+        f,
+        WorkerFrame::CompleteJson { .. } | WorkerFrame::Fail { .. }
+    )));
+    h
+}
+
+fn dispatched(cmds: &[Command]) -> bool {
+    cmds.iter().any(|c| matches!(c, Command::Dispatch { .. }))
+}
+
+/// Regression: the studio requeued a job while its worker was down (its claim expired, or
+/// it never saw the `accept`) and offers it again at `welcome`, before it reads the kept
+/// result re-sent then; it takes a result frame for a job it offered and has not seen
+/// accepted as a stale re-send. The worker dropped its kept completion on that offer and
+/// ran the job again: the finished result never reached the studio. It answers the offer
+/// with the kept completion instead, and only the acknowledgement of that answer (the
+/// second one: the stale copy's comes first) settles it.
+#[test]
+fn a_re_offer_of_a_job_whose_completion_is_kept_is_answered_with_it() {
+    let mut h = restored_and_welcomed(kept_frame("j-old", WALL0));
+    let c = h.frame(&offer("j-old", llm_task()));
+    assert_eq!(types(&c), ["accept", "completeJson"]);
+    assert!(!dispatched(&c), "not run again: {c:?}");
+    assert!(forgotten(&c).is_empty());
+    let ack = StudioFrame::CompleteAck {
+        job_id: "j-old".into(),
+    };
+    assert!(forgotten(&h.frame(&ack)).is_empty(), "the stale copy's ack");
+    assert_eq!(forgotten(&h.frame(&ack)), ["j-old"]);
+}
+
+/// The same answer on a session that ends before either acknowledgement: those never
+/// come, so the next session's one acknowledgement settles the result.
+#[test]
+fn a_completion_answering_a_re_offer_is_settled_by_the_next_sessions_ack() {
+    let mut h = restored_and_welcomed(kept_frame("j-old", WALL0));
+    h.frame(&offer("j-old", llm_task()));
+    h.disconnect();
+    let c = h.reconnect();
+    assert_eq!(types(&c)[0], "completeJson");
+    let c = h.frame(&StudioFrame::CompleteAck {
+        job_id: "j-old".into(),
+    });
+    assert_eq!(forgotten(&c), ["j-old"]);
+}
+
+/// A kept `fail` is dropped on a re-offer of its job and the offer run afresh: the studio
+/// may have settled that failure already (its acknowledgement lost), and the re-offer is
+/// the new attempt a failure asks for.
+#[test]
+fn a_re_offer_of_a_job_whose_fail_is_kept_supersedes_it() {
+    let text = wire::encode(&WorkerFrame::Fail {
+        job_id: "j-old".into(),
+        error: "engine failure".into(),
+        retryable: true,
+    });
+    let mut h = restored_and_welcomed(KeptResult {
+        job_id: "j-old".into(),
+        worker_id: "w-1".into(),
+        kept_at: WallMs(WALL0),
+        body: KeptBody::Frame { text },
+    });
+    let c = h.frame(&offer("j-old", llm_task()));
+    assert_eq!(forgotten(&c), ["j-old"]);
+    assert_eq!(types(&c), ["accept"]);
+    assert!(dispatched(&c), "run again: {c:?}");
 }
 
 /// A kept binary result is uploaded again at start, through the slot (the heartbeat names

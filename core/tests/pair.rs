@@ -399,11 +399,9 @@ fn shutdown_mid_job_delivers_the_result_then_closes_1000() {
     assert!(matches!(p.state(&job), JobState::Done { .. }));
 }
 
-/// `kill -9` after the engine finished and the `completeJson` left, before the studio's
-/// `completeAck` (the frame was lost with the link): the restarted worker re-sends the
-/// kept result after its first welcome; the job completes once, on one engine run.
-#[test]
-fn a_crash_before_the_complete_ack_loses_nothing() {
+/// A connected pair whose one job finished on the engine and whose `completeJson` was lost
+/// with the link (the link works again): the result is kept, unacknowledged.
+fn a_completion_lost_with_the_link() -> (Pair, String) {
     let mut p = Pair::registered();
     p.start();
     assert!(p.run_until(MIN, Pair::connected));
@@ -416,11 +414,45 @@ fn a_crash_before_the_complete_ack_loses_nothing() {
         Some("completeJson")
     );
     p.half_open = false;
+    (p, job)
+}
+
+/// `kill -9` after the engine finished and the `completeJson` left, before the studio's
+/// `completeAck` (the frame was lost with the link): the restarted worker re-sends the
+/// kept result after its first welcome; the job completes once, on one engine run.
+#[test]
+fn a_crash_before_the_complete_ack_loses_nothing() {
+    let (mut p, job) = a_completion_lost_with_the_link();
     p.crash_and_restart();
     assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
     let rec = p.studio.job(&job).unwrap();
     assert_eq!((rec.completions, rec.attempts), (1, 1));
     assert_eq!(p.dispatches, 1, "the result was re-sent, not regenerated");
+    assert!(
+        p.run_until(MIN, |p| p.outbox.is_empty()),
+        "forgotten on the ack"
+    );
+}
+
+/// Regression: `kill -9` after the `completeJson` left and was lost, and the worker stays
+/// down past the studio's session timeout: the studio requeues the job (its claim
+/// expired) and offers it again at the restarted worker's `welcome`, before it reads the
+/// kept result re-sent then (a result for a job only offered reads as a stale re-send).
+/// The worker answers that offer with its kept result: the job completes once, on one
+/// engine run.
+#[test]
+fn a_job_requeued_while_its_worker_was_down_completes_with_the_kept_result() {
+    let (mut p, job) = a_completion_lost_with_the_link();
+    p.studio_up = false;
+    p.crash_and_restart();
+    assert!(p.run_until(2 * MIN, |p| p.state(&job) == JobState::Queued));
+    p.studio_up = true;
+    assert!(p.run_until(MIN, |p| p.all_done(std::slice::from_ref(&job))));
+    assert_eq!(p.studio.job(&job).unwrap().completions, 1);
+    assert_eq!(
+        p.dispatches, 1,
+        "answered with the kept result, not regenerated"
+    );
     assert!(
         p.run_until(MIN, |p| p.outbox.is_empty()),
         "forgotten on the ack"

@@ -23,6 +23,9 @@ pub(super) struct Unacked {
     /// On the session it was last sent on: how many heartbeats that session had sent
     /// before it (see [`Unacked::was_read`]).
     pub(super) heartbeats_before: u64,
+    /// Acknowledgements still to come on this session for earlier copies that the studio
+    /// reads as stale (see [`Worker::answer_with_held_completion`]): they do not settle it.
+    pub(super) stale_acks: u32,
 }
 
 impl Unacked {
@@ -34,6 +37,7 @@ impl Unacked {
             sends: 0,
             ignored: 0,
             heartbeats_before: 0,
+            stale_acks: 0,
         }
     }
 
@@ -187,8 +191,17 @@ impl Worker {
     }
 
     /// The studio acknowledged the result frame of `job_id` (`completeAck` / `failAck`):
-    /// it is forgotten, in memory and in the outbox.
+    /// it is forgotten, in memory and in the outbox, unless the acknowledgement answers a
+    /// copy the studio read as stale (see [`Worker::answer_with_held_completion`]).
     pub(super) fn on_result_acked(&mut self, job_id: &str) {
+        if let Some(u) = self
+            .unacked
+            .iter_mut()
+            .find(|u| u.job_id == job_id && u.stale_acks > 0)
+        {
+            u.stale_acks -= 1;
+            return;
+        }
         let before = self.unacked.len();
         self.unacked.retain(|u| u.job_id != job_id);
         if self.unacked.len() != before {
@@ -218,8 +231,57 @@ impl Worker {
             if u.was_read(self.heartbeats_acked) {
                 u.ignored += 1;
             }
+            // Acknowledgements of a session that ended never come.
+            u.stale_acks = 0;
             self.undelivered.push_back(u);
         }
+    }
+
+    /// A re-offer of `job_id` while we hold its completed result (`completeJson`) without
+    /// an acknowledgement: the studio never applied that result (a completed job is never
+    /// offered again), and it reads a result frame for a job it has offered to us but not
+    /// seen accepted as a re-sent result of an earlier attempt, acknowledged and not applied.
+    /// That is the usual case after a crash or a lost session: the studio requeued the job
+    /// and offers it again at `welcome`, before it reads the result we re-send then. So the
+    /// offer is accepted and answered with the held result, sent again after the `accept`:
+    /// the engine does not run twice and the result is not lost. The copy already sent on
+    /// this session will be acknowledged as stale first; that acknowledgement does not
+    /// settle it. `false` (nothing done) when the held result is not a completion.
+    pub(super) fn answer_with_held_completion(&mut self, job_id: &str) -> bool {
+        let held = |u: &Unacked| {
+            u.job_id == job_id
+                && matches!(
+                    wire::decode_worker_frame(&u.frame, usize::MAX),
+                    Ok(WorkerFrame::CompleteJson { .. })
+                )
+        };
+        let u = if let Some(i) = self.unacked.iter().position(held) {
+            let mut u = self.unacked.remove(i);
+            u.stale_acks += 1;
+            u
+        } else if let Some(i) = self.undelivered.iter().position(held) {
+            match self.undelivered.remove(i) {
+                Some(u) => u,
+                None => return false,
+            }
+        } else {
+            return false;
+        };
+        self.log(
+            LogLevel::Info,
+            LogCategory::Ws,
+            format!(
+                "offer {job_id} is a job whose completed result we hold unacknowledged; \
+                 accepted and answered with that result, not run again"
+            ),
+            Some(job_id.to_string()),
+        );
+        self.stats.accepted += 1;
+        self.send_frame(&WorkerFrame::Accept {
+            job_id: job_id.to_string(),
+        });
+        self.send_unacked(u);
+        true
     }
 
     /// After a welcome: re-send results the previous session may have lost.

@@ -73,10 +73,14 @@ impl Worker {
             self.send_frame(&WorkerFrame::Accept { job_id });
             return;
         }
+        if matches!(offered, Offered::Claim(_)) && self.answer_with_held_completion(&job_id) {
+            return;
+        }
         if self.has_job_with_id(&job_id) {
-            // A re-offer means the studio settled our earlier result for this job (it
-            // requeued it): the held copy is stale. Sending it again would read as the
-            // outcome of this new offer, so it is dropped and the offer decided afresh.
+            // A re-offer of a job whose held result is a `fail`: the studio may have settled
+            // it (requeued the job) and the acknowledgement been lost with the session, so
+            // sending it again would read as the outcome of this new offer, a failure that
+            // never ran. The held copy is dropped and the offer decided afresh.
             self.unacked.retain(|u| u.job_id != job_id);
             self.undelivered.retain(|u| u.job_id != job_id);
             self.forget_result(&job_id);

@@ -6,11 +6,12 @@
 //! A result is kept from the moment it exists (the engine finished, or a `fail` was
 //! decided) until the studio acknowledges it (`completeAck` / `failAck`, a 2xx or 4xx
 //! answer to its upload), the machine stops waiting for it ([`super::MAX_RESULT_RESENDS`]
-//! sessions read it and ended without acknowledging it) or a re-offer of its job supersedes
-//! it. The outbox is bounded in entries and bytes (`Limits::outbox_max_entries`,
-//! `Limits::outbox_max_bytes`): past a bound the oldest entry is forgotten from disk (the
-//! machine still holds it in memory), and a result larger than the byte bound alone is
-//! kept in memory only. Each drop is a log line.
+//! sessions read it and ended without acknowledging it) or, a `fail`, a re-offer of its job
+//! supersedes it (a kept completion answers such an offer instead:
+//! `Worker::answer_with_held_completion`). The outbox is bounded in entries and bytes
+//! (`Limits::outbox_max_entries`, `Limits::outbox_max_bytes`): past a bound the oldest
+//! entry is forgotten from disk (the machine still holds it in memory), and a result
+//! larger than the byte bound alone is kept in memory only. Each drop is a log line.
 //!
 //! At restore (before `Start`) entries older than `Limits::outbox_max_age`, entries of
 //! another worker id and entries past the bounds (oldest first) are dropped with a log

@@ -222,3 +222,26 @@ fn a_result_sent_on_sessions_that_die_unread_is_not_given_up() {
     assert!(r.ok(), "{} {:?}", studio_sim::describe(&r), r.violations);
     assert_eq!(r.lost, 0);
 }
+
+/// Regression: under dense faults with worker crashes, a restarted worker re-sends its kept
+/// result after `welcome`, but the studio, which requeued the job while the worker was down,
+/// offers it again at that `welcome` and reads the re-sent result as a stale one. The worker
+/// dropped a kept completion on that offer and ran the job again, so the finished result
+/// never reached the studio (seed 16 of a 400-seed sweep); it now answers the offer with it.
+/// A kept `fail` is still dropped on such an offer (the offer is the retry it asked for), and
+/// the check no longer counts that as lost when the new run finishes in a later process
+/// (seed 0).
+#[test]
+fn a_job_offered_again_after_a_restart_keeps_its_kept_result() {
+    for seed in [0, 16] {
+        let mut cfg = SimConfig::new(seed, 1);
+        cfg.jobs = 6;
+        cfg.chaos = std::time::Duration::from_secs(120);
+        cfg.fault_mean = std::time::Duration::from_secs(2);
+        assert_eq!(cfg.faults, Faults::all());
+        let r = run(&cfg);
+        assert!(r.crashes > 0, "seed {seed}: the worker crashed");
+        assert!(r.ok(), "{} {:?}", studio_sim::describe(&r), r.violations);
+        assert_eq!(r.lost_results, 0);
+    }
+}

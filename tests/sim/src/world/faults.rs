@@ -284,9 +284,12 @@ pub enum Sabotage {
 /// duplicates a frame; replaying an `accept` or `reject` would be a fault no network makes
 /// (and the studio rightly calls `accept`-then-`reject` of one job a protocol violation).
 pub fn is_result_frame(text: &str) -> bool {
-    [r#"{"type":"completeJson""#, r#"{"type":"fail""#]
-        .iter()
-        .any(|p| text.starts_with(p))
+    text.starts_with(r#"{"type":"completeJson""#) || is_fail_frame(text)
+}
+
+/// Whether `text` is a `fail` frame.
+pub fn is_fail_frame(text: &str) -> bool {
+    text.starts_with(r#"{"type":"fail""#)
 }
 
 impl World {

@@ -321,7 +321,12 @@ impl World {
         if closed {
             self.links[link].worker_open = false;
         }
-        self.feed(self.links[link].worker, input);
+        let w = self.links[link].worker;
+        let reoffered = self.reoffer_of_held_fail(w, &input);
+        self.feed(w, input);
+        if let Some(job_id) = reoffered {
+            self.note_fail_superseded(w, job_id);
+        }
         if closed {
             self.retire_if_closed(link);
         }

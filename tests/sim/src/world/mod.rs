@@ -176,7 +176,10 @@ pub(crate) struct World {
     /// frame or an upload), by (job, worker), with the worker's process then. One still
     /// here at the end never reached the studio: it is lost. So is one still here when the
     /// same worker finishes the job again in a later process (a crash ate it); in the same
-    /// process the studio asked for the job again and the new result replaces it.
+    /// process the studio asked for the job again and the new result replaces it. A `fail`
+    /// the worker kept and dropped when the studio offered it the job again is superseded
+    /// by that offer in any process (the worker answers a re-offer with a kept completion,
+    /// so a completion is never superseded this way).
     pub results_pending: BTreeMap<(String, usize), u32>,
     /// Those lost results.
     pub results_lost: Vec<(String, usize)>,

@@ -11,7 +11,8 @@ use serde_json::json;
 use studio_core::testing::{self, Driver};
 use studio_core::wire::{self, StudioFrame, TaskKind};
 use studio_core::worker::{
-    Command, Credentials, Input, JobOutcome, KeptResult, RunId, SessionState, WorkerConfig,
+    Command, Credentials, Input, JobOutcome, KeptBody, KeptResult, RunId, SessionState,
+    WorkerConfig,
 };
 use studio_core::Mono;
 
@@ -466,6 +467,36 @@ impl World {
             if let Some(job_id) = frame["jobId"].as_str() {
                 self.results_pending.remove(&(job_id.to_string(), w));
             }
+        }
+    }
+
+    /// The job `input` offers worker `w` when it is one whose result the studio has not
+    /// received and whose durable outbox keeps it as a `fail` frame.
+    pub(crate) fn reoffer_of_held_fail(&self, w: usize, input: &Input) -> Option<String> {
+        if self.results_pending.is_empty() {
+            return None;
+        }
+        let Input::Frame { text, .. } = input else {
+            return None;
+        };
+        if !text.starts_with(r#"{"type":"offer""#) {
+            return None;
+        }
+        let offer: serde_json::Value = serde_json::from_str(text).ok()?;
+        let job_id = offer["claim"]["jobId"].as_str()?.to_string();
+        let kept = self.workers[w].outbox.get(&job_id)?;
+        let fail = matches!(&kept.body, KeptBody::Frame { text } if faults::is_fail_frame(text));
+        (fail && self.results_pending.contains_key(&(job_id.clone(), w))).then_some(job_id)
+    }
+
+    /// Worker `w` was offered `job_id` again while it kept a `fail` for it: if it dropped
+    /// that copy (the protocol's answer: the re-offer asks for a new attempt, which a
+    /// failure asked for too, and a held failure cannot tell whether the studio settled it
+    /// already), the failure is superseded, not lost, whichever process of the worker
+    /// produced it. The new attempt's result is owed instead.
+    pub(crate) fn note_fail_superseded(&mut self, w: usize, job_id: String) {
+        if !self.workers[w].outbox.contains_key(&job_id) {
+            self.results_pending.remove(&(job_id, w));
         }
     }
 
