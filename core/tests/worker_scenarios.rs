@@ -1094,6 +1094,41 @@ fn shutdown_grace_bounds_a_hung_job() {
     assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);
 }
 
+/// A job whose engine finished but whose upload is still in flight when the shutdown
+/// grace ends: nothing runs, so no `CancelJob`, and a second report of the finished run
+/// is refused rather than taken for a cancelled run's late result.
+#[test]
+fn shutdown_grace_does_not_cancel_a_finished_job_still_uploading() {
+    let mut h = Driver::live(registered());
+    h.frame(&offer("j-4", json!({"kind":"image","prompt":"p"})));
+    let run = h.run.unwrap();
+    let finished = Input::JobFinished {
+        job_id: "j-4".into(),
+        run,
+        outcome: JobOutcome::Binary {
+            ext: "webp".into(),
+            bytes_len: 100,
+        },
+    };
+    h.step(finished.clone());
+    assert!(h.http.is_some(), "the upload is in flight");
+    h.step(Input::Shutdown);
+    for t in [4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0] {
+        h.at(t);
+        h.frame(&StudioFrame::HeartbeatAck);
+    }
+    let c = h.at(30.0);
+    assert!(
+        !c.iter().any(|c| matches!(c, Command::CancelJob { .. })),
+        "{c:?}"
+    );
+    assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);
+    assert!(matches!(
+        h.try_step(finished),
+        Err(UsageError::UnknownJob(_))
+    ));
+}
+
 #[test]
 fn pause_and_resume_are_advertised_at_once_and_logged() {
     let mut h = Driver::live(registered());

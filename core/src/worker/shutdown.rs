@@ -1,7 +1,7 @@
 //! Graceful shutdown (reject new offers, give the in-flight job its grace, deliver, close
 //! 1000) and the machine's exit.
 
-use super::state::{Link, Slot, Stop};
+use super::state::{JobStage, Link, Slot, Stop};
 use super::timers::{Timer, Timers};
 use super::{
     Command, ExitCode, JobStatus, LogCategory, LogLevel, Notice, SessionState, Worker,
@@ -77,9 +77,15 @@ impl Worker {
     }
 
     /// Asks the shell to stop the job in the slot; its run is remembered, so a result the
-    /// engine still delivers is told apart as one of a cancelled run.
+    /// engine still delivers is told apart as one of a cancelled run. Only a running engine
+    /// has anything to stop: once it finished (its result uploading), a `CancelJob` would name
+    /// a job the shell no longer runs, and a second report of that run would be taken for a
+    /// cancelled run's late result instead of refused.
     pub(super) fn cancel_job(&mut self) {
         let Slot::Job(job) = &self.slot else { return };
+        if !matches!(job.stage, JobStage::Running) {
+            return;
+        }
         if let Some(run) = job.run {
             if self.cancelled.len() >= CANCELLED_RUNS_KEPT {
                 self.cancelled.pop_front();
