@@ -1095,8 +1095,9 @@ fn shutdown_grace_bounds_a_hung_job() {
 }
 
 /// A job whose engine finished but whose upload is still in flight when the shutdown
-/// grace ends: nothing runs, so no `CancelJob`, and a second report of the finished run
-/// is refused rather than taken for a cancelled run's late result.
+/// grace ends: nothing runs, so no `CancelJob` (its held bytes are discarded instead), and
+/// a second report of the finished run is refused rather than taken for a cancelled run's
+/// late result.
 #[test]
 fn shutdown_grace_does_not_cancel_a_finished_job_still_uploading() {
     let mut h = Driver::live(registered());
@@ -1120,6 +1121,12 @@ fn shutdown_grace_does_not_cancel_a_finished_job_still_uploading() {
     let c = h.at(30.0);
     assert!(
         !c.iter().any(|c| matches!(c, Command::CancelJob { .. })),
+        "{c:?}"
+    );
+    assert!(
+        c.contains(&Command::DiscardResult {
+            job_id: "j-4".into()
+        }),
         "{c:?}"
     );
     assert_eq!(exit_of(&c).unwrap().0, ExitCode::Clean);

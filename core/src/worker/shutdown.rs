@@ -80,10 +80,13 @@ impl Worker {
     /// engine still delivers is told apart as one of a cancelled run. Only a running engine
     /// has anything to stop: once it finished (its result uploading), a `CancelJob` would name
     /// a job the shell no longer runs, and a second report of that run would be taken for a
-    /// cancelled run's late result instead of refused.
+    /// cancelled run's late result instead of refused. Such a job's binary result, held for
+    /// an upload that will not happen now, is discarded instead.
     pub(super) fn cancel_job(&mut self) {
         let Slot::Job(job) = &self.slot else { return };
-        if !matches!(job.stage, JobStage::Running) {
+        if job.stage != JobStage::Running {
+            let job_id = job.claim.job_id.clone();
+            self.emit(Command::DiscardResult { job_id });
             return;
         }
         if let Some(run) = job.run {
