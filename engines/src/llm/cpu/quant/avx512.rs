@@ -240,7 +240,8 @@ fn dot_small<
 }
 
 /// `[d, dmin, d, dmin, ...]` times each sub-block's `[scale dx, minimum s]` of a Q4_K /
-/// Q5_K super-block: `b`'s scale bytes unpacked to 16 floats against the activations'
+/// Q5_K super-block: `b`'s scale bytes unpacked to 16 floats (the layout
+/// [`super::k_scale_min`] reads, four sub-blocks per 32-bit word) against the activations'
 /// 16 `[dx, s]` floats.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
