@@ -18,6 +18,7 @@
 //! | [`host`] | the host probe (`HostFacts`) |
 //! | [`entropy`] | the OS CSPRNG: install ids, registration secrets, the jitter seed |
 //! | [`config`] | `config.toml`: load (created on first run), validate, atomic `0600` save, redaction, mapping to the core's `WorkerConfig` |
+//! | [`trim`] | the idle trim: [`trim::IdleTrim`] (once per idle period, [`trim::IDLE_TRIM_AFTER`] into it) and dropping the mapped read-only pages of the executable and its libraries |
 //! | [`lock`] | one daemon per config: the exclusive `daemon.lock` beside `config.toml` ([`lock::DaemonLock`]) |
 //! | [`record`] | `--record PATH` (the session recorder under [`CommandRouter::feed`]) and `studio-worker replay` |
 //! | [`http`] | the blocking studio HTTP client (ureq + rustls): register, poll, multipart upload |
@@ -90,6 +91,7 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod tls;
+pub mod trim;
 pub mod update;
 pub mod ws;
 

@@ -257,6 +257,12 @@ impl EnginePool {
     pub fn held_results(&self) -> usize {
         lock(&self.state).results.len()
     }
+
+    /// No job runs and no binary result waits for its upload.
+    pub fn is_idle(&self) -> bool {
+        let st = lock(&self.state);
+        st.tokens.is_empty() && st.results.is_empty()
+    }
 }
 
 impl std::fmt::Debug for EnginePool {

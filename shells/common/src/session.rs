@@ -63,6 +63,7 @@ use crate::control::{Change, Control, Exit, Request};
 use crate::driver::CommandRouter;
 use crate::error::ShellError;
 use crate::pool::{EventSink, PoolEvent};
+use crate::trim::IdleTrim;
 use crate::ws::{self, close_frame, input_for_error, input_for_message};
 
 /// What reaches a loop from other threads and tasks, in either shell: `S` is the shell's
@@ -177,6 +178,8 @@ pub struct Session {
     exit: Option<Exit>,
     /// `--record`: the path and the shell's name, until `start` opens the recorder.
     record: Option<(PathBuf, String)>,
+    /// When to give back the code pages an idle worker does not use (the executable's, its libraries').
+    trim: IdleTrim,
 }
 
 impl std::fmt::Debug for Session {
@@ -210,6 +213,7 @@ impl Session {
             until: None,
             exit: None,
             record: None,
+            trim: IdleTrim::default(),
         }
     }
 
@@ -426,6 +430,7 @@ impl Session {
     /// A completion from an engine or HTTP thread (a result of a run the core cancelled is
     /// fed too: the core tells it by its run).
     pub fn on_pool_event(&mut self, event: PoolEvent, io: &mut impl SocketIo) {
+        self.trim.activity(self.clock().mono());
         self.feed(event.into_input(), io);
     }
 
@@ -451,6 +456,17 @@ impl Session {
         }
         if self.exit.is_none() && self.until.is_some_and(|u| self.clock().mono() >= u) {
             self.feed(Input::Tick, io);
+        }
+        let busy = !self.router.pool().is_idle();
+        if self.trim.due(self.clock().mono(), busy) {
+            match crate::trim::release_read_only_pages() {
+                Ok(bytes) => tracing::debug!(
+                    kib = bytes / 1024,
+                    "idle for {:?}: released the mapped pages of the executable and its libraries",
+                    self.trim.after()
+                ),
+                Err(e) => tracing::debug!("idle trim failed: {e}"),
+            }
         }
     }
 
