@@ -393,6 +393,75 @@ fn activations_match_the_reference() {
     }
 }
 
+/// The AVX2 attention (four positions per reduction, the output in registers) gives bit
+/// for bit what the generic loop gives with the AVX2 kernels, for head sizes it handles
+/// itself (multiples of 16, with and without a remainder of 64) and one it hands back, and
+/// for position counts around its groups of four.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_attention_matches_the_generic_loop_bit_for_bit() {
+    if !Isa::Avx2.available() {
+        eprintln!("note: no AVX2 + FMA here, the AVX2 attention is not tested");
+        return;
+    }
+    let mut rng = SplitMix64::new(23);
+    for hd in [16, 24, 64, 80, 128, 256] {
+        for (first, n) in [
+            (0, 1),
+            (0, 3),
+            (0, 4),
+            (1, 6),
+            (0, 9),
+            (5, 13),
+            (0, 300),
+            (44, 301),
+        ] {
+            let heads = 3;
+            let (stride, off) = (heads * hd, hd);
+            let k: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+            let q: Vec<f32> = (0..hd).map(|_| rand_f32(&mut rng) * 3.0).collect();
+            let (mut s1, mut o1) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+            let (mut s2, mut o2) = (vec![f32::NAN; n], vec![f32::NAN; hd]);
+            // SAFETY: AVX2 and FMA are available (checked above).
+            unsafe {
+                avx2::attend(
+                    &q,
+                    (&k, &v),
+                    (stride, off),
+                    (first, n),
+                    0.125,
+                    &mut s1,
+                    &mut o1,
+                );
+                attend_with(
+                    |a, b| avx2::dot_f32(a, b),
+                    |s, m| avx2::exp_sub(s, m),
+                    |y, a, x| avx2::axpy(y, a, x),
+                    &q,
+                    (&k, &v),
+                    (stride, off),
+                    (first, n),
+                    0.125,
+                    &mut s2,
+                    &mut o2,
+                );
+            }
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&o1),
+                bits(&o2),
+                "output, head size {hd}, positions {first}..{n}"
+            );
+            assert_eq!(
+                bits(&s1[first..n]),
+                bits(&s2[first..n]),
+                "weights, head size {hd}, positions {first}..{n}"
+            );
+        }
+    }
+}
+
 /// The multi-row kernels: every row as the single-row kernel gives it (bit for bit)
 /// and as the scalar reference does (within rounding), for block counts odd and even.
 #[test]
@@ -574,6 +643,64 @@ fn kernel_speed() {
                     best * 1e9 / (rows * cols) as f64
                 );
             }
+        }
+    }
+}
+
+/// Not a test: the time of one query's attention, the AVX2 kernel against the generic loop
+/// with the AVX2 kernels (best of `KS_REPS`, default 2000), for a head of 64 (SmolLM2) and
+/// of 256 (Gemma 3) over 300 and 1000 cached positions:
+/// `cargo test --release -p studio-engines --features llm --lib attention_speed --
+/// --ignored --nocapture`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn attention_speed() {
+    if !Isa::Avx2.available() {
+        return;
+    }
+    let mut rng = SplitMix64::new(9);
+    let reps = std::env::var("KS_REPS").map_or(2000, |r| r.parse().unwrap());
+    for hd in [64, 256] {
+        for n in [300, 1000] {
+            let stride = 3 * hd;
+            let k: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| rand_f32(&mut rng)).collect();
+            let q: Vec<f32> = (0..hd).map(|_| rand_f32(&mut rng)).collect();
+            let (mut s, mut o) = (vec![0f32; n], vec![0f32; hd]);
+            let mut best = [f64::MAX; 2];
+            // Alternating, so that both see the same machine.
+            for _ in 0..reps {
+                for (kernel, best) in best.iter_mut().enumerate() {
+                    let t = std::time::Instant::now();
+                    // SAFETY: AVX2 and FMA are available (checked above).
+                    unsafe {
+                        if kernel == 0 {
+                            attend_with(
+                                |a, b| avx2::dot_f32(a, b),
+                                |s, m| avx2::exp_sub(s, m),
+                                |y, a, x| avx2::axpy(y, a, x),
+                                &q,
+                                (&k, &v),
+                                (stride, hd),
+                                (0, n),
+                                0.125,
+                                &mut s,
+                                &mut o,
+                            );
+                        } else {
+                            avx2::attend(&q, (&k, &v), (stride, hd), (0, n), 0.125, &mut s, &mut o);
+                        }
+                    }
+                    *best = best.min(t.elapsed().as_secs_f64());
+                }
+            }
+            eprintln!(
+                "head {hd}, {n} positions: generic loop {:.2} us, AVX2 kernel {:.2} us ({:.2}x)",
+                best[0] * 1e6,
+                best[1] * 1e6,
+                best[0] / best[1]
+            );
         }
     }
 }
