@@ -19,15 +19,22 @@ pub const MAX_DRAIN: usize = 10_000;
 /// [`Driver::step`] feeds and drains in one call; a caller that acts on each command as it
 /// comes (the simulation, which turns commands into events without buffering them) uses
 /// [`Driver::feed`] and then [`Driver::poll`] until the `Wait`.
+/// Its clock and drain state come first (`repr(C)`), then the machine's own first fields
+/// (see [`Worker`]): what every input reads lies in adjacent cache lines.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Driver {
-    pub worker: Worker,
     /// The clock, in microseconds from `Mono::ZERO` (the wall clock is [`WALL0`] plus it,
     /// plus `wall_offset_ms`).
     pub micros: u64,
     /// Milliseconds added to the wall clock: a wall clock may step (backwards too) where the
     /// monotonic one never does.
     pub wall_offset_ms: i64,
+    /// The deadline of the `Wait` that ended the last drain.
+    pub until: Option<Mono>,
+    /// Commands polled since the last `Wait` (the runaway guard).
+    polled: usize,
+    pub worker: Worker,
     /// The connection of the last `Connect`.
     pub conn: Option<ConnId>,
     /// The last HTTP request.
@@ -36,10 +43,6 @@ pub struct Driver {
     pub job: Option<String>,
     /// ... and its run.
     pub run: Option<RunId>,
-    /// The deadline of the `Wait` that ended the last drain.
-    pub until: Option<Mono>,
-    /// Commands polled since the last `Wait` (the runaway guard).
-    polled: usize,
 }
 
 impl Driver {

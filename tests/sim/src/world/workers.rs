@@ -34,13 +34,27 @@ pub(crate) struct EngineJob {
     pub hung: bool,
 }
 
-/// One simulated worker.
+/// One simulated worker. What every input reads comes first (`repr(C)`), then the
+/// driver, whose own first fields are the machine's (see [`Driver`]): in a large fleet a
+/// worker's state is cold when its next input comes, and the fields an input touches then
+/// lie in adjacent cache lines.
+#[repr(C)]
 pub(crate) struct SimWorker {
-    pub driver: Driver,
     /// The deadline scheduled in the queue, and its version (see
     /// [`Event::WorkerTimer`]).
     pub timer_at: Option<Mono>,
     pub timer_version: u64,
+    /// Handles at the current instant (the storm check).
+    pub instant: Mono,
+    pub instant_count: u32,
+    /// Which process of this worker runs (0 at first, one more per restart); events for
+    /// an earlier one are dropped.
+    pub process: u32,
+    pub exited: bool,
+    /// Crashed and not yet started again.
+    pub down: bool,
+    pub conn_links: ConnLinks,
+    pub driver: Driver,
     pub engine: Option<EngineJob>,
     /// Engine runs started so far.
     pub attempts: u64,
@@ -49,18 +63,8 @@ pub(crate) struct SimWorker {
     pub offered: BTreeSet<String>,
     /// The last result frame it sent, and on which link (the duplicate fault).
     pub last_result_frame: Option<(usize, String)>,
-    /// Handles at the current instant (the storm check).
-    pub instant: Mono,
-    pub instant_count: u32,
-    pub exited: bool,
     /// Its inputs and drains, when recorded.
     pub trace: Vec<TraceStep>,
-    pub conn_links: ConnLinks,
-    /// Which process of this worker runs (0 at first, one more per restart); events for
-    /// an earlier one are dropped.
-    pub process: u32,
-    /// Crashed and not yet started again.
-    pub down: bool,
     /// The durable outbox: what the machine asked to keep (`KeepResult`) and not yet
     /// forgot, by job id. It survives a crash.
     pub outbox: BTreeMap<String, KeptResult>,
