@@ -142,6 +142,16 @@ impl Studio {
             return;
         }
         let decided = untouched.then(|| !caps_changed && w.in_idle && eligible(w));
+        if decided == Some(true) {
+            // Still idle under unchanged capabilities (an idle worker's heartbeat, the most
+            // common frame): as below, without taking a copy of the worker's id (an `Arc`
+            // whose count lives in a cache line of its own).
+            debug_assert!(self
+                .workers
+                .id(worker)
+                .is_some_and(|id| self.idle_indexed(id)));
+            return;
+        }
         let Some(worker_id) = self.workers.id(worker).cloned() else {
             return;
         };
