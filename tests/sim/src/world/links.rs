@@ -109,6 +109,34 @@ impl Link {
     }
 }
 
+/// What a link carries to a worker, as it waits in the event queue: a frame (nearly every
+/// one) as its connection and text, anything else (the upgrade, a close) boxed. An
+/// [`Input`] is 120 bytes and every queued event is as large as the largest; this keeps an
+/// event within one cache line.
+#[derive(Debug)]
+pub(crate) enum LinkInput {
+    Frame { conn: ConnId, text: String },
+    Other(Box<Input>),
+}
+
+impl From<Input> for LinkInput {
+    fn from(input: Input) -> LinkInput {
+        match input {
+            Input::Frame { conn, text } => LinkInput::Frame { conn, text },
+            other => LinkInput::Other(Box::new(other)),
+        }
+    }
+}
+
+impl From<LinkInput> for Input {
+    fn from(input: LinkInput) -> Input {
+        match input {
+            LinkInput::Frame { conn, text } => Input::Frame { conn, text },
+            LinkInput::Other(input) => *input,
+        }
+    }
+}
+
 /// What one worker's connections are: `(its connection id, link)` for each link still open
 /// on either side. A few at most, so a list beside the worker's state beats a fleet-wide
 /// map.
@@ -201,6 +229,7 @@ impl World {
         let l = &mut self.links[link];
         let t = (self.now + d).max(l.last_to_worker).max(l.stall_until);
         l.last_to_worker = t;
+        let input = input.into();
         self.at(t, Event::ToWorker { link, input });
     }
 

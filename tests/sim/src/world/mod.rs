@@ -29,7 +29,7 @@ use studio_core::{Mono, WallMs};
 use crate::queue::Queue;
 use crate::rng::Rng;
 use crate::world::faults::EngineProfile;
-use crate::world::links::Link;
+use crate::world::links::{Link, LinkInput};
 use crate::world::report::SimReport;
 use crate::world::workers::SimWorker;
 use crate::{SimConfig, WALL0};
@@ -54,7 +54,7 @@ pub(crate) enum Event {
     /// The upgrade, a frame or a close the studio sent on `link` arrives at the worker.
     ToWorker {
         link: usize,
-        input: Input,
+        input: LinkInput,
     },
     /// The worker learns that `link` broke.
     WorkerSeesReset {
@@ -73,15 +73,16 @@ pub(crate) enum Event {
         worker: usize,
         process: u32,
         conn: ConnId,
-        url: String,
-        token: String,
+        /// The URL and the token (boxed: a connect is rare, and every event is as large
+        /// as the largest).
+        target: Box<(String, String)>,
     },
     /// An input for a worker that is not on a link (start, HTTP answers, minted secrets,
     /// update results), for the process `process` of it (dropped if that one crashed).
     WorkerInput {
         worker: usize,
         process: u32,
-        input: Input,
+        input: Box<Input>,
     },
     /// A random worker's process is killed (and the next crash scheduled).
     Crash,
@@ -299,7 +300,7 @@ impl World {
     fn schedule_start(&mut self) {
         for w in 0..self.workers.len() {
             let d = self.rng.between(Duration::ZERO, Duration::from_secs(5));
-            let input = Input::Start;
+            let input = Box::new(Input::Start);
             let process = 0;
             self.at(
                 Mono::ZERO + d,
@@ -353,7 +354,7 @@ impl World {
                 }
             }
             Event::ToStudio { link, input } => self.deliver_to_studio(link, input),
-            Event::ToWorker { link, input } => self.deliver_to_worker(link, input),
+            Event::ToWorker { link, input } => self.deliver_to_worker(link, input.into()),
             Event::WorkerSeesReset { link } => self.worker_sees_reset(link),
             Event::StudioSeesReset { link } => self.studio_sees_reset(link),
             Event::ResetLink { link } => self.reset(link),
@@ -361,11 +362,11 @@ impl World {
                 worker,
                 process,
                 conn,
-                url,
-                token,
+                target,
             } => {
                 if self.workers[worker].process == process {
-                    self.connect_arrives(worker, conn, &url, &token);
+                    let (url, token) = &*target;
+                    self.connect_arrives(worker, conn, url, token);
                 }
             }
             Event::WorkerInput {
@@ -374,7 +375,7 @@ impl World {
                 input,
             } => {
                 if self.workers[worker].process == process {
-                    self.feed(worker, input);
+                    self.feed(worker, *input);
                 }
             }
             Event::Crash => {
@@ -432,5 +433,21 @@ impl World {
                 self.after(d, Event::Check);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Event;
+
+    /// A queued event fits a cache line (the queue keeps each in a 64-byte slot of its
+    /// own): a variant that grows past it should box its payload, as the rare ones do.
+    #[test]
+    fn an_event_fits_a_cache_line() {
+        assert!(
+            std::mem::size_of::<Event>() <= 64,
+            "{} bytes",
+            std::mem::size_of::<Event>()
+        );
     }
 }

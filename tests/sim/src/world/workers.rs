@@ -222,8 +222,7 @@ impl World {
                         worker,
                         process,
                         conn,
-                        url,
-                        token,
+                        target: Box::new((url, token)),
                     },
                 );
             }
@@ -401,7 +400,7 @@ impl World {
             Event::WorkerInput {
                 worker: w,
                 process,
-                input,
+                input: Box::new(input),
             },
         );
     }
