@@ -54,32 +54,61 @@ timers! {
 /// How many timers there are.
 const TIMER_COUNT: usize = Timer::ALL.len();
 
-/// One deadline slot per timer.
-#[derive(Clone, Debug, PartialEq)]
-pub(super) struct Timers([Option<Mono>; TIMER_COUNT]);
+/// One deadline slot per timer: the deadlines side by side and a bit per armed timer, 96
+/// bytes where an `Option<Mono>` per timer took 176 (two cache lines instead of three at
+/// the head of the machine's state, read by every input).
+#[derive(Clone, PartialEq)]
+pub(super) struct Timers {
+    /// Each timer's deadline; `Mono::ZERO` while it is not armed (so that equal tables
+    /// compare equal).
+    at: [Mono; TIMER_COUNT],
+    /// Bit `t as usize` is set while timer `t` is armed.
+    armed: u16,
+}
+
+const _: () = assert!(TIMER_COUNT <= u16::BITS as usize, "a bit per timer");
 
 impl Default for Timers {
     fn default() -> Self {
-        Timers([None; TIMER_COUNT])
+        Timers {
+            at: [Mono::ZERO; TIMER_COUNT],
+            armed: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Timers {
+    /// As the `[Option<Mono>; N]` table it was printed as.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slots: Vec<Option<Mono>> = Timer::ALL.iter().map(|&t| self.get(t)).collect();
+        f.debug_tuple("Timers").field(&slots).finish()
     }
 }
 
 impl Timers {
     pub(super) fn set(&mut self, t: Timer, at: Mono) {
-        self.0[t as usize] = Some(at);
+        self.at[t as usize] = at;
+        self.armed |= 1 << t as usize;
     }
 
     pub(super) fn clear(&mut self, t: Timer) {
-        self.0[t as usize] = None;
+        self.at[t as usize] = Mono::ZERO;
+        self.armed &= !(1 << t as usize);
     }
 
     pub(super) fn get(&self, t: Timer) -> Option<Mono> {
-        self.0[t as usize]
+        (self.armed & (1 << t as usize) != 0).then_some(self.at[t as usize])
+    }
+
+    /// The armed timers' slots, in declaration order.
+    fn armed(&self) -> impl Iterator<Item = usize> {
+        let armed = self.armed;
+        (0..TIMER_COUNT).filter(move |i| armed & (1 << i) != 0)
     }
 
     /// The earliest deadline.
     pub(super) fn next(&self) -> Option<Mono> {
-        self.0.iter().flatten().min().copied()
+        self.armed().map(|i| self.at[i]).min()
     }
 
     /// The earliest expired timer (ties: declaration order), cleared. One pass over the
@@ -88,18 +117,18 @@ impl Timers {
     /// stores and reloads that was ~3 % of a large simulation.
     fn pop_expired(&mut self, now: Mono) -> Option<Timer> {
         let mut earliest: Option<(Mono, usize)> = None;
-        for (i, at) in self.0.iter().enumerate() {
+        for i in self.armed() {
+            let at = self.at[i];
             // Strictly earlier only: of equal deadlines the first slot (declaration order)
             // stays.
-            if let Some(at) = *at {
-                if at <= now && earliest.is_none_or(|(e, _)| at < e) {
-                    earliest = Some((at, i));
-                }
+            if at <= now && earliest.is_none_or(|(e, _)| at < e) {
+                earliest = Some((at, i));
             }
         }
         let (_, i) = earliest?;
-        self.0[i] = None;
-        Some(Timer::ALL[i])
+        let t = Timer::ALL[i];
+        self.clear(t);
+        Some(t)
     }
 }
 
@@ -210,5 +239,11 @@ mod tests {
         assert_eq!(t.pop_expired(at(19)), None);
         assert_eq!(t.pop_expired(at(20)), Some(Timer::Reconnect));
         assert_eq!(t.next(), None);
+        // Disarmed, the table is the empty one again (equality sees armed timers only).
+        assert_eq!(t, Timers::default());
+        assert_eq!(
+            format!("{t:?}"),
+            format!("Timers({:?})", [None::<Mono>; TIMER_COUNT])
+        );
     }
 }
