@@ -393,6 +393,36 @@ fn activations_match_the_reference() {
     }
 }
 
+/// The generic attention loop with the AVX2 kernels (what [`avx2::attend`] must equal), at
+/// a scale of 1/8.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+unsafe fn generic_avx2_attend(
+    q: &[f32],
+    kv: (&[f32], &[f32]),
+    at: (usize, usize),
+    span: (usize, usize),
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    // SAFETY (the closures): the caller promised AVX2 and FMA.
+    attend_with(
+        |a, b| unsafe { avx2::dot_f32(a, b) },
+        |s, m| unsafe { avx2::exp_sub(s, m) },
+        |y, a, x| unsafe { avx2::axpy(y, a, x) },
+        q,
+        kv,
+        at,
+        span,
+        0.125,
+        s,
+        out,
+    )
+}
+
 /// The AVX2 attention (four positions per reduction, the output in registers) gives bit
 /// for bit what the generic loop gives with the AVX2 kernels, for head sizes it handles
 /// itself (multiples of 16, with and without a remainder of 64) and one it hands back, and
@@ -434,18 +464,7 @@ fn avx2_attention_matches_the_generic_loop_bit_for_bit() {
                     &mut s1,
                     &mut o1,
                 );
-                attend_with(
-                    |a, b| avx2::dot_f32(a, b),
-                    |s, m| avx2::exp_sub(s, m),
-                    |y, a, x| avx2::axpy(y, a, x),
-                    &q,
-                    (&k, &v),
-                    (stride, off),
-                    (first, n),
-                    0.125,
-                    &mut s2,
-                    &mut o2,
-                );
+                generic_avx2_attend(&q, (&k, &v), (stride, off), (first, n), &mut s2, &mut o2);
             }
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(
@@ -676,18 +695,7 @@ fn attention_speed() {
                     // SAFETY: AVX2 and FMA are available (checked above).
                     unsafe {
                         if kernel == 0 {
-                            attend_with(
-                                |a, b| avx2::dot_f32(a, b),
-                                |s, m| avx2::exp_sub(s, m),
-                                |y, a, x| avx2::axpy(y, a, x),
-                                &q,
-                                (&k, &v),
-                                (stride, hd),
-                                (0, n),
-                                0.125,
-                                &mut s,
-                                &mut o,
-                            );
+                            generic_avx2_attend(&q, (&k, &v), (stride, hd), (0, n), &mut s, &mut o);
                         } else {
                             avx2::attend(&q, (&k, &v), (stride, hd), (0, n), 0.125, &mut s, &mut o);
                         }
