@@ -536,7 +536,7 @@ pub unsafe fn attend(
     out: &mut [f32],
 ) {
     let hd = q.len();
-    if hd % 16 != 0 || out.len() != hd {
+    if !hd.is_multiple_of(16) || out.len() != hd {
         // SAFETY (the three closures): AVX2 and FMA are enabled here, as the caller promised.
         return super::attend_with(
             |a, b| unsafe { dot_f32(a, b) },
@@ -594,7 +594,7 @@ pub unsafe fn attend(
 #[target_feature(enable = "avx2,fma")]
 fn dot4_f32(q: &[f32], rows: [&[f32]; 4]) -> __m128 {
     let hd = q.len();
-    assert!(hd % 16 == 0 && rows.iter().all(|r| r.len() >= hd));
+    assert!(hd.is_multiple_of(16) && rows.iter().all(|r| r.len() >= hd));
     let (r0, r1, r2, r3) = (
         rows[0].as_ptr(),
         rows[1].as_ptr(),
