@@ -49,3 +49,20 @@ fn prefetch_hints_stay_inside_the_matrix() {
         }
     }
 }
+
+/// One token takes a matrix's rows in groups up to [`ONE_TOKEN_GROUP_MAX_BYTES`] and one
+/// at a time above it; several tokens always in groups.
+#[test]
+fn one_token_groups_rows_of_matrices_that_stay_in_cache() {
+    assert!(row_groups(1, 0));
+    assert!(row_groups(1, ONE_TOKEN_GROUP_MAX_BYTES));
+    assert!(!row_groups(1, ONE_TOKEN_GROUP_MAX_BYTES + 1));
+    // Gemma 3 270M's output matrix (262 144 x 640 in Q8_0) streams one row at a time.
+    let gemma_output = 262_144 * WType::Q8_0.row_bytes(640);
+    assert!(!row_groups(1, gemma_output));
+    // SmolLM2-135M's (49 152 x 576 in Q8_0) is grouped.
+    assert!(row_groups(1, 49_152 * WType::Q8_0.row_bytes(576)));
+    for b in [2, 7, 512] {
+        assert!(row_groups(b, usize::MAX));
+    }
+}
