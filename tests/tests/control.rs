@@ -297,7 +297,7 @@ fn metrics_count_a_finished_job(bin: &Bin) {
         "{logs}"
     );
     assert!(
-        worker.stderr().contains("not a valid Sentry DSN"),
+        worker.wait_for_stderr("not a valid Sentry DSN", WAIT),
         "{}",
         worker.stderr()
     );

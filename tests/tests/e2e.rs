@@ -388,6 +388,11 @@ fn upload_is_retried_after_a_500(bin: &Bin) {
     });
     assert_eq!(retry.level, "warn", "{retry:?}");
     assert!(!retry.message.contains('\n'), "{:?}", retry.message);
+    // Lines reach stderr a few milliseconds after they are logged (a logger thread).
+    assert!(
+        worker.wait_for_stderr("retry 1", WAIT),
+        "the retry on stderr"
+    );
     let stderr = worker.stderr();
     let line = stderr
         .lines()
@@ -486,7 +491,7 @@ fn half_open_connection_is_detected_and_replaced(bin: &Bin) {
     });
     studio.wait_connections(WORKER_ID, 2);
     assert!(
-        worker.stderr().contains("no frames from server"),
+        worker.wait_for_stderr("no frames from server", WAIT),
         "the read-idle timeout is not what ended the session"
     );
 
@@ -802,7 +807,7 @@ fn kill_9_before_the_complete_ack_then_restart_resends_the_json_result(bin: &Bin
     assert_eq!(done.summary.attempts, 1, "{done:#?}");
     let (_, prompt) = json_result(&studio, &job);
     assert_eq!(prompt.as_deref(), Some("a reply that survives a crash"));
-    assert!(worker.stderr().contains("outbox restored"));
+    assert!(worker.wait_for_stderr("outbox restored", WAIT));
     assert!(
         !worker.stderr().contains("finished in"),
         "the restarted worker ran the engine again"
@@ -897,9 +902,7 @@ fn a_plain_text_studio_url_to_another_host_needs_the_opt_in(bin: &Bin) {
     );
     studio.wait_connected(WORKER_ID);
     assert!(
-        allowed
-            .stderr()
-            .contains("allow_insecure_studio_url = true"),
+        allowed.wait_for_stderr("allow_insecure_studio_url = true", WAIT),
         "no start-up warning: {}",
         allowed.stderr()
     );

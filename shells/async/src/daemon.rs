@@ -165,9 +165,7 @@ async fn session_task(
             }),
         )
         .await;
-        // The race is over: feed, and perform the socket commands, here. The lines of this
-        // turn go out with one write at its end.
-        let _lines = studio_shell::logging::batch();
+        // The race is over: feed, and perform the socket commands, here.
         match wake {
             Wake::Msg(msg) => session.on_loop_msg(msg, io),
             Wake::Io(IoEvent {

@@ -48,6 +48,7 @@ pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result
                 path.display()
             );
             tracing::warn!("{reason}");
+            crate::logging::flush();
             eprintln!("{PROGRAM}: {reason}");
             return Ok(Exit {
                 code: ExitCode::Clean,
@@ -158,6 +159,8 @@ pub fn main_with<D: WorkerDaemon>(ui: Option<UiMain>) -> std::process::ExitCode 
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }
+    // Every line logged is on stderr before `main` returns (or unwinds).
+    let _lines = crate::logging::FlushOnDrop;
     // Before any TLS use (see crate::tls).
     crate::tls::install_crypto_provider();
     let code = run_cli_with::<D>(&cli, ui);
@@ -199,6 +202,7 @@ pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
                 if exit.code.is_error() {
                     // Also logged by the command router; repeated plainly so it is the last
                     // thing the operator sees, whatever RUST_LOG says.
+                    crate::logging::flush();
                     eprintln!("{PROGRAM}: {}", exit.reason);
                 }
                 exit.code.code()
@@ -207,6 +211,7 @@ pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
+            crate::logging::flush();
             eprintln!("{PROGRAM}: {e}");
             e.exit_code()
         }

@@ -128,6 +128,7 @@ pub fn run_with<D: WorkerDaemon>(options: &DemoOptions) -> Result<i32, RunError>
         worker.is_finished() || studio.wait_for_worker(WORKER_ID, Duration::from_millis(200))
     }) || worker.is_finished()
     {
+        crate::logging::flush();
         eprintln!("{PROGRAM}: the demo worker did not connect to the local studio");
         control.shutdown();
         let exit = join(worker);

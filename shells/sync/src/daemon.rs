@@ -145,8 +145,6 @@ impl WorkerDaemon for Daemon {
                     reason: format!("the event loop failed: {e}; restart the worker"),
                 };
             }
-            // The lines of this turn go out with one write at its end.
-            let _lines = studio_shell::logging::batch();
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue; // the channel is drained below, every turn

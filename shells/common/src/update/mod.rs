@@ -464,6 +464,8 @@ pub fn reexec(exe: &Path) -> io::Error {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut cmd = Command::new(exe);
     cmd.args(&args);
+    // The lines logged so far go out before this process is replaced.
+    crate::logging::flush();
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
