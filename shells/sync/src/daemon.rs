@@ -6,8 +6,10 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustls::ClientConfig;
@@ -24,17 +26,28 @@ use crate::connect::{self, Ws};
 /// The waker's token; sockets count up from 1.
 const WAKER: Token = Token(0);
 
-/// Sends to the loop (pool completions, connect-thread results, shutdown) and wakes it.
+/// Sends to the loop (pool completions, connect-thread results, shutdown) and wakes it when
+/// it waits.
 #[derive(Clone)]
 struct Notifier {
     tx: Sender<LoopMsg<Ws>>,
     waker: Arc<Waker>,
+    /// Set while the loop waits in `poll` (from just before it looks at the channel a last
+    /// time): only then does a message need the waker (a write to its `eventfd`, and a turn
+    /// of the loop for the readiness it raises). An awake loop finds the message itself.
+    waiting: Arc<AtomicBool>,
 }
 
 impl Notifier {
     fn send(&self, msg: LoopMsg<Ws>) {
         // A send fails only once the loop is gone; then nobody needs waking.
-        if self.tx.send(msg).is_ok() {
+        if self.tx.send(msg).is_err() {
+            return;
+        }
+        // With the fence in `Daemon::wait`: the loop sees this message before it waits, or
+        // this sees the loop waiting (or both).
+        fence(Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
             if let Err(e) = self.waker.wake() {
                 tracing::error!("cannot wake the event loop: {e}");
             }
@@ -101,6 +114,7 @@ impl WorkerDaemon for Daemon {
         let notifier = Notifier {
             tx,
             waker: Arc::new(waker),
+            waiting: Arc::new(AtomicBool::new(false)),
         };
         let post = notifier.clone();
         let (sink, control) = session::mailbox(move |msg| post.send(msg));
@@ -133,18 +147,34 @@ impl WorkerDaemon for Daemon {
     fn run(mut self) -> Exit {
         let mut events = Events::with_capacity(64);
         self.session.start(&mut self.io);
+        // Whether the last turn polled the sockets.
+        let mut polled = true;
         while !self.session.finished(&mut self.io) {
-            let timeout = self.session.poll_timeout();
-            if let Err(e) = self.io.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::error!("the event loop failed: {e}");
-                return Exit {
-                    code: ExitCode::Fatal,
-                    reason: format!("the event loop failed: {e}; restart the worker"),
+            // A message already queued (a job's result that came while the loop was busy,
+            // say) is fed without waiting; the sockets are polled at least every other turn
+            // (then without waiting either).
+            let queued = self.queued_before_waiting();
+            let skip = queued.is_some() && polled;
+            polled = !skip;
+            if skip {
+                events.clear();
+            } else {
+                let timeout = match queued {
+                    Some(_) => Some(Duration::ZERO),
+                    None => self.session.poll_timeout(),
                 };
+                if let Err(e) = self.io.poll.poll(&mut events, timeout) {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        tracing::error!("the event loop failed: {e}");
+                        return Exit {
+                            code: ExitCode::Fatal,
+                            reason: format!("the event loop failed: {e}; restart the worker"),
+                        };
+                    }
+                    events.clear();
+                }
             }
+            self.io.notifier.waiting.store(false, Ordering::SeqCst);
             for event in events.iter() {
                 if event.token() == WAKER {
                     continue; // the channel is drained below, every turn
@@ -152,7 +182,7 @@ impl WorkerDaemon for Daemon {
                 let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                 self.on_socket_event(event.token(), readable, event.is_writable());
             }
-            self.drain_channel();
+            self.drain_channel(queued);
             self.session.after_wake(&mut self.io);
         }
         self.session.into_exit()
@@ -228,9 +258,19 @@ impl Daemon {
         }
     }
 
-    fn drain_channel(&mut self) {
+    /// Marks the loop as waiting, then takes a message that is already queued, if any (see
+    /// `Notifier::waiting`).
+    fn queued_before_waiting(&self) -> Option<LoopMsg<Ws>> {
+        self.io.notifier.waiting.store(true, Ordering::SeqCst);
+        // See `Notifier::send`.
+        fence(Ordering::SeqCst);
+        self.rx.try_recv().ok()
+    }
+
+    /// Feeds `first` (a message taken before waiting), then every queued message.
+    fn drain_channel(&mut self, mut first: Option<LoopMsg<Ws>>) {
         loop {
-            let msg = match self.rx.try_recv() {
+            let msg = match first.take().map_or_else(|| self.rx.try_recv(), Ok) {
                 Ok(msg) => msg,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             };
