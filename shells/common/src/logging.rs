@@ -77,7 +77,7 @@ pub fn init_with_default(default: LevelFilter) -> bool {
 /// events, warnings breadcrumbs, while Sentry is on).
 pub fn init_with(default: LevelFilter, sentry: bool) -> bool {
     // Detached: it ends with the process (everything written by then: `flush`).
-    let logger = spawn_logger(Box::new(io::stderr()), LINGER).map(|(handle, _)| handle);
+    let logger = spawn_logger(Box::new(io::stderr()), LINGER, LOG_QUEUE).map(|(handle, _)| handle);
     let layer = Deferred::new(logger.clone(), SystemTime::now);
     let installed = tracing_subscriber::registry()
         .with(env_filter_with_default(default))
@@ -119,8 +119,11 @@ impl Drop for FlushOnDrop {
 /// How many bytes of formatted lines the logger keeps before it writes them out.
 pub const LOG_BATCH_BYTES: usize = 64 * 1024;
 
-/// How many captured lines may wait for the logger before a logging thread waits too.
-pub const LOG_QUEUE: usize = 8 * 1024;
+/// How many captured lines may wait for the logger before a logging thread waits too. The
+/// queue's slots are allocated and written when the logger starts, so they count in the
+/// resident memory of an idle worker: 1 024 of them are well under 128 KiB (a test holds
+/// that), and more lines than a busy minute's are logged in one linger.
+pub const LOG_QUEUE: usize = 1024;
 
 /// How long the logger waits after a write before it looks at its queue again.
 pub const LINGER: Duration = Duration::from_millis(2);
@@ -414,8 +417,9 @@ struct LoggerHandle {
 fn spawn_logger(
     out: Box<dyn Write + Send>,
     linger: Duration,
+    queue: usize,
 ) -> Option<(LoggerHandle, JoinHandle<()>)> {
-    let (tx, rx) = mpsc::sync_channel(LOG_QUEUE);
+    let (tx, rx) = mpsc::sync_channel(queue);
     let thread = thread::Builder::new()
         .name("logger".into())
         .spawn(move || run_logger(&rx, out, linger))
@@ -582,7 +586,15 @@ mod tests {
 
     impl TestLogger {
         fn spawn(out: Box<dyn Write + Send>, linger: Duration) -> Option<TestLogger> {
-            let (handle, thread) = spawn_logger(out, linger)?;
+            TestLogger::with_queue(out, linger, LOG_QUEUE)
+        }
+
+        fn with_queue(
+            out: Box<dyn Write + Send>,
+            linger: Duration,
+            queue: usize,
+        ) -> Option<TestLogger> {
+            let (handle, thread) = spawn_logger(out, linger, queue)?;
             Some(TestLogger { handle, thread })
         }
 
@@ -681,6 +693,50 @@ mod tests {
             "{expected}"
         );
         assert!(expected.contains("sources=[disk full]"), "{expected}");
+        logger.finish();
+    }
+
+    /// The queue's slots are written when the logger starts: they stay small.
+    #[test]
+    fn the_queue_costs_little_memory() {
+        let bytes = LOG_QUEUE * std::mem::size_of::<Msg>();
+        assert!(bytes <= 128 * 1024, "{LOG_QUEUE} slots take {bytes} bytes");
+    }
+
+    /// A full queue makes the threads that log wait for the logger: nothing is lost, and
+    /// each thread's lines come out in its order.
+    #[test]
+    fn a_full_queue_holds_back_the_logging_threads_and_loses_nothing() {
+        let out = Shared::default();
+        let logger = TestLogger::with_queue(Box::new(out.clone()), LINGER, 2).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..3 {
+                let handle = logger.handle();
+                scope.spawn(move || {
+                    let subscriber = tracing_subscriber::registry()
+                        .with(Deferred::new(Some(handle), fixed_time));
+                    with_default(subscriber, || {
+                        for n in 0..300 {
+                            tracing::info!(t, n, "line");
+                        }
+                    });
+                });
+            }
+        });
+        logger.handle().flush();
+        let text = out.text();
+        assert_eq!(text.lines().count(), 900);
+        let mut seen = vec![Vec::new(); 3];
+        for line in text.lines() {
+            let (t, n) = line
+                .rsplit_once(": line t=")
+                .and_then(|(_, rest)| rest.split_once(" n="))
+                .unwrap_or_else(|| panic!("{line}"));
+            seen[t.parse::<usize>().unwrap()].push(n.parse::<usize>().unwrap());
+        }
+        for (t, ns) in seen.iter().enumerate() {
+            assert_eq!(*ns, (0..300).collect::<Vec<_>>(), "thread {t}");
+        }
         logger.finish();
     }
 
