@@ -36,7 +36,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The HTTP agent the worker uses for every studio request: 60 s timeout, statuses
 /// returned as responses (never as errors), no redirects, no `User-Agent` header (like the
-/// reference worker). Cheap to clone; clones share the connection pool.
+/// reference worker). Cheap to clone; clones share the connection pool, so an upload goes
+/// out on a connection an earlier request left open when the studio keeps connections alive
+/// (a test checks it; the loopback studio, `studio-local`, closes every connection).
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_global(Some(REQUEST_TIMEOUT))
@@ -537,6 +539,60 @@ Content-Type: image/png\r\n\r\n\
         assert_eq!(
             seen.body,
             encode_multipart(&boundary, "job-9", "a cat", "webp", &bytes)
+        );
+    }
+
+    /// Uploads through the worker's agent reuse its connection when the studio keeps it
+    /// alive: three uploads, one TCP connection (a real HTTP/1.1 server that keeps
+    /// connections alive).
+    #[test]
+    fn uploads_through_one_agent_reuse_a_kept_alive_connection() {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        let studio = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let mut request = server.recv().unwrap();
+                let mut body = Vec::new();
+                request.as_reader().read_to_end(&mut body).unwrap();
+                tx.send((*request.remote_addr().unwrap(), body.len()))
+                    .unwrap();
+                request
+                    .respond(tiny_http::Response::from_string("{}"))
+                    .unwrap();
+            }
+        });
+        let agent = agent();
+        let bytes = vec![3u8; 50_000];
+        for job in ["job-1", "job-2", "job-3"] {
+            let result = execute(
+                &agent,
+                &HttpRequest::Upload {
+                    url: format!(
+                        "http://127.0.0.1:{port}/graphics/api/workers/w-1/jobs/{job}/complete"
+                    ),
+                    auth_token: "tok".into(),
+                    job_id: job.into(),
+                    prompt: "a cat".into(),
+                    ext: "png".into(),
+                },
+                Some(&bytes),
+            );
+            assert_eq!(
+                result,
+                HttpResult::Response {
+                    status: 200,
+                    body: "{}".into()
+                }
+            );
+        }
+        studio.join().unwrap();
+        let seen: Vec<_> = rx.iter().collect();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|(_, len)| *len > bytes.len()), "{seen:?}");
+        assert!(
+            seen.iter().all(|(peer, _)| *peer == seen[0].0),
+            "every upload on the first connection: {seen:?}"
         );
     }
 
