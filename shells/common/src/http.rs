@@ -359,23 +359,10 @@ mod tests {
             .into();
         let (base, rx) = serve_once_after(200, "{}", Duration::from_secs(2));
         let bytes = vec![7u8; 256 * 1024];
-        let result = execute(
+        upload_answered_200(
             &agent,
-            &HttpRequest::Upload {
-                url: format!("{base}/graphics/api/workers/w/jobs/j/complete"),
-                auth_token: "tok".into(),
-                job_id: "j".into(),
-                prompt: "p".into(),
-                ext: "png".into(),
-            },
-            Some(&bytes),
-        );
-        assert_eq!(
-            result,
-            HttpResult::Response {
-                status: 200,
-                body: "{}".into()
-            }
+            &format!("{base}/graphics/api/workers/w/jobs/j/complete"),
+            &bytes,
         );
         assert!(rx.recv().unwrap().body.len() > bytes.len());
     }
@@ -542,6 +529,29 @@ Content-Type: image/png\r\n\r\n\
         );
     }
 
+    /// Uploads `bytes` as a png result to `url` and checks the answer: 200, `{}`.
+    fn upload_answered_200(agent: &ureq::Agent, url: &str, bytes: &[u8]) {
+        let job_id = url.rsplit('/').nth(1).unwrap_or("j").to_string();
+        let result = execute(
+            agent,
+            &HttpRequest::Upload {
+                url: url.to_string(),
+                auth_token: "tok".into(),
+                job_id,
+                prompt: "p".into(),
+                ext: "png".into(),
+            },
+            Some(bytes),
+        );
+        assert_eq!(
+            result,
+            HttpResult::Response {
+                status: 200,
+                body: "{}".into()
+            }
+        );
+    }
+
     /// Uploads through the worker's agent reuse its connection when the studio keeps it
     /// alive: three uploads, one TCP connection (a real HTTP/1.1 server that keeps
     /// connections alive).
@@ -565,26 +575,9 @@ Content-Type: image/png\r\n\r\n\
         let agent = agent();
         let bytes = vec![3u8; 50_000];
         for job in ["job-1", "job-2", "job-3"] {
-            let result = execute(
-                &agent,
-                &HttpRequest::Upload {
-                    url: format!(
-                        "http://127.0.0.1:{port}/graphics/api/workers/w-1/jobs/{job}/complete"
-                    ),
-                    auth_token: "tok".into(),
-                    job_id: job.into(),
-                    prompt: "a cat".into(),
-                    ext: "png".into(),
-                },
-                Some(&bytes),
-            );
-            assert_eq!(
-                result,
-                HttpResult::Response {
-                    status: 200,
-                    body: "{}".into()
-                }
-            );
+            let url =
+                format!("http://127.0.0.1:{port}/graphics/api/workers/w-1/jobs/{job}/complete");
+            upload_answered_200(&agent, &url, &bytes);
         }
         studio.join().unwrap();
         let seen: Vec<_> = rx.iter().collect();
