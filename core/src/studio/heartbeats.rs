@@ -136,21 +136,25 @@ impl Studio {
         // (nothing below touches the worker) it is decided on the record in hand; otherwise
         // after the release or reclaim, on the record as they leave it.
         let untouched = release.is_none() && reported.is_none();
-        if untouched && !caps_changed && !w.in_idle && !eligible(w) {
-            // Neither idle nor becoming idle (a busy worker's heartbeat): `refresh` would
-            // change nothing.
-            return;
-        }
-        let decided = untouched.then(|| !caps_changed && w.in_idle && eligible(w));
-        if decided == Some(true) {
-            // Still idle under unchanged capabilities (an idle worker's heartbeat, the most
-            // common frame): as below, without taking a copy of the worker's id (an `Arc`
-            // whose count lives in a cache line of its own).
-            debug_assert!(self
-                .workers
-                .id(worker)
-                .is_some_and(|id| self.idle_indexed(id)));
-            return;
+        if untouched && !caps_changed {
+            let (idle, fits) = (w.in_idle, eligible(w));
+            if !idle && !fits {
+                // Neither idle nor becoming idle (a busy worker's heartbeat): `refresh` would
+                // change nothing.
+                return;
+            }
+            if idle && fits {
+                // Still idle under unchanged capabilities (an idle worker's heartbeat, the
+                // most common frame): the machine's invariants (an idle worker is indexed
+                // under the fits of its capabilities) make `refresh` a no-op. Decided without
+                // a copy of the worker's id (an `Arc` whose count lives in a cache line of
+                // its own).
+                debug_assert!(self
+                    .workers
+                    .id(worker)
+                    .is_some_and(|id| self.idle_indexed(id)));
+                return;
+            }
         }
         let Some(worker_id) = self.workers.id(worker).cloned() else {
             return;
@@ -174,16 +178,15 @@ impl Studio {
         if let Some(seq) = release {
             self.release_run(seq, RequeueReason::WorkerReportedIdle, false);
         }
-        let still_idle = decided.unwrap_or_else(|| {
-            !caps_changed
-                && self
-                    .workers
-                    .get(worker_id)
-                    .is_some_and(|w| w.in_idle && eligible(w))
-        });
+        // After the release or reclaim, on the record as they leave it.
+        let still_idle = !untouched
+            && !caps_changed
+            && self
+                .workers
+                .get(worker_id)
+                .is_some_and(|w| w.in_idle && eligible(w));
         if still_idle {
-            // Still idle under unchanged capabilities: the machine's invariants (an idle
-            // worker is indexed under the fits of its capabilities) make `refresh` a no-op.
+            // As above: `refresh` would be a no-op.
             debug_assert!(self.idle_indexed(worker_id));
             return;
         }
