@@ -24,7 +24,7 @@ use crate::cli::{run_admin_command, Cli, CliCommand, UiArgs};
 use crate::config::Config;
 use crate::control::Exit;
 use crate::daemon::WorkerDaemon;
-use crate::error::{RunError, ShellError, PROGRAM};
+use crate::error::{RunError, ShellError};
 use crate::lock::{DaemonLock, Lock};
 use studio_core::worker::ExitCode;
 
@@ -48,8 +48,7 @@ pub fn run<D: WorkerDaemon>(config_path: &Path, record: Option<&Path>) -> Result
                 path.display()
             );
             tracing::warn!("{reason}");
-            crate::logging::flush();
-            eprintln!("{PROGRAM}: {reason}");
+            crate::logging::program_line(&reason);
             return Ok(Exit {
                 code: ExitCode::Clean,
                 reason,
@@ -181,7 +180,7 @@ pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
         Ok(Some(code)) => return code,
         Ok(None) => {}
         Err(e) => {
-            eprintln!("{PROGRAM}: {e}");
+            crate::logging::program_line(&e);
             return e.exit_code();
         }
     }
@@ -202,8 +201,7 @@ pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
                 if exit.code.is_error() {
                     // Also logged by the command router; repeated plainly so it is the last
                     // thing the operator sees, whatever RUST_LOG says.
-                    crate::logging::flush();
-                    eprintln!("{PROGRAM}: {}", exit.reason);
+                    crate::logging::program_line(&exit.reason);
                 }
                 exit.code.code()
             }),
@@ -211,8 +209,7 @@ pub fn run_cli_with<D: WorkerDaemon>(cli: &Cli, ui: Option<UiMain>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            crate::logging::flush();
-            eprintln!("{PROGRAM}: {e}");
+            crate::logging::program_line(&e);
             e.exit_code()
         }
     }

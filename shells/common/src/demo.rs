@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::control::Exit;
 use crate::daemon::WorkerDaemon;
 use crate::entropy;
-use crate::error::{RunError, PROGRAM};
+use crate::error::RunError;
 
 /// Where results go without `--out`.
 pub const DEFAULT_OUT_DIR: &str = "demo-out";
@@ -128,8 +128,7 @@ pub fn run_with<D: WorkerDaemon>(options: &DemoOptions) -> Result<i32, RunError>
         worker.is_finished() || studio.wait_for_worker(WORKER_ID, Duration::from_millis(200))
     }) || worker.is_finished()
     {
-        crate::logging::flush();
-        eprintln!("{PROGRAM}: the demo worker did not connect to the local studio");
+        crate::logging::program_line("the demo worker did not connect to the local studio");
         control.shutdown();
         let exit = join(worker);
         studio.shutdown();
@@ -145,7 +144,9 @@ pub fn run_with<D: WorkerDaemon>(options: &DemoOptions) -> Result<i32, RunError>
     for (kind, prompt) in demo_jobs() {
         match studio.submit(JobSubmission::new(kind, prompt)) {
             Ok(id) => ids.push(id),
-            Err(e) => eprintln!("{PROGRAM}: cannot submit the {kind:?} job: {e:?}"),
+            Err(e) => {
+                crate::logging::program_line(format_args!("cannot submit the {kind:?} job: {e:?}"))
+            }
         }
     }
     let finished = |jobs: &[JobSummary]| {

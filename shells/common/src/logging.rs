@@ -105,6 +105,13 @@ pub fn flush() {
     }
 }
 
+/// Writes `studio-worker: <message>` on stderr once every line logged before it is there
+/// ([`flush`]): the plain line an operator reads last, whatever `RUST_LOG` says.
+pub fn program_line(message: impl fmt::Display) {
+    flush();
+    eprintln!("{}: {message}", crate::error::PROGRAM);
+}
+
 /// Calls [`flush`] when it drops (also while unwinding): held by `main`.
 #[must_use = "flushes only when it drops"]
 #[derive(Debug)]
