@@ -275,7 +275,8 @@ impl fmt::Debug for DebugText<'_> {
     }
 }
 
-/// The most field values a captured event replays (a `tracing` event has a handful).
+/// The most field values a captured event replays, its message included (the shells' events
+/// have a handful); values past it are left out of the line.
 const MAX_VALUES: usize = 32;
 
 // ------------------------------------------------------------------------------------------
@@ -666,8 +667,8 @@ mod tests {
         tracing::info!(bytes = &b"\x00\xffab"[..], "bytes");
     }
 
-    /// What `fmt` writes in place, for the same events at `fixed_time`.
-    fn in_place() -> String {
+    /// What `fmt` writes in place for the events `log` makes, at `fixed_time`.
+    fn in_place(log: impl Fn()) -> String {
         let out = Shared::default();
         let sink = out.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -677,7 +678,7 @@ mod tests {
                 .with_timer(EventTime),
         );
         EVENT_TIME.with(|t| t.set(Some(fixed_time())));
-        with_default(subscriber, events);
+        with_default(subscriber, log);
         EVENT_TIME.with(|t| t.set(None));
         out.text()
     }
@@ -690,7 +691,7 @@ mod tests {
             tracing_subscriber::registry().with(Deferred::new(Some(logger.handle()), fixed_time));
         with_default(subscriber, events);
         logger.handle().flush();
-        let expected = in_place();
+        let expected = in_place(events);
         assert_eq!(out.text(), expected);
         assert_eq!(expected.lines().count(), 9, "{expected}");
         assert!(
@@ -700,6 +701,61 @@ mod tests {
             "{expected}"
         );
         assert!(expected.contains("sources=[disk full]"), "{expected}");
+        logger.finish();
+    }
+
+    /// An event with [`MAX_VALUES`] values (31 fields and the message) comes out whole, as
+    /// formatting in place writes it.
+    #[test]
+    fn an_event_with_the_most_values_is_written_whole() {
+        let many = || {
+            tracing::info!(
+                f0 = 0,
+                f1 = 1,
+                f2 = 2,
+                f3 = 3,
+                f4 = 4,
+                f5 = 5,
+                f6 = 6,
+                f7 = 7,
+                f8 = 8,
+                f9 = 9,
+                f10 = 10,
+                f11 = 11,
+                f12 = 12,
+                f13 = 13,
+                f14 = 14,
+                f15 = 15,
+                f16 = 16,
+                f17 = 17,
+                f18 = 18,
+                f19 = 19,
+                f20 = 20,
+                f21 = 21,
+                f22 = 22,
+                f23 = 23,
+                f24 = 24,
+                f25 = 25,
+                f26 = 26,
+                f27 = 27,
+                f28 = 28,
+                f29 = 29,
+                f30 = 30,
+                "many fields"
+            )
+        };
+        let out = Shared::default();
+        let logger = TestLogger::spawn(Box::new(out.clone()), LINGER).unwrap();
+        let subscriber =
+            tracing_subscriber::registry().with(Deferred::new(Some(logger.handle()), fixed_time));
+        with_default(subscriber, many);
+        logger.handle().flush();
+        assert_eq!(out.text(), in_place(many));
+        assert!(
+            out.text().trim_end().ends_with("f29=29 f30=30"),
+            "{}",
+            out.text()
+        );
         logger.finish();
     }
 
