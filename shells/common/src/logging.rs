@@ -683,16 +683,22 @@ mod tests {
         out.text()
     }
 
-    #[test]
-    fn the_logger_writes_the_lines_fmt_writes_in_place() {
+    /// What the logger writes for the events `log` makes, at `fixed_time`.
+    fn through_the_logger(log: impl Fn()) -> String {
         let out = Shared::default();
         let logger = TestLogger::spawn(Box::new(out.clone()), LINGER).unwrap();
         let subscriber =
             tracing_subscriber::registry().with(Deferred::new(Some(logger.handle()), fixed_time));
-        with_default(subscriber, events);
+        with_default(subscriber, log);
         logger.handle().flush();
+        logger.finish();
+        out.text()
+    }
+
+    #[test]
+    fn the_logger_writes_the_lines_fmt_writes_in_place() {
         let expected = in_place(events);
-        assert_eq!(out.text(), expected);
+        assert_eq!(through_the_logger(events), expected);
         assert_eq!(expected.lines().count(), 9, "{expected}");
         assert!(
             expected.starts_with(
@@ -701,7 +707,6 @@ mod tests {
             "{expected}"
         );
         assert!(expected.contains("sources=[disk full]"), "{expected}");
-        logger.finish();
     }
 
     /// An event with [`MAX_VALUES`] values (31 fields and the message) comes out whole, as
@@ -744,19 +749,9 @@ mod tests {
                 "many fields"
             )
         };
-        let out = Shared::default();
-        let logger = TestLogger::spawn(Box::new(out.clone()), LINGER).unwrap();
-        let subscriber =
-            tracing_subscriber::registry().with(Deferred::new(Some(logger.handle()), fixed_time));
-        with_default(subscriber, many);
-        logger.handle().flush();
-        assert_eq!(out.text(), in_place(many));
-        assert!(
-            out.text().trim_end().ends_with("f29=29 f30=30"),
-            "{}",
-            out.text()
-        );
-        logger.finish();
+        let text = through_the_logger(many);
+        assert_eq!(text, in_place(many));
+        assert!(text.trim_end().ends_with("f29=29 f30=30"), "{text}");
     }
 
     /// The queue's slots are written when the logger starts: they stay small.
