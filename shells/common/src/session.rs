@@ -440,8 +440,9 @@ impl Session {
         self.feed(Input::Shutdown, io);
     }
 
-    /// After every wake-up: drops closing sockets whose close timeout is up and feeds
-    /// `Input::Tick` when the core's deadline has passed.
+    /// After every wake-up: drops closing sockets whose close timeout is up, feeds
+    /// `Input::Tick` when the core's deadline has passed, and gives back the idle worker's
+    /// code pages when [`IdleTrim`] says it is time.
     pub fn after_wake(&mut self, io: &mut impl SocketIo) {
         let now = self.clock().mono();
         let expired: Vec<ConnId> = self
@@ -458,7 +459,7 @@ impl Session {
             self.feed(Input::Tick, io);
         }
         let busy = !self.router.pool().is_idle();
-        if self.trim.due(self.clock().mono(), busy) {
+        if self.trim.due(now, busy) {
             match crate::trim::release_read_only_pages() {
                 Ok(bytes) => tracing::debug!(
                     kib = bytes / 1024,
