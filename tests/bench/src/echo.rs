@@ -4,9 +4,15 @@
 //! (this thread) sends a frame of `bytes` bytes, blocks until the echo is read, and times
 //! each round trip. Both sockets have `TCP_NODELAY`, like the worker's and studio-local's.
 //! Blocking std sockets and no parsing: nothing a worker could do is cheaper.
+//!
+//! [`relay_round_trips_on`] is the same echo with the server handing each message to a second
+//! thread and taking it back (two std channels) before sending it: the four wake-ups of a
+//! job's offer -> result path in a worker that runs engines on a thread of their own (tap ->
+//! loop, loop -> engine, engine -> loop, loop -> tap), with no work between them.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
@@ -36,6 +42,53 @@ pub fn echo_round_trips_on(
     bytes: usize,
     cpu: Option<usize>,
 ) -> io::Result<Vec<Duration>> {
+    round_trips(n, bytes, cpu, None)
+}
+
+/// [`echo_round_trips_on`] with each message handed by the server to a second thread and
+/// back before the echo (that thread pinned too, when `cpu` is given).
+pub fn relay_round_trips_on(
+    n: usize,
+    bytes: usize,
+    cpu: Option<usize>,
+) -> io::Result<Vec<Duration>> {
+    relay_counted(n, bytes, cpu).map(|(samples, _)| samples)
+}
+
+/// [`relay_round_trips_on`], and how many messages the second thread handed back.
+fn relay_counted(n: usize, bytes: usize, cpu: Option<usize>) -> io::Result<(Vec<Duration>, u64)> {
+    let (to_helper, helper_rx) = mpsc::channel::<Message>();
+    let (helper_tx, back) = mpsc::channel::<Message>();
+    let helper = std::thread::Builder::new()
+        .name("bench-echo-hop".into())
+        .spawn(move || -> io::Result<u64> {
+            pin(cpu)?;
+            let mut handed = 0;
+            // Ends when the server drops its sender.
+            for m in helper_rx {
+                if helper_tx.send(m).is_err() {
+                    break;
+                }
+                handed += 1;
+            }
+            Ok(handed)
+        })?;
+    let samples = round_trips(n, bytes, cpu, Some((to_helper, back)));
+    let handed = helper
+        .join()
+        .map_err(|_| io::Error::other("the echo's second thread panicked"))??;
+    samples.map(|s| (s, handed))
+}
+
+/// The server's way to a second thread and back.
+type Hop = (mpsc::Sender<Message>, mpsc::Receiver<Message>);
+
+fn round_trips(
+    n: usize,
+    bytes: usize,
+    cpu: Option<usize>,
+    hop: Option<Hop>,
+) -> io::Result<Vec<Duration>> {
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     let addr = listener.local_addr()?;
     let server = std::thread::Builder::new()
@@ -49,6 +102,13 @@ pub fn echo_round_trips_on(
             loop {
                 match ws.read() {
                     Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                        let m = match &hop {
+                            Some((to, back)) => {
+                                to.send(m).map_err(io::Error::other)?;
+                                back.recv().map_err(io::Error::other)?
+                            }
+                            None => m,
+                        };
                         ws.send(m).map_err(io::Error::other)?
                     }
                     Ok(Message::Close(_)) => {
@@ -138,6 +198,13 @@ mod tests {
         let p = payload(600);
         assert_eq!(p.len(), 600);
         serde_json::from_str::<serde_json::Value>(&p).unwrap();
+    }
+
+    #[test]
+    fn the_relay_hands_every_message_to_its_second_thread() {
+        let (samples, handed) = relay_counted(5, 100, None).unwrap();
+        assert_eq!(samples.len(), 5);
+        assert_eq!(handed, (ECHO_WARMUP + 5) as u64);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!
 //! Once per run: a bare tungstenite WebSocket echo round trip on loopback ([`echo`]), the
 //! transport's limit the job figures are divided by (run at the start and at the end, the
-//! samples pooled), and the synthetic engine alone in this process
+//! samples pooled; then pinned to one CPU, and through a second thread and back: the wake-ups
+//! of a job's path with no work), and the synthetic engine alone in this process
 //! ([`measure::engine_baseline`]), what a job costs before any transport or thread.
 //!
 //! studio-local records no offer time (`JobDetail` has millisecond `submittedMs` /

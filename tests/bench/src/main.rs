@@ -169,6 +169,17 @@ fn main() -> ExitCode {
         .map_err(|e| eprintln!("studio-bench: pinned echo skipped: {e}"))
         .ok()
         .and_then(|s| Summary::of(&s));
+    // The same through a second thread and back: a job's four wake-ups with no work.
+    let relay = |cpu: Option<usize>| {
+        echo::relay_round_trips_on(args.opts.echo_n, args.opts.echo_bytes, cpu)
+            .map_err(|e| eprintln!("studio-bench: relayed echo skipped: {e}"))
+            .ok()
+            .and_then(|s| Summary::of(&s))
+    };
+    progress("echo baseline through a second thread");
+    let relayed = relay(None);
+    progress("echo baseline through a second thread, all three threads pinned to CPU 0");
+    let relayed_pinned = relay(Some(0));
 
     let mut engine = Vec::new();
     for kind in studio_bench::KINDS {
@@ -221,6 +232,8 @@ fn main() -> ExitCode {
         echo,
         echo_medians,
         echo_pinned,
+        relayed,
+        relayed_pinned,
         loadavg_at_end: studio_bench::machine::loadavg(),
         engine,
         bins,

@@ -28,6 +28,10 @@ pub struct Report {
     pub echo_medians: Vec<f64>,
     /// The echo with client and server pinned to one CPU (None: pinning failed).
     pub echo_pinned: Option<Summary>,
+    /// The echo with each message handed to a second thread and back on the server's side
+    /// (`echo::relay_round_trips_on`): unpinned, and all three threads on one CPU.
+    pub relayed: Option<Summary>,
+    pub relayed_pinned: Option<Summary>,
     /// /proc/loadavg at the end of the run.
     pub loadavg_at_end: Option<String>,
     /// The synthetic engine alone, in this process, per kind.
@@ -154,6 +158,19 @@ impl Report {
                  min/med/p95/max = {} us",
                 p.cell()
             );
+        }
+        for (s, how) in [
+            (&self.relayed, "unpinned"),
+            (&self.relayed_pinned, "all three threads pinned to CPU 0"),
+        ] {
+            if let Some(s) = s {
+                let _ = writeln!(
+                    out,
+                    "                    the same, the server handing each message to a second thread \
+                     and back ({how}; a job's four wake-ups, no work): min/med/p95/max = {} us",
+                    s.cell()
+                );
+            }
         }
         for (kind, s) in &self.engine {
             let _ = writeln!(
@@ -465,6 +482,8 @@ impl Report {
             "echo_round_trip": self.echo.to_json(),
             "echo_medians_start_end_us": self.echo_medians.iter().map(|m| round1(*m)).collect::<Vec<_>>(),
             "echo_round_trip_pinned_one_cpu": self.echo_pinned.as_ref().map(Summary::to_json),
+            "echo_round_trip_through_a_second_thread": self.relayed.as_ref().map(Summary::to_json),
+            "echo_round_trip_through_a_second_thread_pinned_one_cpu": self.relayed_pinned.as_ref().map(Summary::to_json),
             "loadavg_at_end": self.loadavg_at_end,
             "engine_alone": self.engine.iter().map(|(k, s)| json!({
                 "kind": k.to_string(),

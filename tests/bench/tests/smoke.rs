@@ -122,6 +122,8 @@ fn every_measurement_produces_sane_numbers() {
         sane(&s, "engine alone");
         engine.push((kind, s.unwrap()));
     }
+    let relayed = Summary::of(&studio_bench::echo::relay_round_trips_on(3, 100, None).unwrap());
+    sane(&relayed, "echo through a second thread");
     let report = Report {
         machine: Machine::probe(),
         options: opts,
@@ -130,13 +132,23 @@ fn every_measurement_produces_sane_numbers() {
         echo_medians: vec![echo.as_ref().unwrap().median_us],
         loadavg_at_end: None,
         echo_pinned: None,
+        relayed,
+        relayed_pinned: None,
         echo: echo.unwrap(),
         engine,
         bins: vec![r],
     };
     let table = report.table();
     assert!(table.contains("wakeups/min"), "{table}");
+    assert!(
+        table.contains("to a second thread and back (unpinned"),
+        "{table}"
+    );
     let json = report.to_json();
+    assert!(
+        json["echo_round_trip_through_a_second_thread"]["n"].as_u64() == Some(3),
+        "{json}"
+    );
     let bin0 = &json["binaries"][0];
     assert!(bin0["size"]["bytes"].as_u64().unwrap() > 0);
     assert!(bin0["idle"]["memory"]["vm_rss_kib"].as_u64().unwrap() > 0);
