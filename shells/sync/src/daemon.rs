@@ -44,7 +44,7 @@ impl Notifier {
         if self.tx.send(msg).is_err() {
             return;
         }
-        // With the fence in `Daemon::wait`: the loop sees this message before it waits, or
+        // With the fence in `Daemon::queued_before_waiting`: the loop sees this message before it waits, or
         // this sees the loop waiting (or both).
         fence(Ordering::SeqCst);
         if self.waiting.swap(false, Ordering::SeqCst) {
