@@ -27,6 +27,12 @@
 //! large binary result never blocks the event loop on disk; a failure is logged and
 //! shipped to the studio as an error log line. Dropping the writer waits for what it was
 //! given.
+//!
+//! The commands that queued up while the writer was on disk are taken as one batch, and a
+//! `Keep` whose job's `Forget` is later in the same batch is skipped: the studio has
+//! acknowledged that result, so writing and syncing it would only be undone. A `Forget`
+//! that finds no file syncs nothing. Under a steady stream of small jobs, most results
+//! are acknowledged before the writer reaches them, and the disk sees a fraction of them.
 
 use std::fs;
 use std::io;
@@ -134,18 +140,23 @@ impl Outbox {
         write_file(&self.entry_path(&result.job_id), entry.as_bytes())?;
         if matches!(result.body, KeptBody::Frame { .. }) {
             // A frame replacing an upload (its `fail`): the bytes are stale.
-            remove_if_present(&self.bytes_path(&result.job_id))?;
-            sync_dir(&self.dir);
+            if remove_if_present(&self.bytes_path(&result.job_id))? {
+                sync_dir(&self.dir);
+            }
         }
         Ok(())
     }
 
-    /// Removes the entry of `job_id` and its bytes, if present.
-    pub fn forget(&self, job_id: &str) -> io::Result<()> {
-        remove_if_present(&self.entry_path(job_id))?;
-        remove_if_present(&self.bytes_path(job_id))?;
-        sync_dir(&self.dir);
-        Ok(())
+    /// Removes the entry of `job_id` and its bytes, if present; true if there was a file
+    /// to remove. The directory is synced only then: forgetting what was never written
+    /// touches no disk.
+    pub fn forget(&self, job_id: &str) -> io::Result<bool> {
+        let entry = remove_if_present(&self.entry_path(job_id))?;
+        let bytes = remove_if_present(&self.bytes_path(job_id))?;
+        if entry || bytes {
+            sync_dir(&self.dir);
+        }
+        Ok(entry || bytes)
     }
 
     /// Reads every entry back (see the module docs); what does not verify is removed and
@@ -257,10 +268,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     })
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
+/// True if the file was there and is now removed.
+fn remove_if_present(path: &Path) -> io::Result<bool> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -270,6 +283,52 @@ enum Op {
     Forget(String),
     /// Answered once every earlier command is done.
     Flush(mpsc::Sender<()>),
+}
+
+/// Drops each `Keep` that a later `Forget` of the same job in `batch` undoes: the studio
+/// has acknowledged that result, so there is nothing to keep. Everything else stays, in
+/// order (the `Forget` too: an earlier batch may have written the job's entry).
+fn coalesce(batch: Vec<Op>) -> Vec<Op> {
+    let forgotten_after = |i: usize, job_id: &str| {
+        batch[i + 1..]
+            .iter()
+            .any(|later| matches!(later, Op::Forget(id) if id == job_id))
+    };
+    let undone: Vec<bool> = (0..batch.len())
+        .map(|i| matches!(&batch[i], Op::Keep(r, _) if forgotten_after(i, &r.job_id)))
+        .collect();
+    batch
+        .into_iter()
+        .zip(undone)
+        .filter_map(|(op, undone)| (!undone).then_some(op))
+        .collect()
+}
+
+/// Carries out one command; a failure is logged and shipped through `sink`.
+fn perform(outbox: &Outbox, op: Op, sink: &EventSink) {
+    let (result, what) = match &op {
+        Op::Keep(r, bytes) => (
+            outbox.keep(r, bytes.as_deref().map(|b| &b[..])),
+            ("keep", &r.job_id),
+        ),
+        Op::Forget(job_id) => (outbox.forget(job_id).map(drop), ("forget", job_id)),
+        Op::Flush(done) => {
+            let _ = done.send(());
+            return;
+        }
+    };
+    if let Err(e) = result {
+        let (verb, job_id) = what;
+        let message = format!("outbox: cannot {verb} the result of job {job_id}: {e}");
+        tracing::error!(category = OUTBOX_LOG_CATEGORY, "{message}");
+        sink(PoolEvent::Log(LogEntry {
+            ts: crate::clock::Clock::new().wall().to_rfc3339(),
+            level: "error".into(),
+            category: OUTBOX_LOG_CATEGORY.into(),
+            message,
+            job_id: None,
+        }));
+    }
 }
 
 /// Performs the outbox commands in order on a thread of its own (see the module docs).
@@ -283,31 +342,12 @@ impl OutboxWriter {
     pub fn new(outbox: Outbox, sink: EventSink) -> OutboxWriter {
         let (tx, rx) = mpsc::channel::<Op>();
         let thread = thread::Builder::new().name("outbox".into()).spawn(move || {
-            for op in rx {
-                let (what, result) = match &op {
-                    Op::Keep(r, bytes) => (
-                        format!("keep the result of job {}", r.job_id),
-                        outbox.keep(r, bytes.as_deref().map(|b| &b[..])),
-                    ),
-                    Op::Forget(job_id) => (
-                        format!("forget the result of job {job_id}"),
-                        outbox.forget(job_id),
-                    ),
-                    Op::Flush(done) => {
-                        let _ = done.send(());
-                        continue;
-                    }
-                };
-                if let Err(e) = result {
-                    let message = format!("outbox: cannot {what}: {e}");
-                    tracing::error!(category = OUTBOX_LOG_CATEGORY, "{message}");
-                    sink(PoolEvent::Log(LogEntry {
-                        ts: crate::clock::Clock::new().wall().to_rfc3339(),
-                        level: "error".into(),
-                        category: OUTBOX_LOG_CATEGORY.into(),
-                        message,
-                        job_id: None,
-                    }));
+            while let Ok(first) = rx.recv() {
+                // What queued up while the last batch was on disk goes as one batch, so a
+                // result the studio acknowledged meanwhile is never written at all.
+                let batch = coalesce(std::iter::once(first).chain(rx.try_iter()).collect());
+                for op in batch {
+                    perform(&outbox, op, &sink);
                 }
             }
         });
@@ -532,6 +572,47 @@ mod tests {
     fn a_missing_directory_is_an_empty_outbox() {
         let (_d, o) = outbox();
         assert_eq!(o.load(), LoadReport::default());
+    }
+
+    fn ops_as_text(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|op| match op {
+                Op::Keep(r, _) => format!("keep {}", r.job_id),
+                Op::Forget(id) => format!("forget {id}"),
+                Op::Flush(_) => "flush".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_skips_each_keep_that_a_later_forget_of_its_job_undoes() {
+        let (flush, _flushed) = mpsc::channel();
+        let batch = vec![
+            Op::Forget("z".into()),
+            Op::Keep(Box::new(frame("z")), None),
+            Op::Keep(Box::new(frame("a")), None),
+            Op::Keep(Box::new(upload("b", 2)), Some(Arc::new(b"hi".to_vec()))),
+            Op::Keep(Box::new(frame("a")), None),
+            Op::Flush(flush),
+            Op::Forget("a".into()),
+            Op::Keep(Box::new(frame("c")), None),
+        ];
+        assert_eq!(
+            ops_as_text(&coalesce(batch)),
+            // z's Keep comes after its Forget: kept. Both of a's Keeps are undone; its
+            // Forget stays (an earlier batch may have written a's entry).
+            ["forget z", "keep z", "keep b", "flush", "forget a", "keep c"]
+        );
+    }
+
+    #[test]
+    fn forgetting_reports_whether_there_was_an_entry() {
+        let (_d, o) = outbox();
+        assert!(!o.forget("a").unwrap(), "nothing was written");
+        o.keep(&upload("a", 2), Some(b"hi")).unwrap();
+        assert!(o.forget("a").unwrap());
+        assert!(!o.forget("a").unwrap(), "already forgotten");
+        assert!(o.load().entries.is_empty());
     }
 
     #[test]
