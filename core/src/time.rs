@@ -151,7 +151,7 @@ impl WallMs {
         put(14, 2, m);
         put(17, 2, s);
         put(20, 3, ms);
-        out.iter().map(|&b| char::from(b)).collect()
+        String::from_utf8(out.to_vec()).expect("ASCII digits and separators")
     }
 }
 

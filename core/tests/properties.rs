@@ -529,7 +529,7 @@ fn the_disabled_checks_can_fail() {
     );
 
     let claim = match wire::decode_studio_frame(&offer_text("sneaky")).unwrap() {
-        StudioFrame::Offer { claim } => claim,
+        StudioFrame::Offer { claim } => std::sync::Arc::<wire::JobOfferClaim>::from(claim),
         other => panic!("{other:?}"),
     };
     let dispatch_rejected = move |c: Command| match &c {

@@ -13,12 +13,16 @@
 //! * [`Pair`]: a worker and the studio wired together over a link and the bridge, with a
 //!   simulated engine and fault switches, stepped to the next deadline (quinn-proto's
 //!   `Pair` idea).
+//! * [`LlmJob`] and [`Driver::run_llm_job`]: a steady stream of synthetic llm jobs through
+//!   one live machine (the core's allocation bound, `studio-bench`'s machine-alone
+//!   baseline).
 //! * Fixtures: [`WALL0`], [`registered`], [`welcome`], [`offer`], [`task`],
 //!   [`job_success`].
 
 mod driver;
 mod link;
 mod pair;
+mod stream;
 
 use serde_json::{json, Value};
 
@@ -30,6 +34,7 @@ use crate::worker::{ConnectError, Credentials, HttpRequest, JobOutcome, WorkerCo
 pub use driver::{Driver, MAX_DRAIN};
 pub use link::Link;
 pub use pair::{EngineMode, EngineRun, Pair};
+pub use stream::{LlmJob, JOB_SPACING_MICROS};
 
 /// Wall clock at `Mono::ZERO`: 2026-05-25T12:00:00Z.
 pub const WALL0: u64 = 1_779_710_400_000;

@@ -310,3 +310,30 @@ fn engine_wildcards_name_their_engine() {
         assert_eq!(ModelEngine::of_wildcard(exact), None, "{exact}");
     }
 }
+
+#[test]
+fn a_log_batch_encodes_the_same_from_borrowed_entries() {
+    let entry = |message: &str, job_id: Option<&str>| LogEntry {
+        ts: "2026-12-06T06:40:00.123Z".into(),
+        level: "warn".into(),
+        category: "job".into(),
+        message: message.into(),
+        job_id: job_id.map(str::to_string),
+    };
+    for entries in [
+        vec![],
+        vec![entry("plain", None)],
+        vec![
+            entry(
+                "quote \" backslash \\ newline \n tab \t \u{1} \u{e9}",
+                Some("j-1"),
+            ),
+            entry("", Some("")),
+        ],
+    ] {
+        assert_eq!(
+            encode_log_batch(entries.iter()),
+            encode(&WorkerFrame::LogBatch { entries })
+        );
+    }
+}

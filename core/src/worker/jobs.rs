@@ -2,6 +2,8 @@
 //! the job deadline, and what happens when the engine is done. Delivery of the result is
 //! in [`super::delivery`].
 
+use std::sync::Arc;
+
 use crate::wire::{self, JobOfferClaim, RejectCode, UserPresence, WorkerFrame};
 
 use super::state::{ActiveJob, JobStage, Slot, Stop};
@@ -165,8 +167,9 @@ impl Worker {
         let deadline = self.cfg.timings.job_deadlines.for_kind(claim.task.kind());
         self.timers
             .set(Timer::JobDeadline, self.now.mono + deadline);
+        let claim = Arc::<JobOfferClaim>::from(claim);
         self.slot = Slot::Job(Box::new(ActiveJob {
-            claim: (*claim).clone(),
+            claim: Arc::clone(&claim),
             run: Some(run),
             stage: JobStage::Running,
             started: self.now.mono,
@@ -299,7 +302,7 @@ impl Worker {
                     Some(job_id.clone()),
                 );
                 let Slot::Job(job) = &self.slot else { return };
-                let claim = Box::new(job.claim.clone());
+                let claim = Box::new(JobOfferClaim::clone(&job.claim));
                 self.keep_result(
                     &job_id,
                     KeptBody::Upload {

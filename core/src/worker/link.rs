@@ -2,8 +2,7 @@
 //! jittered reconnect.
 
 use crate::wire::{
-    self, close_code, close_reason, DecodeError, LogEntry, StudioFrame, WorkerErrorCode,
-    WorkerFrame,
+    self, close_code, close_reason, DecodeError, StudioFrame, WorkerErrorCode, WorkerFrame,
 };
 
 use super::jobs::Offered;
@@ -183,7 +182,7 @@ impl Worker {
         // A parked offer dies with its session; the studio requeues it on disconnect.
         self.parked_offer = None;
         self.timers.clear(Timer::ParkedOffer);
-        let batches: Vec<Vec<LogEntry>> = self.logs_unconfirmed.drain(..).collect();
+        let batches: Vec<_> = self.logs_unconfirmed.drain(..).collect();
         for batch in batches.into_iter().rev() {
             self.logs.restore_front(batch);
         }
@@ -259,7 +258,7 @@ impl Worker {
                 };
                 if let Some(job_id) = job_id {
                     self.arm_read_idle();
-                    let error = clip(&e.to_string(), STUDIO_TEXT_CLIP);
+                    let error = clip(&e.to_string(), STUDIO_TEXT_CLIP).into_owned();
                     match self.link {
                         Link::Live { .. } => {
                             self.on_offer(Offered::Undecodable { job_id, error });

@@ -2,8 +2,7 @@
 //! unconfirmed batch can be put back at the front.
 
 use std::collections::VecDeque;
-
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::{LogCategory, LogLevel};
 use crate::time::WallMs;
@@ -12,11 +11,12 @@ use crate::wire::LogEntry;
 /// How the queue-full marker's message begins.
 const MARKER_PREFIX: &str = "ship queue full";
 
-/// The bounded ship queue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The bounded ship queue. Its entries are shared (the machine's ring of recent entries
+/// holds the same ones), never copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogQueue {
     cap: usize,
-    entries: VecDeque<LogEntry>,
+    entries: VecDeque<Arc<LogEntry>>,
     /// Dropped since the last marker was shipped.
     dropped: u64,
     dropped_total: u64,
@@ -54,14 +54,14 @@ impl LogQueue {
     }
 
     /// Appends, dropping the oldest entry when full.
-    pub fn push(&mut self, entry: LogEntry) {
-        self.entries.push_back(entry);
+    pub fn push(&mut self, entry: impl Into<Arc<LogEntry>>) {
+        self.entries.push_back(entry.into());
         self.trim();
     }
 
     /// Puts an unshipped batch back ahead of newer entries; if that overflows the cap, the
     /// oldest entries (the restored ones first) are dropped and counted.
-    pub fn restore_front(&mut self, batch: Vec<LogEntry>) {
+    pub fn restore_front(&mut self, batch: Vec<Arc<LogEntry>>) {
         for e in batch.into_iter().rev() {
             if e.category == LogCategory::Logs.as_str() && e.message.starts_with(MARKER_PREFIX) {
                 // A marker from the lost batch: its count is already in `dropped_total`;
@@ -89,7 +89,7 @@ impl LogQueue {
     /// last batch, a `warn` marker (`ship queue full (<cap> entries); dropped N oldest`)
     /// stamped `wall` leads the batch. An entry too large for any batch on its own (never,
     /// with the machine's clipping and `MIN_LOG_BATCH_BYTES`) is dropped and counted.
-    pub fn drain_batch(&mut self, wall: WallMs, max_bytes: usize) -> Vec<LogEntry> {
+    pub fn drain_batch(&mut self, wall: WallMs, max_bytes: usize) -> Vec<Arc<LogEntry>> {
         let mut batch = Vec::new();
         let mut len = EMPTY_BATCH_LEN;
         if self.dropped > 0 {
@@ -104,7 +104,7 @@ impl LogQueue {
                 job_id: None,
             };
             len += encoded_len(&marker);
-            batch.push(marker);
+            batch.push(Arc::new(marker));
             self.dropped = 0;
         }
         while let Some(e) = self.entries.front() {
@@ -201,7 +201,7 @@ mod tests {
         let got: Vec<_> = q
             .drain_batch(WallMs(0), usize::MAX)
             .into_iter()
-            .map(|x| x.message)
+            .map(|x| x.message.clone())
             .collect();
         assert_eq!(got, vec!["m0", "m1", "m2"]);
 
@@ -216,7 +216,7 @@ mod tests {
         let got: Vec<_> = q
             .drain_batch(WallMs(0), usize::MAX)
             .into_iter()
-            .map(|x| x.message)
+            .map(|x| x.message.clone())
             .collect();
         assert_eq!(got[0], "ship queue full (3 entries); dropped 1 oldest");
         assert_eq!(&got[1..], ["m1", "m2", "m3"]);
@@ -233,9 +233,7 @@ mod tests {
         let max = EMPTY_BATCH_LEN + 3 * one + 2;
         let batch = q.drain_batch(WallMs(0), max);
         assert_eq!(batch.len(), 3);
-        let text = crate::wire::encode(&crate::wire::WorkerFrame::LogBatch {
-            entries: batch.clone(),
-        });
+        let text = crate::wire::encode_log_batch(batch.iter().map(|e| &**e));
         assert_eq!(
             text.len(),
             max,

@@ -75,6 +75,7 @@ mod types;
 mod update;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 pub use backoff::Backoff;
 pub use delivery::MAX_RESULT_RESENDS;
@@ -118,7 +119,7 @@ pub struct Worker {
     /// batches sent before it (acks arrive in order).
     hb_outstanding: VecDeque<usize>,
     /// Log batches sent on the live session and not yet confirmed by a later heartbeatAck.
-    logs_unconfirmed: VecDeque<Vec<LogEntry>>,
+    logs_unconfirmed: VecDeque<Vec<Arc<LogEntry>>>,
     /// Heartbeats sent on the live session, and how many of them the studio acknowledged
     /// (never more than were sent): what tells a result frame the studio read from one
     /// that may have been lost (see [`MAX_RESULT_RESENDS`]).
@@ -164,7 +165,7 @@ pub struct Worker {
     last_update_check: Option<UpdateCheck>,
     session_state: SessionState,
     recent_jobs: VecDeque<JobSummary>,
-    recent_logs: VecDeque<LogEntry>,
+    recent_logs: VecDeque<Arc<LogEntry>>,
     /// How many log entries were ever pushed: the sequence number of the newest one.
     log_seq: u64,
 }
@@ -304,7 +305,11 @@ impl Worker {
             log_queue_len: self.logs.len(),
             log_dropped_total: self.logs.dropped_total(),
             recent_jobs: self.recent_jobs.iter().cloned().collect(),
-            recent_logs: self.recent_logs.iter().cloned().collect(),
+            recent_logs: self
+                .recent_logs
+                .iter()
+                .map(|e| LogEntry::clone(e))
+                .collect(),
             log_seq: self.log_seq,
             last_heartbeat_ack: self.last_heartbeat_ack,
             reconnect_attempt: self.attempt,
@@ -325,7 +330,7 @@ impl Worker {
             .iter()
             .enumerate()
             .skip(skip)
-            .map(move |(i, e)| (first + i as u64, e))
+            .map(move |(i, e)| (first + i as u64, &**e))
     }
 
     /// The sequence number of the newest log entry (0 before the first).
@@ -554,14 +559,14 @@ pub const CANCELLED_RUNS_KEPT: usize = 16;
 /// A peer's body for a message: secrets redacted first (clipping could cut a token's
 /// closing quote and hide it from the redaction), then clipped to `n` characters.
 pub(super) fn clip_body(body: &str, n: usize) -> String {
-    clip(&crate::secret::redact_json(body), n)
+    clip(&crate::secret::redact_json(body), n).into_owned()
 }
 
 /// `s` clipped to `n` characters, ending in `…` when cut.
-pub(super) fn clip(s: &str, n: usize) -> String {
+pub(super) fn clip(s: &str, n: usize) -> std::borrow::Cow<'_, str> {
     match s.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]).into(),
+        None => s.into(),
     }
 }
 

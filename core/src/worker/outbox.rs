@@ -19,6 +19,7 @@
 //! results are uploaded again, one at a time through the one-job slot, from `Start` on.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::delivery::Unacked;
 use super::state::{ActiveJob, JobStage, Slot};
@@ -230,7 +231,7 @@ impl Worker {
         );
         self.record_job(&claim, JobStatus::Running);
         self.slot = Slot::Job(Box::new(ActiveJob {
-            claim: *claim,
+            claim: Arc::from(claim),
             run: None,
             stage: JobStage::UploadBackoff {
                 ext: ext.clone(),

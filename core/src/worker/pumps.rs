@@ -1,6 +1,8 @@
 //! What a live session sends on its own: heartbeats, log batches, and the log entries the
 //! machine writes (shipped and reported).
 
+use std::sync::Arc;
+
 use crate::wire::{self, LogEntry, UserPresence, WorkerFrame};
 
 use super::state::Link;
@@ -91,10 +93,9 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        let frame = WorkerFrame::LogBatch {
-            entries: batch.clone(),
-        };
-        self.send_frame(&frame);
+        if self.link.conn().is_some() {
+            self.send_text(wire::encode_log_batch(batch.iter().map(|e| &**e)));
+        }
         if self.logs_unconfirmed.len() >= MAX_UNCONFIRMED_LOG_BATCHES {
             // Bounded: the oldest unconfirmed batch is assumed delivered.
             self.logs_unconfirmed.pop_front();
@@ -188,11 +189,13 @@ impl Worker {
             *job_id = clip_bytes(job_id, LOG_FIELD_MAX_BYTES);
         }
         self.log_seq += 1;
+        // One entry, shared by the ship queue and the ring of recent entries.
+        let entry = Arc::new(entry);
         if self.cfg.limits.recent_logs > 0 {
             if self.recent_logs.len() >= self.cfg.limits.recent_logs {
                 self.recent_logs.pop_front();
             }
-            self.recent_logs.push_back(entry.clone());
+            self.recent_logs.push_back(Arc::clone(&entry));
         }
         self.logs.push(entry);
         self.arm_log_flush();

@@ -227,7 +227,7 @@ impl Worker {
                         let why = if reason.is_empty() {
                             "no reason given".to_string()
                         } else {
-                            clip(&reason, STUDIO_TEXT_CLIP)
+                            clip(&reason, STUDIO_TEXT_CLIP).into_owned()
                         };
                         self.exit(
                             ExitCode::Rejected,

@@ -2,6 +2,8 @@
 //! ([`Slot`]), the WebSocket link ([`Link`]) and the stop state ([`Stop`]). Kept apart from
 //! the behaviour so that the modules depend on this one and not on each other.
 
+use std::sync::Arc;
+
 use crate::time::Mono;
 use crate::wire::JobOfferClaim;
 
@@ -21,7 +23,7 @@ pub(super) enum Slot {
 
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct ActiveJob {
-    pub(super) claim: JobOfferClaim,
+    pub(super) claim: Arc<JobOfferClaim>,
     /// The run the engine's result must name; `None` for a result restored from the
     /// outbox (uploaded again, never run here).
     pub(super) run: Option<RunId>,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -709,7 +710,8 @@ pub enum Command {
     Dispatch {
         #[serde(skip)]
         run: RunId,
-        claim: Box<JobOfferClaim>,
+        /// Shared with the machine, which keeps the claim of the job it runs.
+        claim: Arc<JobOfferClaim>,
     },
     /// Stop working on a job if possible (shutdown grace expired, or the process exits).
     /// The machine has already reported the job; a later result of the cancelled run may be

@@ -78,7 +78,7 @@ fn the_drain_checks_can_fail() {
     let two = [
         Command::Dispatch {
             run: RunId(1),
-            claim: Box::new(claim),
+            claim: std::sync::Arc::new(claim),
         },
         Command::Wait { until: None },
     ];

@@ -90,7 +90,7 @@ pub struct CommandRouter {
     clock: Clock,
     recorder: Option<Recorder>,
     /// `Dispatch`es of the last [`CommandRouter::feed`], not started yet.
-    held_jobs: Vec<(RunId, Box<JobOfferClaim>)>,
+    held_jobs: Vec<(RunId, Arc<JobOfferClaim>)>,
     /// `Report`s of the last [`CommandRouter::feed`], not logged yet.
     held_reports: Vec<Notice>,
 }
@@ -695,7 +695,7 @@ mod tests {
         assert_eq!(
             r.perform(Command::Dispatch {
                 run: RunId(1),
-                claim: Box::new(c)
+                claim: Arc::new(c)
             }),
             Effect::None
         );
@@ -740,7 +740,7 @@ mod tests {
         c.model = "synthetic-image".into();
         r.perform(Command::Dispatch {
             run: RunId(2),
-            claim: Box::new(c),
+            claim: Arc::new(c),
         });
         let finished = recv(&rx).into_input();
         assert!(matches!(finished, Input::JobFinished { run: RunId(2), .. }));
