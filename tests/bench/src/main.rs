@@ -201,6 +201,12 @@ fn main() -> ExitCode {
         }
     }
 
+    progress(&format!(
+        "machine alone: {} synthetic llm jobs through the worker's core",
+        args.opts.jobs.n
+    ));
+    let machine_alone = Summary::of(&studio_bench::measure::machine_baseline(args.opts.jobs.n));
+
     let labels = studio_bench::labels(&args.bins);
     let mut bins = Vec::new();
     for (label, bin) in labels.iter().zip(&args.bins) {
@@ -238,6 +244,7 @@ fn main() -> ExitCode {
         relayed_pinned,
         loadavg_at_end: studio_bench::machine::loadavg(),
         engine,
+        machine_alone,
         bins,
     };
     print!("{}", report.table());

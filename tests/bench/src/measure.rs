@@ -464,6 +464,31 @@ pub fn engine_baseline(kind: TaskKind, n: usize) -> Result<Vec<Duration>, BenchE
     Ok(out)
 }
 
+/// Warm-up jobs of the machine-alone baseline: its queues and rings reach their working
+/// sizes before the timed jobs.
+pub const MACHINE_WARMUP_JOBS: usize = 1_000;
+
+/// The worker machine alone (`studio_core` in this process: no socket, no thread, no
+/// engine), on a stream of synthetic llm jobs 5 ms apart: each job's offer, result, ack and
+/// tick, timed together. The core's own share of a job's time on the loop thread.
+pub fn machine_baseline(n: usize) -> Vec<Duration> {
+    use studio_core::testing::{registered, Driver, LlmJob};
+    let mut d = Driver::live(registered("http://127.0.0.1:9"));
+    for i in 0..MACHINE_WARMUP_JOBS {
+        d.run_llm_job(LlmJob::new(i));
+    }
+    let jobs: Vec<LlmJob> = (MACHINE_WARMUP_JOBS..MACHINE_WARMUP_JOBS + n)
+        .map(LlmJob::new)
+        .collect();
+    jobs.into_iter()
+        .map(|job| {
+            let t0 = Instant::now();
+            d.run_llm_job(job);
+            t0.elapsed()
+        })
+        .collect()
+}
+
 /// What the tap saw of a series' jobs.
 #[derive(Clone, Debug, Default)]
 pub struct TapTimes {

@@ -36,6 +36,8 @@ pub struct Report {
     pub loadavg_at_end: Option<String>,
     /// The synthetic engine alone, in this process, per kind.
     pub engine: Vec<(TaskKind, Summary)>,
+    /// The worker machine alone on synthetic llm jobs (`measure::machine_baseline`).
+    pub machine_alone: Option<Summary>,
     pub bins: Vec<BinReport>,
 }
 
@@ -178,6 +180,16 @@ impl Report {
                 "engine alone: synthetic {kind} render in this process, n={}: min/med/p95/max = {} us",
                 s.n,
                 s.cell()
+            );
+        }
+        if let Some(s) = &self.machine_alone {
+            let _ = writeln!(
+                out,
+                "machine alone: synthetic llm job through the worker's core in this process (no I/O, \
+                 no threads), n={}: min/med/p95/max = {} us, mean {:.1} us",
+                s.n,
+                s.cell(),
+                s.mean_us
             );
         }
         let _ = writeln!(out);
@@ -489,6 +501,7 @@ impl Report {
                 "kind": k.to_string(),
                 "render": s.to_json(),
             })).collect::<Vec<_>>(),
+            "machine_alone_llm_job": self.machine_alone.as_ref().map(Summary::to_json),
             "binaries": self.bins.iter().map(|b| {
                 json!({
                     "label": b.label,

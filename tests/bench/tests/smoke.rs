@@ -122,6 +122,8 @@ fn every_measurement_produces_sane_numbers() {
         sane(&s, "engine alone");
         engine.push((kind, s.unwrap()));
     }
+    let machine_alone = Summary::of(&studio_bench::measure::machine_baseline(3));
+    sane(&machine_alone, "machine alone");
     let relayed = Summary::of(&studio_bench::echo::relay_round_trips_on(3, 100, None).unwrap());
     sane(&relayed, "echo through a second thread");
     let report = Report {
@@ -136,6 +138,7 @@ fn every_measurement_produces_sane_numbers() {
         relayed_pinned: None,
         echo: echo.unwrap(),
         engine,
+        machine_alone,
         bins: vec![r],
     };
     let table = report.table();
@@ -144,7 +147,16 @@ fn every_measurement_produces_sane_numbers() {
         table.contains("to a second thread and back (unpinned"),
         "{table}"
     );
+    assert!(
+        table.contains("machine alone: synthetic llm job"),
+        "{table}"
+    );
     let json = report.to_json();
+    assert_eq!(
+        json["machine_alone_llm_job"]["n"].as_u64(),
+        Some(3),
+        "{json}"
+    );
     assert!(
         json["echo_round_trip_through_a_second_thread"]["n"].as_u64() == Some(3),
         "{json}"
