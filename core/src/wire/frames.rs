@@ -418,28 +418,14 @@ pub fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("wire types always serialise")
 }
 
-/// Encodes a `logBatch` of borrowed entries: the text [`encode`] gives for
+/// Encodes a `logBatch` of shared entries: the text [`encode`] gives for
 /// `WorkerFrame::LogBatch` with the same entries, without copying them into a frame first
 /// (performance only: the machine keeps each batch it ships until a heartbeat ack).
-pub fn encode_log_batch<'a, I>(entries: I) -> String
-where
-    I: Iterator<Item = &'a LogEntry> + Clone,
-{
-    struct Entries<I>(I);
-    impl<'a, I: Iterator<Item = &'a LogEntry> + Clone> Serialize for Entries<I> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.clone())
-        }
+pub fn encode_log_batch(entries: &[std::sync::Arc<LogEntry>]) -> String {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "logBatch")]
+    struct LogBatchRef<'a> {
+        entries: &'a [std::sync::Arc<LogEntry>],
     }
-    struct Batch<I>(I);
-    impl<'a, I: Iterator<Item = &'a LogEntry> + Clone> Serialize for Batch<I> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut map = s.serialize_map(Some(2))?;
-            map.serialize_entry("type", "logBatch")?;
-            map.serialize_entry("entries", &Entries(self.0.clone()))?;
-            map.end()
-        }
-    }
-    encode(&Batch(entries))
+    encode(&LogBatchRef { entries })
 }

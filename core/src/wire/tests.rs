@@ -312,7 +312,7 @@ fn engine_wildcards_name_their_engine() {
 }
 
 #[test]
-fn a_log_batch_encodes_the_same_from_borrowed_entries() {
+fn a_log_batch_encodes_the_same_from_shared_entries() {
     let entry = |message: &str, job_id: Option<&str>| LogEntry {
         ts: "2026-12-06T06:40:00.123Z".into(),
         level: "warn".into(),
@@ -331,8 +331,9 @@ fn a_log_batch_encodes_the_same_from_borrowed_entries() {
             entry("", Some("")),
         ],
     ] {
+        let shared: Vec<_> = entries.iter().cloned().map(std::sync::Arc::new).collect();
         assert_eq!(
-            encode_log_batch(entries.iter()),
+            encode_log_batch(&shared),
             encode(&WorkerFrame::LogBatch { entries })
         );
     }

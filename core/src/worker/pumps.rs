@@ -94,7 +94,7 @@ impl Worker {
             return;
         }
         if self.link.conn().is_some() {
-            self.send_text(wire::encode_log_batch(batch.iter().map(|e| &**e)));
+            self.send_text(wire::encode_log_batch(&batch));
         }
         if self.logs_unconfirmed.len() >= MAX_UNCONFIRMED_LOG_BATCHES {
             // Bounded: the oldest unconfirmed batch is assumed delivered.
