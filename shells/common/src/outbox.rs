@@ -289,17 +289,24 @@ enum Op {
 /// has acknowledged that result, so there is nothing to keep. Everything else stays, in
 /// order (the `Forget` too: an earlier batch may have written the job's entry).
 fn coalesce(batch: Vec<Op>) -> Vec<Op> {
-    let forgotten_after = |i: usize, job_id: &str| {
-        batch[i + 1..]
-            .iter()
-            .any(|later| matches!(later, Op::Forget(id) if id == job_id))
-    };
-    let undone: Vec<bool> = (0..batch.len())
-        .map(|i| matches!(&batch[i], Op::Keep(r, _) if forgotten_after(i, &r.job_id)))
+    // From the back, so each Keep sees the jobs forgotten after it: one pass, however long
+    // the backlog behind a slow disk.
+    let mut forgotten = std::collections::BTreeSet::new();
+    let undone_from_back: Vec<bool> = batch
+        .iter()
+        .rev()
+        .map(|op| match op {
+            Op::Forget(id) => {
+                forgotten.insert(id.as_str());
+                false
+            }
+            Op::Keep(r, _) => forgotten.contains(r.job_id.as_str()),
+            Op::Flush(_) => false,
+        })
         .collect();
     batch
         .into_iter()
-        .zip(undone)
+        .zip(undone_from_back.into_iter().rev())
         .filter_map(|(op, undone)| (!undone).then_some(op))
         .collect()
 }
