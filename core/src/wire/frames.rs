@@ -418,14 +418,11 @@ pub fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("wire types always serialise")
 }
 
-/// Encodes a `logBatch` of shared entries: the text [`encode`] gives for
+/// A `logBatch` of shared entries, borrowed: it encodes to the text [`encode`] gives for
 /// `WorkerFrame::LogBatch` with the same entries, without copying them into a frame first
 /// (performance only: the machine keeps each batch it ships until a heartbeat ack).
-pub fn encode_log_batch(entries: &[std::sync::Arc<LogEntry>]) -> String {
-    #[derive(Serialize)]
-    #[serde(tag = "type", rename = "logBatch")]
-    struct LogBatchRef<'a> {
-        entries: &'a [std::sync::Arc<LogEntry>],
-    }
-    encode(&LogBatchRef { entries })
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "logBatch")]
+pub struct LogBatchRef<'a> {
+    pub entries: &'a [std::sync::Arc<LogEntry>],
 }

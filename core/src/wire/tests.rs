@@ -333,7 +333,7 @@ fn a_log_batch_encodes_the_same_from_shared_entries() {
     ] {
         let shared: Vec<_> = entries.iter().cloned().map(std::sync::Arc::new).collect();
         assert_eq!(
-            encode_log_batch(&shared),
+            encode(&LogBatchRef { entries: &shared }),
             encode(&WorkerFrame::LogBatch { entries })
         );
     }

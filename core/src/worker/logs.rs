@@ -233,7 +233,7 @@ mod tests {
         let max = EMPTY_BATCH_LEN + 3 * one + 2;
         let batch = q.drain_batch(WallMs(0), max);
         assert_eq!(batch.len(), 3);
-        let text = crate::wire::encode_log_batch(&batch);
+        let text = crate::wire::encode(&crate::wire::LogBatchRef { entries: &batch });
         assert_eq!(
             text.len(),
             max,

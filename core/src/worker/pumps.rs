@@ -93,9 +93,7 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        if self.link.conn().is_some() {
-            self.send_text(wire::encode_log_batch(&batch));
-        }
+        self.send_frame(&wire::LogBatchRef { entries: &batch });
         if self.logs_unconfirmed.len() >= MAX_UNCONFIRMED_LOG_BATCHES {
             // Bounded: the oldest unconfirmed batch is assumed delivered.
             self.logs_unconfirmed.pop_front();
@@ -106,7 +104,9 @@ impl Worker {
         self.logs_unconfirmed.push_back(batch);
     }
 
-    pub(super) fn send_frame(&mut self, frame: &WorkerFrame) {
+    /// Encodes `frame` and sends it on the live connection, if any (without one, nothing
+    /// is encoded).
+    pub(super) fn send_frame(&mut self, frame: &impl serde::Serialize) {
         if self.link.conn().is_none() {
             return;
         }
